@@ -1,0 +1,3 @@
+"""calib: calibrated uncertainties and softening corrections for universal interatomic potentials."""
+
+__version__ = "0.1.0"

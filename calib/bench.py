@@ -1,0 +1,125 @@
+"""``calib bench llpr``: cost ratios measured in one run on the same structures and batch size.
+
+Baselines are CHGNet's own public path (``CHGNet.predict_structure``) for
+inference, and, for force σ, the per-feature autograd loop of MACE's LLPR
+branch (one backward pass per feature, per batch, then Jᵀ Σ J). Every time is
+the best of ``repeats`` runs; the first run of each also warms caches.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+
+def _best(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def mace_style_force_variance(model, structures, llpr, batch_size: int) -> list[np.ndarray]:
+    """Reference mechanism: J = ∂f/∂r by one backward pass per *feature*, then diag(Jᵀ Σ J)·α² s²."""
+    from .models.base import batches
+
+    Sigma = torch.as_tensor(llpr.covariance(), dtype=torch.float64)
+    out = []
+    for idx in batches(len(structures), batch_size):
+        batch = [structures[i] for i in idx]
+        fg = model.feature_graph(batch)
+        d = fg.features.shape[1]
+        rows = []
+        for k in range(d):
+            g = torch.autograd.grad(fg.features[:, k].sum(), fg.positions, retain_graph=k < d - 1,
+                                    allow_unused=True)
+            rows.append([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, fg.positions)])
+        for i, atoms in enumerate(batch):
+            J = torch.stack([rows[k][i] for k in range(d)]).reshape(d, -1).to(torch.float64).cpu()
+            s = float(len(atoms)) if llpr.energy_convention == "per_atom" else 1.0
+            var = llpr.alpha2_ * s**2 * torch.einsum("da,de,ea->a", J, Sigma, J)
+            out.append(var.reshape(-1, 3).numpy())
+    return out
+
+
+def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8, repeats: int = 3,
+               progress: bool = False) -> dict:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from .llpr import LLPR, accumulate_hessian, feature_gradients
+    from .models.chgnet import CHGNetAdapter
+    from .prototypes import PROTOTYPES, perturbed_set
+
+    model = CHGNetAdapter(device=device)
+    n_var = max(1, -(-n_structures // len(PROTOTYPES)))
+    structs = perturbed_set(n_variants=n_var, rattle=0.05, seed=2)[:n_structures]
+    probe = perturbed_set(n_variants=1, rattle=0.05, seed=1)
+    pmg = [AseAtomsAdaptor.get_structure(a) for a in structs]
+    chg = model.model
+
+    def plain_energy():
+        return chg.predict_structure(pmg, task="e", batch_size=batch_size)
+
+    def plain_energy_forces():
+        return chg.predict_structure(pmg, task="ef", batch_size=batch_size)
+
+    def accumulate():
+        return accumulate_hessian(model, structs, batch_size=batch_size, progress=False)
+
+    t_e, _ = _best(plain_energy, repeats)
+    t_ef, _ = _best(plain_energy_forces, repeats)
+    t_acc, res = _best(accumulate, repeats)
+
+    llpr = LLPR(energy_convention=model.energy_convention).fit(res.hessian, res.n_structures)
+    # truncation measured on a separate probe set, never on the benchmark structures
+    grads = []
+    U = llpr.eigenvectors_.T
+    for i in range(0, len(probe), batch_size):
+        grads.extend(feature_gradients(model, probe[i:i + batch_size], U))
+    llpr.fit_force_truncation(grads, [len(a) for a in probe])
+
+    def energy_sigma():
+        pred = model.predict(structs, forces=False, batch_size=batch_size)
+        return llpr.energy_sigma(pred.features, pred.n_atoms)
+
+    def force_sigma(mode, mechanism="loop"):
+        return lambda: llpr.force_variance(model, structs, mode=mode, batch_size=batch_size, mechanism=mechanism)
+
+    t_esig, _ = _best(energy_sigma, repeats)
+    t_exact, var_exact = _best(force_sigma("exact"), repeats)
+    t_batched, var_batched = _best(force_sigma("exact", "batched"), repeats)
+    t_loop, var_loop = _best(lambda: mace_style_force_variance(model, structs, llpr, batch_size), repeats)
+    t_approx, var_approx = _best(force_sigma("approx"), repeats)
+
+    ex = np.sqrt(np.concatenate([v.ravel() for v in var_exact]))
+    ap = np.sqrt(np.concatenate([v.ravel() for v in var_approx]))
+    lp = np.sqrt(np.concatenate([v.ravel() for v in var_loop]))
+    bt = np.sqrt(np.concatenate([v.ravel() for v in var_batched]))
+    mask = ex > 1e-12 * ex.max()
+    return {
+        "device": str(model.device),
+        "n_structures": len(structs),
+        "batch_size": batch_size,
+        "n_features": model.n_features,
+        "accumulate_vs_inference": t_e / t_acc,
+        "energy_sigma_overhead": t_esig / t_e - 1.0,
+        "exact_force_sigma_time_vs_loop": t_exact / t_loop,
+        "exact_force_sigma_cost_vs_forces": t_exact / t_ef,
+        "batched_vjp_time_vs_loop": t_batched / t_loop,
+        "exact_vs_loop_max_rel_diff": float(np.max(np.abs(ex[mask] - lp[mask]) / lp[mask])),
+        "batched_vs_loop_max_rel_diff": float(np.max(np.abs(bt[mask] - lp[mask]) / lp[mask])),
+        "approx_force_sigma_rel_error": float(np.median(np.abs(ap[mask] - ex[mask]) / ex[mask])),
+        "approx_force_sigma_cost_vs_forces": t_approx / t_ef,
+        "approx_force_directions": int(len(llpr.force_directions_)),
+        "seconds_plain_energy": t_e,
+        "seconds_plain_energy_forces": t_ef,
+        "seconds_accumulate": t_acc,
+        "seconds_exact_force_sigma": t_exact,
+        "seconds_mace_style_loop": t_loop,
+    }

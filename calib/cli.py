@@ -1,0 +1,240 @@
+"""The ``calib`` command. Every command takes ``--json`` for pipelines.
+
+Human-readable output goes to stdout, progress bars to stderr; with ``--json``
+stdout carries exactly one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Calibrated uncertainties and softening diagnostics for universal interatomic potentials.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured in one run.")
+app.add_typer(bench_app, name="bench")
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return _jsonable(obj.item())
+    return obj
+
+
+def emit_json(obj) -> None:
+    typer.echo(json.dumps(_jsonable(obj), indent=1))
+
+
+def _fail(msg: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"error": msg})
+    else:
+        typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _model(spec: str, device: str):
+    from .models import load_model
+
+    return load_model(spec, device=device)
+
+
+def _read(paths: List[Path], as_json: bool):
+    from .structures import read_structures
+
+    try:
+        return read_structures([str(p) for p in paths])
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), as_json)
+
+
+def _report_issues(issues, as_json: bool) -> None:
+    if issues and not as_json:
+        typer.echo(f"skipped {len(issues)} structure(s):", err=True)
+        for issue in issues:
+            typer.echo(f"  {issue}", err=True)
+
+
+ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped) or a MACE .model path")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
+JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
+
+
+@app.command()
+def hessian(
+    structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db)"),
+    out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
+    model: str = ModelOpt,
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="resume file, saved every K batches"),
+    checkpoint_every: int = typer.Option(10, "--checkpoint-every"),
+    force_weight: float = typer.Option(0.0, "--force-weight", help="add force rows Σ JᵀJ with this weight"),
+    as_json: bool = JsonOpt,
+):
+    """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures."""
+    from .pipeline import build_hessian
+
+    structs = _read(structures, as_json)
+    m = _model(model, device)
+    try:
+        art, issues = build_hessian(m, structs, batch_size=batch_size, force_weight=force_weight,
+                                    checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                    progress=not as_json, source=",".join(map(str, structures)))
+    except ValueError as exc:
+        _fail(str(exc), as_json)
+    art.save(out)
+    L = art.llpr
+    summary = {"out": str(out), "n_structures": L.n_structures_, "n_features": L.n_features, "rank": L.rank_,
+               "largest_eigenvalue": float(L.eigenvalues_[-1]), "seconds": art.attrs["hessian_seconds"],
+               "skipped": [i.as_dict() for i in issues]}
+    if as_json:
+        emit_json(summary)
+    else:
+        _report_issues(issues, as_json)
+        typer.echo(f"H from {L.n_structures_} structures: rank {L.rank_}/{L.n_features} "
+                   f"(eigenvalues > 1e-6 of the largest); written to {out}")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å)"),
+    hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
+    out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
+    model: str = ModelOpt,
+    target: str = typer.Option("energy", "--target", help="residuals for the NLL: energy, forces or both"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Fit α², ς² (Gaussian NLL) and the per-element energy reference on labelled data."""
+    from .io import Artifact, ArtifactError
+    from .pipeline import calibrate
+
+    structs = _read(labelled, as_json)
+    m = _model(model, device)
+    try:
+        art = Artifact.load(hessian_path, model=m)
+        res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not as_json)
+    except (ArtifactError, ValueError) as exc:
+        _fail(str(exc), as_json)
+    res.artifact.save(out)
+    summary = {"out": str(out), **res.summary, "skipped": [i.as_dict() for i in res.issues]}
+    if as_json:
+        emit_json(summary)
+    else:
+        _report_issues(res.issues, as_json)
+        s = res.summary
+        typer.echo(f"calibrated on {s['n_structures']} structures ({target}): alpha2 = {s['alpha2']:.4g}, "
+                   f"sigma2 = {s['sigma2']:.4g}, rank {s['rank']}/{s['n_features']}")
+        typer.echo(f"  energy: RMSE {1000 * s['energy_rmse_per_atom']:.1f} meV/atom after element reference, "
+                   f"NLL {s['energy_nll']:.3f}, Spearman(σ, |err|) {s['energy_spearman']:.2f}")
+        typer.echo(f"  forces: MAE {s['force_mae']:.3f} eV/Å, NLL {s['force_nll']:.3f}, "
+                   f"Spearman(σ, |err|) {s['force_spearman']:.2f}")
+        typer.echo(f"written to {out}")
+
+
+@app.command("predict")
+def predict_cmd(
+    structures: List[Path] = typer.Argument(..., help="structure files"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact"),
+    model: str = ModelOpt,
+    forces: bool = typer.Option(False, "--forces", help="also per-component force σ (eV/Å)"),
+    force_mode: str = typer.Option("exact", "--force-mode", help="exact or approx"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Energies (total eV) with σ (eV); with --forces the largest force σ (eV/Å) per structure."""
+    from .io import Artifact, ArtifactError
+    from .pipeline import predict
+
+    structs = _read(structures, as_json)
+    m = _model(model, device)
+    try:
+        art = Artifact.load(calibration, model=m)
+        records, issues = predict(art, m, structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
+                                  progress=not as_json)
+    except (ArtifactError, ValueError) as exc:
+        _fail(str(exc), as_json)
+    if as_json:
+        emit_json({"records": records, "skipped": [i.as_dict() for i in issues]} if issues else records)
+        return
+    _report_issues(issues, as_json)
+    _print_table(records, forces)
+
+
+def _print_table(records, forces: bool, extra=None) -> None:
+    head = f"{'#':>4} {'name':<14} {'chemsys':<10} {'N':>3} {'E (eV)':>12} {'σ_E (eV)':>9} {'σ_E/N (meV)':>11}"
+    if forces:
+        head += f" {'max|F|':>7} {'max σ_F':>8}"
+    if extra:
+        head += "".join(f" {h:>{w}}" for h, w, _ in extra)
+    typer.echo(head)
+    typer.echo("-" * len(head))
+    for r in records:
+        line = (f"{r['index']:>4} {r['name'][:14]:<14} {r['chemsys'][:10]:<10} {r['n_atoms']:>3} "
+                f"{r['energy']:>12.4f} {r['energy_sigma']:>9.4f} {1000 * r['energy_sigma'] / r['n_atoms']:>11.2f}")
+        if forces:
+            line += f" {r['max_force']:>7.3f} {r['max_force_sigma']:>8.4f}"
+        if extra:
+            line += "".join(f" {fmt(r):>{w}}" for _, w, fmt in extra)
+        typer.echo(line)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """The main job on the embedded default: CHGNet 0.3.0 + the shipped data."""
+    from .demo import run_demo
+
+    result = run_demo(out, device=device, progress=not as_json, echo=None if as_json else typer.echo)
+    if as_json:
+        emit_json(result)
+
+
+@bench_app.command("llpr")
+def bench_llpr(
+    device: str = DeviceOpt,
+    n_structures: int = typer.Option(16, "--n-structures"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    as_json: bool = JsonOpt,
+):
+    """Cost ratios of LLPR accumulation and σ against plain CHGNet inference, measured now."""
+    from .bench import bench_llpr as run
+
+    result = run(device=device, n_structures=n_structures, batch_size=batch_size, repeats=repeats,
+                 progress=not as_json)
+    if as_json:
+        emit_json(result)
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:<36} {value:.4g}" if isinstance(value, float) else f"{key:<36} {value}")
+
+
+def main() -> None:  # console-script entry point
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    try:
+        app()
+    except BrokenPipeError:  # `calib predict ... | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""Last-layer prediction rigidity (LLPR): streaming Hessian, posterior, energy and force σ.
+
+For a model whose energy is linear in its last-layer weights w,
+``E/N = w·f + b + offset`` (per-atom models such as CHGNet) or
+``E = w·f + b + offset`` (total models), the Gauss–Newton pseudo-Hessian of
+the squared energy loss over the training distribution is
+
+    H = Σ_n f_n f_nᵀ                          (+ optional force rows, see below)
+
+and the approximate posterior covariance of w is α² Σ with
+``Σ = (H + ς² I)⁻¹``. We never invert: H = U Λ Uᵀ is diagonalised once in
+float64 and every quantity is a weighted sum over eigen-directions,
+
+    var(E_i)  = α² s_i² Σ_k (u_k·f_i)² / (λ_k + ς²)                    [eV²]
+    cov(E_i, E_j) = α² s_i s_j Σ_k (u_k·f_i)(u_k·f_j) / (λ_k + ς²)     [eV²]
+    var(F_ax) = α² s² Σ_k (∂(u_k·f)/∂r_ax)² / (λ_k + ς²)               [eV²/Å²]
+
+with s_i = N_i for per-atom models and 1 for total ones (``total_scale``),
+so E here is always the *total* energy in eV. Any ς² then costs O(d²), which
+makes the 1-D NLL search over ς² cheap. A singular H is fine: ς² > 0.
+
+References: Bigi, Chong, Ceriotti, Grasselli, "A prediction rigidity
+formalism for low-cost uncertainties in trained neural networks" (2024);
+Batatia et al., MACE-MP-0, J. Chem. Phys. 163, 184110 (2025), App. D.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .models.base import ModelAdapter, batches, total_scale
+from .structures import StructureIssue, structures_fingerprint
+
+# =========================================================================== accumulation
+
+
+class HessianAccumulator:
+    """Streaming float64 accumulator of H = Σ f fᵀ on the model's device.
+
+    Parameters
+    ----------
+    n_features : int
+    device : str or torch.device
+    force_weight : float
+        Weight of the force rows relative to the energy rows (0 = energy only).
+        A structure's force rows add ``force_weight · s² / (3N) · J Jᵀ`` with
+        ``J = ∂f/∂r`` (d × 3N): the Gauss–Newton term of a mean-squared force
+        loss, since ∂F/∂w = -s Jᵀ.
+    """
+
+    def __init__(self, n_features: int, device="cpu", force_weight: float = 0.0):
+        self.n_features = int(n_features)
+        self.device = torch.device(device)
+        self.force_weight = float(force_weight)
+        self.H = torch.zeros(self.n_features, self.n_features, dtype=torch.float64, device=self.device)
+        self.n_structures = 0
+        self.n_batches = 0
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of pooled features, shape (B, d)."""
+        f = features.detach().to(self.device, torch.float64)
+        self.H.addmm_(f.T, f)
+        self.n_structures += int(f.shape[0])
+
+    def update_force_rows(self, jacobians: Sequence[np.ndarray], scales: Sequence[float]) -> None:
+        """Add force rows; ``jacobians[i]`` is ∂f/∂r of structure i, shape (d, N_i, 3)."""
+        for jac, s in zip(jacobians, scales):
+            J = torch.as_tensor(jac, dtype=torch.float64, device=self.device).reshape(self.n_features, -1)
+            self.H.addmm_(J, J.T, alpha=self.force_weight * float(s) ** 2 / J.shape[1])
+
+    def hessian(self) -> np.ndarray:
+        return self.H.to("cpu").numpy().copy()
+
+
+@dataclass
+class HessianResult:
+    """Output of :func:`accumulate_hessian`.
+
+    Attributes
+    ----------
+    hessian : (d, d) float64 — Σ f fᵀ (feature units², per-atom features for per-atom models).
+    n_structures : int — structures accumulated.
+    issues : list of StructureIssue — structures skipped, with the reason.
+    input_fingerprint : str — identifies the (validated) input list.
+    force_weight : float
+    seconds : float
+    """
+
+    hessian: np.ndarray
+    n_structures: int
+    issues: list[StructureIssue] = field(default_factory=list)
+    input_fingerprint: str = ""
+    force_weight: float = 0.0
+    seconds: float = 0.0
+
+
+class Interrupted(RuntimeError):
+    """Raised by :func:`accumulate_hessian` when ``stop_after`` batches are done (for tests/time limits)."""
+
+
+def accumulate_hessian(
+    model: ModelAdapter,
+    structures: Sequence[Atoms],
+    *,
+    batch_size: int = 16,
+    force_weight: float = 0.0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> HessianResult:
+    """Stream ``structures`` through ``model`` and accumulate H = Σ f fᵀ (float64).
+
+    Needs features only (no labels). Bad structures are skipped and reported.
+    With ``checkpoint``, the running sum is saved every ``checkpoint_every``
+    batches; a rerun with the same file and the same input resumes after the
+    last saved batch and ends with a bitwise-identical H. ``stop_after`` stops
+    (raising :class:`Interrupted`) after that many batches in this call.
+    """
+    from tqdm.auto import tqdm
+
+    from . import io as cio
+
+    t0 = time.perf_counter()
+    good, issues = model.validate(structures)
+    kept = [structures[i] for i in good]
+    fingerprint = structures_fingerprint(kept)
+    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
+    start_batch = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state = cio.read_checkpoint(checkpoint)
+        problems = []
+        if state["input_fingerprint"] != fingerprint:
+            problems.append("the input structures differ")
+        if state["model_fingerprint"] != model.fingerprint():
+            problems.append("the model differs")
+        if state["batch_size"] != batch_size or state["force_weight"] != force_weight:
+            problems.append("batch_size or force_weight differ")
+        if problems:
+            raise ValueError(f"checkpoint {checkpoint} does not belong to this run: {', '.join(problems)}; "
+                             "delete it or pass another --checkpoint")
+        acc.H = torch.as_tensor(state["hessian"], dtype=torch.float64, device=acc.device).clone()
+        acc.n_structures = state["n_structures"]
+        acc.n_batches = start_batch = state["n_batches"]
+    all_batches = list(batches(len(kept), batch_size))
+    done_here = 0
+    bar = tqdm(total=len(all_batches), initial=start_batch, desc="hessian", unit="batch", disable=not progress)
+    for b, idx in enumerate(all_batches):
+        if b < start_batch:
+            continue
+        if stop_after is not None and done_here >= stop_after:
+            bar.close()
+            raise Interrupted(f"stopped after {done_here} batches ({acc.n_batches} in total)")
+        batch = [kept[i] for i in idx]
+        out = model.forward_batch(batch, forces=False, stress=False)
+        acc.update(out.features)
+        if force_weight:
+            jac = feature_gradients(model, batch, np.eye(model.n_features))
+            acc.update_force_rows(jac, total_scale(out.n_atoms.cpu().numpy(), model.energy_convention))
+        acc.n_batches += 1
+        done_here += 1
+        bar.update(1)
+        if checkpoint is not None and (acc.n_batches % checkpoint_every == 0 or acc.n_batches == len(all_batches)):
+            cio.write_checkpoint(
+                checkpoint,
+                hessian=acc.hessian(),
+                n_structures=acc.n_structures,
+                n_batches=acc.n_batches,
+                batch_size=batch_size,
+                force_weight=force_weight,
+                input_fingerprint=fingerprint,
+                model_fingerprint=model.fingerprint(),
+            )
+    bar.close()
+    return HessianResult(
+        hessian=acc.hessian(),
+        n_structures=acc.n_structures,
+        issues=issues,
+        input_fingerprint=fingerprint,
+        force_weight=force_weight,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# =========================================================================== feature gradients
+
+
+def feature_gradients(
+    model: ModelAdapter,
+    structures: Sequence[Atoms],
+    directions: np.ndarray,
+    *,
+    mechanism: str = "loop",
+) -> list[np.ndarray]:
+    """∂(u_k · f)/∂r for every direction u_k and structure, in one batch.
+
+    One reverse pass per direction serves every structure of the batch at
+    once, because each structure's features depend only on its own positions.
+
+    Parameters
+    ----------
+    directions : (k, d) array — the u_k (rows).
+    mechanism : "loop" (one ``autograd.grad`` per direction, graph retained) or
+        "batched" (``is_grads_batched=True``, vmap over directions). Chosen by
+        measurement (``calib bench llpr``); on CPU the loop is faster for CHGNet.
+
+    Returns
+    -------
+    list of (k, N_i, 3) float64 arrays, units of f per Å.
+    """
+    fg = model.feature_graph(structures)
+    U = torch.as_tensor(np.asarray(directions), dtype=fg.features.dtype, device=fg.features.device)
+    k = U.shape[0]
+    pos = fg.positions
+    if mechanism == "loop":
+        per_dir = []
+        for j in range(k):
+            grads = torch.autograd.grad(
+                fg.features @ U[j], pos, grad_outputs=torch.ones(fg.features.shape[0], dtype=U.dtype,
+                                                                 device=U.device),
+                retain_graph=j < k - 1, allow_unused=True,
+            )
+            per_dir.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, pos)])
+        out = [torch.stack([per_dir[j][i] for j in range(k)]) for i in range(len(pos))]
+    elif mechanism == "batched":
+        B = fg.features.shape[0]
+        grad_out = U[:, None, :].expand(k, B, U.shape[1]).contiguous()
+        grads = torch.autograd.grad(fg.features, pos, grad_outputs=grad_out, is_grads_batched=True,
+                                    allow_unused=True)
+        out = [torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+               for g, p in zip(grads, pos)]
+    else:
+        raise ValueError(f"mechanism must be 'loop' or 'batched', got {mechanism!r}")
+    return [o.detach().to("cpu", torch.float64).numpy() for o in out]
+
+
+# =========================================================================== posterior
+
+
+@dataclass
+class CalibrationReport:
+    """How α² and ς² were chosen (returned in :attr:`LLPR.report_`)."""
+
+    target: str
+    n_rows: int
+    alpha2: float
+    sigma2: float
+    nll: float
+    rank: int
+    sigma2_grid: list = field(default_factory=list)
+    nll_grid: list = field(default_factory=list)
+    note: str = ""
+
+
+class LLPR:
+    """Posterior over the readout weights from a pseudo-Hessian, in the style of scikit-learn.
+
+    Parameters
+    ----------
+    energy_convention : "per_atom" | "total"
+        How the model's features pool (mean → energy per atom, sum → total).
+    sigma2 : float, optional
+        Regulariser ς² (feature units²). None: chosen by :meth:`calibrate`,
+        or, before calibration, 1e-6 · λ_max (reported in ``regularisation_note_``).
+    alpha2 : float
+        Scale α² of the posterior (dimensionless); fitted by :meth:`calibrate`.
+    rank_tol : float
+        Eigenvalues below ``rank_tol · λ_max`` count as null directions in the
+        reported rank (they are kept and regularised, never dropped).
+
+    Attributes (after :meth:`fit`)
+    -------------------------------
+    eigenvalues_ : (d,) float64, ascending, clipped at 0.
+    eigenvectors_ : (d, d) float64, columns u_k.
+    rank_ : int
+    n_structures_ : int
+    sigma2_, alpha2_ : float
+    """
+
+    def __init__(self, energy_convention: str = "per_atom", sigma2: float | None = None,
+                 alpha2: float = 1.0, rank_tol: float = 1e-6):
+        self.energy_convention = energy_convention
+        self.sigma2 = sigma2
+        self.alpha2 = alpha2
+        self.rank_tol = rank_tol
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, hessian: np.ndarray, n_structures: int = 0) -> LLPR:
+        """Diagonalise H (float64). Never fails on a singular or rank-deficient H."""
+        H = np.asarray(hessian, dtype=np.float64)
+        if H.ndim != 2 or H.shape[0] != H.shape[1]:
+            raise ValueError(f"hessian must be square, got shape {H.shape}")
+        if not np.all(np.isfinite(H)):
+            raise ValueError("hessian contains non-finite values")
+        H = 0.5 * (H + H.T)
+        lam, U = np.linalg.eigh(H)
+        lam = np.clip(lam, 0.0, None)
+        self.hessian_ = H
+        self.eigenvalues_ = lam
+        self.eigenvectors_ = U
+        lam_max = float(lam[-1]) if lam.size else 0.0
+        self.rank_ = int(np.sum(lam > self.rank_tol * lam_max)) if lam_max > 0 else 0
+        self.n_structures_ = int(n_structures)
+        if self.sigma2 is not None:
+            self.sigma2_ = float(self.sigma2)
+            self.regularisation_note_ = f"sigma2 = {self.sigma2_:.3g} given by the user"
+        else:
+            self.sigma2_ = max(1e-6 * lam_max, 1e-12)
+            self.regularisation_note_ = (
+                f"sigma2 = 1e-6 * lambda_max = {self.sigma2_:.3g} (default before calibration); "
+                f"rank {self.rank_}/{H.shape[0]} at tolerance {self.rank_tol:g}"
+            )
+        self.alpha2_ = float(self.alpha2)
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return int(self.eigenvalues_.shape[0])
+
+    def _weights(self, sigma2: float | None = None) -> np.ndarray:
+        s2 = self.sigma2_ if sigma2 is None else sigma2
+        return 1.0 / (self.eigenvalues_ + s2)
+
+    def covariance(self, sigma2: float | None = None) -> np.ndarray:
+        """Σ = (H + ς² I)⁻¹ (without α²), via the eigendecomposition."""
+        U = self.eigenvectors_
+        return (U * self._weights(sigma2)) @ U.T
+
+    def _scale(self, n_atoms) -> np.ndarray:
+        return total_scale(n_atoms, self.energy_convention)
+
+    # ------------------------------------------------------------------ energies
+    def energy_rows(self, features: np.ndarray, n_atoms) -> np.ndarray:
+        """P_ik = s_i² (u_k·f_i)²: var(E_i) = α² P @ 1/(λ+ς²)."""
+        proj = np.asarray(features, dtype=np.float64) @ self.eigenvectors_
+        return (self._scale(n_atoms)[:, None] * proj) ** 2
+
+    def energy_variance(self, features: np.ndarray, n_atoms) -> np.ndarray:
+        """Variance of the total energy of each structure, eV²."""
+        return self.alpha2_ * self.energy_rows(features, n_atoms) @ self._weights()
+
+    def energy_sigma(self, features: np.ndarray, n_atoms) -> np.ndarray:
+        """σ of the total energy of each structure, eV (per atom: divide by N)."""
+        return np.sqrt(self.energy_variance(features, n_atoms))
+
+    def energy_covariance(self, features: np.ndarray, n_atoms) -> np.ndarray:
+        """Full covariance matrix of the total energies of a list of structures, eV²."""
+        A = (self._scale(n_atoms)[:, None] * np.asarray(features, dtype=np.float64)) @ self.eigenvectors_
+        return self.alpha2_ * (A * self._weights()) @ A.T
+
+    def energy_difference_sigma(self, features_a, n_atoms_a, features_b, n_atoms_b) -> np.ndarray:
+        """σ of E_a − E_b (total energies, eV) for paired rows of a and b.
+
+        σ² = α² (s_a f_a − s_b f_b)ᵀ Σ (s_a f_a − s_b f_b): correlated errors cancel.
+        """
+        fa = self._scale(n_atoms_a)[:, None] * np.atleast_2d(features_a)
+        fb = self._scale(n_atoms_b)[:, None] * np.atleast_2d(features_b)
+        proj = (fa - fb) @ self.eigenvectors_
+        return np.sqrt(self.alpha2_ * (proj**2) @ self._weights())
+
+    # ------------------------------------------------------------------ forces
+    def force_rows(self, gradients: Sequence[np.ndarray], n_atoms, directions: np.ndarray | None = None):
+        """Rows P[(i,a,x), k] = s_i² (∂(u_k·f_i)/∂r_ax)², stacked over structures.
+
+        ``gradients[i]`` has shape (k, N_i, 3) for the eigen-directions (all, or
+        the subset ``directions`` indexes).
+        """
+        scale = self._scale(n_atoms)
+        rows = [((s * g).reshape(g.shape[0], -1).T) ** 2 for g, s in zip(gradients, scale)]
+        return np.concatenate(rows) if rows else np.zeros((0, self.n_features))
+
+    def force_variance(
+        self,
+        model: ModelAdapter,
+        structures: Sequence[Atoms],
+        *,
+        mode: str = "exact",
+        batch_size: int = 16,
+        mechanism: str = "loop",
+        progress: bool = False,
+    ) -> list[np.ndarray]:
+        """Variance of every force component, eV²/Å², as a list of (N_i, 3) arrays.
+
+        ``mode="exact"``: one reverse pass per eigen-direction per batch (d passes).
+        ``mode="approx"``: only the directions kept by :meth:`fit_force_truncation`
+        (by measured contribution), times the measured correction factor; its
+        error is reported by ``calib bench llpr`` and tested.
+        """
+        from tqdm.auto import tqdm
+
+        if mode == "exact":
+            dirs = np.arange(self.n_features)
+            factor = 1.0
+        elif mode == "approx":
+            if not hasattr(self, "force_directions_"):
+                raise ValueError("approx force σ needs fit_force_truncation() first (or a calibrated artifact)")
+            dirs, factor = self.force_directions_, self.force_truncation_factor_
+        else:
+            raise ValueError(f"mode must be 'exact' or 'approx', got {mode!r}")
+        U = self.eigenvectors_[:, dirs].T
+        w = self._weights()[dirs]
+        out: list[np.ndarray] = []
+        for idx in tqdm(list(batches(len(structures), batch_size)), desc="force sigma", unit="batch",
+                        disable=not progress):
+            batch = [structures[i] for i in idx]
+            grads = feature_gradients(model, batch, U, mechanism=mechanism)
+            n = np.array([len(a) for a in batch])
+            for g, s in zip(grads, self._scale(n)):
+                var = self.alpha2_ * factor * np.einsum("k,kax->ax", w, (s * g) ** 2)
+                out.append(var)
+        return out
+
+    def fit_force_truncation(self, gradients: Sequence[np.ndarray], n_atoms, coverage: float = 0.95) -> LLPR:
+        """Choose the fewest eigen-directions carrying ``coverage`` of the summed force variance.
+
+        ``gradients`` are exact (d, N_i, 3) gradients on a probe set (e.g. the
+        calibration structures). Also stores the factor total/kept measured on
+        that set, which removes the truncation bias on average.
+        """
+        P = self.force_rows(gradients, n_atoms)
+        contrib = P.sum(axis=0) * self._weights()
+        order = np.argsort(contrib)[::-1]
+        cum = np.cumsum(contrib[order]) / contrib.sum()
+        m = int(np.searchsorted(cum, coverage) + 1)
+        self.force_directions_ = np.sort(order[:m])
+        self.force_truncation_factor_ = float(contrib.sum() / contrib[self.force_directions_].sum())
+        self.force_contributions_ = contrib
+        return self
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, rows: np.ndarray, residuals: np.ndarray, *, target: str = "energy",
+                  sigma2_grid: np.ndarray | None = None) -> LLPR:
+        """Fit α² and ς² by minimising the Gaussian NLL of ``residuals`` (eV or eV/Å).
+
+        ``rows`` are :meth:`energy_rows` or :meth:`force_rows` (their
+        concatenation calibrates on both). For each ς², α² = mean(r²/v) is
+        the closed-form minimiser; ς² is searched on a log grid spanning
+        1e-12…1e2 · λ_max and refined by a bounded 1-D minimisation.
+        A ς² given in the constructor is kept; only α² is fitted.
+        """
+        from scipy.optimize import minimize_scalar
+
+        P = np.asarray(rows, dtype=np.float64)
+        r2 = np.asarray(residuals, dtype=np.float64).reshape(-1) ** 2
+        if P.shape[0] != r2.shape[0]:
+            raise ValueError(f"{P.shape[0]} rows but {r2.shape[0]} residuals")
+        if P.shape[0] < 2:
+            raise ValueError("calibration needs at least 2 residuals")
+        lam_max = max(float(self.eigenvalues_[-1]), 1e-12)
+
+        def profile(log_s2: float) -> tuple[float, float]:
+            v = P @ (1.0 / (self.eigenvalues_ + 10.0**log_s2))
+            v = np.maximum(v, 1e-300)
+            a2 = float(np.mean(r2 / v))
+            nll = 0.5 * float(np.mean(np.log(2 * np.pi * a2 * v) + r2 / (a2 * v)))
+            return a2, nll
+
+        if self.sigma2 is not None:
+            log_best = np.log10(self.sigma2)
+            grid, nlls = [], []
+            note = "sigma2 fixed by the user; alpha2 fitted"
+        else:
+            grid = np.log10(lam_max) + (np.linspace(-12, 2, 57) if sigma2_grid is None
+                                        else np.log10(np.asarray(sigma2_grid)) - np.log10(lam_max))
+            nlls = [profile(g)[1] for g in grid]
+            i = int(np.argmin(nlls))
+            lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+            res = minimize_scalar(lambda x: profile(x)[1], bounds=(lo, hi), method="bounded",
+                                  options={"xatol": 1e-3})
+            log_best = float(res.x) if res.fun <= nlls[i] else float(grid[i])
+            note = ""
+            if i in (0, len(grid) - 1):
+                note = "NLL minimum at the edge of the sigma2 grid; "
+                warnings.warn(f"LLPR calibration: the NLL minimum lies at the edge of the sigma2 grid "
+                              f"(sigma2 = {10**log_best:.3g}); the features barely rank the errors",
+                              stacklevel=2)
+        a2, nll = profile(log_best)
+        self.sigma2_ = float(10.0**log_best)
+        self.alpha2_ = a2
+        self.regularisation_note_ = (
+            note + f"sigma2 = {self.sigma2_:.3g} ({self.sigma2_ / lam_max:.2g} lambda_max) and "
+            f"alpha2 = {a2:.3g} by Gaussian NLL on {len(r2)} {target} residuals; rank {self.rank_}/{self.n_features}"
+        )
+        self.report_ = CalibrationReport(
+            target=target, n_rows=len(r2), alpha2=a2, sigma2=self.sigma2_, nll=nll, rank=self.rank_,
+            sigma2_grid=[float(10.0**g) for g in grid], nll_grid=[float(x) for x in nlls],
+            note=self.regularisation_note_,
+        )
+        return self
+
+    def nll(self, rows: np.ndarray, residuals: np.ndarray) -> float:
+        """Mean Gaussian NLL of residuals under the current α², ς² (nats per residual)."""
+        v = np.maximum(self.alpha2_ * np.asarray(rows) @ self._weights(), 1e-300)
+        r2 = np.asarray(residuals).reshape(-1) ** 2
+        return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))

@@ -1,0 +1,307 @@
+"""The model adapter protocol and the Prediction record.
+
+An adapter wraps one interatomic potential whose energy ends in a linear
+readout of last-layer features. For a *per-atom* model (CHGNet predicts
+eV/atom) the structure feature is the mean of the per-atom last-layer features
+φ_a and
+
+    E / N = w · f + b + offset,        f = (1/N) Σ_a φ_a
+
+for a *total* model (MACE) it is the sum and E = w · f + b + offset. ``offset``
+is whatever the model adds outside the learned readout (CHGNet's fixed
+composition reference, MACE's atomic energies E0), in the same unit as the
+left-hand side. :attr:`ModelAdapter.energy_convention` says which holds, and
+:meth:`Prediction.total_scale` gives the factor (N or 1) that turns a
+feature-space quantity into a *total*-energy quantity in eV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..structures import StructureIssue, chemsys, validate
+
+
+@dataclass
+class FeatureGraph:
+    """Differentiable features of one batch, for force uncertainties.
+
+    Attributes
+    ----------
+    features : torch.Tensor, (n_structures, n_features)
+        Pooled last-layer features, still attached to the autograd graph.
+    positions : list of torch.Tensor, each (n_atoms_i, 3), Å
+        The Cartesian positions the features were computed from.
+    n_atoms : torch.Tensor, (n_structures,)
+    """
+
+    features: torch.Tensor
+    positions: list[torch.Tensor]
+    n_atoms: torch.Tensor
+
+
+@dataclass
+class BatchOutput:
+    """Raw output of one forward pass over a batch (torch tensors, detached)."""
+
+    features: torch.Tensor  # (B, d)
+    atom_features: torch.Tensor  # (N_total, d)
+    n_atoms: torch.Tensor  # (B,)
+    energy: torch.Tensor  # (B,) total, eV
+    energy_offset: torch.Tensor  # (B,) eV/atom (per-atom models) or eV (total models)
+    forces: torch.Tensor | None = None  # (N_total, 3) eV/Å
+    stress: torch.Tensor | None = None  # (B, 3, 3) eV/Å³, ASE sign convention
+
+
+@dataclass
+class Prediction:
+    """Predictions and last-layer quantities for a list of structures.
+
+    All arrays are float64 numpy. Per-atom arrays are concatenated over the
+    structures in order; ``atom_structure`` maps each row to its structure.
+
+    Attributes
+    ----------
+    indices : (S,) int
+        Position of each predicted structure in the caller's input list
+        (structures that failed validation are absent and listed in ``issues``).
+    chemsys : list of str
+    n_atoms : (S,) int
+    energy : (S,) float, eV — total energy.
+    forces : (N_total, 3) float, eV/Å, or None.
+    stress : (S, 3, 3) float, eV/Å³ (ASE sign convention), or None.
+    features : (S, d) float — pooled last-layer features (mean for per-atom
+        models, sum for total models).
+    energy_offset : (S,) float — the part of the energy outside the readout,
+        eV/atom for per-atom models, eV for total models.
+    atom_descriptors : (N_total, d) float — per-atom invariant last-layer features.
+    atom_structure : (N_total,) int — index into the S predicted structures.
+    readout_weight : (d,) float and readout_bias : float — w and b of the
+        final linear layer (eV/atom per feature unit for per-atom models).
+    energy_convention : "per_atom" or "total".
+    issues : list of StructureIssue — structures skipped, with the reason.
+    """
+
+    indices: np.ndarray
+    chemsys: list[str]
+    n_atoms: np.ndarray
+    energy: np.ndarray
+    features: np.ndarray
+    energy_offset: np.ndarray
+    atom_descriptors: np.ndarray
+    atom_structure: np.ndarray
+    readout_weight: np.ndarray
+    readout_bias: float
+    energy_convention: str
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    issues: list[StructureIssue] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+    @property
+    def energy_per_atom(self) -> np.ndarray:
+        """Energy per atom, eV/atom."""
+        return self.energy / self.n_atoms
+
+    @property
+    def total_scale(self) -> np.ndarray:
+        """Factor turning a feature-space energy into a total energy: N (per-atom models) or 1."""
+        return total_scale(self.n_atoms, self.energy_convention)
+
+    def readout_energy(self) -> np.ndarray:
+        """Total energy (eV) rebuilt from features: scale · (w·f + b + offset)."""
+        return self.total_scale * (self.features @ self.readout_weight + self.readout_bias + self.energy_offset)
+
+    def atom_slices(self) -> list[slice]:
+        ends = np.cumsum(self.n_atoms)
+        return [slice(int(e - n), int(e)) for e, n in zip(ends, self.n_atoms)]
+
+    def forces_of(self, i: int) -> np.ndarray:
+        """Forces (eV/Å) of the i-th predicted structure, shape (n_atoms, 3)."""
+        if self.forces is None:
+            raise ValueError("forces were not computed (predict(..., forces=True))")
+        return self.forces[self.atom_slices()[i]]
+
+    def to_dataset(self):
+        """This record as an xarray Dataset with labelled dims and units."""
+        import xarray as xr
+
+        ds = xr.Dataset(
+            {
+                "index": ("structure", self.indices, {"description": "position in the input list"}),
+                "chemsys": ("structure", np.array(self.chemsys, dtype=object)),
+                "n_atoms": ("structure", self.n_atoms),
+                "energy": ("structure", self.energy, {"units": "eV", "description": "total energy"}),
+                "features": (("structure", "feature"), self.features, {"units": "1"}),
+                "atom_structure": ("atom", self.atom_structure),
+                "atom_descriptors": (("atom", "feature"), self.atom_descriptors, {"units": "1"}),
+            },
+            attrs={"energy_convention": self.energy_convention},
+        )
+        if self.forces is not None:
+            ds["forces"] = (("atom", "component"), self.forces, {"units": "eV/Å"})
+        if self.stress is not None:
+            ds["stress"] = (("structure", "component", "component2"), self.stress, {"units": "eV/Å^3"})
+        return ds
+
+
+def total_scale(n_atoms, energy_convention: str) -> np.ndarray:
+    """N for per-atom models (features are means, energy is eV/atom), 1 for total models."""
+    n_atoms = np.asarray(n_atoms, dtype=float)
+    if energy_convention == "per_atom":
+        return n_atoms
+    if energy_convention == "total":
+        return np.ones_like(n_atoms)
+    raise ValueError(f"unknown energy_convention {energy_convention!r}")
+
+
+def batches(n: int, batch_size: int):
+    """Consecutive index ranges of at most ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield list(range(start, min(n, start + batch_size)))
+
+
+class ModelAdapter(ABC):
+    """One interatomic potential with a linear last layer.
+
+    Subclasses implement :meth:`forward_batch` and :meth:`feature_graph` and
+    set the attributes below. Everything else (validation, batching,
+    progress, the Prediction record) lives here.
+
+    Attributes
+    ----------
+    name, version : str
+    energy_convention : "per_atom" | "total"
+    n_features : int
+    cutoff : float, Å — the model's interaction cutoff (isolated-atom check)
+    supported_elements : frozenset of atomic numbers
+    device : torch.device
+    """
+
+    name: str = "model"
+    version: str = ""
+    energy_convention: str = "per_atom"
+    n_features: int = 0
+    cutoff: float = 6.0
+    supported_elements: frozenset = frozenset(range(1, 95))
+
+    # ---- to implement
+    @property
+    @abstractmethod
+    def module(self) -> torch.nn.Module:
+        """The underlying torch module (used for the weights fingerprint)."""
+
+    @property
+    @abstractmethod
+    def readout(self) -> tuple[np.ndarray, float]:
+        """(w, b) of the final linear layer as float64."""
+
+    @abstractmethod
+    def forward_batch(self, structures: Sequence[Atoms], *, forces: bool, stress: bool) -> BatchOutput:
+        """Run the model on already-validated structures."""
+
+    @abstractmethod
+    def feature_graph(self, structures: Sequence[Atoms]) -> FeatureGraph:
+        """Pooled features with the autograd graph back to the positions."""
+
+    # ---- shared
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (state dict, names and values): identifies a model."""
+        h = hashlib.sha256()
+        for key, tensor in sorted(self.module.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_fingerprint": self.fingerprint(),
+            "energy_convention": self.energy_convention,
+            "n_features": self.n_features,
+        }
+
+    def validate(self, structures: Sequence[Atoms], require_labels: bool = False):
+        """(indices that pass, issues) for this model's elements and cutoff."""
+        return validate(
+            structures,
+            supported_elements=self.supported_elements,
+            cutoff=self.cutoff,
+            require_labels=require_labels,
+        )
+
+    def predict(
+        self,
+        structures: Sequence[Atoms],
+        *,
+        forces: bool = True,
+        stress: bool = False,
+        batch_size: int = 16,
+        progress: bool = False,
+        validate: bool = True,
+    ) -> Prediction:
+        """Energies (eV), forces (eV/Å), stress (eV/Å³) and last-layer features.
+
+        Bad structures are skipped and listed in ``Prediction.issues``.
+        """
+        from tqdm.auto import tqdm
+
+        if validate:
+            good, issues = self.validate(structures)
+        else:
+            good, issues = list(range(len(structures))), []
+        outs: list[BatchOutput] = []
+        for idx in tqdm(list(batches(len(good), batch_size)), desc=f"{self.name} predict",
+                        unit="batch", disable=not progress):
+            outs.append(self.forward_batch([structures[good[i]] for i in idx], forces=forces, stress=stress))
+        return self._collect(structures, good, issues, outs, forces, stress)
+
+    def _collect(self, structures, good, issues, outs, forces, stress) -> Prediction:
+        d = self.n_features
+        w, b = self.readout
+
+        def cat(name, shape):
+            parts = [getattr(o, name) for o in outs if getattr(o, name) is not None]
+            if not parts:
+                return np.zeros(shape)
+            return torch.cat(parts).detach().to("cpu", torch.float64).numpy()
+
+        n_atoms = cat("n_atoms", (0,)).astype(int)
+        return Prediction(
+            indices=np.asarray(good, dtype=int),
+            chemsys=[chemsys(structures[i]) for i in good],
+            n_atoms=n_atoms,
+            energy=cat("energy", (0,)),
+            features=cat("features", (0, d)),
+            energy_offset=cat("energy_offset", (0,)),
+            atom_descriptors=cat("atom_features", (0, d)),
+            atom_structure=np.repeat(np.arange(len(n_atoms)), n_atoms),
+            readout_weight=w,
+            readout_bias=b,
+            energy_convention=self.energy_convention,
+            forces=cat("forces", (0, 3)) if forces else None,
+            stress=cat("stress", (0, 3, 3)) if stress else None,
+            issues=list(issues),
+        )
+
+    def features(self, structures: Sequence[Atoms], batch_size: int = 16) -> np.ndarray:
+        """Pooled last-layer features (S, d) of validated structures, float64."""
+        outs = [self.forward_batch([structures[i] for i in idx], forces=False, stress=False)
+                for idx in batches(len(structures), batch_size)]
+        return torch.cat([o.features for o in outs]).to("cpu", torch.float64).numpy()

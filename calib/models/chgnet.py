@@ -1,0 +1,151 @@
+"""CHGNet backend (default model: CHGNet 0.3.0, whose weights ship inside the chgnet wheel).
+
+CHGNet predicts energy per atom. Its readout is an MLP applied per atom,
+``model.mlp``, ending in ``Linear(64, 1)``; the per-atom outputs are averaged
+and a fixed composition reference (``AtomRef``) is added:
+
+    E / N = w · mean_a(φ_a) + b + AtomRef(composition) / N
+
+The last-layer features φ_a are the input of that final Linear, captured with
+a forward hook. Units are converted here, once: CHGNet's stress (GPa) becomes
+eV/Å³ in ASE's sign convention, energies become total eV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms, units
+
+from .base import BatchOutput, FeatureGraph, ModelAdapter
+
+# chgnet's BatchedGraph builds its volume tensor from grad-tracking scalars; harmless, but noisy
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+
+
+def _quiet():
+    """CHGNet prints on load; keep stdout clean for --json pipelines."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class CHGNetAdapter(ModelAdapter):
+    """Adapter for a CHGNet model.
+
+    Parameters
+    ----------
+    model : chgnet.model.CHGNet, optional
+        A loaded model. Default: ``CHGNet.load(model_name=version)``.
+    version : str
+        Pretrained version to load when ``model`` is None ("0.3.0").
+    device : str
+        "cpu" or "cuda" (or a torch.device).
+    """
+
+    name = "chgnet"
+    energy_convention = "per_atom"
+
+    def __init__(self, model=None, *, version: str = "0.3.0", device: str | torch.device = "cpu"):
+        from chgnet.model import CHGNet
+
+        if model is None:
+            with _quiet():
+                model = CHGNet.load(model_name=version, use_device=str(device), verbose=False)
+        self.model = model.to(device).eval()
+        self.version = str(model.version or version)
+        self._last = self.model.mlp.layers[-1]
+        if not isinstance(self._last, torch.nn.Linear) or self._last.out_features != 1:
+            raise TypeError("CHGNet readout does not end in Linear(d, 1); cannot take last-layer features")
+        if not self.model.mlp_first or not self.model.is_intensive:
+            raise TypeError("calib supports CHGNet with mlp_first=True and is_intensive=True (as 0.3.0)")
+        self.n_features = int(self._last.in_features)
+        self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
+        n_elements = int(self.model.atom_embedding.embedding.num_embeddings)
+        self.supported_elements = frozenset(range(1, n_elements + 1))
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    @property
+    def readout(self) -> tuple[np.ndarray, float]:
+        w = self._last.weight.detach().to("cpu", torch.float64).numpy().reshape(-1)
+        b = 0.0 if self._last.bias is None else float(self._last.bias.detach().cpu().double())
+        return w, b
+
+    # ------------------------------------------------------------------ internals
+    def _graphs(self, structures: Sequence[Atoms]):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        conv = self.model.graph_converter
+        dev = self.device
+        graphs = []
+        for atoms in structures:
+            struct = AseAtomsAdaptor.get_structure(atoms)
+            with _quiet():
+                graphs.append(conv(struct).to(dev))
+        return graphs
+
+    def _run(self, structures, *, forces: bool, stress: bool):
+        """Forward pass; returns (prediction dict, per-atom φ, batched graph, composition energy)."""
+        from chgnet.model.model import BatchedGraph
+
+        graphs = self._graphs(structures)
+        captured: list[torch.Tensor] = []
+        handle = self._last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))
+        try:
+            comp = self.model.composition_model(graphs) if self.model.composition_model is not None else 0.0
+            bg = BatchedGraph.from_graphs(
+                graphs,
+                bond_basis_expansion=self.model.bond_basis_expansion,
+                angle_basis_expansion=self.model.angle_basis_expansion,
+                compute_stress=stress,
+            )
+            pred = self.model._compute(bg, compute_force=forces, compute_stress=stress)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise RuntimeError(f"expected one call of the readout layer, saw {len(captured)}")
+        phi = captured[0]
+        if not torch.is_tensor(comp):
+            comp = torch.zeros_like(pred["e"])
+        return pred, phi, bg, comp
+
+    @staticmethod
+    def _pool(phi: torch.Tensor, owners: torch.Tensor, n_structures: int) -> tuple[torch.Tensor, torch.Tensor]:
+        owners = owners.long()
+        n_atoms = torch.bincount(owners, minlength=n_structures)
+        summed = torch.zeros(n_structures, phi.shape[1], dtype=phi.dtype, device=phi.device)
+        summed = summed.index_add(0, owners, phi)
+        return summed / n_atoms.unsqueeze(1).to(phi.dtype), n_atoms
+
+    # ------------------------------------------------------------------ protocol
+    def forward_batch(self, structures: Sequence[Atoms], *, forces: bool, stress: bool) -> BatchOutput:
+        ctx = torch.enable_grad() if (forces or stress) else torch.no_grad()
+        with ctx:
+            pred, phi, bg, comp = self._run(structures, forces=forces, stress=stress)
+        feats, n_atoms = self._pool(phi.detach(), bg.atom_owners, len(structures))
+        n = n_atoms.to(torch.float64)
+        out = BatchOutput(
+            features=feats.detach(),
+            atom_features=phi.detach(),
+            n_atoms=n_atoms,
+            energy=(pred["e"] + comp).detach().to(torch.float64) * n,
+            energy_offset=comp.detach().to(torch.float64),
+        )
+        if forces:
+            out.forces = torch.cat([f.detach() for f in pred["f"]])
+        if stress:
+            # CHGNet: GPa, +dE/dε / V (ASE's sign); ASE unit: eV/Å³
+            out.stress = torch.stack([s.detach() for s in pred["s"]]).to(torch.float64) * units.GPa
+        return out
+
+    def feature_graph(self, structures: Sequence[Atoms]) -> FeatureGraph:
+        with torch.enable_grad():
+            pred, phi, bg, comp = self._run(structures, forces=False, stress=False)
+            feats, n_atoms = self._pool(phi, bg.atom_owners, len(structures))
+        return FeatureGraph(features=feats, positions=list(bg.atom_positions), n_atoms=n_atoms)

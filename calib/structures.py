@@ -1,0 +1,339 @@
+"""Structure input: normalisation, validation and grouping by chemical system.
+
+Everything that enters calib passes through here once. Inputs may be ASE
+``Atoms``, pymatgen ``Structure`` objects, or file paths that ASE can read
+(extxyz, CIF, POSCAR, ASE db, ...). Labelled structures carry a total energy
+in eV, forces in eV/Å and optionally a stress in eV/Å³ (ASE sign convention),
+either on an attached calculator (as extxyz files load them) or in
+``atoms.info["energy"]`` / ``atoms.arrays["forces"]``.
+
+Validation never raises on a batch: :func:`validate` returns the indices that
+passed and one :class:`StructureIssue` per rejected structure, naming its index
+and the problem, so the caller can report it and carry on with the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+
+#: closest allowed interatomic distance, Å
+MIN_DISTANCE = 0.5
+
+
+class StructureError(ValueError):
+    """A structure that cannot be used, with its index and the problem."""
+
+    def __init__(self, index: int | None, problem: str, name: str = ""):
+        self.index = index
+        self.problem = problem
+        self.name = name
+        where = f"structure {index}" if index is not None else "structure"
+        if name:
+            where += f" ({name})"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class StructureIssue:
+    """A structure skipped from a batch: its position in the input and why."""
+
+    index: int
+    name: str
+    problem: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        name = f" ({self.name})" if self.name else ""
+        return f"structure {self.index}{name}: {self.problem}"
+
+
+def structure_name(atoms: Atoms) -> str:
+    """A short human name: ``info['name']`` if present, else the formula."""
+    return str(atoms.info.get("name") or atoms.get_chemical_formula())
+
+
+def chemsys(atoms: Atoms) -> str:
+    """Chemical system, e.g. ``"Li-Cl"``.
+
+    Taken from ``atoms.info["chemsys"]`` when present. Otherwise the distinct
+    elements ordered by Pauling electronegativity (ties by atomic number), the
+    order in which chemists write formulas: ``Li-Cl``, ``Sr-Ti-O``, ``Si-C``.
+    """
+    if "chemsys" in atoms.info:
+        return str(atoms.info["chemsys"])
+    from pymatgen.core import Element
+
+    symbols = sorted(set(atoms.get_chemical_symbols()))
+
+    def key(sym: str):
+        el = Element(sym)
+        x = el.X if np.isfinite(el.X) else 99.0
+        return (x, el.Z)
+
+    return "-".join(sorted(symbols, key=key))
+
+
+def to_atoms(obj) -> Atoms:
+    """Convert an ASE Atoms or pymatgen Structure to ASE Atoms (copy for Structure)."""
+    if isinstance(obj, Atoms):
+        return obj
+    try:
+        from pymatgen.core import Structure
+    except ImportError:  # pragma: no cover - pymatgen is a dependency
+        Structure = ()
+    if Structure and isinstance(obj, Structure):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_atoms(obj)
+    raise TypeError(
+        f"cannot use an object of type {type(obj).__name__} as a structure; "
+        "pass ase.Atoms, pymatgen.core.Structure or a file path"
+    )
+
+
+def read_structures(sources: str | os.PathLike | Atoms | Iterable) -> list[Atoms]:
+    """Read structures from files and/or objects into a flat list of Atoms.
+
+    Parameters
+    ----------
+    sources
+        A path, an Atoms/Structure, or an iterable of these. Each file may hold
+        several frames (extxyz, ASE db, trajectories); all are read.
+    """
+    if isinstance(sources, (str, os.PathLike, Atoms)) or not isinstance(sources, Iterable):
+        sources = [sources]
+    out: list[Atoms] = []
+    for src in sources:
+        if isinstance(src, (str, os.PathLike)):
+            out.extend(_read_file(src))
+        else:
+            out.append(to_atoms(src))
+    return out
+
+
+def _read_file(path: str | os.PathLike) -> list[Atoms]:
+    import ase.io
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"structure file not found: {path}")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ASE raises many types for unreadable files
+        raise ValueError(f"could not read structures from {path}: {exc}") from exc
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    for i, atoms in enumerate(frames):
+        atoms.info.setdefault("source", f"{os.path.basename(path)}:{i}")
+    return list(frames)
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def get_energy(atoms: Atoms) -> float | None:
+    """Reference total energy in eV, or None when the structure is unlabelled."""
+    if atoms.calc is not None:
+        try:
+            return float(atoms.get_potential_energy())
+        except Exception:
+            pass
+    for key in ("energy", "REF_energy", "dft_energy"):
+        if key in atoms.info:
+            return float(atoms.info[key])
+    return None
+
+
+def get_forces(atoms: Atoms) -> np.ndarray | None:
+    """Reference forces in eV/Å, shape (n_atoms, 3), or None."""
+    if atoms.calc is not None:
+        try:
+            return np.asarray(atoms.get_forces(), dtype=float)
+        except Exception:
+            pass
+    for key in ("forces", "REF_forces", "dft_forces"):
+        if key in atoms.arrays:
+            return np.asarray(atoms.arrays[key], dtype=float)
+    return None
+
+
+def get_stress(atoms: Atoms) -> np.ndarray | None:
+    """Reference stress as a 3×3 matrix in eV/Å³ (ASE sign convention), or None."""
+    stress = None
+    if atoms.calc is not None:
+        try:
+            stress = atoms.get_stress(voigt=False)
+        except Exception:
+            stress = None
+    if stress is None and "stress" in atoms.info:
+        stress = atoms.info["stress"]
+    if stress is None:
+        return None
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (6,):
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        stress = voigt_6_to_full_3x3_stress(stress)
+    return stress
+
+
+def has_labels(atoms: Atoms) -> bool:
+    return get_energy(atoms) is not None and get_forces(atoms) is not None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_structure(
+    atoms: Atoms,
+    *,
+    index: int | None = None,
+    supported_elements: Iterable[int] | None = None,
+    cutoff: float | None = None,
+    require_labels: bool = False,
+) -> None:
+    """Raise :class:`StructureError` naming the first problem with ``atoms``.
+
+    Checks, in order: non-empty; finite positions and cell; positive cell
+    volume (calib works with periodic crystals); elements supported by the
+    model; no two atoms closer than 0.5 Å (periodic images included); every
+    atom has a neighbour within the model cutoff (Å); and, when labels are
+    present or required, a finite energy (eV) and forces (eV/Å) of shape
+    (n_atoms, 3).
+    """
+    name = structure_name(atoms) if len(atoms) else "empty"
+
+    def fail(problem: str):
+        raise StructureError(index, problem, name)
+
+    if len(atoms) == 0:
+        fail("has no atoms")
+    pos = atoms.get_positions()
+    if not np.all(np.isfinite(pos)):
+        bad = int(np.where(~np.isfinite(pos).all(axis=1))[0][0])
+        fail(f"non-finite position for atom {bad}")
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    if not np.all(np.isfinite(cell)):
+        fail("non-finite cell vectors")
+    volume = float(np.linalg.det(cell))
+    if volume <= 1e-8:
+        fail(
+            f"cell volume is {volume:.4g} Å³ (zero or negative): calib needs a "
+            "periodic cell with right-handed, linearly independent vectors"
+        )
+    if not all(atoms.pbc):
+        fail("is not periodic in all three directions; set atoms.pbc = True with a cell")
+    if supported_elements is not None:
+        allowed = set(int(z) for z in supported_elements)
+        bad = sorted(set(int(z) for z in atoms.numbers) - allowed)
+        if bad:
+            names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in bad)
+            fail(f"contains elements the model does not support: {names}")
+    i, j, d = _neighbors(atoms, max(MIN_DISTANCE, cutoff or 0.0))
+    close = d < MIN_DISTANCE
+    if np.any(close):
+        k = int(np.argmin(np.where(close, d, np.inf)))
+        fail(
+            f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart "
+            f"(closer than {MIN_DISTANCE} Å)"
+        )
+    if cutoff is not None:
+        counts = np.bincount(i, minlength=len(atoms))
+        lonely = np.where(counts == 0)[0]
+        if len(lonely):
+            fail(
+                f"atom {int(lonely[0])} ({atoms.get_chemical_symbols()[lonely[0]]}) has no "
+                f"neighbour within the model cutoff of {cutoff} Å (isolated atom)"
+            )
+    energy = get_energy(atoms)
+    forces = get_forces(atoms)
+    if require_labels and (energy is None or forces is None):
+        missing = "energy" if energy is None else "forces"
+        fail(f"has no reference {missing} (labelled data needs total energy in eV and forces in eV/Å)")
+    if energy is not None and not np.isfinite(energy):
+        fail(f"reference energy is not finite ({energy})")
+    if forces is not None:
+        if forces.shape != (len(atoms), 3):
+            fail(f"reference forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+        if not np.all(np.isfinite(forces)):
+            fail("reference forces contain non-finite values")
+    stress = get_stress(atoms)
+    if stress is not None and not np.all(np.isfinite(stress)):
+        fail("reference stress contains non-finite values")
+
+
+def _neighbors(atoms: Atoms, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) of all pairs closer than ``r`` Å, periodic images included, self excluded.
+
+    pymatgen's compiled ``find_points_in_spheres`` is used rather than ASE's
+    pure-Python ``neighbor_list``: validation runs on every structure of every
+    batch and must stay negligible beside the model's forward pass.
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    pos = np.ascontiguousarray(atoms.get_positions(), dtype=float)
+    i, j, _, d = find_points_in_spheres(
+        pos, pos, r=float(r), pbc=np.ascontiguousarray(atoms.pbc, dtype=np.int64),
+        lattice=np.ascontiguousarray(atoms.cell[:], dtype=float), tol=1e-8,
+    )
+    keep = d > 1e-8
+    return i[keep].astype(int), j[keep].astype(int), d[keep]
+
+
+def validate(
+    structures: Sequence[Atoms],
+    *,
+    supported_elements: Iterable[int] | None = None,
+    cutoff: float | None = None,
+    require_labels: bool = False,
+) -> tuple[list[int], list[StructureIssue]]:
+    """Check every structure; return (indices that passed, issues of those that did not).
+
+    Never raises for a bad structure: each is reported once as a
+    :class:`StructureIssue` and the others go on.
+    """
+    supported = None if supported_elements is None else set(int(z) for z in supported_elements)
+    good: list[int] = []
+    issues: list[StructureIssue] = []
+    for i, atoms in enumerate(structures):
+        try:
+            check_structure(
+                atoms,
+                index=i,
+                supported_elements=supported,
+                cutoff=cutoff,
+                require_labels=require_labels,
+            )
+        except StructureError as err:
+            issues.append(StructureIssue(i, err.name, err.problem))
+        else:
+            good.append(i)
+    return good, issues
+
+
+def group_by_chemsys(structures: Sequence[Atoms]) -> dict[str, list[int]]:
+    """Indices of ``structures`` grouped by :func:`chemsys`, in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, atoms in enumerate(structures):
+        groups.setdefault(chemsys(atoms), []).append(i)
+    return groups
+
+
+def structures_fingerprint(structures: Sequence[Atoms]) -> str:
+    """SHA-256 over numbers, positions and cells: identifies an input list for resume."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for atoms in structures:
+        h.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(atoms.get_positions(), dtype=np.float64).tobytes())
+        h.update(np.ascontiguousarray(atoms.cell[:], dtype=np.float64).tobytes())
+    return h.hexdigest()

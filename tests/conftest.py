@@ -1,0 +1,43 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def chgnet():
+    from calib.models.chgnet import CHGNetAdapter
+
+    return CHGNetAdapter(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def prototypes():
+    """One rattled copy of every built-in prototype (8-12 atoms)."""
+    from calib.prototypes import perturbed_set
+
+    return perturbed_set(n_variants=1, rattle=0.05, strain=0.02, seed=7)
+
+
+@pytest.fixture(scope="session")
+def small_llpr(chgnet, prototypes):
+    """LLPR fitted on near-equilibrium variants (seeded, independent of `prototypes`)."""
+    from calib.llpr import LLPR, accumulate_hessian
+    from calib.prototypes import perturbed_set
+
+    res = accumulate_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)
+    llpr = LLPR(energy_convention="per_atom").fit(res.hessian, res.n_structures)
+    llpr.alpha2_ = 1e-4
+    llpr.sigma2_ = 1e-6 * llpr.eigenvalues_[-1]
+    return llpr
+
+
+def rattled_si(n_cells=1, seed=0, amp=0.08):
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", 5.43) * (n_cells, 1, 1)
+    rng = np.random.default_rng(seed)
+    atoms.positions += rng.normal(0, amp, atoms.positions.shape)
+    return atoms

@@ -1,0 +1,56 @@
+"""The labeller: streaming, resume, failures recorded; GPAW PAW-PBE on a 2-atom cell."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from calib.labelers import GPAWFactory, label
+from calib.structures import get_energy, get_forces
+
+
+def test_streams_resumes_and_records_failures(tmp_path):
+    # EMT knows Cu and Al but not Si: a real calculator error, not a mock
+    cu = bulk("Cu", "fcc", 3.6, cubic=True)
+    cu.rattle(0.05, seed=1)
+    al = bulk("Al", "fcc", 4.05, cubic=True)
+    al.rattle(0.05, seed=2)
+    si = bulk("Si", "diamond", 5.43)
+    out = tmp_path / "lab.extxyz"
+    rep = label([cu, si, al], out, EMT(), progress=False)
+    assert rep.n_labelled == 2 and len(rep.failures) == 1
+    assert rep.failures[0]["index"] == 1 and "Si" in rep.failures[0]["error"]
+    errors = [json.loads(x) for x in open(str(out) + ".errors.jsonl")]
+    assert errors[0]["name"] == "Si2"
+    got = ase.io.read(out, ":")
+    assert [a.get_chemical_formula() for a in got] == ["Cu4", "Al4"]
+    ref = cu.copy()
+    ref.calc = EMT()
+    assert get_energy(got[0]) == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(get_forces(got[0]), ref.get_forces(), atol=1e-6)
+    # rerun: nothing recomputed
+    again = label([cu, si, al], out, EMT(), progress=False)
+    assert again.n_labelled == 0 and again.n_done_before == 3
+    assert len(ase.io.read(out, ":")) == 2
+
+
+def test_gpaw_two_atom_cell(tmp_path):
+    pytest.importorskip("gpaw")
+    si = bulk("Si", "diamond", 5.43)
+    si.positions[1] += [0.1, 0.0, -0.05]
+    out = tmp_path / "si.extxyz"
+    rep = label([si], out, GPAWFactory(cutoff=250, kdensity=1.5), progress=False)
+    assert rep.n_labelled == 1, rep.failures
+    (atoms,) = ase.io.read(out, ":")
+    info = atoms.info
+    assert info["calculator"].startswith("gpaw ") and info["xc"] == "PBE" and info["cutoff_eV"] == 250.0
+    want = np.ceil(2 * np.pi * 1.5 * np.linalg.norm(si.cell.reciprocal(), axis=1)).astype(int)
+    assert list(info["kpts"]) == list(want) and not info["spinpol"]
+    f = get_forces(atoms)
+    assert np.abs(f.sum(axis=0)).max() < 0.02  # momentum conservation, eV/Å
+    assert f[1, 0] < -0.5  # displaced atom is pushed back
+    e = get_energy(atoms)
+    assert -12.5 < e < -9.5  # PBE Si2 total energy scale in GPAW's reference, eV
