@@ -45,10 +45,13 @@ def _fail(msg: str, as_json: bool) -> None:
     raise typer.Exit(code=1)
 
 
-def _model(spec: str, device: str):
+def _model(spec: str, device: str, as_json: bool = False):
     from .models import load_model
 
-    return load_model(spec, device=device)
+    try:
+        return load_model(spec, device=device)
+    except ValueError as exc:
+        _fail(str(exc), as_json)
 
 
 def _read(paths: List[Path], as_json: bool):
@@ -67,7 +70,7 @@ def _report_issues(issues, as_json: bool) -> None:
             typer.echo(f"  {issue}", err=True)
 
 
-ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped) or a MACE .model path")
+ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped) or 'chgnet:VERSION'")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
 
@@ -88,7 +91,7 @@ def hessian(
     from .pipeline import build_hessian
 
     structs = _read(structures, as_json)
-    m = _model(model, device)
+    m = _model(model, device, as_json)
     try:
         art, issues = build_hessian(m, structs, batch_size=batch_size, force_weight=force_weight,
                                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -124,7 +127,7 @@ def calibrate_cmd(
     from .pipeline import calibrate
 
     structs = _read(labelled, as_json)
-    m = _model(model, device)
+    m = _model(model, device, as_json)
     try:
         art = Artifact.load(hessian_path, model=m)
         res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not as_json)
@@ -141,8 +144,9 @@ def calibrate_cmd(
                    f"sigma2 = {s['sigma2']:.4g}, rank {s['rank']}/{s['n_features']}")
         typer.echo(f"  energy: RMSE {1000 * s['energy_rmse_per_atom']:.1f} meV/atom after element reference, "
                    f"NLL {s['energy_nll']:.3f}, Spearman(σ, |err|) {s['energy_spearman']:.2f}")
-        typer.echo(f"  forces: MAE {s['force_mae']:.3f} eV/Å, NLL {s['force_nll']:.3f}, "
-                   f"Spearman(σ, |err|) {s['force_spearman']:.2f}")
+        if "force_nll" in s:
+            typer.echo(f"  forces: MAE {s['force_mae']:.3f} eV/Å, NLL {s['force_nll']:.3f}, "
+                       f"Spearman(σ, |err|) {s['force_spearman']:.2f}")
         typer.echo(f"written to {out}")
 
 
@@ -162,7 +166,7 @@ def predict_cmd(
     from .pipeline import predict
 
     structs = _read(structures, as_json)
-    m = _model(model, device)
+    m = _model(model, device, as_json)
     try:
         art = Artifact.load(calibration, model=m)
         records, issues = predict(art, m, structs, forces=forces, force_mode=force_mode, batch_size=batch_size,

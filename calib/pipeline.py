@@ -78,6 +78,7 @@ def calibrate(
     target: str = "energy",
     batch_size: int = 16,
     approx_coverage: float = 0.95,
+    with_forces: bool = True,
     progress: bool = True,
 ) -> CalibrationResult:
     """Fit α², ς² (Gaussian NLL) and the per-element energy reference on labelled structures.
@@ -90,12 +91,18 @@ def calibrate(
     approx_coverage : float
         Fraction of the summed force variance the approximate force σ keeps
         (directions chosen by measured contribution on these structures).
+    with_forces : bool
+        Compute exact force gradients on the labelled set (d backward passes
+        per batch) for the force diagnostics and the approximate-σ truncation.
+        Only ``target="energy"`` can do without.
     """
     from tqdm.auto import tqdm
 
     artifact.check_model(model)
     if target not in ("energy", "forces", "both"):
         raise ValueError(f"target must be 'energy', 'forces' or 'both', got {target!r}")
+    if target != "energy" and not with_forces:
+        raise ValueError(f"target={target!r} needs force gradients (with_forces=True)")
     good, issues = model.validate(labelled, require_labels=True)
     if len(good) < 2:
         raise ValueError(f"calibration needs at least 2 valid labelled structures, got {len(good)}; "
@@ -112,8 +119,8 @@ def calibrate(
     # exact force gradients on the calibration set: for force calibration and the approx truncation
     U = L.eigenvectors_.T
     grads: list[np.ndarray] = []
-    for idx in tqdm(list(batches(len(structs), batch_size)), desc="force gradients", unit="batch",
-                    disable=not progress):
+    for idx in tqdm(list(batches(len(structs), batch_size)) if with_forces else [], desc="force gradients",
+                    unit="batch", disable=not progress):
         grads.extend(feature_gradients(model, [structs[i] for i in idx], U))
     rows, res = [], []
     if target in ("energy", "both"):
@@ -123,11 +130,17 @@ def calibrate(
         rows.append(L.force_rows(grads, pred.n_atoms))
         res.append(f_res.reshape(-1))
     L.calibrate(np.concatenate(rows), np.concatenate(res), target=target)
-    L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
-
     e_sigma = L.energy_sigma(pred.features, pred.n_atoms)
-    f_rows = L.force_rows(grads, pred.n_atoms)
-    f_sigma = np.sqrt(L.alpha2_ * f_rows @ L._weights())
+    force_summary = {}
+    if with_forces:
+        L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
+        f_rows = L.force_rows(grads, pred.n_atoms)
+        f_sigma = np.sqrt(L.alpha2_ * f_rows @ L._weights())
+        force_summary = {
+            "force_nll": L.nll(f_rows, f_res.reshape(-1)),
+            "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
+            "approx_force_directions": int(len(L.force_directions_)),
+        }
     summary = {
         "target": target,
         "n_structures": len(structs),
@@ -199,3 +212,54 @@ def predict(
             rec["max_force_sigma"] = float(np.sqrt(fvar[j].max()))
         records.append(rec)
     return records, pred.issues
+
+
+def evaluate(
+    artifact: Artifact,
+    model: ModelAdapter,
+    labelled: Sequence[Atoms],
+    *,
+    batch_size: int = 16,
+    forces: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Held-out check of calibrated σ against real errors.
+
+    Energy errors are total eV after the artifact's per-element reference;
+    force errors are components in eV/Å. Returns, for ``energy`` and
+    ``forces``: ``n``, ``mae``, ``nll`` (mean Gaussian NLL, nats), ``spearman``
+    (rank correlation of σ with |error|), ``coverage_1sigma`` / ``coverage_2sigma``
+    (fraction of |error| ≤ kσ; Gaussian: 0.683 / 0.954), and ``z_rms``.
+    """
+    from scipy.stats import norm
+
+    artifact.check_model(model)
+    L = artifact.llpr
+    good, issues = model.validate(labelled, require_labels=True)
+    structs = [labelled[i] for i in good]
+    pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
+    e_ref = np.array([get_energy(a) for a in structs])
+    shift = artifact.element_reference.predict([a.numbers for a in structs]) \
+        if artifact.element_reference is not None else 0.0
+    e_err = e_ref - pred.energy - shift
+    e_sig = L.energy_sigma(pred.features, pred.n_atoms)
+    out = {"skipped": [i.as_dict() for i in issues]}
+
+    def block(err, sig):
+        z = err / sig
+        return {
+            "n": int(len(err)),
+            "mae": float(np.mean(np.abs(err))),
+            "nll": float(np.mean(-norm.logpdf(err, scale=sig))),
+            "spearman": _spearman(sig, np.abs(err)),
+            "coverage_1sigma": float(np.mean(np.abs(z) <= 1)),
+            "coverage_2sigma": float(np.mean(np.abs(z) <= 2)),
+            "z_rms": float(np.sqrt(np.mean(z**2))),
+        }
+
+    out["energy"] = block(e_err, e_sig)
+    if forces:
+        f_var = L.force_variance(model, structs, batch_size=batch_size, progress=progress)
+        f_err = np.concatenate([get_forces(a) - pred.forces_of(i) for i, a in enumerate(structs)]).ravel()
+        out["forces"] = block(f_err, np.sqrt(np.concatenate([v.ravel() for v in f_var])))
+    return out

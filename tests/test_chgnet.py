@@ -66,3 +66,21 @@ def test_fingerprint_changes_with_weights(chgnet):
     with torch.no_grad():
         other.model.mlp.layers[-1].weight[0, 0] += 1e-3
     assert other.fingerprint() != chgnet.fingerprint()
+
+
+def test_last2_features_are_parameter_jacobians(chgnet, prototypes):
+    """feature_set='last2' equals autograd's ∂(E/N)/∂(w, b₃, W₃) computed on the model itself."""
+    import torch
+
+    from calib.models.chgnet import CHGNetAdapter
+
+    m2 = CHGNetAdapter(chgnet.model, feature_set="last2")
+    assert m2.n_features == 64 + 64 + 64 * 64
+    pred = m2.predict(prototypes[:3], forces=False)
+    np.testing.assert_allclose((pred.readout_energy() - pred.energy) / pred.n_atoms, 0, atol=1e-5)
+    pen, last = chgnet.model.mlp.layers[-4], chgnet.model.mlp.layers[-1]
+    for i, atoms in enumerate(prototypes[:3]):
+        e_per_atom = chgnet.model([chgnet._graphs([atoms])[0]], task="e")["e"].sum()
+        gw, gb, gW = torch.autograd.grad(e_per_atom, [last.weight, pen.bias, pen.weight])
+        want = np.concatenate([gw.numpy().ravel(), gb.numpy().ravel(), gW.numpy().ravel()])
+        np.testing.assert_allclose(pred.features[i], want, atol=2e-6)

@@ -76,8 +76,8 @@ def test_missing_file_and_bad_model(tmp_path):
     r = run("hessian", tmp_path / "none.xyz", "-o", tmp_path / "H.nc", "--json")
     assert r.exit_code == 1 and "not found" in json.loads(r.stdout)["error"]
     ase.io.write(tmp_path / "x.extxyz", datasets.load("high-energy-states", chemsys="Si")[:1])
-    r = run("hessian", tmp_path / "x.extxyz", "-o", tmp_path / "H.nc", "--model", "nonsense")
-    assert r.exit_code != 0
+    r = run("hessian", tmp_path / "x.extxyz", "-o", tmp_path / "H.nc", "--model", "nonsense", "--json")
+    assert r.exit_code == 1 and "unknown model 'nonsense'" in json.loads(r.stdout)["error"]
 
 
 def test_demo(tmp_path):

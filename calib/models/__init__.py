@@ -12,8 +12,8 @@ __all__ = ["BatchOutput", "FeatureGraph", "ModelAdapter", "Prediction", "load_mo
 def load_model(spec: "str | ModelAdapter" = "chgnet", device: str = "cpu") -> ModelAdapter:
     """An adapter from a name or path.
 
-    ``"chgnet"`` (CHGNet 0.3.0, shipped in the chgnet wheel), ``"chgnet:VERSION"``,
-    or a path to a MACE ``.model`` file (needs the ``mace`` extra).
+    ``"chgnet"`` (CHGNet 0.3.0, shipped in the chgnet wheel) or ``"chgnet:VERSION"``
+    (``0.2.0``, ``r2scan``). Any other adapter can be passed in directly.
     """
     if isinstance(spec, ModelAdapter):
         return spec
@@ -24,7 +24,8 @@ def load_model(spec: "str | ModelAdapter" = "chgnet", device: str = "cpu") -> Mo
         version = spec.split(":", 1)[1] if ":" in spec else "0.3.0"
         return CHGNetAdapter(version=version, device=device)
     if os.path.exists(spec):
-        from .mace import MACEAdapter
-
-        return MACEAdapter.from_file(spec, device=device)
-    raise ValueError(f"unknown model {spec!r}: use 'chgnet', 'chgnet:VERSION' or a path to a MACE .model file")
+        raise ValueError(
+            f"{spec}: loading a model file (MACE) is not supported yet; this version supports 'chgnet' "
+            "and 'chgnet:VERSION'"
+        )
+    raise ValueError(f"unknown model {spec!r}: use 'chgnet' or 'chgnet:VERSION'")

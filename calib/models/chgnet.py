@@ -44,12 +44,22 @@ class CHGNetAdapter(ModelAdapter):
         Pretrained version to load when ``model`` is None ("0.3.0").
     device : str
         "cpu" or "cuda" (or a torch.device).
+    feature_set : "last" | "last2"
+        "last" (default): the 64 inputs φ_a of the final Linear, i.e. the
+        Jacobian of E/N with respect to the readout weights w.
+        "last2": the Gauss–Newton features of the last *two* linear layers:
+        [φ_a (64), ∂(E/N)/∂b₃ (64), ∂(E/N)/∂W₃ (64×64)] = 4224 per atom, with
+        ∂/∂b₃ⱼ = wⱼ silu'(zⱼ) and ∂/∂W₃ⱼₖ = wⱼ silu'(zⱼ) hₖ for the penultimate
+        layer z = W₃h + b₃. The readout weight is w padded with zeros, so
+        E/N = w·f + b + offset still holds. Meant for energy σ; force σ would
+        need 4224 backward passes per batch.
     """
 
     name = "chgnet"
     energy_convention = "per_atom"
 
-    def __init__(self, model=None, *, version: str = "0.3.0", device: str | torch.device = "cpu"):
+    def __init__(self, model=None, *, version: str = "0.3.0", device: str | torch.device = "cpu",
+                 feature_set: str = "last"):
         from chgnet.model import CHGNet
 
         if model is None:
@@ -62,7 +72,16 @@ class CHGNetAdapter(ModelAdapter):
             raise TypeError("CHGNet readout does not end in Linear(d, 1); cannot take last-layer features")
         if not self.model.mlp_first or not self.model.is_intensive:
             raise TypeError("calib supports CHGNet with mlp_first=True and is_intensive=True (as 0.3.0)")
-        self.n_features = int(self._last.in_features)
+        if feature_set not in ("last", "last2"):
+            raise ValueError(f"feature_set must be 'last' or 'last2', got {feature_set!r}")
+        self.feature_set = feature_set
+        d = int(self._last.in_features)
+        if feature_set == "last2":
+            self._pen = self.model.mlp.layers[-4]
+            if not isinstance(self._pen, torch.nn.Linear) or not isinstance(self.model.mlp.layers[-3], torch.nn.SiLU):
+                raise TypeError("feature_set='last2' needs the readout MLP to end in Linear, SiLU, Dropout, Linear")
+            d = d + self._pen.out_features + self._pen.out_features * self._pen.in_features
+        self.n_features = d
         self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
         n_elements = int(self.model.atom_embedding.embedding.num_embeddings)
         self.supported_elements = frozenset(range(1, n_elements + 1))
@@ -74,6 +93,7 @@ class CHGNetAdapter(ModelAdapter):
     @property
     def readout(self) -> tuple[np.ndarray, float]:
         w = self._last.weight.detach().to("cpu", torch.float64).numpy().reshape(-1)
+        w = np.concatenate([w, np.zeros(self.n_features - w.size)])
         b = 0.0 if self._last.bias is None else float(self._last.bias.detach().cpu().double())
         return w, b
 
@@ -96,7 +116,10 @@ class CHGNetAdapter(ModelAdapter):
 
         graphs = self._graphs(structures)
         captured: list[torch.Tensor] = []
-        handle = self._last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))
+        pen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handles = [self._last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))]
+        if self.feature_set == "last2":
+            handles.append(self._pen.register_forward_hook(lambda mod, inp, out: pen.append((inp[0], out))))
         try:
             comp = self.model.composition_model(graphs) if self.model.composition_model is not None else 0.0
             bg = BatchedGraph.from_graphs(
@@ -107,10 +130,16 @@ class CHGNetAdapter(ModelAdapter):
             )
             pred = self.model._compute(bg, compute_force=forces, compute_stress=stress)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         if len(captured) != 1:
             raise RuntimeError(f"expected one call of the readout layer, saw {len(captured)}")
         phi = captured[0]
+        if self.feature_set == "last2":
+            h, z = pen[0]
+            sig = torch.sigmoid(z)
+            g = self._last.weight.reshape(1, -1) * sig * (1 + z * (1 - sig))  # w ⊙ silu'(z), (N, 64)
+            phi = torch.cat([phi, g, (g.unsqueeze(2) * h.unsqueeze(1)).reshape(len(h), -1)], dim=1)
         if not torch.is_tensor(comp):
             comp = torch.zeros_like(pred["e"])
         return pred, phi, bg, comp
