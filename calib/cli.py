@@ -174,10 +174,22 @@ def predict_cmd(
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)
     if as_json:
-        emit_json({"records": records, "skipped": [i.as_dict() for i in issues]} if issues else records)
+        # one record per input structure, in input order; a skipped one carries `error` instead of numbers
+        from .structures import chemsys
+
+        failed = [{"index": i.index, "name": i.name, "chemsys": _safe_chemsys(structs[i.index], chemsys),
+                   "error": i.problem} for i in issues]
+        emit_json(sorted(records + failed, key=lambda r: r["index"]))
         return
     _report_issues(issues, as_json)
     _print_table(records, forces)
+
+
+def _safe_chemsys(atoms, chemsys) -> str | None:
+    try:
+        return chemsys(atoms)
+    except Exception:  # e.g. unknown element symbols
+        return None
 
 
 def _print_table(records, forces: bool, extra=None) -> None:

@@ -150,12 +150,10 @@ def calibrate(
         "n_features": L.n_features,
         "regularisation_note": L.regularisation_note_,
         "energy_nll": L.nll(L.energy_rows(pred.features, pred.n_atoms), e_res),
-        "force_nll": L.nll(f_rows, f_res.reshape(-1)),
         "energy_spearman": _spearman(e_sigma, np.abs(e_res)),
-        "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
         "energy_rmse_per_atom": float(np.sqrt(np.mean((e_res / pred.n_atoms) ** 2))),
         "force_mae": float(np.mean(np.abs(f_res))),
-        "approx_force_directions": int(len(L.force_directions_)),
+        **force_summary,
         "element_reference": ref.as_dict(),
     }
     art = Artifact(llpr=L, model_info=artifact.model_info, readout_weight=artifact.readout_weight,

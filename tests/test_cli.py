@@ -52,9 +52,9 @@ def test_hessian_calibrate_predict(files, chgnet):
     r = run("predict", d / "lab.extxyz", "--calibration", d / "cal.nc", "--forces", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    recs = out["records"]
-    assert [s["name"] for s in out["skipped"]] == ["squashed"]
-    assert [x["index"] for x in recs] == list(range(6))
+    assert [x["index"] for x in out] == list(range(7))
+    assert out[6]["name"] == "squashed" and "closer than 0.5" in out[6]["error"] and "energy" not in out[6]
+    recs = out[:6]
     assert {"index", "chemsys", "energy", "energy_sigma", "max_force_sigma"} <= set(recs[0])
     assert recs[0]["chemsys"] == "Si"
     # the numbers are those of the library path
@@ -88,3 +88,15 @@ def test_demo(tmp_path):
     assert len(res["records"]) >= 4
     assert all(x["energy_sigma"] > 0 and np.isfinite(x["energy_error"]) for x in res["records"])
     assert (tmp_path / "calibration.nc").exists()
+
+
+def test_calibrate_energy_only_without_force_gradients(chgnet):
+    from calib.pipeline import build_hessian, calibrate
+    from calib.prototypes import perturbed_set
+
+    art, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=2), progress=False)
+    lab = datasets.load("high-energy-states", chemsys="Si")[:4]
+    res = calibrate(art, chgnet, lab, target="energy", with_forces=False, progress=False)
+    assert "force_nll" not in res.summary and res.summary["alpha2"] > 0
+    with pytest.raises(ValueError, match="needs force gradients"):
+        calibrate(art, chgnet, lab, target="forces", with_forces=False, progress=False)
