@@ -43,7 +43,7 @@ def mace_style_force_variance(model, structures, llpr, batch_size: int) -> list[
         for i, atoms in enumerate(batch):
             J = torch.stack([rows[k][i] for k in range(d)]).reshape(d, -1).to(torch.float64).cpu()
             s = float(len(atoms)) if llpr.energy_convention == "per_atom" else 1.0
-            var = llpr.alpha2_ * s**2 * torch.einsum("da,de,ea->a", J, Sigma, J)
+            var = llpr.force_alpha2_ * s**2 * torch.einsum("da,de,ea->a", J, Sigma, J)
             out.append(var.reshape(-1, 3).numpy())
     return out
 

@@ -117,7 +117,8 @@ def calibrate_cmd(
     hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
     model: str = ModelOpt,
-    target: str = typer.Option("energy", "--target", help="residuals for the NLL: energy, forces or both"),
+    target: str = typer.Option("both", "--target",
+                               help="residuals for the NLL: both (α²_E and α²_F, shared ς²), energy or forces"),
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
@@ -140,8 +141,7 @@ def calibrate_cmd(
     else:
         _report_issues(res.issues, as_json)
         s = res.summary
-        typer.echo(f"calibrated on {s['n_structures']} structures ({target}): alpha2 = {s['alpha2']:.4g}, "
-                   f"sigma2 = {s['sigma2']:.4g}, rank {s['rank']}/{s['n_features']}")
+        typer.echo(f"calibrated on {s['n_structures']} structures ({target}): {s['regularisation_note']}")
         typer.echo(f"  energy: RMSE {1000 * s['energy_rmse_per_atom']:.1f} meV/atom after element reference, "
                    f"NLL {s['energy_nll']:.3f}, Spearman(σ, |err|) {s['energy_spearman']:.2f}")
         if "force_nll" in s:

@@ -29,7 +29,7 @@ def split_by_chemsys(structures, every: int = 2):
 
 
 def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | None = print,
-             target: str = "energy") -> dict:
+             target: str = "both") -> dict:
     from . import datasets
     from .models.chgnet import CHGNetAdapter
     from .pipeline import build_hessian, calibrate, predict
@@ -64,7 +64,8 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     art = res.artifact
     s = res.summary
     say(f"calibrated on {s['n_structures']} GPAW-labelled high-energy structures ({target}): "
-        f"alpha2 = {s['alpha2']:.3g}, sigma2 = {s['sigma2']:.3g}")
+        f"alpha2_E = {s['alpha2']:.3g}, alpha2_F = {s.get('force_alpha2', s['alpha2']):.3g}, "
+        f"sigma2 = {s['sigma2']:.3g}")
     art.save(os.path.join(out, "calibration.nc"))
 
     # force σ by the truncated mode fitted on the calibration set (its error: docs/llpr.md)

@@ -271,7 +271,8 @@ class LLPR:
         Regulariser ς² (feature units²). None: chosen by :meth:`calibrate`,
         or, before calibration, 1e-6 · λ_max (reported in ``regularisation_note_``).
     alpha2 : float
-        Scale α² of the posterior (dimensionless); fitted by :meth:`calibrate`.
+        Scale α² of the posterior (dimensionless); fitted by :meth:`calibrate`,
+        which can fit a separate α²_F for forces (``force_alpha2_``).
     rank_tol : float
         Eigenvalues below ``rank_tol · λ_max`` count as null directions in the
         reported rank (they are kept and regularised, never dropped).
@@ -282,7 +283,7 @@ class LLPR:
     eigenvectors_ : (d, d) float64, columns u_k.
     rank_ : int
     n_structures_ : int
-    sigma2_, alpha2_ : float
+    sigma2_, alpha2_, force_alpha2_ : float
     """
 
     def __init__(self, energy_convention: str = "per_atom", sigma2: float | None = None,
@@ -319,6 +320,7 @@ class LLPR:
                 f"rank {self.rank_}/{H.shape[0]} at tolerance {self.rank_tol:g}"
             )
         self.alpha2_ = float(self.alpha2)
+        self.force_alpha2_ = self.alpha2_
         return self
 
     @property
@@ -414,7 +416,7 @@ class LLPR:
             grads = feature_gradients(model, batch, U, mechanism=mechanism)
             n = np.array([len(a) for a in batch])
             for g, s in zip(grads, self._scale(n)):
-                var = self.alpha2_ * factor * np.einsum("k,kax->ax", w, (s * g) ** 2)
+                var = self.force_alpha2_ * factor * np.einsum("k,kax->ax", w, (s * g) ** 2)
                 out.append(var)
         return out
 
@@ -437,14 +439,18 @@ class LLPR:
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, rows: np.ndarray, residuals: np.ndarray, *, target: str = "energy",
-                  sigma2_grid: np.ndarray | None = None) -> LLPR:
+                  groups: np.ndarray | None = None, sigma2_grid: np.ndarray | None = None) -> LLPR:
         """Fit α² and ς² by minimising the Gaussian NLL of ``residuals`` (eV or eV/Å).
 
-        ``rows`` are :meth:`energy_rows` or :meth:`force_rows` (their
-        concatenation calibrates on both). For each ς², α² = mean(r²/v) is
-        the closed-form minimiser; ς² is searched on a log grid spanning
-        1e-12…1e2 · λ_max and refined by a bounded 1-D minimisation.
-        A ς² given in the constructor is kept; only α² is fitted.
+        ``rows`` are :meth:`energy_rows` and/or :meth:`force_rows`. With
+        ``groups`` (0 = energy row, 1 = force row) each observable gets its own
+        scale, α²_E (``alpha2_``) and α²_F (``force_alpha2_``), and the shared
+        ς² minimises the sum of the two per-observable mean NLLs, so thousands
+        of force components do not drown a few dozen energies. Without groups
+        one α² serves both. For each ς², α² = mean(r²/v) is the closed-form
+        minimiser; ς² is searched on a log grid spanning 1e-12…1e2 · λ_max and
+        refined by a bounded 1-D minimisation. A ς² given in the constructor
+        is kept; only the α² are fitted.
         """
         from scipy.optimize import minimize_scalar
 
@@ -454,23 +460,29 @@ class LLPR:
             raise ValueError(f"{P.shape[0]} rows but {r2.shape[0]} residuals")
         if P.shape[0] < 2:
             raise ValueError("calibration needs at least 2 residuals")
+        g = np.zeros(len(r2), dtype=int) if groups is None else np.asarray(groups, dtype=int).reshape(-1)
+        if g.shape != r2.shape:
+            raise ValueError(f"{len(g)} group labels but {len(r2)} residuals")
+        present = [k for k in (0, 1) if np.any(g == k)]
         lam_max = max(float(self.eigenvalues_[-1]), 1e-12)
 
-        def profile(log_s2: float) -> tuple[float, float]:
-            v = P @ (1.0 / (self.eigenvalues_ + 10.0**log_s2))
-            v = np.maximum(v, 1e-300)
-            a2 = float(np.mean(r2 / v))
-            nll = 0.5 * float(np.mean(np.log(2 * np.pi * a2 * v) + r2 / (a2 * v)))
+        def profile(log_s2: float) -> tuple[dict, float]:
+            v = np.maximum(P @ (1.0 / (self.eigenvalues_ + 10.0**log_s2)), 1e-300)
+            a2, nll = {}, 0.0
+            for k in present:
+                m = g == k
+                a2[k] = float(np.mean(r2[m] / v[m]))
+                nll += 0.5 * float(np.mean(np.log(2 * np.pi * a2[k] * v[m]) + r2[m] / (a2[k] * v[m])))
             return a2, nll
 
         if self.sigma2 is not None:
             log_best = np.log10(self.sigma2)
             grid, nlls = [], []
-            note = "sigma2 fixed by the user; alpha2 fitted"
+            note = "sigma2 fixed by the user; alpha2 fitted; "
         else:
             grid = np.log10(lam_max) + (np.linspace(-12, 2, 57) if sigma2_grid is None
                                         else np.log10(np.asarray(sigma2_grid)) - np.log10(lam_max))
-            nlls = [profile(g)[1] for g in grid]
+            nlls = [profile(x)[1] for x in grid]
             i = int(np.argmin(nlls))
             lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
             res = minimize_scalar(lambda x: profile(x)[1], bounds=(lo, hi), method="bounded",
@@ -484,20 +496,24 @@ class LLPR:
                               stacklevel=2)
         a2, nll = profile(log_best)
         self.sigma2_ = float(10.0**log_best)
-        self.alpha2_ = a2
+        self.alpha2_ = a2.get(0, a2.get(1))
+        self.force_alpha2_ = a2.get(1, self.alpha2_)
+        scales = (f"alpha2_E = {self.alpha2_:.3g}, alpha2_F = {self.force_alpha2_:.3g}" if len(present) == 2
+                  else f"alpha2 = {self.alpha2_:.3g}")
         self.regularisation_note_ = (
-            note + f"sigma2 = {self.sigma2_:.3g} ({self.sigma2_ / lam_max:.2g} lambda_max) and "
-            f"alpha2 = {a2:.3g} by Gaussian NLL on {len(r2)} {target} residuals; rank {self.rank_}/{self.n_features}"
+            note + f"sigma2 = {self.sigma2_:.3g} ({self.sigma2_ / lam_max:.2g} lambda_max) and {scales} by "
+            f"Gaussian NLL on {len(r2)} {target} residuals; rank {self.rank_}/{self.n_features}"
         )
         self.report_ = CalibrationReport(
-            target=target, n_rows=len(r2), alpha2=a2, sigma2=self.sigma2_, nll=nll, rank=self.rank_,
-            sigma2_grid=[float(10.0**g) for g in grid], nll_grid=[float(x) for x in nlls],
+            target=target, n_rows=len(r2), alpha2=self.alpha2_, sigma2=self.sigma2_, nll=nll, rank=self.rank_,
+            sigma2_grid=[float(10.0**x) for x in grid], nll_grid=[float(x) for x in nlls],
             note=self.regularisation_note_,
         )
         return self
 
-    def nll(self, rows: np.ndarray, residuals: np.ndarray) -> float:
-        """Mean Gaussian NLL of residuals under the current α², ς² (nats per residual)."""
-        v = np.maximum(self.alpha2_ * np.asarray(rows) @ self._weights(), 1e-300)
+    def nll(self, rows: np.ndarray, residuals: np.ndarray, observable: str = "energy") -> float:
+        """Mean Gaussian NLL of residuals under the current α² (of ``observable``) and ς², nats per residual."""
+        a2 = self.force_alpha2_ if observable == "forces" else self.alpha2_
+        v = np.maximum(a2 * np.asarray(rows) @ self._weights(), 1e-300)
         r2 = np.asarray(residuals).reshape(-1) ** 2
         return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))

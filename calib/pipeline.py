@@ -75,7 +75,7 @@ def calibrate(
     model: ModelAdapter,
     labelled: Sequence[Atoms],
     *,
-    target: str = "energy",
+    target: str = "both",
     batch_size: int = 16,
     approx_coverage: float = 0.95,
     with_forces: bool = True,
@@ -87,7 +87,10 @@ def calibrate(
     ----------
     target : "energy" | "forces" | "both"
         Which residuals the NLL is taken over. Energies use total eV after the
-        per-element reference; forces use every component (eV/Å).
+        per-element reference; forces use every component (eV/Å). "both"
+        (the default) fits a separate scale for each, α²_E and α²_F, with a
+        shared ς²: measured on the shipped GPAW data, one α² cannot serve
+        both (docs/llpr.md).
     approx_coverage : float
         Fraction of the summed force variance the approximate force σ keeps
         (directions chosen by measured contribution on these structures).
@@ -122,22 +125,25 @@ def calibrate(
     for idx in tqdm(list(batches(len(structs), batch_size)) if with_forces else [], desc="force gradients",
                     unit="batch", disable=not progress):
         grads.extend(feature_gradients(model, [structs[i] for i in idx], U))
-    rows, res = [], []
+    rows, res, groups = [], [], []
     if target in ("energy", "both"):
         rows.append(L.energy_rows(pred.features, pred.n_atoms))
         res.append(e_res)
+        groups.append(np.zeros(len(e_res), dtype=int))
     if target in ("forces", "both"):
         rows.append(L.force_rows(grads, pred.n_atoms))
         res.append(f_res.reshape(-1))
-    L.calibrate(np.concatenate(rows), np.concatenate(res), target=target)
+        groups.append(np.ones(f_res.size, dtype=int))
+    L.calibrate(np.concatenate(rows), np.concatenate(res), target=target, groups=np.concatenate(groups))
     e_sigma = L.energy_sigma(pred.features, pred.n_atoms)
     force_summary = {}
     if with_forces:
         L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
         f_rows = L.force_rows(grads, pred.n_atoms)
-        f_sigma = np.sqrt(L.alpha2_ * f_rows @ L._weights())
+        f_sigma = np.sqrt(L.force_alpha2_ * f_rows @ L._weights())
         force_summary = {
-            "force_nll": L.nll(f_rows, f_res.reshape(-1)),
+            "force_alpha2": L.force_alpha2_,
+            "force_nll": L.nll(f_rows, f_res.reshape(-1), observable="forces"),
             "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
             "approx_force_directions": int(len(L.force_directions_)),
         }

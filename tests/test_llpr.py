@@ -74,6 +74,30 @@ def test_calibration_closed_form_alpha_and_recovers_truth():
     assert fixed.alpha2_ == pytest.approx(np.mean(r**2 / v1), rel=1e-12)
 
 
+def test_separate_scales_for_energies_and_forces():
+    """Two observables with different true α² share ς²: each α² is recovered, ς² too."""
+    rng = np.random.default_rng(12)
+    d = 8
+    scale = np.geomspace(1e-2, 10, d)
+    F = rng.normal(size=(100, d)) * scale
+    L = LLPR(energy_convention="total").fit(F.T @ F, 100)
+    true_s2 = 0.1 * L.eigenvalues_[-1]
+    w = 1 / (L.eigenvalues_ + true_s2)
+    rows_e = L.energy_rows(rng.normal(size=(300, d)) * scale, np.ones(300))
+    rows_f = rng.uniform(0, 1, size=(3000, d)) * (L.eigenvalues_ + 1)  # any nonnegative rows
+    r_e = rng.normal(0, np.sqrt(0.5 * rows_e @ w))
+    r_f = rng.normal(0, np.sqrt(400.0 * rows_f @ w))
+    groups = np.r_[np.zeros(300, int), np.ones(3000, int)]
+    L.calibrate(np.vstack([rows_e, rows_f]), np.r_[r_e, r_f], target="both", groups=groups)
+    assert L.alpha2_ == pytest.approx(0.5, rel=0.2)
+    assert L.force_alpha2_ == pytest.approx(400.0, rel=0.1)
+    assert np.log10(L.sigma2_) == pytest.approx(np.log10(true_s2), abs=0.5)
+    # the force σ uses α²_F, the energy σ α²_E
+    np.testing.assert_allclose(L.nll(rows_f, r_f, observable="forces"),
+                               np.mean(0.5 * np.log(2 * np.pi * L.force_alpha2_ * (rows_f @ L._weights()))
+                                       + 0.5 * r_f**2 / (L.force_alpha2_ * (rows_f @ L._weights()))))
+
+
 def test_singular_hessian_is_regularised_not_fatal():
     rng = np.random.default_rng(3)
     F = rng.normal(size=(3, 20))  # fewer structures than features
