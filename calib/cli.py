@@ -118,7 +118,7 @@ def calibrate_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
     model: str = ModelOpt,
     target: str = typer.Option("both", "--target",
-                               help="residuals for the NLL: both (α²_E and α²_F, shared ς²), energy or forces"),
+                               help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,

@@ -64,8 +64,8 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     art = res.artifact
     s = res.summary
     say(f"calibrated on {s['n_structures']} GPAW-labelled high-energy structures ({target}): "
-        f"alpha2_E = {s['alpha2']:.3g}, alpha2_F = {s.get('force_alpha2', s['alpha2']):.3g}, "
-        f"sigma2 = {s['sigma2']:.3g}")
+        f"energies alpha2 = {s['alpha2']:.3g}, sigma2 = {s['sigma2']:.3g}; "
+        f"forces alpha2 = {s.get('force_alpha2', s['alpha2']):.3g}, sigma2 = {s.get('force_sigma2', s['sigma2']):.3g}")
     art.save(os.path.join(out, "calibration.nc"))
 
     # force σ by the truncated mode fitted on the calibration set (its error: docs/llpr.md)

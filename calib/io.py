@@ -9,8 +9,8 @@ hessian                   (feature, feature_b)   H = Σ f fᵀ (feature units²)
 eigenvalues               (eig)                  λ_k of H, ascending
 eigenvectors              (feature, eig)         u_k as columns
 readout_weight            (feature)              w of the final linear layer
-alpha2, force_alpha2      ()                     posterior scales α²_E, α²_F (1)
-sigma2                    ()                     regulariser ς² (feature units²)
+alpha2, sigma2            ()                     α²_E (1) and ς²_E (feature units²): energies
+force_alpha2, force_sigma2 ()                    α²_F and ς²_F: forces
 force_directions          (force_direction)      eigen-directions kept by approx force σ
 force_truncation_factor   ()                     bias correction of approx force σ (1)
 element_reference         (element)              μ_el, eV/atom (energy labels only)
@@ -117,6 +117,8 @@ class Artifact:
                 "alpha2": ((), float(L.alpha2_), {"units": "1", "description": "posterior scale for energies"}),
                 "force_alpha2": ((), float(getattr(L, "force_alpha2_", L.alpha2_)),
                                  {"units": "1", "description": "posterior scale for forces"}),
+                "force_sigma2": ((), float(getattr(L, "force_sigma2_", L.sigma2_)),
+                                 {"units": "feature units^2", "description": "regulariser for forces"}),
                 "sigma2": ((), float(L.sigma2_), {"units": "feature units^2"}),
             },
             coords={"feature": np.arange(d), "eig": np.arange(d)},
@@ -164,6 +166,7 @@ class Artifact:
         L.n_structures_ = int(attrs.get("n_structures", 0))
         L.alpha2_ = float(ds["alpha2"].values)
         L.force_alpha2_ = float(ds["force_alpha2"].values) if "force_alpha2" in ds else L.alpha2_
+        L.force_sigma2_ = float(ds["force_sigma2"].values) if "force_sigma2" in ds else L.sigma2_
         L.sigma2_ = float(ds["sigma2"].values)
         L.regularisation_note_ = attrs.get("regularisation_note", "")
         if "force_directions" in ds:

@@ -88,9 +88,8 @@ def calibrate(
     target : "energy" | "forces" | "both"
         Which residuals the NLL is taken over. Energies use total eV after the
         per-element reference; forces use every component (eV/Å). "both"
-        (the default) fits a separate scale for each, α²_E and α²_F, with a
-        shared ς²: measured on the shipped GPAW data, one α² cannot serve
-        both (docs/llpr.md).
+        (the default) fits (α², ς²) for each separately: measured on the
+        shipped GPAW data, one pair cannot serve both (docs/llpr.md).
     approx_coverage : float
         Fraction of the summed force variance the approximate force σ keeps
         (directions chosen by measured contribution on these structures).
@@ -140,9 +139,10 @@ def calibrate(
     if with_forces:
         L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
         f_rows = L.force_rows(grads, pred.n_atoms)
-        f_sigma = np.sqrt(L.force_alpha2_ * f_rows @ L._weights())
+        f_sigma = np.sqrt(L.force_alpha2_ * f_rows @ L._force_weights())
         force_summary = {
             "force_alpha2": L.force_alpha2_,
+            "force_sigma2": L.force_sigma2_,
             "force_nll": L.nll(f_rows, f_res.reshape(-1), observable="forces"),
             "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
             "approx_force_directions": int(len(L.force_directions_)),

@@ -30,7 +30,7 @@ def small_llpr(chgnet, prototypes):
     res = accumulate_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)
     llpr = LLPR(energy_convention="per_atom").fit(res.hessian, res.n_structures)
     llpr.alpha2_ = llpr.force_alpha2_ = 1e-4
-    llpr.sigma2_ = 1e-6 * llpr.eigenvalues_[-1]
+    llpr.sigma2_ = llpr.force_sigma2_ = 1e-6 * llpr.eigenvalues_[-1]
     return llpr
 
 

@@ -12,7 +12,7 @@ def make_artifact(chgnet):
     rng = np.random.default_rng(0)
     F = rng.normal(size=(30, 64))
     L = LLPR().fit(F.T @ F, 30)
-    L.alpha2_, L.force_alpha2_, L.sigma2_ = 0.7, 35.0, 1e-3
+    L.alpha2_, L.force_alpha2_, L.sigma2_, L.force_sigma2_ = 0.7, 35.0, 1e-3, 2e-2
     L.force_directions_, L.force_truncation_factor_ = np.array([3, 60, 63]), 1.07
     ref = ElementReference().fit([[3, 17], [3, 3, 17, 17], [11, 17]], np.array([0.7, 1.4, 0.2]))
     return Artifact(llpr=L, model_info=chgnet.describe(), readout_weight=chgnet.readout[0], element_reference=ref,
@@ -27,6 +27,7 @@ def test_round_trip(chgnet, tmp_path):
     for name in ("hessian_", "eigenvalues_", "eigenvectors_", "force_directions_"):
         assert np.array_equal(getattr(back.llpr, name), getattr(art.llpr, name)), name
     assert back.llpr.alpha2_ == 0.7 and back.llpr.force_alpha2_ == 35.0 and back.llpr.sigma2_ == 1e-3
+    assert back.llpr.force_sigma2_ == 2e-2
     assert back.llpr.force_truncation_factor_ == 1.07
     assert back.element_reference.as_dict() == pytest.approx(art.element_reference.as_dict())
     assert back.model_info["model_fingerprint"] == chgnet.fingerprint()
