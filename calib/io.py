@@ -97,6 +97,13 @@ class Artifact:
                 f"but the model given is {model.name} {model.version} (weights {fp[:12]}); "
                 "refit the artifact with this model"
             )
+        mine = (self.model_info.get("feature_set", "last"), int(self.model_info.get("n_features", -1)))
+        theirs = (getattr(model, "feature_set", "last"), int(model.n_features))
+        if mine != theirs:
+            raise ArtifactError(
+                f"artifact was fitted on the {mine[0]!r} feature set ({mine[1]} features) but the model gives "
+                f"{theirs[0]!r} ({theirs[1]} features); use the same feature set or refit"
+            )
 
     # ------------------------------------------------------------------ dataset
     def to_dataset(self):
@@ -176,7 +183,8 @@ class Artifact:
         if "element_reference" in ds:
             ref = ElementReference.from_dict(
                 dict(zip([str(e) for e in ds["element"].values], ds["element_reference"].values.astype(float))))
-        info_keys = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features")
+        info_keys = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features",
+                     "feature_set")
         model_info = {k: attrs.pop(k) for k in info_keys if k in attrs}
         return cls(llpr=L, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
                    element_reference=ref, attrs=attrs)

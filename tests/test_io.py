@@ -65,6 +65,15 @@ def test_wrong_model_fails_clearly(chgnet, tmp_path):
         Artifact.load(path, model=other)
 
 
+def test_other_feature_set_fails_clearly(chgnet, tmp_path):
+    from calib.models.chgnet import CHGNetAdapter
+
+    path = tmp_path / "cal.nc"
+    make_artifact(chgnet).save(path)
+    with pytest.raises(ArtifactError, match="'last' feature set \\(64 features\\).*'last2' \\(4224"):
+        Artifact.load(path, model=CHGNetAdapter(chgnet.model, feature_set="last2"))
+
+
 def test_corrupt_and_missing_files_fail_clearly(chgnet, tmp_path):
     path = tmp_path / "cal.nc"
     make_artifact(chgnet).save(path)

@@ -235,6 +235,7 @@ class ModelAdapter(ABC):
             "model_fingerprint": self.fingerprint(),
             "energy_convention": self.energy_convention,
             "n_features": self.n_features,
+            "feature_set": getattr(self, "feature_set", "last"),
         }
 
     def validate(self, structures: Sequence[Atoms], require_labels: bool = False):
