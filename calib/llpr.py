@@ -333,7 +333,7 @@ class LLPR:
         return 1.0 / (self.eigenvalues_ + s2)
 
     def _force_weights(self) -> np.ndarray:
-        return self._weights(getattr(self, "force_sigma2_", self.sigma2_))
+        return self._weights(self.force_sigma2_)
 
     def covariance(self, sigma2: float | None = None) -> np.ndarray:
         """Σ = (H + ς² I)⁻¹ (without α²), via the eigendecomposition."""

@@ -62,6 +62,14 @@ class CalibrationResult:
     summary: dict = field(default_factory=dict)
 
 
+def _label_errors(structs: Sequence[Atoms], pred) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference minus model: total energies (S,) in eV and, when predicted, forces (N_total, 3) in eV/Å."""
+    e_delta = np.array([get_energy(a) for a in structs]) - pred.energy
+    if pred.forces is None:
+        return e_delta, None
+    return e_delta, np.concatenate([get_forces(a) - pred.forces_of(i) for i, a in enumerate(structs)])
+
+
 def _spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
@@ -111,11 +119,10 @@ def calibrate(
                          + "; ".join(str(i) for i in issues[:5]))
     structs = [labelled[i] for i in good]
     pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
-    e_ref = np.array([get_energy(a) for a in structs])
+    e_delta, f_res = _label_errors(structs, pred)
     numbers = [a.numbers for a in structs]
-    ref = ElementReference().fit(numbers, e_ref - pred.energy)
-    e_res = e_ref - pred.energy - ref.predict(numbers)
-    f_res = np.concatenate([get_forces(a) - pred.forces_of(i) for i, a in enumerate(structs)])
+    ref = ElementReference().fit(numbers, e_delta)
+    e_res = e_delta - ref.predict(numbers)
 
     L = artifact.llpr
     # exact force gradients on the calibration set: for force calibration and the approx truncation
@@ -241,11 +248,11 @@ def evaluate(
     L = artifact.llpr
     good, issues = model.validate(labelled, require_labels=True)
     structs = [labelled[i] for i in good]
-    pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
-    e_ref = np.array([get_energy(a) for a in structs])
+    pred = model.predict(structs, forces=forces, batch_size=batch_size, progress=progress, validate=False)
+    e_delta, f_err = _label_errors(structs, pred)
     shift = artifact.element_reference.predict([a.numbers for a in structs]) \
         if artifact.element_reference is not None else 0.0
-    e_err = e_ref - pred.energy - shift
+    e_err = e_delta - shift
     e_sig = L.energy_sigma(pred.features, pred.n_atoms)
     out = {"skipped": [i.as_dict() for i in issues]}
 
@@ -264,6 +271,5 @@ def evaluate(
     out["energy"] = block(e_err, e_sig)
     if forces:
         f_var = L.force_variance(model, structs, batch_size=batch_size, progress=progress)
-        f_err = np.concatenate([get_forces(a) - pred.forces_of(i) for i, a in enumerate(structs)]).ravel()
-        out["forces"] = block(f_err, np.sqrt(np.concatenate([v.ravel() for v in f_var])))
+        out["forces"] = block(f_err.ravel(), np.sqrt(np.concatenate([v.ravel() for v in f_var])))
     return out
