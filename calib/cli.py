@@ -210,6 +210,42 @@ def _print_table(records, forces: bool, extra=None) -> None:
         typer.echo(line)
 
 
+@app.command("label")
+def label_cmd(
+    structures: List[Path] = typer.Argument(..., help="structures to label (extxyz, CIF, POSCAR, ASE db)"),
+    out: Path = typer.Option(..., "-o", "--out", help="labelled extxyz, appended to as each structure finishes"),
+    cutoff: float = typer.Option(450.0, "--cutoff", help="plane-wave cutoff (eV)"),
+    kdensity: float = typer.Option(3.0, "--kdensity", help="k-point density (points per Å⁻¹)"),
+    xc: str = typer.Option("PBE", "--xc", help="exchange-correlation functional"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="retry structures in OUT.errors.jsonl"),
+    as_json: bool = JsonOpt,
+):
+    """Reference energies (eV), forces (eV/Å) and stress (eV/Å³) with GPAW PAW (plane waves).
+
+    Rerunning with the same OUT skips finished structures; failures go to
+    OUT.errors.jsonl and the run goes on.
+    """
+    from .labelers import GPAWFactory, label
+
+    try:
+        import gpaw  # noqa: F401
+    except ImportError:
+        _fail("GPAW is not installed: CC=g++ pip install 'calib[dft]' (or pass an ASE calculator "
+              "to calib.labelers.label from Python)", as_json)
+    structs = _read(structures, as_json)
+    report = label(structs, out, GPAWFactory(cutoff=cutoff, kdensity=kdensity, xc=xc),
+                   progress=not as_json, retry_failed=retry_failed)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    typer.echo(f"{report.n_labelled} labelled, {report.n_done_before} already done, "
+               f"{len(report.failures)} failed in {report.seconds:.0f} s; written to {out}")
+    for f in report.failures:
+        typer.echo(f"  failed #{f['index']} {f['name']}: {f['error']}", err=True)
+    if report.failures:
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),

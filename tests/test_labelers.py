@@ -54,3 +54,26 @@ def test_gpaw_two_atom_cell(tmp_path):
     assert f[1, 0] < -0.5  # displaced atom is pushed back
     e = get_energy(atoms)
     assert -12.5 < e < -9.5  # PBE Si2 total energy scale in GPAW's reference, eV
+
+
+def test_label_cli_streams_and_resumes(tmp_path):
+    pytest.importorskip("gpaw")
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    si = bulk("Si", "diamond", 5.43)
+    si.positions[1] += [0.05, 0.0, 0.0]
+    src = tmp_path / "in.extxyz"
+    ase.io.write(src, [si], format="extxyz")
+    out = tmp_path / "out.extxyz"
+    args = ["label", str(src), "-o", str(out), "--cutoff", "250", "--kdensity", "1.0", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["n_labelled"] == 1 and rep["n_failed"] == 0
+    (atoms,) = ase.io.read(out, ":")
+    assert atoms.info["cutoff_eV"] == 250.0 and np.all(np.isfinite(get_forces(atoms)))
+    # the same command again recomputes nothing
+    r = CliRunner().invoke(app, args)
+    assert json.loads(r.stdout)["n_done_before"] == 1 and len(ase.io.read(out, ":")) == 1
