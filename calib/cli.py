@@ -246,6 +246,40 @@ def label_cmd(
         raise typer.Exit(code=1)
 
 
+@app.command("eos")
+def eos_cmd(
+    model: str = ModelOpt,
+    elements: Optional[List[str]] = typer.Option(None, "--element", help="only these elements (repeatable)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write B_model/B_WIEN2k vs Z to this image"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Bulk moduli (GPa) of ASE's dcdft crystals: Birch–Murnaghan fits of the model vs WIEN2k PBE."""
+    from .eos import plot_eos, run_eos
+
+    m = _model(model, device, as_json)
+    try:
+        records, summary = run_eos(m, elements, batch_size=batch_size, progress=not as_json)
+    except ValueError as exc:
+        _fail(str(exc), as_json)
+    if plot is not None:
+        plot_eos(records, plot, title=f"{m.name} {m.version}: bulk modulus vs WIEN2k PBE (dcdft)")
+        summary["plot"] = str(plot)
+    if as_json:
+        emit_json({"records": [r.as_dict() for r in records], "summary": summary})
+        return
+    typer.echo(f"{'el':<3} {'Z':>3} {'B_model':>8} {'B_WIEN2k':>8} {'ratio':>6} {'V0_model':>8} {'V0_ref':>7}  (GPa, Å³/atom)")
+    for r in records:
+        if r.error:
+            typer.echo(f"{r.element:<3} {r.z:>3}  skipped: {r.error}")
+            continue
+        typer.echo(f"{r.element:<3} {r.z:>3} {r.b_model:>8.1f} {r.b_reference:>8.1f} {r.ratio:>6.2f} "
+                   f"{r.v0_model:>8.2f} {r.v0_reference:>7.2f}{'  (re-centred)' if r.recentred else ''}")
+    typer.echo(f"{summary['n_elements']} elements: median B ratio {summary['median_ratio']:.3f}, "
+               f"{100 * summary['fraction_below_1']:.0f} % below 1; {summary['n_failed']} skipped")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),

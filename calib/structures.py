@@ -15,6 +15,7 @@ and the problem, so the caller can report it and carry on with the rest.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -75,8 +76,10 @@ def chemsys(atoms: Atoms) -> str:
 
     def key(sym: str):
         el = Element(sym)
-        x = el.X if np.isfinite(el.X) else 99.0
-        return (x, el.Z)
+        with warnings.catch_warnings():  # noble gases have no Pauling value: pymatgen warns, gives NaN
+            warnings.simplefilter("ignore", UserWarning)
+            x = el.X
+        return (x if np.isfinite(x) else 99.0, el.Z)
 
     return "-".join(sorted(symbols, key=key))
 
