@@ -1,0 +1,360 @@
+"""Split conformal prediction on LLPR σ: global and per class of atomic environment.
+
+Score of a calibration point: s = |y − ŷ| / σ (σ the LLPR standard deviation,
+in the target's own unit: eV for total energies, eV/Å for forces). For a
+miscoverage level α and N calibration scores the quantile is the
+k-th smallest score with k = ⌈(N + 1)(1 − α)⌉; the interval
+ŷ ± q·σ then covers a new exchangeable point with probability in
+[1 − α, 1 − α + 1/(N + 1)] (Vovk et al. 2005; Angelopoulos & Bates 2021).
+When k > N no finite quantile has that guarantee: q = +inf, with a warning.
+
+:class:`ClassConformalCalibrator` (Mondrian conformal) keeps one quantile per
+class, so coverage holds within each class and not only on average. Classes
+are user labels (element, chemical system) or the components of a
+scikit-learn :class:`~sklearn.mixture.BayesianGaussianMixture` fitted on
+invariant per-atom descriptors. Classes with too few points fall back to the
+global quantile and say so; environments the mixture finds unlikely at
+prediction time are assigned ``"unknown"`` instead of the nearest class.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+UNKNOWN = "unknown"
+
+
+def _check(errors, sigmas, what: str = "calibration") -> tuple[np.ndarray, np.ndarray]:
+    e = np.asarray(errors, dtype=float).ravel()
+    s = np.asarray(sigmas, dtype=float).ravel()
+    if e.shape != s.shape:
+        raise ValueError(f"{what}: {e.size} errors but {s.size} sigmas")
+    bad = ~np.isfinite(e) | ~np.isfinite(s) | (s <= 0)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what}: {int(bad.sum())} point(s) with a non-finite error or a σ ≤ 0 "
+                         f"(first at position {i}: error {e[i]!r}, σ {s[i]!r})")
+    return e, s
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """k = ⌈(n + 1)(1 − α)⌉, the rank of the split-conformal quantile (1-based)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    # the small tolerance keeps e.g. (9 + 1)·0.9 = 9.000000000000002 at rank 9
+    return int(math.ceil((n + 1) * (1 - alpha) - 1e-9))
+
+
+def conformal_quantile(sorted_scores: np.ndarray, alpha: float, warn: bool = True, what: str = "") -> float:
+    """The split-conformal quantile of ascending ``sorted_scores``; +inf when the rank exceeds N."""
+    n = len(sorted_scores)
+    k = conformal_rank(n, alpha)
+    if k > n:
+        if warn:
+            warnings.warn(f"{what or 'conformal'}: {n} calibration points are too few for α = {alpha} "
+                          f"(rank ⌈(N+1)(1−α)⌉ = {k} > N): the interval is infinite", stacklevel=3)
+        return math.inf
+    return float(sorted_scores[k - 1])
+
+
+class ConformalCalibrator:
+    """Split conformal intervals ŷ ± q·σ with the finite-sample quantile.
+
+    Parameters
+    ----------
+    alpha : float
+        Miscoverage level; intervals aim at coverage 1 − α.
+
+    Attributes
+    ----------
+    quantile_ : float — q (dimensionless; +inf when N is too small for α)
+    scores_ : (N,) float — calibration scores |error|/σ, ascending
+    n_calibration_ : int
+    """
+
+    def __init__(self, alpha: float = 0.1):
+        conformal_rank(1, alpha)  # validates alpha
+        self.alpha = float(alpha)
+
+    def fit(self, errors, sigmas) -> ConformalCalibrator:
+        """Fit on calibration errors (reference − model) and σ, both in the target unit."""
+        e, s = _check(errors, sigmas)
+        if e.size == 0:
+            raise ValueError("calibration: no points")
+        self.scores_ = np.sort(np.abs(e) / s)
+        self.n_calibration_ = int(e.size)
+        self.quantile_ = conformal_quantile(self.scores_, self.alpha)
+        return self
+
+    def quantile_at(self, alpha: float) -> float:
+        """The quantile the same calibration scores give at another α (no warning)."""
+        return conformal_quantile(self.scores_, alpha, warn=False)
+
+    def half_width(self, sigma) -> np.ndarray:
+        """q·σ, in the unit of σ."""
+        return self.quantile_ * np.asarray(sigma, dtype=float)
+
+    def interval(self, pred, sigma) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) = ŷ ∓ q·σ, in the unit of ŷ."""
+        pred = np.asarray(pred, dtype=float)
+        h = self.half_width(sigma)
+        return pred - h, pred + h
+
+    def covered(self, errors, sigmas) -> np.ndarray:
+        """Whether each |error| ≤ q·σ."""
+        e, s = _check(errors, sigmas, "evaluation")
+        return np.abs(e) <= self.quantile_ * s
+
+    # -- persistence (see calib.io)
+    def to_variables(self, prefix: str) -> dict:
+        return {
+            f"{prefix}_scores": ((f"{prefix}_point",), self.scores_,
+                                 {"units": "1", "description": "calibration scores |error|/sigma, ascending"}),
+            f"{prefix}_quantile": ((), self.quantile_, {"units": "1", "alpha": self.alpha}),
+        }
+
+    @classmethod
+    def from_variables(cls, ds, prefix: str) -> ConformalCalibrator:
+        var = ds[f"{prefix}_quantile"]
+        self = cls(alpha=float(var.attrs["alpha"]))
+        self.scores_ = ds[f"{prefix}_scores"].values.astype(float)
+        self.n_calibration_ = int(self.scores_.size)
+        self.quantile_ = float(var.values)
+        return self
+
+
+class EnvironmentMixture:
+    """Classes of atomic environments: a Bayesian Gaussian mixture on PCA-whitened descriptors.
+
+    The descriptors (e.g. CHGNet's 64 last-layer features per atom, many of
+    them dead) are centred, projected on the principal components that carry
+    ``variance`` of their variance (at most ``max_dims``) and whitened; a
+    scikit-learn ``BayesianGaussianMixture`` (Dirichlet process, full
+    covariances) with up to ``n_classes`` components is fitted there.
+    Components left with (almost) no weight are dropped. A point's class is
+    the component of largest posterior under the fitted means, covariances and
+    weights; a point whose mixture log-density lies below the
+    ``unknown_quantile`` of the calibration points' is ``unknown``.
+    """
+
+    def __init__(self, n_classes: int = 8, *, variance: float = 0.99, max_dims: int = 10,
+                 unknown_quantile: float = 0.001, random_state: int = 0):
+        self.n_classes = int(n_classes)
+        self.variance = variance
+        self.max_dims = max_dims
+        self.unknown_quantile = unknown_quantile
+        self.random_state = random_state
+
+    def fit(self, descriptors) -> EnvironmentMixture:
+        from sklearn.decomposition import PCA
+        from sklearn.mixture import BayesianGaussianMixture
+
+        X = np.asarray(descriptors, dtype=float)
+        if X.ndim != 2 or len(X) < 2:
+            raise ValueError(f"descriptors must be (n_points ≥ 2, n_features), got shape {X.shape}")
+        pca = PCA(random_state=self.random_state).fit(X)
+        ev = pca.explained_variance_
+        keep = int(np.searchsorted(np.cumsum(ev) / ev.sum(), self.variance) + 1)
+        keep = max(1, min(keep, self.max_dims, int(np.sum(ev > 1e-12 * ev[0]))))
+        self.mean_ = pca.mean_
+        self.components_ = pca.components_[:keep]
+        self.scale_ = np.sqrt(ev[:keep])
+        Z = self.project(X)
+        bgm = BayesianGaussianMixture(n_components=min(self.n_classes, len(X)), covariance_type="full",
+                                      weight_concentration_prior_type="dirichlet_process",
+                                      max_iter=1000, reg_covar=1e-4, random_state=self.random_state).fit(Z)
+        active = bgm.weights_ > 1e-2 / max(1, self.n_classes)
+        self.weights_ = bgm.weights_[active] / bgm.weights_[active].sum()
+        self.means_ = bgm.means_[active]
+        self.covariances_ = bgm.covariances_[active]
+        labels, logp = self._assign(Z)
+        used = np.unique(labels)  # keep only components that own calibration points
+        self.weights_, self.means_, self.covariances_ = (self.weights_[used], self.means_[used],
+                                                         self.covariances_[used])
+        self.weights_ /= self.weights_.sum()
+        _, logp = self._assign(Z)
+        self.threshold_ = float(np.quantile(logp, self.unknown_quantile))
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return [f"env{k}" for k in range(len(self.weights_))]
+
+    def project(self, X) -> np.ndarray:
+        return (np.asarray(X, dtype=float) - self.mean_) @ self.components_.T / self.scale_
+
+    def _assign(self, Z) -> tuple[np.ndarray, np.ndarray]:
+        from scipy.special import logsumexp
+        from scipy.stats import multivariate_normal
+
+        logs = np.stack([np.log(w) + multivariate_normal(m, c, allow_singular=True).logpdf(Z)
+                         for w, m, c in zip(self.weights_, self.means_, self.covariances_)], axis=-1)
+        logs = logs.reshape(len(Z), -1)
+        return np.argmax(logs, axis=1), logsumexp(logs, axis=1)
+
+    def log_density(self, descriptors) -> np.ndarray:
+        """Mixture log-density of each point in the whitened PCA space."""
+        return self._assign(self.project(descriptors))[1]
+
+    def predict(self, descriptors, allow_unknown: bool = True) -> np.ndarray:
+        """Class name per point (``"env<k>"``, or ``"unknown"`` below the density threshold)."""
+        k, logp = self._assign(self.project(descriptors))
+        names = np.array(self.class_names, dtype=object)[k]
+        if allow_unknown:
+            names[logp < self.threshold_] = UNKNOWN
+        return names.astype(str)
+
+    def to_variables(self, prefix: str) -> dict:
+        c, p = f"{prefix}_component", f"{prefix}_pc"
+        return {
+            f"{prefix}_pca_mean": ((f"{prefix}_descriptor",), self.mean_, {"units": "descriptor units"}),
+            f"{prefix}_pca_components": ((p, f"{prefix}_descriptor"), self.components_, {"units": "1"}),
+            f"{prefix}_pca_scale": ((p,), self.scale_, {"units": "descriptor units"}),
+            f"{prefix}_weights": ((c,), self.weights_, {"units": "1"}),
+            f"{prefix}_means": ((c, p), self.means_, {"units": "1 (whitened)"}),
+            f"{prefix}_covariances": ((c, p, f"{prefix}_pc_b"), self.covariances_, {"units": "1 (whitened)"}),
+            f"{prefix}_threshold": ((), self.threshold_, {"units": "log density", "unknown_quantile":
+                                                          self.unknown_quantile}),
+        }
+
+    @classmethod
+    def from_variables(cls, ds, prefix: str) -> EnvironmentMixture:
+        self = cls(n_classes=ds.sizes[f"{prefix}_component"])
+        self.mean_ = ds[f"{prefix}_pca_mean"].values
+        self.components_ = ds[f"{prefix}_pca_components"].values
+        self.scale_ = ds[f"{prefix}_pca_scale"].values
+        self.weights_ = ds[f"{prefix}_weights"].values
+        self.means_ = ds[f"{prefix}_means"].values
+        self.covariances_ = ds[f"{prefix}_covariances"].values
+        thr = ds[f"{prefix}_threshold"]
+        self.threshold_ = float(thr.values)
+        self.unknown_quantile = float(thr.attrs.get("unknown_quantile", 0.001))
+        return self
+
+
+class ClassConformalCalibrator:
+    """Mondrian (class-conditional) split conformal: one quantile per class.
+
+    Parameters
+    ----------
+    alpha : float — miscoverage level per class.
+    n_classes : int — most mixture components when classes come from descriptors.
+    min_class_size : int — classes with fewer calibration points use the global quantile.
+    random_state : int — seeds the mixture.
+
+    Attributes
+    ----------
+    global_ : ConformalCalibrator on all points
+    classes_ : list of str — class names seen in calibration
+    quantiles_ : dict class → q used for that class (its own or the global one)
+    class_sizes_ : dict class → number of calibration points
+    fallback_ : dict class → why it uses the global quantile
+    mixture_ : EnvironmentMixture or None (None when user labels define the classes)
+    unknown_quantile_ : float — q for ``"unknown"`` points: the largest finite
+        class or global quantile (conservative; no coverage guarantee holds there)
+    """
+
+    def __init__(self, alpha: float = 0.1, n_classes: int = 8, min_class_size: int = 30,
+                 random_state: int = 0):
+        conformal_rank(1, alpha)
+        self.alpha = float(alpha)
+        self.n_classes = int(n_classes)
+        self.min_class_size = int(min_class_size)
+        self.random_state = random_state
+
+    def fit(self, errors, sigmas, descriptors=None, labels=None) -> ClassConformalCalibrator:
+        """Fit on errors and σ (target unit) with per-point descriptors or class labels."""
+        e, s = _check(errors, sigmas)
+        if (descriptors is None) == (labels is None):
+            raise ValueError("give exactly one of descriptors (mixture classes) or labels (user classes)")
+        if labels is not None:
+            lab = np.asarray(labels).astype(str).ravel()
+            if lab.size != e.size:
+                raise ValueError(f"{lab.size} labels for {e.size} calibration points")
+            self.mixture_ = None
+        else:
+            X = np.asarray(descriptors, dtype=float)
+            if len(X) != e.size:
+                raise ValueError(f"{len(X)} descriptor rows for {e.size} calibration points")
+            self.mixture_ = EnvironmentMixture(self.n_classes, random_state=self.random_state).fit(X)
+            lab = self.mixture_.predict(X, allow_unknown=False)
+        self.global_ = ConformalCalibrator(self.alpha).fit(e, s)
+        scores = np.abs(e) / s
+        self.classes_ = sorted(set(lab.tolist()))
+        self.quantiles_, self.class_sizes_, self.fallback_ = {}, {}, {}
+        for c in self.classes_:
+            sc = np.sort(scores[lab == c])
+            self.class_sizes_[c] = int(sc.size)
+            k = conformal_rank(sc.size, self.alpha)
+            if sc.size < self.min_class_size:
+                self.fallback_[c] = f"{sc.size} calibration points < min_class_size {self.min_class_size}"
+            elif k > sc.size:
+                self.fallback_[c] = f"rank ⌈(N+1)(1−α)⌉ = {k} exceeds its {sc.size} points"
+            self.quantiles_[c] = self.global_.quantile_ if c in self.fallback_ else float(sc[k - 1])
+        finite = [q for q in [*self.quantiles_.values(), self.global_.quantile_] if math.isfinite(q)]
+        self.unknown_quantile_ = max(finite) if finite else math.inf
+        return self
+
+    def assign(self, descriptors=None, labels=None) -> np.ndarray:
+        """Class of each point; ``"unknown"`` for unlikely environments or unseen labels."""
+        if self.mixture_ is not None:
+            if descriptors is None:
+                raise ValueError("these classes come from descriptors: pass descriptors")
+            return self.mixture_.predict(descriptors)
+        if labels is None:
+            raise ValueError("these classes come from labels: pass labels")
+        lab = np.asarray(labels).astype(str).ravel()
+        return np.where(np.isin(lab, self.classes_), lab, UNKNOWN)
+
+    def quantile_for(self, classes) -> np.ndarray:
+        qs = {**self.quantiles_, UNKNOWN: self.unknown_quantile_}
+        return np.array([qs[c] for c in np.asarray(classes).ravel()], dtype=float)
+
+    def half_width(self, sigma, descriptors=None, labels=None) -> np.ndarray:
+        return self.quantile_for(self.assign(descriptors, labels)) * np.asarray(sigma, dtype=float).ravel()
+
+    def interval(self, pred, sigma, descriptors=None, labels=None) -> tuple[np.ndarray, np.ndarray]:
+        h = self.half_width(sigma, descriptors, labels)
+        pred = np.asarray(pred, dtype=float).ravel()
+        return pred - h, pred + h
+
+    def to_variables(self, prefix: str) -> dict:
+        out = self.global_.to_variables(prefix)
+        names = list(self.classes_)
+        out[f"{prefix}_class_quantile"] = ((f"{prefix}_class",), np.array([self.quantiles_[c] for c in names]),
+                                           {"units": "1"})
+        out[f"{prefix}_class_size"] = ((f"{prefix}_class",), np.array([self.class_sizes_[c] for c in names]),
+                                       {"units": "calibration points"})
+        out[f"{prefix}_class_fallback"] = ((f"{prefix}_class",),
+                                           np.array([self.fallback_.get(c, "") for c in names], dtype=str), {})
+        out[f"{prefix}_class_name"] = ((f"{prefix}_class",), np.array(names, dtype=str), {})
+        q = out[f"{prefix}_quantile"]
+        q[2].update(min_class_size=self.min_class_size, n_classes=self.n_classes,
+                    unknown_quantile=self.unknown_quantile_, classes_from="mixture" if self.mixture_ else "labels")
+        if self.mixture_ is not None:
+            out.update(self.mixture_.to_variables(f"{prefix}_mix"))
+        return out
+
+    @classmethod
+    def from_variables(cls, ds, prefix: str) -> ClassConformalCalibrator:
+        attrs = ds[f"{prefix}_quantile"].attrs
+        self = cls(alpha=float(attrs["alpha"]), n_classes=int(attrs["n_classes"]),
+                   min_class_size=int(attrs["min_class_size"]))
+        self.global_ = ConformalCalibrator.from_variables(ds, prefix)
+        names = [str(c) for c in ds[f"{prefix}_class_name"].values]
+        self.classes_ = names
+        self.quantiles_ = dict(zip(names, ds[f"{prefix}_class_quantile"].values.astype(float)))
+        self.class_sizes_ = dict(zip(names, ds[f"{prefix}_class_size"].values.astype(int).tolist()))
+        self.fallback_ = {c: str(r) for c, r in zip(names, ds[f"{prefix}_class_fallback"].values) if str(r)}
+        self.unknown_quantile_ = float(attrs["unknown_quantile"])
+        self.mixture_ = (EnvironmentMixture.from_variables(ds, f"{prefix}_mix")
+                         if attrs["classes_from"] == "mixture" else None)
+        return self
+
+    @property
+    def quantile_(self) -> float:
+        """The global quantile (all classes pooled)."""
+        return self.global_.quantile_

@@ -1,0 +1,120 @@
+"""Uncertainty-quantification metrics: coverage, width, NLL, ENCE, miscalibration area, ranking.
+
+Errors are reference − model and σ the predicted standard deviation, both in
+the target's unit (eV for total energies, eV/Å for force components); widths
+are full interval widths in that unit. Definitions:
+
+* coverage — fraction of points with low ≤ y ≤ high;
+* mean_width — mean of high − low;
+* nll — mean Gaussian negative log-likelihood −log N(error; 0, σ²), nats;
+* ence — expected normalised calibration error (Levi et al. 2022): points
+  sorted by σ into equal-count bins, mean over bins of |RMV − RMSE| / RMV with
+  RMV = √mean σ² and RMSE = √mean error²;
+* miscalibration_area — mean over levels p ∈ (0, 1) of |observed − p|, the
+  observed fraction being that of |error| ≤ σ·Φ⁻¹((1 + p)/2) (the area
+  between the Gaussian calibration curve and the diagonal, as in
+  uncertainty-toolbox);
+* spearman — rank correlation of σ with |error|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _arrays(*xs):
+    return [np.asarray(x, dtype=float).ravel() for x in xs]
+
+
+def coverage(errors, low, high, pred=None) -> float:
+    """Fraction inside [low, high]. With ``pred``, low/high are absolute and y = pred + error."""
+    e, lo, hi = _arrays(errors, low, high)
+    y = e if pred is None else np.asarray(pred, dtype=float).ravel() + e
+    return float(np.mean((y >= lo) & (y <= hi)))
+
+
+def mean_width(low, high) -> float:
+    lo, hi = _arrays(low, high)
+    return float(np.mean(hi - lo))
+
+
+def gaussian_nll(errors, sigma) -> float:
+    e, s = _arrays(errors, sigma)
+    return float(np.mean(0.5 * np.log(2 * np.pi * s**2) + 0.5 * (e / s) ** 2))
+
+
+def ence(errors, sigma, n_bins: int = 10) -> float:
+    e, s = _arrays(errors, sigma)
+    order = np.argsort(s, kind="stable")
+    bins = [b for b in np.array_split(order, min(n_bins, len(e))) if len(b)]
+    rmv = np.array([np.sqrt(np.mean(s[b] ** 2)) for b in bins])
+    rmse = np.array([np.sqrt(np.mean(e[b] ** 2)) for b in bins])
+    return float(np.mean(np.abs(rmv - rmse) / rmv))
+
+
+def calibration_curve(errors, sigma, levels=None) -> tuple[np.ndarray, np.ndarray]:
+    """(expected p, observed fraction with |error| ≤ σ·Φ⁻¹((1+p)/2)) for Gaussian intervals."""
+    from scipy.stats import norm
+
+    e, s = _arrays(errors, sigma)
+    p = np.linspace(0.01, 0.99, 99) if levels is None else np.asarray(levels, dtype=float)
+    z = norm.ppf((1 + p) / 2)
+    observed = np.mean(np.abs(e)[:, None] <= s[:, None] * z[None, :], axis=0)
+    return p, observed
+
+
+def miscalibration_area(errors, sigma) -> float:
+    p, obs = calibration_curve(errors, sigma)
+    return float(np.mean(np.abs(obs - p)))
+
+
+def spearman(sigma, errors) -> float:
+    from scipy.stats import spearmanr
+
+    s, e = _arrays(sigma, errors)
+    if len(s) < 3 or np.all(s == s[0]):
+        return float("nan")
+    return float(spearmanr(s, np.abs(e)).statistic)
+
+
+def per_class_coverage(errors, half_width, classes) -> dict:
+    """class → {"n", "coverage"} for intervals ±half_width."""
+    e, h = _arrays(errors, half_width)
+    classes = np.asarray(classes).astype(str).ravel()
+    out = {}
+    for c in sorted(set(classes.tolist())):
+        m = classes == c
+        out[c] = {"n": int(m.sum()), "coverage": float(np.mean(np.abs(e[m]) <= h[m]))}
+    return out
+
+
+def report(errors, sigma, half_width, classes=None) -> dict:
+    """All metrics for one target: intervals ±half_width around the prediction, σ for the rest."""
+    e, s, h = _arrays(errors, sigma, half_width)
+    out = {
+        "n": int(e.size),
+        "coverage": float(np.mean(np.abs(e) <= h)),
+        "mean_width": float(np.mean(2 * h)),
+        "nll": gaussian_nll(e, s),
+        "ence": ence(e, s),
+        "miscalibration_area": miscalibration_area(e, s),
+        "spearman": spearman(s, e),
+        "mae": float(np.mean(np.abs(e))),
+    }
+    out["per_class"] = per_class_coverage(e, h, classes) if classes is not None else {}
+    return out
+
+
+def format_report(metrics: dict, alpha: float) -> str:
+    """A table, one row per target, for terminals."""
+    head = (f"{'target':<18} {'n':>6} {'coverage':>9} {'nominal':>8} {'width':>9} {'NLL':>8} "
+            f"{'ENCE':>6} {'mis.area':>8} {'Spearman':>8}")
+    lines = [head, "-" * len(head)]
+    for name, m in metrics.items():
+        if not isinstance(m, dict) or "coverage" not in m:
+            continue
+        lines.append(f"{name:<18} {m['n']:>6} {m['coverage']:>9.3f} {1 - alpha:>8.2f} {m['mean_width']:>9.4f} "
+                     f"{m['nll']:>8.3f} {m['ence']:>6.3f} {m['miscalibration_area']:>8.3f} {m['spearman']:>8.2f}")
+        for c, pc in m.get("per_class", {}).items():
+            lines.append(f"  {c:<16} {pc['n']:>6} {pc['coverage']:>9.3f}")
+    return "\n".join(lines)
