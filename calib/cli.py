@@ -119,11 +119,16 @@ def calibrate_cmd(
     model: str = ModelOpt,
     target: str = typer.Option("both", "--target",
                                help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
+    alpha: float = typer.Option(0.1, "--alpha", help="conformal miscoverage level (intervals aim at 1 − α)"),
+    classes: str = typer.Option("none", "--classes",
+                                help="Mondrian classes: K (mixture of ≤K environment classes), element, chemsys "
+                                     "or none"),
+    min_class_size: int = typer.Option(30, "--min-class-size", help="smaller classes use the global quantile"),
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
-    """Fit α², ς² (Gaussian NLL) and the per-element energy reference on labelled data."""
+    """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data."""
     from .io import Artifact, ArtifactError
     from .pipeline import calibrate
 
@@ -131,7 +136,8 @@ def calibrate_cmd(
     m = _model(model, device, as_json)
     try:
         art = Artifact.load(hessian_path, model=m)
-        res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not as_json)
+        res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not as_json,
+                        alpha=alpha, classes=_parse_classes(classes, as_json), min_class_size=min_class_size)
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)
     res.artifact.save(out)
@@ -147,7 +153,65 @@ def calibrate_cmd(
         if "force_nll" in s:
             typer.echo(f"  forces: MAE {s['force_mae']:.3f} eV/Å, NLL {s['force_nll']:.3f}, "
                        f"Spearman(σ, |err|) {s['force_spearman']:.2f}")
+        for name, q in s["conformal_quantile"].items():
+            fb = s["conformal_fallback"].get(name) or {}
+            note = f" ({len(fb)} class(es) on the global quantile)" if fb else ""
+            typer.echo(f"  conformal {name:<17} q = {q:.3f} at α = {alpha}{note}")
         typer.echo(f"written to {out}")
+
+
+def _parse_classes(classes: str, as_json: bool):
+    c = classes.strip().lower()
+    if c in ("none", "0", ""):
+        return None
+    if c.isdigit():
+        return int(c)
+    if c in ("element", "chemsys"):
+        return c
+    _fail(f"--classes must be an integer, 'element', 'chemsys' or 'none', got {classes!r}", as_json)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å)"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    model: str = ModelOpt,
+    forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG)"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
+    from .io import Artifact, ArtifactError
+    from .metrics import format_report
+    from .pipeline import evaluate
+
+    structs = _read(labelled, as_json)
+    m = _model(model, device, as_json)
+    try:
+        art = Artifact.load(calibration, model=m)
+        if not art.calibrated:
+            raise ArtifactError(f"{calibration} holds a Hessian only; run `calib calibrate` first")
+        res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not as_json,
+                       return_points=plot is not None)
+    except (ArtifactError, ValueError) as exc:
+        _fail(str(exc), as_json)
+    points = res.pop("points", None)
+    if plot is not None:
+        from .plots import evaluation_plots
+
+        res["plots"] = evaluation_plots(points, plot, alpha=res["alpha"])
+    if as_json:
+        emit_json(res)
+        return
+    for s in res["skipped"]:
+        typer.echo(f"skipped #{s['index']} {s['name']}: {s['problem']}", err=True)
+    typer.echo(f"{res['n_structures']} held-out structures; intervals at α = {res['alpha']} "
+               "(energies total eV, forces eV/Å)")
+    typer.echo(format_report(res, res["alpha"] if res["alpha"] is not None else 0.0))
+    if plot is not None:
+        typer.echo("plots: " + ", ".join(res["plots"]))
 
 
 @app.command("predict")
@@ -182,7 +246,10 @@ def predict_cmd(
         emit_json(sorted(records + failed, key=lambda r: r["index"]))
         return
     _report_issues(issues, as_json)
-    _print_table(records, forces)
+    extra = None
+    if records and "energy_interval" in records[0]:
+        extra = [("E interval (eV)", 25, lambda r: f"[{r['energy_interval'][0]:.3f}, {r['energy_interval'][1]:.3f}]")]
+    _print_table(records, forces, extra)
 
 
 def _safe_chemsys(atoms, chemsys) -> str | None:

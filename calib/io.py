@@ -14,7 +14,15 @@ force_alpha2, force_sigma2 ()                    α²_F and ς²_F: forces
 force_directions          (force_direction)      eigen-directions kept by approx force σ
 force_truncation_factor   ()                     bias correction of approx force σ (1)
 element_reference         (element)              μ_el, eV/atom (energy labels only)
+cp_<target>_quantile      ()                     conformal quantile q (1), ``alpha`` attribute
+cp_<target>_scores        (cp_<target>_point)    calibration scores |error|/σ, ascending (1)
+cp_<target>_class_*       (cp_<target>_class)    Mondrian classes: name, quantile, size, fallback
+cp_<target>_mix_*                                environment mixture (PCA + Gaussian components)
 ========================  =====================  ===========================================
+
+Conformal targets (``conformal_targets`` attribute): ``energy`` (total eV),
+``energy_difference`` (eV), ``forces`` (components, eV/Å), ``force_norm``
+(per-atom error norm, eV/Å).
 
 Global attributes carry the provenance: ``schema_version``, ``calib_version``,
 ``model_name``, ``model_version``, ``model_fingerprint`` (SHA-256 of the
@@ -75,6 +83,7 @@ class Artifact:
     readout_weight : (d,) array
     element_reference : calib.reference.ElementReference or None
     attrs : dict — provenance and notes
+    conformal : dict target → ConformalCalibrator or ClassConformalCalibrator
     """
 
     llpr: object
@@ -82,6 +91,7 @@ class Artifact:
     readout_weight: np.ndarray
     element_reference: object | None = None
     attrs: dict = field(default_factory=dict)
+    conformal: dict = field(default_factory=dict)
 
     @property
     def calibrated(self) -> bool:
@@ -138,7 +148,11 @@ class Artifact:
             ds["element_reference"] = (("element",), np.asarray(ref.values_, dtype=float),
                                        {"units": "eV/atom", "description": "mu_el, E_ref - E_model ~ sum n_el mu_el"})
             ds = ds.assign_coords(element=np.array(ref.elements_, dtype=str))
+        for name, cal in self.conformal.items():
+            for key, (dims, values, vattrs) in cal.to_variables(f"cp_{name}").items():
+                ds[key] = (dims, values, vattrs)
         attrs = {
+            "conformal_targets": ",".join(self.conformal),
             "schema_version": SCHEMA_VERSION,
             "calib_version": calib.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -183,11 +197,21 @@ class Artifact:
         if "element_reference" in ds:
             ref = ElementReference.from_dict(
                 dict(zip([str(e) for e in ds["element"].values], ds["element_reference"].values.astype(float))))
+        conformal = {}
+        for name in filter(None, str(attrs.pop("conformal_targets", "")).split(",")):
+            from .conformal import ClassConformalCalibrator, ConformalCalibrator
+
+            prefix = f"cp_{name}"
+            try:
+                kind = ClassConformalCalibrator if f"{prefix}_class_name" in ds else ConformalCalibrator
+                conformal[name] = kind.from_variables(ds, prefix)
+            except KeyError as exc:
+                raise ArtifactError(f"artifact's conformal state for {name!r} is incomplete: missing {exc}") from exc
         info_keys = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features",
                      "feature_set")
         model_info = {k: attrs.pop(k) for k in info_keys if k in attrs}
         return cls(llpr=L, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
-                   element_reference=ref, attrs=attrs)
+                   element_reference=ref, attrs=attrs, conformal=conformal)
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:

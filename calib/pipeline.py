@@ -78,6 +78,98 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+#: conformal targets: name -> (unit, what one point is)
+CONFORMAL_TARGETS = {
+    "energy": ("eV", "total energy of a structure (after the element reference)"),
+    "energy_difference": ("eV", "E_a - E_b for disjoint random pairs within a chemical system"),
+    "forces": ("eV/Å", "one Cartesian force component"),
+    "force_norm": ("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)"),
+}
+
+
+def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random pairs (i, j) of structures within each chemical system (seeded)."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    labels = np.asarray(chemsys)
+    for c in sorted(set(labels.tolist())):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        first.extend(idx[0:len(idx) - 1:2])
+        second.extend(idx[1:len(idx):2])
+    return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
+
+
+def conformal_points(L: LLPR, pred, e_err: np.ndarray, f_err: np.ndarray | None,
+                     f_sigma: np.ndarray | None, atom_numbers: np.ndarray | None = None) -> dict:
+    """Per target: errors, σ (target unit), per-point descriptors and chemsys/element labels.
+
+    ``f_sigma`` holds per-component force σ in the order of ``f_err.ravel()``;
+    ``atom_numbers`` (concatenated over structures) gives the element labels of atoms.
+    """
+    from ase.data import chemical_symbols
+
+    e_sig = L.energy_sigma(pred.features, pred.n_atoms)
+    chem = np.asarray(pred.chemsys)
+    out = {"energy": dict(errors=e_err, sigma=e_sig, descriptors=pred.features, chemsys=chem, element=chem)}
+    i, j = difference_pairs(pred.chemsys)
+    if len(i):
+        out["energy_difference"] = dict(
+            errors=e_err[i] - e_err[j],
+            sigma=L.energy_difference_sigma(pred.features[i], pred.n_atoms[i], pred.features[j], pred.n_atoms[j]),
+            descriptors=pred.features[i] - pred.features[j], chemsys=chem[i], element=chem[i])
+    if f_err is not None and f_sigma is not None:
+        atom_chem = chem[pred.atom_structure]
+        symbols = (np.array([chemical_symbols[z] for z in atom_numbers]) if atom_numbers is not None
+                   else atom_chem)
+        sig3 = f_sigma.reshape(-1, 3)
+        out["forces"] = dict(errors=f_err.ravel(), sigma=f_sigma.ravel(),
+                             descriptors=np.repeat(pred.atom_descriptors, 3, axis=0),
+                             chemsys=np.repeat(atom_chem, 3), element=np.repeat(symbols, 3))
+        out["force_norm"] = dict(errors=np.linalg.norm(f_err.reshape(-1, 3), axis=1),
+                                 sigma=np.sqrt((sig3**2).sum(axis=1)), descriptors=pred.atom_descriptors,
+                                 chemsys=atom_chem, element=symbols)
+    return out
+
+
+def fit_conformal(points: dict, alpha: float, classes: int | str | None = None,
+                  min_class_size: int = 30, seed: int = 0) -> dict:
+    """One calibrator per target: split CP, or Mondrian CP when ``classes`` is given.
+
+    ``classes``: an int K (mixture of up to K environment classes on the
+    descriptors), ``"element"`` or ``"chemsys"`` (labels), or None.
+    Energy differences always use the global (split) calibrator.
+    """
+    from .conformal import ClassConformalCalibrator, ConformalCalibrator
+
+    out = {}
+    for name, p in points.items():
+        if classes in (None, 0, "none") or name == "energy_difference":
+            out[name] = ConformalCalibrator(alpha).fit(p["errors"], p["sigma"])
+            continue
+        cp = ClassConformalCalibrator(alpha, n_classes=classes if isinstance(classes, int) else 8,
+                                      min_class_size=min_class_size, random_state=seed)
+        if isinstance(classes, int):
+            out[name] = cp.fit(p["errors"], p["sigma"], descriptors=p["descriptors"])
+        elif classes in ("element", "chemsys"):
+            out[name] = cp.fit(p["errors"], p["sigma"], labels=p[classes])
+        else:
+            raise ValueError(f"classes must be an integer, 'element', 'chemsys' or None; got {classes!r}")
+    return out
+
+
+def half_widths(calibrator, point: dict, classes: int | str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(q·σ per point, class per point or None) for a fitted calibrator."""
+    from .conformal import ClassConformalCalibrator
+
+    if isinstance(calibrator, ClassConformalCalibrator):
+        if calibrator.mixture_ is not None:
+            cls = calibrator.assign(descriptors=point["descriptors"])
+        else:
+            cls = calibrator.assign(labels=point[classes if classes in ("element", "chemsys") else "chemsys"])
+        return calibrator.quantile_for(cls) * point["sigma"], cls
+    return calibrator.half_width(point["sigma"]), None
+
+
 def calibrate(
     artifact: Artifact,
     model: ModelAdapter,
@@ -87,6 +179,9 @@ def calibrate(
     batch_size: int = 16,
     approx_coverage: float = 0.95,
     with_forces: bool = True,
+    alpha: float | None = 0.1,
+    classes: int | str | None = None,
+    min_class_size: int = 30,
     progress: bool = True,
 ) -> CalibrationResult:
     """Fit α², ς² (Gaussian NLL) and the per-element energy reference on labelled structures.
@@ -105,6 +200,15 @@ def calibrate(
         Compute exact force gradients on the labelled set (d backward passes
         per batch) for the force diagnostics and the approximate-σ truncation.
         Only ``target="energy"`` can do without.
+    alpha : float or None
+        Miscoverage level of the conformal intervals fitted on the same set
+        (None: no conformal state). The conformal scores |error|/σ depend on
+        this set only through ς² (α² cancels in q·σ), see docs/conformal.md.
+    classes : int, "element", "chemsys" or None
+        Mondrian classes for the conformal quantiles: a mixture of up to K
+        environment classes on the per-atom descriptors, or labels.
+    min_class_size : int
+        Classes with fewer calibration points use the global quantile.
     """
     from tqdm.auto import tqdm
 
@@ -143,6 +247,7 @@ def calibrate(
     L.calibrate(np.concatenate(rows), np.concatenate(res), target=target, groups=np.concatenate(groups))
     e_sigma = L.energy_sigma(pred.features, pred.n_atoms)
     force_summary = {}
+    f_sigma = None
     if with_forces:
         L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
         f_rows = L.force_rows(grads, pred.n_atoms)
@@ -154,6 +259,11 @@ def calibrate(
             "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
             "approx_force_directions": int(len(L.force_directions_)),
         }
+    conformal = {}
+    if alpha is not None:
+        points = conformal_points(L, pred, e_res, f_res if with_forces else None, f_sigma,
+                                  np.concatenate([a.numbers for a in structs]))
+        conformal = fit_conformal(points, alpha, classes, min_class_size)
     summary = {
         "target": target,
         "n_structures": len(structs),
@@ -168,10 +278,15 @@ def calibrate(
         "force_mae": float(np.mean(np.abs(f_res))),
         **force_summary,
         "element_reference": ref.as_dict(),
+        "alpha": alpha,
+        "classes": classes,
+        "conformal_quantile": {k: c.quantile_ for k, c in conformal.items()},
+        "conformal_fallback": {k: dict(getattr(c, "fallback_", {})) for k, c in conformal.items()},
     }
     art = Artifact(llpr=L, model_info=artifact.model_info, readout_weight=artifact.readout_weight,
-                   element_reference=ref,
+                   element_reference=ref, conformal=conformal,
                    attrs={**artifact.attrs, "stage": "calibrated", "calibration_target": target,
+                          "conformal_classes": "none" if classes is None else str(classes),
                           "calibration_n_structures": len(structs),
                           "element_reference_note": "least squares on element counts of E_ref - E_model "
                                                     "over the calibration set (eV/atom)"})
@@ -195,6 +310,12 @@ def predict(
     ``n_atoms``, ``energy`` (total eV), ``energy_per_atom`` (eV/atom),
     ``energy_sigma`` (eV, total), and with ``forces`` ``max_force`` and
     ``max_force_sigma`` (eV/Å, the largest per-component σ).
+
+    With a conformal state: ``energy_interval`` [low, high] (eV) for the
+    reference-code total energy, centred on ``energy + energy_shift`` (the
+    per-element reference fitted at calibration, eV), ``energy_class`` for
+    Mondrian calibrators, and with ``forces`` ``max_force_halfwidth`` (eV/Å,
+    the widest per-component conformal half-width).
     """
     from .structures import structure_name
 
@@ -207,6 +328,26 @@ def predict(
     kept = [structures[i] for i in pred.indices]
     fvar = L.force_variance(model, kept, mode=force_mode, batch_size=batch_size,
                             progress=progress) if forces else None
+    shift = (artifact.element_reference.predict([a.numbers for a in kept])
+             if artifact.element_reference is not None else np.zeros(len(kept)))
+    classes = artifact.attrs.get("conformal_classes", "none")
+    classes = int(classes) if str(classes).isdigit() else classes
+    e_half = e_cls = f_half = None
+    if "energy" in artifact.conformal and len(kept):
+        e_half, e_cls = half_widths(artifact.conformal["energy"], {
+            "sigma": sig, "descriptors": pred.features, "chemsys": np.asarray(pred.chemsys),
+            "element": np.asarray(pred.chemsys)}, classes)
+    if forces and "forces" in artifact.conformal and len(kept):
+        from ase.data import chemical_symbols
+
+        atom_chem = np.asarray(pred.chemsys)[pred.atom_structure]
+        f_sig = np.sqrt(np.concatenate([v.ravel() for v in fvar]))
+        numbers = np.concatenate([a.numbers for a in kept])
+        f_half, _ = half_widths(artifact.conformal["forces"], {
+            "sigma": f_sig, "descriptors": np.repeat(pred.atom_descriptors, 3, axis=0),
+            "chemsys": np.repeat(atom_chem, 3),
+            "element": np.repeat([chemical_symbols[z] for z in numbers], 3)}, classes)
+        f_half = np.split(f_half, 3 * np.cumsum(pred.n_atoms)[:-1])
     records = []
     for j, i in enumerate(pred.indices):
         rec = {
@@ -218,9 +359,17 @@ def predict(
             "energy_per_atom": float(pred.energy_per_atom[j]),
             "energy_sigma": float(sig[j]),
         }
+        if e_half is not None:
+            centre = rec["energy"] + float(shift[j])
+            rec["energy_shift"] = float(shift[j])
+            rec["energy_interval"] = [centre - float(e_half[j]), centre + float(e_half[j])]
+            if e_cls is not None:
+                rec["energy_class"] = str(e_cls[j])
         if forces:
             rec["max_force"] = float(np.abs(pred.forces_of(j)).max())
             rec["max_force_sigma"] = float(np.sqrt(fvar[j].max()))
+            if f_half is not None:
+                rec["max_force_halfwidth"] = float(f_half[j].max())
         records.append(rec)
     return records, pred.issues
 
@@ -233,43 +382,59 @@ def evaluate(
     batch_size: int = 16,
     forces: bool = True,
     progress: bool = False,
+    return_points: bool = False,
 ) -> dict:
-    """Held-out check of calibrated σ against real errors.
+    """Held-out check of calibrated σ and conformal intervals against real errors.
 
     Energy errors are total eV after the artifact's per-element reference;
-    force errors are components in eV/Å. Returns, for ``energy`` and
-    ``forces``: ``n``, ``mae``, ``nll`` (mean Gaussian NLL, nats), ``spearman``
-    (rank correlation of σ with |error|), ``coverage_1sigma`` / ``coverage_2sigma``
-    (fraction of |error| ≤ kσ; Gaussian: 0.683 / 0.954), and ``z_rms``.
+    force errors are components in eV/Å (``forces``) and per-atom norms
+    (``force_norm``); ``energy_difference`` pairs structures within a
+    chemical system. For each target: ``n``, ``mae``, ``coverage`` and
+    ``mean_width`` of the conformal intervals (absent without a conformal
+    state), ``nll`` (nats), ``ence``, ``miscalibration_area``, ``spearman``
+    (σ vs |error|), ``per_class`` coverage, and for the Gaussian reading of σ
+    ``coverage_1sigma`` / ``coverage_2sigma`` (0.683 / 0.954 if Gaussian) and
+    ``z_rms``. With ``return_points`` the per-point errors, σ, half-widths and
+    classes come back under ``"points"`` (for plots).
     """
-    from scipy.stats import norm
+    from . import metrics
 
     artifact.check_model(model)
     L = artifact.llpr
     good, issues = model.validate(labelled, require_labels=True)
+    if not good:
+        raise ValueError("no valid labelled structures to evaluate: " + "; ".join(str(i) for i in issues[:5]))
     structs = [labelled[i] for i in good]
     pred = model.predict(structs, forces=forces, batch_size=batch_size, progress=progress, validate=False)
     e_delta, f_err = _label_errors(structs, pred)
     shift = artifact.element_reference.predict([a.numbers for a in structs]) \
         if artifact.element_reference is not None else 0.0
-    e_err = e_delta - shift
-    e_sig = L.energy_sigma(pred.features, pred.n_atoms)
-    out = {"skipped": [i.as_dict() for i in issues]}
-
-    def block(err, sig):
-        z = err / sig
-        return {
-            "n": int(len(err)),
-            "mae": float(np.mean(np.abs(err))),
-            "nll": float(np.mean(-norm.logpdf(err, scale=sig))),
-            "spearman": _spearman(sig, np.abs(err)),
-            "coverage_1sigma": float(np.mean(np.abs(z) <= 1)),
-            "coverage_2sigma": float(np.mean(np.abs(z) <= 2)),
-            "z_rms": float(np.sqrt(np.mean(z**2))),
-        }
-
-    out["energy"] = block(e_err, e_sig)
+    f_sigma = None
     if forces:
         f_var = L.force_variance(model, structs, batch_size=batch_size, progress=progress)
-        out["forces"] = block(f_err.ravel(), np.sqrt(np.concatenate([v.ravel() for v in f_var])))
+        f_sigma = np.sqrt(np.concatenate([v.ravel() for v in f_var]))
+    points = conformal_points(L, pred, e_delta - shift, f_err, f_sigma,
+                              np.concatenate([a.numbers for a in structs]))
+    classes = artifact.attrs.get("conformal_classes", "none")
+    classes = int(classes) if str(classes).isdigit() else classes
+    alpha = next((c.alpha for c in artifact.conformal.values()), None)
+    out: dict = {"alpha": alpha, "n_structures": len(structs), "skipped": [i.as_dict() for i in issues]}
+    kept = {}
+    for name, p in points.items():
+        cal = artifact.conformal.get(name)
+        if cal is not None:
+            h, cls = half_widths(cal, p, classes)
+            block = metrics.report(p["errors"], p["sigma"], h, cls)
+        else:
+            h, cls = None, None
+            block = {k: v for k, v in metrics.report(p["errors"], p["sigma"], p["sigma"]).items()
+                     if k not in ("coverage", "mean_width", "per_class")}
+        z = p["errors"] / p["sigma"]
+        block.update(coverage_1sigma=float(np.mean(np.abs(z) <= 1)), coverage_2sigma=float(np.mean(np.abs(z) <= 2)),
+                     z_rms=float(np.sqrt(np.mean(z**2))), unit=CONFORMAL_TARGETS[name][0])
+        out[name] = block
+        kept[name] = {"errors": p["errors"], "sigma": p["sigma"], "half_width": h, "classes": cls,
+                      "calibrator": cal}
+    if return_points:
+        out["points"] = kept
     return out
