@@ -8,6 +8,14 @@ next to the package (a checkout or an editable install), or wherever the
 Labelled structures come back as ASE Atoms with a SinglePointCalculator
 holding the total energy (eV), forces (eV/Å) and stress (eV/Å³), and
 ``info["chemsys"]`` set.
+
+=====================  =========  =====================================================
+name                   labelled   what
+=====================  =========  =====================================================
+high-energy-states     GPAW PBE   CHGNet MD at 1000 K (±3 % strains), Deng et al. protocol
+neb                    GPAW PBE   images of a CHGNet climbing-image NEB (Li vacancy hop, LiF)
+equilibrium-proxy      no         ~2500 CHGNet-relaxed crystals: a stand-in for MPtrj
+=====================  =========  =====================================================
 """
 
 from __future__ import annotations
@@ -39,18 +47,23 @@ def names() -> list[str]:
 
 
 def _files(folder: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(root(), folder, "*.extxyz")))
+    base = os.path.join(root(), folder)
+    return sorted(glob.glob(os.path.join(base, "*.extxyz")) + glob.glob(os.path.join(base, "*.extxyz.gz")))
 
 
 def load(name: str, chemsys: str | None = None) -> list[Atoms]:
-    """All structures of a shipped dataset (optionally one chemical system only)."""
+    """All structures of a shipped dataset (optionally one chemical system only).
+
+    ``neb`` holds the GPAW-labelled images only (``chgnet_path.extxyz`` beside
+    them is the unlabelled CHGNet path and is not loaded).
+    """
     import ase.io
 
     from .structures import chemsys as get_chemsys
 
     if name not in _FOLDERS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(_FOLDERS)}")
-    files = _files(_FOLDERS[name])
+    files = [f for f in _files(_FOLDERS[name]) if not os.path.basename(f).startswith("chgnet_path")]
     if not files:
         raise FileNotFoundError(
             f"dataset {name!r} not found under {os.path.join(root(), _FOLDERS[name])}; "
