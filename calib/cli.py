@@ -347,6 +347,57 @@ def eos_cmd(
                f"{100 * summary['fraction_below_1']:.0f} % below 1; {summary['n_failed']} skipped")
 
 
+@app.command("softening")
+def softening_cmd(
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å)"),
+    model: str = ModelOpt,
+    n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="bootstrap resamples of structures"),
+    confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals"),
+    seed: int = typer.Option(0, "--seed"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="folder for force parity plots (PNG)"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE."""
+    from .softening import measure_softening, parity_plot
+
+    structs = _read(labelled, as_json)
+    m = _model(model, device, as_json)
+    results, issues = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap,
+                                        confidence=confidence, seed=seed, progress=not as_json)
+    if not results:
+        _fail("no valid labelled structures: " + "; ".join(str(i) for i in issues[:5]), as_json)
+    plots = []
+    if plot is not None:
+        from .structures import get_forces
+
+        plot.mkdir(parents=True, exist_ok=True)
+        pred = m.predict(structs, forces=True, batch_size=batch_size)
+        for chem, r in results.items():
+            idx = [j for j, c in enumerate(pred.chemsys) if c == chem]
+            path = plot / f"parity_{chem}.png"
+            parity_plot([pred.forces_of(j) for j in idx], [get_forces(structs[pred.indices[j]]) for j in idx],
+                        r, path)
+            plots.append(str(path))
+    records = [r.as_dict() for r in results.values()]
+    if as_json:
+        emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots})
+        return
+    _report_issues(issues, as_json)
+    head = (f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'R²':>5} {'MAE':>6} {'cMAE':>6} "
+            f"{'cMAE_loo':>8}  (forces, eV/Å)")
+    typer.echo(head)
+    typer.echo("-" * len(head))
+    for r in results.values():
+        loo = f"{r.cmae_loo:>8.3f}" if r.cmae_loo is not None else f"{'-':>8}"
+        typer.echo(f"{r.chemsys:<10} {r.n_structures:>3} {r.softening_scale:>6.3f} "
+                   f"[{r.softening_ci[0]:.3f}, {r.softening_ci[1]:.3f}] {r.correction:>6.3f} {r.r2:>5.2f} "
+                   f"{r.mae:>6.3f} {r.cmae:>6.3f} {loo}")
+    if plots:
+        typer.echo(f"parity plots in {plot}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),
