@@ -398,6 +398,74 @@ def softening_cmd(
         typer.echo(f"parity plots in {plot}")
 
 
+@app.command("decide")
+def decide_cmd(
+    labelled: Path = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å)"),
+    targets: Optional[Path] = typer.Argument(None, help="structures you want to simulate (default: LABELLED)"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    force_tol: float = typer.Option(0.1, "--force-tol", help="tolerated force error (eV/Å): MAE, cMAE_loo, σ"),
+    min_labels: int = typer.Option(3, "--min-labels", help="labelled structures needed per chemistry"),
+    max_untrusted: float = typer.Option(0.1, "--max-untrusted", help="tolerated fraction of untrusted targets"),
+    confidence: float = typer.Option(0.95, "--confidence", help="level of the CI of the softening scale"),
+    n_requests: int = typer.Option(5, "--n-requests", help="structures to request per 'label' chemistry"),
+    request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
+    model: str = ModelOpt,
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Per chemistry: accept, scale (one scalar on forces, stress and energy differences) or label."""
+    import ase.io
+
+    from .decide import Thresholds, decide
+    from .io import Artifact, ArtifactError
+
+    lab = _read([labelled], as_json)
+    tgt = _read([targets], as_json) if targets is not None else None
+    m = _model(model, device, as_json)
+    th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
+                    max_untrusted=max_untrusted, n_requests=n_requests)
+    try:
+        art = Artifact.load(calibration, model=m)
+        if not art.calibrated:
+            raise ArtifactError(f"{calibration} holds a Hessian only; run `calib calibrate` first")
+        decisions, issues = decide(art, m, lab, tgt, thresholds=th, batch_size=batch_size, progress=not as_json)
+    except (ArtifactError, ValueError) as exc:
+        _fail(str(exc), as_json)
+    pool = tgt if tgt is not None else lab
+    requested = [i for d in decisions for i in d.label_requests]
+    if request_out is not None:
+        reqs = []
+        for i in requested:
+            a = pool[i].copy()
+            a.calc = None
+            a.info["calib_request_index"] = int(i)
+            reqs.append(a)
+        ase.io.write(request_out, reqs, format="extxyz")
+    records = [d.as_dict() for d in decisions]
+    if as_json:
+        emit_json({"records": records, "thresholds": th.__dict__, "request_out": str(request_out or ""),
+                   "requests_index_into": "TARGETS" if tgt is not None else "LABELLED",
+                   "skipped": [i.as_dict() for i in issues]})
+        return
+    _report_issues(issues, as_json)
+    head = f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'MAE':>6} {'cMAE_loo':>8} {'decision':>8}"
+    typer.echo(head + "   (forces, eV/Å; tolerance " + f"{force_tol} eV/Å)")
+    typer.echo("-" * len(head))
+    for d in decisions:
+        r = d.as_dict()
+        loo = f"{r['cmae_loo']:>8.3f}" if r["cmae_loo"] is not None else f"{'-':>8}"
+        typer.echo(f"{r['chemsys']:<10} {r['n_structures']:>3} {r['softening_scale']:>6.3f} "
+                   f"[{r['softening_ci'][0]:.3f}, {r['softening_ci'][1]:.3f}] {r['correction']:>6.3f} "
+                   f"{r['mae']:>6.3f} {loo} {d.decision:>8}")
+        for reason in d.reasons:
+            typer.echo(f"    - {reason}")
+        if d.label_requests:
+            typer.echo(f"    label next: {d.label_requests}")
+    if request_out is not None:
+        typer.echo(f"{len(requested)} requested structure(s) written to {request_out}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),

@@ -1,0 +1,199 @@
+"""Per-chemistry decision: accept the model, apply the scalar correction, or request DFT labels.
+
+Rules, evaluated per chemical system with explicit thresholds
+(:class:`Thresholds`, defaults in brackets):
+
+1. fewer than ``min_labels`` [3] labelled structures → **label** ("too few labels");
+2. **accept** when the CI of the softening scale contains 1 (no systematic
+   softening), the labelled force MAE ≤ ``force_tol`` [0.1 eV/Å], and at most
+   ``max_untrusted`` [10 %] of the targets are untrusted (out of distribution by
+   the Q residual, or with a calibrated force-error scale above ``force_tol``);
+3. **scale** when the CI excludes 1, the leave-one-structure-out corrected
+   error cMAE_loo ≤ ``force_tol``, and at most ``max_untrusted`` of the
+   targets are out of distribution;
+4. **label** otherwise, naming why: error not systematic (cMAE_loo above
+   tolerance), targets out of distribution, or calibrated uncertainty above
+   tolerance. The request list ranks target structures by calibrated
+   uncertainty, diversified by farthest-point sampling in feature space.
+
+The "calibrated force-error scale" of a target is √(2/π)·σ_rms, the mean
+absolute error a Gaussian with the target's RMS force σ implies (eV/Å), so it
+is compared with the same tolerance as the MAE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+
+
+@dataclass
+class Thresholds:
+    """Decision thresholds (units in the names)."""
+
+    force_tol: float = 0.1  # eV/Å, on MAE, cMAE_loo and the calibrated error scale
+    confidence: float = 0.95  # level of the CI of s
+    min_labels: int = 3  # labelled structures per chemistry
+    max_untrusted: float = 0.1  # tolerated fraction of untrusted targets
+    n_requests: int = 5  # structures to name when the decision is "label"
+
+
+@dataclass
+class Decision:
+    """One chemistry's decision with its reasons (words and numbers) and label requests."""
+
+    chemsys: str
+    decision: str
+    reasons: list
+    softening: dict
+    n_targets: int = 0
+    fraction_out_of_distribution: float | None = None
+    fraction_uncertain: float | None = None
+    label_requests: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        keys = ("chemsys", "n_structures", "softening_scale", "softening_ci", "correction", "mae", "cmae",
+                "cmae_loo")
+        out = {k: self.softening.get(k) for k in keys}
+        out.update(decision=self.decision, reasons=self.reasons, label_requests=self.label_requests,
+                   n_targets=self.n_targets, fraction_out_of_distribution=self.fraction_out_of_distribution,
+                   fraction_uncertain=self.fraction_uncertain, correction_ci=self.softening.get("correction_ci"))
+        return out
+
+
+def farthest_point_ranking(features: np.ndarray, uncertainty: np.ndarray, n: int) -> list[int]:
+    """Pick ``n`` rows: first the most uncertain, then each time the row maximising
+    uncertainty × distance to the nearest row already picked (features standardised)."""
+    X = np.asarray(features, dtype=float)
+    u = np.asarray(uncertainty, dtype=float)
+    if len(X) == 0:
+        return []
+    scale = X.std(axis=0)
+    Z = (X - X.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    picked = [int(np.argmax(u))]
+    dist = np.linalg.norm(Z - Z[picked[0]], axis=1)
+    while len(picked) < min(n, len(X)):
+        score = (u / (u.max() or 1.0)) * dist
+        score[picked] = -np.inf
+        k = int(np.argmax(score))
+        if not np.isfinite(score[k]) or score[k] <= 0:
+            break
+        picked.append(k)
+        dist = np.minimum(dist, np.linalg.norm(Z - Z[k], axis=1))
+    return picked
+
+
+def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None, target_sigma_rms=None,
+                     target_ood=None, target_indices: Sequence[int] = ()) -> Decision:
+    """Apply the rules to one chemistry.
+
+    Parameters
+    ----------
+    softening : SofteningResult of the labelled structures.
+    target_features : (T, d) pooled features of the targets (for diversity).
+    target_sigma_rms : (T,) RMS calibrated force σ of each target, eV/Å.
+    target_ood : (T,) Q-residual scores (> 1: out of distribution).
+    target_indices : (T,) positions of the targets in the caller's list.
+    """
+    t = thresholds
+    s = softening
+    tol = t.force_tol
+    n_t = len(target_indices)
+    ood = np.asarray(target_ood if target_ood is not None else np.zeros(n_t)) > 1
+    err_scale = np.sqrt(2 / np.pi) * np.asarray(target_sigma_rms if target_sigma_rms is not None else np.zeros(n_t))
+    uncertain = err_scale > tol
+    f_ood = float(ood.mean()) if n_t else 0.0
+    f_unc = float(uncertain.mean()) if n_t else 0.0
+    f_untrusted = float(np.mean(ood | uncertain)) if n_t else 0.0
+    lo, hi = s.softening_ci
+    contains_one = lo <= 1.0 <= hi
+    reasons, decision = [], "label"
+    ci_txt = f"{int(100 * s.confidence)} % CI of s [{lo:.3f}, {hi:.3f}]"
+    if s.n_structures < t.min_labels:
+        reasons.append(f"too few labels: {s.n_structures} labelled structure(s) < min_labels {t.min_labels}")
+    elif contains_one:
+        if s.mae <= tol and f_untrusted <= t.max_untrusted:
+            decision = "accept"
+            reasons.append(f"no systematic softening ({ci_txt} contains 1) and force MAE {s.mae:.3f} ≤ "
+                           f"{tol} eV/Å; {100 * f_untrusted:.0f} % of {n_t} targets "
+                           f"untrusted ≤ {100 * t.max_untrusted:.0f} %")
+        else:
+            if s.mae > tol:
+                reasons.append(f"no systematic softening ({ci_txt} contains 1) but force MAE {s.mae:.3f} > "
+                               f"{tol} eV/Å: a scalar cannot fix it")
+            if f_untrusted > t.max_untrusted:
+                reasons.append(f"{100 * f_untrusted:.0f} % of {n_t} targets untrusted "
+                               f"({100 * f_ood:.0f} % out of distribution, {100 * f_unc:.0f} % with calibrated "
+                               f"error scale > {tol} eV/Å) > {100 * t.max_untrusted:.0f} %")
+    else:
+        loo = s.cmae_loo if s.cmae_loo is not None else np.inf
+        if loo <= tol and f_ood <= t.max_untrusted:
+            decision = "scale"
+            reasons.append(f"systematic softening: s = {s.softening_scale:.3f}, {ci_txt} excludes 1; "
+                           f"corrected error cMAE_loo {loo:.3f} ≤ {tol} eV/Å (MAE {s.mae:.3f} before); "
+                           f"multiply forces by c = {s.correction:.3f}")
+            if n_t:
+                reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of distribution ≤ "
+                               f"{100 * t.max_untrusted:.0f} %")
+        else:
+            if loo > tol:
+                reasons.append(f"softening is systematic (s = {s.softening_scale:.3f}, {ci_txt}) but the error "
+                               f"is not only a scale: cMAE_loo {loo:.3f} > {tol} eV/Å after correction")
+            if f_ood > t.max_untrusted:
+                reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of distribution (Q residual) > "
+                               f"{100 * t.max_untrusted:.0f} %: the correction was fitted elsewhere")
+    dec = Decision(chemsys=s.chemsys, decision=decision, reasons=reasons, softening=s.as_dict(), n_targets=n_t,
+                   fraction_out_of_distribution=f_ood if n_t else None,
+                   fraction_uncertain=f_unc if n_t else None)
+    if decision == "label" and n_t:
+        u = err_scale + (ood * err_scale.max() if err_scale.size else 0)  # out-of-distribution targets first
+        if target_features is None:
+            order = list(np.argsort(-u)[: t.n_requests])
+        else:
+            order = farthest_point_ranking(target_features, u + 1e-12, t.n_requests)
+        dec.label_requests = [int(target_indices[k]) for k in order]
+    return dec
+
+
+def decide(artifact, model, labelled: Sequence[Atoms], targets: Sequence[Atoms] | None = None, *,
+           thresholds: Thresholds | None = None, force_mode: str = "approx", batch_size: int = 16,
+           n_bootstrap: int = 2000, seed: int = 0, progress: bool = False) -> tuple[list[Decision], list]:
+    """Decide per chemistry of ``labelled``; targets (default: the labelled structures) are judged
+    for distribution shift and calibrated uncertainty. Returns (decisions, skipped issues)."""
+    from .ood import QResidualDetector
+    from .softening import measure_softening
+
+    t = thresholds or Thresholds()
+    artifact.check_model(model)
+    soft, issues = measure_softening(model, labelled, batch_size=batch_size, n_bootstrap=n_bootstrap,
+                                     confidence=t.confidence, seed=seed, progress=progress)
+    use_labelled = targets is None
+    targets = list(labelled) if use_labelled else list(targets)
+    tpred = model.predict(targets, forces=False, batch_size=batch_size, progress=progress)
+    if not use_labelled:
+        issues = list(issues) + list(tpred.issues)
+    kept = [targets[i] for i in tpred.indices]
+    L = artifact.llpr
+    fvar = L.force_variance(model, kept, mode=force_mode, batch_size=batch_size, progress=progress)
+    sigma_rms = np.array([np.sqrt(v.mean()) for v in fvar])
+    good, _ = model.validate(labelled, require_labels=True)
+    lpred = model.predict([labelled[i] for i in good], forces=False, batch_size=batch_size)
+    decisions = []
+    for chem, s in soft.items():
+        rows = np.array([j for j, c in enumerate(tpred.chemsys) if c == chem], dtype=int)
+        lab_atoms = np.isin(lpred.atom_structure, [j for j, c in enumerate(lpred.chemsys) if c == chem])
+        ood = None
+        if len(rows) and lab_atoms.sum() >= 3:
+            det = QResidualDetector().fit(lpred.atom_descriptors[lab_atoms])
+            atom_mask = np.isin(tpred.atom_structure, rows)
+            local = {r: k for k, r in enumerate(rows)}
+            owners = np.array([local[r] for r in tpred.atom_structure[atom_mask]])
+            ood = det.structure_scores(tpred.atom_descriptors[atom_mask], owners, len(rows))
+        decisions.append(decide_chemistry(
+            s, t, target_features=tpred.features[rows] if len(rows) else None,
+            target_sigma_rms=sigma_rms[rows] if len(rows) else None, target_ood=ood,
+            target_indices=[int(tpred.indices[r]) for r in rows]))
+    return decisions, issues
