@@ -63,6 +63,16 @@ def _read(paths: List[Path], as_json: bool):
         _fail(str(exc), as_json)
 
 
+def _calibrated(path: Path, model):
+    """The calibrated artifact at ``path`` for ``model`` (ArtifactError otherwise)."""
+    from .io import Artifact, ArtifactError
+
+    art = Artifact.load(path, model=model)
+    if not art.calibrated:
+        raise ArtifactError(f"{path} holds a Hessian only; run `calib calibrate` first")
+    return art
+
+
 def _report_issues(issues, as_json: bool) -> None:
     if issues and not as_json:
         typer.echo(f"skipped {len(issues)} structure(s):", err=True)
@@ -183,16 +193,14 @@ def evaluate_cmd(
     as_json: bool = JsonOpt,
 ):
     """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
-    from .io import Artifact, ArtifactError
+    from .io import ArtifactError
     from .metrics import format_report
     from .pipeline import evaluate
 
     structs = _read(labelled, as_json)
     m = _model(model, device, as_json)
     try:
-        art = Artifact.load(calibration, model=m)
-        if not art.calibrated:
-            raise ArtifactError(f"{calibration} holds a Hessian only; run `calib calibrate` first")
+        art = _calibrated(calibration, m)
         res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not as_json,
                        return_points=plot is not None)
     except (ArtifactError, ValueError) as exc:
@@ -418,7 +426,7 @@ def decide_cmd(
     import ase.io
 
     from .decide import Thresholds, decide
-    from .io import Artifact, ArtifactError
+    from .io import ArtifactError
 
     lab = _read([labelled], as_json)
     tgt = _read([targets], as_json) if targets is not None else None
@@ -426,9 +434,7 @@ def decide_cmd(
     th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
                     max_untrusted=max_untrusted, n_requests=n_requests)
     try:
-        art = Artifact.load(calibration, model=m)
-        if not art.calibrated:
-            raise ArtifactError(f"{calibration} holds a Hessian only; run `calib calibrate` first")
+        art = _calibrated(calibration, m)
         decisions, issues = decide(art, m, lab, tgt, thresholds=th, batch_size=batch_size, progress=not as_json)
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)

@@ -149,19 +149,13 @@ class EnvironmentMixture:
         self.random_state = random_state
 
     def fit(self, descriptors) -> EnvironmentMixture:
-        from sklearn.decomposition import PCA
         from sklearn.mixture import BayesianGaussianMixture
 
+        from .ood import principal_subspace
+
         X = np.asarray(descriptors, dtype=float)
-        if X.ndim != 2 or len(X) < 2:
-            raise ValueError(f"descriptors must be (n_points ≥ 2, n_features), got shape {X.shape}")
-        pca = PCA(random_state=self.random_state).fit(X)
-        ev = pca.explained_variance_
-        keep = int(np.searchsorted(np.cumsum(ev) / ev.sum(), self.variance) + 1)
-        keep = max(1, min(keep, self.max_dims, int(np.sum(ev > 1e-12 * ev[0]))))
-        self.mean_ = pca.mean_
-        self.components_ = pca.components_[:keep]
-        self.scale_ = np.sqrt(ev[:keep])
+        self.mean_, self.components_, ev = principal_subspace(X, self.variance, self.max_dims)
+        self.scale_ = np.sqrt(ev)
         Z = self.project(X)
         bgm = BayesianGaussianMixture(n_components=min(self.n_classes, len(X)), covariance_type="full",
                                       weight_concentration_prior_type="dirichlet_process",

@@ -15,6 +15,24 @@ from __future__ import annotations
 import numpy as np
 
 
+def principal_subspace(X: np.ndarray, variance: float, max_dims: int | None = None, min_points: int = 2,
+                       what: str = "descriptors"):
+    """(mean, leading components, their variances) of a PCA of X keeping ``variance`` of the variance.
+
+    At most ``max_dims`` components, fewer than the number of points, and none of ~zero variance.
+    """
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or len(X) < min_points:
+        raise ValueError(f"{what}: need an (n ≥ {min_points}, d) array, got shape {X.shape}")
+    pca = PCA().fit(X)
+    ev = pca.explained_variance_
+    k = int(np.searchsorted(np.cumsum(ev) / ev.sum(), variance) + 1)
+    k = max(1, min(k, max_dims or X.shape[1], len(X) - 1, int(np.sum(ev > 1e-12 * ev[0]))))
+    return pca.mean_, pca.components_[:k], ev[:k]
+
+
 class QResidualDetector:
     """PCA Q-residual detector on per-atom descriptors.
 
@@ -34,17 +52,10 @@ class QResidualDetector:
         self.quantile = quantile
 
     def fit(self, descriptors) -> QResidualDetector:
-        from sklearn.decomposition import PCA
-
         X = np.asarray(descriptors, dtype=float)
-        if X.ndim != 2 or len(X) < 3:
-            raise ValueError(f"the Q-residual detector needs ≥ 3 reference atoms, got shape {X.shape}")
-        pca = PCA().fit(X)
-        ratio = np.cumsum(pca.explained_variance_ratio_)
-        k = int(min(np.searchsorted(ratio, self.variance) + 1, len(X) - 1, X.shape[1]))
-        self.mean_ = pca.mean_
-        self.components_ = pca.components_[:k]
-        self.n_components_ = k
+        self.mean_, self.components_, _ = principal_subspace(X, self.variance, min_points=3,
+                                                             what="Q-residual reference atoms")
+        self.n_components_ = len(self.components_)
         q = self.q_residual(X)
         self.threshold_ = float(max(np.quantile(q, self.quantile), 1e-12 * (np.sum(X**2) / len(X) + 1e-300)))
         return self
