@@ -73,6 +73,23 @@ def _calibrated(path: Path, model):
     return art
 
 
+def _store_corrections(calibration: Optional[Path], out: Optional[Path], model, corrections: dict,
+                       as_json: bool) -> None:
+    """Write ``calibration`` to ``out`` with these scalar corrections added (replacing same chemsys)."""
+    from .io import ArtifactError
+
+    if (calibration is None) != (out is None):
+        _fail("give both --calibration and -o to store the corrections in an artifact", as_json)
+    if out is None:
+        return
+    try:
+        art = _calibrated(calibration, model)
+    except ArtifactError as exc:
+        _fail(str(exc), as_json)
+    art.corrections = {**art.corrections, **corrections}
+    art.save(out)
+
+
 def _report_issues(issues, as_json: bool) -> None:
     if issues and not as_json:
         typer.echo(f"skipped {len(issues)} structure(s):", err=True)
@@ -363,12 +380,15 @@ def softening_cmd(
     confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals"),
     seed: int = typer.Option(0, "--seed"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for force parity plots (PNG)"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration",
+                                               help="artifact to which the corrections are added (with -o)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="write CALIBRATION with every correction"),
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE."""
-    from .softening import measure_softening, parity_plot
+    from .softening import artifact_corrections, measure_softening, parity_plot
 
     structs = _read(labelled, as_json)
     m = _model(model, device, as_json)
@@ -388,9 +408,11 @@ def softening_cmd(
             parity_plot([pred.forces_of(j) for j in idx], [get_forces(structs[pred.indices[j]]) for j in idx],
                         r, path)
             plots.append(str(path))
+    _store_corrections(calibration, out, m, artifact_corrections(results), as_json)
     records = [r.as_dict() for r in results.values()]
     if as_json:
-        emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots})
+        emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots,
+                   "out": str(out or "")})
         return
     _report_issues(issues, as_json)
     head = (f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'R²':>5} {'MAE':>6} {'cMAE':>6} "
@@ -417,6 +439,8 @@ def decide_cmd(
     confidence: float = typer.Option(0.95, "--confidence", help="level of the CI of the softening scale"),
     n_requests: int = typer.Option(5, "--n-requests", help="structures to request per 'label' chemistry"),
     request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out",
+                                       help="write CALIBRATION with the corrections of the 'scale' chemistries"),
     model: str = ModelOpt,
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = DeviceOpt,
@@ -438,6 +462,11 @@ def decide_cmd(
         decisions, issues = decide(art, m, lab, tgt, thresholds=th, batch_size=batch_size, progress=not as_json)
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)
+    if out is not None:
+        scaled = {d.chemsys: {"c": d.softening["correction"], "ci": d.softening["correction_ci"],
+                              "anchor": d.softening["energy_anchor_per_atom"] or 0.0}
+                  for d in decisions if d.decision == "scale"}
+        _store_corrections(calibration, out, m, scaled, as_json)
     pool = tgt if tgt is not None else lab
     requested = [i for d in decisions for i in d.label_requests]
     if request_out is not None:

@@ -18,6 +18,9 @@ cp_<target>_quantile      ()                     conformal quantile q (1), ``alp
 cp_<target>_scores        (cp_<target>_point)    calibration scores |error|/σ, ascending (1)
 cp_<target>_class_*       (cp_<target>_class)    Mondrian classes: name, quantile, size, fallback
 cp_<target>_mix_*                                environment mixture (PCA + Gaussian components)
+correction_factor         (correction_chemsys)   scalar force/stress correction c (1)
+correction_ci_low/high    (correction_chemsys)   its bootstrap CI (1)
+correction_anchor         (correction_chemsys)   energy anchor, eV/atom (model energy)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): ``energy`` (total eV),
@@ -84,6 +87,7 @@ class Artifact:
     element_reference : calib.reference.ElementReference or None
     attrs : dict — provenance and notes
     conformal : dict target → ConformalCalibrator or ClassConformalCalibrator
+    corrections : dict chemsys → {"c", "ci", "anchor"} (scalar correction, docs/softening.md)
     """
 
     llpr: object
@@ -92,6 +96,7 @@ class Artifact:
     element_reference: object | None = None
     attrs: dict = field(default_factory=dict)
     conformal: dict = field(default_factory=dict)
+    corrections: dict = field(default_factory=dict)
 
     @property
     def calibrated(self) -> bool:
@@ -151,6 +156,16 @@ class Artifact:
         for name, cal in self.conformal.items():
             for key, (dims, values, vattrs) in cal.to_variables(f"cp_{name}").items():
                 ds[key] = (dims, values, vattrs)
+        if self.corrections:
+            chems = list(self.corrections)
+            get = lambda k: np.array([float(self.corrections[c][k]) for c in chems])  # noqa: E731
+            dim = ("correction_chemsys",)
+            ds["correction_factor"] = (dim, get("c"), {"units": "1", "description": "forces and stress x c"})
+            ds["correction_ci_low"] = (dim, np.array([self.corrections[c]["ci"][0] for c in chems]), {"units": "1"})
+            ds["correction_ci_high"] = (dim, np.array([self.corrections[c]["ci"][1] for c in chems]), {"units": "1"})
+            ds["correction_anchor"] = (dim, get("anchor"), {
+                "units": "eV/atom", "description": "E = N*anchor + c*(E - N*anchor)"})
+            ds = ds.assign_coords(correction_chemsys=np.array(chems, dtype=str))
         attrs = {
             "conformal_targets": ",".join(self.conformal),
             "schema_version": SCHEMA_VERSION,
@@ -207,11 +222,18 @@ class Artifact:
                 conformal[name] = kind.from_variables(ds, prefix)
             except KeyError as exc:
                 raise ArtifactError(f"artifact's conformal state for {name!r} is incomplete: missing {exc}") from exc
+        corrections = {}
+        if "correction_factor" in ds:
+            for k, chem in enumerate(ds["correction_chemsys"].values):
+                corrections[str(chem)] = {
+                    "c": float(ds["correction_factor"].values[k]),
+                    "ci": [float(ds["correction_ci_low"].values[k]), float(ds["correction_ci_high"].values[k])],
+                    "anchor": float(ds["correction_anchor"].values[k])}
         info_keys = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features",
                      "feature_set")
         model_info = {k: attrs.pop(k) for k in info_keys if k in attrs}
         return cls(llpr=L, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
-                   element_reference=ref, attrs=attrs, conformal=conformal)
+                   element_reference=ref, attrs=attrs, conformal=conformal, corrections=corrections)
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:

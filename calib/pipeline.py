@@ -316,6 +316,12 @@ def predict(
     per-element reference fitted at calibration, eV), ``energy_class`` for
     Mondrian calibrators, and with ``forces`` ``max_force_halfwidth`` (eV/Å,
     the widest per-component conformal half-width).
+
+    With a scalar correction stored for the structure's chemistry
+    (``calib softening/decide -o``): ``correction`` (c), ``energy_corrected``
+    (eV, anchored, docs/softening.md) and with ``forces`` ``max_force_corrected``
+    (eV/Å). σ and intervals stay those of the uncorrected model, which is
+    what they were calibrated on.
     """
     from .structures import structure_name
 
@@ -348,6 +354,9 @@ def predict(
             "chemsys": np.repeat(atom_chem, 3),
             "element": np.repeat([chemical_symbols[z] for z in numbers], 3)}, classes)
         f_half = np.split(f_half, 3 * np.cumsum(pred.n_atoms)[:-1])
+    from .softening import ScalarCorrection
+
+    correction = ScalarCorrection.from_artifact(artifact)
     records = []
     for j, i in enumerate(pred.indices):
         rec = {
@@ -370,6 +379,12 @@ def predict(
             rec["max_force_sigma"] = float(np.sqrt(fvar[j].max()))
             if f_half is not None:
                 rec["max_force_halfwidth"] = float(f_half[j].max())
+        if rec["chemsys"] in correction.factors:
+            c, _ = correction.factor(rec["chemsys"])
+            rec["correction"] = c
+            rec["energy_corrected"] = float(correction.apply(rec["chemsys"], rec["n_atoms"], energy=rec["energy"])[0])
+            if forces:
+                rec["max_force_corrected"] = c * rec["max_force"]
         records.append(rec)
     return records, pred.issues
 

@@ -170,6 +170,11 @@ class ScalarCorrection:
         return cls({k: (r.correction, r.energy_anchor_per_atom if r.energy_anchor_per_atom is not None else 0.0)
                     for k, r in results.items()})
 
+    @classmethod
+    def from_artifact(cls, artifact) -> ScalarCorrection:
+        """The corrections stored in a calib artifact (``Artifact.corrections``)."""
+        return cls({k: (v["c"], v["anchor"]) for k, v in artifact.corrections.items()})
+
     def factor(self, chemsys: str) -> tuple[float, float]:
         return self.factors.get(chemsys, (1.0, 0.0))
 
@@ -180,6 +185,13 @@ class ScalarCorrection:
         f = None if forces is None else c * np.asarray(forces, dtype=float)
         s = None if stress is None else c * np.asarray(stress, dtype=float)
         return e, f, s
+
+
+def artifact_corrections(results: dict, only: set | None = None) -> dict:
+    """``Artifact.corrections`` entries (c, its CI, anchor eV/atom) from softening results."""
+    return {k: {"c": r.correction, "ci": list(r.correction_ci),
+                "anchor": r.energy_anchor_per_atom if r.energy_anchor_per_atom is not None else 0.0}
+            for k, r in results.items() if only is None or k in only}
 
 
 def corrected_calculator(base, correction: ScalarCorrection, chemsys: str | None = None):

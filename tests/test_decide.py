@@ -82,7 +82,7 @@ def calibrated(tmp_path_factory, chgnet):
     return d
 
 
-def test_cli_decide_on_shipped_data(calibrated):
+def test_cli_decide_on_shipped_data(calibrated, chgnet):
     from calib import datasets
     from calib.cli import app
 
@@ -90,7 +90,8 @@ def test_cli_decide_on_shipped_data(calibrated):
     lab = datasets.load("high-energy-states", chemsys="Si") + datasets.load("high-energy-states", chemsys="Li-F")
     ase.io.write(d / "lab.extxyz", lab, format="extxyz")
     r = CliRunner().invoke(app, ["decide", str(d / "lab.extxyz"), "--calibration", str(d / "CAL.nc"),
-                                 "--force-tol", "0.1", "--request-out", str(d / "req.extxyz"), "--json"])
+                                 "--force-tol", "0.1", "--request-out", str(d / "req.extxyz"),
+                                 "-o", str(d / "SCALED.nc"), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     recs = {x["chemsys"]: x for x in doc["records"]}
@@ -103,3 +104,26 @@ def test_cli_decide_on_shipped_data(calibrated):
     req = ase.io.read(d / "req.extxyz", ":")
     assert [a.info["calib_request_index"] for a in req] == recs["Si"]["label_requests"]
     assert all(lab[i].info["chemsys"] == "Si" for i in recs["Si"]["label_requests"])
+
+    # the 'scale' chemistry's correction is stored and applied by `calib predict`
+    from calib.io import Artifact
+
+    art = Artifact.load(d / "SCALED.nc")
+    assert set(art.corrections) == {"Li-F"}
+    c = art.corrections["Li-F"]["c"]
+    assert c == pytest.approx(recs["Li-F"]["correction"])
+    lo, hi = art.corrections["Li-F"]["ci"]
+    assert lo <= c <= hi
+    lif = [a for a in lab if a.info["chemsys"] == "Li-F"]
+    ase.io.write(d / "lif.extxyz", lif[:3], format="extxyz")
+    r = CliRunner().invoke(app, ["predict", str(d / "lif.extxyz"), "--calibration", str(d / "SCALED.nc"),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    # the anchor is the lowest CHGNet energy per atom among the labelled LiF structures
+    anchor = art.corrections["Li-F"]["anchor"]
+    assert anchor == pytest.approx(chgnet.predict(lif, forces=False).energy_per_atom.min(), abs=1e-6)
+    preds = json.loads(r.stdout)
+    for rec in preds:
+        n = rec["n_atoms"]
+        assert rec["correction"] == c
+        assert rec["energy_corrected"] == pytest.approx(n * anchor + c * (rec["energy"] - n * anchor))
