@@ -7,6 +7,10 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 - :class:`LLPR`, :func:`accumulate_hessian` (uncertainties)
 - :class:`Artifact`, :class:`ArtifactError` (the saved state)
 - :func:`read_structures`, :func:`validate`, :func:`chemsys` (input)
+- :class:`ConformalCalibrator`, :class:`ClassConformalCalibrator` (conformal intervals)
+- :func:`measure_softening`, :func:`fit_softening`, :class:`ScalarCorrection` (softening)
+- :func:`decide`, :class:`Thresholds`, :class:`QResidualDetector` (decisions)
+- :func:`run_eos` (dcdft curvature benchmark)
 - :mod:`calib.datasets` (shipped reference data), :func:`label` (reference labels)
 """
 
@@ -30,6 +34,15 @@ _API = {
     "chemsys": "calib.structures",
     "StructureError": "calib.structures",
     "label": "calib.labelers",
+    "ConformalCalibrator": "calib.conformal",
+    "ClassConformalCalibrator": "calib.conformal",
+    "measure_softening": "calib.softening",
+    "fit_softening": "calib.softening",
+    "ScalarCorrection": "calib.softening",
+    "decide": "calib.decide",
+    "Thresholds": "calib.decide",
+    "QResidualDetector": "calib.ood",
+    "run_eos": "calib.eos",
     "datasets": "calib.datasets",
 }
 
