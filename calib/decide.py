@@ -135,7 +135,7 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
             reasons.append(f"systematic softening: s = {s.softening_scale:.3f}, {ci_txt} excludes 1; "
                            f"corrected error cMAE_loo {loo:.3f} ≤ {tol} eV/Å (MAE {s.mae:.3f} before); "
                            f"multiply forces by c = {s.correction:.3f}")
-            if n_t:
+            if target_ood is not None and n_t:
                 reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of distribution ≤ "
                                f"{100 * t.max_untrusted:.0f} %")
         else:
@@ -162,7 +162,8 @@ def decide(artifact, model, labelled: Sequence[Atoms], targets: Sequence[Atoms] 
            thresholds: Thresholds | None = None, force_mode: str = "approx", batch_size: int = 16,
            n_bootstrap: int = 2000, seed: int = 0, progress: bool = False) -> tuple[list[Decision], list]:
     """Decide per chemistry of ``labelled``; targets (default: the labelled structures) are judged
-    for distribution shift and calibrated uncertainty. Returns (decisions, skipped issues)."""
+    for calibrated uncertainty and, when given, for distribution shift against the labelled
+    structures (Q residual). Returns (decisions, skipped issues)."""
     from .ood import QResidualDetector
     from .softening import measure_softening
 
@@ -185,8 +186,8 @@ def decide(artifact, model, labelled: Sequence[Atoms], targets: Sequence[Atoms] 
     for chem, s in soft.items():
         rows = np.array([j for j, c in enumerate(tpred.chemsys) if c == chem], dtype=int)
         lab_atoms = np.isin(lpred.atom_structure, [j for j, c in enumerate(lpred.chemsys) if c == chem])
-        ood = None
-        if len(rows) and lab_atoms.sum() >= 3:
+        ood = None  # the labelled structures are in their own distribution: test only real targets
+        if not use_labelled and len(rows) and lab_atoms.sum() >= 3:
             det = QResidualDetector().fit(lpred.atom_descriptors[lab_atoms])
             atom_mask = np.isin(tpred.atom_structure, rows)
             local = {r: k for k, r in enumerate(rows)}
