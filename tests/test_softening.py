@@ -113,7 +113,11 @@ def test_cli_softening_json(tmp_path):
 
     structs = datasets.load("high-energy-states", chemsys="Si") + datasets.load("high-energy-states",
                                                                                chemsys="Li-Cl")
-    ase.io.write(tmp_path / "lab.extxyz", structs, format="extxyz")
+    bad = structs[0].copy()  # keeps its labels, but two atoms 0.2 Å apart: skipped and reported
+    bad.positions[1] = bad.positions[0] + [0.2, 0, 0]
+    bad.calc = structs[0].calc
+    bad.info["name"] = "squashed"
+    ase.io.write(tmp_path / "lab.extxyz", structs + [bad], format="extxyz")
     r = CliRunner().invoke(__import__("calib.cli", fromlist=["app"]).app,
                            ["softening", str(tmp_path / "lab.extxyz"), "--json", "--n-bootstrap", "200",
                             "--plot", str(tmp_path / "plots")])
@@ -127,3 +131,5 @@ def test_cli_softening_json(tmp_path):
         lo, hi = rec["softening_ci"]
         assert lo <= rec["softening_scale"] <= hi and rec["n_structures"] == 10
     assert len(doc["plots"]) == 2
+    (skip,) = doc["skipped"]
+    assert skip["index"] == 20 and skip["name"] == "squashed" and "0.200 Å apart" in skip["problem"]
