@@ -157,6 +157,12 @@ def fit_conformal(points: dict, alpha: float, classes: int | str | None = None,
     return out
 
 
+def _conformal_classes(artifact: Artifact) -> int | str:
+    """The ``classes`` setting the artifact's conformal state was fitted with (int K or a label kind)."""
+    classes = artifact.attrs.get("conformal_classes", "none")
+    return int(classes) if str(classes).isdigit() else classes
+
+
 def half_widths(calibrator, point: dict, classes: int | str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(q·σ per point, class per point or None) for a fitted calibrator."""
     from .conformal import ClassConformalCalibrator
@@ -336,8 +342,7 @@ def predict(
                             progress=progress) if forces else None
     shift = (artifact.element_reference.predict([a.numbers for a in kept])
              if artifact.element_reference is not None else np.zeros(len(kept)))
-    classes = artifact.attrs.get("conformal_classes", "none")
-    classes = int(classes) if str(classes).isdigit() else classes
+    classes = _conformal_classes(artifact)
     e_half = e_cls = f_half = None
     if "energy" in artifact.conformal and len(kept):
         e_half, e_cls = half_widths(artifact.conformal["energy"], {
@@ -430,8 +435,7 @@ def evaluate(
         f_sigma = np.sqrt(np.concatenate([v.ravel() for v in f_var]))
     points = conformal_points(L, pred, e_delta - shift, f_err, f_sigma,
                               np.concatenate([a.numbers for a in structs]))
-    classes = artifact.attrs.get("conformal_classes", "none")
-    classes = int(classes) if str(classes).isdigit() else classes
+    classes = _conformal_classes(artifact)
     alpha = next((c.alpha for c in artifact.conformal.values()), None)
     out: dict = {"alpha": alpha, "n_structures": len(structs), "skipped": [i.as_dict() for i in issues]}
     kept = {}
