@@ -388,25 +388,22 @@ def softening_cmd(
     as_json: bool = JsonOpt,
 ):
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE."""
-    from .softening import artifact_corrections, measure_softening, parity_plot
+    from .softening import artifact_corrections, parity_plot, predict_labelled, softening_from_prediction
+    from .structures import get_forces
 
     structs = _read(labelled, as_json)
     m = _model(model, device, as_json)
-    results, issues = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap,
-                                        confidence=confidence, seed=seed, progress=not as_json)
+    good, pred, issues = predict_labelled(m, structs, batch_size=batch_size, progress=not as_json)
+    results = softening_from_prediction(pred, good, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     if not results:
         _fail("no valid labelled structures: " + "; ".join(str(i) for i in issues[:5]), as_json)
     plots = []
     if plot is not None:
-        from .structures import get_forces
-
         plot.mkdir(parents=True, exist_ok=True)
-        pred = m.predict(structs, forces=True, batch_size=batch_size)
         for chem, r in results.items():
             idx = [j for j, c in enumerate(pred.chemsys) if c == chem]
             path = plot / f"parity_{chem}.png"
-            parity_plot([pred.forces_of(j) for j in idx], [get_forces(structs[pred.indices[j]]) for j in idx],
-                        r, path)
+            parity_plot([pred.forces_of(j) for j in idx], [get_forces(good[j]) for j in idx], r, path)
             plots.append(str(path))
     _store_corrections(calibration, out, m, artifact_corrections(results), as_json)
     records = [r.as_dict() for r in results.values()]

@@ -165,23 +165,23 @@ def decide(artifact, model, labelled: Sequence[Atoms], targets: Sequence[Atoms] 
     for calibrated uncertainty and, when given, for distribution shift against the labelled
     structures (Q residual). Returns (decisions, skipped issues)."""
     from .ood import QResidualDetector
-    from .softening import measure_softening
+    from .softening import predict_labelled, softening_from_prediction
 
     t = thresholds or Thresholds()
     artifact.check_model(model)
-    soft, issues = measure_softening(model, labelled, batch_size=batch_size, n_bootstrap=n_bootstrap,
-                                     confidence=t.confidence, seed=seed, progress=progress)
+    structs, lpred, issues = predict_labelled(model, labelled, batch_size=batch_size, progress=progress)
+    soft = softening_from_prediction(lpred, structs, n_bootstrap=n_bootstrap, confidence=t.confidence, seed=seed)
     use_labelled = targets is None
-    targets = list(labelled) if use_labelled else list(targets)
-    tpred = model.predict(targets, forces=False, batch_size=batch_size, progress=progress)
-    if not use_labelled:
+    if use_labelled:  # the labelled structures are the targets: reuse their prediction
+        targets, tpred = list(labelled), lpred
+    else:
+        targets = list(targets)
+        tpred = model.predict(targets, forces=False, batch_size=batch_size, progress=progress)
         issues = list(issues) + list(tpred.issues)
     kept = [targets[i] for i in tpred.indices]
     L = artifact.llpr
     fvar = L.force_variance(model, kept, mode=force_mode, batch_size=batch_size, progress=progress)
     sigma_rms = np.array([np.sqrt(v.mean()) for v in fvar])
-    good, _ = model.validate(labelled, require_labels=True)
-    lpred = model.predict([labelled[i] for i in good], forces=False, batch_size=batch_size)
     decisions = []
     for chem, s in soft.items():
         rows = np.array([j for j, c in enumerate(tpred.chemsys) if c == chem], dtype=int)

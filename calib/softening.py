@@ -138,11 +138,25 @@ def measure_softening(model, labelled, *, batch_size: int = 16, n_bootstrap: int
 
     Returns (results by chemsys, skipped structure issues).
     """
-    from .structures import get_energy, get_forces
+    structs, pred, issues = predict_labelled(model, labelled, batch_size=batch_size, progress=progress)
+    return softening_from_prediction(pred, structs, n_bootstrap=n_bootstrap, confidence=confidence,
+                                     seed=seed), issues
 
+
+def predict_labelled(model, labelled, *, batch_size: int = 16, progress: bool = False):
+    """(valid labelled structures, their Prediction with forces, issues of the skipped ones)."""
     good, issues = model.validate(labelled, require_labels=True)
     structs = [labelled[i] for i in good]
     pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
+    pred.indices = np.asarray(good, dtype=int)  # positions in ``labelled``, as for any Prediction
+    return structs, pred, issues
+
+
+def softening_from_prediction(pred, structs, *, n_bootstrap: int = 2000, confidence: float = 0.95,
+                              seed: int = 0) -> dict:
+    """:func:`fit_softening` per chemical system from a Prediction (with forces) of labelled ``structs``."""
+    from .structures import get_energy, get_forces
+
     out = {}
     for chem in sorted(set(pred.chemsys)):
         idx = [j for j, c in enumerate(pred.chemsys) if c == chem]
@@ -152,7 +166,7 @@ def measure_softening(model, labelled, *, batch_size: int = 16, n_bootstrap: int
             model_energies=pred.energy[idx], reference_energies=[get_energy(structs[j]) for j in idx],
             n_atoms=pred.n_atoms[idx], same_composition=len(comps) == 1 and len({len(structs[j]) for j in idx}) == 1,
             n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    return out, issues
+    return out
 
 
 @dataclass
