@@ -1,17 +1,25 @@
-"""Generate the shipped NEB path: a Li vacancy hop in LiF, CHGNet NEB, GPAW-labelled images.
+"""Generate the shipped NEB paths: vacancy hops, CHGNet climbing-image NEB, GPAW-labelled images.
 
-Cell: rocksalt LiF, the 8-atom conventional cube at CHGNet's relaxed lattice
-constant, doubled along x (16 atoms), one Li removed (15 atoms). The
-neighbouring Li at a/√2 hops into the vacancy along [110]. Both end points
-are relaxed with CHGNet 0.3.0 at fixed cell (FIRE, fmax 0.02 eV/Å); the path
-of 7 images (5 movable) is relaxed with ASE's climbing-image NEB using
-CHGNet (FIRE, fmax 0.05 eV/Å); every image is then labelled with GPAW
-PAW-PBE (PW 450 eV, k-point density 2.0 Å⁻¹) through calib.labelers.label,
-resumably. The CHGNet energy of each image is kept in ``info["chgnet_energy"]`` (eV).
+One protocol for every path (the table ``PATHS`` below). The conventional
+cubic cell of the crystal is relaxed with CHGNet 0.3.0 (cell and positions,
+FIRE, fmax 0.01 eV/Å) and repeated; one atom of the hopping species is
+removed, and its nearest neighbour of the same species (minimum image) hops
+into the vacancy. Both end points are relaxed with CHGNet at fixed cell
+(FIRE, fmax 0.02 eV/Å); the path of 7 images (5 movable) is relaxed with
+ASE's climbing-image NEB using CHGNet (FIRE, fmax 0.05 eV/Å); every image is
+then labelled with GPAW PAW-PBE (PW 450 eV, k-point density 2.0 Å⁻¹) through
+calib.labelers.label, resumably. The CHGNet energy of each image is kept in
+``info["chgnet_energy"]`` (eV, total).
 
-Run from the repository root::
+The first path (LiF) lives in this folder (``LiF-vacancy-hop.extxyz``,
+``chgnet_path.extxyz``, ``provenance.json``); the others in ``paths/``
+(``<name>-vacancy-hop.extxyz``, ``<name>_chgnet_path.extxyz``, one entry each
+in ``paths/provenance.json``).
 
-    OMP_NUM_THREADS=1 python datasets/neb/generate.py
+Run from the repository root (paths in the order given; each resumes)::
+
+    OMP_NUM_THREADS=1 python datasets/neb/generate.py              # LiF
+    OMP_NUM_THREADS=1 python datasets/neb/generate.py NaCl Al Li2O Si
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import time
 import warnings
 
@@ -32,11 +41,29 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PATH_FILE = os.path.join(HERE, "chgnet_path.extxyz")
-OUT = os.path.join(HERE, "LiF-vacancy-hop.extxyz")
 N_IMAGES = 7
 CUTOFF_EV = 450.0
 KDENSITY = 2.0
+
+#: name -> (ase.build.bulk arguments, hopping species, repeat of the conventional cube, description)
+PATHS = {
+    "LiF": (("LiF", "rocksalt", 4.03), "Li", (2, 1, 1), "LiF Li-vacancy hop [110]"),
+    "NaCl": (("NaCl", "rocksalt", 5.64), "Na", (2, 1, 1), "NaCl Na-vacancy hop [110]"),
+    "Al": (("Al", "fcc", 4.04), "Al", (2, 2, 1), "Al vacancy hop [110]"),
+    # antifluorite: O on the fcc sites, Li in the tetrahedral holes; the Li hop is along [100] (a/2)
+    "Li2O": (("OLi2", "fluorite", 4.61), "Li", (1, 1, 1), "Li2O Li-vacancy hop [100]"),
+    "Si": (("Si", "diamond", 5.43), "Si", (2, 1, 1), "Si vacancy hop [111]"),
+}
+
+
+def files(name: str) -> tuple[str, str, str]:
+    """(unlabelled CHGNet path, labelled images, provenance file) of one path."""
+    if name == "LiF":
+        return (os.path.join(HERE, "chgnet_path.extxyz"), os.path.join(HERE, "LiF-vacancy-hop.extxyz"),
+                os.path.join(HERE, "provenance.json"))
+    sub = os.path.join(HERE, "paths")
+    return (os.path.join(sub, f"{name}_chgnet_path.extxyz"), os.path.join(sub, f"{name}-vacancy-hop.extxyz"),
+            os.path.join(sub, "provenance.json"))
 
 
 def calculator():
@@ -48,24 +75,23 @@ def calculator():
         return CHGNetCalculator(model=model, use_device="cpu")
 
 
-def endpoints(calc) -> tuple[Atoms, Atoms]:
-    cell = bulk("LiF", "rocksalt", a=4.03, cubic=True)
+def endpoints(calc, name: str) -> tuple[Atoms, Atoms]:
+    (formula, structure, a0), species, repeat, _ = PATHS[name]
+    cell = bulk(formula, structure, a=a0, cubic=True)
     cell.calc = calc
     FIRE(FrechetCellFilter(cell), logfile=None).run(fmax=0.01, steps=200)
-    a = cell.cell[0, 0]
-    sc = Atoms(cell.numbers, positions=cell.get_positions(), cell=cell.cell[:], pbc=True) * (2, 1, 1)
-    li = [i for i, z in enumerate(sc.numbers) if z == 3]
-    vac = li[0]
+    sc = Atoms(cell.numbers, positions=cell.get_positions(), cell=cell.cell[:], pbc=True) * repeat
+    same = [i for i, s in enumerate(sc.get_chemical_symbols()) if s == species]
+    vac = same[0]
     vac_pos = sc.positions[vac].copy()
-    # nearest Li to the vacancy (minimum image), the hopping atom
-    d = sc.get_distances(vac, li[1:], mic=True, vector=True)
-    hop = li[1:][int(np.argmin(np.linalg.norm(d, axis=1)))]
-    assert abs(np.linalg.norm(d, axis=1).min() - a / np.sqrt(2)) < 1e-6
+    # nearest atom of the same species to the vacancy (minimum image): the hopping atom
+    d = sc.get_distances(vac, same[1:], mic=True, vector=True)
+    hop = same[1:][int(np.argmin(np.linalg.norm(d, axis=1)))]
     initial = sc.copy()
     del initial[vac]
     hop_i = hop - 1 if hop > vac else hop
     final = initial.copy()
-    # move the hopping Li onto the vacancy site (the periodic image nearest to it)
+    # move the hopping atom onto the vacancy site (the periodic image nearest to it)
     shift = vac_pos - sc.positions[hop]
     shift -= sc.cell[:].T @ np.round(np.linalg.solve(sc.cell[:].T, shift))
     final.positions[hop_i] += shift
@@ -75,17 +101,18 @@ def endpoints(calc) -> tuple[Atoms, Atoms]:
     return initial, final
 
 
-def main() -> None:
+def generate(name: str) -> dict:
     from calib.labelers import GPAWFactory, label
     from calib.structures import chemsys
 
-    warnings.simplefilter("ignore")
+    path_file, out_file, prov_file = files(name)
+    os.makedirs(os.path.dirname(out_file), exist_ok=True)
     t0 = time.perf_counter()
-    if os.path.exists(PATH_FILE):
-        images = read(PATH_FILE, index=":")
+    if os.path.exists(path_file):
+        images = read(path_file, index=":")
     else:
         calc = calculator()
-        initial, final = endpoints(calc)
+        initial, final = endpoints(calc, name)
         images = [initial] + [initial.copy() for _ in range(N_IMAGES - 2)] + [final]
         neb = NEB(images, climb=True, allow_shared_calculator=True)
         neb.interpolate(mic=True)
@@ -97,24 +124,37 @@ def main() -> None:
             im.calc = calc
             e = float(im.get_potential_energy())
             a = Atoms(im.numbers, positions=im.get_positions(), cell=im.cell[:], pbc=True)
-            a.info.update(name=f"LiF-vac-hop-{k}", path="LiF Li-vacancy hop [110]", image=k,
+            a.info.update(name=f"{name}-vac-hop-{k}", path=PATHS[name][3], image=k,
                           chgnet_energy=e, chgnet_model="0.3.0")
             a.info["chemsys"] = chemsys(a)
             out.append(a)
         images = out
-        write(PATH_FILE, images, format="extxyz")
+        write(path_file, images, format="extxyz")
     t_neb = time.perf_counter() - t0
-    report = label(images, OUT, GPAWFactory(cutoff=CUTOFF_EV, kdensity=KDENSITY), progress=True)
-    e_dft = [float(a.get_potential_energy()) for a in read(OUT, index=":")]
+    report = label(images, out_file, GPAWFactory(cutoff=CUTOFF_EV, kdensity=KDENSITY), progress=True)
+    e_dft = [float(a.get_potential_energy()) for a in read(out_file, index=":")]
     e_ml = [a.info["chgnet_energy"] for a in images]
     meta = {"n_images": len(images), "neb_seconds": round(t_neb, 1), "dft_seconds": round(report.seconds, 1),
             "n_failed": len(report.failures),
             "barrier_chgnet_eV": max(e_ml) - e_ml[0],
             "barrier_gpaw_eV": (max(e_dft) - e_dft[0]) if len(e_dft) == len(images) else None}
-    with open(os.path.join(HERE, "provenance.json"), "w") as fh:
-        json.dump(meta, fh, indent=1)
-    print(json.dumps(meta))
+    if name == "LiF":
+        record = meta
+    else:
+        record = json.load(open(prov_file)) if os.path.exists(prov_file) else {}
+        record[name] = {**meta, "path": PATHS[name][3], "n_atoms": len(images[0])}
+    with open(prov_file, "w") as fh:
+        json.dump(record, fh, indent=1)
+    return meta
+
+
+def main(argv: list[str]) -> None:
+    warnings.simplefilter("ignore")
+    for name in argv or ["LiF"]:
+        if name not in PATHS:
+            raise SystemExit(f"unknown path {name!r}; known: {', '.join(PATHS)}")
+        print(name, json.dumps(generate(name)), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
