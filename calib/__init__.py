@@ -2,44 +2,49 @@
 
 The public API, imported lazily so that ``import calib`` does not pull in torch:
 
+- :class:`CalibratedPredictor` — structures → xarray.Dataset of energies, forces, σ,
+  conformal intervals and corrections (the one prediction path)
 - :func:`load_model`, :class:`~calib.models.base.Prediction` (models)
-- :func:`build_hessian`, :func:`calibrate`, :func:`predict`, :func:`evaluate` (pipeline)
-- :class:`LLPR`, :func:`accumulate_hessian` (uncertainties)
+- :func:`build_hessian`, :func:`calibrate`, :func:`evaluate`, :func:`measure_softening`,
+  :func:`decide` (recipes, :mod:`calib.pipeline`)
+- :class:`LLPR` (posterior), :class:`HessianAccumulator`, :func:`accumulate_hessian` (streaming H)
 - :class:`Artifact`, :class:`ArtifactError` (the saved state)
 - :func:`read_structures`, :func:`validate`, :func:`chemsys` (input)
-- :class:`ConformalCalibrator`, :class:`ClassConformalCalibrator` (conformal intervals)
-- :func:`measure_softening`, :func:`fit_softening`, :class:`ScalarCorrection` (softening)
-- :func:`decide`, :class:`Thresholds`, :class:`QResidualDetector` (decisions)
+- :class:`ConformalCalibrator`, :class:`LabelClasses`, :class:`MixtureClasses` (conformal intervals)
+- :func:`fit_softening`, :class:`ScalarCorrection` (softening)
+- :class:`Thresholds`, :class:`QResidualDetector` (decisions)
 - :func:`run_eos` (dcdft curvature benchmark)
 - :mod:`calib.datasets` (shipped reference data), :func:`label` (reference labels)
 """
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
+    "CalibratedPredictor": "calib.predictor",
     "load_model": "calib.models",
     "Prediction": "calib.models.base",
     "build_hessian": "calib.pipeline",
     "calibrate": "calib.pipeline",
-    "predict": "calib.pipeline",
     "evaluate": "calib.pipeline",
+    "measure_softening": "calib.pipeline",
+    "decide": "calib.pipeline",
     "LLPR": "calib.llpr",
-    "accumulate_hessian": "calib.llpr",
-    "Artifact": "calib.io",
-    "ArtifactError": "calib.io",
+    "HessianAccumulator": "calib.hessian",
+    "accumulate_hessian": "calib.hessian",
+    "Artifact": "calib.artifact",
+    "ArtifactError": "calib.artifact",
     "read_structures": "calib.structures",
     "validate": "calib.structures",
     "chemsys": "calib.structures",
     "StructureError": "calib.structures",
     "label": "calib.labelers",
     "ConformalCalibrator": "calib.conformal",
-    "ClassConformalCalibrator": "calib.conformal",
-    "measure_softening": "calib.softening",
+    "LabelClasses": "calib.conformal",
+    "MixtureClasses": "calib.conformal",
     "fit_softening": "calib.softening",
     "ScalarCorrection": "calib.softening",
-    "decide": "calib.decide",
     "Thresholds": "calib.decide",
     "QResidualDetector": "calib.ood",
     "run_eos": "calib.eos",

@@ -52,7 +52,9 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
                progress: bool = False) -> dict:
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from .llpr import LLPR, accumulate_hessian, feature_gradients
+    from .hessian import accumulate_hessian
+    from .llpr import LLPR
+    from .models.gradients import feature_gradients
     from .models.chgnet import CHGNetAdapter
     from .prototypes import PROTOTYPES, perturbed_set
 

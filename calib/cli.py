@@ -65,7 +65,7 @@ def _read(paths: List[Path], as_json: bool):
 
 def _calibrated(path: Path, model):
     """The calibrated artifact at ``path`` for ``model`` (ArtifactError otherwise)."""
-    from .io import Artifact, ArtifactError
+    from .artifact import Artifact, ArtifactError
 
     art = Artifact.load(path, model=model)
     if not art.calibrated:
@@ -73,10 +73,9 @@ def _calibrated(path: Path, model):
     return art
 
 
-def _store_corrections(calibration: Optional[Path], out: Optional[Path], model, corrections: dict,
-                       as_json: bool) -> None:
+def _store_corrections(calibration: Optional[Path], out: Optional[Path], model, corrections, as_json: bool) -> None:
     """Write ``calibration`` to ``out`` with these scalar corrections added (replacing same chemsys)."""
-    from .io import ArtifactError
+    from .artifact import ArtifactError
 
     if (calibration is None) != (out is None):
         _fail("give both --calibration and -o to store the corrections in an artifact", as_json)
@@ -86,8 +85,7 @@ def _store_corrections(calibration: Optional[Path], out: Optional[Path], model, 
         art = _calibrated(calibration, model)
     except ArtifactError as exc:
         _fail(str(exc), as_json)
-    art.corrections = {**art.corrections, **corrections}
-    art.save(out)
+    art.with_corrections(corrections).save(out)
 
 
 def _report_issues(issues, as_json: bool) -> None:
@@ -156,7 +154,7 @@ def calibrate_cmd(
     as_json: bool = JsonOpt,
 ):
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data."""
-    from .io import Artifact, ArtifactError
+    from .artifact import Artifact, ArtifactError
     from .pipeline import calibrate
 
     structs = _read(labelled, as_json)
@@ -210,7 +208,7 @@ def evaluate_cmd(
     as_json: bool = JsonOpt,
 ):
     """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
-    from .io import ArtifactError
+    from .artifact import ArtifactError
     from .metrics import format_report
     from .pipeline import evaluate
 
@@ -251,37 +249,32 @@ def predict_cmd(
     as_json: bool = JsonOpt,
 ):
     """Energies (total eV) with σ (eV); with --forces the largest force σ (eV/Å) per structure."""
-    from .io import Artifact, ArtifactError
-    from .pipeline import predict
+    from .artifact import Artifact, ArtifactError
+    from .predictor import CalibratedPredictor, to_records
 
     structs = _read(structures, as_json)
     m = _model(model, device, as_json)
     try:
-        art = Artifact.load(calibration, model=m)
-        records, issues = predict(art, m, structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
-                                  progress=not as_json)
+        predictor = CalibratedPredictor(m, Artifact.load(calibration))
+        ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
+                               progress=not as_json)
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)
+    # one record per input structure, in input order; a skipped one carries `error` instead of numbers
+    all_records = to_records(ds, structs)
     if as_json:
-        # one record per input structure, in input order; a skipped one carries `error` instead of numbers
-        from .structures import chemsys
-
-        failed = [{"index": i.index, "name": i.name, "chemsys": _safe_chemsys(structs[i.index], chemsys),
-                   "error": i.problem} for i in issues]
-        emit_json(sorted(records + failed, key=lambda r: r["index"]))
+        emit_json(all_records)
         return
-    _report_issues(issues, as_json)
+    records = [r for r in all_records if "error" not in r]
+    skipped = [r for r in all_records if "error" in r]
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} structure(s):", err=True)
+        for r in skipped:
+            typer.echo(f"  structure {r['index']} ({r['name']}): {r['error']}", err=True)
     extra = None
     if records and "energy_interval" in records[0]:
         extra = [("E interval (eV)", 25, lambda r: f"[{r['energy_interval'][0]:.3f}, {r['energy_interval'][1]:.3f}]")]
     _print_table(records, forces, extra)
-
-
-def _safe_chemsys(atoms, chemsys) -> str | None:
-    try:
-        return chemsys(atoms)
-    except Exception:  # e.g. unknown element symbols
-        return None
 
 
 def _print_table(records, forces: bool, extra=None) -> None:
@@ -388,24 +381,18 @@ def softening_cmd(
     as_json: bool = JsonOpt,
 ):
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE."""
-    from .softening import artifact_corrections, parity_plot, predict_labelled, softening_from_prediction
-    from .structures import get_forces
+    from .pipeline import measure_softening
+    from .softening import ScalarCorrection
 
     structs = _read(labelled, as_json)
     m = _model(model, device, as_json)
-    good, pred, issues = predict_labelled(m, structs, batch_size=batch_size, progress=not as_json)
-    results = softening_from_prediction(pred, good, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
+                             seed=seed, progress=not as_json)
+    results, issues = run_.results, run_.issues
     if not results:
         _fail("no valid labelled structures: " + "; ".join(str(i) for i in issues[:5]), as_json)
-    plots = []
-    if plot is not None:
-        plot.mkdir(parents=True, exist_ok=True)
-        for chem, r in results.items():
-            idx = [j for j, c in enumerate(pred.chemsys) if c == chem]
-            path = plot / f"parity_{chem}.png"
-            parity_plot([pred.forces_of(j) for j in idx], [get_forces(good[j]) for j in idx], r, path)
-            plots.append(str(path))
-    _store_corrections(calibration, out, m, artifact_corrections(results), as_json)
+    plots = run_.parity_plots(plot) if plot is not None else []
+    _store_corrections(calibration, out, m, ScalarCorrection.from_results(results), as_json)
     records = [r.as_dict() for r in results.values()]
     if as_json:
         emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots,
@@ -444,10 +431,9 @@ def decide_cmd(
     as_json: bool = JsonOpt,
 ):
     """Per chemistry: accept, scale (one scalar on forces, stress and energy differences) or label."""
-    import ase.io
-
-    from .decide import Thresholds, decide
-    from .io import ArtifactError
+    from .artifact import ArtifactError
+    from .decide import Thresholds
+    from .pipeline import decide, decision_corrections, write_requests
 
     lab = _read([labelled], as_json)
     tgt = _read([targets], as_json) if targets is not None else None
@@ -460,20 +446,10 @@ def decide_cmd(
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)
     if out is not None:
-        scaled = {d.chemsys: {"c": d.softening["correction"], "ci": d.softening["correction_ci"],
-                              "anchor": d.softening["energy_anchor_per_atom"] or 0.0}
-                  for d in decisions if d.decision == "scale"}
-        _store_corrections(calibration, out, m, scaled, as_json)
-    pool = tgt if tgt is not None else lab
+        _store_corrections(calibration, out, m, decision_corrections(decisions), as_json)
     requested = [i for d in decisions for i in d.label_requests]
     if request_out is not None:
-        reqs = []
-        for i in requested:
-            a = pool[i].copy()
-            a.calc = None
-            a.info["calib_request_index"] = int(i)
-            reqs.append(a)
-        ase.io.write(request_out, reqs, format="extxyz")
+        write_requests(tgt if tgt is not None else lab, requested, request_out)
     records = [d.as_dict() for d in decisions]
     if as_json:
         emit_json({"records": records, "thresholds": th.__dict__, "request_out": str(request_out or ""),

@@ -8,13 +8,20 @@ k-th smallest score with k = ⌈(N + 1)(1 − α)⌉; the interval
 [1 − α, 1 − α + 1/(N + 1)] (Vovk et al. 2005; Angelopoulos & Bates 2021).
 When k > N no finite quantile has that guarantee: q = +inf, with a warning.
 
-:class:`ClassConformalCalibrator` (Mondrian conformal) keeps one quantile per
-class, so coverage holds within each class and not only on average. Classes
-are user labels (element, chemical system) or the components of a
-scikit-learn :class:`~sklearn.mixture.BayesianGaussianMixture` fitted on
-invariant per-atom descriptors. Classes with too few points fall back to the
-global quantile and say so; environments the mixture finds unlikely at
-prediction time are assigned ``"unknown"`` instead of the nearest class.
+:class:`ConformalCalibrator` is the one calibrator. Given ``bins`` (a class
+label per point, as crepes calls them) it is Mondrian: one quantile per class,
+so coverage holds within each class and not only on average. Classes with too
+few points fall back to the global quantile and say so; a class never seen at
+calibration is ``"unknown"`` and gets the largest quantile.
+
+Where the bins come from is a separate object, a *class assigner*, that the
+calibrator may carry (``classes=``) and that saves its own kind:
+:class:`LabelClasses` (the element or the chemical system of each point) or
+:class:`MixtureClasses` (the components of a scikit-learn
+:class:`~sklearn.mixture.BayesianGaussianMixture` fitted on invariant per-atom
+descriptors; environments the mixture finds unlikely at prediction time are
+``"unknown"`` instead of the nearest class). Assigners read points through two
+attributes only, ``descriptors`` and ``labels`` (see :class:`calib.targets.Points`).
 """
 
 from __future__ import annotations
@@ -61,68 +68,171 @@ def conformal_quantile(sorted_scores: np.ndarray, alpha: float, warn: bool = Tru
 
 
 class ConformalCalibrator:
-    """Split conformal intervals ŷ ± q·σ with the finite-sample quantile.
+    """Split conformal intervals ŷ ± q·σ with the finite-sample quantile, global or per class.
 
     Parameters
     ----------
     alpha : float
-        Miscoverage level; intervals aim at coverage 1 − α.
+        Miscoverage level; intervals aim at coverage 1 − α (within each class when classes are used).
+    classes : LabelClasses, MixtureClasses or None
+        Where the bins of :meth:`fit_points` / :meth:`half_width_points` come from. Not needed
+        when bins are passed to :meth:`fit` / :meth:`half_width` directly.
+    min_class_size : int
+        Classes with fewer calibration points use the global quantile.
 
     Attributes
     ----------
-    quantile_ : float — q (dimensionless; +inf when N is too small for α)
+    quantile_ : float — the global q (dimensionless; +inf when N is too small for α)
     scores_ : (N,) float — calibration scores |error|/σ, ascending
     n_calibration_ : int
+    classes_ : list of str or None — the classes seen at calibration (None: no bins)
+    quantiles_ : dict class → q used for that class (its own or the global one)
+    class_sizes_ : dict class → number of calibration points
+    fallback_ : dict class → why it uses the global quantile
+    unknown_quantile_ : float — q for ``"unknown"`` points: the largest finite class or
+        global quantile (conservative; no coverage guarantee holds there)
     """
 
-    def __init__(self, alpha: float = 0.1):
+    def __init__(self, alpha: float = 0.1, classes=None, min_class_size: int = 30):
         conformal_rank(1, alpha)  # validates alpha
         self.alpha = float(alpha)
+        self.classes = classes
+        self.min_class_size = int(min_class_size)
 
-    def fit(self, errors, sigmas) -> ConformalCalibrator:
-        """Fit on calibration errors (reference − model) and σ, both in the target unit."""
+    # ------------------------------------------------------------------ fitting
+    def fit(self, errors, sigmas, bins=None) -> ConformalCalibrator:
+        """Fit on calibration errors (reference − model) and σ, both in the target unit.
+
+        ``bins``: one class label per point for Mondrian quantiles, or None.
+        """
         e, s = _check(errors, sigmas)
         if e.size == 0:
             raise ValueError("calibration: no points")
-        self.scores_ = np.sort(np.abs(e) / s)
+        scores = np.abs(e) / s
+        self.scores_ = np.sort(scores)
         self.n_calibration_ = int(e.size)
         self.quantile_ = conformal_quantile(self.scores_, self.alpha)
+        self.classes_ = None
+        self.quantiles_, self.class_sizes_, self.fallback_ = {}, {}, {}
+        self.unknown_quantile_ = self.quantile_
+        if bins is None:
+            return self
+        lab = np.asarray(bins).astype(str).ravel()
+        if lab.size != e.size:
+            raise ValueError(f"{lab.size} bins for {e.size} calibration points")
+        self.classes_ = sorted(set(lab.tolist()))
+        for c in self.classes_:
+            sc = np.sort(scores[lab == c])
+            self.class_sizes_[c] = int(sc.size)
+            k = conformal_rank(sc.size, self.alpha)
+            if sc.size < self.min_class_size:
+                self.fallback_[c] = f"{sc.size} calibration points < min_class_size {self.min_class_size}"
+            elif k > sc.size:
+                self.fallback_[c] = f"rank ⌈(N+1)(1−α)⌉ = {k} exceeds its {sc.size} points"
+            self.quantiles_[c] = self.quantile_ if c in self.fallback_ else float(sc[k - 1])
+        finite = [q for q in [*self.quantiles_.values(), self.quantile_] if math.isfinite(q)]
+        self.unknown_quantile_ = max(finite) if finite else math.inf
         return self
 
+    def fit_points(self, points) -> ConformalCalibrator:
+        """Fit on typed points (errors, σ and, with ``classes``, their bins)."""
+        bins = None
+        if self.classes is not None:
+            bins = self.classes.fit(points).assign(points, allow_unknown=False)
+        return self.fit(points.errors, points.sigma, bins)
+
+    # ------------------------------------------------------------------ intervals
+    @property
+    def mondrian(self) -> bool:
+        return self.classes_ is not None
+
+    def assign(self, points) -> np.ndarray | None:
+        """Class of each point (``"unknown"`` for unseen or unlikely ones); None without classes."""
+        if not self.mondrian:
+            return None
+        if self.classes is None:
+            raise ValueError("this calibrator was fitted on bins given by hand: pass bins, not points")
+        return self._known(self.classes.assign(points))
+
+    def _known(self, bins) -> np.ndarray:
+        lab = np.asarray(bins).astype(str).ravel()
+        return np.where(np.isin(lab, self.classes_), lab, UNKNOWN)
+
+    def quantile_for(self, bins=None):
+        """q per point for ``bins`` (an array), or the global q when there are no classes."""
+        if not self.mondrian or bins is None:
+            if self.mondrian:
+                raise ValueError("a Mondrian calibrator needs the bins of the points")
+            return self.quantile_
+        qs = {**self.quantiles_, UNKNOWN: self.unknown_quantile_}
+        return np.array([qs[c] for c in self._known(bins)], dtype=float)
+
     def quantile_at(self, alpha: float) -> float:
-        """The quantile the same calibration scores give at another α (no warning)."""
+        """The global quantile the same calibration scores give at another α (no warning)."""
         return conformal_quantile(self.scores_, alpha, warn=False)
 
-    def half_width(self, sigma) -> np.ndarray:
+    def half_width(self, sigma, bins=None) -> np.ndarray:
         """q·σ, in the unit of σ."""
-        return self.quantile_ * np.asarray(sigma, dtype=float)
+        return self.quantile_for(bins) * np.asarray(sigma, dtype=float)
 
-    def interval(self, pred, sigma) -> tuple[np.ndarray, np.ndarray]:
+    def half_width_points(self, points) -> tuple[np.ndarray, np.ndarray | None]:
+        """(q·σ per point, class per point or None) for typed points."""
+        bins = self.assign(points)
+        return self.half_width(np.asarray(points.sigma, dtype=float).ravel(), bins), bins
+
+    def interval(self, pred, sigma, bins=None) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) = ŷ ∓ q·σ, in the unit of ŷ."""
         pred = np.asarray(pred, dtype=float)
-        h = self.half_width(sigma)
+        h = self.half_width(sigma, bins)
         return pred - h, pred + h
 
-    def covered(self, errors, sigmas) -> np.ndarray:
+    def covered(self, errors, sigmas, bins=None) -> np.ndarray:
         """Whether each |error| ≤ q·σ."""
         e, s = _check(errors, sigmas, "evaluation")
-        return np.abs(e) <= self.quantile_ * s
+        return np.abs(e) <= self.half_width(s, bins)
 
-    # -- persistence (see calib.io)
+    # ------------------------------------------------------------------ persistence (see calib.artifact)
     def to_variables(self, prefix: str) -> dict:
-        return {
+        q_attrs = {"units": "1", "alpha": self.alpha, "min_class_size": self.min_class_size,
+                   "classes": "none" if self.classes is None else self.classes.kind}
+        out = {
             f"{prefix}_scores": ((f"{prefix}_point",), self.scores_,
                                  {"units": "1", "description": "calibration scores |error|/sigma, ascending"}),
-            f"{prefix}_quantile": ((), self.quantile_, {"units": "1", "alpha": self.alpha}),
+            f"{prefix}_quantile": ((), self.quantile_, q_attrs),
         }
+        if self.classes is not None:
+            out.update(self.classes.to_variables(f"{prefix}_mix"))
+        if self.mondrian:
+            names = list(self.classes_)
+            dim = (f"{prefix}_class",)
+            q_attrs["unknown_quantile"] = self.unknown_quantile_
+            out[f"{prefix}_class_name"] = (dim, np.array(names, dtype=str), {})
+            out[f"{prefix}_class_quantile"] = (dim, np.array([self.quantiles_[c] for c in names]), {"units": "1"})
+            out[f"{prefix}_class_size"] = (dim, np.array([self.class_sizes_[c] for c in names]),
+                                           {"units": "calibration points"})
+            out[f"{prefix}_class_fallback"] = (dim, np.array([self.fallback_.get(c, "") for c in names], dtype=str),
+                                               {})
+        return out
 
     @classmethod
     def from_variables(cls, ds, prefix: str) -> ConformalCalibrator:
         var = ds[f"{prefix}_quantile"]
-        self = cls(alpha=float(var.attrs["alpha"]))
+        attrs = var.attrs
+        kind = str(attrs.get("classes", "none"))
+        classes = None if kind == "none" else class_assigner_from_variables(kind, ds, f"{prefix}_mix")
+        self = cls(alpha=float(attrs["alpha"]), classes=classes, min_class_size=int(attrs.get("min_class_size", 30)))
         self.scores_ = ds[f"{prefix}_scores"].values.astype(float)
         self.n_calibration_ = int(self.scores_.size)
         self.quantile_ = float(var.values)
+        self.classes_, self.quantiles_, self.class_sizes_, self.fallback_ = None, {}, {}, {}
+        self.unknown_quantile_ = self.quantile_
+        if f"{prefix}_class_name" in ds:
+            names = [str(c) for c in ds[f"{prefix}_class_name"].values]
+            self.classes_ = names
+            self.quantiles_ = dict(zip(names, ds[f"{prefix}_class_quantile"].values.astype(float)))
+            self.class_sizes_ = dict(zip(names, ds[f"{prefix}_class_size"].values.astype(int).tolist()))
+            self.fallback_ = {c: str(r) for c, r in zip(names, ds[f"{prefix}_class_fallback"].values) if str(r)}
+            self.unknown_quantile_ = float(attrs["unknown_quantile"])
         return self
 
 
@@ -229,126 +339,80 @@ class EnvironmentMixture:
         return self
 
 
-class ClassConformalCalibrator:
-    """Mondrian (class-conditional) split conformal: one quantile per class.
+# =========================================================================== class assigners
+
+
+class LabelClasses:
+    """Classes given by a label of each point: ``"element"`` or ``"chemsys"``.
+
+    Reads ``points.labels[kind]``; nothing to fit.
+    """
+
+    def __init__(self, kind: str = "element"):
+        if kind not in ("element", "chemsys"):
+            raise ValueError(f"label classes are 'element' or 'chemsys', got {kind!r}")
+        self.kind = kind
+
+    def fit(self, points) -> LabelClasses:
+        return self
+
+    def assign(self, points, allow_unknown: bool = True) -> np.ndarray:
+        return np.asarray(points.labels[self.kind]).astype(str).ravel()
+
+    def to_variables(self, prefix: str) -> dict:
+        return {}
+
+
+class MixtureClasses:
+    """Classes of atomic environments from an :class:`EnvironmentMixture` on ``points.descriptors``.
 
     Parameters
     ----------
-    alpha : float — miscoverage level per class.
-    n_classes : int — most mixture components when classes come from descriptors.
-    min_class_size : int — classes with fewer calibration points use the global quantile.
+    n_classes : int — most mixture components.
     random_state : int — seeds the mixture.
-
-    Attributes
-    ----------
-    global_ : ConformalCalibrator on all points
-    classes_ : list of str — class names seen in calibration
-    quantiles_ : dict class → q used for that class (its own or the global one)
-    class_sizes_ : dict class → number of calibration points
-    fallback_ : dict class → why it uses the global quantile
-    mixture_ : EnvironmentMixture or None (None when user labels define the classes)
-    unknown_quantile_ : float — q for ``"unknown"`` points: the largest finite
-        class or global quantile (conservative; no coverage guarantee holds there)
     """
 
-    def __init__(self, alpha: float = 0.1, n_classes: int = 8, min_class_size: int = 30,
-                 random_state: int = 0):
-        conformal_rank(1, alpha)
-        self.alpha = float(alpha)
+    kind = "mixture"
+
+    def __init__(self, n_classes: int = 8, random_state: int = 0):
         self.n_classes = int(n_classes)
-        self.min_class_size = int(min_class_size)
         self.random_state = random_state
 
-    def fit(self, errors, sigmas, descriptors=None, labels=None) -> ClassConformalCalibrator:
-        """Fit on errors and σ (target unit) with per-point descriptors or class labels."""
-        e, s = _check(errors, sigmas)
-        if (descriptors is None) == (labels is None):
-            raise ValueError("give exactly one of descriptors (mixture classes) or labels (user classes)")
-        if labels is not None:
-            lab = np.asarray(labels).astype(str).ravel()
-            if lab.size != e.size:
-                raise ValueError(f"{lab.size} labels for {e.size} calibration points")
-            self.mixture_ = None
-        else:
-            X = np.asarray(descriptors, dtype=float)
-            if len(X) != e.size:
-                raise ValueError(f"{len(X)} descriptor rows for {e.size} calibration points")
-            self.mixture_ = EnvironmentMixture(self.n_classes, random_state=self.random_state).fit(X)
-            lab = self.mixture_.predict(X, allow_unknown=False)
-        self.global_ = ConformalCalibrator(self.alpha).fit(e, s)
-        scores = np.abs(e) / s
-        self.classes_ = sorted(set(lab.tolist()))
-        self.quantiles_, self.class_sizes_, self.fallback_ = {}, {}, {}
-        for c in self.classes_:
-            sc = np.sort(scores[lab == c])
-            self.class_sizes_[c] = int(sc.size)
-            k = conformal_rank(sc.size, self.alpha)
-            if sc.size < self.min_class_size:
-                self.fallback_[c] = f"{sc.size} calibration points < min_class_size {self.min_class_size}"
-            elif k > sc.size:
-                self.fallback_[c] = f"rank ⌈(N+1)(1−α)⌉ = {k} exceeds its {sc.size} points"
-            self.quantiles_[c] = self.global_.quantile_ if c in self.fallback_ else float(sc[k - 1])
-        finite = [q for q in [*self.quantiles_.values(), self.global_.quantile_] if math.isfinite(q)]
-        self.unknown_quantile_ = max(finite) if finite else math.inf
+    def fit(self, points) -> MixtureClasses:
+        self.mixture_ = EnvironmentMixture(self.n_classes, random_state=self.random_state).fit(points.descriptors)
         return self
 
-    def assign(self, descriptors=None, labels=None) -> np.ndarray:
-        """Class of each point; ``"unknown"`` for unlikely environments or unseen labels."""
-        if self.mixture_ is not None:
-            if descriptors is None:
-                raise ValueError("these classes come from descriptors: pass descriptors")
-            return self.mixture_.predict(descriptors)
-        if labels is None:
-            raise ValueError("these classes come from labels: pass labels")
-        lab = np.asarray(labels).astype(str).ravel()
-        return np.where(np.isin(lab, self.classes_), lab, UNKNOWN)
-
-    def quantile_for(self, classes) -> np.ndarray:
-        qs = {**self.quantiles_, UNKNOWN: self.unknown_quantile_}
-        return np.array([qs[c] for c in np.asarray(classes).ravel()], dtype=float)
-
-    def half_width(self, sigma, descriptors=None, labels=None) -> np.ndarray:
-        return self.quantile_for(self.assign(descriptors, labels)) * np.asarray(sigma, dtype=float).ravel()
-
-    def interval(self, pred, sigma, descriptors=None, labels=None) -> tuple[np.ndarray, np.ndarray]:
-        h = self.half_width(sigma, descriptors, labels)
-        pred = np.asarray(pred, dtype=float).ravel()
-        return pred - h, pred + h
+    def assign(self, points, allow_unknown: bool = True) -> np.ndarray:
+        return self.mixture_.predict(points.descriptors, allow_unknown=allow_unknown)
 
     def to_variables(self, prefix: str) -> dict:
-        out = self.global_.to_variables(prefix)
-        names = list(self.classes_)
-        out[f"{prefix}_class_quantile"] = ((f"{prefix}_class",), np.array([self.quantiles_[c] for c in names]),
-                                           {"units": "1"})
-        out[f"{prefix}_class_size"] = ((f"{prefix}_class",), np.array([self.class_sizes_[c] for c in names]),
-                                       {"units": "calibration points"})
-        out[f"{prefix}_class_fallback"] = ((f"{prefix}_class",),
-                                           np.array([self.fallback_.get(c, "") for c in names], dtype=str), {})
-        out[f"{prefix}_class_name"] = ((f"{prefix}_class",), np.array(names, dtype=str), {})
-        q = out[f"{prefix}_quantile"]
-        q[2].update(min_class_size=self.min_class_size, n_classes=self.n_classes,
-                    unknown_quantile=self.unknown_quantile_, classes_from="mixture" if self.mixture_ else "labels")
-        if self.mixture_ is not None:
-            out.update(self.mixture_.to_variables(f"{prefix}_mix"))
+        if not hasattr(self, "mixture_"):
+            return {}
+        out = self.mixture_.to_variables(prefix)
+        out[f"{prefix}_threshold"][2]["n_classes"] = self.n_classes
         return out
 
     @classmethod
-    def from_variables(cls, ds, prefix: str) -> ClassConformalCalibrator:
-        attrs = ds[f"{prefix}_quantile"].attrs
-        self = cls(alpha=float(attrs["alpha"]), n_classes=int(attrs["n_classes"]),
-                   min_class_size=int(attrs["min_class_size"]))
-        self.global_ = ConformalCalibrator.from_variables(ds, prefix)
-        names = [str(c) for c in ds[f"{prefix}_class_name"].values]
-        self.classes_ = names
-        self.quantiles_ = dict(zip(names, ds[f"{prefix}_class_quantile"].values.astype(float)))
-        self.class_sizes_ = dict(zip(names, ds[f"{prefix}_class_size"].values.astype(int).tolist()))
-        self.fallback_ = {c: str(r) for c, r in zip(names, ds[f"{prefix}_class_fallback"].values) if str(r)}
-        self.unknown_quantile_ = float(attrs["unknown_quantile"])
-        self.mixture_ = (EnvironmentMixture.from_variables(ds, f"{prefix}_mix")
-                         if attrs["classes_from"] == "mixture" else None)
+    def from_variables(cls, ds, prefix: str) -> MixtureClasses:
+        mix = EnvironmentMixture.from_variables(ds, prefix)
+        self = cls(n_classes=int(ds[f"{prefix}_threshold"].attrs.get("n_classes", mix.n_classes)))
+        self.mixture_ = mix
         return self
 
-    @property
-    def quantile_(self) -> float:
-        """The global quantile (all classes pooled)."""
-        return self.global_.quantile_
+
+def class_assigner(spec, random_state: int = 0):
+    """An assigner from a user setting: an int K (mixture of ≤ K classes), "element", "chemsys",
+    or None / "none" / 0 (no classes)."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "", "0")) or spec == 0:
+        return None
+    if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdigit()):
+        return MixtureClasses(int(spec), random_state=random_state)
+    if isinstance(spec, str) and spec.strip().lower() in ("element", "chemsys"):
+        return LabelClasses(spec.strip().lower())
+    raise ValueError(f"classes must be an integer, 'element', 'chemsys' or None; got {spec!r}")
+
+
+def class_assigner_from_variables(kind: str, ds, prefix: str):
+    if kind == "mixture":
+        return MixtureClasses.from_variables(ds, prefix)
+    return LabelClasses(kind)

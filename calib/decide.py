@@ -19,6 +19,9 @@ Rules, evaluated per chemical system with explicit thresholds
 The "calibrated force-error scale" of a target is √(2/π)·σ_rms, the mean
 absolute error a Gaussian with the target's RMS force σ implies (eV/Å), so it
 is compared with the same tolerance as the MAE.
+
+This module holds the rules only; :func:`calib.pipeline.decide` predicts the
+labelled and target structures and applies them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from ase import Atoms
 
 
 @dataclass
@@ -156,45 +158,3 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
             order = farthest_point_ranking(target_features, u + 1e-12, t.n_requests)
         dec.label_requests = [int(target_indices[k]) for k in order]
     return dec
-
-
-def decide(artifact, model, labelled: Sequence[Atoms], targets: Sequence[Atoms] | None = None, *,
-           thresholds: Thresholds | None = None, force_mode: str = "approx", batch_size: int = 16,
-           n_bootstrap: int = 2000, seed: int = 0, progress: bool = False) -> tuple[list[Decision], list]:
-    """Decide per chemistry of ``labelled``; targets (default: the labelled structures) are judged
-    for calibrated uncertainty and, when given, for distribution shift against the labelled
-    structures (Q residual). Returns (decisions, skipped issues)."""
-    from .ood import QResidualDetector
-    from .softening import predict_labelled, softening_from_prediction
-
-    t = thresholds or Thresholds()
-    artifact.check_model(model)
-    structs, lpred, issues = predict_labelled(model, labelled, batch_size=batch_size, progress=progress)
-    soft = softening_from_prediction(lpred, structs, n_bootstrap=n_bootstrap, confidence=t.confidence, seed=seed)
-    use_labelled = targets is None
-    if use_labelled:  # the labelled structures are the targets: reuse their prediction
-        targets, tpred = list(labelled), lpred
-    else:
-        targets = list(targets)
-        tpred = model.predict(targets, forces=False, batch_size=batch_size, progress=progress)
-        issues = list(issues) + list(tpred.issues)
-    kept = [targets[i] for i in tpred.indices]
-    L = artifact.llpr
-    fvar = L.force_variance(model, kept, mode=force_mode, batch_size=batch_size, progress=progress)
-    sigma_rms = np.array([np.sqrt(v.mean()) for v in fvar])
-    decisions = []
-    for chem, s in soft.items():
-        rows = np.array([j for j, c in enumerate(tpred.chemsys) if c == chem], dtype=int)
-        lab_atoms = np.isin(lpred.atom_structure, [j for j, c in enumerate(lpred.chemsys) if c == chem])
-        ood = None  # the labelled structures are in their own distribution: test only real targets
-        if not use_labelled and len(rows) and lab_atoms.sum() >= 3:
-            det = QResidualDetector().fit(lpred.atom_descriptors[lab_atoms])
-            atom_mask = np.isin(tpred.atom_structure, rows)
-            local = {r: k for k, r in enumerate(rows)}
-            owners = np.array([local[r] for r in tpred.atom_structure[atom_mask]])
-            ood = det.structure_scores(tpred.atom_descriptors[atom_mask], owners, len(rows))
-        decisions.append(decide_chemistry(
-            s, t, target_features=tpred.features[rows] if len(rows) else None,
-            target_sigma_rms=sigma_rms[rows] if len(rows) else None, target_ood=ood,
-            target_indices=[int(tpred.indices[r]) for r in rows]))
-    return decisions, issues

@@ -32,9 +32,9 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
              target: str = "both") -> dict:
     from . import datasets
     from .models.chgnet import CHGNetAdapter
-    from .pipeline import build_hessian, calibrate, predict
+    from .pipeline import build_hessian, calibrate, predict_labelled
+    from .predictor import CalibratedPredictor, to_records
     from .prototypes import perturbed_set
-    from .structures import get_energy, get_forces
 
     say = echo or (lambda *a, **k: None)
     os.makedirs(out, exist_ok=True)
@@ -52,8 +52,8 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
                     "rank": L.rank_}
     if "high-energy-states" not in available:
         say("no shipped labels found: σ below are uncalibrated (alpha2 = 1, default sigma2)")
-        art.attrs["stage"] = "calibrated"
-        records, skipped = predict(art, model, h_structs[:: 4], forces=False)
+        ds = CalibratedPredictor(model, art, require_calibrated=False).predict(h_structs[::4])
+        records = to_records(ds)
         result.update(calibrated=False, records=records)
         _table(say, records, forces=False)
         return result
@@ -69,16 +69,16 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     art.save(os.path.join(out, "calibration.nc"))
 
     # force σ by the truncated mode fitted on the calibration set (its error: docs/llpr.md)
-    records, skipped = predict(art, model, test, forces=True, force_mode="approx", progress=progress)
-    ref = art.element_reference
-    forces = model.predict(test, forces=True)  # one batched pass for the force errors
-    row = {int(i): j for j, i in enumerate(forces.indices)}
-    for r in records:
-        atoms = test[r["index"]]
-        err = get_energy(atoms) - r["energy"] - float(ref.predict([atoms.numbers])[0])
+    lp = predict_labelled(CalibratedPredictor(model, art), test, forces=True, force_mode="approx",
+                          progress=progress)
+    ok = lp.ok
+    records = to_records(ok)
+    owner = ok["structure_index"].values
+    for k, r in enumerate(records):
+        err = lp.energy_errors[k] - r["energy_shift"]
         r["energy_error"] = float(err)
         r["energy_z"] = float(err / r["energy_sigma"]) if r["energy_sigma"] > 0 else float("inf")
-        r["max_force_error"] = float(np.abs(get_forces(atoms) - forces.forces_of(row[r["index"]])).max())
+        r["max_force_error"] = float(np.abs(lp.force_errors[owner == r["index"]]).max())
     _table(say, records, forces=True)
     z = np.array([r["energy_z"] for r in records])
     cover = {k: float(np.mean(np.abs(z) <= k)) for k in (1, 2, 3)}
@@ -86,7 +86,7 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
         f"(Gaussian: 68% / 95% / 99.7%) over {len(z)} structures")
     say(f"artifact written to {os.path.join(out, 'calibration.nc')}")
     result.update(calibrated=True, calibration=s, records=records, heldout_coverage=cover,
-                  skipped=[i.as_dict() for i in skipped])
+                  skipped=[i.as_dict() for i in lp.issues])
     with open(os.path.join(out, "records.json"), "w") as fh:
         json.dump(records, fh, indent=1)
     return result

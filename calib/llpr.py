@@ -19,6 +19,10 @@ with s_i = N_i for per-atom models and 1 for total ones (``total_scale``),
 so E here is always the *total* energy in eV. Any ς² then costs O(d²), which
 makes the 1-D NLL search over ς² cheap. A singular H is fine: ς² > 0.
 
+This module works on arrays: the Hessian comes from :mod:`calib.hessian`, the
+feature gradients from :mod:`calib.models.gradients`, and the fitted state is
+saved by the artifact through :meth:`LLPR.to_variables`.
+
 References: Bigi, Chong, Ceriotti, Grasselli, "A prediction rigidity
 formalism for low-cost uncertainties in trained neural networks" (2024);
 Batatia et al., MACE-MP-0, J. Chem. Phys. 163, 184110 (2025), App. D.
@@ -26,221 +30,15 @@ Batatia et al., MACE-MP-0, J. Chem. Phys. 163, 184110 (2025), App. D.
 
 from __future__ import annotations
 
-import os
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from ase import Atoms
 
 from .models.base import ModelAdapter, batches, total_scale
-from .structures import StructureIssue, structures_fingerprint
-
-# =========================================================================== accumulation
-
-
-class HessianAccumulator:
-    """Streaming float64 accumulator of H = Σ f fᵀ on the model's device.
-
-    Parameters
-    ----------
-    n_features : int
-    device : str or torch.device
-    force_weight : float
-        Weight of the force rows relative to the energy rows (0 = energy only).
-        A structure's force rows add ``force_weight · s² / (3N) · J Jᵀ`` with
-        ``J = ∂f/∂r`` (d × 3N): the Gauss–Newton term of a mean-squared force
-        loss, since ∂F/∂w = -s Jᵀ.
-    """
-
-    def __init__(self, n_features: int, device="cpu", force_weight: float = 0.0):
-        self.n_features = int(n_features)
-        self.device = torch.device(device)
-        self.force_weight = float(force_weight)
-        self.H = torch.zeros(self.n_features, self.n_features, dtype=torch.float64, device=self.device)
-        self.n_structures = 0
-        self.n_batches = 0
-
-    def update(self, features: torch.Tensor) -> None:
-        """Add a batch of pooled features, shape (B, d)."""
-        f = features.detach().to(self.device, torch.float64)
-        self.H.addmm_(f.T, f)
-        self.n_structures += int(f.shape[0])
-
-    def update_force_rows(self, jacobians: Sequence[np.ndarray], scales: Sequence[float]) -> None:
-        """Add force rows; ``jacobians[i]`` is ∂f/∂r of structure i, shape (d, N_i, 3)."""
-        for jac, s in zip(jacobians, scales):
-            J = torch.as_tensor(jac, dtype=torch.float64, device=self.device).reshape(self.n_features, -1)
-            self.H.addmm_(J, J.T, alpha=self.force_weight * float(s) ** 2 / J.shape[1])
-
-    def hessian(self) -> np.ndarray:
-        return self.H.to("cpu").numpy().copy()
-
-
-@dataclass
-class HessianResult:
-    """Output of :func:`accumulate_hessian`.
-
-    Attributes
-    ----------
-    hessian : (d, d) float64 — Σ f fᵀ (feature units², per-atom features for per-atom models).
-    n_structures : int — structures accumulated.
-    issues : list of StructureIssue — structures skipped, with the reason.
-    input_fingerprint : str — identifies the (validated) input list.
-    force_weight : float
-    seconds : float
-    """
-
-    hessian: np.ndarray
-    n_structures: int
-    issues: list[StructureIssue] = field(default_factory=list)
-    input_fingerprint: str = ""
-    force_weight: float = 0.0
-    seconds: float = 0.0
-
-
-class Interrupted(RuntimeError):
-    """Raised by :func:`accumulate_hessian` when ``stop_after`` batches are done (for tests/time limits)."""
-
-
-def accumulate_hessian(
-    model: ModelAdapter,
-    structures: Sequence[Atoms],
-    *,
-    batch_size: int = 16,
-    force_weight: float = 0.0,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    stop_after: int | None = None,
-    progress: bool = True,
-) -> HessianResult:
-    """Stream ``structures`` through ``model`` and accumulate H = Σ f fᵀ (float64).
-
-    Needs features only (no labels). Bad structures are skipped and reported.
-    With ``checkpoint``, the running sum is saved every ``checkpoint_every``
-    batches; a rerun with the same file and the same input resumes after the
-    last saved batch and ends with a bitwise-identical H. ``stop_after`` stops
-    (raising :class:`Interrupted`) after that many batches in this call.
-    """
-    from tqdm.auto import tqdm
-
-    from . import io as cio
-
-    t0 = time.perf_counter()
-    good, issues = model.validate(structures)
-    kept = [structures[i] for i in good]
-    fingerprint = structures_fingerprint(kept)
-    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
-    start_batch = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
-        state = cio.read_checkpoint(checkpoint)
-        problems = []
-        if state["input_fingerprint"] != fingerprint:
-            problems.append("the input structures differ")
-        if state["model_fingerprint"] != model.fingerprint():
-            problems.append("the model differs")
-        if state["batch_size"] != batch_size or state["force_weight"] != force_weight:
-            problems.append("batch_size or force_weight differ")
-        if problems:
-            raise ValueError(f"checkpoint {checkpoint} does not belong to this run: {', '.join(problems)}; "
-                             "delete it or pass another --checkpoint")
-        acc.H = torch.as_tensor(state["hessian"], dtype=torch.float64, device=acc.device).clone()
-        acc.n_structures = state["n_structures"]
-        acc.n_batches = start_batch = state["n_batches"]
-    all_batches = list(batches(len(kept), batch_size))
-    done_here = 0
-    bar = tqdm(total=len(all_batches), initial=start_batch, desc="hessian", unit="batch", disable=not progress)
-    for b, idx in enumerate(all_batches):
-        if b < start_batch:
-            continue
-        if stop_after is not None and done_here >= stop_after:
-            bar.close()
-            raise Interrupted(f"stopped after {done_here} batches ({acc.n_batches} in total)")
-        batch = [kept[i] for i in idx]
-        out = model.forward_batch(batch, forces=False, stress=False)
-        acc.update(out.features)
-        if force_weight:
-            jac = feature_gradients(model, batch, np.eye(model.n_features))
-            acc.update_force_rows(jac, total_scale(out.n_atoms.cpu().numpy(), model.energy_convention))
-        acc.n_batches += 1
-        done_here += 1
-        bar.update(1)
-        if checkpoint is not None and (acc.n_batches % checkpoint_every == 0 or acc.n_batches == len(all_batches)):
-            cio.write_checkpoint(
-                checkpoint,
-                hessian=acc.hessian(),
-                n_structures=acc.n_structures,
-                n_batches=acc.n_batches,
-                batch_size=batch_size,
-                force_weight=force_weight,
-                input_fingerprint=fingerprint,
-                model_fingerprint=model.fingerprint(),
-            )
-    bar.close()
-    return HessianResult(
-        hessian=acc.hessian(),
-        n_structures=acc.n_structures,
-        issues=issues,
-        input_fingerprint=fingerprint,
-        force_weight=force_weight,
-        seconds=time.perf_counter() - t0,
-    )
-
-
-# =========================================================================== feature gradients
-
-
-def feature_gradients(
-    model: ModelAdapter,
-    structures: Sequence[Atoms],
-    directions: np.ndarray,
-    *,
-    mechanism: str = "loop",
-) -> list[np.ndarray]:
-    """∂(u_k · f)/∂r for every direction u_k and structure, in one batch.
-
-    One reverse pass per direction serves every structure of the batch at
-    once, because each structure's features depend only on its own positions.
-
-    Parameters
-    ----------
-    directions : (k, d) array — the u_k (rows).
-    mechanism : "loop" (one ``autograd.grad`` per direction, graph retained) or
-        "batched" (``is_grads_batched=True``, vmap over directions). Chosen by
-        measurement (``calib bench llpr``); on CPU the loop is faster for CHGNet.
-
-    Returns
-    -------
-    list of (k, N_i, 3) float64 arrays, units of f per Å.
-    """
-    fg = model.feature_graph(structures)
-    U = torch.as_tensor(np.asarray(directions), dtype=fg.features.dtype, device=fg.features.device)
-    k = U.shape[0]
-    pos = fg.positions
-    if mechanism == "loop":
-        per_dir = []
-        for j in range(k):
-            grads = torch.autograd.grad(
-                fg.features @ U[j], pos, grad_outputs=torch.ones(fg.features.shape[0], dtype=U.dtype,
-                                                                 device=U.device),
-                retain_graph=j < k - 1, allow_unused=True,
-            )
-            per_dir.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, pos)])
-        out = [torch.stack([per_dir[j][i] for j in range(k)]) for i in range(len(pos))]
-    elif mechanism == "batched":
-        B = fg.features.shape[0]
-        grad_out = U[:, None, :].expand(k, B, U.shape[1]).contiguous()
-        grads = torch.autograd.grad(fg.features, pos, grad_outputs=grad_out, is_grads_batched=True,
-                                    allow_unused=True)
-        out = [torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
-               for g, p in zip(grads, pos)]
-    else:
-        raise ValueError(f"mechanism must be 'loop' or 'batched', got {mechanism!r}")
-    return [o.detach().to("cpu", torch.float64).numpy() for o in out]
-
+from .models.gradients import feature_gradients
 
 # =========================================================================== posterior
 
@@ -527,3 +325,48 @@ class LLPR:
         v = np.maximum(a2 * np.asarray(rows) @ w, 1e-300)
         r2 = np.asarray(residuals).reshape(-1) ** 2
         return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))
+
+    # ------------------------------------------------------------------ persistence
+    def to_variables(self) -> dict:
+        """netCDF variables (name -> (dims, values, attrs)) of the fitted state; see calib.artifact."""
+        out = {
+            "hessian": (("feature", "feature_b"), self.hessian_, {"units": "feature units^2",
+                                                                 "description": "sum_n f_n f_n^T"}),
+            "eigenvalues": (("eig",), self.eigenvalues_, {"units": "feature units^2"}),
+            "eigenvectors": (("feature", "eig"), self.eigenvectors_, {"units": "1"}),
+            "alpha2": ((), float(self.alpha2_), {"units": "1", "description": "posterior scale for energies"}),
+            "sigma2": ((), float(self.sigma2_), {"units": "feature units^2", "description": "regulariser for energies"}),
+            "force_alpha2": ((), float(self.force_alpha2_), {"units": "1", "description": "posterior scale for forces"}),
+            "force_sigma2": ((), float(self.force_sigma2_), {"units": "feature units^2",
+                                                             "description": "regulariser for forces"}),
+        }
+        if hasattr(self, "force_directions_"):
+            out["force_directions"] = (("force_direction",), np.asarray(self.force_directions_, dtype=np.int64), {})
+            out["force_truncation_factor"] = ((), float(self.force_truncation_factor_), {"units": "1"})
+        return out
+
+    def to_attrs(self) -> dict:
+        return {"n_structures": int(self.n_structures_), "rank": int(self.rank_),
+                "energy_convention": self.energy_convention,
+                "regularisation_note": str(getattr(self, "regularisation_note_", ""))}
+
+    @classmethod
+    def from_variables(cls, ds) -> LLPR:
+        """Rebuild a fitted LLPR from the variables and attributes written by :meth:`to_variables`."""
+        attrs = ds.attrs
+        self = cls(energy_convention=attrs["energy_convention"])
+        self.hessian_ = ds["hessian"].values.astype(np.float64)
+        self.eigenvalues_ = ds["eigenvalues"].values.astype(np.float64)
+        self.eigenvectors_ = ds["eigenvectors"].values.astype(np.float64)
+        lam_max = self.eigenvalues_[-1] if self.eigenvalues_.size else 0.0
+        self.rank_ = int(attrs.get("rank", np.sum(self.eigenvalues_ > self.rank_tol * lam_max)))
+        self.n_structures_ = int(attrs.get("n_structures", 0))
+        self.alpha2_ = float(ds["alpha2"].values)
+        self.sigma2_ = float(ds["sigma2"].values)
+        self.force_alpha2_ = float(ds["force_alpha2"].values) if "force_alpha2" in ds else self.alpha2_
+        self.force_sigma2_ = float(ds["force_sigma2"].values) if "force_sigma2" in ds else self.sigma2_
+        self.regularisation_note_ = str(attrs.get("regularisation_note", ""))
+        if "force_directions" in ds:
+            self.force_directions_ = ds["force_directions"].values.astype(int)
+            self.force_truncation_factor_ = float(ds["force_truncation_factor"].values)
+        return self

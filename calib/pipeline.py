@@ -1,21 +1,33 @@
-"""The three steps users run: build H, calibrate on labels, predict with σ.
+"""Short recipes over the library: build H, calibrate, evaluate, measure softening, decide.
 
-These functions are what the CLI calls; they are the library API too.
+Each recipe validates its input once, predicts through
+:class:`calib.predictor.CalibratedPredictor` (or the model adapter, for the
+calibration fit itself), and returns plain results; the command line only
+parses, calls one of these, and formats. Artifacts are never changed in
+place: :func:`calibrate` and :func:`store_corrections` return new ones.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
 
-from .io import Artifact, ArtifactError
-from .llpr import LLPR, accumulate_hessian, feature_gradients
+from .artifact import Artifact
+from .conformal import ConformalCalibrator, class_assigner
+from .hessian import accumulate_hessian
+from .llpr import LLPR
 from .models.base import ModelAdapter, batches
+from .models.gradients import feature_gradients
+from .predictor import CalibratedPredictor
 from .reference import ElementReference
 from .structures import StructureIssue, get_energy, get_forces
+from .targets import TARGETS, build_points
+
+# --------------------------------------------------------------------------- Hessian
 
 
 def build_hessian(
@@ -29,7 +41,7 @@ def build_hessian(
     progress: bool = True,
     source: str = "",
 ) -> tuple[Artifact, list[StructureIssue]]:
-    """Accumulate H over unlabelled ``structures`` and return an uncalibrated artifact.
+    """Accumulate H over unlabelled ``structures`` and return an artifact of stage "hessian".
 
     Returns (artifact, issues); ``issues`` lists the structures skipped.
     """
@@ -40,10 +52,13 @@ def build_hessian(
                          + "; ".join(str(i) for i in res.issues[:5]))
     llpr = LLPR(energy_convention=model.energy_convention).fit(res.hessian, res.n_structures)
     w, _ = model.readout
-    art = Artifact(llpr=llpr, model_info=model.describe(), readout_weight=w,
-                   attrs={"stage": "hessian", "hessian_source": source, "force_weight": force_weight,
+    art = Artifact(llpr=llpr, model_info=model.describe(), readout_weight=w, stage="hessian",
+                   attrs={"hessian_source": source, "force_weight": force_weight,
                           "hessian_seconds": round(res.seconds, 2)})
     return art, res.issues
+
+
+# --------------------------------------------------------------------------- calibration
 
 
 @dataclass
@@ -62,118 +77,31 @@ class CalibrationResult:
     summary: dict = field(default_factory=dict)
 
 
-def _label_errors(structs: Sequence[Atoms], pred) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reference minus model: total energies (S,) in eV and, when predicted, forces (N_total, 3) in eV/Å."""
-    e_delta = np.array([get_energy(a) for a in structs]) - pred.energy
-    if pred.forces is None:
+def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference minus model: total energies (S,) in eV and, when given, forces (N_total, 3) in eV/Å
+    (model forces concatenated over ``structs`` in order)."""
+    e_delta = np.array([get_energy(a) for a in structs]) - np.asarray(energy)
+    if forces is None:
         return e_delta, None
-    return e_delta, np.concatenate([get_forces(a) - pred.forces_of(i) for i, a in enumerate(structs)])
+    return e_delta, np.concatenate([get_forces(a) for a in structs]) - np.asarray(forces)
 
 
 def _spearman(a, b) -> float:
-    from scipy.stats import spearmanr
+    from .metrics import spearman
 
-    if len(a) < 3:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
+    return spearman(a, b) if len(a) >= 3 else float("nan")
 
 
-#: conformal targets: name -> (unit, what one point is)
-CONFORMAL_TARGETS = {
-    "energy": ("eV", "total energy of a structure (after the element reference)"),
-    "energy_difference": ("eV", "E_a - E_b for disjoint random pairs within a chemical system"),
-    "forces": ("eV/Å", "one Cartesian force component"),
-    "force_norm": ("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)"),
-}
-
-
-def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint random pairs (i, j) of structures within each chemical system (seeded)."""
-    rng = np.random.default_rng(seed)
-    first, second = [], []
-    labels = np.asarray(chemsys)
-    for c in sorted(set(labels.tolist())):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        first.extend(idx[0:len(idx) - 1:2])
-        second.extend(idx[1:len(idx):2])
-    return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
-
-
-def conformal_points(L: LLPR, pred, e_err: np.ndarray, f_err: np.ndarray | None,
-                     f_sigma: np.ndarray | None, atom_numbers: np.ndarray | None = None) -> dict:
-    """Per target: errors, σ (target unit), per-point descriptors and chemsys/element labels.
-
-    ``f_sigma`` holds per-component force σ in the order of ``f_err.ravel()``;
-    ``atom_numbers`` (concatenated over structures) gives the element labels of atoms.
-    """
-    from ase.data import chemical_symbols
-
-    e_sig = L.energy_sigma(pred.features, pred.n_atoms)
-    chem = np.asarray(pred.chemsys)
-    out = {"energy": dict(errors=e_err, sigma=e_sig, descriptors=pred.features, chemsys=chem, element=chem)}
-    i, j = difference_pairs(pred.chemsys)
-    if len(i):
-        out["energy_difference"] = dict(
-            errors=e_err[i] - e_err[j],
-            sigma=L.energy_difference_sigma(pred.features[i], pred.n_atoms[i], pred.features[j], pred.n_atoms[j]),
-            descriptors=pred.features[i] - pred.features[j], chemsys=chem[i], element=chem[i])
-    if f_err is not None and f_sigma is not None:
-        atom_chem = chem[pred.atom_structure]
-        symbols = (np.array([chemical_symbols[z] for z in atom_numbers]) if atom_numbers is not None
-                   else atom_chem)
-        sig3 = f_sigma.reshape(-1, 3)
-        out["forces"] = dict(errors=f_err.ravel(), sigma=f_sigma.ravel(),
-                             descriptors=np.repeat(pred.atom_descriptors, 3, axis=0),
-                             chemsys=np.repeat(atom_chem, 3), element=np.repeat(symbols, 3))
-        out["force_norm"] = dict(errors=np.linalg.norm(f_err.reshape(-1, 3), axis=1),
-                                 sigma=np.sqrt((sig3**2).sum(axis=1)), descriptors=pred.atom_descriptors,
-                                 chemsys=atom_chem, element=symbols)
-    return out
-
-
-def fit_conformal(points: dict, alpha: float, classes: int | str | None = None,
-                  min_class_size: int = 30, seed: int = 0) -> dict:
-    """One calibrator per target: split CP, or Mondrian CP when ``classes`` is given.
-
-    ``classes``: an int K (mixture of up to K environment classes on the
-    descriptors), ``"element"`` or ``"chemsys"`` (labels), or None.
-    Energy differences always use the global (split) calibrator.
-    """
-    from .conformal import ClassConformalCalibrator, ConformalCalibrator
-
+def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int = 30,
+                  seed: int = 0) -> dict:
+    """One calibrator per target of ``points``: split conformal, or Mondrian when ``classes`` is
+    given (an int K for a mixture of ≤ K environment classes, "element" or "chemsys").
+    Energy differences always use the global quantile."""
     out = {}
     for name, p in points.items():
-        if classes in (None, 0, "none") or name == "energy_difference":
-            out[name] = ConformalCalibrator(alpha).fit(p["errors"], p["sigma"])
-            continue
-        cp = ClassConformalCalibrator(alpha, n_classes=classes if isinstance(classes, int) else 8,
-                                      min_class_size=min_class_size, random_state=seed)
-        if isinstance(classes, int):
-            out[name] = cp.fit(p["errors"], p["sigma"], descriptors=p["descriptors"])
-        elif classes in ("element", "chemsys"):
-            out[name] = cp.fit(p["errors"], p["sigma"], labels=p[classes])
-        else:
-            raise ValueError(f"classes must be an integer, 'element', 'chemsys' or None; got {classes!r}")
+        assigner = None if name == "energy_difference" else class_assigner(classes, random_state=seed)
+        out[name] = ConformalCalibrator(alpha, classes=assigner, min_class_size=min_class_size).fit_points(p)
     return out
-
-
-def _conformal_classes(artifact: Artifact) -> int | str:
-    """The ``classes`` setting the artifact's conformal state was fitted with (int K or a label kind)."""
-    classes = artifact.attrs.get("conformal_classes", "none")
-    return int(classes) if str(classes).isdigit() else classes
-
-
-def half_widths(calibrator, point: dict, classes: int | str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(q·σ per point, class per point or None) for a fitted calibrator."""
-    from .conformal import ClassConformalCalibrator
-
-    if isinstance(calibrator, ClassConformalCalibrator):
-        if calibrator.mixture_ is not None:
-            cls = calibrator.assign(descriptors=point["descriptors"])
-        else:
-            cls = calibrator.assign(labels=point[classes if classes in ("element", "chemsys") else "chemsys"])
-        return calibrator.quantile_for(cls) * point["sigma"], cls
-    return calibrator.half_width(point["sigma"]), None
 
 
 def calibrate(
@@ -190,7 +118,9 @@ def calibrate(
     min_class_size: int = 30,
     progress: bool = True,
 ) -> CalibrationResult:
-    """Fit α², ς² (Gaussian NLL) and the per-element energy reference on labelled structures.
+    """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles.
+
+    Returns a new artifact of stage "calibrated"; ``artifact`` is not changed.
 
     Parameters
     ----------
@@ -229,12 +159,12 @@ def calibrate(
                          + "; ".join(str(i) for i in issues[:5]))
     structs = [labelled[i] for i in good]
     pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
-    e_delta, f_res = _label_errors(structs, pred)
+    e_delta, f_res = label_errors(structs, pred.energy, pred.forces)
     numbers = [a.numbers for a in structs]
     ref = ElementReference().fit(numbers, e_delta)
     e_res = e_delta - ref.predict(numbers)
 
-    L = artifact.llpr
+    L = copy.deepcopy(artifact.llpr)  # the input artifact stays as it was
     # exact force gradients on the calibration set: for force calibration and the approx truncation
     U = L.eigenvectors_.T
     grads: list[np.ndarray] = []
@@ -267,8 +197,11 @@ def calibrate(
         }
     conformal = {}
     if alpha is not None:
-        points = conformal_points(L, pred, e_res, f_res if with_forces else None, f_sigma,
-                                  np.concatenate([a.numbers for a in structs]))
+        points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
+                              energy_sigma=e_sigma, atom_structure=pred.atom_structure, numbers=pred.numbers,
+                              atom_descriptors=pred.atom_descriptors,
+                              force_sigma=f_sigma if with_forces else None, energy_errors=e_res,
+                              force_errors=f_res if with_forces else None)
         conformal = fit_conformal(points, alpha, classes, min_class_size)
     summary = {
         "target": target,
@@ -287,111 +220,66 @@ def calibrate(
         "alpha": alpha,
         "classes": classes,
         "conformal_quantile": {k: c.quantile_ for k, c in conformal.items()},
-        "conformal_fallback": {k: dict(getattr(c, "fallback_", {})) for k, c in conformal.items()},
+        "conformal_fallback": {k: dict(c.fallback_) for k, c in conformal.items()},
     }
-    art = Artifact(llpr=L, model_info=artifact.model_info, readout_weight=artifact.readout_weight,
-                   element_reference=ref, conformal=conformal,
-                   attrs={**artifact.attrs, "stage": "calibrated", "calibration_target": target,
-                          "conformal_classes": "none" if classes is None else str(classes),
-                          "calibration_n_structures": len(structs),
-                          "element_reference_note": "least squares on element counts of E_ref - E_model "
-                                                    "over the calibration set (eV/atom)"})
+    art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
+                           attrs={**artifact.attrs, "calibration_target": target,
+                                  "calibration_n_structures": len(structs),
+                                  "element_reference_note": "least squares on element counts of E_ref - E_model "
+                                                            "over the calibration set (eV/atom)"})
     return CalibrationResult(artifact=art, issues=issues, n_structures=len(structs),
                              energy_residual=e_res, energy_sigma=e_sigma, summary=summary)
 
 
-def predict(
-    artifact: Artifact,
-    model: ModelAdapter,
-    structures: Sequence[Atoms],
-    *,
-    forces: bool = False,
-    force_mode: str = "exact",
-    batch_size: int = 16,
-    progress: bool = False,
-) -> tuple[list[dict], list[StructureIssue]]:
-    """Energies with σ (and force σ) for each valid structure.
+# --------------------------------------------------------------------------- prediction on labelled data
 
-    Each record: ``index`` (into ``structures``), ``name``, ``chemsys``,
-    ``n_atoms``, ``energy`` (total eV), ``energy_per_atom`` (eV/atom),
-    ``energy_sigma`` (eV, total), and with ``forces`` ``max_force`` and
-    ``max_force_sigma`` (eV/Å, the largest per-component σ).
 
-    With a conformal state: ``energy_interval`` [low, high] (eV) for the
-    reference-code total energy, centred on ``energy + energy_shift`` (the
-    per-element reference fitted at calibration, eV), ``energy_class`` for
-    Mondrian calibrators, and with ``forces`` ``max_force_halfwidth`` (eV/Å,
-    the widest per-component conformal half-width).
+@dataclass
+class LabelledPrediction:
+    """A predictor Dataset of labelled structures with their reference-minus-model errors.
 
-    With a scalar correction stored for the structure's chemistry
-    (``calib softening/decide -o``): ``correction`` (c), ``energy_corrected``
-    (eV, anchored, docs/softening.md) and with ``forces`` ``max_force_corrected``
-    (eV/Å). σ and intervals stay those of the uncorrected model, which is
-    what they were calibrated on.
+    ``structures`` are the valid labelled structures in the order of the
+    Dataset's predicted rows (``ds.error == ""``); ``issues`` the skipped ones.
+    ``energy_errors`` (S,) eV and ``force_errors`` (N, 3) eV/Å are reference
+    minus the model's own prediction (no element reference removed).
     """
-    from .structures import structure_name
 
-    artifact.check_model(model)
-    if not artifact.calibrated:
-        raise ArtifactError("this artifact holds a Hessian only; run `calib calibrate` on labelled data first")
-    L = artifact.llpr
-    pred = model.predict(structures, forces=forces, batch_size=batch_size, progress=progress)
-    sig = L.energy_sigma(pred.features, pred.n_atoms)
-    kept = [structures[i] for i in pred.indices]
-    fvar = L.force_variance(model, kept, mode=force_mode, batch_size=batch_size,
-                            progress=progress) if forces else None
-    shift = (artifact.element_reference.predict([a.numbers for a in kept])
-             if artifact.element_reference is not None else np.zeros(len(kept)))
-    classes = _conformal_classes(artifact)
-    e_half = e_cls = f_half = None
-    if "energy" in artifact.conformal and len(kept):
-        e_half, e_cls = half_widths(artifact.conformal["energy"], {
-            "sigma": sig, "descriptors": pred.features, "chemsys": np.asarray(pred.chemsys),
-            "element": np.asarray(pred.chemsys)}, classes)
-    if forces and "forces" in artifact.conformal and len(kept):
-        from ase.data import chemical_symbols
+    ds: object
+    structures: list
+    issues: list
+    energy_errors: np.ndarray
+    force_errors: np.ndarray | None
 
-        atom_chem = np.asarray(pred.chemsys)[pred.atom_structure]
-        f_sig = np.sqrt(np.concatenate([v.ravel() for v in fvar]))
-        numbers = np.concatenate([a.numbers for a in kept])
-        f_half, _ = half_widths(artifact.conformal["forces"], {
-            "sigma": f_sig, "descriptors": np.repeat(pred.atom_descriptors, 3, axis=0),
-            "chemsys": np.repeat(atom_chem, 3),
-            "element": np.repeat([chemical_symbols[z] for z in numbers], 3)}, classes)
-        f_half = np.split(f_half, 3 * np.cumsum(pred.n_atoms)[:-1])
-    from .softening import ScalarCorrection
+    @property
+    def ok(self):
+        """The Dataset restricted to the predicted structures."""
+        return self.ds.isel(structure=np.flatnonzero(self.ds["error"].values == ""))
 
-    correction = ScalarCorrection.from_artifact(artifact)
-    records = []
-    for j, i in enumerate(pred.indices):
-        rec = {
-            "index": int(i),
-            "name": structure_name(structures[i]),
-            "chemsys": pred.chemsys[j],
-            "n_atoms": int(pred.n_atoms[j]),
-            "energy": float(pred.energy[j]),
-            "energy_per_atom": float(pred.energy_per_atom[j]),
-            "energy_sigma": float(sig[j]),
-        }
-        if e_half is not None:
-            centre = rec["energy"] + float(shift[j])
-            rec["energy_shift"] = float(shift[j])
-            rec["energy_interval"] = [centre - float(e_half[j]), centre + float(e_half[j])]
-            if e_cls is not None:
-                rec["energy_class"] = str(e_cls[j])
-        if forces:
-            rec["max_force"] = float(np.abs(pred.forces_of(j)).max())
-            rec["max_force_sigma"] = float(np.sqrt(fvar[j].max()))
-            if f_half is not None:
-                rec["max_force_halfwidth"] = float(f_half[j].max())
-        if rec["chemsys"] in correction.factors:
-            c, _ = correction.factor(rec["chemsys"])
-            rec["correction"] = c
-            rec["energy_corrected"] = float(correction.apply(rec["chemsys"], rec["n_atoms"], energy=rec["energy"])[0])
-            if forces:
-                rec["max_force_corrected"] = c * rec["max_force"]
-        records.append(rec)
-    return records, pred.issues
+    def forces_of(self, k: int) -> np.ndarray:
+        """Model forces (eV/Å) of the k-th valid structure."""
+        ok = self.ok
+        idx = int(ok["structure"].values[k])
+        return ok["forces"].values[ok["structure_index"].values == idx]
+
+
+def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], *, forces: bool = True,
+                     force_mode: str = "none", batch_size: int = 16, descriptors: bool = False,
+                     progress: bool = False) -> LabelledPrediction:
+    """Predict labelled structures (skipping and reporting unlabelled or invalid ones) and their errors."""
+    from .structures import StructureIssue
+
+    ds = predictor.predict(labelled, forces=forces, force_mode=force_mode, batch_size=batch_size,
+                           descriptors=descriptors, require_labels=True, progress=progress)
+    err = ds["error"].values
+    ok_rows = np.flatnonzero(err == "")
+    structs = [labelled[int(i)] for i in ds["structure"].values[ok_rows]]
+    issues = [StructureIssue(int(ds["structure"].values[k]), str(ds["name"].values[k]), str(err[k]))
+              for k in np.flatnonzero(err != "")]
+    e_err, f_err = label_errors(structs, ds["energy"].values[ok_rows], ds["forces"].values if forces else None)
+    return LabelledPrediction(ds, structs, issues, e_err, f_err)
+
+
+# --------------------------------------------------------------------------- evaluation
 
 
 def evaluate(
@@ -419,41 +307,178 @@ def evaluate(
     """
     from . import metrics
 
-    artifact.check_model(model)
-    L = artifact.llpr
-    good, issues = model.validate(labelled, require_labels=True)
-    if not good:
-        raise ValueError("no valid labelled structures to evaluate: " + "; ".join(str(i) for i in issues[:5]))
-    structs = [labelled[i] for i in good]
-    pred = model.predict(structs, forces=forces, batch_size=batch_size, progress=progress, validate=False)
-    e_delta, f_err = _label_errors(structs, pred)
-    shift = artifact.element_reference.predict([a.numbers for a in structs]) \
-        if artifact.element_reference is not None else 0.0
-    f_sigma = None
-    if forces:
-        f_var = L.force_variance(model, structs, batch_size=batch_size, progress=progress)
-        f_sigma = np.sqrt(np.concatenate([v.ravel() for v in f_var]))
-    points = conformal_points(L, pred, e_delta - shift, f_err, f_sigma,
-                              np.concatenate([a.numbers for a in structs]))
-    classes = _conformal_classes(artifact)
+    predictor = CalibratedPredictor(model, artifact, require_calibrated=False)
+    lp = predict_labelled(predictor, labelled, forces=forces, force_mode="exact" if forces else "none",
+                          batch_size=batch_size, descriptors=True, progress=progress)
+    if not lp.structures:
+        raise ValueError("no valid labelled structures to evaluate: " + "; ".join(str(i) for i in lp.issues[:5]))
+    ok = lp.ok
+    shift = ok["energy_shift"].values if "energy_shift" in ok else 0.0
+    chem = ok["chemsys"].values
+    rows = {int(s): k for k, s in enumerate(ok["structure"].values)}
+    points = build_points(artifact.llpr, features=ok["features"].values, n_atoms=ok["n_atoms"].values,
+                          chemsys=chem, energy_sigma=ok["energy_sigma"].values,
+                          atom_structure=np.array([rows[int(i)] for i in ok["structure_index"].values]),
+                          numbers=ok["numbers"].values, atom_descriptors=ok["atom_descriptors"].values,
+                          force_sigma=ok["forces_sigma"].values if forces else None,
+                          energy_errors=lp.energy_errors - shift, force_errors=lp.force_errors)
     alpha = next((c.alpha for c in artifact.conformal.values()), None)
-    out: dict = {"alpha": alpha, "n_structures": len(structs), "skipped": [i.as_dict() for i in issues]}
+    out: dict = {"alpha": alpha, "n_structures": len(lp.structures), "skipped": [i.as_dict() for i in lp.issues]}
     kept = {}
     for name, p in points.items():
         cal = artifact.conformal.get(name)
         if cal is not None:
-            h, cls = half_widths(cal, p, classes)
-            block = metrics.report(p["errors"], p["sigma"], h, cls)
+            h, cls = cal.half_width_points(p)
+            block = metrics.report(p.errors, p.sigma, h, cls)
         else:
             h, cls = None, None
-            block = {k: v for k, v in metrics.report(p["errors"], p["sigma"], p["sigma"]).items()
+            block = {k: v for k, v in metrics.report(p.errors, p.sigma, p.sigma).items()
                      if k not in ("coverage", "mean_width", "per_class")}
-        z = p["errors"] / p["sigma"]
+        z = p.errors / p.sigma
         block.update(coverage_1sigma=float(np.mean(np.abs(z) <= 1)), coverage_2sigma=float(np.mean(np.abs(z) <= 2)),
-                     z_rms=float(np.sqrt(np.mean(z**2))), unit=CONFORMAL_TARGETS[name][0])
+                     z_rms=float(np.sqrt(np.mean(z**2))), unit=TARGETS[name][0])
         out[name] = block
-        kept[name] = {"errors": p["errors"], "sigma": p["sigma"], "half_width": h, "classes": cls,
-                      "calibrator": cal}
+        kept[name] = {"errors": p.errors, "sigma": p.sigma, "half_width": h, "classes": cls, "calibrator": cal}
     if return_points:
         out["points"] = kept
     return out
+
+
+# --------------------------------------------------------------------------- softening
+
+
+@dataclass
+class SofteningRun:
+    """Per-chemistry softening results with the prediction they came from (for plots)."""
+
+    results: dict
+    issues: list
+    labelled: LabelledPrediction | None = None
+
+    def parity_plots(self, folder) -> list[str]:
+        """One force parity plot per chemistry in ``folder`` (PNG); the paths written."""
+        import os
+
+        from .softening import parity_plot
+
+        os.makedirs(folder, exist_ok=True)
+        lp, written = self.labelled, []
+        chem = lp.ok["chemsys"].values
+        for c, r in self.results.items():
+            idx = np.flatnonzero(chem == c)
+            path = os.path.join(os.fspath(folder), f"parity_{c}.png")
+            parity_plot([lp.forces_of(k) for k in idx], [get_forces(lp.structures[k]) for k in idx], r, path)
+            written.append(path)
+        return written
+
+
+def measure_softening(model: ModelAdapter, labelled: Sequence[Atoms], *, batch_size: int = 16,
+                      n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0,
+                      progress: bool = False, predictor: CalibratedPredictor | None = None) -> SofteningRun:
+    """Softening scale, correction and cMAE per chemical system of ``labelled`` (docs/softening.md)."""
+    lp = predict_labelled(predictor or CalibratedPredictor(model), labelled, forces=True,
+                          batch_size=batch_size, progress=progress)
+    return _softening_run(lp, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+
+
+def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
+    from .softening import fit_softening_by_chemsys
+
+    ok = lp.ok
+    if not lp.structures:
+        return SofteningRun({}, lp.issues, lp)
+    results = fit_softening_by_chemsys(
+        ok["chemsys"].values, [lp.forces_of(k) for k in range(len(lp.structures))],
+        [get_forces(a) for a in lp.structures], model_energies=ok["energy"].values,
+        reference_energies=[get_energy(a) for a in lp.structures], n_atoms=ok["n_atoms"].values,
+        compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], **kw)
+    return SofteningRun(results, lp.issues, lp)
+
+
+def store_corrections(artifact: Artifact, results: dict, only=None) -> Artifact:
+    """A new artifact with the scalar corrections of these softening results (those in ``only``)."""
+    from .softening import ScalarCorrection
+
+    return artifact.with_corrections(ScalarCorrection.from_results(results, only=only))
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
+           targets: Sequence[Atoms] | None = None, *, thresholds=None, force_mode: str = "approx",
+           batch_size: int = 16, n_bootstrap: int = 2000, seed: int = 0,
+           progress: bool = False) -> tuple[list, list]:
+    """Decide per chemistry of ``labelled`` (calib.decide's rules); targets (default: the labelled
+    structures) are judged for calibrated uncertainty and, when given, for distribution shift
+    against the labelled structures (Q residual). Returns (decisions, skipped issues)."""
+    from .decide import Thresholds, decide_chemistry
+    from .ood import QResidualDetector
+
+    t = thresholds or Thresholds()
+    predictor = CalibratedPredictor(model, artifact)
+    use_labelled = targets is None
+    lp = predict_labelled(predictor, labelled, forces=True, force_mode=force_mode if use_labelled else "none",
+                          batch_size=batch_size, descriptors=True, progress=progress)
+    soft = _softening_run(lp, n_bootstrap=n_bootstrap, confidence=t.confidence, seed=seed).results
+    issues = list(lp.issues)
+    lab = lp.ok
+    if use_labelled:  # the labelled structures are the targets: reuse their prediction
+        tds = lab
+    else:
+        full = predictor.predict(list(targets), forces=True, force_mode=force_mode, batch_size=batch_size,
+                                 descriptors=True, progress=progress)
+        from .structures import StructureIssue
+
+        err = full["error"].values
+        issues += [StructureIssue(int(full["structure"].values[k]), str(full["name"].values[k]), str(err[k]))
+                   for k in np.flatnonzero(err != "")]
+        tds = full.isel(structure=np.flatnonzero(err == ""))
+    t_index = tds["structure"].values
+    t_owner = tds["structure_index"].values
+    sig2 = tds["forces_sigma"].values ** 2
+    sigma_rms = np.array([np.sqrt(sig2[t_owner == i].mean()) for i in t_index])
+    lab_chem_atom = dict(zip(lab["structure"].values.tolist(), lab["chemsys"].values.tolist()))
+    lab_atom_chem = np.array([lab_chem_atom[int(i)] for i in lab["structure_index"].values])
+    decisions = []
+    for chem, s in soft.items():
+        rows = np.flatnonzero(tds["chemsys"].values == chem)
+        lab_atoms = lab_atom_chem == chem
+        ood = None  # the labelled structures are in their own distribution: test only real targets
+        if not use_labelled and len(rows) and lab_atoms.sum() >= 3:
+            det = QResidualDetector().fit(lab["atom_descriptors"].values[lab_atoms])
+            local = {int(t_index[r]): k for k, r in enumerate(rows)}
+            atom_mask = np.isin(t_owner, t_index[rows])
+            owners = np.array([local[int(o)] for o in t_owner[atom_mask]])
+            ood = det.structure_scores(tds["atom_descriptors"].values[atom_mask], owners, len(rows))
+        decisions.append(decide_chemistry(
+            s, t, target_features=tds["features"].values[rows] if len(rows) else None,
+            target_sigma_rms=sigma_rms[rows] if len(rows) else None, target_ood=ood,
+            target_indices=[int(t_index[r]) for r in rows]))
+    return decisions, issues
+
+
+def decision_corrections(decisions):
+    """The :class:`~calib.softening.ScalarCorrection` of the chemistries decided "scale"."""
+    from .softening import ScalarCorrection
+
+    scaled = [d for d in decisions if d.decision == "scale"]
+    return ScalarCorrection(
+        {d.chemsys: (float(d.softening["correction"]), float(d.softening["energy_anchor_per_atom"] or 0.0))
+         for d in scaled},
+        {d.chemsys: tuple(map(float, d.softening["correction_ci"])) for d in scaled})
+
+
+def write_requests(pool: Sequence[Atoms], indices: Sequence[int], path) -> int:
+    """Write the requested structures (labels stripped, ``info["calib_request_index"]`` = position in
+    ``pool``) to an extxyz file; returns how many."""
+    import ase.io
+
+    reqs = []
+    for i in indices:
+        a = pool[i].copy()
+        a.calc = None
+        a.info["calib_request_index"] = int(i)
+        reqs.append(a)
+    ase.io.write(path, reqs, format="extxyz")
+    return len(reqs)

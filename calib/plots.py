@@ -29,8 +29,7 @@ def observed_coverage_curve(calibrator, errors, sigma, alphas=None) -> tuple[np.
     """(1 − α, held-out coverage of ±q(α)·σ) over a grid of α (global quantile)."""
     alphas = np.linspace(0.02, 0.98, 49) if alphas is None else np.asarray(alphas, dtype=float)
     scores = np.abs(np.asarray(errors, dtype=float)) / np.asarray(sigma, dtype=float)
-    base = getattr(calibrator, "global_", calibrator)
-    observed = np.array([np.mean(scores <= base.quantile_at(a)) for a in alphas])
+    observed = np.array([np.mean(scores <= calibrator.quantile_at(a)) for a in alphas])
     return 1 - alphas, observed
 
 
@@ -58,12 +57,11 @@ def error_sigma_plot(errors, sigma, calibrator, path, unit: str, title: str = ""
     plt = _plt()
     e = np.abs(np.asarray(errors, dtype=float))
     s = np.asarray(sigma, dtype=float)
-    base = getattr(calibrator, "global_", calibrator)
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     ax.scatter(s, np.maximum(e, 1e-6), s=4, alpha=0.4, color="tab:blue", rasterized=True)
     grid = np.geomspace(s.min(), s.max(), 50)
     for p, style in ((0.68, ":"), (0.95, "--"), (0.99, "-")):
-        q = base.quantile_at(1 - p)
+        q = calibrator.quantile_at(1 - p)
         if np.isfinite(q):
             ax.plot(grid, q * grid, "k", ls=style, lw=1, label=f"{int(p * 100)} %: |err| = {q:.2f}σ")
     ax.set_xscale("log")
@@ -102,7 +100,7 @@ def class_coverage_plot(per_class: dict, alpha: float, path, title: str = "") ->
 def evaluation_plots(points: dict, folder, alpha: float | None) -> list[str]:
     """All three plots for every target of :func:`calib.pipeline.evaluate` (``return_points=True``)."""
     from .metrics import per_class_coverage
-    from .pipeline import CONFORMAL_TARGETS
+    from .targets import TARGETS
 
     os.makedirs(folder, exist_ok=True)
     written, curves = [], {}
@@ -110,7 +108,7 @@ def evaluation_plots(points: dict, folder, alpha: float | None) -> list[str]:
         cal = p["calibrator"]
         if cal is None:
             continue
-        unit = CONFORMAL_TARGETS[name][0]
+        unit = TARGETS[name][0]
         curves[name] = observed_coverage_curve(cal, p["errors"], p["sigma"])
         path = os.path.join(folder, f"error_vs_sigma_{name}.png")
         error_sigma_plot(p["errors"], p["sigma"], cal, path, unit, title=f"{name}: |error| vs σ (held out)")

@@ -65,3 +65,14 @@ class ElementReference:
         ref.elements_ = list(values)
         ref.values_ = np.array([values[k] for k in ref.elements_], dtype=float)
         return ref
+
+    # -- persistence (see calib.artifact)
+    def to_variables(self) -> dict:
+        return {"element_reference": (("element",), np.asarray(self.values_, dtype=float),
+                                      {"units": "eV/atom", "description": "mu_el, E_ref - E_model ~ sum n_el mu_el"}),
+                "element": (("element",), np.array(self.elements_, dtype=str), {})}
+
+    @classmethod
+    def from_variables(cls, ds) -> ElementReference:
+        return cls.from_dict(dict(zip([str(e) for e in ds["element"].values],
+                                      ds["element_reference"].values.astype(float))))

@@ -132,40 +132,33 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
     return res
 
 
-def measure_softening(model, labelled, *, batch_size: int = 16, n_bootstrap: int = 2000,
-                      confidence: float = 0.95, seed: int = 0, progress: bool = False):
-    """Predict with ``model`` and fit :func:`fit_softening` per chemical system.
+def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_forces, *, model_energies=None,
+                             reference_energies=None, n_atoms=None, compositions=None, n_bootstrap: int = 2000,
+                             confidence: float = 0.95, seed: int = 0) -> dict:
+    """:func:`fit_softening` for each chemical system of a list of structures.
 
-    Returns (results by chemsys, skipped structure issues).
+    Parameters
+    ----------
+    chemsys : (S,) str; model_forces, reference_forces : S arrays (N_i, 3), eV/Å
+    model_energies, reference_energies : (S,) total eV; n_atoms : (S,)
+    compositions : (S,) reduced formulas (the energy slope needs one composition)
+
+    Returns a dict chemsys → :class:`SofteningResult`. A chemistry whose
+    statistics cannot be computed (all reference forces zero) raises ValueError
+    naming it.
     """
-    structs, pred, issues = predict_labelled(model, labelled, batch_size=batch_size, progress=progress)
-    return softening_from_prediction(pred, structs, n_bootstrap=n_bootstrap, confidence=confidence,
-                                     seed=seed), issues
-
-
-def predict_labelled(model, labelled, *, batch_size: int = 16, progress: bool = False):
-    """(valid labelled structures, their Prediction with forces, issues of the skipped ones)."""
-    good, issues = model.validate(labelled, require_labels=True)
-    structs = [labelled[i] for i in good]
-    pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
-    pred.indices = np.asarray(good, dtype=int)  # positions in ``labelled``, as for any Prediction
-    return structs, pred, issues
-
-
-def softening_from_prediction(pred, structs, *, n_bootstrap: int = 2000, confidence: float = 0.95,
-                              seed: int = 0) -> dict:
-    """:func:`fit_softening` per chemical system from a Prediction (with forces) of labelled ``structs``."""
-    from .structures import get_energy, get_forces
-
+    chem = np.asarray(chemsys, dtype=str)
     out = {}
-    for chem in sorted(set(pred.chemsys)):
-        idx = [j for j, c in enumerate(pred.chemsys) if c == chem]
-        comps = {structs[j].get_chemical_formula(empirical=True) for j in idx}
-        out[chem] = fit_softening(
-            [pred.forces_of(j) for j in idx], [get_forces(structs[j]) for j in idx], chemsys=chem,
-            model_energies=pred.energy[idx], reference_energies=[get_energy(structs[j]) for j in idx],
-            n_atoms=pred.n_atoms[idx], same_composition=len(comps) == 1 and len({len(structs[j]) for j in idx}) == 1,
-            n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    for c in sorted(set(chem.tolist())):
+        idx = np.flatnonzero(chem == c)
+        same = True
+        if compositions is not None and n_atoms is not None:
+            same = (len({compositions[j] for j in idx}) == 1 and len({int(n_atoms[j]) for j in idx}) == 1)
+        pick = (lambda x: None if x is None else np.asarray(x, dtype=float)[idx])  # noqa: E731
+        out[c] = fit_softening([model_forces[j] for j in idx], [reference_forces[j] for j in idx], chemsys=c,
+                               model_energies=pick(model_energies), reference_energies=pick(reference_energies),
+                               n_atoms=pick(n_atoms), same_composition=same, n_bootstrap=n_bootstrap,
+                               confidence=confidence, seed=seed)
     return out
 
 
@@ -173,23 +166,33 @@ def softening_from_prediction(pred, structs, *, n_bootstrap: int = 2000, confide
 class ScalarCorrection:
     """Per-chemistry scalar correction: forces × c, stress × c, E_anchor + c (E − E_anchor).
 
-    ``factors[chemsys] = (c, anchor)`` with the anchor in eV/atom (model energy).
-    Chemistries without a factor are left unchanged.
+    ``factors[chemsys] = (c, anchor)`` with the anchor in eV/atom (model energy);
+    ``ci[chemsys] = (low, high)``, the bootstrap CI of c. Chemistries without a
+    factor are left unchanged.
     """
 
-    factors: dict
+    factors: dict = field(default_factory=dict)
+    ci: dict = field(default_factory=dict)
 
     @classmethod
-    def from_results(cls, results: dict) -> ScalarCorrection:
-        return cls({k: (r.correction, r.energy_anchor_per_atom if r.energy_anchor_per_atom is not None else 0.0)
-                    for k, r in results.items()})
+    def from_results(cls, results: dict, only=None) -> ScalarCorrection:
+        """From :class:`SofteningResult` per chemsys (those in ``only`` when given)."""
+        keep = {k: r for k, r in results.items() if only is None or k in only}
+        return cls({k: (float(r.correction), float(r.energy_anchor_per_atom or 0.0)) for k, r in keep.items()},
+                   {k: (float(r.correction_ci[0]), float(r.correction_ci[1])) for k, r in keep.items()})
 
-    @classmethod
-    def from_artifact(cls, artifact) -> ScalarCorrection:
-        """The corrections stored in a calib artifact (``Artifact.corrections``)."""
-        return cls({k: (v["c"], v["anchor"]) for k, v in artifact.corrections.items()})
+    def merged(self, other: ScalarCorrection) -> ScalarCorrection:
+        """A new correction with ``other``'s chemistries added (replacing the same chemsys)."""
+        return ScalarCorrection({**self.factors, **other.factors}, {**self.ci, **other.ci})
+
+    def __contains__(self, chemsys) -> bool:
+        return chemsys in self.factors
+
+    def __len__(self) -> int:
+        return len(self.factors)
 
     def factor(self, chemsys: str) -> tuple[float, float]:
+        """(c, anchor eV/atom); (1, 0) for a chemistry without a correction."""
         return self.factors.get(chemsys, (1.0, 0.0))
 
     def apply(self, chemsys: str, n_atoms: int, energy=None, forces=None, stress=None):
@@ -200,12 +203,37 @@ class ScalarCorrection:
         s = None if stress is None else c * np.asarray(stress, dtype=float)
         return e, f, s
 
+    def as_dict(self) -> dict:
+        """chemsys → {"c", "ci", "anchor"} (anchor eV/atom)."""
+        return {k: {"c": c, "ci": list(self.ci.get(k, (np.nan, np.nan))), "anchor": a}
+                for k, (c, a) in self.factors.items()}
 
-def artifact_corrections(results: dict, only: set | None = None) -> dict:
-    """``Artifact.corrections`` entries (c, its CI, anchor eV/atom) from softening results."""
-    return {k: {"c": r.correction, "ci": list(r.correction_ci),
-                "anchor": r.energy_anchor_per_atom if r.energy_anchor_per_atom is not None else 0.0}
-            for k, r in results.items() if only is None or k in only}
+    # -- persistence (see calib.artifact)
+    def to_variables(self) -> dict:
+        if not self.factors:
+            return {}
+        chems = list(self.factors)
+        dim = ("correction_chemsys",)
+        ci = np.array([self.ci.get(k, (np.nan, np.nan)) for k in chems], dtype=float).reshape(-1, 2)
+        return {
+            "correction_chemsys": (dim, np.array(chems, dtype=str), {}),
+            "correction_factor": (dim, np.array([self.factors[k][0] for k in chems]),
+                                  {"units": "1", "description": "forces and stress x c"}),
+            "correction_ci_low": (dim, ci[:, 0], {"units": "1"}),
+            "correction_ci_high": (dim, ci[:, 1], {"units": "1"}),
+            "correction_anchor": (dim, np.array([self.factors[k][1] for k in chems]),
+                                  {"units": "eV/atom", "description": "E = N*anchor + c*(E - N*anchor)"}),
+        }
+
+    @classmethod
+    def from_variables(cls, ds) -> ScalarCorrection:
+        if "correction_factor" not in ds:
+            return cls()
+        chems = [str(c) for c in ds["correction_chemsys"].values]
+        c, a = ds["correction_factor"].values, ds["correction_anchor"].values
+        lo, hi = ds["correction_ci_low"].values, ds["correction_ci_high"].values
+        return cls({k: (float(c[i]), float(a[i])) for i, k in enumerate(chems)},
+                   {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(chems)})
 
 
 def corrected_calculator(base, correction: ScalarCorrection, chemsys: str | None = None):

@@ -16,10 +16,11 @@ import sys
 import ase.io
 
 from calib import datasets
-from calib.decide import Thresholds, decide
+from calib.decide import Thresholds
+
 from calib.labelers import GPAWFactory, label, structure_key
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate
+from calib.pipeline import build_hessian, calibrate, decide
 
 
 def strip(atoms):

@@ -24,7 +24,8 @@ def prototypes():
 @pytest.fixture(scope="session")
 def small_llpr(chgnet, prototypes):
     """LLPR fitted on near-equilibrium variants (seeded, independent of `prototypes`)."""
-    from calib.llpr import LLPR, accumulate_hessian
+    from calib.hessian import accumulate_hessian
+    from calib.llpr import LLPR
     from calib.prototypes import perturbed_set
 
     res = accumulate_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)

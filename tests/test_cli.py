@@ -58,7 +58,7 @@ def test_hessian_calibrate_predict(files, chgnet):
     assert {"index", "chemsys", "energy", "energy_sigma", "max_force_sigma"} <= set(recs[0])
     assert recs[0]["chemsys"] == "Si"
     # the numbers are those of the library path
-    from calib.io import Artifact
+    from calib.artifact import Artifact
 
     structs = ase.io.read(d / "lab.extxyz", ":6")
     pred = chgnet.predict(structs, forces=False)

@@ -12,7 +12,8 @@ import pytest
 from scipy.stats import norm
 
 from calib import metrics
-from calib.conformal import UNKNOWN, ClassConformalCalibrator, ConformalCalibrator
+from calib.conformal import UNKNOWN, ConformalCalibrator, LabelClasses, MixtureClasses
+from calib.targets import Points
 
 
 def test_average_coverage_is_finite_sample_exact():
@@ -57,6 +58,11 @@ def test_bad_calibration_input_is_named():
         ConformalCalibrator(1.5)
 
 
+def _points(err, sig, labels, desc):
+    """Typed points with both kinds of class information: element labels and descriptors."""
+    return Points("forces", np.asarray(sig), np.asarray(desc), {"element": np.asarray(labels)}, errors=err)
+
+
 def _two_classes(rng, n, ratio=3.0):
     """Class a: σ right; class b: true spread `ratio`× the reported σ."""
     cls = np.where(rng.random(n) < 0.5, "a", "b")
@@ -76,19 +82,19 @@ def test_class_conformal_covers_every_class_where_global_does_not(by):
         err, sig, cls, desc = _two_classes(rng, 2000)
         cal, test = slice(0, 1000), slice(1000, None)
         glob = ConformalCalibrator(alpha).fit(err[cal], sig[cal])
-        kw = {"labels": cls[cal]} if by == "labels" else {"descriptors": desc[cal]}
-        mond = ClassConformalCalibrator(alpha, n_classes=4, min_class_size=30, random_state=seed)
-        mond.fit(err[cal], sig[cal], **kw)
+        classes = LabelClasses("element") if by == "labels" else MixtureClasses(4, random_state=seed)
+        mond = ConformalCalibrator(alpha, classes=classes, min_class_size=30)
+        mond.fit_points(_points(err[cal], sig[cal], cls[cal], desc[cal]))
         assert len(mond.classes_) == 2 and not mond.fallback_
-        tkw = {"labels": cls[test]} if by == "labels" else {"descriptors": desc[test]}
-        h = mond.half_width(sig[test], **tkw)
+        h, _ = mond.half_width_points(_points(None, sig[test], cls[test], desc[test]))
         for c in ("a", "b"):
             m = cls[test] == c
             cov["global"][c].append(np.mean(np.abs(err[test][m]) <= glob.half_width(sig[test][m])))
             cov["class"][c].append(np.mean(np.abs(err[test][m]) <= h[m]))
         # the hard class gets a wider quantile than the pooled one, the easy class a narrower one
-        qa, qb = (mond.quantile_for(mond.assign(**{k: v[cls[test] == c][:1] for k, v in tkw.items()}))[0]
-                  for c in ("a", "b"))
+        qa, qb = (mond.quantile_for(mond.assign(_points(None, sig[test][m][:1], cls[test][m][:1],
+                                                        desc[test][m][:1])))[0]
+                  for m in (cls[test] == "a", cls[test] == "b"))
         assert qa < glob.quantile_ < qb
     # per repeat and class: ~500 calibration and ~500 test points, coverage SD ≈ 0.02; mean of 8 ≈ 0.007
     for c in ("a", "b"):
@@ -101,16 +107,21 @@ def test_small_class_falls_back_and_unknown_is_not_forced():
     rng = np.random.default_rng(2)
     err, sig = rng.normal(size=210), np.ones(210)
     labels = np.array(["Si"] * 200 + ["Ge"] * 10)
-    cp = ClassConformalCalibrator(0.1, min_class_size=30).fit(err, sig, labels=labels)
+    cp = ConformalCalibrator(0.1, classes=LabelClasses("element"), min_class_size=30)
+    cp.fit_points(_points(err, sig, labels, np.zeros((210, 1))))
     assert "Ge" in cp.fallback_ and "10 calibration points" in cp.fallback_["Ge"]
-    assert cp.quantiles_["Ge"] == cp.global_.quantile_
-    assert list(cp.assign(labels=["Si", "Ge", "C"])) == ["Si", "Ge", UNKNOWN]
+    assert cp.quantiles_["Ge"] == cp.quantile_
+    assert list(cp.assign(_points(None, np.ones(3), ["Si", "Ge", "C"], np.zeros((3, 1))))) == ["Si", "Ge", UNKNOWN]
+    # bins given by hand work the same way as an assigner's
+    by_hand = ConformalCalibrator(0.1, min_class_size=30).fit(err, sig, bins=labels)
+    assert by_hand.quantiles_ == cp.quantiles_
+    assert list(by_hand.quantile_for(["Si", "C"])) == [cp.quantiles_["Si"], cp.unknown_quantile_]
     # descriptors far from every calibration environment are "unknown"
     err, sig, cls, desc = _two_classes(rng, 600)
-    mix = ClassConformalCalibrator(0.1, n_classes=4).fit(err, sig, descriptors=desc)
-    got = mix.assign(descriptors=np.array([[40.0, -40.0, 40.0], desc[0]]))
+    mix = ConformalCalibrator(0.1, classes=MixtureClasses(4)).fit_points(_points(err, sig, cls, desc))
+    got = mix.assign(_points(None, np.ones(2), ["a", "a"], np.array([[40.0, -40.0, 40.0], desc[0]])))
     assert got[0] == UNKNOWN and got[1] != UNKNOWN
-    assert mix.quantile_for([UNKNOWN])[0] == max(max(mix.quantiles_.values()), mix.global_.quantile_)
+    assert mix.quantile_for([UNKNOWN])[0] == max(max(mix.quantiles_.values()), mix.quantile_)
 
 
 def test_class_with_rank_above_its_size_falls_back():
@@ -118,7 +129,7 @@ def test_class_with_rank_above_its_size_falls_back():
     labels = ["x"] * 40 + ["y"] * 5
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback must not produce an infinite interval
-        cp = ClassConformalCalibrator(0.1, min_class_size=3).fit(err, sig, labels=labels)
+        cp = ConformalCalibrator(0.1, min_class_size=3).fit(err, sig, bins=labels)
     assert "exceeds" in cp.fallback_["y"] and math.isfinite(cp.quantiles_["y"])
 
 

@@ -40,7 +40,7 @@ def calibrated(tmp_path_factory, chgnet):
 
 
 def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
-    from calib.io import Artifact
+    from calib.artifact import Artifact
     from calib.pipeline import evaluate
 
     d, summary, test = calibrated
@@ -56,8 +56,8 @@ def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
         if el in cal.fallback_:
             continue
         assert size >= 30
-    k = math.ceil((cal.global_.n_calibration_ + 1) * (1 - ALPHA))
-    assert cal.global_.quantile_ == pytest.approx(cal.global_.scores_[k - 1])
+    k = math.ceil((cal.n_calibration_ + 1) * (1 - ALPHA))
+    assert cal.quantile_ == pytest.approx(cal.scores_[k - 1])
     e, s, h = p["errors"], p["sigma"], p["half_width"]
     assert ev["forces"]["coverage"] == pytest.approx(np.mean(np.abs(e) <= h))
     assert ev["forces"]["mean_width"] == pytest.approx(np.mean(2 * h))

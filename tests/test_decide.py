@@ -106,13 +106,13 @@ def test_cli_decide_on_shipped_data(calibrated, chgnet):
     assert all(lab[i].info["chemsys"] == "Si" for i in recs["Si"]["label_requests"])
 
     # the 'scale' chemistry's correction is stored and applied by `calib predict`
-    from calib.io import Artifact
+    from calib.artifact import Artifact
 
     art = Artifact.load(d / "SCALED.nc")
-    assert set(art.corrections) == {"Li-F"}
-    c = art.corrections["Li-F"]["c"]
+    assert set(art.corrections.factors) == {"Li-F"}
+    c, anchor = art.corrections.factor("Li-F")
     assert c == pytest.approx(recs["Li-F"]["correction"])
-    lo, hi = art.corrections["Li-F"]["ci"]
+    lo, hi = art.corrections.ci["Li-F"]
     assert lo <= c <= hi
     lif = [a for a in lab if a.info["chemsys"] == "Li-F"]
     ase.io.write(d / "lif.extxyz", lif[:3], format="extxyz")
@@ -120,7 +120,6 @@ def test_cli_decide_on_shipped_data(calibrated, chgnet):
                                  "--json"])
     assert r.exit_code == 0, r.output
     # the anchor is the lowest CHGNet energy per atom among the labelled LiF structures
-    anchor = art.corrections["Li-F"]["anchor"]
     assert anchor == pytest.approx(chgnet.predict(lif, forces=False).energy_per_atom.min(), abs=1e-6)
     preds = json.loads(r.stdout)
     for rec in preds:

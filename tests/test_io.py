@@ -3,7 +3,7 @@ import copy
 import numpy as np
 import pytest
 
-from calib.io import Artifact, ArtifactError
+from calib.artifact import Artifact, ArtifactError
 from calib.llpr import LLPR
 from calib.reference import ElementReference
 
@@ -16,7 +16,7 @@ def make_artifact(chgnet):
     L.force_directions_, L.force_truncation_factor_ = np.array([3, 60, 63]), 1.07
     ref = ElementReference().fit([[3, 17], [3, 3, 17, 17], [11, 17]], np.array([0.7, 1.4, 0.2]))
     return Artifact(llpr=L, model_info=chgnet.describe(), readout_weight=chgnet.readout[0], element_reference=ref,
-                    attrs={"stage": "calibrated"})
+                    stage="calibrated")
 
 
 def test_round_trip(chgnet, tmp_path):
@@ -31,10 +31,11 @@ def test_round_trip(chgnet, tmp_path):
     assert back.llpr.force_truncation_factor_ == 1.07
     assert back.element_reference.as_dict() == pytest.approx(art.element_reference.as_dict())
     assert back.model_info["model_fingerprint"] == chgnet.fingerprint()
-    assert back.calibrated and back.attrs["schema_version"] == 1
+    assert back.calibrated
     import xarray as xr
 
     ds = xr.open_dataset(path)
+    assert ds.attrs["schema_version"] == 2 and ds.attrs["stage"] == "calibrated"
     assert ds["element_reference"].attrs["units"] == "eV/atom"
     assert ds.attrs["model_name"] == "chgnet" and ds.attrs["model_version"] == "0.3.0"
     ds.close()

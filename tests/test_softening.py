@@ -84,11 +84,12 @@ def test_shipped_data_softening_and_one_structure_correction(chgnet):
     [0.91, 0.97], is the exception the docs discuss: the softening there is as small as the scatter
     of c between single structures, so one label does not suffice (docs/softening.md).
     """
-    from calib.softening import measure_softening
+    from calib.pipeline import measure_softening
     from calib.structures import get_forces
 
     data = datasets.load("high-energy-states")
-    results, issues = measure_softening(chgnet, data, n_bootstrap=500)
+    run = measure_softening(chgnet, data, n_bootstrap=500)
+    results, issues = run.results, run.issues
     assert not issues and len(results) >= 12
     assert np.mean([r.softening_scale < 1 for r in results.values()]) >= 0.75
     pred = chgnet.predict(data, forces=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,8 +70,9 @@ class Prediction:
     Attributes
     ----------
     indices : (S,) int
-        Position of each predicted structure in the caller's input list
-        (structures that failed validation are absent and listed in ``issues``).
+        Position of each predicted structure in the caller's input (list or
+        stream), on every path. Structures that failed validation are absent
+        and listed in ``issues`` (whose indices are positions in the same input).
     chemsys : list of str
     n_atoms : (S,) int
     energy : (S,) float, eV — total energy.
@@ -82,7 +83,8 @@ class Prediction:
     energy_offset : (S,) float — the part of the energy outside the readout,
         eV/atom for per-atom models, eV for total models.
     atom_descriptors : (N_total, d) float — per-atom invariant last-layer features.
-    atom_structure : (N_total,) int — index into the S predicted structures.
+    atom_structure : (N_total,) int — row of each atom's structure among the S predicted ones.
+    numbers : (N_total,) int — atomic numbers.
     readout_weight : (d,) float and readout_bias : float — w and b of the
         final linear layer (eV/atom per feature unit for per-atom models).
     energy_convention : "per_atom" or "total".
@@ -97,6 +99,7 @@ class Prediction:
     energy_offset: np.ndarray
     atom_descriptors: np.ndarray
     atom_structure: np.ndarray
+    numbers: np.ndarray
     readout_weight: np.ndarray
     readout_bias: float
     energy_convention: str
@@ -130,6 +133,26 @@ class Prediction:
         if self.forces is None:
             raise ValueError("forces were not computed (predict(..., forces=True))")
         return self.forces[self.atom_slices()[i]]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Prediction]) -> Prediction:
+        """One Prediction from consecutive parts (e.g. the batches of :meth:`ModelAdapter.iter_predict`)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+
+        def cat(name):
+            arrays = [getattr(p, name) for p in parts]
+            return None if arrays[0] is None else np.concatenate(arrays)
+
+        n_atoms = cat("n_atoms")
+        return cls(indices=cat("indices"), chemsys=[c for p in parts for c in p.chemsys], n_atoms=n_atoms,
+                   energy=cat("energy"), features=cat("features"), energy_offset=cat("energy_offset"),
+                   atom_descriptors=cat("atom_descriptors"),
+                   atom_structure=np.repeat(np.arange(len(n_atoms)), n_atoms), numbers=cat("numbers"),
+                   readout_weight=first.readout_weight, readout_bias=first.readout_bias,
+                   energy_convention=first.energy_convention, forces=cat("forces"), stress=cat("stress"),
+                   issues=[i for p in parts for i in p.issues])
 
     def to_dataset(self):
         """This record as an xarray Dataset with labelled dims and units."""
@@ -247,6 +270,59 @@ class ModelAdapter(ABC):
             require_labels=require_labels,
         )
 
+    def iter_predict(
+        self,
+        structures: Iterable[Atoms],
+        *,
+        forces: bool = True,
+        stress: bool = False,
+        batch_size: int = 16,
+        progress: bool = False,
+        validate: bool = True,
+        require_labels: bool = False,
+        desc: str | None = None,
+    ) -> Iterator[tuple[list[Atoms], Prediction]]:
+        """Stream ``structures`` (any iterable) in batches: yields (the valid structures of the
+        batch, their Prediction).
+
+        Every index (``Prediction.indices``, ``issues``) is a position in the
+        whole input, so nothing needs to hold more than one batch. Bad
+        structures are skipped and listed in the batch's ``issues`` (with
+        ``require_labels``, unlabelled ones too).
+        """
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        total = len(structures) if hasattr(structures, "__len__") else None
+        bar = tqdm(total=total, desc=desc or f"{self.name} predict", unit="structure", disable=not progress)
+        chunk: list[Atoms] = []
+        start = 0
+        try:
+            for atoms in structures:
+                chunk.append(atoms)
+                if len(chunk) == batch_size:
+                    yield self._predict_chunk(chunk, start, forces, stress, validate, require_labels)
+                    bar.update(len(chunk))
+                    start += len(chunk)
+                    chunk = []
+            if chunk or start == 0:
+                yield self._predict_chunk(chunk, start, forces, stress, validate, require_labels)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    def _predict_chunk(self, chunk, start, forces, stress, validate, require_labels) -> tuple[list[Atoms], Prediction]:
+        if validate:
+            good, local = self.validate(chunk, require_labels=require_labels)
+            issues = [StructureIssue(start + i.index, i.name, i.problem) for i in local]
+        else:
+            good, issues = list(range(len(chunk))), []
+        kept = [chunk[i] for i in good]
+        outs = [self.forward_batch(kept, forces=forces, stress=stress)] if kept else []
+        pred = self._collect(kept, [start + i for i in good], issues, outs, forces, stress)
+        return kept, pred
+
     def predict(
         self,
         structures: Sequence[Atoms],
@@ -256,24 +332,17 @@ class ModelAdapter(ABC):
         batch_size: int = 16,
         progress: bool = False,
         validate: bool = True,
+        require_labels: bool = False,
     ) -> Prediction:
-        """Energies (eV), forces (eV/Å), stress (eV/Å³) and last-layer features.
+        """Energies (eV), forces (eV/Å), stress (eV/Å³) and last-layer features of all ``structures``.
 
         Bad structures are skipped and listed in ``Prediction.issues``.
         """
-        from tqdm.auto import tqdm
+        return Prediction.concat([p for _, p in self.iter_predict(
+            structures, forces=forces, stress=stress, batch_size=batch_size, progress=progress, validate=validate,
+            require_labels=require_labels)])
 
-        if validate:
-            good, issues = self.validate(structures)
-        else:
-            good, issues = list(range(len(structures))), []
-        outs: list[BatchOutput] = []
-        for idx in tqdm(list(batches(len(good), batch_size)), desc=f"{self.name} predict",
-                        unit="batch", disable=not progress):
-            outs.append(self.forward_batch([structures[good[i]] for i in idx], forces=forces, stress=stress))
-        return self._collect(structures, good, issues, outs, forces, stress)
-
-    def _collect(self, structures, good, issues, outs, forces, stress) -> Prediction:
+    def _collect(self, kept, indices, issues, outs, forces, stress) -> Prediction:
         d = self.n_features
         w, b = self.readout
 
@@ -285,14 +354,15 @@ class ModelAdapter(ABC):
 
         n_atoms = cat("n_atoms", (0,)).astype(int)
         return Prediction(
-            indices=np.asarray(good, dtype=int),
-            chemsys=[chemsys(structures[i]) for i in good],
+            indices=np.asarray(indices, dtype=int),
+            chemsys=[chemsys(a) for a in kept],
             n_atoms=n_atoms,
             energy=cat("energy", (0,)),
             features=cat("features", (0, d)),
             energy_offset=cat("energy_offset", (0,)),
             atom_descriptors=cat("atom_features", (0, d)),
             atom_structure=np.repeat(np.arange(len(n_atoms)), n_atoms),
+            numbers=np.concatenate([a.numbers for a in kept]).astype(int) if kept else np.zeros(0, dtype=int),
             readout_weight=w,
             readout_bias=b,
             energy_convention=self.energy_convention,

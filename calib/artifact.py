@@ -1,0 +1,226 @@
+"""The calib artifact: every fitted piece in one versioned netCDF file (via xarray).
+
+The artifact only assembles: each piece writes and reads its own variables
+(``to_variables`` / ``from_variables``): :class:`calib.llpr.LLPR`,
+:class:`calib.reference.ElementReference`,
+:class:`calib.conformal.ConformalCalibrator` (one per target, prefixed
+``cp_<target>``) and :class:`calib.softening.ScalarCorrection`.
+
+Variables (units in each variable's ``units`` attribute):
+
+========================  =====================  ===========================================
+name                      dims                   meaning
+========================  =====================  ===========================================
+hessian                   (feature, feature_b)   H = Σ f fᵀ (feature units²)
+eigenvalues               (eig)                  λ_k of H, ascending
+eigenvectors              (feature, eig)         u_k as columns
+readout_weight            (feature)              w of the final linear layer
+alpha2, sigma2            ()                     α²_E (1) and ς²_E (feature units²): energies
+force_alpha2, force_sigma2 ()                    α²_F and ς²_F: forces
+force_directions          (force_direction)      eigen-directions kept by approx force σ
+force_truncation_factor   ()                     bias correction of approx force σ (1)
+element_reference         (element)              μ_el, eV/atom (energy labels only)
+cp_<target>_quantile      ()                     conformal quantile q (1); attributes ``alpha``,
+                                                 ``classes`` (none, element, chemsys, mixture)
+cp_<target>_scores        (cp_<target>_point)    calibration scores |error|/σ, ascending (1)
+cp_<target>_class_*       (cp_<target>_class)    Mondrian classes: name, quantile, size, fallback
+cp_<target>_mix_*                                environment mixture (PCA + Gaussian components)
+correction_factor         (correction_chemsys)   scalar force/stress correction c (1)
+correction_ci_low/high    (correction_chemsys)   its bootstrap CI (1)
+correction_anchor         (correction_chemsys)   energy anchor, eV/atom (model energy)
+========================  =====================  ===========================================
+
+Conformal targets (``conformal_targets`` attribute): see :mod:`calib.targets`.
+
+Global attributes carry the provenance: ``schema_version``, ``calib_version``,
+``model_name``, ``model_version``, ``model_fingerprint`` (SHA-256 of the
+weights), ``energy_convention``, ``feature_set``, ``n_structures``, ``stage``
+(``"hessian"``: H only; ``"calibrated"``: α², ς², reference and conformal
+state fitted), how ς² was chosen, and creation time.
+
+Schema history: version 1 (calib 0.1.0) kept the conformal class setting in
+one artifact attribute; version 2 stores it with each target.
+:func:`upgrade` turns a version-1 dataset into version 2 on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .conformal import ConformalCalibrator
+from .llpr import LLPR
+from .ncio import ArtifactError, read, write_atomic
+from .reference import ElementReference
+from .softening import ScalarCorrection
+
+__all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
+
+SCHEMA_VERSION = 2
+STAGES = ("hessian", "calibrated")
+_MODEL_KEYS = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features", "feature_set")
+
+
+@dataclass
+class Artifact:
+    """Fitted state: the LLPR posterior, energy reference, conformal state, corrections, provenance.
+
+    Attributes
+    ----------
+    llpr : calib.llpr.LLPR
+    model_info : dict — model_name, model_version, model_fingerprint, energy_convention,
+        n_features, feature_set
+    readout_weight : (d,) array — w of the final linear layer
+    stage : "hessian" | "calibrated"
+    element_reference : calib.reference.ElementReference or None
+    conformal : dict target → calib.conformal.ConformalCalibrator
+    corrections : calib.softening.ScalarCorrection (per chemsys c, its CI, anchor)
+    attrs : dict — provenance and notes
+    """
+
+    llpr: LLPR
+    model_info: dict
+    readout_weight: np.ndarray
+    stage: str = "hessian"
+    element_reference: ElementReference | None = None
+    conformal: dict = field(default_factory=dict)
+    corrections: ScalarCorrection = field(default_factory=ScalarCorrection)
+    attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ArtifactError(f"unknown artifact stage {self.stage!r}; expected one of {STAGES}")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.stage == "calibrated"
+
+    def replace(self, **changes) -> Artifact:
+        """A new artifact with some fields replaced (the others shared, as in ``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_corrections(self, corrections: ScalarCorrection) -> Artifact:
+        """A new artifact with these scalar corrections added (replacing the same chemsys)."""
+        return self.replace(corrections=self.corrections.merged(corrections))
+
+    def check_model(self, model) -> None:
+        """Raise :class:`ArtifactError` unless ``model`` is the model this artifact was fitted with."""
+        fp = model.fingerprint()
+        if fp != self.model_info.get("model_fingerprint"):
+            raise ArtifactError(
+                f"artifact was fitted with {self.model_info.get('model_name')} "
+                f"{self.model_info.get('model_version')} (weights {self.model_info.get('model_fingerprint', '')[:12]}), "
+                f"but the model given is {model.name} {model.version} (weights {fp[:12]}); "
+                "refit the artifact with this model"
+            )
+        mine = (self.model_info.get("feature_set", "last"), int(self.model_info.get("n_features", -1)))
+        theirs = (getattr(model, "feature_set", "last"), int(model.n_features))
+        if mine != theirs:
+            raise ArtifactError(
+                f"artifact was fitted on the {mine[0]!r} feature set ({mine[1]} features) but the model gives "
+                f"{theirs[0]!r} ({theirs[1]} features); use the same feature set or refit"
+            )
+
+    # ------------------------------------------------------------------ dataset
+    def to_dataset(self):
+        import xarray as xr
+
+        import calib
+
+        variables = dict(self.llpr.to_variables())
+        variables["readout_weight"] = (("feature",), np.asarray(self.readout_weight, dtype=float), {
+            "units": "eV/atom per feature unit" if self.model_info.get("energy_convention") == "per_atom"
+            else "eV per feature unit"})
+        if self.element_reference is not None:
+            variables.update(self.element_reference.to_variables())
+        for name, cal in self.conformal.items():
+            variables.update(cal.to_variables(f"cp_{name}"))
+        variables.update(self.corrections.to_variables())
+        coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
+        d = self.llpr.n_features
+        ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
+        attrs = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.attrs,
+                 **self.llpr.to_attrs(), **{k: v for k, v in self.model_info.items() if v is not None},
+                 "conformal_targets": ",".join(self.conformal), "stage": self.stage,
+                 "schema_version": SCHEMA_VERSION, "calib_version": calib.__version__}
+        ds.attrs = {k: (int(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in attrs.items()}
+        return ds
+
+    @classmethod
+    def from_dataset(cls, ds) -> Artifact:
+        need = ["hessian", "eigenvalues", "eigenvectors", "readout_weight", "alpha2", "sigma2"]
+        missing = [v for v in need if v not in ds]
+        if missing:
+            raise ArtifactError(f"artifact lacks variables {missing}: not a calib artifact?")
+        ds = upgrade(ds)
+        attrs = dict(ds.attrs)
+        try:
+            llpr = LLPR.from_variables(ds)
+        except KeyError as exc:
+            raise ArtifactError(f"artifact lacks the attribute {exc}: not a calib artifact?") from exc
+        ref = ElementReference.from_variables(ds) if "element_reference" in ds else None
+        conformal = {}
+        for name in filter(None, str(attrs.pop("conformal_targets", "")).split(",")):
+            try:
+                conformal[name] = ConformalCalibrator.from_variables(ds, f"cp_{name}")
+            except KeyError as exc:
+                raise ArtifactError(f"artifact's conformal state for {name!r} is incomplete: missing {exc}") from exc
+        model_info = {k: attrs.pop(k) for k in _MODEL_KEYS if k in attrs}
+        for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version"):
+            attrs.pop(k, None)
+        return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
+                   stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal,
+                   corrections=ScalarCorrection.from_variables(ds), attrs=attrs)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path) -> None:
+        """Write the artifact (netCDF, atomically)."""
+        write_atomic(self.to_dataset(), path)
+
+    @classmethod
+    def load(cls, path, model=None) -> Artifact:
+        """Read an artifact; with ``model``, fail unless it was fitted with that model."""
+        art = cls.from_dataset(read(path, "artifact"))
+        if model is not None:
+            art.check_model(model)
+        return art
+
+
+# --------------------------------------------------------------------------- schema upgrades
+
+
+def _upgrade_1_to_2(ds):
+    """Version 1 kept the class setting of every conformal target in the artifact attribute
+    ``conformal_classes`` (K, element, chemsys or none; energy differences always global)."""
+    ds = ds.copy()
+    setting = str(ds.attrs.pop("conformal_classes", "none"))
+    for name in filter(None, str(ds.attrs.get("conformal_targets", "")).split(",")):
+        q = ds[f"cp_{name}_quantile"]
+        kind = "none"
+        if f"cp_{name}_class_name" in ds:
+            kind = "mixture" if q.attrs.get("classes_from") == "mixture" else setting
+            if kind == "mixture":
+                ds[f"cp_{name}_mix_threshold"].attrs["n_classes"] = int(q.attrs.get("n_classes", 8))
+        q.attrs["classes"] = kind
+        q.attrs.pop("classes_from", None)
+    ds.attrs.setdefault("stage", "calibrated" if ds.attrs.get("conformal_targets") else "hessian")
+    ds.attrs["schema_version"] = 2
+    return ds
+
+
+_UPGRADES = {1: _upgrade_1_to_2}
+
+
+def upgrade(ds):
+    """The dataset of an older artifact, brought to :data:`SCHEMA_VERSION` (the input is not changed)."""
+    version = int(ds.attrs.get("schema_version", -1))
+    if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in _UPGRADES):
+        raise ArtifactError(f"artifact schema version {version}; this calib reads versions "
+                            f"{sorted(_UPGRADES)} and {SCHEMA_VERSION}")
+    while version < SCHEMA_VERSION:
+        ds = _UPGRADES[version](ds)
+        version = int(ds.attrs["schema_version"])
+    return ds

@@ -1,0 +1,63 @@
+"""Feature gradients: the model side of force uncertainties.
+
+For eigen-directions u_k of the LLPR Hessian, ∂(u_k · f)/∂r is what turns the
+posterior over readout weights into a variance of every force component
+(calib.llpr). One reverse pass per direction serves every structure of a batch
+at once, because each structure's features depend only on its own positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .base import ModelAdapter
+
+
+def feature_gradients(
+    model: ModelAdapter,
+    structures: Sequence[Atoms],
+    directions: np.ndarray,
+    *,
+    mechanism: str = "loop",
+) -> list[np.ndarray]:
+    """∂(u_k · f)/∂r for every direction u_k and structure, in one batch.
+
+    Parameters
+    ----------
+    directions : (k, d) array — the u_k (rows).
+    mechanism : "loop" (one ``autograd.grad`` per direction, graph retained) or
+        "batched" (``is_grads_batched=True``, vmap over directions). Chosen by
+        measurement (``calib bench llpr``); on CPU the loop is faster for CHGNet.
+
+    Returns
+    -------
+    list of (k, N_i, 3) float64 arrays, units of f per Å.
+    """
+    fg = model.feature_graph(structures)
+    U = torch.as_tensor(np.asarray(directions), dtype=fg.features.dtype, device=fg.features.device)
+    k = U.shape[0]
+    pos = fg.positions
+    if mechanism == "loop":
+        per_dir = []
+        for j in range(k):
+            grads = torch.autograd.grad(
+                fg.features @ U[j], pos, grad_outputs=torch.ones(fg.features.shape[0], dtype=U.dtype,
+                                                                 device=U.device),
+                retain_graph=j < k - 1, allow_unused=True,
+            )
+            per_dir.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, pos)])
+        out = [torch.stack([per_dir[j][i] for j in range(k)]) for i in range(len(pos))]
+    elif mechanism == "batched":
+        B = fg.features.shape[0]
+        grad_out = U[:, None, :].expand(k, B, U.shape[1]).contiguous()
+        grads = torch.autograd.grad(fg.features, pos, grad_outputs=grad_out, is_grads_batched=True,
+                                    allow_unused=True)
+        out = [torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+               for g, p in zip(grads, pos)]
+    else:
+        raise ValueError(f"mechanism must be 'loop' or 'batched', got {mechanism!r}")
+    return [o.detach().to("cpu", torch.float64).numpy() for o in out]

@@ -1,0 +1,359 @@
+"""``CalibratedPredictor``: structures in, one labelled ``xarray.Dataset`` out.
+
+The single path from structures to numbers that every consumer uses (the
+command line, evaluation, softening, decisions, the demo; the ASE calculator,
+NEB and screening build on it). It runs the model in batches, adds LLPR σ,
+conformal intervals and stored scalar corrections, and returns xarray with
+units on every variable.
+
+Dimensions: ``structure`` (coordinate: the position of each structure in the
+caller's input, skipped ones included), ``atom`` (the atoms of the predicted
+structures, concatenated; ``structure_index`` says whose), ``component``
+(x, y, z) and, with ``descriptors=True``, ``feature``.
+
+======================= ======================= ==========================================================
+variable                dims                    meaning
+======================= ======================= ==========================================================
+name, chemsys           structure               ``info["name"]`` or the formula; elements by electronegativity
+error                   structure               why a structure was skipped ("" when predicted)
+n_atoms                 structure               atoms predicted (0 for a skipped structure)
+energy                  structure               model total energy, eV
+energy_per_atom         structure               eV/atom
+energy_sigma            structure               calibrated LLPR σ of the total energy, eV
+energy_shift            structure               per-element reference Σ n_el μ_el fitted at calibration, eV
+energy_centre           structure               energy + energy_shift: the model's estimate of the
+                                                reference code's total energy, eV (the centre of the interval)
+energy_low/high         structure               conformal interval for the reference-code total energy, eV
+energy_class            structure               Mondrian class of the energy quantile
+correction              structure               scalar correction c stored for the chemsys (NaN: none)
+energy_corrected        structure               E_anchor + c (E − E_anchor), eV (NaN: no correction)
+max_force               structure               largest |force component|, eV/Å
+max_force_sigma         structure               largest force-component σ, eV/Å
+max_force_halfwidth     structure               widest force-component conformal half-width, eV/Å
+max_force_corrected     structure               c · max_force, eV/Å
+structure_index         atom                    the ``structure`` coordinate of each atom
+numbers                 atom                    atomic numbers
+forces                  (atom, component)       eV/Å
+forces_sigma            (atom, component)       calibrated LLPR σ, eV/Å
+forces_low/high         (atom, component)       conformal interval for the reference force, eV/Å
+forces_corrected        (atom, component)       c · forces, eV/Å (the uncorrected forces where no c)
+features                (structure, feature)    pooled last-layer features (``descriptors=True``)
+atom_descriptors        (atom, feature)         per-atom last-layer features (``descriptors=True``)
+======================= ======================= ==========================================================
+
+σ and intervals are those of the uncorrected model, which is what they were
+calibrated on. A skipped structure keeps its row, with ``error`` set and NaN
+numbers, so results never lose their place in the input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from ase import Atoms
+
+from .artifact import Artifact, ArtifactError
+from .models.base import ModelAdapter, Prediction
+from .targets import build_points
+
+FORCE_MODES = ("exact", "approx", "none")
+
+_UNITS = {
+    "energy": "eV", "energy_per_atom": "eV/atom", "energy_sigma": "eV", "energy_shift": "eV",
+    "energy_centre": "eV", "energy_low": "eV", "energy_high": "eV", "correction": "1",
+    "energy_corrected": "eV", "max_force": "eV/Å", "max_force_sigma": "eV/Å", "max_force_halfwidth": "eV/Å",
+    "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
+    "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
+}
+_DESCRIPTIONS = {
+    "energy": "model total energy",
+    "energy_sigma": "calibrated LLPR sigma of the total energy",
+    "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
+    "energy_centre": "energy + energy_shift: the model's estimate of the reference code's total energy",
+    "energy_low": "lower end of the conformal interval for the reference-code total energy",
+    "energy_high": "upper end of the conformal interval for the reference-code total energy",
+    "correction": "scalar correction c stored for the chemsys (NaN: none)",
+    "energy_corrected": "E_anchor + c (E - E_anchor) (NaN: no correction stored)",
+    "forces_sigma": "calibrated LLPR sigma of each force component",
+    "forces_low": "lower end of the conformal interval for the reference force component",
+    "forces_high": "upper end of the conformal interval for the reference force component",
+    "forces_corrected": "c * forces (the uncorrected forces where no correction is stored)",
+}
+
+
+class CalibratedPredictor:
+    """A model and its calibration artifact: structures → xarray.Dataset of predictions with σ.
+
+    Parameters
+    ----------
+    model : calib.models.ModelAdapter
+    artifact : calib.artifact.Artifact, optional
+        The calibration. Without one, the predictor gives the model's own
+        energies and forces in the same Dataset layout (no σ, no intervals).
+    require_calibrated : bool
+        Refuse an artifact that holds a Hessian only (default). With False,
+        σ of such an artifact uses α² = 1 and the default ς² (uncalibrated).
+
+    Examples
+    --------
+    >>> from calib import CalibratedPredictor
+    >>> ds = CalibratedPredictor.from_file("CAL.nc").predict(atoms, forces=True)   # doctest: +SKIP
+    >>> ds.energy_sigma.values, ds.forces_high - ds.forces_low                      # doctest: +SKIP
+    """
+
+    def __init__(self, model: ModelAdapter, artifact: Artifact | None = None, *, require_calibrated: bool = True):
+        if artifact is not None:
+            artifact.check_model(model)
+            if require_calibrated and not artifact.calibrated:
+                raise ArtifactError("this artifact holds a Hessian only; run `calib calibrate` on labelled data first")
+        self.model = model
+        self.artifact = artifact
+
+    @classmethod
+    def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True):
+        """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None."""
+        from .models import load_model, model_spec
+
+        art = Artifact.load(path)
+        if model is None:
+            model = load_model(model_spec(art.model_info), device=device,
+                               feature_set=art.model_info.get("feature_set", "last"))
+        else:
+            model = load_model(model, device=device)
+        return cls(model, art, require_calibrated=require_calibrated)
+
+    # ------------------------------------------------------------------ public
+    def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
+                descriptors: bool = False, require_labels: bool = False, progress: bool = False):
+        """Predictions for every structure of ``structures`` as one xarray Dataset (see the module doc).
+
+        Parameters
+        ----------
+        structures : one ASE Atoms or pymatgen Structure, a file path, or a list / iterable of these.
+        forces : bool — also forces (eV/Å) and, with an artifact, their σ and intervals.
+        force_mode : "exact" (one reverse pass per feature direction per batch), "approx" (the
+            directions kept at calibration: several times cheaper, error measured by
+            ``calib bench llpr``) or "none" (forces without σ).
+        batch_size : int — structures per model call.
+        descriptors : bool — add the pooled features and per-atom descriptors.
+        require_labels : bool — skip (and report) structures without reference labels.
+        progress : bool — a progress bar on stderr.
+        """
+        parts = [self._arrays(kept, pred, forces, force_mode, batch_size, descriptors)
+                 for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, batch_size=batch_size,
+                                                           progress=progress, require_labels=require_labels,
+                                                           desc="predict")]
+        return self._dataset(_concat(parts), forces)
+
+    def iter_predict(self, structures: Iterable, *, forces: bool = False, force_mode: str = "exact",
+                     batch_size: int = 16, descriptors: bool = False, require_labels: bool = False,
+                     progress: bool = False) -> Iterator:
+        """The same Datasets, one per batch (``structure`` coordinates are positions in the whole input),
+        so that a stream of any length never has to be held in memory."""
+        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, batch_size=batch_size,
+                                                  progress=progress, require_labels=require_labels, desc="predict"):
+            yield self._dataset(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors), forces)
+
+    # ------------------------------------------------------------------ one batch
+    def _arrays(self, kept, pred: Prediction, forces: bool, force_mode: str, batch_size: int,
+                descriptors: bool) -> dict:
+        """name -> (dim kind, array) for one batch: "s" per structure row, "a" per atom row."""
+        if force_mode not in FORCE_MODES:
+            raise ValueError(f"force_mode must be one of {FORCE_MODES}, got {force_mode!r}")
+        ok = pred.indices
+        bad = np.array([i.index for i in pred.issues], dtype=int)
+        rows = np.sort(np.concatenate([ok, bad]).astype(int))
+        at_ok, at_bad = np.searchsorted(rows, ok), np.searchsorted(rows, bad)
+        n_ok = len(ok)
+
+        def s(values, fill=np.nan):
+            """A structure variable: predicted rows from ``values``, skipped rows ``fill``."""
+            values = np.asarray(values)
+            text = isinstance(fill, str)
+            full = np.full((len(rows), *values.shape[1:]), fill, dtype=object if text else np.result_type(values, fill))
+            full[at_ok] = values
+            return full.astype(str) if text else full
+
+        names = s(np.array([_name(a) for a in kept], dtype=object), fill="").astype(object)
+        names[at_bad] = [i.name for i in pred.issues]
+        errors = np.full(len(rows), "", dtype=object)
+        errors[at_bad] = [i.problem for i in pred.issues]
+        out = {
+            "structure": ("s", rows),
+            "name": ("s", names.astype(str)),
+            "chemsys": ("s", s(np.array(pred.chemsys, dtype=object), fill="")),
+            "error": ("s", errors.astype(str)),
+            "n_atoms": ("s", s(pred.n_atoms.astype(int), fill=0)),
+            "energy": ("s", s(pred.energy)),
+            "energy_per_atom": ("s", s(pred.energy / np.maximum(pred.n_atoms, 1))),
+            "structure_index": ("a", ok[pred.atom_structure]),
+            "numbers": ("a", pred.numbers),
+        }
+        if forces:
+            out["forces"] = ("a", pred.forces)
+            out["max_force"] = ("s", s(_per_structure_max(np.abs(pred.forces), pred)))
+        if descriptors:
+            out["features"] = ("s", s(pred.features))
+            out["atom_descriptors"] = ("a", pred.atom_descriptors)
+        art = self.artifact
+        if art is None:
+            return out
+        L = art.llpr
+        e_sig = L.energy_sigma(pred.features, pred.n_atoms)
+        out["energy_sigma"] = ("s", s(e_sig))
+        f_sig = None
+        if forces and force_mode != "none":
+            fvar = L.force_variance(self.model, kept, mode=force_mode, batch_size=batch_size)
+            f_sig = np.sqrt(np.concatenate([v for v in fvar])) if fvar else np.zeros((0, 3))
+            out["forces_sigma"] = ("a", f_sig)
+            out["max_force_sigma"] = ("s", s(_per_structure_max(f_sig, pred)))
+        points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
+                              energy_sigma=e_sig, atom_structure=pred.atom_structure, numbers=pred.numbers,
+                              atom_descriptors=pred.atom_descriptors, force_sigma=f_sig,
+                              targets=("energy", "forces"))
+        if art.element_reference is not None or "energy" in art.conformal:
+            shift = (art.element_reference.predict(_split_numbers(pred)) if art.element_reference is not None
+                     else np.zeros(n_ok))
+            out["energy_shift"] = ("s", s(shift))
+            out["energy_centre"] = ("s", s(pred.energy + shift))
+        if "energy" in art.conformal and n_ok:
+            h, cls = art.conformal["energy"].half_width_points(points["energy"])
+            out["energy_low"] = ("s", s(pred.energy + shift - h))
+            out["energy_high"] = ("s", s(pred.energy + shift + h))
+            if cls is not None:
+                out["energy_class"] = ("s", s(np.asarray(cls, dtype=object), fill="").astype(str))
+        if f_sig is not None and "forces" in art.conformal and n_ok:
+            h, _ = art.conformal["forces"].half_width_points(points["forces"])
+            h = h.reshape(-1, 3)
+            out["forces_low"] = ("a", pred.forces - h)
+            out["forces_high"] = ("a", pred.forces + h)
+            out["max_force_halfwidth"] = ("s", s(_per_structure_max(h, pred)))
+        corr = art.corrections
+        if len(corr):
+            c = np.array([corr.factor(ch)[0] if ch in corr else np.nan for ch in pred.chemsys])
+            e_corr = np.array([corr.apply(ch, n, energy=e)[0] if ch in corr else np.nan
+                               for ch, n, e in zip(pred.chemsys, pred.n_atoms, pred.energy)])
+            out["correction"] = ("s", s(c))
+            out["energy_corrected"] = ("s", s(e_corr))
+            if forces:
+                c_atom = np.nan_to_num(c, nan=1.0)[pred.atom_structure]
+                out["forces_corrected"] = ("a", c_atom[:, None] * pred.forces)
+                out["max_force_corrected"] = ("s", s(c * _per_structure_max(np.abs(pred.forces), pred)))
+        return out
+
+    def _dataset(self, arrays: dict, forces: bool):
+        import xarray as xr
+
+        dims = {"s": "structure", "a": "atom"}
+        ds = xr.Dataset(coords={"structure": arrays["structure"][1], "component": ["x", "y", "z"]})
+        for name, (kind, values) in arrays.items():
+            if name == "structure":
+                continue
+            d = (dims[kind],)
+            if values.ndim == 2:
+                d = d + (("component",) if values.shape[1] == 3 and name not in ("features", "atom_descriptors")
+                         else ("feature",))
+            attrs = {}
+            if name in _UNITS:
+                attrs["units"] = _UNITS[name]
+            if name in _DESCRIPTIONS:
+                attrs["description"] = _DESCRIPTIONS[name]
+            ds[name] = (d, values, attrs)
+        info = {"energy_convention": self.model.energy_convention, "model_name": self.model.name,
+                "model_version": self.model.version}
+        art = self.artifact
+        if art is not None:
+            info["stage"] = art.stage
+            alpha = next((c.alpha for c in art.conformal.values()), None)
+            if alpha is not None:
+                info["alpha"] = alpha
+        ds.attrs = info
+        return ds
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def as_structures(obj) -> Iterable[Atoms]:
+    """One structure or file, a list of them (read now), or any other iterable (converted lazily)."""
+    from .structures import read_structures, to_atoms
+
+    single = isinstance(obj, (str, os.PathLike, Atoms)) or type(obj).__name__ in ("Structure", "Molecule")
+    if single:
+        return read_structures([obj])
+    if isinstance(obj, Sequence):
+        return read_structures(list(obj))
+    return (a if isinstance(a, Atoms) else to_atoms(a) for a in obj)
+
+
+def _name(atoms) -> str:
+    from .structures import structure_name
+
+    return structure_name(atoms)
+
+
+def _split_numbers(pred: Prediction) -> list[np.ndarray]:
+    return [pred.numbers[sl] for sl in pred.atom_slices()]
+
+
+def _per_structure_max(values: np.ndarray, pred: Prediction) -> np.ndarray:
+    """Largest entry of per-atom rows for each predicted structure."""
+    return np.array([np.max(values[sl]) if sl.stop > sl.start else np.nan for sl in pred.atom_slices()])
+
+
+def _concat(parts: list[dict]) -> dict:
+    """Concatenate per-batch arrays along their first dimension (keys present in every batch)."""
+    if not parts:
+        return {}
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    return {k: (parts[0][k][0], np.concatenate([p[k][1] for p in parts])) for k in keys}
+
+
+def to_records(ds, structures=None) -> list[dict]:
+    """One JSON-ready record per structure of a predictor Dataset, in input order.
+
+    Keys: ``index``, ``name``, ``chemsys``, ``n_atoms``, ``energy``, ``energy_per_atom``,
+    ``energy_sigma`` and, when present, ``energy_shift``, ``energy_interval`` [low, high] (eV),
+    ``energy_class``, ``max_force``, ``max_force_sigma``, ``max_force_halfwidth`` (eV/Å),
+    ``correction``, ``energy_corrected`` (eV), ``max_force_corrected``. A skipped structure
+    carries ``error`` instead of numbers (and its chemsys when ``structures`` are given and it
+    can be formed).
+    """
+    from .structures import chemsys as get_chemsys
+
+    scalar = ["energy", "energy_per_atom", "energy_sigma", "energy_shift"]
+    optional_f = ["max_force", "max_force_sigma", "max_force_halfwidth"]
+    out = []
+    for k, idx in enumerate(ds["structure"].values.tolist()):
+        rec = {"index": int(idx), "name": str(ds["name"].values[k]), "chemsys": str(ds["chemsys"].values[k])}
+        err = str(ds["error"].values[k])
+        if err:
+            rec["chemsys"] = None
+            if structures is not None:
+                try:
+                    rec["chemsys"] = get_chemsys(structures[idx])
+                except Exception:  # e.g. unknown element symbols
+                    pass
+            rec["error"] = err
+            out.append(rec)
+            continue
+        rec["n_atoms"] = int(ds["n_atoms"].values[k])
+        for key in scalar:
+            if key in ds:
+                rec[key] = float(ds[key].values[k])
+        if "energy_low" in ds:
+            rec["energy_interval"] = [float(ds["energy_low"].values[k]), float(ds["energy_high"].values[k])]
+        if "energy_class" in ds:
+            rec["energy_class"] = str(ds["energy_class"].values[k])
+        for key in optional_f:
+            if key in ds:
+                rec[key] = float(ds[key].values[k])
+        if "correction" in ds and np.isfinite(ds["correction"].values[k]):
+            rec["correction"] = float(ds["correction"].values[k])
+            rec["energy_corrected"] = float(ds["energy_corrected"].values[k])
+            if "max_force_corrected" in ds:
+                rec["max_force_corrected"] = float(ds["max_force_corrected"].values[k])
+        out.append(rec)
+    return out

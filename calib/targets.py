@@ -1,0 +1,126 @@
+"""Typed calibration points: what one conformal target is made of.
+
+A *target* is a kind of quantity with an error and a σ in one unit:
+
+=================== ====== ==============================================================
+name                unit   one point
+=================== ====== ==============================================================
+energy              eV     total energy of a structure (after the element reference)
+energy_difference   eV     E_a − E_b for disjoint random pairs within a chemical system
+forces              eV/Å   one Cartesian force component
+force_norm          eV/Å   |F_ref − F_model| of one atom against √(σx² + σy² + σz²)
+=================== ====== ==============================================================
+
+:class:`Points` holds the points of one target: errors (reference − model,
+None at prediction time), σ, the descriptors the environment classes are
+fitted on, the labels (element, chemsys) label classes use, and the structure
+each point belongs to. :func:`build_points` makes all targets from one
+prediction, so calibration, evaluation and prediction share one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: name -> (unit, what one point is)
+TARGETS = {
+    "energy": ("eV", "total energy of a structure (after the element reference)"),
+    "energy_difference": ("eV", "E_a - E_b for disjoint random pairs within a chemical system"),
+    "forces": ("eV/Å", "one Cartesian force component"),
+    "force_norm": ("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)"),
+}
+
+
+@dataclass
+class Points:
+    """The points of one target.
+
+    Attributes
+    ----------
+    target : str — a key of :data:`TARGETS`.
+    sigma : (P,) float — σ in the target's unit.
+    descriptors : (P, k) float — what mixture classes are fitted on (pooled features for
+        structure-level targets, per-atom descriptors for atom-level ones).
+    labels : dict "element" | "chemsys" -> (P,) str
+    structure : (P,) int — the row of the structure each point belongs to (the first of a pair).
+    errors : (P,) float or None — reference − model in the target's unit.
+    """
+
+    target: str
+    sigma: np.ndarray
+    descriptors: np.ndarray
+    labels: dict = field(default_factory=dict)
+    structure: np.ndarray | None = None
+    errors: np.ndarray | None = None
+
+    @property
+    def unit(self) -> str:
+        return TARGETS[self.target][0]
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.sigma).size)
+
+
+def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random pairs (i, j) of structures within each chemical system (seeded)."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    labels = np.asarray(chemsys)
+    for c in sorted(set(labels.tolist())):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        first.extend(idx[0:len(idx) - 1:2])
+        second.extend(idx[1:len(idx):2])
+    return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
+
+
+def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structure=None, numbers=None,
+                 atom_descriptors=None, force_sigma=None, energy_errors=None, force_errors=None,
+                 targets: Sequence[str] | None = None) -> dict[str, Points]:
+    """Points of every target that the inputs allow, for S structures and their N atoms.
+
+    Parameters
+    ----------
+    llpr : calib.llpr.LLPR — for σ of energy differences.
+    features : (S, d) pooled features; n_atoms : (S,); chemsys : (S,) str
+    energy_sigma : (S,) eV
+    atom_structure : (N,) row of each atom's structure; numbers : (N,) atomic numbers
+    atom_descriptors : (N, d) per-atom descriptors
+    force_sigma : (N, 3) eV/Å — per-component σ (force targets only when given)
+    energy_errors : (S,) eV, after the element reference; force_errors : (N, 3) eV/Å
+    targets : which targets to build (default: all the inputs allow; energy
+        differences only with energy errors, since their pairs are drawn at random)
+    """
+    from ase.data import chemical_symbols
+
+    want = set(TARGETS if targets is None else targets)
+    chem = np.asarray(chemsys, dtype=str)
+    S = len(chem)
+    out: dict[str, Points] = {}
+    if "energy" in want:
+        out["energy"] = Points("energy", np.asarray(energy_sigma, dtype=float), np.asarray(features),
+                               {"chemsys": chem, "element": chem}, np.arange(S), energy_errors)
+    if "energy_difference" in want and energy_errors is not None:
+        i, j = difference_pairs(chem)
+        if len(i):
+            f, n = np.asarray(features), np.asarray(n_atoms)
+            out["energy_difference"] = Points(
+                "energy_difference", llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]), f[i] - f[j],
+                {"chemsys": chem[i], "element": chem[i]}, i, np.asarray(energy_errors)[i] - np.asarray(energy_errors)[j])
+    if force_sigma is not None and ({"forces", "force_norm"} & want):
+        sig3 = np.asarray(force_sigma, dtype=float).reshape(-1, 3)
+        owner = np.asarray(atom_structure, dtype=int)
+        atom_chem = chem[owner]
+        symbols = np.array([chemical_symbols[z] for z in numbers], dtype=str)
+        err3 = None if force_errors is None else np.asarray(force_errors, dtype=float).reshape(-1, 3)
+        if "forces" in want:
+            out["forces"] = Points("forces", sig3.ravel(), np.repeat(atom_descriptors, 3, axis=0),
+                                   {"chemsys": np.repeat(atom_chem, 3), "element": np.repeat(symbols, 3)},
+                                   np.repeat(owner, 3), None if err3 is None else err3.ravel())
+        if "force_norm" in want:
+            out["force_norm"] = Points("force_norm", np.sqrt((sig3**2).sum(axis=1)), np.asarray(atom_descriptors),
+                                       {"chemsys": atom_chem, "element": symbols}, owner,
+                                       None if err3 is None else np.linalg.norm(err3, axis=1))
+    return out

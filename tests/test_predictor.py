@@ -1,0 +1,229 @@
+"""The spine: CalibratedPredictor, the artifact upgrade path, accumulator merge, import layering."""
+
+import ast
+import json
+import pathlib
+
+import ase.io
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+DATA = pathlib.Path(__file__).parent / "data"
+PACKAGE = pathlib.Path(__file__).parent.parent / "calib"
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """calib modules imported by one file (absolute and relative, at any depth of the file)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("calib")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+                out |= {name} if node.module else {f"{name}.{a.name}" for a in node.names}
+            elif node.module and node.module.startswith("calib"):
+                out.add(node.module)
+    return out
+
+
+def test_no_import_cycles_in_calib():
+    files = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    graph = {m: {i for i in _imports(p) if i in files and i != m} for m, p in files.items()}
+    # the package's own __init__ only re-exports lazily (by strings), so it is not an edge source
+    graph["calib"] = set()
+    state: dict = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for n in graph[m]:
+            if state.get(n) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [m, n]))
+            if n not in state:
+                visit(n, stack + [m])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+    # and the layering the architecture promises: the maths modules import nothing above them
+    for low in ("calib.llpr", "calib.hessian", "calib.conformal", "calib.softening", "calib.reference"):
+        assert not graph[low] & {"calib.artifact", "calib.predictor", "calib.pipeline", "calib.cli"}, low
+
+
+def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):
+    """An artifact written by calib 0.1.0 gives the numbers 0.1.0 printed for it (tests/data/README.md)."""
+    from calib.artifact import Artifact
+    from calib.predictor import CalibratedPredictor, to_records
+
+    art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
+    assert art.stage == "calibrated" and set(art.conformal) == {"energy", "energy_difference", "forces",
+                                                                 "force_norm"}
+    assert art.conformal["forces"].classes.kind == "mixture" and art.conformal["energy_difference"].classes is None
+    probe = ase.io.read(DATA / "legacy_v1_probe.extxyz", ":")
+    new = to_records(CalibratedPredictor(chgnet, art).predict(probe, forces=True), probe)
+    old = json.loads((DATA / "legacy_v1_predict.json").read_text())
+    assert len(new) == len(old)
+    for o, n in zip(old, new):
+        assert set(o) <= set(n)
+        for key, value in o.items():
+            if isinstance(value, float):
+                assert n[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+            elif isinstance(value, list):
+                np.testing.assert_allclose(n[key], value, rtol=1e-6, atol=1e-6)
+            else:
+                assert n[key] == value, key
+
+
+@pytest.fixture(scope="module")
+def calibrated_file(tmp_path_factory, chgnet):
+    from calib import datasets
+    from calib.pipeline import build_hessian, calibrate
+    from calib.prototypes import perturbed_set
+
+    d = tmp_path_factory.mktemp("predictor")
+    hess, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=4), progress=False)
+    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
+    before = hess.to_dataset()
+    res = calibrate(hess, chgnet, lab, alpha=0.2, classes="element", min_class_size=20, progress=False)
+    # calibrate returns a new artifact and leaves its input as it was
+    after = hess.to_dataset()
+    assert hess.stage == "hessian" and not hess.conformal and hess.element_reference is None
+    for name in ("alpha2", "sigma2", "force_alpha2", "force_sigma2"):
+        assert float(after[name]) == float(before[name])
+    assert res.artifact.stage == "calibrated" and res.artifact.llpr is not hess.llpr
+    res.artifact.save(d / "CAL.nc")
+    return d, res.artifact
+
+
+def test_predictor_dataset_against_cli_and_brute_force(calibrated_file, chgnet):
+    from calib import CalibratedPredictor, datasets
+    from calib.cli import app
+    from calib.models.gradients import feature_gradients
+
+    d, art = calibrated_file
+    probe = datasets.load("high-energy-states", chemsys="Si")[1:4:2] + datasets.load("high-energy-states",
+                                                                                      chemsys="Li-F")[1:2]
+    ase.io.write(d / "probe.extxyz", probe, format="extxyz")
+    ds = CalibratedPredictor.from_file(d / "CAL.nc").predict(probe, forces=True)
+    assert ds.sizes == {"structure": 3, "atom": sum(len(a) for a in probe), "component": 3}
+    for name in ("energy", "energy_sigma", "energy_low", "energy_high", "forces", "forces_sigma", "forces_low",
+                 "forces_high"):
+        assert ds[name].attrs["units"] in ("eV", "eV/Å"), name
+    assert ds["forces"].dims == ("atom", "component")
+    assert list(ds["structure_index"].values) == [0] * 8 + [1] * 8 + [2] * 8
+
+    # one Atoms, a pymatgen Structure and a file path are predictions of one structure / of the file
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    predictor = CalibratedPredictor(chgnet, art)
+    one = predictor.predict(probe[1])
+    assert one.sizes["structure"] == 1 and float(one.energy[0]) == pytest.approx(float(ds.energy[1]), rel=1e-6)
+    pmg = predictor.predict(AseAtomsAdaptor.get_structure(probe[1]))
+    assert float(pmg.energy_sigma[0]) == pytest.approx(float(one.energy_sigma[0]), rel=1e-5)
+    assert predictor.predict(d / "probe.extxyz").sizes["structure"] == 3
+
+    # the CLI prints the same numbers
+    r = CliRunner().invoke(app, ["predict", str(d / "probe.extxyz"), "--calibration", str(d / "CAL.nc"),
+                                 "--forces", "--json"])
+    assert r.exit_code == 0, r.output
+    for k, rec in enumerate(json.loads(r.stdout)):
+        assert rec["energy"] == pytest.approx(float(ds.energy[k]), rel=1e-9)
+        assert rec["energy_sigma"] == pytest.approx(float(ds.energy_sigma[k]), rel=1e-9)
+        assert rec["energy_interval"] == pytest.approx([float(ds.energy_low[k]), float(ds.energy_high[k])])
+        assert rec["max_force_sigma"] == pytest.approx(float(ds.forces_sigma[ds.structure_index == k].max()))
+
+    # σ of forces by a second path: the full covariance matrix Σ_F = (H + ς²_F I)⁻¹ instead of the eigen-sum
+    L = art.llpr
+    cov = np.linalg.inv(L.hessian_ + L.force_sigma2_ * np.eye(L.n_features))
+    grads = feature_gradients(chgnet, probe, np.eye(L.n_features))
+    brute = np.concatenate([np.sqrt(L.force_alpha2_ * len(a) ** 2 * np.einsum("dax,de,eax->ax", g, cov, g))
+                            for g, a in zip(grads, probe)])
+    # CHGNet's graph is float32 and the predictor's VJPs project onto u_k inside it, the brute force afterwards
+    # in float64: the two agree to float32 rounding under cancellation (measured 1e-4 relative at most)
+    np.testing.assert_allclose(ds.forces_sigma.values, brute, rtol=1e-3)
+    # intervals: the element's conformal quantile times σ around the model's force
+    cal = art.conformal["forces"]
+    symbols = np.concatenate([a.get_chemical_symbols() for a in probe])
+    q = np.array([cal.quantiles_[s] for s in symbols])[:, None]
+    sig = ds.forces_sigma.values
+    np.testing.assert_allclose((ds.forces_high - ds.forces).values, q * sig, rtol=1e-9)
+    np.testing.assert_allclose((ds.forces - ds.forces_low).values, q * sig, rtol=1e-9)
+
+
+def test_stream_equals_whole_and_keeps_skipped_rows(calibrated_file, chgnet):
+    from calib import CalibratedPredictor, datasets
+
+    _, art = calibrated_file
+    structs = datasets.load("high-energy-states", chemsys="Si")[:5]
+    bad = structs[2].copy()
+    bad.positions[0, 0] = np.nan
+    bad.info["name"] = "nan-position"
+    structs = structs[:2] + [bad] + structs[2:]
+    predictor = CalibratedPredictor(chgnet, art)
+    whole = predictor.predict(structs, forces=True, force_mode="approx", batch_size=4)
+    parts = list(predictor.iter_predict(iter(structs), forces=True, force_mode="approx", batch_size=2))
+    assert [list(p.structure.values) for p in parts] == [[0, 1], [2, 3], [4, 5]]
+    assert list(whole.structure.values) == list(range(6))
+    assert whole.error.values[2] and "non-finite" in str(whole.error.values[2])
+    assert whole.name.values[2] == "nan-position" and np.isnan(whole.energy.values[2])
+    assert whole.n_atoms.values[2] == 0 and 2 not in set(whole.structure_index.values)
+    for name in ("energy", "energy_sigma", "energy_low", "max_force_sigma"):
+        np.testing.assert_allclose(np.concatenate([p[name].values for p in parts]), whole[name].values,
+                                   rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(np.concatenate([p.forces_sigma.values for p in parts]), whole.forces_sigma.values,
+                               rtol=1e-6)
+
+
+def test_merged_accumulators_equal_serial_sum(chgnet):
+    from calib.hessian import HessianAccumulator, accumulate_hessian
+    from calib.prototypes import perturbed_set
+
+    structs = perturbed_set(n_variants=1, seed=11)[:9]
+    serial = accumulate_hessian(chgnet, structs, batch_size=4, progress=False)
+    parts = []
+    for shard in (structs[:4], structs[4:]):
+        acc = HessianAccumulator(chgnet.n_features)
+        for k in range(0, len(shard), 3):
+            acc.update(chgnet.features(shard[k:k + 3]))
+        parts.append(acc)
+    merged = parts[0].merge(parts[1])
+    assert merged.n_structures == 9 and parts[0].n_structures == 4  # merge builds a new accumulator
+    H = merged.hessian()
+    assert np.abs(H - serial.hessian).max() <= 1e-12 * np.abs(serial.hessian).max()
+    with pytest.raises(ValueError, match="force weights"):
+        parts[0].merge(HessianAccumulator(chgnet.n_features, force_weight=1.0))
+
+
+def test_library_softening_and_corrections_without_the_cli(chgnet, tmp_path):
+    """measure_softening through the predictor equals fit_softening on the model's own forces; the
+    stored correction is applied by the predictor."""
+    from calib import CalibratedPredictor, datasets
+    from calib.artifact import Artifact
+    from calib.pipeline import measure_softening, store_corrections
+    from calib.softening import fit_softening
+    from calib.structures import get_forces
+
+    lab = datasets.load("high-energy-states", chemsys="Li-F")[:4]
+    run = measure_softening(chgnet, lab, n_bootstrap=100)
+    pred = chgnet.predict(lab, forces=True)
+    direct = fit_softening([pred.forces_of(i) for i in range(4)], [get_forces(a) for a in lab], chemsys="Li-F",
+                           n_bootstrap=100)
+    assert run.results["Li-F"].softening_scale == pytest.approx(direct.softening_scale, rel=1e-6)
+    assert run.results["Li-F"].cmae_loo == pytest.approx(direct.cmae_loo, rel=1e-5)
+    paths = run.parity_plots(tmp_path / "parity")
+    assert len(paths) == 1 and pathlib.Path(paths[0]).stat().st_size > 5_000
+
+    art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
+    new = store_corrections(art, run.results)
+    assert art.corrections.factor("Li-F") != new.corrections.factor("Li-F")  # the input is unchanged
+    c, anchor = new.corrections.factor("Li-F")
+    ds = CalibratedPredictor(chgnet, new).predict(lab[:2], forces=True, force_mode="none")
+    n = ds.n_atoms.values
+    np.testing.assert_allclose(ds.energy_corrected.values, n * anchor + c * (ds.energy.values - n * anchor))
+    np.testing.assert_allclose(ds.forces_corrected.values, c * ds.forces.values)
