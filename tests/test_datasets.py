@@ -75,3 +75,21 @@ def test_equilibrium_proxy():
 def test_total_size_under_20_mb():
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(datasets.root()) for f in fs)
     assert total < 20e6, total
+
+
+@pytest.mark.parametrize("name", ["NaCl", "Al", "Li2O", "Si"])
+def test_more_neb_paths(name):
+    """The vacancy hops under datasets/neb/paths/: 7 labelled images of one hop, CHGNet maximum inside."""
+    import ase.io
+
+    path = os.path.join(datasets.root(), "neb", "paths", f"{name}-vacancy-hop.extxyz")
+    if not os.path.exists(path):
+        pytest.skip(f"{name} path not generated on this installation")
+    images = ase.io.read(path, ":")
+    assert len(images) == 7 and [a.info["image"] for a in images] == list(range(7))
+    _check_labelled(images)
+    # one atom moves by more than 2 Å from the first to the last image; every other atom stays within 0.3 Å
+    d = np.linalg.norm(images[-1].positions - images[0].positions, axis=1)
+    assert d.max() > 2.0 and np.sort(d)[-2] < 0.3
+    e = [a.info["chgnet_energy"] for a in images]
+    assert 0 < int(np.argmax(e)) < 6
