@@ -273,8 +273,12 @@ def predict_cmd(
             typer.echo(f"  structure {r['index']} ({r['name']}): {r['error']}", err=True)
     extra = None
     if records and "energy_interval" in records[0]:
-        extra = [("E interval (eV)", 25, lambda r: f"[{r['energy_interval'][0]:.3f}, {r['energy_interval'][1]:.3f}]")]
+        extra = [("E interval (eV)", 25, lambda r: "none (see below)" if r["energy_interval"] is None
+                  else f"[{r['energy_interval'][0]:.3f}, {r['energy_interval'][1]:.3f}]")]
     _print_table(records, forces, extra)
+    for r in records:
+        if r.get("energy_interval_reason"):
+            typer.echo(f"structure {r['index']} ({r['name']}): {r['energy_interval_reason']}")
 
 
 def _print_table(records, forces: bool, extra=None) -> None:

@@ -302,8 +302,10 @@ def evaluate(
     state), ``nll`` (nats), ``ence``, ``miscalibration_area``, ``spearman``
     (σ vs |error|), ``per_class`` coverage, and for the Gaussian reading of σ
     ``coverage_1sigma`` / ``coverage_2sigma`` (0.683 / 0.954 if Gaussian) and
-    ``z_rms``. With ``return_points`` the per-point errors, σ, half-widths and
-    classes come back under ``"points"`` (for plots).
+    ``z_rms``. Energy targets count only structures whose element reference is
+    determined by the calibration compositions (calib.reference); the others are
+    ``n_without_interval``. With ``return_points`` the per-point errors, σ,
+    half-widths and classes come back under ``"points"`` (for plots).
     """
     from . import metrics
 
@@ -322,8 +324,19 @@ def evaluate(
                           numbers=ok["numbers"].values, atom_descriptors=ok["atom_descriptors"].values,
                           force_sigma=ok["forces_sigma"].values if forces else None,
                           energy_errors=lp.energy_errors - shift, force_errors=lp.force_errors)
+    # energies need a determined element reference: structures without one have no interval and no score
+    n_without = 0
+    for name in ("energy", "energy_difference"):
+        if name in points:
+            finite = np.isfinite(points[name].errors)
+            if name == "energy":
+                n_without = int((~finite).sum())
+            points[name] = points[name].subset(finite)
+            if not len(points[name]):
+                del points[name]
     alpha = next((c.alpha for c in artifact.conformal.values()), None)
-    out: dict = {"alpha": alpha, "n_structures": len(lp.structures), "skipped": [i.as_dict() for i in lp.issues]}
+    out: dict = {"alpha": alpha, "n_structures": len(lp.structures), "n_without_interval": n_without,
+                 "skipped": [i.as_dict() for i in lp.issues]}
     kept = {}
     for name, p in points.items():
         cal = artifact.conformal.get(name)

@@ -24,6 +24,8 @@ energy_shift            structure               per-element reference Σ n_el μ
 energy_centre           structure               energy + energy_shift: the model's estimate of the
                                                 reference code's total energy, eV (the centre of the interval)
 energy_low/high         structure               conformal interval for the reference-code total energy, eV
+                                                (NaN where the element reference does not determine the shift)
+energy_interval_reason  structure               why a structure has no energy interval ("" when it has one)
 energy_class            structure               Mondrian class of the energy quantile
 correction              structure               scalar correction c stored for the chemsys (NaN: none)
 energy_corrected        structure               E_anchor + c (E − E_anchor), eV (NaN: no correction)
@@ -214,14 +216,19 @@ class CalibratedPredictor:
                               atom_descriptors=pred.atom_descriptors, force_sigma=f_sig,
                               targets=("energy", "forces"))
         if art.element_reference is not None or "energy" in art.conformal:
-            shift = (art.element_reference.predict(_split_numbers(pred)) if art.element_reference is not None
-                     else np.zeros(n_ok))
+            shift, why = np.zeros(n_ok), [""] * n_ok
+            if art.element_reference is not None:
+                numbers = _split_numbers(pred)
+                shift = art.element_reference.predict(numbers)
+                known, why = art.element_reference.determined(numbers)
+                shift = np.where(known, shift, np.nan)  # an undetermined shift is no number at all
             out["energy_shift"] = ("s", s(shift))
             out["energy_centre"] = ("s", s(pred.energy + shift))
         if "energy" in art.conformal and n_ok:
             h, cls = art.conformal["energy"].half_width_points(points["energy"])
             out["energy_low"] = ("s", s(pred.energy + shift - h))
             out["energy_high"] = ("s", s(pred.energy + shift + h))
+            out["energy_interval_reason"] = ("s", s(np.array(why, dtype=object), fill=""))
             if cls is not None:
                 out["energy_class"] = ("s", s(np.asarray(cls, dtype=object), fill="").astype(str))
         if f_sig is not None and "forces" in art.conformal and n_ok:
@@ -315,7 +322,8 @@ def to_records(ds, structures=None) -> list[dict]:
     """One JSON-ready record per structure of a predictor Dataset, in input order.
 
     Keys: ``index``, ``name``, ``chemsys``, ``n_atoms``, ``energy``, ``energy_per_atom``,
-    ``energy_sigma`` and, when present, ``energy_shift``, ``energy_interval`` [low, high] (eV),
+    ``energy_sigma`` and, when present, ``energy_shift``, ``energy_interval`` [low, high] (eV; None with
+    ``energy_interval_reason`` where the element reference does not determine the structure's shift),
     ``energy_class``, ``max_force``, ``max_force_sigma``, ``max_force_halfwidth`` (eV/Å),
     ``correction``, ``energy_corrected`` (eV), ``max_force_corrected``. A skipped structure
     carries ``error`` instead of numbers (and its chemsys when ``structures`` are given and it
@@ -344,7 +352,11 @@ def to_records(ds, structures=None) -> list[dict]:
             if key in ds:
                 rec[key] = float(ds[key].values[k])
         if "energy_low" in ds:
-            rec["energy_interval"] = [float(ds["energy_low"].values[k]), float(ds["energy_high"].values[k])]
+            lo, hi = float(ds["energy_low"].values[k]), float(ds["energy_high"].values[k])
+            reason = str(ds["energy_interval_reason"].values[k]) if "energy_interval_reason" in ds else ""
+            rec["energy_interval"] = None if reason or not np.isfinite(lo) else [lo, hi]
+            if reason:
+                rec["energy_interval_reason"] = reason
         if "energy_class" in ds:
             rec["energy_class"] = str(ds["energy_class"].values[k])
         for key in optional_f:

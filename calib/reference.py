@@ -1,4 +1,4 @@
-"""Per-element linear energy reference.
+"""Per-element linear energy reference, and where it is determined.
 
 Absolute energies from different codes and pseudopotentials differ by
 per-element constants (GPAW PAW-PBE vs the MP/VASP energies CHGNet learned:
@@ -9,6 +9,15 @@ squares on element counts, as CHGNet's ``AtomRef.fit`` does:
     E_ref − E_model ≈ Σ_el n_el μ_el
 
 Forces and stresses need no such step.
+
+The least-squares fit determines only the combinations of μ that the
+calibration compositions span: calibrated on LiCl alone, μ_Li + μ_Cl is known
+but μ_Cl is not, and the minimum-norm split that ``lstsq`` returns is
+arbitrary. :meth:`ElementReference.determined` says, for any composition,
+whether its shift Σ n_el μ_el is fixed by the calibration data: every element
+was seen, and its count vector lies in the row space of the calibration
+count matrix (to a relative tolerance). Nothing downstream gives an energy
+interval where it is not.
 """
 
 from __future__ import annotations
@@ -18,6 +27,16 @@ from collections.abc import Sequence
 import numpy as np
 from ase.data import chemical_symbols
 
+#: relative tolerance of the row-space test ‖x − P x‖ ≤ tol · ‖x‖
+ROW_SPACE_TOL = 1e-6
+
+
+def formula_of(numbers) -> str:
+    """Reduced-order chemical formula of a list of atomic numbers (e.g. 'LiCl', 'Si')."""
+    from ase.formula import Formula
+
+    return Formula.from_list([chemical_symbols[int(z)] for z in numbers]).format("metal") if len(numbers) else ""
+
 
 class ElementReference:
     """Least-squares per-element energy shifts μ_el (eV/atom).
@@ -26,6 +45,9 @@ class ElementReference:
     ------------------------------
     elements_ : list of str
     values_ : (n_elements,) float — μ_el in eV per atom of that element.
+    basis_ : (r, n_elements) float or None — orthonormal basis of the row space of the
+        calibration count matrix (None for a reference whose calibration compositions are
+        unknown, e.g. one read from a schema-1 artifact: then only unseen elements are refused).
     """
 
     def fit(self, numbers: Sequence[Sequence[int]], delta_energy: np.ndarray) -> ElementReference:
@@ -39,6 +61,9 @@ class ElementReference:
         mu, *_ = np.linalg.lstsq(C, delta, rcond=None)
         self.elements_ = [chemical_symbols[z] for z in zs]
         self.values_ = mu
+        _, s, vt = np.linalg.svd(C, full_matrices=False)
+        rank = int(np.sum(s > ROW_SPACE_TOL * (s[0] if s.size else 0.0))) if s.size else 0
+        self.basis_ = vt[:rank]
         return self
 
     @staticmethod
@@ -51,28 +76,62 @@ class ElementReference:
                     C[i, col[int(z)]] += 1
         return C
 
+    def _zs(self) -> list[int]:
+        return [chemical_symbols.index(s) for s in self.elements_]
+
     def predict(self, numbers: Sequence[Sequence[int]]) -> np.ndarray:
-        """Σ_el n_el μ_el for each structure, total eV. Elements never fitted contribute 0."""
-        zs = [chemical_symbols.index(s) for s in self.elements_]
-        return self._counts(numbers, zs) @ self.values_
+        """Σ_el n_el μ_el for each structure, total eV. Elements never fitted contribute 0
+        (check :meth:`determined` before using the result)."""
+        return self._counts(numbers, self._zs()) @ self.values_
+
+    def determined(self, numbers: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[str]]:
+        """(whether each structure's shift is determined by the calibration data, reason or "")."""
+        known = set(self.elements_)
+        C = self._counts(numbers, self._zs())
+        ok = np.ones(len(numbers), dtype=bool)
+        reasons = [""] * len(numbers)
+        for i, nums in enumerate(numbers):
+            unseen = sorted({chemical_symbols[int(z)] for z in nums} - known)
+            if unseen:
+                ok[i] = False
+                reasons[i] = (f"element(s) {', '.join(unseen)} absent from the energy reference "
+                              f"(calibrated on {', '.join(self.elements_)}): no energy interval")
+                continue
+            if self.basis_ is None:
+                continue
+            x = C[i]
+            resid = x - self.basis_.T @ (self.basis_ @ x)
+            if np.linalg.norm(resid) > ROW_SPACE_TOL * np.linalg.norm(x):
+                ok[i] = False
+                reasons[i] = (f"composition {formula_of(nums)} is not determined by the calibration compositions "
+                              "(the element reference fixes only the combinations they span): "
+                              "no energy interval; calibrate on structures that fix it")
+        return ok, reasons
 
     def as_dict(self) -> dict:
         return dict(zip(self.elements_, map(float, self.values_)))
 
     @classmethod
-    def from_dict(cls, values: dict) -> ElementReference:
+    def from_dict(cls, values: dict, basis=None) -> ElementReference:
         ref = cls()
         ref.elements_ = list(values)
         ref.values_ = np.array([values[k] for k in ref.elements_], dtype=float)
+        ref.basis_ = None if basis is None else np.asarray(basis, dtype=float).reshape(-1, len(ref.elements_))
         return ref
 
     # -- persistence (see calib.artifact)
     def to_variables(self) -> dict:
-        return {"element_reference": (("element",), np.asarray(self.values_, dtype=float),
-                                      {"units": "eV/atom", "description": "mu_el, E_ref - E_model ~ sum n_el mu_el"}),
-                "element": (("element",), np.array(self.elements_, dtype=str), {})}
+        out = {"element_reference": (("element",), np.asarray(self.values_, dtype=float),
+                                     {"units": "eV/atom", "description": "mu_el, E_ref - E_model ~ sum n_el mu_el"}),
+               "element": (("element",), np.array(self.elements_, dtype=str), {})}
+        if getattr(self, "basis_", None) is not None:
+            out["element_reference_basis"] = (("element_basis", "element"), self.basis_, {
+                "units": "1", "description": "orthonormal rows spanning the calibration compositions (element "
+                                            "counts): a composition's shift is determined iff it lies in their span"})
+        return out
 
     @classmethod
     def from_variables(cls, ds) -> ElementReference:
+        basis = ds["element_reference_basis"].values if "element_reference_basis" in ds else None
         return cls.from_dict(dict(zip([str(e) for e in ds["element"].values],
-                                      ds["element_reference"].values.astype(float))))
+                                      ds["element_reference"].values.astype(float))), basis)

@@ -63,6 +63,13 @@ class Points:
     def __len__(self) -> int:
         return int(np.asarray(self.sigma).size)
 
+    def subset(self, mask) -> Points:
+        """The points where ``mask`` is True."""
+        m = np.asarray(mask, dtype=bool)
+        pick = (lambda x: None if x is None else np.asarray(x)[m])  # noqa: E731
+        return Points(self.target, pick(self.sigma), pick(self.descriptors),
+                      {k: pick(v) for k, v in self.labels.items()}, pick(self.structure), pick(self.errors))
+
 
 def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint random pairs (i, j) of structures within each chemical system (seeded)."""

@@ -71,6 +71,12 @@ def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):
     assert len(new) == len(old)
     for o, n in zip(old, new):
         assert set(o) <= set(n)
+        if o["chemsys"] == "Na-Cl":
+            # the one deliberate change: 0.1.0 gave NaCl (Na and Cl absent from a reference fitted on Si and
+            # LiF) a shift of 0 eV and an interval around the wrong centre; now no interval, and the reason
+            assert n["energy_interval"] is None and "absent from the energy reference" in n["energy_interval_reason"]
+            assert np.isnan(n["energy_shift"]) and o["energy_shift"] == 0.0
+            o = {k: v for k, v in o.items() if k not in ("energy_interval", "energy_shift")}
         for key, value in o.items():
             if isinstance(value, float):
                 assert n[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
@@ -227,3 +233,44 @@ def test_library_softening_and_corrections_without_the_cli(chgnet, tmp_path):
     n = ds.n_atoms.values
     np.testing.assert_allclose(ds.energy_corrected.values, n * anchor + c * (ds.energy.values - n * anchor))
     np.testing.assert_allclose(ds.forces_corrected.values, c * ds.forces.values)
+
+
+def test_reference_determined_only_where_the_calibration_compositions_fix_it():
+    from calib.reference import ElementReference
+
+    mu = {3: -0.3, 9: 0.4, 11: 0.1, 17: 0.5}
+    cal = [[3, 9], [3, 3, 9, 9], [11, 17], [11, 11, 17, 17]]  # LiF and NaCl: fixes μ_Li + μ_F and μ_Na + μ_Cl only
+    ref = ElementReference().fit(cal, np.array([sum(mu[z] for z in n) for n in cal]))
+    ok, why = ref.determined([[3, 9, 3, 9], [11, 17], [3, 17], [11, 9, 3, 17], [3, 8]])
+    assert list(ok) == [True, True, False, True, False]
+    assert "LiCl is not determined" in why[2] and why[3] == ""  # LiF + NaCl in one cell is fixed
+    assert "element(s) O absent" in why[4]
+    # where determined, the shift is right whatever split of μ lstsq chose
+    np.testing.assert_allclose(ref.predict([[11, 9, 3, 17]]), [sum(mu.values())], atol=1e-12)
+
+
+def test_cli_unseen_element_gets_no_interval_and_others_keep_theirs(calibrated_file):
+    """Calibrated on Si and Li-F: an NaCl frame gets energy_interval null with the reason, the rest intervals."""
+    from calib import datasets
+    from calib.cli import app
+
+    d, _ = calibrated_file
+    mixed = (datasets.load("high-energy-states", chemsys="Si")[1:2] + datasets.load("high-energy-states",
+                                                                                     chemsys="Na-Cl")[1:2]
+             + datasets.load("high-energy-states", chemsys="Li-F")[1:2])
+    ase.io.write(d / "mixed.extxyz", mixed, format="extxyz")
+    r = CliRunner().invoke(app, ["predict", str(d / "mixed.extxyz"), "--calibration", str(d / "CAL.nc"), "--json"])
+    assert r.exit_code == 0, r.output
+    si, nacl, lif = json.loads(r.stdout)
+    assert nacl["energy_interval"] is None and "Cl, Na absent from the energy reference" in nacl[
+        "energy_interval_reason"]
+    assert nacl["energy_sigma"] > 0  # the model's own σ is still reported
+    for rec in (si, lif):
+        lo, hi = rec["energy_interval"]
+        assert lo < rec["energy"] + rec["energy_shift"] < hi and "energy_interval_reason" not in rec
+    r = CliRunner().invoke(app, ["predict", str(d / "mixed.extxyz"), "--calibration", str(d / "CAL.nc")])
+    assert r.exit_code == 0 and "absent from the energy reference" in r.stdout
+    r = CliRunner().invoke(app, ["evaluate", str(d / "mixed.extxyz"), "--calibration", str(d / "CAL.nc"),
+                                 "--no-forces", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["n_without_interval"] == 1 and doc["energy"]["n"] == 2
