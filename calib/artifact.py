@@ -28,6 +28,10 @@ cp_<target>_mix_*                                environment mixture (PCA + Gaus
 correction_factor         (correction_chemsys)   scalar force/stress correction c (1)
 correction_ci_low/high    (correction_chemsys)   its bootstrap CI (1)
 correction_anchor         (correction_chemsys)   energy anchor, eV/atom (model energy)
+difference_<m>_beta       ()                     energy-difference variance model ``raw`` or
+difference_<m>_kappa2     ()                     ``corrected``: β (1), κ² (1), τ² (eV²),
+difference_<m>_tau2       ()                     see calib.differences
+element_reference_basis   (element_basis, element)  span of the calibration compositions (1)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): see :mod:`calib.targets`.
@@ -52,6 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conformal import ConformalCalibrator
+from .differences import DifferenceVarianceModel
 from .llpr import LLPR
 from .ncio import ArtifactError, read, write_atomic
 from .reference import ElementReference
@@ -77,6 +82,7 @@ class Artifact:
     stage : "hessian" | "calibrated"
     element_reference : calib.reference.ElementReference or None
     conformal : dict target → calib.conformal.ConformalCalibrator
+    differences : dict "raw" | "corrected" → calib.differences.DifferenceVarianceModel
     corrections : calib.softening.ScalarCorrection (per chemsys c, its CI, anchor)
     attrs : dict — provenance and notes
     """
@@ -87,6 +93,7 @@ class Artifact:
     stage: str = "hessian"
     element_reference: ElementReference | None = None
     conformal: dict = field(default_factory=dict)
+    differences: dict = field(default_factory=dict)
     corrections: ScalarCorrection = field(default_factory=ScalarCorrection)
     attrs: dict = field(default_factory=dict)
 
@@ -138,13 +145,16 @@ class Artifact:
             variables.update(self.element_reference.to_variables())
         for name, cal in self.conformal.items():
             variables.update(cal.to_variables(f"cp_{name}"))
+        for name, model in self.differences.items():
+            variables.update(model.to_variables(f"difference_{name}"))
         variables.update(self.corrections.to_variables())
         coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
         d = self.llpr.n_features
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
         attrs = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.attrs,
                  **self.llpr.to_attrs(), **{k: v for k, v in self.model_info.items() if v is not None},
-                 "conformal_targets": ",".join(self.conformal), "stage": self.stage,
+                 "conformal_targets": ",".join(self.conformal), "difference_models": ",".join(self.differences),
+                 "stage": self.stage,
                  "schema_version": SCHEMA_VERSION, "calib_version": calib.__version__}
         ds.attrs = {k: (int(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in attrs.items()}
         return ds
@@ -168,11 +178,13 @@ class Artifact:
                 conformal[name] = ConformalCalibrator.from_variables(ds, f"cp_{name}")
             except KeyError as exc:
                 raise ArtifactError(f"artifact's conformal state for {name!r} is incomplete: missing {exc}") from exc
+        differences = {name: DifferenceVarianceModel.from_variables(ds, f"difference_{name}")
+                       for name in filter(None, str(attrs.pop("difference_models", "")).split(","))}
         model_info = {k: attrs.pop(k) for k in _MODEL_KEYS if k in attrs}
         for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version"):
             attrs.pop(k, None)
         return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
-                   stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal,
+                   stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal, differences=differences,
                    corrections=ScalarCorrection.from_variables(ds), attrs=attrs)
 
     # ------------------------------------------------------------------ files

@@ -149,6 +149,9 @@ def calibrate_cmd(
                                 help="Mondrian classes: K (mixture of ≤K environment classes), element, chemsys "
                                      "or none"),
     min_class_size: int = typer.Option(30, "--min-class-size", help="smaller classes use the global quantile"),
+    energy_folds: int = typer.Option(5, "--energy-folds",
+                                     help="cross-fit the element reference over K folds of structures for the "
+                                          "energy scores (0: in-sample, as calib 0.1.0)"),
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
@@ -162,7 +165,8 @@ def calibrate_cmd(
     try:
         art = Artifact.load(hessian_path, model=m)
         res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not as_json,
-                        alpha=alpha, classes=_parse_classes(classes, as_json), min_class_size=min_class_size)
+                        alpha=alpha, classes=_parse_classes(classes, as_json), min_class_size=min_class_size,
+                        energy_folds=energy_folds or None)
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc), as_json)
     res.artifact.save(out)

@@ -84,8 +84,19 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     cover = {k: float(np.mean(np.abs(z) <= k)) for k in (1, 2, 3)}
     say(f"\nheld-out energies within 1σ / 2σ / 3σ: {cover[1]:.0%} / {cover[2]:.0%} / {cover[3]:.0%} "
         f"(Gaussian: 68% / 95% / 99.7%) over {len(z)} structures")
+    # conformal intervals at the calibrated α: energies (reference-code total energy) and force components
+    alpha = ok.attrs.get("alpha")
+    e_ref = lp.energy_errors + ok["energy"].values
+    has = np.isfinite(ok["energy_low"].values)
+    e_cov = float(np.mean((ok["energy_low"].values[has] <= e_ref[has]) & (e_ref[has] <= ok["energy_high"].values[has])))
+    f_ref = lp.force_errors + ok["forces"].values
+    f_cov = float(np.mean((ok["forces_low"].values <= f_ref) & (f_ref <= ok["forces_high"].values)))
+    say(f"held-out conformal coverage at α = {alpha} (nominal {1 - alpha:.0%}): energies {e_cov:.0%} "
+        f"({int(has.sum())} structures, {int((~has).sum())} without an interval), force components {f_cov:.0%} "
+        f"({f_ref.size})")
     say(f"artifact written to {os.path.join(out, 'calibration.nc')}")
     result.update(calibrated=True, calibration=s, records=records, heldout_coverage=cover,
+                  heldout_interval_coverage={"alpha": alpha, "energy": e_cov, "forces": f_cov},
                   skipped=[i.as_dict() for i in lp.issues])
     with open(os.path.join(out, "records.json"), "w") as fh:
         json.dump(records, fh, indent=1)

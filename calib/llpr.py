@@ -170,6 +170,18 @@ class LLPR:
         proj = (fa - fb) @ self.eigenvectors_
         return np.sqrt(self.alpha2_ * (proj**2) @ self._weights())
 
+    def local_energy_sigma(self, atom_features: np.ndarray) -> np.ndarray:
+        """σ of each atom's energy contribution E_a = w·φ_a + b, eV (local prediction rigidity).
+
+        var(E_a) = α² φ_aᵀ Σ φ_a with the per-atom features φ_a before pooling and the energy α², ς²:
+        for a per-atom model the total is E = Σ_a E_a (f = mean φ_a, so N f = Σ_a φ_a) and for a total
+        model likewise, hence no N scale here, and var(E) = α² (Σ_a φ_a)ᵀ Σ (Σ_a φ_a) ties the two
+        together. Following Chong, Grasselli, Ben Mahmoud, Morrow, Deringer, Ceriotti, JCTC 2023: the
+        one atom that is out of distribution is not averaged away as in the pooled σ.
+        """
+        proj = np.asarray(atom_features, dtype=np.float64) @ self.eigenvectors_
+        return np.sqrt(self.alpha2_ * (proj**2) @ self._weights())
+
     # ------------------------------------------------------------------ forces
     def force_rows(self, gradients: Sequence[np.ndarray], n_atoms, directions: np.ndarray | None = None):
         """Rows P[(i,a,x), k] = s_i² (∂(u_k·f_i)/∂r_ax)², stacked over structures.

@@ -23,7 +23,7 @@ from .llpr import LLPR
 from .models.base import ModelAdapter, batches
 from .models.gradients import feature_gradients
 from .predictor import CalibratedPredictor
-from .reference import ElementReference
+from .reference import ElementReference, cross_fitted_residuals
 from .structures import StructureIssue, get_energy, get_forces
 from .targets import TARGETS, build_points
 
@@ -66,7 +66,8 @@ class CalibrationResult:
     """What :func:`calibrate` fitted and measured on the labelled set.
 
     Energies are total eV, forces eV/Å. ``energy_residual`` is reference minus
-    model after removing the per-element reference.
+    model after removing the per-element reference (cross-fitted; NaN where
+    the other folds do not determine a structure's shift).
     """
 
     artifact: Artifact
@@ -92,6 +93,39 @@ def _spearman(a, b) -> float:
     return spearman(a, b) if len(a) >= 3 else float("nan")
 
 
+def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: int = 500,
+                          confidence: float = 0.95) -> tuple[dict, tuple | None, dict]:
+    """(models, (c, σ_c) per structure, summary) of the energy-difference variance models.
+
+    Pairs: every pair of structures sharing chemsys and composition (the element reference cancels).
+    ``raw`` is fitted on r = ΔE_ref − ΔE_model; ``corrected`` on r + (1 − c) ΔE_model with c fitted on
+    the forces of each chemistry's structures (calib.softening, structure bootstrap for σ_c).
+    """
+    from .differences import DifferenceVarianceModel, correction_sigma, pairs_within
+    from .softening import fit_softening_by_chemsys
+
+    comp = [f"{c}|{a.get_chemical_formula()}" for c, a in zip(pred.chemsys, structs)]
+    i, j = pairs_within(comp)
+    if len(i) < 2:
+        return {}, None, {"difference_note": f"{len(i)} pair(s) share a composition: no difference model"}
+    f, n, e = pred.features, pred.n_atoms, pred.energy
+    v = llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]) ** 2
+    dE = e[i] - e[j]
+    r = np.asarray(energy_residuals)[i] - np.asarray(energy_residuals)[j]
+    raw = DifferenceVarianceModel().fit(v, dE, r)
+    soft = fit_softening_by_chemsys(pred.chemsys, [pred.forces_of(k) for k in range(len(structs))],
+                                    [get_forces(a) for a in structs], n_bootstrap=n_bootstrap,
+                                    confidence=confidence)
+    c = np.array([soft[ch].correction for ch in pred.chemsys])
+    sc = np.array([correction_sigma(soft[ch].correction_ci, confidence) for ch in pred.chemsys])
+    corrected = DifferenceVarianceModel().fit(c[i] ** 2 * v, dE, r + (1 - c[i]) * dE, extra=(sc[i] * dE) ** 2)
+    summary = {"difference_pairs": int(len(i))}
+    for name, mdl in (("difference", raw), ("difference_corrected", corrected)):
+        summary.update({f"{name}_beta": mdl.beta_, f"{name}_kappa2": mdl.kappa2_, f"{name}_tau2": mdl.tau2_,
+                        f"{name}_nll": mdl.nll_})
+    return {"raw": raw, "corrected": corrected}, (c, sc), summary
+
+
 def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int = 30,
                   seed: int = 0) -> dict:
     """One calibrator per target of ``points``: split conformal, or Mondrian when ``classes`` is
@@ -99,7 +133,7 @@ def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int 
     Energy differences always use the global quantile."""
     out = {}
     for name, p in points.items():
-        assigner = None if name == "energy_difference" else class_assigner(classes, random_state=seed)
+        assigner = None if name.startswith("energy_difference") else class_assigner(classes, random_state=seed)
         out[name] = ConformalCalibrator(alpha, classes=assigner, min_class_size=min_class_size).fit_points(p)
     return out
 
@@ -116,6 +150,8 @@ def calibrate(
     alpha: float | None = 0.1,
     classes: int | str | None = None,
     min_class_size: int = 30,
+    energy_folds: int | None = 5,
+    difference_model: bool = True,
     progress: bool = True,
 ) -> CalibrationResult:
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles.
@@ -145,6 +181,18 @@ def calibrate(
         environment classes on the per-atom descriptors, or labels.
     min_class_size : int
         Classes with fewer calibration points use the global quantile.
+    energy_folds : int or None
+        Energy residuals for the (α², ς²) fit and the energy conformal scores are
+        cross-fitted: each structure's residual uses an element reference fitted
+        on the other folds (K folds of structures), so they are not shrunk by the
+        fit as in-sample residuals are. Structures whose shift the other folds do
+        not determine are left out (``energy_cross_fit_excluded``). The stored
+        reference is the fit on all structures. None: in-sample (calib 0.1.0).
+    difference_model : bool
+        Fit the energy-difference variance model (calib.differences) on all pairs of
+        structures that share a composition, raw and after the scalar correction each
+        chemistry's forces give; the energy-difference conformal targets then use it.
+        False: LLPR difference σ alone (calib 0.1.0).
     """
     from tqdm.auto import tqdm
 
@@ -162,7 +210,11 @@ def calibrate(
     e_delta, f_res = label_errors(structs, pred.energy, pred.forces)
     numbers = [a.numbers for a in structs]
     ref = ElementReference().fit(numbers, e_delta)
-    e_res = e_delta - ref.predict(numbers)
+    e_res = e_delta - ref.predict(numbers)  # in-sample: shrunk by the fit (docs/conformal.md)
+    if energy_folds:
+        e_cf, e_ok = cross_fitted_residuals(numbers, e_delta, n_folds=energy_folds, seed=0)
+    else:
+        e_cf, e_ok = e_res, np.ones(len(e_res), dtype=bool)
 
     L = copy.deepcopy(artifact.llpr)  # the input artifact stays as it was
     # exact force gradients on the calibration set: for force calibration and the approx truncation
@@ -173,9 +225,9 @@ def calibrate(
         grads.extend(feature_gradients(model, [structs[i] for i in idx], U))
     rows, res, groups = [], [], []
     if target in ("energy", "both"):
-        rows.append(L.energy_rows(pred.features, pred.n_atoms))
-        res.append(e_res)
-        groups.append(np.zeros(len(e_res), dtype=int))
+        rows.append(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]))
+        res.append(e_cf[e_ok])
+        groups.append(np.zeros(int(e_ok.sum()), dtype=int))
     if target in ("forces", "both"):
         rows.append(L.force_rows(grads, pred.n_atoms))
         res.append(f_res.reshape(-1))
@@ -195,13 +247,17 @@ def calibrate(
             "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
             "approx_force_directions": int(len(L.force_directions_)),
         }
+    differences, correction, diff_summary = {}, None, {}
+    if difference_model:
+        differences, correction, diff_summary = fit_difference_models(L, structs, pred, e_res)
     conformal = {}
     if alpha is not None:
         points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
                               energy_sigma=e_sigma, atom_structure=pred.atom_structure, numbers=pred.numbers,
                               atom_descriptors=pred.atom_descriptors,
-                              force_sigma=f_sigma if with_forces else None, energy_errors=e_res,
-                              force_errors=f_res if with_forces else None)
+                              force_sigma=f_sigma if with_forces else None, energy_errors=e_cf,
+                              pair_errors=e_res, force_errors=f_res if with_forces else None,
+                              energies=pred.energy, differences=differences, correction=correction)
         conformal = fit_conformal(points, alpha, classes, min_class_size)
     summary = {
         "target": target,
@@ -211,11 +267,15 @@ def calibrate(
         "rank": L.rank_,
         "n_features": L.n_features,
         "regularisation_note": L.regularisation_note_,
-        "energy_nll": L.nll(L.energy_rows(pred.features, pred.n_atoms), e_res),
-        "energy_spearman": _spearman(e_sigma, np.abs(e_res)),
-        "energy_rmse_per_atom": float(np.sqrt(np.mean((e_res / pred.n_atoms) ** 2))),
+        "energy_nll": L.nll(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]), e_cf[e_ok]),
+        "energy_spearman": _spearman(e_sigma[e_ok], np.abs(e_cf[e_ok])),
+        "energy_rmse_per_atom": float(np.sqrt(np.mean((e_cf[e_ok] / pred.n_atoms[e_ok]) ** 2))),
+        "energy_scores": f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
+        else "in-sample element reference",
+        "energy_cross_fit_excluded": int((~e_ok).sum()),
         "force_mae": float(np.mean(np.abs(f_res))),
         **force_summary,
+        **diff_summary,
         "element_reference": ref.as_dict(),
         "alpha": alpha,
         "classes": classes,
@@ -223,12 +283,14 @@ def calibrate(
         "conformal_fallback": {k: dict(c.fallback_) for k, c in conformal.items()},
     }
     art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
+                           differences=differences,
                            attrs={**artifact.attrs, "calibration_target": target,
                                   "calibration_n_structures": len(structs),
                                   "element_reference_note": "least squares on element counts of E_ref - E_model "
-                                                            "over the calibration set (eV/atom)"})
+                                                            "over the calibration set (eV/atom)",
+                                  "energy_scores": summary["energy_scores"]})
     return CalibrationResult(artifact=art, issues=issues, n_structures=len(structs),
-                             energy_residual=e_res, energy_sigma=e_sigma, summary=summary)
+                             energy_residual=e_cf, energy_sigma=e_sigma, summary=summary)
 
 
 # --------------------------------------------------------------------------- prediction on labelled data
@@ -282,6 +344,18 @@ def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], 
 # --------------------------------------------------------------------------- evaluation
 
 
+def stored_correction(artifact: Artifact, chemsys) -> tuple[np.ndarray, np.ndarray] | None:
+    """(c, σ_c) per structure from the artifact's stored scalar corrections (NaN where none)."""
+    from .differences import correction_sigma
+
+    corr = artifact.corrections
+    if not len(corr):
+        return None
+    c = np.array([corr.factor(ch)[0] if ch in corr else np.nan for ch in chemsys])
+    sc = np.array([correction_sigma(corr.ci[ch]) if ch in corr and ch in corr.ci else np.nan for ch in chemsys])
+    return c, sc
+
+
 def evaluate(
     artifact: Artifact,
     model: ModelAdapter,
@@ -323,17 +397,16 @@ def evaluate(
                           atom_structure=np.array([rows[int(i)] for i in ok["structure_index"].values]),
                           numbers=ok["numbers"].values, atom_descriptors=ok["atom_descriptors"].values,
                           force_sigma=ok["forces_sigma"].values if forces else None,
-                          energy_errors=lp.energy_errors - shift, force_errors=lp.force_errors)
-    # energies need a determined element reference: structures without one have no interval and no score
-    n_without = 0
-    for name in ("energy", "energy_difference"):
+                          energy_errors=lp.energy_errors - shift, force_errors=lp.force_errors,
+                          energies=ok["energy"].values, differences=artifact.differences,
+                          correction=stored_correction(artifact, chem))
+    # energies need a determined element reference: structures without one (NaN shift) have no interval and
+    # no score (build_points leaves out energy points whose error is not finite)
+    n_without = int(np.sum(~np.isfinite(shift))) if np.ndim(shift) else 0
+    for name in ("energy_difference", "energy_difference_corrected"):
         if name in points:
-            finite = np.isfinite(points[name].errors)
-            if name == "energy":
-                n_without = int((~finite).sum())
-            points[name] = points[name].subset(finite)
-            if not len(points[name]):
-                del points[name]
+            points[name] = points[name].subset(np.isfinite(points[name].errors))
+    points = {k: p for k, p in points.items() if len(p)}
     alpha = next((c.alpha for c in artifact.conformal.values()), None)
     out: dict = {"alpha": alpha, "n_structures": len(lp.structures), "n_without_interval": n_without,
                  "skipped": [i.as_dict() for i in lp.issues]}

@@ -20,6 +20,7 @@ n_atoms                 structure               atoms predicted (0 for a skipped
 energy                  structure               model total energy, eV
 energy_per_atom         structure               eV/atom
 energy_sigma            structure               calibrated LLPR σ of the total energy, eV
+max_local_sigma         structure               largest per-atom energy σ, eV
 energy_shift            structure               per-element reference Σ n_el μ_el fitted at calibration, eV
 energy_centre           structure               energy + energy_shift: the model's estimate of the
                                                 reference code's total energy, eV (the centre of the interval)
@@ -33,8 +34,10 @@ max_force               structure               largest |force component|, eV/Å
 max_force_sigma         structure               largest force-component σ, eV/Å
 max_force_halfwidth     structure               widest force-component conformal half-width, eV/Å
 max_force_corrected     structure               c · max_force, eV/Å
+stress                  (structure, voigt)      eV/Å³, ASE sign convention (``stress=True``)
 structure_index         atom                    the ``structure`` coordinate of each atom
 numbers                 atom                    atomic numbers
+local_energy_sigma      atom                    σ of the atom's energy contribution w·φ_a + b, eV (energy α², ς²)
 forces                  (atom, component)       eV/Å
 forces_sigma            (atom, component)       calibrated LLPR σ, eV/Å
 forces_low/high         (atom, component)       conformal interval for the reference force, eV/Å
@@ -63,15 +66,19 @@ from .targets import build_points
 FORCE_MODES = ("exact", "approx", "none")
 
 _UNITS = {
-    "energy": "eV", "energy_per_atom": "eV/atom", "energy_sigma": "eV", "energy_shift": "eV",
+    "energy": "eV", "energy_per_atom": "eV/atom", "energy_sigma": "eV", "local_energy_sigma": "eV",
+    "max_local_sigma": "eV", "energy_shift": "eV",
     "energy_centre": "eV", "energy_low": "eV", "energy_high": "eV", "correction": "1",
     "energy_corrected": "eV", "max_force": "eV/Å", "max_force_sigma": "eV/Å", "max_force_halfwidth": "eV/Å",
     "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
     "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
+    "stress": "eV/Å^3",
 }
 _DESCRIPTIONS = {
     "energy": "model total energy",
     "energy_sigma": "calibrated LLPR sigma of the total energy",
+    "local_energy_sigma": "LLPR sigma of the atom's energy contribution (local prediction rigidity)",
+    "max_local_sigma": "largest per-atom energy sigma of the structure",
     "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
     "energy_centre": "energy + energy_shift: the model's estimate of the reference code's total energy",
     "energy_low": "lower end of the conformal interval for the reference-code total energy",
@@ -128,7 +135,8 @@ class CalibratedPredictor:
 
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
-                descriptors: bool = False, require_labels: bool = False, progress: bool = False):
+                descriptors: bool = False, require_labels: bool = False, stress: bool = False,
+                progress: bool = False):
         """Predictions for every structure of ``structures`` as one xarray Dataset (see the module doc).
 
         Parameters
@@ -141,22 +149,85 @@ class CalibratedPredictor:
         batch_size : int — structures per model call.
         descriptors : bool — add the pooled features and per-atom descriptors.
         require_labels : bool — skip (and report) structures without reference labels.
+        stress : bool — also the stress (eV/Å³, Voigt order xx yy zz yz xz xy, ASE sign convention).
         progress : bool — a progress bar on stderr.
         """
         parts = [self._arrays(kept, pred, forces, force_mode, batch_size, descriptors)
-                 for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, batch_size=batch_size,
-                                                           progress=progress, require_labels=require_labels,
-                                                           desc="predict")]
+                 for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
+                                                           batch_size=batch_size, progress=progress,
+                                                           require_labels=require_labels, desc="predict")]
         return self._dataset(_concat(parts), forces)
 
     def iter_predict(self, structures: Iterable, *, forces: bool = False, force_mode: str = "exact",
                      batch_size: int = 16, descriptors: bool = False, require_labels: bool = False,
-                     progress: bool = False) -> Iterator:
+                     stress: bool = False, progress: bool = False) -> Iterator:
         """The same Datasets, one per batch (``structure`` coordinates are positions in the whole input),
         so that a stream of any length never has to be held in memory."""
-        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, batch_size=batch_size,
-                                                  progress=progress, require_labels=require_labels, desc="predict"):
+        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
+                                                  batch_size=batch_size, progress=progress,
+                                                  require_labels=require_labels, desc="predict"):
             yield self._dataset(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors), forces)
+
+    def energy_differences(self, structures, *, reference: int = 0, batch_size: int = 16, progress: bool = False):
+        """Energies relative to one structure of the list (e.g. NEB images relative to image 0), with σ and
+        conformal intervals, raw and, where a scalar correction is stored for the chemistry, corrected.
+
+        Returns an xarray Dataset over ``structure``: ``energy_difference`` (E_i − E_ref, eV),
+        ``energy_difference_sigma_llpr`` (LLPR alone), ``energy_difference_sigma`` (with the softening
+        term of calib.differences when the artifact has it), ``energy_difference_low/high`` (conformal,
+        for the reference-code difference), and with a correction ``energy_difference_corrected``
+        (c·ΔE), ``energy_difference_corrected_sigma``, ``..._corrected_low/high``; ``difference_reason``
+        says why a row has no interval (another composition than the reference structure, skipped).
+        """
+        from .differences import correction_sigma
+
+        if self.artifact is None:
+            raise ValueError("energy differences with σ need a calibration artifact")
+        structs = list(as_structures(structures))
+        ds = self.predict(structs, batch_size=batch_size, descriptors=True, progress=progress)
+        art, L = self.artifact, self.artifact.llpr
+        if str(ds["error"].values[reference]):
+            raise ValueError(f"the reference structure {reference} was skipped: {ds['error'].values[reference]}")
+        f, n, e = ds["features"].values, ds["n_atoms"].values, ds["energy"].values
+        ok = ds["error"].values == ""
+        v = np.full(len(e), np.nan)
+        v[ok] = L.energy_difference_sigma(f[ok], n[ok], np.repeat(f[[reference]], ok.sum(), 0),
+                                          np.repeat(n[[reference]], ok.sum())) ** 2
+        dE = e - e[reference]
+        comp = [a.get_chemical_formula() for a in structs]
+        reason = np.array(["" if ok[k] and comp[k] == comp[reference] else
+                           (str(ds["error"].values[k]) or f"composition {comp[k]} differs from the reference "
+                            f"structure's {comp[reference]}: the element reference does not cancel")
+                           for k in range(len(e))], dtype=object)
+        valid = reason == ""
+        raw = art.differences.get("raw")
+        sig = raw.sigma(v, dE) if raw is not None else np.sqrt(v)
+        out = ds[["name", "chemsys", "error"]].copy()
+        units = {"units": "eV"}
+        out["energy_difference"] = ("structure", dE, {**units, "description": "E_i - E_reference (model)"})
+        out["energy_difference_sigma_llpr"] = ("structure", np.sqrt(v), units)
+        out["energy_difference_sigma"] = ("structure", sig, {**units, "description": "with the softening term"
+                                                             if raw is not None else "LLPR alone"})
+        cal = art.conformal.get("energy_difference")
+        if cal is not None:
+            h = np.where(valid, cal.half_width(sig), np.nan)
+            out["energy_difference_low"] = ("structure", dE - h, units)
+            out["energy_difference_high"] = ("structure", dE + h, units)
+        chem = str(ds["chemsys"].values[reference])
+        cor, cal_c = art.differences.get("corrected"), art.conformal.get("energy_difference_corrected")
+        if chem in art.corrections and cor is not None:
+            c, _ = art.corrections.factor(chem)
+            sc = correction_sigma(art.corrections.ci[chem]) if chem in art.corrections.ci else 0.0
+            sig_c = cor.sigma(c**2 * v, dE, extra=(sc * dE) ** 2)
+            out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
+            out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
+            if cal_c is not None:
+                h = np.where(valid, cal_c.half_width(sig_c), np.nan)
+                out["energy_difference_corrected_low"] = ("structure", c * dE - h, units)
+                out["energy_difference_corrected_high"] = ("structure", c * dE + h, units)
+        out["difference_reason"] = ("structure", reason.astype(str))
+        out.attrs = {**ds.attrs, "reference": int(reference)}
+        return out
 
     # ------------------------------------------------------------------ one batch
     def _arrays(self, kept, pred: Prediction, forces: bool, force_mode: str, batch_size: int,
@@ -196,6 +267,8 @@ class CalibratedPredictor:
         if forces:
             out["forces"] = ("a", pred.forces)
             out["max_force"] = ("s", s(_per_structure_max(np.abs(pred.forces), pred)))
+        if pred.stress is not None:
+            out["stress"] = ("s", s(pred.stress.reshape(-1, 9)[:, [0, 4, 8, 5, 2, 1]]))
         if descriptors:
             out["features"] = ("s", s(pred.features))
             out["atom_descriptors"] = ("a", pred.atom_descriptors)
@@ -205,6 +278,9 @@ class CalibratedPredictor:
         L = art.llpr
         e_sig = L.energy_sigma(pred.features, pred.n_atoms)
         out["energy_sigma"] = ("s", s(e_sig))
+        local = L.local_energy_sigma(pred.atom_descriptors)
+        out["local_energy_sigma"] = ("a", local)
+        out["max_local_sigma"] = ("s", s(_per_structure_max(local[:, None], pred)))
         f_sig = None
         if forces and force_mode != "none":
             fvar = L.force_variance(self.model, kept, mode=force_mode, batch_size=batch_size)
@@ -255,13 +331,14 @@ class CalibratedPredictor:
 
         dims = {"s": "structure", "a": "atom"}
         ds = xr.Dataset(coords={"structure": arrays["structure"][1], "component": ["x", "y", "z"]})
+        if "stress" in arrays:
+            ds = ds.assign_coords(voigt=["xx", "yy", "zz", "yz", "xz", "xy"])
         for name, (kind, values) in arrays.items():
             if name == "structure":
                 continue
             d = (dims[kind],)
             if values.ndim == 2:
-                d = d + (("component",) if values.shape[1] == 3 and name not in ("features", "atom_descriptors")
-                         else ("feature",))
+                d = d + ({"features": "feature", "atom_descriptors": "feature", "stress": "voigt"}.get(name, "component"),)
             attrs = {}
             if name in _UNITS:
                 attrs["units"] = _UNITS[name]
@@ -331,7 +408,7 @@ def to_records(ds, structures=None) -> list[dict]:
     """
     from .structures import chemsys as get_chemsys
 
-    scalar = ["energy", "energy_per_atom", "energy_sigma", "energy_shift"]
+    scalar = ["energy", "energy_per_atom", "energy_sigma", "max_local_sigma", "energy_shift"]
     optional_f = ["max_force", "max_force_sigma", "max_force_halfwidth"]
     out = []
     for k, idx in enumerate(ds["structure"].values.tolist()):

@@ -135,3 +135,32 @@ class ElementReference:
         basis = ds["element_reference_basis"].values if "element_reference_basis" in ds else None
         return cls.from_dict(dict(zip([str(e) for e in ds["element"].values],
                                       ds["element_reference"].values.astype(float))), basis)
+
+
+def cross_fitted_residuals(numbers: Sequence[Sequence[int]], delta_energy, n_folds: int = 5,
+                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold energy residuals: each structure's ``delta − shift`` with the shift from a reference
+    fitted without its fold (K folds of structures, seeded).
+
+    Returns (residuals eV, determined): ``determined[i]`` is False where the other folds do not fix
+    structure i's shift (its residual is then NaN). The residuals of the structures kept are exchangeable
+    with the residual of a new structure under a reference fitted on (K − 1)/K of the data, so scores made
+    from them do not shrink as in-sample residuals do (see docs/conformal.md for what this guarantees).
+    """
+    delta = np.asarray(delta_energy, dtype=float)
+    n = len(delta)
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    folds = np.random.default_rng(seed).permutation(n) % min(n_folds, n)
+    out = np.full(n, np.nan)
+    ok = np.zeros(n, dtype=bool)
+    for k in np.unique(folds):
+        test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        if not len(train):
+            continue
+        ref = ElementReference().fit([numbers[i] for i in train], delta[train])
+        nums = [numbers[i] for i in test]
+        good, _ = ref.determined(nums)
+        out[test[good]] = delta[test[good]] - ref.predict([nums[j] for j in np.flatnonzero(good)])
+        ok[test] = good
+    return out, ok

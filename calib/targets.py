@@ -7,6 +7,8 @@ name                unit   one point
 =================== ====== ==============================================================
 energy              eV     total energy of a structure (after the element reference)
 energy_difference   eV     E_a − E_b for disjoint random pairs within a chemical system
+energy_difference_  eV     c·(E_a − E_b) − (E_a − E_b)_ref with the chemistry's scalar correction c
+corrected
 forces              eV/Å   one Cartesian force component
 force_norm          eV/Å   |F_ref − F_model| of one atom against √(σx² + σy² + σz²)
 =================== ====== ==============================================================
@@ -29,6 +31,7 @@ import numpy as np
 TARGETS = {
     "energy": ("eV", "total energy of a structure (after the element reference)"),
     "energy_difference": ("eV", "E_a - E_b for disjoint random pairs within a chemical system"),
+    "energy_difference_corrected": ("eV", "c (E_a - E_b) for the same pairs, c the chemistry's scalar correction"),
     "forces": ("eV/Å", "one Cartesian force component"),
     "force_norm": ("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)"),
 }
@@ -85,6 +88,7 @@ def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray,
 
 def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structure=None, numbers=None,
                  atom_descriptors=None, force_sigma=None, energy_errors=None, force_errors=None,
+                 pair_errors=None, energies=None, differences=None, correction=None,
                  targets: Sequence[str] | None = None) -> dict[str, Points]:
     """Points of every target that the inputs allow, for S structures and their N atoms.
 
@@ -96,7 +100,13 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
     atom_structure : (N,) row of each atom's structure; numbers : (N,) atomic numbers
     atom_descriptors : (N, d) per-atom descriptors
     force_sigma : (N, 3) eV/Å — per-component σ (force targets only when given)
-    energy_errors : (S,) eV, after the element reference; force_errors : (N, 3) eV/Å
+    energy_errors : (S,) eV, after the element reference (NaN: no energy point); force_errors : (N, 3) eV/Å
+    pair_errors : (S,) eV — the errors whose differences make the energy-difference points
+        (default ``energy_errors``; calibration passes in-sample residuals here, whose reference
+        cancels within a composition, and cross-fitted ones as ``energy_errors``)
+    energies : (S,) model total energies, eV; differences : dict "raw" / "corrected" of
+        calib.differences.DifferenceVarianceModel; correction : (c, σ_c) arrays per structure
+        (NaN where none) — see :func:`difference_points`
     targets : which targets to build (default: all the inputs allow; energy
         differences only with energy errors, since their pairs are drawn at random)
     """
@@ -109,13 +119,13 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
     if "energy" in want:
         out["energy"] = Points("energy", np.asarray(energy_sigma, dtype=float), np.asarray(features),
                                {"chemsys": chem, "element": chem}, np.arange(S), energy_errors)
-    if "energy_difference" in want and energy_errors is not None:
-        i, j = difference_pairs(chem)
-        if len(i):
-            f, n = np.asarray(features), np.asarray(n_atoms)
-            out["energy_difference"] = Points(
-                "energy_difference", llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]), f[i] - f[j],
-                {"chemsys": chem[i], "element": chem[i]}, i, np.asarray(energy_errors)[i] - np.asarray(energy_errors)[j])
+        if energy_errors is not None:
+            out["energy"] = out["energy"].subset(np.isfinite(energy_errors))
+    pair = energy_errors if pair_errors is None else pair_errors
+    if "energy_difference" in want and pair is not None:
+        out.update(difference_points(llpr, features, n_atoms, chem, pair, energies=energies,
+                                     differences=differences, correction=correction,
+                                     corrected="energy_difference_corrected" in want))
     if force_sigma is not None and ({"forces", "force_norm"} & want):
         sig3 = np.asarray(force_sigma, dtype=float).reshape(-1, 3)
         owner = np.asarray(atom_structure, dtype=int)
@@ -130,4 +140,37 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
             out["force_norm"] = Points("force_norm", np.sqrt((sig3**2).sum(axis=1)), np.asarray(atom_descriptors),
                                        {"chemsys": atom_chem, "element": symbols}, owner,
                                        None if err3 is None else np.linalg.norm(err3, axis=1))
+    return out
+
+
+def difference_points(llpr, features, n_atoms, chemsys, errors, *, energies=None, differences=None,
+                      correction=None, corrected: bool = True, seed: int = 0) -> dict[str, Points]:
+    """Points of the energy-difference targets for disjoint random pairs within each chemistry.
+
+    σ is the LLPR difference σ, or with ``differences["raw"]`` (and model ``energies``) the variance
+    model of calib.differences. With ``differences["corrected"]`` and ``correction`` = (c, σ_c) per
+    structure, also ``energy_difference_corrected``: errors r + (1 − c)·ΔE_model for the pairs whose
+    chemistry has a c, σ from the corrected model.
+    """
+    from .differences import DifferenceVarianceModel  # noqa: F401  (type of the models)
+
+    chem = np.asarray(chemsys, dtype=str)
+    i, j = difference_pairs(chem, seed=seed)
+    if not len(i):
+        return {}
+    f, n = np.asarray(features), np.asarray(n_atoms)
+    v = llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]) ** 2
+    r = np.asarray(errors)[i] - np.asarray(errors)[j]
+    models = differences or {}
+    dE = None if energies is None else np.asarray(energies)[i] - np.asarray(energies)[j]
+    sigma = np.sqrt(v) if "raw" not in models or dE is None else models["raw"].sigma(v, dE)
+    labels = {"chemsys": chem[i], "element": chem[i]}
+    out = {"energy_difference": Points("energy_difference", sigma, f[i] - f[j], labels, i, r)}
+    if corrected and "corrected" in models and correction is not None and dE is not None:
+        c, sc = (np.asarray(x, dtype=float)[i] for x in correction)
+        has = np.isfinite(c)
+        if has.any():
+            sig_c = models["corrected"].sigma(c**2 * v, dE, extra=(sc * dE) ** 2)
+            out["energy_difference_corrected"] = Points(
+                "energy_difference_corrected", sig_c, f[i] - f[j], labels, i, r + (1 - c) * dE).subset(has)
     return out

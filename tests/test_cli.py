@@ -87,6 +87,11 @@ def test_demo(tmp_path):
     assert res["calibrated"] and res["rank"] >= 1
     assert len(res["records"]) >= 4
     assert all(x["energy_sigma"] > 0 and np.isfinite(x["energy_error"]) for x in res["records"])
+    # the printed interval coverage, recomputed from the records: reference energy = model + shift + error
+    inside = [x["energy_interval"][0] <= x["energy"] + x["energy_shift"] + x["energy_error"] <= x["energy_interval"][1]
+              for x in res["records"] if x["energy_interval"] is not None]
+    assert res["heldout_interval_coverage"]["energy"] == pytest.approx(np.mean(inside))
+    assert 0 < res["heldout_interval_coverage"]["forces"] <= 1
     assert (tmp_path / "calibration.nc").exists()
 
 

@@ -45,7 +45,8 @@ def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
 
     d, summary, test = calibrated
     art = Artifact.load(d / "CAL.nc", model=chgnet)
-    assert set(art.conformal) == {"energy", "energy_difference", "forces", "force_norm"}
+    assert set(art.conformal) == {"energy", "energy_difference", "energy_difference_corrected", "forces",
+                                  "force_norm"}
     ev = evaluate(art, chgnet, test, return_points=True)
     # the criterion: held-out force coverage at α = 0.1 within ±5 % of nominal
     assert abs(ev["forces"]["coverage"] - (1 - ALPHA)) <= 0.05, ev["forces"]

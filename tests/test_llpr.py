@@ -219,3 +219,17 @@ def test_checkpoint_resume_is_bitwise_identical(chgnet, tmp_path):
     assert resumed.n_structures == 10
     with pytest.raises(ValueError, match="input structures differ"):
         accumulate_hessian(chgnet, structs[:8], batch_size=2, checkpoint=ck, progress=False)
+
+
+def test_local_energy_sigma_against_brute_force(chgnet, prototypes, small_llpr):
+    """Per-atom σ = sqrt(α² φ_aᵀ (H + ς² I)⁻¹ φ_a) by an explicit inverse; and the per-atom features pool
+    to the structure's: α² (Σ_a φ_a)ᵀ Σ (Σ_a φ_a) is the total-energy variance."""
+    L = small_llpr
+    pred = chgnet.predict(prototypes[:4], forces=False)
+    local = L.local_energy_sigma(pred.atom_descriptors)
+    cov = np.linalg.inv(L.hessian_ + L.sigma2_ * np.eye(L.n_features))
+    phi = pred.atom_descriptors
+    np.testing.assert_allclose(local, np.sqrt(L.alpha2_ * np.einsum("ad,de,ae->a", phi, cov, phi)), rtol=1e-6)
+    summed = np.stack([phi[pred.atom_structure == i].sum(axis=0) for i in range(4)])
+    np.testing.assert_allclose(L.energy_sigma(pred.features, pred.n_atoms),
+                               np.sqrt(L.alpha2_ * np.einsum("sd,de,se->s", summed, cov, summed)), rtol=1e-6)

@@ -1,0 +1,75 @@
+"""The energy-difference variance model (calib.differences) against brute force."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def test_fit_recovers_known_parameters_and_matches_a_brute_force_minimum():
+    from scipy.optimize import brute
+
+    from calib.differences import DifferenceVarianceModel
+
+    rng = np.random.default_rng(0)
+    n = 6000
+    v = 10 ** rng.uniform(-4, -1, n)  # LLPR variances spanning three decades, eV²
+    dE = rng.normal(0, 0.5, n)
+    beta, kappa2, tau2 = 2.0, 0.04, 0.01
+    r = rng.normal(0, np.sqrt(beta * v + kappa2 * dE**2 + tau2))
+    m = DifferenceVarianceModel().fit(v, dE, r)
+    assert m.beta_ == pytest.approx(beta, rel=0.15)
+    assert m.kappa2_ == pytest.approx(kappa2, rel=0.1)
+    assert m.tau2_ == pytest.approx(tau2, rel=0.15)
+
+    def nll(x):
+        var = np.exp(x[0]) * v + np.exp(x[1]) * dE**2 + np.exp(x[2])
+        return 0.5 * np.mean(np.log(2 * np.pi * var) + r**2 / var)
+
+    best = brute(nll, [(-1, 2), (-5, -1), (-6, -3)], Ns=25, finish=None)
+    assert m.nll_ <= nll(best) + 1e-9  # no worse than the grid's best point
+    assert m.nll_ == pytest.approx(nll(np.log([m.beta_, m.kappa2_, m.tau2_])))
+
+
+def test_predictor_difference_sigma_by_brute_force(chgnet):
+    """σ(E_i − E_0) = sqrt(β α² dᵀ(H + ς²I)⁻¹d + κ² ΔE² + τ²), d = N_i f_i − N_0 f_0; the corrected one adds
+    c² and the correction's own variance, and the intervals are q·σ about ΔE and c·ΔE."""
+    from calib import CalibratedPredictor, datasets
+    from calib.artifact import Artifact
+    from calib.conformal import ConformalCalibrator
+    from calib.differences import DifferenceVarianceModel, correction_sigma
+    from calib.softening import ScalarCorrection
+
+    art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
+    raw, cor = DifferenceVarianceModel(3.0, 0.05, 0.002), DifferenceVarianceModel(1.5, 0.01, 0.001)
+    cal = ConformalCalibrator(0.1).fit(np.linspace(-2, 2, 99), np.ones(99))
+    cal_c = ConformalCalibrator(0.2).fit(np.linspace(-2, 2, 99), np.ones(99))
+    art = art.replace(differences={"raw": raw, "corrected": cor},
+                      conformal={**art.conformal, "energy_difference": cal, "energy_difference_corrected": cal_c},
+                      corrections=ScalarCorrection({"Si": (1.3, -5.2)}, {"Si": (1.2, 1.4)}))
+    images = datasets.load("high-energy-states", chemsys="Si")[:4]
+    images[2] = images[2][[1, 0, 2, 3, 4, 5, 6, 7]]  # same composition, atoms in another order
+    ds = CalibratedPredictor(chgnet, art).energy_differences(images)
+    pred = chgnet.predict(images, forces=False)
+    L = art.llpr
+    cov = np.linalg.inv(L.hessian_ + L.sigma2_ * np.eye(L.n_features))
+    d = pred.n_atoms[:, None] * pred.features - pred.n_atoms[0] * pred.features[0]
+    v = L.alpha2_ * np.einsum("sd,de,se->s", d, cov, d)
+    dE = pred.energy - pred.energy[0]
+    np.testing.assert_allclose(ds.energy_difference.values, dE, atol=1e-9)
+    sig = np.sqrt(3.0 * v + 0.05 * dE**2 + 0.002)
+    np.testing.assert_allclose(ds.energy_difference_sigma.values, sig, rtol=1e-6)
+    np.testing.assert_allclose(ds.energy_difference_high.values - dE, cal.quantile_ * sig, rtol=1e-6)
+    sc = correction_sigma((1.2, 1.4))
+    sig_c = np.sqrt(1.5 * 1.3**2 * v + 0.01 * dE**2 + 0.001 + (sc * dE) ** 2)
+    np.testing.assert_allclose(ds.energy_difference_corrected.values, 1.3 * dE, atol=1e-9)
+    np.testing.assert_allclose(ds.energy_difference_corrected_sigma.values, sig_c, rtol=1e-6)
+    np.testing.assert_allclose(ds.energy_difference_corrected_low.values, 1.3 * dE - cal_c.quantile_ * sig_c,
+                               rtol=1e-6)
+    # another composition than the reference image: no interval, and why
+    other = datasets.load("high-energy-states", chemsys="Si-C")[:1]
+    ds2 = CalibratedPredictor(chgnet, art).energy_differences(images[:2] + other)
+    assert np.isnan(ds2.energy_difference_low.values[2]) and "differs from the reference" in str(
+        ds2.difference_reason.values[2])
