@@ -4,6 +4,7 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 
 - :class:`CalibratedPredictor` — structures → xarray.Dataset of energies, forces, σ,
   conformal intervals and corrections (the one prediction path)
+- :class:`CalibratedCalculator` — the same as an ASE calculator (σ and intervals in ``results``)
 - :func:`load_model`, :class:`~calib.models.base.Prediction` (models)
 - :func:`build_hessian`, :func:`calibrate`, :func:`evaluate`, :func:`measure_softening`,
   :func:`decide` (recipes, :mod:`calib.pipeline`)
@@ -23,6 +24,7 @@ __version__ = "0.2.0"
 
 _API = {
     "CalibratedPredictor": "calib.predictor",
+    "CalibratedCalculator": "calib.calculator",
     "load_model": "calib.models",
     "Prediction": "calib.models.base",
     "build_hessian": "calib.pipeline",

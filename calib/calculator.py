@@ -1,0 +1,110 @@
+"""``CalibratedCalculator``: an ASE calculator with calibrated uncertainties and the scalar correction.
+
+It drops into ``ase.optimize``, ``ase.md`` and ``ase.mep.NEB`` like any calculator. Besides
+``energy`` (eV), ``free_energy``, ``forces`` (eV/Å) and ``stress`` (eV/Å³, Voigt), ``results`` hold,
+as ASE's mixing calculators do with their extras:
+
+======================  ==================================================================
+key                     meaning
+======================  ==================================================================
+energy_uncertainty      calibrated LLPR σ of the total energy, eV
+forces_uncertainty      calibrated LLPR σ of each force component, eV/Å, shape (N, 3)
+energy_interval         conformal interval (low, high) for the reference-code total energy, eV,
+                        or None where the element reference does not determine it
+corrected               whether energy, forces and stress are the scalar-corrected ones
+correction              the factor c used (1.0 when not corrected)
+uncorrected_energy      the model's own energy, eV (present when corrected)
+======================  ==================================================================
+
+With ``correction=True`` and a correction stored in the artifact for the structure's chemistry,
+``energy`` is E_anchor + c (E − E_anchor) and ``forces``/``stress`` are multiplied by c
+(docs/softening.md); σ and intervals stay those of the uncorrected model, which is what they were
+calibrated on. With ``uncertainties=False`` a call costs one model pass, as the plain model does.
+
+Calculators built with the same model, calibration file and device share one loaded model and
+artifact (as the images of an NEB do), or pass ``predictor=`` to share one explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from .predictor import CalibratedPredictor
+
+_SHARED: dict = {}
+
+
+def shared_predictor(model="chgnet", calibration=None, device: str = "cpu") -> CalibratedPredictor:
+    """One predictor per (model, calibration file, device) in this process."""
+    key = (str(model), None if calibration is None else os.path.abspath(os.fspath(calibration)), str(device))
+    if key not in _SHARED:
+        if calibration is None:
+            from .models import load_model
+
+            _SHARED[key] = CalibratedPredictor(load_model(model, device=device))
+        else:
+            _SHARED[key] = CalibratedPredictor.from_file(calibration, None if model in (None, "auto") else model,
+                                                         device=device)
+    return _SHARED[key]
+
+
+class CalibratedCalculator(Calculator):
+    """ASE calculator: a calib model with calibrated σ, conformal intervals and the scalar correction.
+
+    Parameters
+    ----------
+    model : str or ModelAdapter — "chgnet" (default) or any name :func:`calib.load_model` takes.
+    calibration : path to a calibrated artifact, or None (the plain model, no σ).
+    correction : bool — apply the stored scalar correction of the structure's chemistry.
+    uncertainties : bool — compute σ (force σ costs one reverse pass per feature direction, or
+        per kept direction with ``force_mode="approx"``).
+    force_mode : "exact" or "approx" (the directions kept at calibration).
+    device : str
+    predictor : CalibratedPredictor, optional — share one across calculators.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model="chgnet", calibration=None, *, correction: bool = True, uncertainties: bool = True,
+                 force_mode: str = "exact", device: str = "cpu", predictor: CalibratedPredictor | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.predictor = predictor if predictor is not None else shared_predictor(model, calibration, device)
+        has_artifact = self.predictor.artifact is not None
+        self.correction = bool(correction) and has_artifact
+        self.uncertainties = bool(uncertainties) and has_artifact
+        self.force_mode = force_mode
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        want_stress = "stress" in properties
+        ds = self.predictor.predict([self.atoms], forces=True, stress=want_stress,
+                                    force_mode=self.force_mode if self.uncertainties else "none")
+        err = str(ds["error"].values[0])
+        if err:
+            raise ValueError(f"calib cannot evaluate this structure: {err}")
+        energy = float(ds["energy"].values[0])
+        forces = ds["forces"].values.copy()
+        stress = ds["stress"].values[0].copy() if want_stress else None
+        c = float(ds["correction"].values[0]) if "correction" in ds else np.nan
+        corrected = self.correction and np.isfinite(c)
+        results = {"corrected": bool(corrected), "correction": c if corrected else 1.0}
+        if corrected:
+            results["uncorrected_energy"] = energy
+            energy = float(ds["energy_corrected"].values[0])
+            forces = ds["forces_corrected"].values.copy()
+            stress = None if stress is None else c * stress
+        results.update(energy=energy, free_energy=energy, forces=forces)
+        if stress is not None:
+            results["stress"] = stress
+        if self.uncertainties:
+            results["energy_uncertainty"] = float(ds["energy_sigma"].values[0])
+            if "forces_sigma" in ds:
+                results["forces_uncertainty"] = ds["forces_sigma"].values.copy()
+            if "energy_low" in ds:
+                lo, hi = float(ds["energy_low"].values[0]), float(ds["energy_high"].values[0])
+                results["energy_interval"] = (lo, hi) if np.isfinite(lo) else None
+        self.results = results

@@ -1,0 +1,92 @@
+"""CalibratedCalculator: the plain model's numbers, σ in results, the correction, and a real ASE NEB."""
+
+import pathlib
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def plain(chgnet):
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    return CHGNetCalculator(model=chgnet.model, use_device="cpu")
+
+
+def test_equals_chgnets_own_calculator_and_reports_sigma(chgnet, plain):
+    from calib import CalibratedCalculator
+    from calib.artifact import Artifact
+    from calib.predictor import CalibratedPredictor
+
+    art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
+    predictor = CalibratedPredictor(chgnet, art)
+    atoms = bulk("Si", "diamond", 5.43, cubic=True)
+    atoms.positions += np.random.default_rng(0).normal(0, 0.05, atoms.positions.shape)
+    ref = atoms.copy()
+    ref.calc = plain
+    for uncertainties in (False, True):
+        a = atoms.copy()
+        a.calc = CalibratedCalculator(predictor=predictor, correction=False, uncertainties=uncertainties)
+        assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-4)
+        np.testing.assert_allclose(a.get_forces(), ref.get_forces(), atol=1e-4)
+        np.testing.assert_allclose(a.get_stress(), ref.get_stress(), atol=1e-5)
+        res = a.calc.results
+        assert res["corrected"] is False and ("energy_uncertainty" in res) == uncertainties
+    ds = predictor.predict(atoms, forces=True)
+    assert res["energy_uncertainty"] == pytest.approx(float(ds.energy_sigma[0]))
+    np.testing.assert_allclose(res["forces_uncertainty"], ds.forces_sigma.values)
+    assert res["energy_interval"] == pytest.approx((float(ds.energy_low[0]), float(ds.energy_high[0])))
+
+    # with the stored Si correction: E_anchor + c (E − E_anchor), c·F, c·σ_stress; σ unchanged
+    c, anchor = art.corrections.factor("Si")
+    a = atoms.copy()
+    a.calc = CalibratedCalculator(predictor=predictor, uncertainties=False)
+    e, n = ref.get_potential_energy(), len(atoms)
+    assert a.get_potential_energy() == pytest.approx(n * anchor + c * (e - n * anchor), abs=2e-4)
+    np.testing.assert_allclose(a.get_forces(), c * ref.get_forces(), atol=2e-4)
+    np.testing.assert_allclose(a.get_stress(), c * ref.get_stress(), atol=2e-5)
+    assert a.calc.results["corrected"] and a.calc.results["correction"] == c
+
+
+def test_neb_relaxes_with_the_calculator_and_images_share_one_model(chgnet, plain, tmp_path):
+    """A climbing-image NEB of an Al vacancy hop (7 atoms, 3 movable images) converges with ase.mep.NEB;
+    the image energies equal the plain model's on the final path, and the σ of each image is reported."""
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    from calib import CalibratedCalculator
+    from calib.artifact import Artifact
+
+    Artifact.load(DATA / "legacy_v1.nc", model=chgnet).save(tmp_path / "CAL.nc")
+    cell = bulk("Al", "fcc", 4.04, cubic=True) * (2, 1, 1)
+    initial = cell.copy()
+    del initial[0]
+    final = initial.copy()
+    hop = int(np.argmin(np.linalg.norm(cell.positions[1:] - cell.positions[0], axis=1)))
+    final.positions[hop] = cell.positions[0]
+    calcs = [CalibratedCalculator("chgnet", tmp_path / "CAL.nc", uncertainties=False) for _ in range(5)]
+    assert all(c.predictor is calcs[0].predictor for c in calcs)  # one model and artifact for all images
+    for end, calc in ((initial, calcs[0]), (final, calcs[4])):
+        end.calc = calc
+        FIRE(end, logfile=None).run(fmax=0.02, steps=200)
+    images = [initial] + [initial.copy() for _ in range(3)] + [final]
+    for im, calc in zip(images[1:4], calcs[1:4]):
+        im.calc = calc
+    neb = NEB(images, climb=True)
+    neb.interpolate(mic=True)
+    assert FIRE(neb, logfile=None).run(fmax=0.05, steps=400)
+    energies = [im.get_potential_energy() for im in images]
+    for im, e in zip(images, energies):
+        ref = im.copy()
+        ref.calc = plain
+        assert e == pytest.approx(ref.get_potential_energy(), abs=1e-4)  # Al is not corrected: plain energies
+    assert 0 < int(np.argmax(energies)) < 4 and max(energies) - energies[0] > 0.05
+    with_sigma = CalibratedCalculator("chgnet", tmp_path / "CAL.nc", force_mode="approx")
+    saddle = images[int(np.argmax(energies))].copy()
+    saddle.calc = with_sigma
+    saddle.get_potential_energy()
+    assert with_sigma.results["energy_uncertainty"] > 0 and with_sigma.results["forces_uncertainty"].shape == (7, 3)
+    assert with_sigma.results["energy_interval"] is None  # Al is absent from this artifact's reference
