@@ -482,6 +482,77 @@ def decide_cmd(
         typer.echo(f"{len(requested)} requested structure(s) written to {request_out}")
 
 
+@app.command("neb")
+def neb_cmd(
+    images: List[Path] = typer.Argument(..., help="NEB images in path order (extxyz, ASE trajectory)"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    reference: Optional[Path] = typer.Option(None, "--reference",
+                                             help="labelled images (same order) to compare with, e.g. DFT"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write the profile with 1σ/2σ bands (PNG)"),
+    model: str = ModelOpt,
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
+    calibrated intervals, raw and with the stored scalar correction."""
+    from .artifact import Artifact, ArtifactError
+    from .neb import band, plot_band, summary
+    from .predictor import CalibratedPredictor
+    from .structures import get_energy
+
+    structs = _read(images, as_json)
+    ref = None
+    if reference is not None:
+        labelled = _read([reference], as_json)
+        ref = [get_energy(a) for a in labelled]
+        if len(ref) != len(structs) or any(e is None for e in ref):
+            _fail(f"--reference must hold one labelled image per image ({len(structs)}), got {len(ref)} "
+                  f"with {sum(e is None for e in ref)} unlabelled", as_json)
+    m = _model(model, device, as_json)
+    try:
+        ds = band(CalibratedPredictor(m, Artifact.load(calibration)), structs, batch_size=batch_size)
+    except (ArtifactError, ValueError) as exc:
+        _fail(str(exc), as_json)
+    rec = summary(ds, ref)
+    if plot is not None:
+        plot_band(ds, plot, ref)
+        rec["plot"] = str(plot)
+    if as_json:
+        emit_json(rec)
+        return
+    alpha = ds.attrs.get("alpha")
+    typer.echo(f"{rec['chemsys']}: {len(structs)} images, highest model image {rec['highest_image']}; "
+               f"intervals at α = {alpha} (eV, relative to image 0)")
+    head = f"{'image':>5} {'E - E0':>8} {'σ':>7}" + (f" {'corrected':>9} {'σ':>7}" if "energies_corrected" in rec else "")
+    head += f" {'reference':>9}" if ref is not None else ""
+    typer.echo(head)
+    for k, e in enumerate(rec["energies"]):
+        line = f"{k:>5} {e:>8.3f} {rec['energy_sigmas'][k]:>7.3f}"
+        if "energies_corrected" in rec:
+            line += f" {rec['energies_corrected'][k]:>9.3f} {rec['energy_sigmas_corrected'][k]:>7.3f}"
+        if ref is not None:
+            line += f" {rec['reference_energies'][k]:>9.3f}"
+        typer.echo(line)
+    for suffix in ("", "_corrected"):
+        if f"barrier_forward{suffix}" not in rec:
+            continue
+        for name in ("forward", "reverse", "kra"):
+            key = f"barrier_{name}{suffix}"
+            lo, hi = rec[f"{key}_interval"]
+            extra = ""
+            if ref is not None:
+                extra = f"   reference {rec[f'reference_barrier_{name}']:.3f} " + (
+                    "inside" if rec[f"{key}_covers_reference"] else "OUTSIDE")
+            typer.echo(f"{key:<27} {rec[key]:.3f} ± {rec[f'{key}_sigma']:.3f} eV   [{lo:.3f}, {hi:.3f}]{extra}")
+    if ref is not None:
+        typer.echo(f"reference energies inside the raw band: {rec['n_inside']}/{rec['n_images_compared']}"
+                   + (f", corrected: {rec['n_inside_corrected']}/{rec['n_images_compared']}"
+                      if "n_inside_corrected" in rec else ""))
+    if plot is not None:
+        typer.echo(f"profile written to {plot}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),

@@ -90,3 +90,22 @@ def test_neb_relaxes_with_the_calculator_and_images_share_one_model(chgnet, plai
     saddle.get_potential_energy()
     assert with_sigma.results["energy_uncertainty"] > 0 and with_sigma.results["forces_uncertainty"].shape == (7, 3)
     assert with_sigma.results["energy_interval"] is None  # Al is absent from this artifact's reference
+
+
+def test_runs_in_ase_md_with_sigma_in_results(chgnet):
+    """Velocity Verlet for a few steps: the calculator is an ordinary ASE calculator there too."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    from calib import CalibratedCalculator
+    from calib.artifact import Artifact
+    from calib.predictor import CalibratedPredictor
+
+    predictor = CalibratedPredictor(chgnet, Artifact.load(DATA / "legacy_v1.nc", model=chgnet))
+    atoms = bulk("Si", "diamond", 5.43, cubic=True)
+    atoms.positions += np.random.default_rng(1).normal(0, 0.05, atoms.positions.shape)
+    atoms.calc = CalibratedCalculator(predictor=predictor, correction=False, force_mode="approx")
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, 1.0 * units.fs).run(5)
+    assert abs(atoms.get_total_energy() - e0) < 0.02 * len(atoms)  # energy is conserved over 5 fs
+    assert atoms.calc.results["energy_uncertainty"] > 0 and atoms.calc.results["forces_uncertainty"].shape == (8, 3)

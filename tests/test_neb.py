@@ -1,0 +1,117 @@
+"""NEB error bars: band covariance and barrier σ against a Monte Carlo of the model; the shipped paths."""
+
+import glob
+import os
+import pathlib
+
+import ase.io
+import numpy as np
+import pytest
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def hand_artifact(chgnet):
+    from calib.artifact import Artifact
+    from calib.conformal import ConformalCalibrator
+    from calib.differences import DifferenceVarianceModel
+
+    art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
+    cal = ConformalCalibrator(0.1).fit(np.linspace(-2, 2, 99), np.ones(99))
+    return art.replace(differences={"raw": DifferenceVarianceModel(5.0, 0.04, 0.003)},
+                       conformal={**art.conformal, "energy_difference": cal})
+
+
+def test_band_covariance_and_barriers_against_monte_carlo(chgnet, hand_artifact):
+    """Draw readout weights w ~ N(0, α² (H + ς² I)⁻¹) scaled by √β, one softening draw κ z ΔE_i shared by the
+    path, and independent per-image noise of variance τ²/2: the sample covariance of E_i − E_0 and of the
+    barriers matches calib.neb's closed forms."""
+    from calib import datasets
+    from calib.neb import band
+    from calib.predictor import CalibratedPredictor
+
+    images = datasets.load("high-energy-states", chemsys="Si")[:5]
+    ds = band(CalibratedPredictor(chgnet, hand_artifact), images)
+    pred = chgnet.predict(images, forces=False)
+    L = hand_artifact.llpr
+    model = hand_artifact.differences["raw"]
+    cov_w = L.alpha2_ * np.linalg.inv(L.hessian_ + L.sigma2_ * np.eye(L.n_features))
+    rng = np.random.default_rng(0)
+    n = 400_000
+    w = rng.multivariate_normal(np.zeros(L.n_features), cov_w, size=n, method="eigh") * np.sqrt(model.beta_)
+    X = pred.n_atoms[:, None] * pred.features  # E_i = N_i f_i · w (per-atom model)
+    E = w @ X.T
+    D = pred.energy - pred.energy[0]
+    E += np.sqrt(model.kappa2_) * rng.normal(size=(n, 1)) * D[None, :]
+    E += np.sqrt(model.tau2_ / 2) * rng.normal(size=E.shape)
+    rel = E[:, 1:] - E[:, :1]
+    sample = np.cov(rel, rowvar=False)
+    np.testing.assert_allclose(ds["covariance"].values, sample, rtol=0.03, atol=3e-4)
+    m, M = int(ds.attrs["highest_image"]), len(images) - 1
+    full = np.concatenate([np.zeros((n, 1)), rel], axis=1)
+    draws = {"forward": full[:, m], "reverse": full[:, m] - full[:, M], "kra": full[:, m] - full[:, M] / 2}
+    for name, x in draws.items():
+        assert float(ds[f"barrier_{name}_sigma"]) == pytest.approx(x.std(), rel=0.02), name
+    q = hand_artifact.conformal["energy_difference"].quantile_
+    assert float(ds["barrier_forward_high"]) == pytest.approx(D[m] + q * float(ds["barrier_forward_sigma"]))
+
+
+def test_correlated_barrier_sigma_is_smaller_than_the_independent_formula(chgnet, hand_artifact):
+    """Neighbouring images share most of their error (LLPR features, the softening), so the reverse barrier
+    E_m − E_M has a smaller σ than √(σ_m² + σ_M²), which treats them as independent."""
+    from calib import datasets
+    from calib.neb import band
+    from calib.predictor import CalibratedPredictor
+
+    images = datasets.load("high-energy-states", chemsys="Si")[:5]
+    ds = band(CalibratedPredictor(chgnet, hand_artifact), images)
+    C = ds["covariance"].values
+    assert np.all(C[np.triu_indices(len(C), 1)] > 0)  # positively correlated images
+    for name in ("reverse", "kra"):
+        assert float(ds[f"barrier_{name}_sigma"]) < float(ds[f"barrier_{name}_sigma_independent"])
+
+
+# what docs/neb.md reports for the shipped paths (GPAW barrier, CHGNet barrier, corrected barrier, whether
+# GPAW's forward barrier lies inside the raw and the corrected 90 % intervals)
+SHIPPED = {
+    "LiF": (0.647, 0.444, 0.576, True, True),
+    "NaCl": (0.635, 0.656, 0.678, True, True),
+    "Li2O": (0.255, 0.251, 0.306, True, True),
+    "Al": (0.668, 0.363, 0.436, False, True),
+    "Si": (0.385, 0.952, 1.496, False, False),
+}
+
+
+@pytest.mark.slow
+def test_shipped_paths_against_gpaw(chgnet, tmp_path):
+    from typer.testing import CliRunner
+
+    from calib import datasets
+    from calib.cli import app
+    from calib.pipeline import build_hessian, calibrate, measure_softening, store_corrections
+
+    art, _ = build_hessian(chgnet, datasets.load("equilibrium-proxy"), progress=False)
+    data = datasets.load("high-energy-states")
+    cal = calibrate(art, chgnet, data, target="energy", with_forces=False, progress=False).artifact
+    store_corrections(cal, measure_softening(chgnet, data, n_bootstrap=1000).results).save(tmp_path / "CAL.nc")
+    root = os.path.join(datasets.root(), "neb")
+    files = [os.path.join(root, "LiF-vacancy-hop.extxyz")] + glob.glob(os.path.join(root, "paths", "*-hop.extxyz"))
+    seen = set()
+    import json
+
+    for f in files:
+        name = os.path.basename(f).split("-vacancy")[0]
+        r = CliRunner().invoke(app, ["neb", f, "--calibration", str(tmp_path / "CAL.nc"), "--reference", f, "--json"])
+        assert r.exit_code == 0, r.output
+        rec = json.loads(r.stdout)
+        gpaw, raw, corrected, raw_in, corr_in = SHIPPED[name]
+        e = [a.get_potential_energy() for a in ase.io.read(f, ":")]
+        assert rec["reference_barrier_forward"] == pytest.approx(max(e) - e[0], abs=1e-6)
+        assert rec["reference_barrier_forward"] == pytest.approx(gpaw, abs=5e-4)
+        assert rec["barrier_forward"] == pytest.approx(raw, abs=5e-4)
+        assert rec["barrier_forward_corrected"] == pytest.approx(corrected, abs=5e-4)
+        assert rec["barrier_forward_covers_reference"] == raw_in, name
+        assert rec["barrier_forward_corrected_covers_reference"] == corr_in, name
+        seen.add(name)
+    assert seen == set(SHIPPED)
