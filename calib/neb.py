@@ -30,6 +30,25 @@ from .predictor import CalibratedPredictor, as_structures
 BARRIERS = ("forward", "reverse", "kra")
 
 
+def vacancy_hop(cell, species: str | None = None):
+    """(initial, final) end points of a vacancy hop in ``cell`` (ASE Atoms, unrelaxed): the first atom of
+    ``species`` (default: the first atom's) is removed and its nearest same-species neighbour (minimum
+    image) moves onto the vacant site."""
+    import numpy as np
+
+    symbols = cell.get_chemical_symbols()
+    species = species or symbols[0]
+    same = [i for i, s in enumerate(symbols) if s == species]
+    vac, others = same[0], same[1:]
+    d = cell.get_distances(vac, others, mic=True, vector=True)
+    hop = others[int(np.argmin(np.linalg.norm(d, axis=1)))]
+    initial = cell.copy()
+    del initial[vac]
+    final = initial.copy()
+    final.positions[hop - 1 if hop > vac else hop] += -d[others.index(hop)]
+    return initial, final
+
+
 def difference_covariance(llpr, features, n_atoms) -> np.ndarray:
     """LLPR covariance (eV²) of E_i − E_0 for i = 1 … M from the pooled features of images 0 … M."""
     C = llpr.energy_covariance(features, n_atoms)

@@ -152,8 +152,6 @@ def difference_points(llpr, features, n_atoms, chemsys, errors, *, energies=None
     structure, also ``energy_difference_corrected``: errors r + (1 − c)·ΔE_model for the pairs whose
     chemistry has a c, σ from the corrected model.
     """
-    from .differences import DifferenceVarianceModel  # noqa: F401  (type of the models)
-
     chem = np.asarray(chemsys, dtype=str)
     i, j = difference_pairs(chem, seed=seed)
     if not len(i):

@@ -9,22 +9,16 @@ Needs a calibrated artifact, e.g. from `calib demo` (calib-demo/calibration.nc):
 
 import sys
 
-import numpy as np
 from ase.build import bulk
 from ase.mep import NEB
 from ase.optimize import FIRE
 
 from calib import CalibratedCalculator
-from calib.neb import band, summary
+from calib.neb import band, summary, vacancy_hop
 
 
 def main(calibration: str) -> dict:
-    cell = bulk("Al", "fcc", 4.04, cubic=True) * (2, 1, 1)
-    initial = cell.copy()
-    del initial[0]
-    final = initial.copy()
-    hop = int(np.argmin(np.linalg.norm(cell.positions[1:] - cell.positions[0], axis=1)))
-    final.positions[hop] = cell.positions[0]
+    initial, final = vacancy_hop(bulk("Al", "fcc", 4.04, cubic=True) * (2, 1, 1))
     calc = lambda: CalibratedCalculator("chgnet", calibration, uncertainties=False)  # noqa: E731
     for end in (initial, final):
         end.calc = calc()

@@ -59,14 +59,15 @@ def test_neb_relaxes_with_the_calculator_and_images_share_one_model(chgnet, plai
 
     from calib import CalibratedCalculator
     from calib.artifact import Artifact
+    from calib.neb import vacancy_hop
 
     Artifact.load(DATA / "legacy_v1.nc", model=chgnet).save(tmp_path / "CAL.nc")
     cell = bulk("Al", "fcc", 4.04, cubic=True) * (2, 1, 1)
-    initial = cell.copy()
-    del initial[0]
-    final = initial.copy()
-    hop = int(np.argmin(np.linalg.norm(cell.positions[1:] - cell.positions[0], axis=1)))
-    final.positions[hop] = cell.positions[0]
+    initial, final = vacancy_hop(cell)
+    # the hopping atom lands on the vacant site: a nearest-neighbour distance a/√2 away
+    moved = np.linalg.norm(final.positions - initial.positions, axis=1)
+    assert np.sort(moved)[-1] == pytest.approx(4.04 / np.sqrt(2)) and np.sort(moved)[-2] == 0
+    assert np.min(np.linalg.norm(final.positions[moved > 0] - cell.positions[0], axis=1)) < 1e-9
     calcs = [CalibratedCalculator("chgnet", tmp_path / "CAL.nc", uncertainties=False) for _ in range(5)]
     assert all(c.predictor is calcs[0].predictor for c in calcs)  # one model and artifact for all images
     for end, calc in ((initial, calcs[0]), (final, calcs[4])):
