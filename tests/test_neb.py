@@ -115,3 +115,38 @@ def test_shipped_paths_against_gpaw(chgnet, tmp_path):
         assert rec["barrier_forward_corrected_covers_reference"] == corr_in, name
         seen.add(name)
     assert seen == set(SHIPPED)
+
+
+def test_cli_neb_refuses_a_mixed_path_with_a_named_error(tmp_path, chgnet):
+    import json
+
+    from typer.testing import CliRunner
+
+    from calib import datasets
+    from calib.cli import app
+
+    mixed = datasets.load("high-energy-states", chemsys="Si")[:2] + datasets.load("high-energy-states",
+                                                                                   chemsys="Si-C")[:1]
+    ase.io.write(tmp_path / "mixed.extxyz", mixed, format="extxyz")
+    r = CliRunner().invoke(app, ["neb", str(tmp_path / "mixed.extxyz"), "--calibration", str(DATA / "legacy_v1.nc"),
+                                 "--json"])
+    assert r.exit_code == 1
+    err = json.loads(r.stdout)["error"]
+    # a schema-1 artifact has no energy-difference model: that is said first, before any image is predicted
+    assert "energy-difference model" in err
+    r = CliRunner().invoke(app, ["neb", str(tmp_path / "mixed.extxyz"), "--calibration", str(DATA / "legacy_v1.nc"),
+                                 "--reference", str(tmp_path / "mixed.extxyz"), "--json"])
+    assert r.exit_code == 1 and "energy-difference model" in json.loads(r.stdout)["error"]
+
+
+def test_band_refuses_images_of_different_compositions(chgnet, hand_artifact):
+    from calib import datasets
+    from calib.neb import band
+    from calib.predictor import CalibratedPredictor
+
+    mixed = datasets.load("high-energy-states", chemsys="Si")[:2] + datasets.load("high-energy-states",
+                                                                                   chemsys="Si-C")[:1]
+    with pytest.raises(ValueError, match="different compositions"):
+        band(CalibratedPredictor(chgnet, hand_artifact), mixed)
+    with pytest.raises(ValueError, match="at least 3 images"):
+        band(CalibratedPredictor(chgnet, hand_artifact), mixed[:2])
