@@ -18,7 +18,8 @@ error r_c = ΔE_ref − c·ΔE_model, and its variance
 
     var_c(ΔE) = β_c · c² var_LLPR + κ_c² · ΔE_model² + τ_c² + σ_c² · ΔE_model²
 
-uses the uncertainty of c itself (σ_c from its bootstrap CI, the known ``extra`` term) and a residual
+uses the uncertainty of c itself (σ_c from its bootstrap CI, calib.softening.correction_sigma: the known
+``extra`` term) and a residual
 κ_c² fitted on the corrected errors: what the one scalar does not fix.
 """
 
@@ -95,14 +96,6 @@ class DifferenceVarianceModel:
                    float(ds[f"{prefix}_tau2"].values))
         self.n_pairs_ = int(ds[f"{prefix}_kappa2"].attrs.get("n_pairs", 0))
         return self
-
-
-def correction_sigma(ci, confidence: float = 0.95) -> float:
-    """σ of a correction factor c from its bootstrap CI (Gaussian reading: half-width / z)."""
-    from scipy.stats import norm
-
-    lo, hi = ci
-    return float((hi - lo) / (2 * norm.ppf(0.5 + confidence / 2)))
 
 
 def pairs_within(groups) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .differences import correction_sigma
 from .predictor import CalibratedPredictor, as_structures
 
 BARRIERS = ("forward", "reverse", "kra")
@@ -117,8 +116,7 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
     chem = str(ds["chemsys"].values[0])
     variants = [("", 1.0, 0.0, art.differences["raw"], art.conformal.get("energy_difference"))]
     if chem in art.corrections and "corrected" in art.differences:
-        c, _ = art.corrections.factor(chem)
-        sc = correction_sigma(art.corrections.ci[chem]) if chem in art.corrections.ci else 0.0
+        c, sc = art.corrections.factor(chem)[0], art.corrections.sigma(chem)
         variants.append(("_corrected", c, sc, art.differences["corrected"],
                          art.conformal.get("energy_difference_corrected")))
     for suffix, c, sc, model, cal in variants:

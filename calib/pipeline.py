@@ -101,8 +101,8 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
     ``raw`` is fitted on r = ΔE_ref − ΔE_model; ``corrected`` on r + (1 − c) ΔE_model with c fitted on
     the forces of each chemistry's structures (calib.softening, structure bootstrap for σ_c).
     """
-    from .differences import DifferenceVarianceModel, correction_sigma, pairs_within
-    from .softening import fit_softening_by_chemsys
+    from .differences import DifferenceVarianceModel, pairs_within
+    from .softening import correction_sigma, fit_softening_by_chemsys
 
     comp = [f"{c}|{a.get_chemical_formula()}" for c, a in zip(pred.chemsys, structs)]
     i, j = pairs_within(comp)
@@ -346,14 +346,11 @@ def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], 
 
 def stored_correction(artifact: Artifact, chemsys) -> tuple[np.ndarray, np.ndarray] | None:
     """(c, σ_c) per structure from the artifact's stored scalar corrections (NaN where none)."""
-    from .differences import correction_sigma
-
     corr = artifact.corrections
     if not len(corr):
         return None
     c = np.array([corr.factor(ch)[0] if ch in corr else np.nan for ch in chemsys])
-    sc = np.array([correction_sigma(corr.ci[ch]) if ch in corr and ch in corr.ci else np.nan for ch in chemsys])
-    return c, sc
+    return c, np.array([corr.sigma(ch) for ch in chemsys])
 
 
 def evaluate(

@@ -179,8 +179,6 @@ class CalibratedPredictor:
         (c·ΔE), ``energy_difference_corrected_sigma``, ``..._corrected_low/high``; ``difference_reason``
         says why a row has no interval (another composition than the reference structure, skipped).
         """
-        from .differences import correction_sigma
-
         if self.artifact is None:
             raise ValueError("energy differences with σ need a calibration artifact")
         structs = list(as_structures(structures))
@@ -216,8 +214,7 @@ class CalibratedPredictor:
         chem = str(ds["chemsys"].values[reference])
         cor, cal_c = art.differences.get("corrected"), art.conformal.get("energy_difference_corrected")
         if chem in art.corrections and cor is not None:
-            c, _ = art.corrections.factor(chem)
-            sc = correction_sigma(art.corrections.ci[chem]) if chem in art.corrections.ci else 0.0
+            c, sc = art.corrections.factor(chem)[0], art.corrections.sigma(chem)
             sig_c = cor.sigma(c**2 * v, dE, extra=(sc * dE) ** 2)
             out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
             out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
@@ -264,9 +261,10 @@ class CalibratedPredictor:
             "structure_index": ("a", ok[pred.atom_structure]),
             "numbers": ("a", pred.numbers),
         }
+        max_force = _per_structure_max(np.abs(pred.forces), pred) if forces else None
         if forces:
             out["forces"] = ("a", pred.forces)
-            out["max_force"] = ("s", s(_per_structure_max(np.abs(pred.forces), pred)))
+            out["max_force"] = ("s", s(max_force))
         if pred.stress is not None:
             out["stress"] = ("s", s(pred.stress.reshape(-1, 9)[:, [0, 4, 8, 5, 2, 1]]))
         if descriptors:
@@ -323,7 +321,7 @@ class CalibratedPredictor:
             if forces:
                 c_atom = np.nan_to_num(c, nan=1.0)[pred.atom_structure]
                 out["forces_corrected"] = ("a", c_atom[:, None] * pred.forces)
-                out["max_force_corrected"] = ("s", s(c * _per_structure_max(np.abs(pred.forces), pred)))
+                out["max_force_corrected"] = ("s", s(c * max_force))
         return out
 
     def _dataset(self, arrays: dict, forces: bool):

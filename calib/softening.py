@@ -162,6 +162,14 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
     return out
 
 
+def correction_sigma(ci, confidence: float = 0.95) -> float:
+    """σ of a correction factor c from its bootstrap CI (Gaussian reading: half-width / z), dimensionless."""
+    from scipy.stats import norm
+
+    lo, hi = ci
+    return float((hi - lo) / (2 * norm.ppf(0.5 + confidence / 2)))
+
+
 @dataclass
 class ScalarCorrection:
     """Per-chemistry scalar correction: forces × c, stress × c, E_anchor + c (E − E_anchor).
@@ -194,6 +202,13 @@ class ScalarCorrection:
     def factor(self, chemsys: str) -> tuple[float, float]:
         """(c, anchor eV/atom); (1, 0) for a chemistry without a correction."""
         return self.factors.get(chemsys, (1.0, 0.0))
+
+    def sigma(self, chemsys: str) -> float:
+        """σ_c of the chemistry's factor from its stored CI (:func:`correction_sigma`); 0 without a CI, NaN
+        for a chemistry without a correction."""
+        if chemsys not in self.factors:
+            return float("nan")
+        return correction_sigma(self.ci[chemsys]) if chemsys in self.ci else 0.0
 
     def apply(self, chemsys: str, n_atoms: int, energy=None, forces=None, stress=None):
         """Corrected (energy eV, forces eV/Å, stress eV/Å³); None passes through."""

@@ -39,8 +39,8 @@ def test_predictor_difference_sigma_by_brute_force(chgnet):
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
     from calib.conformal import ConformalCalibrator
-    from calib.differences import DifferenceVarianceModel, correction_sigma
-    from calib.softening import ScalarCorrection
+    from calib.differences import DifferenceVarianceModel
+    from calib.softening import ScalarCorrection, correction_sigma
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     raw, cor = DifferenceVarianceModel(3.0, 0.05, 0.002), DifferenceVarianceModel(1.5, 0.01, 0.001)
