@@ -32,6 +32,8 @@ difference_<m>_beta       ()                     energy-difference variance mode
 difference_<m>_kappa2     ()                     ``corrected``: β (1), κ² (1), τ² (eV²),
 difference_<m>_tau2       ()                     see calib.differences
 element_reference_basis   (element_basis, element)  span of the calibration compositions (1)
+ood_mean, ood_components  (feature), (ood_component, feature)  Q-residual PCA of the calibration
+ood_threshold             ()                     structures' per-atom descriptors (calib.ood)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): see :mod:`calib.targets`.
@@ -58,6 +60,7 @@ import numpy as np
 from .conformal import ConformalCalibrator
 from .differences import DifferenceVarianceModel
 from .llpr import LLPR
+from .ood import QResidualDetector
 from .ncio import ArtifactError, read, write_atomic
 from .reference import ElementReference
 from .softening import ScalarCorrection
@@ -84,6 +87,7 @@ class Artifact:
     conformal : dict target → calib.conformal.ConformalCalibrator
     differences : dict "raw" | "corrected" → calib.differences.DifferenceVarianceModel
     corrections : calib.softening.ScalarCorrection (per chemsys c, its CI, anchor)
+    ood : calib.ood.QResidualDetector or None — fitted on the calibration structures
     attrs : dict — provenance and notes
     """
 
@@ -95,6 +99,7 @@ class Artifact:
     conformal: dict = field(default_factory=dict)
     differences: dict = field(default_factory=dict)
     corrections: ScalarCorrection = field(default_factory=ScalarCorrection)
+    ood: QResidualDetector | None = None
     attrs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -148,6 +153,8 @@ class Artifact:
         for name, model in self.differences.items():
             variables.update(model.to_variables(f"difference_{name}"))
         variables.update(self.corrections.to_variables())
+        if self.ood is not None:
+            variables.update(self.ood.to_variables("ood"))
         coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
         d = self.llpr.n_features
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
@@ -185,7 +192,8 @@ class Artifact:
             attrs.pop(k, None)
         return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
                    stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal, differences=differences,
-                   corrections=ScalarCorrection.from_variables(ds), attrs=attrs)
+                   corrections=ScalarCorrection.from_variables(ds),
+                   ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None, attrs=attrs)
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:

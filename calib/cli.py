@@ -95,6 +95,43 @@ def _report_issues(issues, as_json: bool) -> None:
             typer.echo(f"  {issue}", err=True)
 
 
+@app.callback()
+def _configure(
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="torch CPU threads. Default: $CALIB_THREADS, else $OMP_NUM_THREADS, else the "
+        "usable CPUs minus those other processes keep busy now (docs/scaling.md)"),
+):
+    """Calibrated uncertainties and softening diagnostics for universal interatomic potentials."""
+    from .threads import configure_threads
+
+    try:
+        configure_threads(threads)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def _client(workers: Optional[int], scheduler: Optional[str], as_json: bool):
+    """A dask Client for --workers / --scheduler, or None."""
+    if workers is None and not scheduler:
+        return None
+    if workers is not None and scheduler:
+        _fail("give --workers or --scheduler, not both", as_json)
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be >= 1, got {workers}", as_json)
+    try:
+        from .distributed import start_client
+
+        return start_client(workers=workers, scheduler=scheduler)
+    except ImportError:
+        _fail("--workers/--scheduler need dask.distributed: pip install 'dask[distributed]'", as_json)
+    except OSError as exc:
+        _fail(f"could not reach the dask scheduler {scheduler}: {exc}", as_json)
+
+
+WorkersOpt = typer.Option(None, "--workers", help="run batches on a new dask LocalCluster of N worker processes")
+SchedulerOpt = typer.Option(None, "--scheduler", help="run batches on the dask cluster at this address "
+                            "(e.g. tcp://host:8786, from dask-jobqueue)")
 ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped) or 'chgnet:VERSION'")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
@@ -110,19 +147,29 @@ def hessian(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="resume file, saved every K batches"),
     checkpoint_every: int = typer.Option(10, "--checkpoint-every"),
     force_weight: float = typer.Option(0.0, "--force-weight", help="add force rows Σ JᵀJ with this weight"),
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
     as_json: bool = JsonOpt,
 ):
     """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures."""
     from .pipeline import build_hessian
 
+    if (workers is not None or scheduler) and checkpoint is not None:
+        _fail("--checkpoint is for serial runs; drop it with --workers/--scheduler", as_json)
     structs = _read(structures, as_json)
     m = _model(model, device, as_json)
+    client = _client(workers, scheduler, as_json)
     try:
         art, issues = build_hessian(m, structs, batch_size=batch_size, force_weight=force_weight,
                                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                    progress=not as_json, source=",".join(map(str, structures)))
+                                    progress=not as_json, source=",".join(map(str, structures)), client=client)
     except ValueError as exc:
         _fail(str(exc), as_json)
+    finally:
+        if client is not None:
+            from .distributed import close_client
+
+            close_client(client)
     art.save(out)
     L = art.llpr
     summary = {"out": str(out), "n_structures": L.n_structures_, "n_features": L.n_features, "rank": L.rank_,
@@ -551,6 +598,78 @@ def neb_cmd(
                       if "n_inside_corrected" in rec else ""))
     if plot is not None:
         typer.echo(f"profile written to {plot}")
+
+
+@app.command("screen")
+def screen_cmd(
+    structures: List[Path] = typer.Argument(..., help="structure files (extxyz, ASE .db, any ASE format) or "
+                                            "folders of CIF/POSCAR/... files; streamed, never held whole"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact (calib calibrate)"),
+    out: Path = typer.Option(..., "-o", "--out", help="results (netCDF, one row per structure, grows per batch)"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="also write the rows as CSV at the end"),
+    forces: bool = typer.Option(False, "--forces", help="force σ and conformal half-widths (approximate mode, "
+                                "≈ 2–3× the cost of energies and forces alone) and the --force-tol check"),
+    force_tol: float = typer.Option(0.1, "--force-tol", help="largest conformal force half-width trusted, eV/Å "
+                                    "(with --forces)"),
+    energy_tol: Optional[float] = typer.Option(None, "--energy-tol", help="largest energy half-width trusted, "
+                                               "eV/atom (default: no energy tolerance)"),
+    batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
+                                   "the results file"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run into the same -o"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing -o"),
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="default: the model named in the artifact"),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Screen structures: energy, σ, interval, Q score, (force σ), trusted or not and why, per structure."""
+    from .artifact import ArtifactError
+    from .screen import screen
+
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}", as_json)
+    if not (math.isfinite(force_tol) and force_tol > 0):
+        _fail(f"--force-tol must be a positive number of eV/Å, got {force_tol}", as_json)
+    if energy_tol is not None and not (math.isfinite(energy_tol) and energy_tol > 0):
+        _fail(f"--energy-tol must be a positive number of eV/atom, got {energy_tol}", as_json)
+    if not calibration.is_file():
+        _fail(f"calibration artifact {calibration} does not exist", as_json)
+    inputs = {p.resolve() for p in structures} | {calibration.resolve()}
+    for o in filter(None, (out, csv)):
+        if o.resolve() in inputs:
+            _fail(f"{o} is an input; write the results to another file", as_json)
+        if not o.resolve().parent.is_dir():
+            _fail(f"the folder of {o} does not exist", as_json)
+    if csv is not None and csv.exists() and not overwrite:
+        _fail(f"{csv} exists; pass --overwrite to replace it", as_json)
+    client = _client(workers, scheduler, as_json)
+    try:
+        summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,
+                         forces=forces, force_tol=force_tol, energy_tol=energy_tol, batch_size=batch_size,
+                         resume=resume, overwrite=overwrite, client=client, progress=not as_json)
+    except (ValueError, FileExistsError, ArtifactError) as exc:
+        _fail(str(exc), as_json)
+    finally:
+        if client is not None:
+            from .distributed import close_client
+
+            close_client(client)
+    if csv is not None:
+        from .screen import read_results
+
+        read_results(out).to_dataframe().to_csv(csv)
+        summary["csv"] = str(csv)
+    if as_json:
+        emit_json(summary)
+        return
+    typer.echo(f"{summary['n_total']} structures: {summary['n_trusted']} trusted, {summary['n_untrusted']} "
+               f"untrusted, {summary['n_failed']} failed; rows in {out}" + (f" and {csv}" if csv else ""))
+    typer.echo(f"{'chemsys':<16} {'trusted':>8} {'untrusted':>10} {'failed':>7}")
+    for chem, c in summary["by_chemsys"].items():
+        typer.echo(f"{chem:<16} {c['trusted']:>8} {c['untrusted']:>10} {c['failed']:>7}")
+    if summary["reasons"]:
+        typer.echo("not trusted because: " + "; ".join(f"{k} ({v})" for k, v in summary["reasons"].items()))
 
 
 @app.command()

@@ -73,6 +73,16 @@ class HessianAccumulator:
             self.H.addmm_(J, J.T, alpha=self.force_weight * float(s) ** 2 / J.shape[1])
         return self
 
+    def add_batch(self, model: ModelAdapter, structures: Sequence[Atoms]) -> HessianAccumulator:
+        """Run ``model`` on one batch of validated structures and add its features (and force rows)."""
+        out = model.forward_batch(structures, forces=False, stress=False)
+        self.update(out.features)
+        if self.force_weight:
+            jac = feature_gradients(model, structures, np.eye(model.n_features))
+            self.update_force_rows(jac, total_scale(out.n_atoms.cpu().numpy(), model.energy_convention))
+        self.n_batches += 1
+        return self
+
     def merge(self, other: HessianAccumulator) -> HessianAccumulator:
         """A new accumulator holding both sums (disjoint shards of one input; same weights)."""
         if other.n_features != self.n_features:
@@ -192,13 +202,7 @@ def accumulate_hessian(
         if stop_after is not None and done_here >= stop_after:
             bar.close()
             raise Interrupted(f"stopped after {done_here} batches ({acc.n_batches} in total)")
-        batch = [kept[i] for i in idx]
-        out = model.forward_batch(batch, forces=False, stress=False)
-        acc.update(out.features)
-        if force_weight:
-            jac = feature_gradients(model, batch, np.eye(model.n_features))
-            acc.update_force_rows(jac, total_scale(out.n_atoms.cpu().numpy(), model.energy_convention))
-        acc.n_batches += 1
+        acc.add_batch(model, [kept[i] for i in idx])
         done_here += 1
         bar.update(1)
         if checkpoint is not None and (acc.n_batches % checkpoint_every == 0 or acc.n_batches == len(all_batches)):

@@ -40,13 +40,25 @@ def build_hessian(
     checkpoint_every: int = 10,
     progress: bool = True,
     source: str = "",
+    client=None,
 ) -> tuple[Artifact, list[StructureIssue]]:
     """Accumulate H over unlabelled ``structures`` and return an artifact of stage "hessian".
 
-    Returns (artifact, issues); ``issues`` lists the structures skipped.
+    Returns (artifact, issues); ``issues`` lists the structures skipped. With a
+    ``dask.distributed.Client`` the batches run on its workers, each loading the
+    model by its name (calib.distributed); checkpoints are for serial runs.
     """
-    res = accumulate_hessian(model, structures, batch_size=batch_size, force_weight=force_weight,
-                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
+    if client is not None:
+        from .distributed import distributed_hessian
+        from .models import model_spec
+
+        if checkpoint is not None:
+            raise ValueError("checkpoints are for serial runs: a distributed accumulation reruns lost shards itself")
+        res = distributed_hessian(client, model_spec(model.describe()), structures, device=str(model.device),
+                                  batch_size=batch_size, force_weight=force_weight, progress=progress)
+    else:
+        res = accumulate_hessian(model, structures, batch_size=batch_size, force_weight=force_weight,
+                                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
     if res.n_structures == 0:
         raise ValueError("no valid structures to accumulate the Hessian from: "
                          + "; ".join(str(i) for i in res.issues[:5]))
@@ -282,8 +294,12 @@ def calibrate(
         "conformal_quantile": {k: c.quantile_ for k, c in conformal.items()},
         "conformal_fallback": {k: dict(c.fallback_) for k, c in conformal.items()},
     }
+    from .ood import QResidualDetector
+
+    ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure)
+    summary["ood_components"], summary["ood_threshold"] = ood.n_components_, ood.threshold_
     art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
-                           differences=differences,
+                           differences=differences, ood=ood,
                            attrs={**artifact.attrs, "calibration_target": target,
                                   "calibration_n_structures": len(structs),
                                   "element_reference_note": "least squares on element counts of E_ref - E_model "

@@ -21,6 +21,8 @@ energy                  structure               model total energy, eV
 energy_per_atom         structure               eV/atom
 energy_sigma            structure               calibrated LLPR σ of the total energy, eV
 max_local_sigma         structure               largest per-atom energy σ, eV
+q_score                 structure               largest atomic Q residual ÷ the threshold fitted on the
+                                                calibration structures (> 1: out of their distribution)
 energy_shift            structure               per-element reference Σ n_el μ_el fitted at calibration, eV
 energy_centre           structure               energy + energy_shift: the model's estimate of the
                                                 reference code's total energy, eV (the centre of the interval)
@@ -72,7 +74,7 @@ _UNITS = {
     "energy_corrected": "eV", "max_force": "eV/Å", "max_force_sigma": "eV/Å", "max_force_halfwidth": "eV/Å",
     "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
     "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
-    "stress": "eV/Å^3",
+    "stress": "eV/Å^3", "q_score": "1",
 }
 _DESCRIPTIONS = {
     "energy": "model total energy",
@@ -80,6 +82,7 @@ _DESCRIPTIONS = {
     "local_energy_sigma": "LLPR sigma of the atom's energy contribution (local prediction rigidity)",
     "max_local_sigma": "largest per-atom energy sigma of the structure",
     "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
+    "q_score": "largest atomic Q residual / threshold of the calibration structures (> 1: out of distribution)",
     "energy_centre": "energy + energy_shift: the model's estimate of the reference code's total energy",
     "energy_low": "lower end of the conformal interval for the reference-code total energy",
     "energy_high": "upper end of the conformal interval for the reference-code total energy",
@@ -279,6 +282,8 @@ class CalibratedPredictor:
         local = L.local_energy_sigma(pred.atom_descriptors)
         out["local_energy_sigma"] = ("a", local)
         out["max_local_sigma"] = ("s", s(_per_structure_max(local[:, None], pred)))
+        if art.ood is not None:
+            out["q_score"] = ("s", s(art.ood.structure_scores(pred.atom_descriptors, pred.atom_structure, n_ok)))
         f_sig = None
         if forces and force_mode != "none":
             fvar = L.force_variance(self.model, kept, mode=force_mode, batch_size=batch_size)

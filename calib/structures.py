@@ -212,11 +212,13 @@ def check_structure(
     present or required, a finite energy (eV) and forces (eV/Å) of shape
     (n_atoms, 3).
     """
-    name = structure_name(atoms) if len(atoms) else "empty"
+    name = structure_name(atoms) if len(atoms) or atoms.info.get("name") else "empty"
 
     def fail(problem: str):
         raise StructureError(index, problem, name)
 
+    if atoms.info.get("read_error"):
+        fail(str(atoms.info["read_error"]))
     if len(atoms) == 0:
         fail("has no atoms")
     pos = atoms.get_positions()

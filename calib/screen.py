@@ -1,0 +1,471 @@
+"""Screening: stream candidate structures through a calibrated predictor and flag the untrustworthy.
+
+One row per input structure, written to a netCDF file that grows batch by
+batch, so that neither the input nor the results are ever held whole:
+
+=======================  =====================================================================
+variable (dim structure) meaning
+=======================  =====================================================================
+name, chemsys            ``info["name"]`` or the formula; elements by electronegativity
+status                   "trusted", "untrusted" or "failed"
+trusted                  1 when every trust check passed, else 0
+reason                   why a row is not trusted ("; "-joined), or why it failed
+n_atoms                  atoms (0 for a failed row)
+energy                   model total energy, eV
+energy_per_atom          eV/atom
+energy_sigma             calibrated LLPR σ of the total energy, eV
+energy_sigma_per_atom    σ_E / N, eV/atom
+max_local_sigma          largest per-atom energy σ, eV
+energy_centre            energy + per-element shift: centre of the interval, eV (reference-code energy)
+energy_low, energy_high  conformal interval for the reference-code total energy, eV
+q_score                  largest atomic Q residual ÷ its calibration threshold (> 1: out of distribution)
+max_force                largest |force component|, eV/Å (model forces)
+max_force_sigma          largest force-component σ, eV/Å (``forces=True``, approximate mode)
+max_force_halfwidth      widest conformal force half-width, eV/Å (``forces=True``)
+correction               scalar correction c stored for the chemistry (NaN: none)
+energy_corrected         energy after the stored correction, eV
+=======================  =====================================================================
+
+A structure is *trusted* when it was predicted, lies inside the distribution
+of the calibration structures (Q score ≤ 1, :mod:`calib.ood`), has an energy
+interval (every element known to the energy reference), and, where
+tolerances are set, its calibrated errors are within them: the conformal
+force half-width (``force_tol``, eV/Å, with ``forces=True``) and the energy
+half-width per atom (``energy_tol``, eV/atom).
+
+Resuming: beside the results lies ``<out>.resume.json`` holding the rows
+committed (after the netCDF file was synced), the settings, and a chained
+SHA-256 over the structures consumed. ``resume=True`` checks both, skips the
+committed structures without predicting them and writes on from the next row;
+rows written after the last commit are written again with the same values, so
+a run killed at any point (SIGKILL included) resumes without gaps or
+duplicates. The file is netCDF-3 (64-bit offset): its records are appended
+in place, with no index structures that a kill mid-write could tear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from ase import Atoms
+
+from .structures import structures_fingerprint
+
+#: (name, kind, units) of every column; kind "f" float64, "i" int32, "s" text
+COLUMNS = [
+    ("name", "s", ""), ("chemsys", "s", ""), ("status", "s", ""), ("trusted", "i", "1"), ("reason", "s", ""),
+    ("n_atoms", "i", "1"), ("energy", "f", "eV"), ("energy_per_atom", "f", "eV/atom"),
+    ("energy_sigma", "f", "eV"), ("energy_sigma_per_atom", "f", "eV/atom"), ("max_local_sigma", "f", "eV"),
+    ("energy_centre", "f", "eV"), ("energy_low", "f", "eV"), ("energy_high", "f", "eV"), ("q_score", "f", "1"),
+    ("max_force", "f", "eV/Å"), ("max_force_sigma", "f", "eV/Å"), ("max_force_halfwidth", "f", "eV/Å"),
+    ("correction", "f", "1"), ("energy_corrected", "f", "eV"),
+]
+_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512}
+STATUSES = ("trusted", "untrusted", "failed")
+
+
+# --------------------------------------------------------------------------- input
+
+
+def iter_structures(sources: Iterable) -> Iterator[Atoms]:
+    """Structures from files, folders, ASE databases or objects, one at a time.
+
+    A file is read frame by frame (``ase.io.iread``); an ASE database (``.db``)
+    row by row; a folder file by file in sorted order (CIF, POSCAR, extxyz ...,
+    every frame of each). A file that cannot be read, or a frame after which a
+    file cannot be read on, yields one placeholder whose ``info["read_error"]``
+    says why: it becomes a failed row and the stream goes on.
+    """
+    import ase.io
+
+    for src in sources:
+        if isinstance(src, Atoms):
+            yield src
+            continue
+        if not isinstance(src, (str, os.PathLike)):
+            from .structures import to_atoms
+
+            yield to_atoms(src)
+            continue
+        path = os.fspath(src)
+        if os.path.isdir(path):
+            yield from iter_structures(os.path.join(path, f) for f in sorted(os.listdir(path))
+                                       if not f.startswith("."))
+            continue
+        if not os.path.exists(path):
+            yield _placeholder(path, f"structure file not found: {path}")
+            continue
+        if path.endswith(".db"):
+            from ase.db import connect
+
+            for row in connect(path).select():
+                atoms = row.toatoms(add_additional_information=True)
+                atoms.info.update(atoms.info.pop("key_value_pairs", {}) or {})
+                atoms.info.setdefault("source", f"{os.path.basename(path)}:id={row.id}")
+                yield atoms
+            continue
+        k = 0
+        try:
+            for atoms in ase.io.iread(path, index=":"):
+                atoms.info.setdefault("source", f"{os.path.basename(path)}:{k}")
+                k += 1
+                yield atoms
+        except Exception as exc:  # ASE raises many types for unreadable files
+            where = f"frame {k} of {path}" if k else path
+            yield _placeholder(f"{os.path.basename(path)}:{k}", f"could not read {where}: {type(exc).__name__}: {exc}")
+            continue
+        if k == 0:
+            yield _placeholder(os.path.basename(path), f"no structure could be read from {path}")
+
+
+def _placeholder(name: str, problem: str) -> Atoms:
+    return Atoms(info={"name": name, "read_error": problem})
+
+
+def count_structures(sources) -> int | None:
+    """Number of structures in ``sources`` when it can be known cheaply (for the progress bar), else None."""
+    total = 0
+    for src in sources:
+        if isinstance(src, Atoms):
+            total += 1
+            continue
+        path = os.fspath(src)
+        if os.path.isdir(path):
+            n = count_structures([os.path.join(path, f) for f in os.listdir(path) if not f.startswith(".")])
+        elif path.endswith(".db") and os.path.exists(path):
+            from ase.db import connect
+
+            n = connect(path).count()
+        elif path.endswith((".xyz", ".extxyz")) and os.path.exists(path):
+            n = _count_xyz_frames(path)
+        elif os.path.isfile(path) and not path.endswith((".traj", ".xyz", ".extxyz")):
+            n = 1  # CIF / POSCAR: one structure per file (a multi-frame file only moves the bar on)
+        else:
+            n = None
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _count_xyz_frames(path) -> int | None:
+    """Frames of an (ext)xyz file, from the atom count heading each frame (no parsing of the rest)."""
+    n = 0
+    with open(path, "rb") as fh:
+        while True:
+            line = fh.readline()
+            if not line:
+                return n
+            if not line.strip():
+                continue
+            try:
+                skip = int(line) + 1
+            except ValueError:
+                return None
+            for _ in range(skip):
+                fh.readline()
+            n += 1
+
+
+# --------------------------------------------------------------------------- one batch
+
+
+def screen_batch(predictor, structures: list, start: int, *, forces: bool = False, force_tol: float = 0.1,
+                 energy_tol: float | None = None, batch_size: int = 16) -> dict:
+    """Rows for ``structures`` (input positions ``start`` ...): column name → array (see :data:`COLUMNS`)."""
+    ds = predictor.predict(structures, forces=True, force_mode="approx" if forces else "none",
+                           batch_size=batch_size)
+    n = len(structures)
+    rows = {}
+    for name, kind, _ in COLUMNS:
+        if name in ds and kind != "s":
+            rows[name] = np.asarray(ds[name].values, dtype=float if kind == "f" else np.int32)
+        else:
+            rows[name] = np.full(n, np.nan) if kind == "f" else (np.zeros(n, np.int32) if kind == "i"
+                                                                   else np.array([""] * n, dtype=object))
+    for name in ("name", "chemsys"):
+        rows[name] = np.asarray(ds[name].values, dtype=object)
+    rows["n_atoms"] = np.asarray(ds["n_atoms"].values, dtype=np.int32)
+    ok = rows["n_atoms"] > 0
+    rows["energy_sigma_per_atom"] = np.where(ok, rows["energy_sigma"] / np.maximum(rows["n_atoms"], 1), np.nan)
+    errors = ds["error"].values
+    interval_reason = ds["energy_interval_reason"].values if "energy_interval_reason" in ds else [""] * n
+    for k in range(n):
+        if errors[k]:
+            rows["status"][k], rows["reason"][k] = "failed", str(errors[k])
+            continue
+        why = trust_reasons({c: rows[c][k] for c in rows}, str(interval_reason[k]), forces=forces,
+                            force_tol=force_tol, energy_tol=energy_tol)
+        rows["trusted"][k] = int(not why)
+        rows["status"][k] = "untrusted" if why else "trusted"
+        rows["reason"][k] = "; ".join(why)
+    rows["structure"] = np.arange(start, start + n)
+    return rows
+
+
+def trust_reasons(row: dict, interval_reason: str = "", *, forces: bool, force_tol: float | None,
+                  energy_tol: float | None) -> list[str]:
+    """Why one predicted row is not trusted (empty list: trusted)."""
+    why = []
+    q = row.get("q_score", np.nan)
+    if np.isfinite(q) and q > 1:
+        why.append(f"out of distribution of the calibration structures (Q = {q:.3g} × threshold)")
+    if interval_reason:
+        why.append(interval_reason)
+    elif energy_tol is not None and np.isfinite(row["energy_high"]):
+        half = 0.5 * (row["energy_high"] - row["energy_low"]) / row["n_atoms"]
+        if half > energy_tol:
+            why.append(f"calibrated energy error ±{half:.3g} eV/atom above tolerance {energy_tol:g} eV/atom")
+    if forces and force_tol is not None:
+        h = row.get("max_force_halfwidth", np.nan)
+        if np.isfinite(h) and h > force_tol:
+            why.append(f"calibrated force error ±{h:.3g} eV/Å above tolerance {force_tol:g} eV/Å")
+    return why
+
+
+# --------------------------------------------------------------------------- results file
+
+
+class ResultsWriter:
+    """Append screening rows to a netCDF-3 file with an unlimited ``structure`` dimension, and
+    commit the row count to ``<path>.resume.json`` after each sync (see the module doc)."""
+
+    def __init__(self, path, settings: dict, *, resume: bool = False, overwrite: bool = False):
+        import netCDF4
+
+        self.path = os.fspath(path)
+        self.journal = self.path + ".resume.json"
+        self.settings = settings
+        self.rows, self.chain, self.complete = 0, "", False
+        if resume and os.path.exists(self.path) and os.path.exists(self.journal):
+            with open(self.journal) as fh:
+                state = json.load(fh)
+            if state.get("settings") != settings:
+                diff = sorted(k for k in set(settings) | set(state.get("settings", {}))
+                              if settings.get(k) != state.get("settings", {}).get(k))
+                raise ValueError(f"{self.path} was written with other settings ({', '.join(diff)}); "
+                                 "rerun with the same options or write to another file")
+            self.rows, self.chain = int(state["rows"]), str(state["chain"])
+            self.complete = bool(state.get("complete"))
+            self.nc = netCDF4.Dataset(self.path, "a")
+            return
+        if os.path.exists(self.path) and not overwrite:
+            hint = "pass --resume to continue it or --overwrite to replace it" if os.path.exists(self.journal) \
+                else "pass --overwrite to replace it"
+            raise FileExistsError(f"{self.path} exists; {hint}")
+        self.nc = netCDF4.Dataset(self.path, "w", format="NETCDF3_64BIT_OFFSET")
+        self.nc.createDimension("structure", None)
+        for name, n in _TEXT_LEN.items():
+            self.nc.createDimension(f"{name}_strlen", n)
+        v = self.nc.createVariable("structure", "i4", ("structure",))
+        v.description = "position of the structure in the input stream"
+        for name, kind, units in COLUMNS:
+            if kind == "s":
+                v = self.nc.createVariable(name, "S1", ("structure", f"{name}_strlen"))
+                v._Encoding = "utf-8"
+            else:
+                v = self.nc.createVariable(name, "f8" if kind == "f" else "i4", ("structure",),
+                                           fill_value=np.nan if kind == "f" else None)
+                v.units = units
+        self.nc.setncatts({k: (json.dumps(v) if isinstance(v, (dict, list, bool)) or v is None else v)
+                           for k, v in settings.items()})
+        self._commit()
+
+    def write(self, rows: dict, fingerprint: str) -> None:
+        """Write one batch at the next rows, sync, then commit the count and the chained input hash."""
+        start = int(rows["structure"][0])
+        if start != self.rows:
+            raise RuntimeError(f"batch starts at row {start}, expected {self.rows}")
+        sl = slice(start, start + len(rows["structure"]))
+        self.nc["structure"][sl] = rows["structure"]
+        for name, kind, _ in COLUMNS:
+            if kind == "s":
+                n = _TEXT_LEN[name]
+                text = [_clip(str(t), n).decode("utf-8") for t in rows[name]]
+                self.nc[name][sl] = np.array(text, dtype=f"U{n}")  # to chars by the variable's _Encoding
+            else:
+                self.nc[name][sl] = rows[name]
+        self.nc.sync()
+        self.rows = sl.stop
+        self.chain = chain_hash(self.chain, fingerprint)
+        self._commit()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._commit()
+        self.close()
+
+    def close(self) -> None:
+        if self.nc.isopen():
+            self.nc.close()
+
+    def _commit(self) -> None:
+        tmp = f"{self.journal}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump({"rows": self.rows, "chain": self.chain, "complete": self.complete,
+                       "settings": self.settings}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.journal)
+
+
+def _clip(text: str, n: int) -> bytes:
+    """UTF-8 bytes of ``text`` cut to at most ``n`` bytes without splitting a character."""
+    raw = text.encode("utf-8")
+    return raw if len(raw) <= n else raw[:n].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def chain_hash(previous: str, fingerprint: str) -> str:
+    return hashlib.sha256((previous + fingerprint).encode()).hexdigest()
+
+
+def batch_fingerprint(structures: list) -> str:
+    """Identity of one batch of input: atoms, cells and names (read errors included)."""
+    names = "\0".join(f"{a.info.get('name', '')}|{a.info.get('read_error', '')}" for a in structures)
+    return hashlib.sha256((structures_fingerprint(structures) + names).encode()).hexdigest()
+
+
+def read_results(path):
+    """The screening results at ``path`` as an xarray Dataset (text decoded, in memory)."""
+    import xarray as xr
+
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _batched(stream: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in stream:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
+           force_tol: float | None = 0.1, energy_tol: float | None = None, batch_size: int = 16,
+           resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
+           stop_after: int | None = None) -> dict:
+    """Screen every structure of ``sources`` and write one row each to ``out`` (netCDF).
+
+    Parameters
+    ----------
+    sources : files (extxyz, ASE db, any ASE-readable format), folders of such files, or Atoms.
+    calibration : path of a calibrated artifact (stage "calibrated").
+    out : path of the results file; it must not exist unless ``resume`` or ``overwrite``.
+    model : model spec or adapter; None: the one named in the artifact.
+    forces : bool — force σ and conformal half-widths (approximate mode) and the force tolerance check.
+    force_tol : float, eV/Å — largest conformal force half-width still trusted (with ``forces``).
+    energy_tol : float or None, eV/atom — largest energy half-width per atom still trusted.
+    batch_size : int — structures per batch (one row of the file is committed per batch).
+    resume : bool — continue an interrupted run of the same input and settings.
+    client : dask.distributed.Client or None — screen batches on its workers (calib.distributed).
+    stop_after : int or None — stop after that many batches in this call (tests, time limits).
+
+    Returns a summary: ``n_total``, ``n_trusted``, ``n_untrusted``, ``n_failed``, per chemistry
+    counts, the commonest reasons, the output path.
+    """
+    from tqdm.auto import tqdm
+
+    calibration = os.fspath(calibration)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
+        raise ValueError(f"force_tol must be a positive number of eV/Å, got {force_tol}")
+    if energy_tol is not None and not (np.isfinite(energy_tol) and energy_tol > 0):
+        raise ValueError(f"energy_tol must be a positive number of eV/atom, got {energy_tol}")
+    sources = [sources] if isinstance(sources, (str, os.PathLike, Atoms)) else list(sources)
+    settings = {"calibration_sha256": file_sha256(calibration), "forces": int(forces),
+                "force_tol": float("nan") if force_tol is None else float(force_tol),
+                "energy_tol": float("nan") if energy_tol is None else float(energy_tol),
+                "batch_size": int(batch_size), "model": str(model or "")}
+    settings = {k: (v if not (isinstance(v, float) and np.isnan(v)) else "none") for k, v in settings.items()}
+    options = dict(forces=forces, force_tol=force_tol, energy_tol=energy_tol, batch_size=batch_size)
+    writer = ResultsWriter(out, settings, resume=resume, overwrite=overwrite)
+    try:
+        stream = _batched(iter_structures(sources), batch_size)
+        chain, skipped = "", 0
+        while skipped < writer.rows:  # the committed rows: re-read (not predicted) to check the input
+            batch = next(stream, None)
+            if batch is None:
+                raise ValueError(f"the input has fewer structures ({skipped}) than {out} has committed rows "
+                                 f"({writer.rows}): not the same input")
+            chain = chain_hash(chain, batch_fingerprint(batch))
+            skipped += len(batch)
+        if skipped != writer.rows or chain != writer.chain:
+            raise ValueError(f"the input differs from the one {out} was started on (its first {writer.rows} "
+                             "structures do not match); pass the same files or write to another file")
+        total = count_structures(sources)
+        bar = tqdm(total=total, initial=writer.rows, desc="screen", unit="structure", disable=not progress,
+                   smoothing=0.1)
+        if client is None:
+            predictor = _predictor(calibration, model, device)
+            results = _serial(predictor, stream, writer, options)
+        else:
+            from .distributed import screen_batches
+
+            results = screen_batches(client, stream, writer.rows, calibration, model, device, options)
+        done = 0
+        for batch, rows in results:
+            writer.write(rows, batch_fingerprint(batch))
+            bar.update(len(batch))
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                break
+        else:
+            writer.finish()
+        bar.close()
+    finally:
+        writer.close()
+    return summarize(out) if writer.complete else {"output": os.fspath(out), "complete": False,
+                                                   "rows": writer.rows}
+
+
+def _serial(predictor, stream, writer, options):
+    start = writer.rows
+    for batch in stream:
+        yield batch, screen_batch(predictor, batch, start, **options)
+        start += len(batch)
+
+
+def _predictor(calibration, model, device):
+    from .predictor import CalibratedPredictor
+
+    return CalibratedPredictor.from_file(calibration, model=model, device=device)
+
+
+def summarize(path) -> dict:
+    """Counts of a results file: totals, per chemistry, and the commonest reasons."""
+    ds = read_results(path)
+    status = ds["status"].values.astype(str)
+    chem = ds["chemsys"].values.astype(str)
+    per_chem: dict = {}
+    for c, s in zip(chem, status):
+        per_chem.setdefault(c or "(failed)", dict.fromkeys(STATUSES, 0))[s] += 1
+    reasons: dict = {}
+    for s, r in zip(status, ds["reason"].values.astype(str)):
+        if s == "untrusted":
+            for part in r.split("; "):
+                key = part.split(" (")[0].split(" ±")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+    return {"output": os.fspath(path), "complete": True, "n_total": int(len(status)),
+            "n_trusted": int((status == "trusted").sum()), "n_untrusted": int((status == "untrusted").sum()),
+            "n_failed": int((status == "failed").sum()), "by_chemsys": per_chem,
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}

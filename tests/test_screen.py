@@ -1,0 +1,226 @@
+"""calib screen: streaming rows, trust rules, bad input, resume after SIGKILL, and Dask (a real LocalCluster)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def cal_file(tmp_path_factory, chgnet):
+    from calib import datasets
+    from calib.pipeline import build_hessian, calibrate
+    from calib.prototypes import perturbed_set
+
+    d = tmp_path_factory.mktemp("screen")
+    hess, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=4), progress=False)
+    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
+    cal = calibrate(hess, chgnet, lab, alpha=0.1, progress=False).artifact
+    path = d / "cal.nc"
+    cal.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stream_file(tmp_path_factory):
+    """Prototypes, then bad frames among them: NaN position, overlapping atoms, unknown element, empty."""
+    import ase.io
+    from ase import Atoms
+
+    from calib.prototypes import perturbed_set
+
+    good = perturbed_set(n_variants=1, rattle=0.05, strain=0.02, seed=11)[:14]
+    nan = good[0].copy()
+    nan.positions[1, 0] = np.nan
+    close = good[1].copy()
+    close.positions[1] = close.positions[0] + 0.1
+    unknown = good[2].copy()
+    unknown.numbers[0] = 100  # Fm: outside CHGNet's elements
+    frames = good[:5] + [nan] + good[5:9] + [close, Atoms(cell=np.eye(3) * 5, pbc=True)] + good[9:] + [unknown]
+    for k, a in enumerate(frames):
+        a.info["name"] = f"frame{k}"
+    path = tmp_path_factory.mktemp("stream") / "stream.extxyz"
+    ase.io.write(path, frames)
+    return path, len(frames), {5: "non-finite position", 10: "closer than", 11: "has no atoms",
+                               len(frames) - 1: "elements the model does not support"}
+
+
+def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
+    """One row per frame in order; bad frames are failed rows naming the problem; the trust column
+    follows from the other columns by the documented rule; numbers equal the predictor's."""
+    from calib import CalibratedPredictor
+    from calib.screen import read_results, screen
+    from calib.structures import read_structures
+
+    path, n, bad = stream_file
+    out = tmp_path / "r.nc"
+    s = screen([path], cal_file, out, model=chgnet, forces=True, force_tol=0.5, batch_size=4, progress=False)
+    ds = read_results(out)
+    assert list(ds["structure"].values) == list(range(n))
+    assert s["n_total"] == n and s["n_failed"] == len(bad)
+    assert s["n_trusted"] + s["n_untrusted"] + s["n_failed"] == n
+    for k, text in bad.items():
+        assert ds["status"].values[k] == "failed" and text in ds["reason"].values[k], (k, ds["reason"].values[k])
+    ok = ds["status"].values != "failed"
+    expect = ok & (ds["q_score"].values <= 1) & (ds["max_force_halfwidth"].values <= 0.5)
+    expect &= np.isfinite(ds["energy_low"].values)  # every element known to the energy reference
+    assert np.array_equal(ds["trusted"].values == 1, expect)
+    assert set(ds["status"].values[ok]) <= {"trusted", "untrusted"}
+    assert all(r == "" for r in ds["reason"].values[expect])
+    # independent path: the predictor on the good frames alone
+    frames = read_structures([path])
+    good = [k for k in range(n) if k not in bad]
+    ref = CalibratedPredictor.from_file(cal_file, model=chgnet).predict([frames[k] for k in good], forces=True,
+                                                                         force_mode="approx")
+    for var in ("energy", "energy_sigma", "energy_low", "q_score", "max_force", "max_force_halfwidth"):
+        np.testing.assert_allclose(ds[var].values[good], ref[var].values, rtol=1e-10, atol=1e-12)
+    assert ds["energy"].attrs["units"] == "eV" and ds["max_force_sigma"].attrs["units"] == "eV/Å"
+
+
+def test_folder_with_unreadable_file(cal_file, tmp_path, chgnet):
+    import ase.io
+
+    from calib.prototypes import perturbed_set
+    from calib.screen import read_results, screen
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for k, a in enumerate(perturbed_set(n_variants=1, seed=2)[:3]):
+        ase.io.write(folder / f"s{k}.cif", a)
+    (folder / "s1b.cif").write_text("data_broken\n_cell_length_a 3\n")
+    screen([folder], cal_file, tmp_path / "f.nc", model=chgnet, progress=False)
+    ds = read_results(tmp_path / "f.nc")
+    assert len(ds["structure"]) == 4
+    assert ds["status"].values[2] == "failed" and "s1b.cif" in ds["reason"].values[2]
+    assert (ds["status"].values[[0, 1, 3]] != "failed").all()
+
+
+def test_existing_output_is_not_overwritten(cal_file, stream_file, tmp_path, chgnet):
+    from calib.screen import screen
+
+    out = tmp_path / "r.nc"
+    out.write_text("precious")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        screen([stream_file[0]], cal_file, out, model=chgnet, progress=False)
+    assert out.read_text() == "precious"
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "calib.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
+    """Kill `calib screen` with SIGKILL mid-run, resume: the file equals an uninterrupted run's, no gaps."""
+    import ase.io
+
+    from calib.prototypes import perturbed_set
+    from calib.screen import read_results
+
+    frames = perturbed_set(n_variants=3, rattle=0.05, seed=5)[:40]
+    assert len(frames) == 40
+    src = tmp_path / "in.extxyz"
+    ase.io.write(src, frames)
+    args = ["screen", src, "--calibration", cal_file, "--batch-size", "2"]
+    full = _run_cli(args + ["-o", tmp_path / "full.nc", "--json"])
+    out, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err
+    assert json.loads(out)["n_total"] == 40
+
+    part = tmp_path / "part.nc"
+    journal = tmp_path / "part.nc.resume.json"
+    proc = _run_cli(args + ["-o", part, "--json"])
+    rows = 0
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists():
+            try:
+                rows = json.loads(journal.read_text())["rows"]
+            except (ValueError, KeyError):
+                rows = 0
+            if rows >= 6:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    state = json.loads(journal.read_text())
+    assert not state["complete"] and 6 <= state["rows"] < 40, state
+    again = _run_cli(args + ["-o", part, "--resume", "--json"])
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert json.loads(out)["n_total"] == 40
+    a, b = read_results(tmp_path / "full.nc"), read_results(part)
+    assert list(b["structure"].values) == list(range(40))
+    for var in a.data_vars:
+        x, y = a[var].values, b[var].values
+        if x.dtype.kind in "fi":
+            np.testing.assert_array_equal(x, y, err_msg=var)
+        else:
+            assert list(x) == list(y), var
+    # resuming against a different input is refused
+    ase.io.write(src, frames[::-1])
+    bad = _run_cli(args + ["-o", part, "--resume", "--json"])
+    out, _ = bad.communicate(timeout=600)
+    assert bad.returncode == 1 and "input differs" in json.loads(out)["error"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from calib.distributed import close_client, start_client
+
+    c = start_client(workers=2)
+    yield c
+    close_client(c)
+
+
+def test_distributed_hessian_equals_serial(client, chgnet):
+    from calib.distributed import distributed_hessian
+    from calib.hessian import accumulate_hessian
+    from calib.prototypes import perturbed_set
+
+    structs = perturbed_set(n_variants=1, seed=9)[:30]
+    serial = accumulate_hessian(chgnet, structs, batch_size=4, progress=False)
+    dist = distributed_hessian(client, "chgnet", structs, batch_size=4, n_shards=5, progress=False)
+    assert dist.n_structures == serial.n_structures == len(structs)
+    rel = np.abs(dist.hessian - serial.hessian).max() / np.abs(serial.hessian).max()
+    assert rel < 1e-12, rel
+    assert len(client.scheduler_info()["workers"]) == 2
+
+
+def test_distributed_screen_equals_serial(client, cal_file, stream_file, tmp_path, chgnet):
+    from calib.screen import read_results, screen
+
+    path = stream_file[0]
+    screen([path], cal_file, tmp_path / "s.nc", model=chgnet, batch_size=3, progress=False)
+    summary = screen([path], cal_file, tmp_path / "d.nc", batch_size=3, client=client, progress=False)
+    a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "d.nc")
+    assert summary["n_total"] == stream_file[1]
+    for var in a.data_vars:
+        x, y = a[var].values, b[var].values
+        if x.dtype.kind == "f":
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=var)
+        else:
+            assert list(x) == list(y), var
+
+
+def test_thread_choice_precedence(monkeypatch):
+    from calib.threads import choose_threads
+
+    monkeypatch.setenv("CALIB_THREADS", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads(5) == (5, "--threads")
+    assert choose_threads() == (3, "CALIB_THREADS")
+    monkeypatch.delenv("CALIB_THREADS")
+    assert choose_threads() == (2, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    n, why = choose_threads()
+    assert 1 <= n <= os.cpu_count() and "usable" in why
+    monkeypatch.setenv("CALIB_THREADS", "zero")
+    with pytest.raises(ValueError, match="CALIB_THREADS"):
+        choose_threads()
