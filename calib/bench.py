@@ -134,3 +134,120 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
         "seconds_exact_force_sigma": t_exact,
         "seconds_mace_style_loop": t_loop,
     }
+
+
+# --------------------------------------------------------------------------- screening, conformal, dask
+
+
+def _bench_artifact(model, path) -> None:
+    """A small calibrated artifact for the benchmarks: H from perturbed prototypes, calibration on the
+    shipped GPAW states of Si and Li-F (every other frame)."""
+    from . import datasets
+    from .pipeline import build_hessian, calibrate
+    from .prototypes import perturbed_set
+
+    hess, _ = build_hessian(model, perturbed_set(n_variants=1, seed=4), progress=False)
+    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
+    calibrate(hess, model, lab, alpha=0.1, progress=False).artifact.save(path)
+
+
+def bench_screen(device: str = "cpu", n_structures: int = 64, batch_size: int = 16, repeats: int = 2) -> dict:
+    """``screen_vs_inference``: throughput of ``calib screen`` (default mode: energies, σ, intervals, Q score,
+    model forces, rows written to netCDF) ÷ that of CHGNet's own batched energies + forces
+    (``predict_structure(task="ef")``) on the same structures."""
+    import os
+    import tempfile
+    import warnings
+
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from .models.chgnet import CHGNetAdapter
+    from .prototypes import PROTOTYPES, perturbed_set
+    from .screen import screen
+
+    model = CHGNetAdapter(device=device)
+    structs = perturbed_set(n_variants=max(1, -(-n_structures // len(PROTOTYPES))), rattle=0.05,
+                            seed=2)[:n_structures]
+    pmg = [AseAtomsAdaptor.get_structure(a) for a in structs]
+    with tempfile.TemporaryDirectory() as tmp:
+        cal = os.path.join(tmp, "cal.nc")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _bench_artifact(model, cal)
+
+        def run(forces):
+            def go():
+                out = os.path.join(tmp, "r.nc")
+                for f in (out, out + ".resume.json"):
+                    if os.path.exists(f):
+                        os.remove(f)
+                return screen(structs, cal, out, model=model, device=device, forces=forces,
+                              batch_size=batch_size, progress=False)
+            return go
+
+        t_plain, _ = _best(lambda: model.model.predict_structure(pmg, task="ef", batch_size=batch_size), repeats)
+        t_screen, summary = _best(run(False), repeats)
+        t_forces, _ = _best(run(True), repeats)
+    return {
+        "device": str(model.device), "n_structures": len(structs), "batch_size": batch_size,
+        "screen_vs_inference": t_plain / t_screen,
+        "screen_with_force_sigma_vs_inference": t_plain / t_forces,
+        "structures_per_second_screen": len(structs) / t_screen,
+        "structures_per_second_plain_energy_forces": len(structs) / t_plain,
+        "seconds_plain_energy_forces": t_plain, "seconds_screen": t_screen,
+        "seconds_screen_with_force_sigma": t_forces, "n_trusted": summary["n_trusted"],
+    }
+
+
+def bench_conformal(n_scores: int = 1_000_000, n_classes: int = 16, repeats: int = 3, seed: int = 0) -> dict:
+    """Fit + intervals of split and Mondrian (``n_classes`` bins) conformal on ``n_scores`` calibration
+    scores, then intervals for as many test predictions: seconds (target ≤ 1 s each)."""
+    from .conformal import ConformalCalibrator
+
+    rng = np.random.default_rng(seed)
+    sigma = rng.lognormal(size=n_scores)
+    err = sigma * rng.standard_t(5, size=n_scores)
+    bins = rng.integers(0, n_classes, size=n_scores)
+    pred = rng.normal(size=n_scores)
+
+    def split():
+        cal = ConformalCalibrator(0.1).fit(err, sigma)
+        return cal.interval(pred, sigma)
+
+    def mondrian():
+        cal = ConformalCalibrator(0.1).fit(err, sigma, bins=bins)
+        return cal.interval(pred, sigma, bins=bins)
+
+    t_split, (lo, hi) = _best(split, repeats)
+    t_mond, _ = _best(mondrian, repeats)
+    return {"n_scores": n_scores, "n_classes": n_classes, "seconds_split_fit_and_intervals": t_split,
+            "seconds_mondrian_fit_and_intervals": t_mond,
+            "in_sample_coverage_split": float(np.mean(np.abs(err) <= (hi - lo) / 2))}
+
+
+def bench_dask(n_structures: int = 96, batch_size: int = 8, device: str = "cpu") -> dict:
+    """The same Hessian work on a LocalCluster of 1 and of 2 worker processes (one thread each): wall
+    seconds after the workers have loaded the model, and the speed-up."""
+    import time
+
+    from .distributed import close_client, distributed_hessian, start_client
+    from .prototypes import PROTOTYPES, perturbed_set
+
+    structs = perturbed_set(n_variants=max(1, -(-n_structures // len(PROTOTYPES))), seed=2)[:n_structures]
+    out = {"n_structures": len(structs), "batch_size": batch_size, "device": device}
+    H = {}
+    for n in (1, 2):
+        client = start_client(workers=n)
+        try:
+            distributed_hessian(client, "chgnet", structs[:n * batch_size], batch_size=batch_size,
+                                n_shards=n, device=device, progress=False)  # every worker loads the model
+            t0 = time.perf_counter()
+            res = distributed_hessian(client, "chgnet", structs, batch_size=batch_size, device=device,
+                                      progress=False)
+            out[f"seconds_{n}_worker"] = time.perf_counter() - t0
+            H[n] = res.hessian
+        finally:
+            close_client(client)
+    out["speedup_2_vs_1"] = out["seconds_1_worker"] / out["seconds_2_worker"]
+    out["max_rel_diff_H"] = float(np.abs(H[2] - H[1]).max() / np.abs(H[1]).max())
+    return out

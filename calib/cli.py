@@ -706,6 +706,54 @@ def bench_llpr(
         typer.echo(f"{key:<36} {value:.4g}" if isinstance(value, float) else f"{key:<36} {value}")
 
 
+def _print_bench(result: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:<40} {value:.4g}" if isinstance(value, float) else f"{key:<40} {value}")
+
+
+@bench_app.command("screen")
+def bench_screen_cmd(
+    device: str = DeviceOpt,
+    n_structures: int = typer.Option(64, "--n-structures", help="perturbed prototypes screened"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    as_json: bool = JsonOpt,
+):
+    """Throughput of calib screen ÷ CHGNet's own batched energies + forces (target ≥ 0.8), measured now."""
+    from .bench import bench_screen
+
+    _print_bench(bench_screen(device=device, n_structures=n_structures, batch_size=batch_size,
+                              repeats=repeats), as_json)
+
+
+@bench_app.command("conformal")
+def bench_conformal_cmd(
+    n_scores: int = typer.Option(1_000_000, "--n-scores"),
+    n_classes: int = typer.Option(16, "--n-classes", help="Mondrian classes"),
+    as_json: bool = JsonOpt,
+):
+    """Seconds to fit split and Mondrian conformal on N scores and give N intervals (target ≤ 1 s)."""
+    from .bench import bench_conformal
+
+    _print_bench(bench_conformal(n_scores=n_scores, n_classes=n_classes), as_json)
+
+
+@bench_app.command("dask")
+def bench_dask_cmd(
+    device: str = DeviceOpt,
+    n_structures: int = typer.Option(96, "--n-structures"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    as_json: bool = JsonOpt,
+):
+    """The same Hessian work on 1 and 2 dask workers: seconds and speed-up, measured now."""
+    from .bench import bench_dask
+
+    _print_bench(bench_dask(n_structures=n_structures, batch_size=batch_size, device=device), as_json)
+
+
 def main() -> None:  # console-script entry point
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     try:

@@ -67,6 +67,16 @@ def conformal_quantile(sorted_scores: np.ndarray, alpha: float, warn: bool = Tru
     return float(sorted_scores[k - 1])
 
 
+def _factorize(bins) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct labels as text, index of each point's label): one pass, not one per class."""
+    raw = np.asarray(bins).ravel()
+    uniq, inv = np.unique(raw, return_inverse=True)
+    names = uniq.astype(str)
+    if len(set(names.tolist())) != len(names):  # e.g. 1 and "1" in one object array
+        names, inv = np.unique(raw.astype(str), return_inverse=True)
+    return names, inv.ravel()
+
+
 class ConformalCalibrator:
     """Split conformal intervals ŷ ± q·σ with the finite-sample quantile, global or per class.
 
@@ -117,12 +127,13 @@ class ConformalCalibrator:
         self.unknown_quantile_ = self.quantile_
         if bins is None:
             return self
-        lab = np.asarray(bins).astype(str).ravel()
-        if lab.size != e.size:
-            raise ValueError(f"{lab.size} bins for {e.size} calibration points")
-        self.classes_ = sorted(set(lab.tolist()))
+        names, inv = _factorize(bins)
+        if inv.size != e.size:
+            raise ValueError(f"{inv.size} bins for {e.size} calibration points")
+        self.classes_ = sorted(names.tolist())
+        index = {c: i for i, c in enumerate(names.tolist())}
         for c in self.classes_:
-            sc = np.sort(scores[lab == c])
+            sc = np.sort(scores[inv == index[c]])
             self.class_sizes_[c] = int(sc.size)
             k = conformal_rank(sc.size, self.alpha)
             if sc.size < self.min_class_size:
@@ -155,8 +166,9 @@ class ConformalCalibrator:
         return self._known(self.classes.assign(points))
 
     def _known(self, bins) -> np.ndarray:
-        lab = np.asarray(bins).astype(str).ravel()
-        return np.where(np.isin(lab, self.classes_), lab, UNKNOWN)
+        names, inv = _factorize(bins)
+        known = np.array([c if c in self.quantiles_ else UNKNOWN for c in names.tolist()], dtype=object)
+        return known[inv].astype(str)
 
     def quantile_for(self, bins=None):
         """q per point for ``bins`` (an array), or the global q when there are no classes."""
@@ -164,8 +176,8 @@ class ConformalCalibrator:
             if self.mondrian:
                 raise ValueError("a Mondrian calibrator needs the bins of the points")
             return self.quantile_
-        qs = {**self.quantiles_, UNKNOWN: self.unknown_quantile_}
-        return np.array([qs[c] for c in self._known(bins)], dtype=float)
+        names, inv = _factorize(bins)
+        return np.array([self.quantiles_.get(c, self.unknown_quantile_) for c in names.tolist()], dtype=float)[inv]
 
     def quantile_at(self, alpha: float) -> float:
         """The global quantile the same calibration scores give at another α (no warning)."""

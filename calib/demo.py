@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -26,6 +27,19 @@ def split_by_chemsys(structures, every: int = 2):
         for k, i in enumerate(idx):
             (cal if k % every == 0 else test).append(structures[i])
     return cal, test
+
+
+#: demo wall seconds ÷ seconds of one probe forward batch (16 proxy structures), measured on the
+#: 2-core development machine with 1 and 2 torch threads (docs/scaling.md); scales the up-front estimate
+SECONDS_PER_PROBE = {1: 275.0, 2: 350.0}
+
+
+def _probe(model, structures) -> float:
+    """Seconds of one forward batch of 16 structures (after a warm-up batch)."""
+    model.forward_batch(structures[:16], forces=False, stress=False)
+    t0 = time.perf_counter()
+    model.forward_batch(structures[16:32], forces=False, stress=False)
+    return time.perf_counter() - t0
 
 
 def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | None = print,
@@ -44,7 +58,18 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
         h_structs, h_source = datasets.load("equilibrium-proxy"), "shipped equilibrium proxy"
     else:
         h_structs, h_source = perturbed_set(n_variants=4, seed=0), "built-in perturbed prototypes"
-    say(f"model: CHGNet {model.version} ({model.n_features} last-layer features), device {device}")
+    import torch
+
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+    probe = _probe(model, h_structs)
+    estimate = SECONDS_PER_PROBE[1 if threads == 1 else 2] * probe
+    say(f"model: CHGNet {model.version} ({model.n_features} last-layer features), device {device}, "
+        f"{threads} torch thread(s)")
+    say(f"plan: (1) LLPR Hessian over {len(h_structs)} structures ({h_source}); (2) calibrate on every other "
+        "GPAW-labelled high-energy structure of each chemistry (energies, forces, conformal, Q residual); "
+        f"(3) predict the other half with force σ and compare with DFT. Roughly {estimate / 60:.1f} min here "
+        f"(from a timed batch of 16: {probe:.2f} s).")
     art, issues = build_hessian(model, h_structs, progress=progress, source=h_source)
     L = art.llpr
     say(f"H from {L.n_structures_} structures ({h_source}): rank {L.rank_}/{L.n_features}")
@@ -94,7 +119,14 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     say(f"held-out conformal coverage at α = {alpha} (nominal {1 - alpha:.0%}): energies {e_cov:.0%} "
         f"({int(has.sum())} structures, {int((~has).sum())} without an interval), force components {f_cov:.0%} "
         f"({f_ref.size})")
-    say(f"artifact written to {os.path.join(out, 'calibration.nc')}")
+    cal_path = os.path.join(out, "calibration.nc")
+    wall = time.perf_counter() - t_start
+    say(f"\nsummary: CHGNet {model.version} calibrated on {s['n_structures']} GPAW-labelled structures "
+        f"({len(set(a.info.get('chemsys', '') for a in cal)) or 'several'} chemistries) in {wall / 60:.1f} min; "
+        f"held-out conformal coverage {e_cov:.0%} (energies) and {f_cov:.0%} (force components) at nominal "
+        f"{1 - alpha:.0%}.\nartifact: {cal_path}\nnext: calib predict YOUR.extxyz --calibration {cal_path} "
+        f"--forces | calib screen CANDIDATES.extxyz --calibration {cal_path} -o screen.nc")
+    result.update(seconds=wall, threads=threads, probe_seconds=probe, estimated_seconds=estimate)
     result.update(calibrated=True, calibration=s, records=records, heldout_coverage=cover,
                   heldout_interval_coverage={"alpha": alpha, "energy": e_cov, "forces": f_cov},
                   skipped=[i.as_dict() for i in lp.issues])

@@ -9,7 +9,7 @@ variable (dim structure) meaning
 name, chemsys            ``info["name"]`` or the formula; elements by electronegativity
 status                   "trusted", "untrusted" or "failed"
 trusted                  1 when every trust check passed, else 0
-reason                   why a row is not trusted ("; "-joined), or why it failed
+reason                   why a row is not trusted (" | "-joined), or why it failed
 n_atoms                  atoms (0 for a failed row)
 energy                   model total energy, eV
 energy_per_atom          eV/atom
@@ -66,6 +66,7 @@ COLUMNS = [
 ]
 _TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512}
 STATUSES = ("trusted", "untrusted", "failed")
+REASON_SEP = " | "
 
 
 # --------------------------------------------------------------------------- input
@@ -202,7 +203,7 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
                             force_tol=force_tol, energy_tol=energy_tol)
         rows["trusted"][k] = int(not why)
         rows["status"][k] = "untrusted" if why else "trusted"
-        rows["reason"][k] = "; ".join(why)
+        rows["reason"][k] = REASON_SEP.join(why)
     rows["structure"] = np.arange(start, start + n)
     return rows
 
@@ -380,7 +381,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     stop_after : int or None — stop after that many batches in this call (tests, time limits).
 
     Returns a summary: ``n_total``, ``n_trusted``, ``n_untrusted``, ``n_failed``, per chemistry
-    counts, the commonest reasons, the output path.
+    counts, the untrusted structures per kind of reason (:func:`reason_category`), the output path.
     """
     from tqdm.auto import tqdm
 
@@ -451,6 +452,19 @@ def _predictor(calibration, model, device):
     return CalibratedPredictor.from_file(calibration, model=model, device=device)
 
 
+def reason_category(reason: str) -> str:
+    """The kind of one untrusted reason, without the structure's own numbers and elements."""
+    if "out of distribution" in reason:
+        return "out of distribution of the calibration structures"
+    if "energy reference" in reason or "not determined by the calibration compositions" in reason:
+        return "composition not covered by the energy reference"
+    if reason.startswith("calibrated force error"):
+        return "calibrated force error above tolerance"
+    if reason.startswith("calibrated energy error"):
+        return "calibrated energy error above tolerance"
+    return reason
+
+
 def summarize(path) -> dict:
     """Counts of a results file: totals, per chemistry, and the commonest reasons."""
     ds = read_results(path)
@@ -462,8 +476,7 @@ def summarize(path) -> dict:
     reasons: dict = {}
     for s, r in zip(status, ds["reason"].values.astype(str)):
         if s == "untrusted":
-            for part in r.split("; "):
-                key = part.split(" (")[0].split(" ±")[0]
+            for key in {reason_category(part) for part in r.split(REASON_SEP)}:
                 reasons[key] = reasons.get(key, 0) + 1
     return {"output": os.fspath(path), "complete": True, "n_total": int(len(status)),
             "n_trusted": int((status == "trusted").sum()), "n_untrusted": int((status == "untrusted").sum()),
