@@ -171,22 +171,19 @@ def distributed_hessian(client, spec: str, structures: Sequence, *, device: str 
 # --------------------------------------------------------------------------- screening
 
 
-def _screen_task(calibration, model, device, batch, start, options):
-    from .screen import screen_batch
+def ordered_batches(client, task, stream: Iterable[list], start: int, *args,
+                    max_in_flight: int | None = None) -> Iterator[tuple[list, object]]:
+    """(batch, ``task(*args, batch, start)``) for every batch of ``stream``, run on the cluster and yielded
+    in input order, with at most ``max_in_flight`` batches (default 2 per worker) submitted at once.
 
-    return screen_batch(worker_predictor(calibration, model, device), batch, start, **options)
-
-
-def screen_batches(client, stream: Iterable[list], start: int, calibration: str, model, device: str,
-                   options: dict, max_in_flight: int | None = None) -> Iterator[tuple[list, dict]]:
-    """(batch, rows) for every batch of ``stream``, computed on the cluster, yielded in input order."""
+    ``task`` must be importable on the workers (a module-level function); calib.screen passes one that
+    screens a batch with :func:`worker_predictor`.
+    """
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     max_in_flight = max_in_flight or 2 * n_workers
-    calibration = os.path.abspath(calibration)
     pending: deque = deque()
     for batch in stream:
-        pending.append((batch, client.submit(_screen_task, calibration, model, device, batch, start, options,
-                                             pure=False)))
+        pending.append((batch, client.submit(task, *args, batch, start, pure=False)))
         start += len(batch)
         if len(pending) >= max_in_flight:
             b, fut = pending.popleft()

@@ -420,9 +420,10 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
             predictor = _predictor(calibration, model, device)
             results = _serial(predictor, stream, writer, options)
         else:
-            from .distributed import screen_batches
+            from .distributed import ordered_batches
 
-            results = screen_batches(client, stream, writer.rows, calibration, model, device, options)
+            results = ordered_batches(client, _screen_on_worker, stream, writer.rows,
+                                      os.path.abspath(calibration), model, device, options)
         done = 0
         for batch, rows in results:
             writer.write(rows, batch_fingerprint(batch))
@@ -444,6 +445,13 @@ def _serial(predictor, stream, writer, options):
     for batch in stream:
         yield batch, screen_batch(predictor, batch, start, **options)
         start += len(batch)
+
+
+def _screen_on_worker(calibration, model, device, options, batch, start):
+    """One batch on a dask worker, with the predictor that worker keeps (calib.distributed)."""
+    from .distributed import worker_predictor
+
+    return screen_batch(worker_predictor(calibration, model, device), batch, start, **options)
 
 
 def _predictor(calibration, model, device):

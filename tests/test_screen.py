@@ -224,3 +224,31 @@ def test_thread_choice_precedence(monkeypatch):
     monkeypatch.setenv("CALIB_THREADS", "zero")
     with pytest.raises(ValueError, match="CALIB_THREADS"):
         choose_threads()
+
+
+def test_cli_hessian_and_screen_with_workers(cal_file, tmp_path, chgnet):
+    """`calib hessian --workers 2` gives the serial H; `calib screen --workers 2` the serial rows."""
+    import ase.io
+
+    from calib.artifact import Artifact
+    from calib.hessian import accumulate_hessian
+    from calib.prototypes import perturbed_set
+    from calib.screen import read_results, screen
+
+    structs = perturbed_set(n_variants=1, seed=12)[:20]
+    src = tmp_path / "h.extxyz"
+    ase.io.write(src, structs)
+    p = _run_cli(["hessian", src, "-o", tmp_path / "H.nc", "--workers", "2", "--batch-size", "4", "--json"])
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    H = Artifact.load(tmp_path / "H.nc").llpr.hessian_
+    ref = accumulate_hessian(chgnet, ase.io.read(src, ":"), batch_size=4, progress=False).hessian
+    assert np.abs(H - ref).max() / np.abs(ref).max() < 1e-12
+    p = _run_cli(["screen", src, "--calibration", cal_file, "-o", tmp_path / "w.nc", "--workers", "2", "--json"])
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert json.loads(out)["n_total"] == len(structs)
+    screen([src], cal_file, tmp_path / "s.nc", model=chgnet, progress=False)
+    a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "w.nc")
+    np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, rtol=1e-9)
+    assert list(a["status"].values) == list(b["status"].values)
