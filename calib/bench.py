@@ -39,7 +39,10 @@ def mace_style_force_variance(model, structures, llpr, batch_size: int) -> list[
         for k in range(d):
             g = torch.autograd.grad(fg.features[:, k].sum(), fg.positions, retain_graph=k < d - 1,
                                     allow_unused=True)
-            rows.append([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, fg.positions)])
+            g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, fg.positions)]
+            if len(g) == 1 and len(batch) > 1:  # one positions tensor for the batch (generic adapter)
+                g = list(torch.split(g[0], fg.n_atoms.tolist()))
+            rows.append(g)
         for i, atoms in enumerate(batch):
             J = torch.stack([rows[k][i] for k in range(d)]).reshape(d, -1).to(torch.float64).cpu()
             s = float(len(atoms)) if llpr.energy_convention == "per_atom" else 1.0

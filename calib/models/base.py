@@ -38,7 +38,8 @@ class FeatureGraph:
     features : torch.Tensor, (n_structures, n_features)
         Pooled last-layer features, still attached to the autograd graph.
     positions : list of torch.Tensor, each (n_atoms_i, 3), Å
-        The Cartesian positions the features were computed from.
+        The Cartesian positions the features were computed from: one leaf per structure, or a single
+        (n_atoms_total, 3) tensor for the whole batch (its gradients are split by ``n_atoms``).
     n_atoms : torch.Tensor, (n_structures,)
     """
 

@@ -60,4 +60,6 @@ def feature_gradients(
                for g, p in zip(grads, pos)]
     else:
         raise ValueError(f"mechanism must be 'loop' or 'batched', got {mechanism!r}")
+    if len(out) == 1 and fg.features.shape[0] > 1:  # one positions tensor for the whole batch
+        out = list(torch.split(out[0], fg.n_atoms.tolist(), dim=1))
     return [o.detach().to("cpu", torch.float64).numpy() for o in out]
