@@ -132,7 +132,8 @@ def _client(workers: Optional[int], scheduler: Optional[str], as_json: bool):
 WorkersOpt = typer.Option(None, "--workers", help="run batches on a new dask LocalCluster of N worker processes")
 SchedulerOpt = typer.Option(None, "--scheduler", help="run batches on the dask cluster at this address "
                             "(e.g. tcp://host:8786, from dask-jobqueue)")
-ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped) or 'chgnet:VERSION'")
+ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped), 'chgnet:VERSION', "
+                        "'mace-small' (shipped, for tests) or a MACE .model file (MACE-MP-0, fine-tuned)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
 
@@ -675,13 +676,14 @@ def screen_cmd(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),
+    model: str = ModelOpt,
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
-    """The main job on the embedded default: CHGNet 0.3.0 + the shipped data."""
+    """The main job on the embedded default: CHGNet 0.3.0 + the shipped data (or another --model)."""
     from .demo import run_demo
 
-    result = run_demo(out, device=device, progress=not as_json, echo=None if as_json else typer.echo)
+    result = run_demo(out, device=device, progress=not as_json, echo=None if as_json else typer.echo, model=model)
     if as_json:
         emit_json(result)
 

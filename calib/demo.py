@@ -43,16 +43,17 @@ def _probe(model, structures) -> float:
 
 
 def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | None = print,
-             target: str = "both") -> dict:
+             target: str = "both", model="chgnet") -> dict:
     from . import datasets
-    from .models.chgnet import CHGNetAdapter
+    from .models import load_model
     from .pipeline import build_hessian, calibrate, predict_labelled
     from .predictor import CalibratedPredictor, to_records
     from .prototypes import perturbed_set
 
     say = echo or (lambda *a, **k: None)
     os.makedirs(out, exist_ok=True)
-    model = CHGNetAdapter(device=device)
+    model = load_model(model, device=device)
+    label = f"{model.name} {model.version}"
     available = datasets.names()
     if "equilibrium-proxy" in available:
         h_structs, h_source = datasets.load("equilibrium-proxy"), "shipped equilibrium proxy"
@@ -64,7 +65,7 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     threads = torch.get_num_threads()
     probe = _probe(model, h_structs)
     estimate = SECONDS_PER_PROBE[1 if threads == 1 else 2] * probe
-    say(f"model: CHGNet {model.version} ({model.n_features} last-layer features), device {device}, "
+    say(f"model: {label} ({model.n_features} last-layer features), device {device}, "
         f"{threads} torch thread(s)")
     say(f"plan: (1) LLPR Hessian over {len(h_structs)} structures ({h_source}); (2) calibrate on every other "
         "GPAW-labelled high-energy structure of each chemistry (energies, forces, conformal, Q residual); "
@@ -121,7 +122,7 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
         f"({f_ref.size})")
     cal_path = os.path.join(out, "calibration.nc")
     wall = time.perf_counter() - t_start
-    say(f"\nsummary: CHGNet {model.version} calibrated on {s['n_structures']} GPAW-labelled structures "
+    say(f"\nsummary: {label} calibrated on {s['n_structures']} GPAW-labelled structures "
         f"({len(set(a.info.get('chemsys', '') for a in cal)) or 'several'} chemistries) in {wall / 60:.1f} min; "
         f"held-out conformal coverage {e_cov:.0%} (energies) and {f_cov:.0%} (force components) at nominal "
         f"{1 - alpha:.0%}.\nartifact: {cal_path}\nnext: calib predict YOUR.extxyz --calibration {cal_path} "

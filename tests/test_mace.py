@@ -242,3 +242,27 @@ def test_generic_linear_readout_adapter():
     assert [v.shape for v in exact] == [(len(s), 3) for s in structs]
     for x, y in zip(exact, loop):
         np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-14)
+
+
+def test_shipped_small_mace_equals_mace_calculator():
+    """`--model mace-small` resolves to the shipped file, and calib's numbers are mace's own (float64)."""
+    import os
+
+    from mace.calculators import MACECalculator
+
+    from calib import datasets
+    from calib.models import load_model, shipped_mace_path
+
+    if not os.path.exists(shipped_mace_path()):
+        pytest.skip("shipped MACE model missing")
+    m = load_model("mace-small")
+    calc = MACECalculator(model_paths=shipped_mace_path(), device="cpu", default_dtype="float64")
+    structs = [a for c in ("Si", "Li-F", "Zn-S") for a in datasets.load("high-energy-states", chemsys=c)[:2]]
+    pred = m.predict(structs, forces=True)
+    for k, a in enumerate(structs):
+        b = a.copy()
+        b.calc = calc
+        assert abs(pred.energy[k] - b.get_potential_energy()) / len(a) < 1e-6
+        np.testing.assert_allclose(pred.forces_of(k), b.get_forces(), atol=1e-5)
+    w, _ = m.readout
+    assert m.n_features == 32 and np.all(np.isfinite(w))

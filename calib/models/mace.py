@@ -33,6 +33,20 @@ from ase import Atoms
 from .base import BatchOutput, FeatureGraph, ModelAdapter
 
 
+def _import_mace() -> None:
+    """Import mace (before e3nn) with its import-time notices kept off stdout (``--json`` owns stdout)."""
+    import contextlib
+    import io
+    import logging
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import mace  # noqa: F401
+        import mace.data  # noqa: F401
+        import mace.modules  # noqa: F401
+        import mace.tools.torch_geometric  # noqa: F401
+    logging.getLogger("mace").setLevel(logging.WARNING)
+
+
 class MACEAdapter(ModelAdapter):
     """Adapter for a MACE model.
 
@@ -50,7 +64,7 @@ class MACEAdapter(ModelAdapter):
 
     def __init__(self, model, *, device: str | torch.device = "cpu", dtype: str = "float64",
                  head: str | None = None, name: str = "mace", version: str = ""):
-        import mace  # noqa: F401  (before e3nn)
+        _import_mace()
 
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)

@@ -1,0 +1,80 @@
+"""The same pipeline on both backends (CHGNet 0.3.0 and the shipped small MACE): LLPR, conformal,
+softening, decisions and screening, each checked against an independent computation."""
+
+import numpy as np
+import pytest
+
+from calib.models import shipped_mace_path
+
+BACKENDS = ["chgnet", pytest.param("mace-small", marks=pytest.mark.skipif(
+    not __import__("os").path.exists(shipped_mace_path()), reason="shipped MACE model missing"))]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def setup(request, tmp_path_factory, chgnet):
+    from calib import datasets
+    from calib.models import load_model
+    from calib.pipeline import build_hessian, calibrate
+    from calib.prototypes import perturbed_set
+
+    if request.param == "mace-small":
+        pytest.importorskip("mace")
+    model = chgnet if request.param == "chgnet" else load_model("mace-small")
+    lab = {c: datasets.load("high-energy-states", chemsys=c) for c in ("Si", "Li-F", "Al")}
+    cal = [a for v in lab.values() for a in v[::2]]
+    test = [a for v in lab.values() for a in v[1::2]]
+    hess, _ = build_hessian(model, perturbed_set(n_variants=1, seed=4), progress=False)
+    res = calibrate(hess, model, cal, alpha=0.1, progress=False)
+    path = tmp_path_factory.mktemp(request.param) / "cal.nc"
+    res.artifact.save(path)
+    return request.param, model, res, test, path
+
+
+def test_llpr_sigma_and_conformal_forces(setup):
+    from calib.pipeline import predict_labelled
+    from calib.predictor import CalibratedPredictor
+    from calib.structures import get_forces
+
+    name, model, res, test, _ = setup
+    L = res.artifact.llpr
+    lp = predict_labelled(CalibratedPredictor(model, res.artifact), test, forces=True, force_mode="exact")
+    ok = lp.ok
+    f = model.predict(test, forces=False).features
+    s = 1.0 if model.energy_convention == "total" else ok["n_atoms"].values
+    sigma = np.sqrt(L.alpha2_ * s**2 * np.einsum("sd,de,se->s", f, L.covariance(), f))
+    np.testing.assert_allclose(ok["energy_sigma"].values, sigma, rtol=1e-8)
+    ref = np.concatenate([get_forces(a) for a in test])
+    inside = (ok["forces_low"].values <= ref) & (ref <= ok["forces_high"].values)
+    assert 0.75 <= inside.mean() <= 1.0, (name, inside.mean())  # nominal 0.9, 15 held-out structures
+
+
+def test_softening_slope_is_the_least_squares_ratio(setup):
+    from calib.softening import fit_softening_by_chemsys
+    from calib.structures import get_forces
+
+    _, model, _, test, _ = setup
+    pred = model.predict(test, forces=True)
+    mf = [pred.forces_of(k) for k in range(len(test))]
+    rf = [get_forces(a) for a in test]
+    res = fit_softening_by_chemsys(pred.chemsys, mf, rf, n_bootstrap=200)
+    for chem in set(pred.chemsys):
+        idx = [k for k, c in enumerate(pred.chemsys) if c == chem]
+        f = np.concatenate([mf[k].ravel() for k in idx])
+        g = np.concatenate([rf[k].ravel() for k in idx])
+        assert res[chem].softening_scale == pytest.approx(f @ g / (g @ g), rel=1e-12)
+        lo, hi = res[chem].softening_ci
+        assert lo <= res[chem].softening_scale <= hi
+
+
+def test_decide_and_screen(setup, tmp_path):
+    from calib.pipeline import decide
+    from calib.screen import read_results, screen
+
+    name, model, res, test, path = setup
+    decisions, _ = decide(res.artifact, model, test, n_bootstrap=200)
+    assert sorted(d.chemsys for d in decisions) == ["Al", "Li-F", "Si"]
+    assert all(d.decision in ("accept", "scale", "label") for d in decisions)
+    summary = screen(test, path, tmp_path / "s.nc", model=model, progress=False)
+    ds = read_results(tmp_path / "s.nc")
+    assert summary["n_total"] == len(test) == len(ds["structure"]) and summary["n_failed"] == 0
+    np.testing.assert_allclose(ds["energy"].values, model.predict(test, forces=False).energy, rtol=1e-10)
