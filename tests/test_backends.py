@@ -78,3 +78,22 @@ def test_decide_and_screen(setup, tmp_path):
     ds = read_results(tmp_path / "s.nc")
     assert summary["n_total"] == len(test) == len(ds["structure"]) and summary["n_failed"] == 0
     np.testing.assert_allclose(ds["energy"].values, model.predict(test, forces=False).energy, rtol=1e-10)
+
+
+def test_neb_band(setup):
+    """Relative image energies of the shipped LiF path equal the model's own differences; the barrier
+    σ equals its closed form a·C·a from the band covariance."""
+    from calib import datasets
+    from calib.neb import band, barrier_weights
+    from calib.predictor import CalibratedPredictor
+
+    _, model, res, _, _ = setup
+    images = datasets.load("neb")
+    ds = band(CalibratedPredictor(model, res.artifact), images)
+    e = model.predict(images, forces=False).energy
+    np.testing.assert_allclose(ds["energy"].values, e - e[0], atol=1e-8)
+    C = ds["covariance"].values
+    m = int(np.argmax(ds["energy"].values))
+    a = barrier_weights(m, len(images) - 1)["forward"]
+    assert ds["barrier_forward_sigma"].values == pytest.approx(np.sqrt(a @ C @ a), rel=1e-10)
+    assert ds["barrier_forward_low"].values < ds["barrier_forward"].values < ds["barrier_forward_high"].values
