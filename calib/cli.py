@@ -626,14 +626,12 @@ def screen_cmd(
 ):
     """Screen structures: energy, σ, interval, Q score, (force σ), trusted or not and why, per structure."""
     from .artifact import ArtifactError
-    from .screen import screen
+    from .screen import check_options, screen
 
-    if batch_size < 1:
-        _fail(f"--batch-size must be >= 1, got {batch_size}", as_json)
-    if not (math.isfinite(force_tol) and force_tol > 0):
-        _fail(f"--force-tol must be a positive number of eV/Å, got {force_tol}", as_json)
-    if energy_tol is not None and not (math.isfinite(energy_tol) and energy_tol > 0):
-        _fail(f"--energy-tol must be a positive number of eV/atom, got {energy_tol}", as_json)
+    try:
+        check_options(batch_size, force_tol, energy_tol)  # before a cluster starts or a model loads
+    except ValueError as exc:
+        _fail(str(exc), as_json)
     if not calibration.is_file():
         _fail(f"calibration artifact {calibration} does not exist", as_json)
     inputs = {p.resolve() for p in structures} | {calibration.resolve()}
@@ -699,13 +697,8 @@ def bench_llpr(
     """Cost ratios of LLPR accumulation and σ against plain CHGNet inference, measured now."""
     from .bench import bench_llpr as run
 
-    result = run(device=device, n_structures=n_structures, batch_size=batch_size, repeats=repeats,
-                 progress=not as_json)
-    if as_json:
-        emit_json(result)
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:<36} {value:.4g}" if isinstance(value, float) else f"{key:<36} {value}")
+    _print_bench(run(device=device, n_structures=n_structures, batch_size=batch_size, repeats=repeats,
+                     progress=not as_json), as_json)
 
 
 def _print_bench(result: dict, as_json: bool) -> None:

@@ -360,6 +360,16 @@ def _batched(stream: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def check_options(batch_size: int, force_tol: float | None, energy_tol: float | None) -> None:
+    """Raise ValueError for a batch size < 1 or a tolerance (eV/Å, eV/atom) that is not a positive number."""
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be >= 1, got {batch_size}")
+    if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
+        raise ValueError(f"the force tolerance must be a positive number of eV/Å, got {force_tol}")
+    if energy_tol is not None and not (np.isfinite(energy_tol) and energy_tol > 0):
+        raise ValueError(f"the energy tolerance must be a positive number of eV/atom, got {energy_tol}")
+
+
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
            force_tol: float | None = 0.1, energy_tol: float | None = None, batch_size: int = 16,
            resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
@@ -386,12 +396,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     from tqdm.auto import tqdm
 
     calibration = os.fspath(calibration)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
-        raise ValueError(f"force_tol must be a positive number of eV/Å, got {force_tol}")
-    if energy_tol is not None and not (np.isfinite(energy_tol) and energy_tol > 0):
-        raise ValueError(f"energy_tol must be a positive number of eV/atom, got {energy_tol}")
+    check_options(batch_size, force_tol, energy_tol)
     sources = [sources] if isinstance(sources, (str, os.PathLike, Atoms)) else list(sources)
     settings = {"calibration_sha256": file_sha256(calibration), "forces": int(forces),
                 "force_tol": float("nan") if force_tol is None else float(force_tol),

@@ -188,6 +188,25 @@ def total_scale(n_atoms, energy_convention: str) -> np.ndarray:
     raise ValueError(f"unknown energy_convention {energy_convention!r}")
 
 
+def pool_atoms(phi: torch.Tensor, owners: torch.Tensor, n_structures: int,
+               energy_convention: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features (B, d), atoms per structure (B,)) from per-atom features ``phi`` (N, d) and the
+    structure of each atom: the sum over atoms for total models, the mean for per-atom models."""
+    owners = owners.long()
+    n_atoms = torch.bincount(owners, minlength=n_structures)
+    summed = torch.zeros(n_structures, phi.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, owners, phi)
+    if energy_convention == "per_atom":
+        return summed / n_atoms.unsqueeze(1).to(phi.dtype), n_atoms
+    return summed, n_atoms
+
+
+def linear_readout(layer: torch.nn.Linear) -> tuple[np.ndarray, float]:
+    """(w, b) of a final ``nn.Linear(d, 1)`` as float64 (b = 0 without a bias)."""
+    w = layer.weight.detach().to("cpu", torch.float64).numpy().reshape(-1)
+    b = 0.0 if layer.bias is None else float(layer.bias.detach().cpu().double())
+    return w, b
+
+
 def batches(n: int, batch_size: int):
     """Consecutive index ranges of at most ``batch_size``."""
     if batch_size < 1:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter
+from .base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
 
 # chgnet's BatchedGraph builds its volume tensor from grad-tracking scalars; harmless, but noisy
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
@@ -92,10 +92,8 @@ class CHGNetAdapter(ModelAdapter):
 
     @property
     def readout(self) -> tuple[np.ndarray, float]:
-        w = self._last.weight.detach().to("cpu", torch.float64).numpy().reshape(-1)
-        w = np.concatenate([w, np.zeros(self.n_features - w.size)])
-        b = 0.0 if self._last.bias is None else float(self._last.bias.detach().cpu().double())
-        return w, b
+        w, b = linear_readout(self._last)
+        return np.concatenate([w, np.zeros(self.n_features - w.size)]), b
 
     # ------------------------------------------------------------------ internals
     def _graphs(self, structures: Sequence[Atoms]):
@@ -144,20 +142,12 @@ class CHGNetAdapter(ModelAdapter):
             comp = torch.zeros_like(pred["e"])
         return pred, phi, bg, comp
 
-    @staticmethod
-    def _pool(phi: torch.Tensor, owners: torch.Tensor, n_structures: int) -> tuple[torch.Tensor, torch.Tensor]:
-        owners = owners.long()
-        n_atoms = torch.bincount(owners, minlength=n_structures)
-        summed = torch.zeros(n_structures, phi.shape[1], dtype=phi.dtype, device=phi.device)
-        summed = summed.index_add(0, owners, phi)
-        return summed / n_atoms.unsqueeze(1).to(phi.dtype), n_atoms
-
     # ------------------------------------------------------------------ protocol
     def forward_batch(self, structures: Sequence[Atoms], *, forces: bool, stress: bool) -> BatchOutput:
         ctx = torch.enable_grad() if (forces or stress) else torch.no_grad()
         with ctx:
             pred, phi, bg, comp = self._run(structures, forces=forces, stress=stress)
-        feats, n_atoms = self._pool(phi.detach(), bg.atom_owners, len(structures))
+        feats, n_atoms = pool_atoms(phi.detach(), bg.atom_owners, len(structures), self.energy_convention)
         n = n_atoms.to(torch.float64)
         out = BatchOutput(
             features=feats.detach(),
@@ -176,5 +166,5 @@ class CHGNetAdapter(ModelAdapter):
     def feature_graph(self, structures: Sequence[Atoms]) -> FeatureGraph:
         with torch.enable_grad():
             pred, phi, bg, comp = self._run(structures, forces=False, stress=False)
-            feats, n_atoms = self._pool(phi, bg.atom_owners, len(structures))
+            feats, n_atoms = pool_atoms(phi, bg.atom_owners, len(structures), self.energy_convention)
         return FeatureGraph(features=feats, positions=list(bg.atom_positions), n_atoms=n_atoms)

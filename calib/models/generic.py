@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter
+from .base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
 
 
 class LinearReadoutAdapter(ModelAdapter):
@@ -63,11 +63,9 @@ class LinearReadoutAdapter(ModelAdapter):
 
     @property
     def readout(self) -> tuple[np.ndarray, float]:
-        w = self._readout.weight.detach().to("cpu", torch.float64).numpy().reshape(-1)
-        b = 0.0 if self._readout.bias is None else float(self._readout.bias.detach().cpu().double())
-        return w, b
+        return linear_readout(self._readout)
 
-    def _run(self, structures, leaves=None):
+    def _run(self, structures):
         inputs, positions, batch = self._collate(structures, self.device, self.dtype)
         captured = []
         handle = self._readout.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))
@@ -78,11 +76,7 @@ class LinearReadoutAdapter(ModelAdapter):
         if len(captured) != 1:
             raise RuntimeError(f"expected one call of the readout layer, saw {len(captured)}")
         phi = captured[0]
-        batch = batch.long()
-        n_atoms = torch.bincount(batch, minlength=len(structures))
-        feats = torch.zeros(len(structures), phi.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, batch, phi)
-        if self.energy_convention == "per_atom":
-            feats = feats / n_atoms.unsqueeze(1).to(phi.dtype)
+        feats, n_atoms = pool_atoms(phi, batch, len(structures), self.energy_convention)
         return energy, phi, feats, n_atoms, positions
 
     def forward_batch(self, structures: Sequence[Atoms], *, forces: bool, stress: bool) -> BatchOutput:

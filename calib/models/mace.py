@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter
+from .base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms
 
 
 def _import_mace() -> None:
@@ -174,12 +174,6 @@ class MACEAdapter(ModelAdapter):
         phi = torch.cat([c[:, cols] for c, cols in zip(captured, self._columns)], dim=1)
         return out, phi
 
-    def _pool(self, phi, data):
-        batch = data["batch"].long()
-        n = int(data["ptr"].numel() - 1)
-        feats = torch.zeros(n, phi.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, batch, phi)
-        return feats, torch.bincount(batch, minlength=n)
-
     # ------------------------------------------------------------------ protocol
     def forward_batch(self, structures: Sequence[Atoms], *, forces: bool, stress: bool) -> BatchOutput:
         data = self._batch(structures)
@@ -187,7 +181,7 @@ class MACEAdapter(ModelAdapter):
         with ctx:
             out, phi = self._run(data, forces=forces, stress=stress)
         phi = phi.detach()
-        feats, n_atoms = self._pool(phi, data)
+        feats, n_atoms = pool_atoms(phi, data["batch"], int(data["ptr"].numel() - 1), "total")
         energy = out["energy"].detach().reshape(len(structures), -1)[:, self.head_index].to(torch.float64)
         w = torch.as_tensor(self._w, dtype=torch.float64, device=energy.device)
         res = BatchOutput(features=feats, atom_features=phi, n_atoms=n_atoms, energy=energy,
@@ -205,5 +199,5 @@ class MACEAdapter(ModelAdapter):
         with torch.enable_grad():
             data["positions"] = torch.cat(leaves)
             _, phi = self._run(data, forces=False, stress=False)
-            feats, n_atoms = self._pool(phi, data)
+            feats, n_atoms = pool_atoms(phi, data["batch"], int(data["ptr"].numel() - 1), "total")
         return FeatureGraph(features=feats, positions=leaves, n_atoms=n_atoms)
