@@ -164,10 +164,18 @@ class Artifact:
                  "stage": self.stage,
                  "schema_version": SCHEMA_VERSION, "calib_version": calib.__version__}
         ds.attrs = {k: (int(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in attrs.items()}
+        ds.attrs["data_sha256"] = data_checksum(ds)
         return ds
 
     @classmethod
     def from_dataset(cls, ds) -> Artifact:
+        try:
+            return cls._from_dataset(ds)
+        except KeyError as exc:  # calib's variable names without calib's attributes: written by something else
+            raise ArtifactError(f"artifact lacks {exc}: not a calib artifact, or written by another tool") from exc
+
+    @classmethod
+    def _from_dataset(cls, ds) -> Artifact:
         need = ["hessian", "eigenvalues", "eigenvectors", "readout_weight", "alpha2", "sigma2"]
         missing = [v for v in need if v not in ds]
         if missing:
@@ -188,7 +196,7 @@ class Artifact:
         differences = {name: DifferenceVarianceModel.from_variables(ds, f"difference_{name}")
                        for name in filter(None, str(attrs.pop("difference_models", "")).split(","))}
         model_info = {k: attrs.pop(k) for k in _MODEL_KEYS if k in attrs}
-        for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version"):
+        for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version", "data_sha256"):
             attrs.pop(k, None)
         return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
                    stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal, differences=differences,
@@ -202,11 +210,45 @@ class Artifact:
 
     @classmethod
     def load(cls, path, model=None) -> Artifact:
-        """Read an artifact; with ``model``, fail unless it was fitted with that model."""
-        art = cls.from_dataset(read(path, "artifact"))
+        """Read an artifact; with ``model``, fail unless it was fitted with that model.
+
+        The checksum of the data variables (``data_sha256``, written since calib 0.3.1) is verified:
+        a file changed after it was written fails with :class:`ArtifactError`."""
+        ds = read(path, "artifact")
+        stored = ds.attrs.get("data_sha256")
+        if stored is not None and str(stored) != data_checksum(ds):
+            raise ArtifactError(f"artifact {path} is corrupt: its data variables no longer match the checksum "
+                                "written with them (changed or damaged after it was saved); refit or restore it")
+        art = cls.from_dataset(ds)
         if model is not None:
             art.check_model(model)
         return art
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _canonical(value) -> bytes:
+    """Bytes of a variable's values or an attribute that survive a netCDF round trip unchanged:
+    numbers as float64, text as UTF-8."""
+    a = np.asarray(value)
+    if a.dtype.kind in "biuf":
+        return np.ascontiguousarray(a, dtype="<f8").tobytes() + repr(a.shape).encode()
+    return "\x1f".join(map(str, a.ravel().tolist())).encode("utf-8") + repr(a.shape).encode()
+
+
+def data_checksum(ds) -> str:
+    """SHA-256 over the data variables and coordinates of an artifact (names, values and their
+    attributes, in name order); global attributes (provenance) are not included."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        h.update(name.encode() + b"\x00" + _canonical(var.values))
+        for key in sorted(k for k in var.attrs if not k.startswith("_")):
+            h.update(key.encode() + b"=" + _canonical(var.attrs[key]))
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- schema upgrades
@@ -236,7 +278,10 @@ _UPGRADES = {1: _upgrade_1_to_2}
 
 def upgrade(ds):
     """The dataset of an older artifact, brought to :data:`SCHEMA_VERSION` (the input is not changed)."""
-    version = int(ds.attrs.get("schema_version", -1))
+    if "schema_version" not in ds.attrs:
+        raise ArtifactError("artifact lacks the attribute 'schema_version': not a calib artifact, or written by "
+                            "another tool")
+    version = int(ds.attrs["schema_version"])
     if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in _UPGRADES):
         raise ArtifactError(f"artifact schema version {version}; this calib reads versions "
                             f"{sorted(_UPGRADES)} and {SCHEMA_VERSION}")

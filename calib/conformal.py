@@ -31,6 +31,8 @@ import warnings
 
 import numpy as np
 
+from .errors import CalibWarning
+
 UNKNOWN = "unknown"
 
 
@@ -62,7 +64,8 @@ def conformal_quantile(sorted_scores: np.ndarray, alpha: float, warn: bool = Tru
     if k > n:
         if warn:
             warnings.warn(f"{what or 'conformal'}: {n} calibration points are too few for α = {alpha} "
-                          f"(rank ⌈(N+1)(1−α)⌉ = {k} > N): the interval is infinite", stacklevel=3)
+                          f"(rank ⌈(N+1)(1−α)⌉ = {k} > N): the interval is infinite", CalibWarning,
+                          stacklevel=3)
         return math.inf
     return float(sorted_scores[k - 1])
 

@@ -13,7 +13,9 @@ Rules, evaluated per chemical system with explicit thresholds
    targets are out of distribution;
 4. **label** otherwise, naming why: error not systematic (cMAE_loo above
    tolerance), targets out of distribution, or calibrated uncertainty above
-   tolerance. The request list ranks target structures by calibrated
+   tolerance. A chemistry whose softening cannot be measured (targets with no
+   labelled structure of their chemistry, or labels whose reference forces are
+   all zero) is decided **label** with that reason (:func:`unmeasured`). The request list ranks target structures by calibrated
    uncertainty, diversified by farthest-point sampling in feature space.
 
 The "calibrated force-error scale" of a target is √(2/π)·σ_rms, the mean
@@ -152,9 +154,28 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
                    fraction_uncertain=f_unc if n_t else None)
     if decision == "label" and n_t:
         u = err_scale + (ood * err_scale.max() if err_scale.size else 0)  # out-of-distribution targets first
-        if target_features is None:
-            order = list(np.argsort(-u)[: t.n_requests])
-        else:
-            order = farthest_point_ranking(target_features, u + 1e-12, t.n_requests)
-        dec.label_requests = [int(target_indices[k]) for k in order]
+        dec.label_requests = _requests(u, target_features, target_indices, t.n_requests)
+    return dec
+
+
+def _requests(u: np.ndarray, features, indices: Sequence[int], n: int) -> list[int]:
+    """The ``n`` targets to label: by uncertainty ``u``, diversified in feature space when features are given."""
+    if not len(indices) or n <= 0:
+        return []
+    order = list(np.argsort(-u)[:n]) if features is None else farthest_point_ranking(features, u + 1e-12, n)
+    return [int(indices[k]) for k in order]
+
+
+def unmeasured(chemsys: str, reason: str, thresholds: Thresholds, *, n_structures: int = 0, target_features=None,
+               target_sigma_rms=None, target_indices: Sequence[int] = ()) -> Decision:
+    """The decision for a chemistry whose softening cannot be measured (no labelled structure of it, or
+    labels that determine no scale): always **label**, with ``reason``, and requests ranked as for rule 4
+    among its targets (by calibrated force σ, diversified)."""
+    n_t = len(target_indices)
+    sig = np.asarray(target_sigma_rms if target_sigma_rms is not None else np.zeros(n_t), dtype=float)
+    err_scale = np.sqrt(2 / np.pi) * sig
+    dec = Decision(chemsys=chemsys, decision="label", reasons=[reason],
+                   softening={"chemsys": chemsys, "n_structures": int(n_structures)}, n_targets=n_t,
+                   fraction_uncertain=float(np.mean(err_scale > thresholds.force_tol)) if n_t else None)
+    dec.label_requests = _requests(err_scale, target_features, target_indices, thresholds.n_requests)
     return dec

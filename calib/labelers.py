@@ -107,6 +107,7 @@ class LabelReport:
     n_labelled: int = 0
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    repaired: str = ""  # what was dropped from a torn last frame of ``out``, if anything
 
     def as_dict(self) -> dict:
         return {
@@ -117,7 +118,47 @@ class LabelReport:
             "n_failed": len(self.failures),
             "failures": self.failures,
             "seconds": self.seconds,
+            "repaired": self.repaired,
         }
+
+
+def repair_torn_tail(path: str) -> str:
+    """Cut an extxyz file back to its last complete frame; returns what was dropped ('' if nothing).
+
+    Frames are appended one at a time, so a run killed mid-write can only tear the last one: a frame
+    is complete when its count line, comment line and that many atom lines all end in a newline."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    pos = good = frames = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        header = data[pos:nl].strip()
+        if not header:  # blank line between frames
+            pos = good = nl + 1
+            continue
+        try:
+            natoms = int(header)
+        except ValueError:
+            break
+        end = pos
+        for _ in range(natoms + 2):
+            nl = data.find(b"\n", end)
+            if nl < 0:
+                end = -1
+                break
+            end = nl + 1
+        if end < 0:
+            break
+        pos = good = end
+        frames += 1
+    if good == len(data):
+        return ""
+    with open(path, "r+b") as fh:
+        fh.truncate(good)
+    return (f"{path}: dropped a torn last frame ({len(data) - good} bytes after {frames} complete frame(s)), "
+            "the structure in flight when the previous run stopped; it is labelled again")
 
 
 def _done_keys(out: str) -> set[str]:
@@ -165,12 +206,17 @@ def label(
     errors_path = out + ".errors.jsonl"
     if calculator is None:
         calculator = GPAWFactory()
+    repaired = repair_torn_tail(out) if os.path.exists(out) else ""
     done = _done_keys(out)
-    failed_before = set()
-    if os.path.exists(errors_path) and not retry_failed:
+    old_failures: dict = {}
+    if os.path.exists(errors_path):
         with open(errors_path) as fh:
-            failed_before = {json.loads(line)["key"] for line in fh if line.strip()}
-    report = LabelReport(out=out, n_input=len(structures))
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    old_failures[rec["key"]] = rec
+    failed_before = set() if retry_failed else set(old_failures)
+    report = LabelReport(out=out, n_input=len(structures), repaired=repaired)
     t_start = time.perf_counter()
     todo = []
     for i, atoms in enumerate(structures):
@@ -203,8 +249,12 @@ def label(
                 "error": f"{type(exc).__name__}: {exc}",
             }
             report.failures.append(record)
-            with open(errors_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            if key in old_failures:  # a retried structure that fails again keeps one line, its latest error
+                old_failures[key] = record
+                _rewrite_errors(errors_path, old_failures.values(), report.failures)
+            else:
+                with open(errors_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
             continue
         labelled = structures[i].copy()
         labelled.info.update(info)
@@ -213,5 +263,18 @@ def label(
         labelled.calc = SinglePointCalculator(labelled, **results)
         ase.io.write(out, labelled, format="extxyz", append=True)
         report.n_labelled += 1
+        if key in old_failures:  # labelled on retry: no longer a failure
+            old_failures.pop(key)
+            _rewrite_errors(errors_path, old_failures.values(), report.failures)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _rewrite_errors(path: str, old, new) -> None:
+    """The errors file with one line per structure still failing (latest record of each key)."""
+    latest = {r["key"]: r for r in old}
+    latest.update({r["key"]: r for r in new})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in latest.values())
+    os.replace(tmp, path)

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .errors import CalibWarning
 from ase import Atoms
 
 from .models.base import ModelAdapter, batches, total_scale
@@ -279,7 +281,7 @@ class LLPR:
                 note = "NLL minimum at the edge of the sigma2 grid; "
                 warnings.warn(f"LLPR calibration: the NLL minimum lies at the edge of the sigma2 grid "
                               f"(sigma2 = {10**log_best:.3g}); the features barely rank the errors",
-                              stacklevel=3)
+                              CalibWarning, stacklevel=3)
         a2, nll = profile(log_best)
         return a2, float(10.0**log_best), nll, [float(10.0**x) for x in grid], [float(x) for x in nlls], note
 
@@ -308,8 +310,12 @@ class LLPR:
         for k in (0, 1):
             m = g == k
             if np.any(m):
+                what, unit = (("energy", "eV"), ("force", "eV/Å"))[k]
                 if m.sum() < 2:
-                    raise ValueError(f"calibration needs at least 2 {('energy', 'force')[k]} residuals")
+                    raise ValueError(f"calibration needs at least 2 {what} residuals, got {int(m.sum())}")
+                if np.max(r2[m]) <= 1e-12:
+                    raise ValueError(f"all {int(m.sum())} {what} residuals are below 1e-6 {unit}: the data cannot "
+                                     f"determine α² and ς² for {what}s (α² would collapse to 0)")
                 fits[k] = self._profile_fit(P[m], r2[m], sigma2_grid)
         e = fits.get(0, fits.get(1))
         f = fits.get(1, e)

@@ -96,7 +96,8 @@ def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndar
     e_delta = np.array([get_energy(a) for a in structs]) - np.asarray(energy)
     if forces is None:
         return e_delta, None
-    return e_delta, np.concatenate([get_forces(a) for a in structs]) - np.asarray(forces)
+    ref = [get_forces(a) for a in structs]
+    return e_delta, (np.concatenate(ref) if ref else np.zeros((0, 3))) - np.asarray(forces).reshape(-1, 3)
 
 
 def _spearman(a, b) -> float:
@@ -148,6 +149,38 @@ def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int 
         assigner = None if name.startswith("energy_difference") else class_assigner(classes, random_state=seed)
         out[name] = ConformalCalibrator(alpha, classes=assigner, min_class_size=min_class_size).fit_points(p)
     return out
+
+
+def drop_zero_sigma(points: dict) -> tuple[dict, dict]:
+    """Points without the force components (and atoms) whose σ is exactly zero, by symmetry (a dimer's
+    transverse forces, an atom on an inversion centre): their score |error|/σ is undefined. Returns the
+    points and, per target, how many were left out."""
+    out, dropped = {}, {}
+    for name, p in points.items():
+        keep = np.asarray(p.sigma) > 0
+        if name.startswith("force") and not keep.all():
+            dropped[name] = int((~keep).sum())
+            p = p.subset(keep)
+        out[name] = p
+    return out, dropped
+
+
+def _check_energy_residuals(structs, e_cf, e_ok, energy_folds) -> None:
+    """Refuse an energy (α², ς²) fit the data cannot determine, naming why (the element reference
+    absorbs every energy error when each composition appears once)."""
+    from collections import Counter
+
+    n_ok = int(np.sum(e_ok))
+    comps = Counter(a.get_chemical_formula(empirical=True) for a in structs)
+    if n_ok >= 2 and np.max(np.abs(e_cf[e_ok])) > 1e-6:
+        return
+    why = (f"{n_ok} of {len(structs)} structures keep a cross-fitted energy residual ({energy_folds} folds)"
+           if energy_folds else f"{len(structs)} in-sample residuals")
+    raise ValueError(
+        f"energy α² and ς² cannot be determined: {why}, and they are all below 1e-6 eV or too few; "
+        f"{len(comps)} composition(s) over {len(structs)} structures ({sum(v == 1 for v in comps.values())} "
+        "seen once), so the per-element reference absorbs the energy errors. Add structures that share a "
+        "composition (rattled or strained copies), or calibrate with --target forces")
 
 
 def calibrate(
@@ -227,6 +260,8 @@ def calibrate(
         e_cf, e_ok = cross_fitted_residuals(numbers, e_delta, n_folds=energy_folds, seed=0)
     else:
         e_cf, e_ok = e_res, np.ones(len(e_res), dtype=bool)
+    if target in ("energy", "both"):
+        _check_energy_residuals(structs, e_cf, e_ok, energy_folds)  # before the costly force gradients
 
     L = copy.deepcopy(artifact.llpr)  # the input artifact stays as it was
     # exact force gradients on the calibration set: for force calibration and the approx truncation
@@ -235,15 +270,20 @@ def calibrate(
     for idx in tqdm(list(batches(len(structs), batch_size)) if with_forces else [], desc="force gradients",
                     unit="batch", disable=not progress):
         grads.extend(feature_gradients(model, [structs[i] for i in idx], U))
+    f_live = None
+    if with_forces:  # force components whose σ is zero by symmetry (f·∂f/∂x = 0) carry no information
+        f_rows_all = L.force_rows(grads, pred.n_atoms)
+        amax = np.abs(f_rows_all).max(axis=1)
+        f_live = amax > 1e-12 * max(float(amax.max(initial=0.0)), 1e-300)
     rows, res, groups = [], [], []
     if target in ("energy", "both"):
         rows.append(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]))
         res.append(e_cf[e_ok])
         groups.append(np.zeros(int(e_ok.sum()), dtype=int))
     if target in ("forces", "both"):
-        rows.append(L.force_rows(grads, pred.n_atoms))
-        res.append(f_res.reshape(-1))
-        groups.append(np.ones(f_res.size, dtype=int))
+        rows.append(f_rows_all[f_live])
+        res.append(f_res.reshape(-1)[f_live])
+        groups.append(np.ones(int(f_live.sum()), dtype=int))
     L.calibrate(np.concatenate(rows), np.concatenate(res), target=target, groups=np.concatenate(groups))
     e_sigma = L.energy_sigma(pred.features, pred.n_atoms)
     force_summary = {}
@@ -255,9 +295,10 @@ def calibrate(
         force_summary = {
             "force_alpha2": L.force_alpha2_,
             "force_sigma2": L.force_sigma2_,
-            "force_nll": L.nll(f_rows, f_res.reshape(-1), observable="forces"),
-            "force_spearman": _spearman(f_sigma, np.abs(f_res.reshape(-1))),
+            "force_nll": L.nll(f_rows[f_live], f_res.reshape(-1)[f_live], observable="forces"),
+            "force_spearman": _spearman(f_sigma[f_live], np.abs(f_res.reshape(-1)[f_live])),
             "approx_force_directions": int(len(L.force_directions_)),
+            "force_components_zero_sigma": int((~f_live).sum()),
         }
     differences, correction, diff_summary = {}, None, {}
     if difference_model:
@@ -270,7 +311,7 @@ def calibrate(
                               force_sigma=f_sigma if with_forces else None, energy_errors=e_cf,
                               pair_errors=e_res, force_errors=f_res if with_forces else None,
                               energies=pred.energy, differences=differences, correction=correction)
-        conformal = fit_conformal(points, alpha, classes, min_class_size)
+        conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
     summary = {
         "target": target,
         "n_structures": len(structs),
@@ -419,9 +460,11 @@ def evaluate(
     for name in ("energy_difference", "energy_difference_corrected"):
         if name in points:
             points[name] = points[name].subset(np.isfinite(points[name].errors))
+    points, dropped = drop_zero_sigma(points)
     points = {k: p for k, p in points.items() if len(p)}
     alpha = next((c.alpha for c in artifact.conformal.values()), None)
     out: dict = {"alpha": alpha, "n_structures": len(lp.structures), "n_without_interval": n_without,
+                 "force_components_zero_sigma": dropped.get("forces", 0),
                  "skipped": [i.as_dict() for i in lp.issues]}
     kept = {}
     for name, p in points.items():
@@ -453,6 +496,7 @@ class SofteningRun:
     results: dict
     issues: list
     labelled: LabelledPrediction | None = None
+    failures: dict = field(default_factory=dict)  # chemsys → {"n_structures", "reason"}: not measurable
 
     def parity_plots(self, folder) -> list[str]:
         """One force parity plot per chemistry in ``folder`` (PNG); the paths written."""
@@ -486,12 +530,13 @@ def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
     ok = lp.ok
     if not lp.structures:
         return SofteningRun({}, lp.issues, lp)
+    failures: dict = {}
     results = fit_softening_by_chemsys(
         ok["chemsys"].values, [lp.forces_of(k) for k in range(len(lp.structures))],
         [get_forces(a) for a in lp.structures], model_energies=ok["energy"].values,
         reference_energies=[get_energy(a) for a in lp.structures], n_atoms=ok["n_atoms"].values,
-        compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], **kw)
-    return SofteningRun(results, lp.issues, lp)
+        compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], failures=failures, **kw)
+    return SofteningRun(results, lp.issues, lp, failures)
 
 
 def store_corrections(artifact: Artifact, results: dict, only=None) -> Artifact:
@@ -511,7 +556,7 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
     """Decide per chemistry of ``labelled`` (calib.decide's rules); targets (default: the labelled
     structures) are judged for calibrated uncertainty and, when given, for distribution shift
     against the labelled structures (Q residual). Returns (decisions, skipped issues)."""
-    from .decide import Thresholds, decide_chemistry
+    from .decide import Thresholds, decide_chemistry, unmeasured
     from .ood import QResidualDetector
 
     t = thresholds or Thresholds()
@@ -519,7 +564,12 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
     use_labelled = targets is None
     lp = predict_labelled(predictor, labelled, forces=True, force_mode=force_mode if use_labelled else "none",
                           batch_size=batch_size, descriptors=True, progress=progress)
-    soft = _softening_run(lp, n_bootstrap=n_bootstrap, confidence=t.confidence, seed=seed).results
+    if not lp.structures:
+        from .errors import InputError
+
+        raise InputError("no valid labelled structure to decide from: " + "; ".join(str(i) for i in lp.issues[:5]))
+    run = _softening_run(lp, n_bootstrap=n_bootstrap, confidence=t.confidence, seed=seed)
+    soft = run.results
     issues = list(lp.issues)
     lab = lp.ok
     if use_labelled:  # the labelled structures are the targets: reuse their prediction
@@ -540,8 +590,17 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
     lab_chem_atom = dict(zip(lab["structure"].values.tolist(), lab["chemsys"].values.tolist()))
     lab_atom_chem = np.array([lab_chem_atom[int(i)] for i in lab["structure_index"].values])
     decisions = []
-    for chem, s in soft.items():
+    for chem in sorted(set(soft) | set(run.failures) | set(tds["chemsys"].values.tolist())):
         rows = np.flatnonzero(tds["chemsys"].values == chem)
+        if chem not in soft:  # not measurable: label, with requests among its targets
+            why = (f"softening not measured: {run.failures[chem]['reason']}" if chem in run.failures
+                   else "no labelled structure of this chemistry: the model's error here is unknown")
+            decisions.append(unmeasured(
+                chem, why, t, n_structures=run.failures.get(chem, {}).get("n_structures", 0),
+                target_features=tds["features"].values[rows] if len(rows) else None,
+                target_sigma_rms=sigma_rms[rows], target_indices=[int(t_index[r]) for r in rows]))
+            continue
+        s = soft[chem]
         lab_atoms = lab_atom_chem == chem
         ood = None  # the labelled structures are in their own distribution: test only real targets
         if not use_labelled and len(rows) and lab_atoms.sum() >= 3:

@@ -361,13 +361,15 @@ def _batched(stream: Iterable, size: int) -> Iterator[list]:
 
 
 def check_options(batch_size: int, force_tol: float | None, energy_tol: float | None) -> None:
-    """Raise ValueError for a batch size < 1 or a tolerance (eV/Å, eV/atom) that is not a positive number."""
-    if batch_size < 1:
-        raise ValueError(f"the batch size must be >= 1, got {batch_size}")
+    """Raise :class:`calib.errors.UsageError` (a ValueError) for a batch size < 1 or a tolerance
+    (eV/Å, eV/atom) that is not a positive number."""
+    from .errors import UsageError, positive_int
+
+    positive_int("--batch-size", batch_size)
     if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
-        raise ValueError(f"the force tolerance must be a positive number of eV/Å, got {force_tol}")
+        raise UsageError(f"--force-tol must be a positive number of eV/Å, got {force_tol}")
     if energy_tol is not None and not (np.isfinite(energy_tol) and energy_tol > 0):
-        raise ValueError(f"the energy tolerance must be a positive number of eV/atom, got {energy_tol}")
+        raise UsageError(f"--energy-tol must be a positive number of eV/atom, got {energy_tol}")
 
 
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,

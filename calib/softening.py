@@ -92,7 +92,9 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
     gg = np.array([g @ g for g in g_parts])
     ff = np.array([f @ f for f in f_parts])
     if gg.sum() <= 0 or ff.sum() <= 0:
-        raise ValueError(f"{chemsys}: all force components are zero; the softening scale is undefined")
+        raise ValueError(f"{chemsys}: all {'reference' if gg.sum() <= 0 else 'model'} force components are zero "
+                         "(structures at a symmetric equilibrium?); the softening scale is undefined: label "
+                         "displaced or rattled structures of this chemistry")
     f, g = np.concatenate(f_parts), np.concatenate(g_parts)
     s = fg.sum() / gg.sum()
     c = fg.sum() / ff.sum()
@@ -134,7 +136,7 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
 
 def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_forces, *, model_energies=None,
                              reference_energies=None, n_atoms=None, compositions=None, n_bootstrap: int = 2000,
-                             confidence: float = 0.95, seed: int = 0) -> dict:
+                             confidence: float = 0.95, seed: int = 0, failures: dict | None = None) -> dict:
     """:func:`fit_softening` for each chemical system of a list of structures.
 
     Parameters
@@ -145,7 +147,8 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
 
     Returns a dict chemsys → :class:`SofteningResult`. A chemistry whose
     statistics cannot be computed (all reference forces zero) raises ValueError
-    naming it.
+    naming it, unless ``failures`` is a dict: then it is recorded there
+    (chemsys → {"n_structures", "reason"}) and the other chemistries go on.
     """
     chem = np.asarray(chemsys, dtype=str)
     out = {}
@@ -155,10 +158,15 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
         if compositions is not None and n_atoms is not None:
             same = (len({compositions[j] for j in idx}) == 1 and len({int(n_atoms[j]) for j in idx}) == 1)
         pick = (lambda x: None if x is None else np.asarray(x, dtype=float)[idx])  # noqa: E731
-        out[c] = fit_softening([model_forces[j] for j in idx], [reference_forces[j] for j in idx], chemsys=c,
-                               model_energies=pick(model_energies), reference_energies=pick(reference_energies),
-                               n_atoms=pick(n_atoms), same_composition=same, n_bootstrap=n_bootstrap,
-                               confidence=confidence, seed=seed)
+        try:
+            out[c] = fit_softening([model_forces[j] for j in idx], [reference_forces[j] for j in idx], chemsys=c,
+                                   model_energies=pick(model_energies), reference_energies=pick(reference_energies),
+                                   n_atoms=pick(n_atoms), same_composition=same, n_bootstrap=n_bootstrap,
+                                   confidence=confidence, seed=seed)
+        except ValueError as exc:
+            if failures is None:
+                raise
+            failures[c] = {"n_structures": int(len(idx)), "reason": str(exc).removeprefix(f"{c}: ")}
     return out
 
 

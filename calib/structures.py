@@ -125,15 +125,30 @@ def read_structures(sources: str | os.PathLike | Atoms | Iterable) -> list[Atoms
 def _read_file(path: str | os.PathLike) -> list[Atoms]:
     import ase.io
 
+    from ase.io.formats import UnknownFileTypeError
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"structure file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; name its files (e.g. {os.path.join(path, '*.cif')}), or use "
+                         "`calib screen`, which reads folders")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty")
+    frames: list[Atoms] = []
     try:
-        frames = ase.io.read(path, index=":")
+        for atoms in ase.io.iread(path, index=":"):
+            frames.append(atoms)
+    except UnknownFileTypeError:
+        ext = os.path.splitext(path)[1] or "(none)"
+        raise ValueError(f"{path}: ASE cannot tell the format of this file (extension {ext}); use extxyz, CIF, "
+                         "POSCAR/CONTCAR, an ASE .db or a trajectory") from None
     except Exception as exc:  # ASE raises many types for unreadable files
-        raise ValueError(f"could not read structures from {path}: {exc}") from exc
-    if isinstance(frames, Atoms):
-        frames = [frames]
+        where = f"frame {len(frames)} (after {len(frames)} complete frame(s); truncated?)" if frames \
+            else "its first structure"
+        raise ValueError(f"could not read {where} of {path}: {type(exc).__name__}: {exc}") from None
+    if not frames:
+        raise ValueError(f"{path} holds no structures")
     for i, atoms in enumerate(frames):
         atoms.info.setdefault("source", f"{os.path.basename(path)}:{i}")
     return list(frames)
@@ -285,11 +300,12 @@ def _neighbors(atoms: Atoms, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
     pos = np.ascontiguousarray(atoms.get_positions(), dtype=float)
-    i, j, _, d = find_points_in_spheres(
+    i, j, images, d = find_points_in_spheres(
         pos, pos, r=float(r), pbc=np.ascontiguousarray(atoms.pbc, dtype=np.int64),
         lattice=np.ascontiguousarray(atoms.cell[:], dtype=float), tol=1e-8,
     )
-    keep = d > 1e-8
+    # drop each atom's pair with itself in the home cell only: two distinct atoms on one site stay (d = 0)
+    keep = ~((i == j) & np.all(np.asarray(images) == 0, axis=1))
     return i[keep].astype(int), j[keep].astype(int), d[keep]
 
 

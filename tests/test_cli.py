@@ -51,7 +51,7 @@ def test_hessian_calibrate_predict(files, chgnet):
 
     r = run("predict", d / "lab.extxyz", "--calibration", d / "cal.nc", "--forces", "--json")
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+    out = json.loads(r.stdout)["records"]
     assert [x["index"] for x in out] == list(range(7))
     assert out[6]["name"] == "squashed" and "closer than 0.5" in out[6]["error"] and "energy" not in out[6]
     recs = out[:6]
@@ -77,7 +77,7 @@ def test_missing_file_and_bad_model(tmp_path):
     assert r.exit_code == 1 and "not found" in json.loads(r.stdout)["error"]
     ase.io.write(tmp_path / "x.extxyz", datasets.load("high-energy-states", chemsys="Si")[:1])
     r = run("hessian", tmp_path / "x.extxyz", "-o", tmp_path / "H.nc", "--model", "nonsense", "--json")
-    assert r.exit_code == 1 and "unknown model 'nonsense'" in json.loads(r.stdout)["error"]
+    assert r.exit_code == 2 and "unknown model 'nonsense'" in json.loads(r.stdout)["error"]
 
 
 def test_demo(tmp_path):

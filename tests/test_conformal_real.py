@@ -86,7 +86,7 @@ def test_cli_evaluate_json_plots_and_predict_intervals(calibrated):
     assert any("calibration_curve" in p for p in doc["plots"])
     r = run("predict", d / "few.extxyz", "--calibration", d / "CAL.nc", "--json")
     assert r.exit_code == 0, r.output
-    for rec in json.loads(r.stdout):
+    for rec in json.loads(r.stdout)["records"]:
         lo, hi = rec["energy_interval"]
         centre = rec["energy"] + rec["energy_shift"]
         assert lo < centre < hi and hi - lo == pytest.approx(2 * (centre - lo))

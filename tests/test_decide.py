@@ -121,7 +121,7 @@ def test_cli_decide_on_shipped_data(calibrated, chgnet):
     assert r.exit_code == 0, r.output
     # the anchor is the lowest CHGNet energy per atom among the labelled LiF structures
     assert anchor == pytest.approx(chgnet.predict(lif, forces=False).energy_per_atom.min(), abs=1e-6)
-    preds = json.loads(r.stdout)
+    preds = json.loads(r.stdout)["records"]
     for rec in preds:
         n = rec["n_atoms"]
         assert rec["correction"] == c

@@ -138,7 +138,7 @@ def test_predictor_dataset_against_cli_and_brute_force(calibrated_file, chgnet):
     r = CliRunner().invoke(app, ["predict", str(d / "probe.extxyz"), "--calibration", str(d / "CAL.nc"),
                                  "--forces", "--json"])
     assert r.exit_code == 0, r.output
-    for k, rec in enumerate(json.loads(r.stdout)):
+    for k, rec in enumerate(json.loads(r.stdout)["records"]):
         assert rec["energy"] == pytest.approx(float(ds.energy[k]), rel=1e-9)
         assert rec["energy_sigma"] == pytest.approx(float(ds.energy_sigma[k]), rel=1e-9)
         assert rec["energy_interval"] == pytest.approx([float(ds.energy_low[k]), float(ds.energy_high[k])])
@@ -261,7 +261,7 @@ def test_cli_unseen_element_gets_no_interval_and_others_keep_theirs(calibrated_f
     ase.io.write(d / "mixed.extxyz", mixed, format="extxyz")
     r = CliRunner().invoke(app, ["predict", str(d / "mixed.extxyz"), "--calibration", str(d / "CAL.nc"), "--json"])
     assert r.exit_code == 0, r.output
-    si, nacl, lif = json.loads(r.stdout)
+    si, nacl, lif = json.loads(r.stdout)["records"]
     assert nacl["energy_interval"] is None and "Cl, Na absent from the energy reference" in nacl[
         "energy_interval_reason"]
     assert nacl["energy_sigma"] > 0  # the model's own σ is still reported

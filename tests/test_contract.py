@@ -1,0 +1,351 @@
+"""The error contract of every `calib` command (docs/cli.md), case by case, through the CLI.
+
+Each case states what a hostile but fair user does and what must come back: the exit code (0 done,
+1 failed or nothing processed, 2 usage), one JSON document under --json (``{"error", "kind"}`` on
+failure), a message naming the problem, no traceback, and which files survive unchanged.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from typer.testing import CliRunner
+
+from calib import datasets
+from calib.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def doc_of(r) -> dict:
+    """The one JSON document of a --json run (fails if stdout holds anything else)."""
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory, chgnet):
+    """Files every case can use: equilibrium structures, labels, H.nc and a calibrated CAL.nc."""
+    from calib.pipeline import build_hessian, calibrate
+    from calib.prototypes import perturbed_set
+
+    d = tmp_path_factory.mktemp("contract")
+    eq = perturbed_set(n_variants=1, seed=5)
+    ase.io.write(d / "eq.extxyz", eq, format="extxyz")
+    si = datasets.load("high-energy-states", chemsys="Si")[:6]
+    lif = datasets.load("high-energy-states", chemsys="Li-F")[:5]
+    ase.io.write(d / "lab.extxyz", si + lif, format="extxyz")
+    art, _ = build_hessian(chgnet, eq, progress=False)
+    art.save(d / "H.nc")
+    calibrate(art, chgnet, si + lif, progress=False, energy_folds=None).artifact.save(d / "CAL.nc")
+    return d
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model is an error: for cases that must be refused before any model loads."""
+    import calib.models
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the parameters were checked")
+
+    monkeypatch.setattr(calib.models, "load_model", refuse)
+
+
+def _labelled(atoms, energy, forces, name):
+    a = atoms.copy()
+    a.calc = SinglePointCalculator(a, energy=energy, forces=np.asarray(forces, dtype=float))
+    a.info["name"] = name
+    return a
+
+
+# ------------------------------------------------------------------ parameters refused before a model loads
+
+USAGE = [  # (command line after the files, the words the message must contain)
+    (["softening", "{lab}", "--batch-size", "0"], "--batch-size"),
+    (["softening", "{lab}", "--n-bootstrap", "0"], "--n-bootstrap"),
+    (["softening", "{lab}", "--confidence", "1.5"], "--confidence"),
+    (["softening", "{lab}", "--confidence", "nan"], "--confidence"),
+    (["softening", "{lab}", "--plot", "{lab}"], "is a file"),
+    (["softening", "{lab}", "--calibration", "{cal}"], "both --calibration and -o"),
+    (["hessian", "{eq}", "-o", "{tmp}/H2.nc", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["hessian", "{eq}", "-o", "{tmp}/H2.nc", "--force-weight", "-1"], "--force-weight"),
+    (["hessian", "{eq}", "-o", "{tmp}/H2.nc", "--force-weight", "nan"], "--force-weight"),
+    (["hessian", "{eq}", "-o", "{tmp}/H2.nc", "--device", "banana"], "--device"),
+    (["hessian", "{eq}", "-o", "{tmp}/H2.nc", "--device", "cuda:7"], "cuda"),
+    (["hessian", "{eq}", "-o", "{tmp}/missing/H.nc"], "does not exist"),
+    (["hessian", "{eq}", "-o", "{tmp}"], "is a folder"),
+    (["hessian", "{eq}", "-o", "{eq}"], "is also an input"),
+    (["hessian", "{eq}", "-o", "{cal}"], "--overwrite"),
+    (["calibrate", "{lab}", "--hessian", "{h}", "-o", "{tmp}/c.nc", "--alpha", "1.5"], "--alpha"),
+    (["calibrate", "{lab}", "--hessian", "{h}", "-o", "{tmp}/c.nc", "--min-class-size", "-5"], "--min-class-size"),
+    (["calibrate", "{lab}", "--hessian", "{h}", "-o", "{tmp}/c.nc", "--classes", "banana"], "--classes"),
+    (["calibrate", "{lab}", "--hessian", "{h}", "-o", "{tmp}/c.nc", "--target", "stress"], "--target"),
+    (["calibrate", "{lab}", "--hessian", "{h}", "-o", "{h}"], "is also an input"),
+    (["decide", "{lab}", "--calibration", "{cal}", "--confidence", "0"], "--confidence"),
+    (["decide", "{lab}", "--calibration", "{cal}", "--n-requests", "-2"], "--n-requests"),
+    (["decide", "{lab}", "--calibration", "{cal}", "--max-untrusted", "-1"], "--max-untrusted"),
+    (["decide", "{lab}", "--calibration", "{cal}", "--force-tol", "nan"], "--force-tol"),
+    (["decide", "{lab}", "--calibration", "{cal}", "--min-labels", "0"], "--min-labels"),
+    (["decide", "{lab}", "--calibration", "{cal}", "--request-out", "{lab}"], "is also an input"),
+    (["decide", "{lab}", "--calibration", "{cal}", "-o", "{tmp}/s.nc", "--request-out", "{tmp}/s.nc"], "both name"),
+    (["label", "{eq}", "-o", "{eq}"], "is also an input"),
+    (["label", "{eq}", "-o", "{tmp}/l.extxyz", "--cutoff", "-450"], "--cutoff"),
+    (["predict", "{eq}", "--calibration", "{cal}", "--force-mode", "fast"], "--force-mode"),
+    (["predict", "{eq}", "--calibration", "{cal}", "--bogus"], "--bogus"),
+    (["predict", "--calibration", "{cal}"], "Missing argument"),
+    (["neb", "{eq}", "--calibration", "{cal}", "--plot", "{lab}"], "--overwrite"),
+    (["screen", "{eq}", "--calibration", "{cal}", "-o", "{tmp}/r.nc", "--workers", "0"], "--workers"),
+    (["screen", "{eq}", "--calibration", "{cal}", "-o", "{tmp}/r.nc", "--batch-size", "0"], "batch"),
+    (["eos", "--plot", "{lab}"], "--overwrite"),
+    (["bench", "conformal", "--n-scores", "0"], "--n-scores"),
+]
+
+
+@pytest.mark.parametrize("argv,words", USAGE, ids=[" ".join(a[:1] + a[2:])[:60] for a, _ in USAGE])
+def test_usage_errors_exit_2_before_any_model_loads(d, no_model, argv, words):
+    files = {"lab": d / "lab.extxyz", "eq": d / "eq.extxyz", "cal": d / "CAL.nc", "h": d / "H.nc", "tmp": d}
+    before = {p: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    args = [a.format(**files) for a in argv]
+    r = run(*args, "--json")
+    assert r.exit_code == 2, r.output
+    doc = doc_of(r)
+    assert doc["kind"] in ("usage", "output") and words in doc["error"], doc
+    assert "Traceback" not in r.output
+    r = run(*args)  # the same without --json: one line on stderr, nothing on stdout
+    assert r.exit_code == 2 and r.stdout == "" and words in r.stderr and "Traceback" not in r.stderr
+    after = {p: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    assert after == before  # no input touched, no output or temporary file left
+
+
+def test_no_gpu_is_a_usage_error(d, no_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = run("predict", d / "eq.extxyz", "--calibration", d / "CAL.nc", "--device", "cuda", "--json")
+    assert r.exit_code == 2 and "no CUDA GPU" in doc_of(r)["error"]
+
+
+# ------------------------------------------------------------------ data errors: exit 1, named, JSON
+
+
+def test_unreadable_inputs_are_named(d, tmp_path):
+    (tmp_path / "x.bin").write_bytes(os.urandom(300))
+    r = run("predict", tmp_path / "x.bin", "--calibration", d / "CAL.nc", "--json")
+    assert r.exit_code == 1 and doc_of(r)["kind"] == "input"
+    assert "x.bin" in doc_of(r)["error"] and "cannot tell the format" in doc_of(r)["error"]
+    text = (d / "eq.extxyz").read_text()
+    frames = ase.io.read(d / "eq.extxyz", ":")
+    cut = text[: text.index(frames[3].info["name"]) + 200]  # inside frame 3
+    (tmp_path / "cut.extxyz").write_text(cut)
+    r = run("predict", tmp_path / "cut.extxyz", "--calibration", d / "CAL.nc", "--json")
+    assert r.exit_code == 1 and "frame 3" in doc_of(r)["error"] and "cut.extxyz" in doc_of(r)["error"]
+
+
+def test_netcdf_with_calib_names_but_no_attributes(d, tmp_path):
+    import xarray as xr
+
+    ds = xr.load_dataset(d / "CAL.nc")
+    ds.attrs = {}
+    for v in ds.variables.values():
+        v.attrs = {}
+    ds.to_netcdf(tmp_path / "bare.nc")
+    r = run("predict", d / "eq.extxyz", "--calibration", tmp_path / "bare.nc", "--json")
+    assert r.exit_code == 1 and doc_of(r)["kind"] == "artifact" and "not a calib artifact" in doc_of(r)["error"]
+
+
+def test_changed_bytes_in_an_artifact_are_caught(d, tmp_path):
+    import shutil
+
+    import netCDF4
+
+    bad = tmp_path / "CAL.nc"
+    shutil.copy(d / "CAL.nc", bad)
+    with netCDF4.Dataset(bad, "r+") as nc:  # 8 bytes: one float64 of the stored energy quantile
+        nc["cp_energy_quantile"][...] = nc["cp_energy_quantile"][...] * 100
+    r = run("predict", d / "eq.extxyz", "--calibration", bad, "--json")
+    assert r.exit_code == 1 and doc_of(r)["kind"] == "artifact" and "corrupt" in doc_of(r)["error"]
+    r = run("predict", d / "eq.extxyz", "--calibration", d / "CAL.nc", "--json")  # the original still reads
+    assert r.exit_code == 0, r.output
+
+
+def test_predict_exit_1_when_every_structure_is_rejected(d, tmp_path):
+    a = bulk("Si", "diamond", 5.43)
+    a.positions[1] = a.positions[0] + [0.1, 0, 0]
+    ase.io.write(tmp_path / "bad.extxyz", [a, a], format="extxyz")
+    r = run("predict", tmp_path / "bad.extxyz", "--calibration", d / "CAL.nc", "--json")
+    assert r.exit_code == 1
+    doc = doc_of(r)
+    assert doc["n_predicted"] == 0 and all("closer than" in x["error"] for x in doc["records"])
+
+
+def test_decide_and_softening_exit_1_on_all_invalid_input(d, tmp_path):
+    a = bulk("Si", "diamond", 5.43)
+    a.positions[1] = a.positions[0] + [0.1, 0, 0]
+    ase.io.write(tmp_path / "bad.extxyz", [_labelled(a, -10.0, np.zeros((2, 3)), "squashed")], format="extxyz")
+    for argv in (["decide", tmp_path / "bad.extxyz", "--calibration", d / "CAL.nc"],
+                 ["softening", tmp_path / "bad.extxyz", "--n-bootstrap", "10"]):
+        r = run(*argv, "--json")
+        assert r.exit_code == 1 and "squashed" in doc_of(r)["error"], r.output
+
+
+# ------------------------------------------------------------------ per-chemistry failures stay per chemistry
+
+
+def test_zero_force_chemistry_is_reported_and_the_others_stand(d, tmp_path, chgnet):
+    diamond = [bulk("C", "diamond", a0) for a0 in (3.55, 3.57, 3.59)]  # perfect cells: every force is 0
+    zero = [_labelled(a, float(e), np.zeros((2, 3)), f"C-{k}")
+            for k, (a, e) in enumerate(zip(diamond, chgnet.predict(diamond, forces=False).energy))]
+    ase.io.write(tmp_path / "mix.extxyz", ase.io.read(d / "lab.extxyz", ":6") + zero, format="extxyz")
+    r = run("softening", tmp_path / "mix.extxyz", "--n-bootstrap", "50", "--json")
+    assert r.exit_code == 0, r.output
+    recs = {x["chemsys"]: x for x in doc_of(r)["records"]}
+    assert recs["C"]["n_structures"] == 3 and "force components are zero" in recs["C"]["reason"]
+    assert recs["Si"]["softening_scale"] > 0 and "reason" not in recs["Si"]
+    r = run("decide", tmp_path / "mix.extxyz", "--calibration", d / "CAL.nc", "--json")
+    assert r.exit_code == 0, r.output
+    recs = {x["chemsys"]: x for x in doc_of(r)["records"]}
+    assert recs["C"]["decision"] == "label" and "softening not measured" in recs["C"]["reasons"][0]
+    assert recs["Si"]["decision"] in ("accept", "scale", "label") and recs["Si"]["softening_scale"] > 0
+
+
+def test_target_chemistries_without_labels_get_label_and_requests(d, tmp_path):
+    targets = (datasets.load("high-energy-states", chemsys="Na-Cl")[:10]
+               + datasets.load("high-energy-states", chemsys="Zn-S")[:10])
+    for a in targets:
+        a.calc = None
+    ase.io.write(tmp_path / "targets.extxyz", targets, format="extxyz")
+    req = tmp_path / "req.extxyz"
+    r = run("decide", d / "lab.extxyz", "--calibration", d / "CAL.nc", "--targets", tmp_path / "targets.extxyz",
+            "--request-out", req, "--n-requests", "3", "--json")
+    assert r.exit_code == 0, r.output
+    recs = {x["chemsys"]: x for x in doc_of(r)["records"]}
+    for chem, rows in (("Na-Cl", range(0, 10)), ("Zn-S", range(10, 20))):
+        assert recs[chem]["decision"] == "label" and "no labelled structure" in recs[chem]["reasons"][0]
+        assert len(recs[chem]["label_requests"]) == 3 and set(recs[chem]["label_requests"]) <= set(rows)
+    written = ase.io.read(req, ":")
+    wanted = [i for x in doc_of(r)["records"] for i in x["label_requests"]]
+    assert [a.info["calib_request_index"] for a in written] == wanted and len(wanted) >= 6
+
+
+def test_symmetric_structure_is_calibrated_with_zero_sigma_components_left_out(d, tmp_path, chgnet):
+    dimer = Atoms("Si2", positions=[[0, 0, 0], [2.3, 0, 0]], cell=[10, 10, 10], pbc=True)
+    p = chgnet.predict([dimer], forces=True)
+    f = 1.2 * p.forces  # a "reference" 20 % stiffer, along x only, as symmetry demands
+    assert np.all(f[:, 1:] == 0)
+    lab = ase.io.read(d / "lab.extxyz", ":") + [_labelled(dimer, float(p.energy[0]) - 1.0, f, "dimer")]
+    ase.io.write(tmp_path / "lab.extxyz", lab, format="extxyz")
+    r = run("calibrate", tmp_path / "lab.extxyz", "--hessian", d / "H.nc", "-o", tmp_path / "c.nc",
+            "--energy-folds", "0", "--json")
+    assert r.exit_code == 0, r.output
+    doc = doc_of(r)
+    assert doc["force_components_zero_sigma"] == 4  # y and z of both atoms
+    assert np.isfinite(doc["force_nll"]) and doc["conformal_quantile"]["forces"] > 0
+    r = run("evaluate", tmp_path / "lab.extxyz", "--calibration", tmp_path / "c.nc", "--json")
+    assert r.exit_code == 0, r.output
+    doc = doc_of(r)
+    assert doc["force_components_zero_sigma"] == 4 and doc["forces"]["nll"] is not None
+    n_components = sum(3 * len(a) for a in lab)
+    assert doc["forces"]["n"] == n_components - 4
+
+
+def test_one_structure_per_chemistry_is_refused(d, tmp_path):
+    one_each = [datasets.load("high-energy-states", chemsys=c)[0] for c in ("Si", "Li-F", "Na-Cl", "Mg")]
+    ase.io.write(tmp_path / "one.extxyz", one_each, format="extxyz")
+    r = run("calibrate", tmp_path / "one.extxyz", "--hessian", d / "H.nc", "-o", tmp_path / "c.nc",
+            "--energy-folds", "0", "--json")
+    assert r.exit_code == 1, r.output
+    assert "cannot be determined" in doc_of(r)["error"] and "--target forces" in doc_of(r)["error"]
+    assert not (tmp_path / "c.nc").exists()
+
+
+# ------------------------------------------------------------------ outputs: never clobbered, all or none
+
+
+def test_existing_outputs_need_overwrite_and_inputs_never_change(d, tmp_path):
+    import shutil
+
+    lab = tmp_path / "lab.extxyz"
+    shutil.copy(d / "lab.extxyz", lab)
+    cal = tmp_path / "CAL.nc"
+    shutil.copy(d / "CAL.nc", cal)
+    before = lab.read_bytes(), cal.read_bytes()
+    r = run("decide", lab, "--calibration", cal, "--request-out", lab, "--json")
+    assert r.exit_code == 2 and "is also an input" in doc_of(r)["error"]
+    r = run("hessian", lab, "-o", cal, "--json")
+    assert r.exit_code == 2 and "--overwrite" in doc_of(r)["error"]
+    assert (lab.read_bytes(), cal.read_bytes()) == before
+    r = run("hessian", d / "eq.extxyz", "-o", cal, "--overwrite", "--json")  # replaced only when asked
+    assert r.exit_code == 0, r.output
+    from calib.artifact import Artifact
+
+    assert not Artifact.load(cal).calibrated
+
+
+def test_outputs_are_written_all_or_none(tmp_path):
+    from calib.cli import _stage
+
+    def boom(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        _stage([(tmp_path / "a.txt", lambda p: Path(p).write_text("a")), (tmp_path / "b.txt", boom)])
+    assert list(tmp_path.iterdir()) == []  # neither output, no temporary file
+    _stage([(tmp_path / "a.txt", lambda p: Path(p).write_text("a")), (tmp_path / "b.txt",
+                                                                      lambda p: Path(p).write_text("b"))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+# ------------------------------------------------------------------ labelling: torn frames, failures
+
+
+def test_label_resume_repairs_a_torn_last_frame(tmp_path):
+    from ase.calculators.emt import EMT
+
+    from calib.labelers import label
+
+    structs = [bulk("Cu", "fcc", a0, cubic=True) for a0 in (3.55, 3.60, 3.65, 3.70)]
+    for k, a in enumerate(structs):
+        a.info["name"] = f"Cu-{k}"
+    out = tmp_path / "lab.extxyz"
+    assert label(structs[:3], out, EMT(), progress=False).n_labelled == 3
+    full = out.read_bytes()
+    out.write_bytes(full[: len(full) - 57])  # killed while writing the third frame
+    rep = label(structs, out, EMT(), progress=False)
+    assert "torn last frame" in rep.repaired and rep.n_done_before == 2 and rep.n_labelled == 2
+    back = ase.io.read(out, ":")
+    assert [a.info["name"] for a in back] == ["Cu-0", "Cu-1", "Cu-2", "Cu-3"]
+    ref = [EMT().get_potential_energy(a) for a in structs]
+    assert np.allclose([a.get_potential_energy() for a in back], ref)
+
+
+def test_retry_failed_keeps_one_line_per_failure(tmp_path):
+    from ase.calculators.emt import EMT
+
+    from calib.labelers import label
+
+    structs = [bulk("Cu", "fcc", 3.6, cubic=True), bulk("Si", "diamond", 5.43)]  # EMT has no Si
+    out = tmp_path / "lab.extxyz"
+    errors = tmp_path / "lab.extxyz.errors.jsonl"
+    assert len(label(structs, out, EMT(), progress=False).failures) == 1
+    for _ in range(2):
+        rep = label(structs, out, EMT(), progress=False, retry_failed=True)
+        assert len(rep.failures) == 1
+        assert len(errors.read_text().splitlines()) == 1
+
+
+def test_no_third_party_warnings_on_stderr(d, tmp_path):
+    a = bulk("Ne", "fcc", 4.4)  # pymatgen has no Pauling electronegativity for Ne: it warns
+    ase.io.write(tmp_path / "ne.extxyz", [a], format="extxyz")
+    r = run("predict", tmp_path / "ne.extxyz", "--calibration", d / "CAL.nc", "-q")
+    assert "electronegativity" not in r.stderr and "Warning" not in r.stderr, r.stderr
