@@ -20,7 +20,7 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 
 from importlib import import_module
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _API = {
     "CalibratedPredictor": "calib.predictor",

@@ -212,7 +212,7 @@ class Artifact:
     def load(cls, path, model=None) -> Artifact:
         """Read an artifact; with ``model``, fail unless it was fitted with that model.
 
-        The checksum of the data variables (``data_sha256``, written since calib 0.3.1) is verified:
+        The checksum of the data variables (``data_sha256``, written since calib 0.4.0) is verified:
         a file changed after it was written fails with :class:`ArtifactError`."""
         ds = read(path, "artifact")
         stored = ds.attrs.get("data_sha256")

@@ -305,9 +305,9 @@ def bench_commands(only=None, workdir: str | None = None, progress: bool = True)
 
             raise UsageError(f"unknown command(s) {sorted(unknown)}; choose from {[n for n, _ in lines]}")
     out = {"workdir": workdir}
+    needs_cal = bool(only) and bool(set(only) - {"hessian", "eos"}) and not os.path.exists(f"{workdir}/CAL.nc")
     for name, argv in tqdm(lines, desc="commands", unit="command", disable=not progress):
-        if only and name not in only and not (name in ("hessian", "calibrate")
-                                               and not os.path.exists(f"{workdir}/CAL.nc")):
+        if only and name not in only and not (needs_cal and name in ("hessian", "calibrate")):
             continue  # the artifact-building steps run when a later command needs them
         cmd = [sys.executable, "-m", "calib.cli", *argv, "--json", "--quiet", "--overwrite"] \
             if name in ("hessian", "calibrate", "softening", "decide", "eos") else \

@@ -82,7 +82,7 @@ class CalibratedCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         want_stress = "stress" in properties
         ds = self.predictor.predict([self.atoms], forces=True, stress=want_stress,
-                                    force_mode=self.force_mode if self.uncertainties else "none")
+                                    force_mode=self.force_mode if self.uncertainties else "none", progress=False)
         err = str(ds["error"].values[0])
         if err:
             raise ValueError(f"calib cannot evaluate this structure: {err}")

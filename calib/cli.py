@@ -152,13 +152,25 @@ def _model(spec: str, device: str):
         raise UsageError(f"--model {spec}: {exc}") from None
 
 
-def _read(paths: List[Path]):
-    from .structures import read_structures
+def _read(paths: List[Path], subset: Optional[dict] = None):
+    """The structures of these files (InputError naming the file otherwise), subset by --every/--limit/
+    --shuffle/--seed when given."""
+    from .structures import read_structures, take_subset
 
     try:
-        return read_structures([str(p) for p in paths])
+        structs = read_structures([str(p) for p in paths])
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
+    return take_subset(structs, **subset) if subset else structs
+
+
+def _subset(every: int, limit: Optional[int], shuffle: bool, seed: int) -> dict:
+    """Check the subset options (before any model loads)."""
+    positive_int("--every", every)
+    if limit is not None:
+        positive_int("--limit", limit)
+    non_negative_int("--seed", seed)
+    return {"every": every, "limit": limit, "shuffle": shuffle, "seed": seed}
 
 
 def _calibrated(path: Path, model):
@@ -262,6 +274,12 @@ def hessian(
     structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db), "
                                             "e.g. near-equilibrium structures like the model's training set"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
+    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
+                              "files in order)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
+                                        "--shuffle)"),
+    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
+    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
     model: str = ModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -289,7 +307,7 @@ def hessian(
         _fail("--checkpoint is for serial runs; drop it with --workers/--scheduler", "usage")
     check_outputs({"-o": out, "--checkpoint": checkpoint}, inputs=structures, overwrite=overwrite,
                   resumable=("--checkpoint",))
-    structs = _read(structures)
+    structs = _read(structures, _subset(every, limit, shuffle, seed))
     m = _model(model, device)
     client = _client(workers, scheduler)
     try:
@@ -319,6 +337,12 @@ def calibrate_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å)"),
     hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
+    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
+                              "files in order)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
+                                        "--shuffle)"),
+    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
+    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
     model: str = ModelOpt,
     target: str = typer.Option("both", "--target",
                                help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
@@ -353,7 +377,7 @@ def calibrate_cmd(
         _fail("--energy-folds must be 0 (in-sample) or ≥ 2", "usage")
     parsed_classes = _parse_classes(classes)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
-    structs = _read(labelled)
+    structs = _read(labelled, _subset(every, limit, shuffle, seed))
     m = _model(model, device)
     art = Artifact.load(hessian_path, model=m)
     res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not quiet,
@@ -397,6 +421,12 @@ def _parse_classes(classes: str):
 def evaluate_cmd(
     labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å)"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
+                              "files in order)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
+                                        "--shuffle)"),
+    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
+    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
     model: str = ModelOpt,
     forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG; files in it "
@@ -412,7 +442,7 @@ def evaluate_cmd(
 
     device = _common(batch_size, device)
     check_plot_folder("--plot", plot)
-    structs = _read(labelled)
+    structs = _read(labelled, _subset(every, limit, shuffle, seed))
     m = _model(model, device)
     art = _calibrated(calibration, m)
     res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
@@ -440,6 +470,12 @@ def evaluate_cmd(
 def predict_cmd(
     structures: List[Path] = typer.Argument(..., help="structure files"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact"),
+    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
+                              "files in order)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
+                                        "--shuffle)"),
+    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
+    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
     model: str = ModelOpt,
     forces: bool = Flag(False, "--forces", help="also per-component force σ (eV/Å); with the default "
                         "--force-mode exact this costs d backward passes per batch"),
@@ -462,7 +498,7 @@ def predict_cmd(
     device = _common(batch_size, device)
     if force_mode not in ("exact", "approx"):
         _fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
-    structs = _read(structures)
+    structs = _read(structures, _subset(every, limit, shuffle, seed))
     m = _model(model, device)
     predictor = CalibratedPredictor(m, Artifact.load(calibration))
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
@@ -606,10 +642,15 @@ def _with_corrections(calibration: Path, model, corrections):
 @app.command("softening")
 def softening_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å)"),
+    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
+                              "files in order)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
+                                        "--shuffle)"),
+    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
     model: str = ModelOpt,
     n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="≥ 1 bootstrap resamples of structures"),
     confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals, in (0, 1)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap (≥ 0)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap and of --shuffle (≥ 0)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for force parity plots (PNG; files in it "
                                         "with the same names are replaced)"),
     calibration: Optional[Path] = typer.Option(None, "--calibration",
@@ -634,7 +675,7 @@ def softening_cmd(
     check_plot_folder("--plot", plot)
     _check_corrections_out(calibration, out)
     check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
-    structs = _read(labelled)
+    structs = _read(labelled, _subset(every, limit, shuffle, seed))
     m = _model(model, device)
     run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
                              seed=seed, progress=not quiet)
@@ -685,6 +726,12 @@ def decide_cmd(
     request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out",
                                        help="write CALIBRATION with the corrections of the 'scale' chemistries"),
+    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
+                              "files in order)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
+                                        "--shuffle)"),
+    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
+    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
     model: str = ModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -708,8 +755,9 @@ def decide_cmd(
     non_negative_int("--n-requests", n_requests)
     check_outputs({"-o": out, "--request-out": request_out}, inputs=[*labelled, *(targets or []), calibration],
                   overwrite=overwrite)
-    lab = _read(labelled)
-    tgt = _read(targets) if targets else None
+    sub = _subset(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
+    lab = _read(labelled, None if targets else sub)
+    tgt = _read(targets, sub) if targets else None
     m = _model(model, device)
     th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
                     max_untrusted=max_untrusted, n_requests=n_requests)
@@ -766,6 +814,7 @@ def neb_cmd(
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
@@ -921,8 +970,8 @@ def demo(
 @bench_app.command("llpr")
 def bench_llpr(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(16, "--n-structures"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    n_structures: int = typer.Option(16, "--n-structures", help="structures timed (perturbed prototypes)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
     repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
     as_json: bool = JsonOpt,
 ):
@@ -948,7 +997,7 @@ def _print_bench(result: dict, as_json: bool) -> None:
 def bench_screen_cmd(
     device: str = DeviceOpt,
     n_structures: int = typer.Option(64, "--n-structures", help="perturbed prototypes screened"),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", help="structures per model call"),
     repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
     as_json: bool = JsonOpt,
 ):
@@ -964,7 +1013,7 @@ def bench_screen_cmd(
 
 @bench_app.command("conformal")
 def bench_conformal_cmd(
-    n_scores: int = typer.Option(1_000_000, "--n-scores"),
+    n_scores: int = typer.Option(1_000_000, "--n-scores", help="conformal scores fitted and intervals given"),
     n_classes: int = typer.Option(16, "--n-classes", help="Mondrian classes"),
     as_json: bool = JsonOpt,
 ):
@@ -979,8 +1028,8 @@ def bench_conformal_cmd(
 @bench_app.command("dask")
 def bench_dask_cmd(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(96, "--n-structures"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    n_structures: int = typer.Option(96, "--n-structures", help="structures whose Hessian is accumulated"),
+    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
     as_json: bool = JsonOpt,
 ):
     """The same Hessian work on 1 and 2 dask workers: seconds and speed-up, measured now."""

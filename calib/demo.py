@@ -73,12 +73,13 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
         f"(from a timed batch of 16: {probe:.2f} s).")
     art, issues = build_hessian(model, h_structs, progress=progress, source=h_source)
     L = art.llpr
-    say(f"H from {L.n_structures_} structures ({h_source}): rank {L.rank_}/{L.n_features}")
+    say(f"H from {L.n_structures_} structures ({h_source}): rank {L.rank_}/{L.n_features} (feature directions "
+        "these structures span, eigenvalues above 1e-6 of the largest; σ grows along the others)")
     result: dict = {"model": art.model_info, "hessian_source": h_source, "hessian_structures": L.n_structures_,
                     "rank": L.rank_}
     if "high-energy-states" not in available:
         say("no shipped labels found: σ below are uncalibrated (alpha2 = 1, default sigma2)")
-        ds = CalibratedPredictor(model, art, require_calibrated=False).predict(h_structs[::4])
+        ds = CalibratedPredictor(model, art, require_calibrated=False).predict(h_structs[::4], progress=progress)
         records = to_records(ds)
         result.update(calibrated=False, records=records)
         _table(say, records, forces=False)

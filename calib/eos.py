@@ -96,7 +96,7 @@ def _energies(model, structures: list[Atoms], batch_size: int, progress: bool) -
 
 
 def run_eos(model, elements: Sequence[str] | None = None, *, batch_size: int = 32,
-            progress: bool = False) -> tuple[list[EOSRecord], dict]:
+            progress: bool = True) -> tuple[list[EOSRecord], dict]:
     """Bulk moduli of the dcdft crystals with ``model`` against WIEN2k PBE.
 
     Parameters

@@ -383,7 +383,7 @@ class LabelledPrediction:
 
 def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], *, forces: bool = True,
                      force_mode: str = "none", batch_size: int = 16, descriptors: bool = False,
-                     progress: bool = False) -> LabelledPrediction:
+                     progress: bool = True) -> LabelledPrediction:
     """Predict labelled structures (skipping and reporting unlabelled or invalid ones) and their errors."""
     from .structures import StructureIssue
 
@@ -417,7 +417,7 @@ def evaluate(
     *,
     batch_size: int = 16,
     forces: bool = True,
-    progress: bool = False,
+    progress: bool = True,
     return_points: bool = False,
 ) -> dict:
     """Held-out check of calibrated σ and conformal intervals against real errors.
@@ -517,7 +517,7 @@ class SofteningRun:
 
 def measure_softening(model: ModelAdapter, labelled: Sequence[Atoms], *, batch_size: int = 16,
                       n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0,
-                      progress: bool = False, predictor: CalibratedPredictor | None = None) -> SofteningRun:
+                      progress: bool = True, predictor: CalibratedPredictor | None = None) -> SofteningRun:
     """Softening scale, correction and cMAE per chemical system of ``labelled`` (docs/softening.md)."""
     lp = predict_labelled(predictor or CalibratedPredictor(model), labelled, forces=True,
                           batch_size=batch_size, progress=progress)
@@ -552,10 +552,11 @@ def store_corrections(artifact: Artifact, results: dict, only=None) -> Artifact:
 def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
            targets: Sequence[Atoms] | None = None, *, thresholds=None, force_mode: str = "approx",
            batch_size: int = 16, n_bootstrap: int = 2000, seed: int = 0,
-           progress: bool = False) -> tuple[list, list]:
-    """Decide per chemistry of ``labelled`` (calib.decide's rules); targets (default: the labelled
-    structures) are judged for calibrated uncertainty and, when given, for distribution shift
-    against the labelled structures (Q residual). Returns (decisions, skipped issues)."""
+           progress: bool = True) -> tuple[list, list]:
+    """Decide per chemistry (calib.decide's rules): every chemistry of ``targets`` when they are given
+    (those without labelled structures are decided "label"), else every chemistry of ``labelled``. Targets
+    (default: the labelled structures) are judged for calibrated uncertainty and, when given, for
+    distribution shift against the labelled structures (Q residual). Returns (decisions, skipped issues)."""
     from .decide import Thresholds, decide_chemistry, unmeasured
     from .ood import QResidualDetector
 
@@ -590,7 +591,10 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
     lab_chem_atom = dict(zip(lab["structure"].values.tolist(), lab["chemsys"].values.tolist()))
     lab_atom_chem = np.array([lab_chem_atom[int(i)] for i in lab["structure_index"].values])
     decisions = []
-    for chem in sorted(set(soft) | set(run.failures) | set(tds["chemsys"].values.tolist())):
+    chems = set(tds["chemsys"].values.tolist())  # with targets: the chemistries the user wants to simulate
+    if use_labelled:
+        chems |= set(soft) | set(run.failures)
+    for chem in sorted(chems):
         rows = np.flatnonzero(tds["chemsys"].values == chem)
         if chem not in soft:  # not measurable: label, with requests among its targets
             why = (f"softening not measured: {run.failures[chem]['reason']}" if chem in run.failures

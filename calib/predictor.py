@@ -139,7 +139,7 @@ class CalibratedPredictor:
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
                 descriptors: bool = False, require_labels: bool = False, stress: bool = False,
-                progress: bool = False):
+                progress: bool = True):
         """Predictions for every structure of ``structures`` as one xarray Dataset (see the module doc).
 
         Parameters
@@ -163,7 +163,7 @@ class CalibratedPredictor:
 
     def iter_predict(self, structures: Iterable, *, forces: bool = False, force_mode: str = "exact",
                      batch_size: int = 16, descriptors: bool = False, require_labels: bool = False,
-                     stress: bool = False, progress: bool = False) -> Iterator:
+                     stress: bool = False, progress: bool = True) -> Iterator:
         """The same Datasets, one per batch (``structure`` coordinates are positions in the whole input),
         so that a stream of any length never has to be held in memory."""
         for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
@@ -171,7 +171,7 @@ class CalibratedPredictor:
                                                   require_labels=require_labels, desc="predict"):
             yield self._dataset(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors), forces)
 
-    def energy_differences(self, structures, *, reference: int = 0, batch_size: int = 16, progress: bool = False):
+    def energy_differences(self, structures, *, reference: int = 0, batch_size: int = 16, progress: bool = True):
         """Energies relative to one structure of the list (e.g. NEB images relative to image 0), with σ and
         conformal intervals, raw and, where a scalar correction is stored for the chemistry, corrected.
 

@@ -179,7 +179,7 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
                  energy_tol: float | None = None, batch_size: int = 16) -> dict:
     """Rows for ``structures`` (input positions ``start`` ...): column name → array (see :data:`COLUMNS`)."""
     ds = predictor.predict(structures, forces=True, force_mode="approx" if forces else "none",
-                           batch_size=batch_size)
+                           batch_size=batch_size, progress=False)
     n = len(structures)
     rows = {}
     for name, kind, _ in COLUMNS:

@@ -122,6 +122,19 @@ def read_structures(sources: str | os.PathLike | Atoms | Iterable) -> list[Atoms
     return out
 
 
+def take_subset(structures: Sequence[Atoms], every: int = 1, limit: int | None = None, shuffle: bool = False,
+                seed: int = 0) -> list[Atoms]:
+    """A subset of ``structures``: every ``every``-th one, then shuffled (``seed``) when asked, then the
+    first ``limit``. Positions reported later (skipped structures, requests) are positions in the subset;
+    ``info["source"]`` still names each structure's file and frame."""
+    idx = np.arange(len(structures))[::max(1, int(every))]
+    if shuffle:
+        idx = np.random.default_rng(seed).permutation(idx)
+    if limit is not None:
+        idx = idx[: int(limit)]
+    return [structures[int(i)] for i in idx]
+
+
 def _read_file(path: str | os.PathLike) -> list[Atoms]:
     import ase.io
 

@@ -37,6 +37,7 @@ def test_streams_resumes_and_records_failures(tmp_path):
     assert len(ase.io.read(out, ":")) == 2
 
 
+@pytest.mark.dft
 def test_gpaw_two_atom_cell(tmp_path):
     pytest.importorskip("gpaw")
     si = bulk("Si", "diamond", 5.43)
@@ -56,6 +57,7 @@ def test_gpaw_two_atom_cell(tmp_path):
     assert -12.5 < e < -9.5  # PBE Si2 total energy scale in GPAW's reference, eV
 
 
+@pytest.mark.dft
 def test_label_cli_streams_and_resumes(tmp_path):
     pytest.importorskip("gpaw")
     from typer.testing import CliRunner
@@ -77,3 +79,37 @@ def test_label_cli_streams_and_resumes(tmp_path):
     # the same command again recomputes nothing
     r = CliRunner().invoke(app, args)
     assert json.loads(r.stdout)["n_done_before"] == 1 and len(ase.io.read(out, ":")) == 1
+
+
+@pytest.mark.dft
+def test_label_cli_failure_exit_code_and_torn_frame(tmp_path):
+    """A structure GPAW cannot label: exit 1 in both output modes, the failure named; a torn last
+    frame left by a killed run is cut off, reported and labelled again."""
+    pytest.importorskip("gpaw")
+    from ase import Atoms
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    si = bulk("Si", "diamond", 5.43)
+    si.info["name"] = "si"
+    ghost = Atoms("X2", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[4, 4, 4], pbc=True)  # no PAW setup for X
+    ghost.info["name"] = "ghost"
+    src = tmp_path / "in.extxyz"
+    ase.io.write(src, [si, ghost], format="extxyz")
+    out = tmp_path / "out.extxyz"
+    args = ["label", str(src), "-o", str(out), "--cutoff", "250", "--kdensity", "1.0"]
+    r = CliRunner().invoke(app, [*args, "--json"])
+    assert r.exit_code == 1
+    rep = json.loads(r.stdout)
+    assert rep["n_labelled"] == 1 and rep["n_failed"] == 1 and rep["failures"][0]["name"] == "ghost"
+    r = CliRunner().invoke(app, [*args, "--retry-failed"])
+    assert r.exit_code == 1 and "ghost" in r.stderr  # the same code without --json
+    full = out.read_bytes()
+    out.write_bytes(full[:-30])  # a kill while the frame was written
+    r = CliRunner().invoke(app, [*args, "--json", "--retry-failed"])
+    rep = json.loads(r.stdout)
+    assert "torn last frame" in rep["repaired"] and rep["n_labelled"] == 1 and rep["n_failed"] == 1
+    (atoms,) = ase.io.read(out, ":")
+    assert atoms.info["name"] == "si" and np.all(np.isfinite(get_forces(atoms)))
+    assert len((tmp_path / "out.extxyz.errors.jsonl").read_text().splitlines()) == 1

@@ -108,8 +108,9 @@ class CHGNetAdapter(ModelAdapter):
                 graphs.append(conv(struct).to(dev))
         return graphs
 
-    def _run(self, structures, *, forces: bool, stress: bool):
-        """Forward pass; returns (prediction dict, per-atom φ, batched graph, composition energy)."""
+    def _run(self, structures, *, forces: bool, stress: bool, strains: bool = False):
+        """Forward pass; returns (prediction dict, per-atom φ, batched graph, composition energy).
+        ``strains``: attach the strain tensors (for a stress taken afterwards) without CHGNet's own."""
         from chgnet.model.model import BatchedGraph
 
         graphs = self._graphs(structures)
@@ -124,7 +125,7 @@ class CHGNetAdapter(ModelAdapter):
                 graphs,
                 bond_basis_expansion=self.model.bond_basis_expansion,
                 angle_basis_expansion=self.model.angle_basis_expansion,
-                compute_stress=stress,
+                compute_stress=stress or strains,
             )
             pred = self.model._compute(bg, compute_force=forces, compute_stress=stress)
         finally:
@@ -144,10 +145,22 @@ class CHGNetAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ protocol
     def forward_batch(self, structures: Sequence[Atoms], *, forces: bool, stress: bool) -> BatchOutput:
+        # Forces and stress are taken here by one first-order autograd.grad: CHGNet's own _compute keeps a
+        # double-backward graph (create_graph=True, for training), measured at ~200 MB per 10-atom structure
+        # in the batch; this path frees the graph after the one backward pass (docs/cli.md, memory).
         ctx = torch.enable_grad() if (forces or stress) else torch.no_grad()
         with ctx:
-            pred, phi, bg, comp = self._run(structures, forces=forces, stress=stress)
-        feats, n_atoms = pool_atoms(phi.detach(), bg.atom_owners, len(structures), self.energy_convention)
+            pred, phi, bg, comp = self._run(structures, forces=False, stress=False, strains=stress)
+            feats, n_atoms = pool_atoms(phi.detach(), bg.atom_owners, len(structures), self.energy_convention)
+            pos = list(bg.atom_positions) if forces else []
+            strains = list(bg.strains) if stress else []
+            if pos or strains:
+                total = (pred["e"] * n_atoms.to(pred["e"].dtype)).sum()  # CHGNet's e is per atom
+                grads = torch.autograd.grad(total, pos + strains)
+                if forces:
+                    pred["f"] = [-g for g in grads[: len(pos)]]
+                if stress:  # as CHGNet: dE/dε / V in GPa
+                    pred["s"] = [g / v * 160.21766208 for g, v in zip(grads[len(pos):], bg.volumes)]
         n = n_atoms.to(torch.float64)
         out = BatchOutput(
             features=feats.detach(),
