@@ -267,6 +267,11 @@ BatchOpt = typer.Option(16, "--batch-size", help="structures per model call: lar
 JsonOpt = Flag(False, "--json", help="print exactly one JSON document on stdout (errors too)")
 QuietOpt = Flag(False, "--quiet", "-q", help="no progress bars on stderr")
 OverwriteOpt = Flag(False, "--overwrite", help="replace existing output files")
+EveryOpt = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all files in "
+                        "order)")
+LimitOpt = typer.Option(None, "--limit", help="take at most N structures (after --every and --shuffle)")
+ShuffleOpt = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit")
+SeedOpt = typer.Option(0, "--seed", help="seed of --shuffle")
 
 
 @app.command()
@@ -274,12 +279,10 @@ def hessian(
     structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db), "
                                             "e.g. near-equilibrium structures like the model's training set"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
-    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
-                              "files in order)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
-                                        "--shuffle)"),
-    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
-    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -337,12 +340,10 @@ def calibrate_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å)"),
     hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
-    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
-                              "files in order)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
-                                        "--shuffle)"),
-    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
-    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     target: str = typer.Option("both", "--target",
                                help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
@@ -421,12 +422,10 @@ def _parse_classes(classes: str):
 def evaluate_cmd(
     labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å)"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
-    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
-                              "files in order)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
-                                        "--shuffle)"),
-    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
-    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG; files in it "
@@ -470,12 +469,10 @@ def evaluate_cmd(
 def predict_cmd(
     structures: List[Path] = typer.Argument(..., help="structure files"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact"),
-    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
-                              "files in order)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
-                                        "--shuffle)"),
-    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
-    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     forces: bool = Flag(False, "--forces", help="also per-component force σ (eV/Å); with the default "
                         "--force-mode exact this costs d backward passes per batch"),
@@ -642,11 +639,9 @@ def _with_corrections(calibration: Path, model, corrections):
 @app.command("softening")
 def softening_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å)"),
-    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
-                              "files in order)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
-                                        "--shuffle)"),
-    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
     model: str = ModelOpt,
     n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="≥ 1 bootstrap resamples of structures"),
     confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals, in (0, 1)"),
@@ -726,12 +721,10 @@ def decide_cmd(
     request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out",
                                        help="write CALIBRATION with the corrections of the 'scale' chemistries"),
-    every: int = typer.Option(1, "--every", help="take every N-th structure of the input (after reading all "
-                              "files in order)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="take at most N structures (after --every and "
-                                        "--shuffle)"),
-    shuffle: bool = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit"),
-    seed: int = typer.Option(0, "--seed", help="seed of --shuffle"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
     model: str = ModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
