@@ -19,13 +19,44 @@ def test_readout_reproduces_energy(chgnet, prototypes):
 
 
 def test_batched_equals_one_at_a_time(chgnet, prototypes):
-    batch = chgnet.predict(prototypes[:6], forces=True, stress=True, batch_size=6)
+    chgnet.gradient_atoms = None  # the whole batch in one differentiated pass
+    try:
+        batch = chgnet.predict(prototypes[:6], forces=True, stress=True, batch_size=6)
+    finally:
+        chgnet.gradient_atoms = "auto"
     for i, atoms in enumerate(prototypes[:6]):
         one = chgnet.predict([atoms], forces=True, stress=True, batch_size=1)
         np.testing.assert_allclose(one.energy[0], batch.energy[i], atol=2e-5 * len(atoms))
         np.testing.assert_allclose(one.features[0], batch.features[i], atol=1e-5)
         np.testing.assert_allclose(one.forces, batch.forces_of(i), atol=1e-5)
         np.testing.assert_allclose(one.stress[0], batch.stress[i], atol=1e-6)
+
+
+def test_atom_chunks_bound_the_differentiated_passes(chgnet, prototypes):
+    """Forces, stress and feature gradients in chunks of at most 24 atoms equal one pass over the batch."""
+    from calib.models.base import GRADIENT_ATOMS, atom_chunks
+    from calib.models.gradients import feature_gradients
+
+    structs = prototypes[:7]
+    chunks = atom_chunks(structs, GRADIENT_ATOMS)
+    assert [a for c in chunks for a in c] == structs and len(chunks) > 1
+    assert all(sum(map(len, c)) <= GRADIENT_ATOMS or len(c) == 1 for c in chunks)
+    assert atom_chunks(structs, None) == [structs] and atom_chunks([], 5) == []
+    assert chgnet.gradient_atoms == GRADIENT_ATOMS  # the default on CPU
+    U = np.random.default_rng(0).normal(size=(5, 64))
+    chunked = chgnet.predict(structs, forces=True, stress=True, batch_size=7)
+    g_chunked = feature_gradients(chgnet, structs, U)
+    chgnet.gradient_atoms = None
+    try:
+        whole = chgnet.predict(structs, forces=True, stress=True, batch_size=7)
+        g_whole = feature_gradients(chgnet, structs, U)
+    finally:
+        chgnet.gradient_atoms = "auto"
+    np.testing.assert_allclose(chunked.energy, whole.energy, rtol=1e-6)
+    np.testing.assert_allclose(chunked.forces, whole.forces, atol=1e-5)
+    np.testing.assert_allclose(chunked.stress, whole.stress, atol=1e-6)
+    for a, b in zip(g_chunked, g_whole):
+        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
 
 
 def test_matches_chgnet_calculator(chgnet, prototypes):

@@ -207,6 +207,33 @@ def linear_readout(layer: torch.nn.Linear) -> tuple[np.ndarray, float]:
     return w, b
 
 
+GRADIENT_ATOMS = 24  # atoms per differentiated pass on CPU (see atom_chunks)
+
+
+def atom_chunks(structures: Sequence[Atoms], max_atoms: int | None) -> list[list[Atoms]]:
+    """``structures`` in consecutive chunks of at most ``max_atoms`` atoms (a larger structure alone).
+
+    Any pass that is differentiated with respect to positions keeps its graph until the backward pass,
+    so its memory grows with the atoms in one pass, not with the batch size a user asked for. Measured
+    for CHGNet on the 140 shipped 8–12-atom high-energy states (peak RSS of the process, one thread):
+    forces in batches of 16 structures peak at 1.77 GB in one pass, 1.39 / 1.09 / 0.75 / 0.54 GB in
+    chunks of 96 / 48 / 24 / 12 atoms, and the smaller chunks are no slower (16 s, 13 s, 12 s, 12 s);
+    64 feature-gradient passes at 24 atoms peak at 0.84 GB (2.0 GB for 16 structures in one pass).
+    ``None``: one chunk.
+    """
+    structures = list(structures)
+    if max_atoms is None or len(structures) < 2:
+        return [structures] if structures else []
+    out, chunk, n = [], [], 0
+    for atoms in structures:
+        if chunk and n + len(atoms) > max_atoms:
+            out.append(chunk)
+            chunk, n = [], 0
+        chunk.append(atoms)
+        n += len(atoms)
+    return out + [chunk]
+
+
 def batches(n: int, batch_size: int):
     """Consecutive index ranges of at most ``batch_size``."""
     if batch_size < 1:
@@ -262,6 +289,18 @@ class ModelAdapter(ABC):
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+    @property
+    def gradient_atoms(self) -> int | None:
+        """Atoms per differentiated pass (forces, stress, feature gradients): :data:`GRADIENT_ATOMS` on
+        CPU, where memory is the limit, unbounded on a GPU (set the attribute to override)."""
+        if getattr(self, "_gradient_atoms", "auto") != "auto":
+            return self._gradient_atoms
+        return GRADIENT_ATOMS if self.device.type == "cpu" else None
+
+    @gradient_atoms.setter
+    def gradient_atoms(self, value: int | None) -> None:
+        self._gradient_atoms = value
 
     def fingerprint(self) -> str:
         """SHA-256 of the weights (state dict, names and values): identifies a model."""
@@ -339,7 +378,8 @@ class ModelAdapter(ABC):
         else:
             good, issues = list(range(len(chunk))), []
         kept = [chunk[i] for i in good]
-        outs = [self.forward_batch(kept, forces=forces, stress=stress)] if kept else []
+        parts = atom_chunks(kept, self.gradient_atoms) if (forces or stress) else [kept] if kept else []
+        outs = [self.forward_batch(part, forces=forces, stress=stress) for part in parts]
         pred = self._collect(kept, [start + i for i in good], issues, outs, forces, stress)
         return kept, pred
 

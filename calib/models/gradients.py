@@ -14,10 +14,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .base import ModelAdapter
-
-
-GRADIENT_ATOMS = 48  # atoms per gradient pass on CPU (see feature_gradients)
+from .base import ModelAdapter, atom_chunks
 
 
 def feature_gradients(
@@ -38,25 +35,20 @@ def feature_gradients(
         measurement (``calib bench llpr``); on CPU the loop is faster for CHGNet.
     max_atoms : the structures are taken in consecutive chunks of at most this many atoms (a
         structure larger than that alone), since the graph kept for the k backward passes grows with
-        the atoms in one pass. Default :data:`GRADIENT_ATOMS` on CPU (measured for CHGNet on the
-        shipped 8–12-atom cells: 16 structures in one pass peak at 2.0 GB, in chunks of 4 at 0.97 GB and
-        16 % faster), unbounded on a GPU.
+        the atoms in one pass. Default ``model.gradient_atoms`` (24 on CPU, unbounded on a GPU;
+        measured in :func:`calib.models.base.atom_chunks`).
 
     Returns
     -------
     list of (k, N_i, 3) float64 arrays, units of f per Å.
     """
-    if max_atoms is None and str(getattr(model, "device", "cpu")).startswith("cpu"):
-        max_atoms = GRADIENT_ATOMS
-    if max_atoms is not None and len(structures) > 1 and sum(len(a) for a in structures) > max_atoms:
-        out, chunk, n = [], [], 0
-        for atoms in structures:
-            if chunk and n + len(atoms) > max_atoms:
-                out += feature_gradients(model, chunk, directions, mechanism=mechanism, max_atoms=max_atoms)
-                chunk, n = [], 0
-            chunk.append(atoms)
-            n += len(atoms)
-        return out + feature_gradients(model, chunk, directions, mechanism=mechanism, max_atoms=max_atoms)
+    chunks = atom_chunks(structures, model.gradient_atoms if max_atoms is None else max_atoms)
+    if len(chunks) > 1:
+        return [g for chunk in chunks for g in _feature_gradients(model, chunk, directions, mechanism)]
+    return _feature_gradients(model, structures, directions, mechanism)
+
+
+def _feature_gradients(model, structures, directions, mechanism) -> list[np.ndarray]:
     fg = model.feature_graph(structures)
     U = torch.as_tensor(np.asarray(directions), dtype=fg.features.dtype, device=fg.features.device)
     k = U.shape[0]
