@@ -67,6 +67,7 @@ from .softening import ScalarCorrection
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 
+
 SCHEMA_VERSION = 2
 STAGES = ("hessian", "calibrated")
 _MODEL_KEYS = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features", "feature_set")
@@ -120,13 +121,16 @@ class Artifact:
 
     def check_model(self, model) -> None:
         """Raise :class:`ArtifactError` unless ``model`` is the model this artifact was fitted with."""
+        from .models import model_spec
+
         fp = model.fingerprint()
         if fp != self.model_info.get("model_fingerprint"):
             raise ArtifactError(
                 f"artifact was fitted with {self.model_info.get('model_name')} "
                 f"{self.model_info.get('model_version')} (weights {self.model_info.get('model_fingerprint', '')[:12]}), "
                 f"but the model given is {model.name} {model.version} (weights {fp[:12]}); "
-                "refit the artifact with this model"
+                f"pass the model it was fitted with (--model {model_spec(self.model_info)} on the command line) or refit "
+                "the artifact with this one"
             )
         mine = (self.model_info.get("feature_set", "last"), int(self.model_info.get("n_features", -1)))
         theirs = (getattr(model, "feature_set", "last"), int(model.n_features))

@@ -143,11 +143,20 @@ def _fail(msg: str, kind: str = "input") -> None:
     raise (UsageError(msg) if kind == "usage" else CalibError(msg, kind=kind))
 
 
-def _model(spec: str, device: str):
-    from .models import load_model
+def _model(spec: Optional[str], device: str, artifact: Optional[Path] = None):
+    """The model ``--model`` names; when it is not given, the one the artifact at ``artifact`` was fitted
+    with (CHGNet 0.3.0 without an artifact)."""
+    from .models import load_model, model_spec
 
+    feature_set = "last"
+    if spec is None and artifact is not None:
+        from .artifact import Artifact
+
+        info = Artifact.load(artifact).model_info
+        spec, feature_set = model_spec(info), info.get("feature_set", "last")
+    spec = spec or "chgnet"
     try:
-        return load_model(spec, device=device)
+        return load_model(spec, device=device, feature_set=feature_set)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"--model {spec}: {exc}") from None
 
@@ -262,8 +271,11 @@ SchedulerOpt = typer.Option(None, "--scheduler", help="run batches on the dask c
 ModelOpt = typer.Option("chgnet", "--model", help="'chgnet' (CHGNet 0.3.0, shipped), 'chgnet:VERSION', "
                         "'mace-small' (shipped, for tests) or a MACE .model file (MACE-MP-0, fine-tuned)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps (checked before the model loads)")
-BatchOpt = typer.Option(16, "--batch-size", help="structures per model call: larger is faster until memory "
-                        "runs out (peak memory grows with it)")
+BatchOpt = typer.Option(16, "--batch-size", help="structures per model call and per progress step; on CPU "
+                        "forces and gradients run in chunks of at most 24 atoms whatever the batch, so memory "
+                        "grows with it only for energies and features")
+ArtModelOpt = typer.Option(None, "--model", help="default: the model the given artifact was fitted with (CHGNet "
+                           "0.3.0 without one); or 'chgnet', 'chgnet:VERSION', 'mace-small' or a MACE .model file")
 JsonOpt = Flag(False, "--json", help="print exactly one JSON document on stdout (errors too)")
 QuietOpt = Flag(False, "--quiet", "-q", help="no progress bars on stderr")
 OverwriteOpt = Flag(False, "--overwrite", help="replace existing output files")
@@ -344,7 +356,7 @@ def calibrate_cmd(
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
     seed: int = SeedOpt,
-    model: str = ModelOpt,
+    model: Optional[str] = ArtModelOpt,
     target: str = typer.Option("both", "--target",
                                help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
     alpha: float = typer.Option(0.1, "--alpha", help="conformal miscoverage level in (0, 1): intervals aim at "
@@ -379,7 +391,7 @@ def calibrate_cmd(
     parsed_classes = _parse_classes(classes)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
     structs = _read(labelled, _subset(every, limit, shuffle, seed))
-    m = _model(model, device)
+    m = _model(model, device, hessian_path)
     art = Artifact.load(hessian_path, model=m)
     res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not quiet,
                     alpha=alpha, classes=parsed_classes, min_class_size=min_class_size,
@@ -426,7 +438,7 @@ def evaluate_cmd(
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
     seed: int = SeedOpt,
-    model: str = ModelOpt,
+    model: Optional[str] = ArtModelOpt,
     forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG; files in it "
                                         "with the same names are replaced)"),
@@ -442,7 +454,7 @@ def evaluate_cmd(
     device = _common(batch_size, device)
     check_plot_folder("--plot", plot)
     structs = _read(labelled, _subset(every, limit, shuffle, seed))
-    m = _model(model, device)
+    m = _model(model, device, calibration)
     art = _calibrated(calibration, m)
     res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
                    return_points=plot is not None)
@@ -473,7 +485,7 @@ def predict_cmd(
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
     seed: int = SeedOpt,
-    model: str = ModelOpt,
+    model: Optional[str] = ArtModelOpt,
     forces: bool = Flag(False, "--forces", help="also per-component force σ (eV/Å); with the default "
                         "--force-mode exact this costs d backward passes per batch"),
     force_mode: str = typer.Option("exact", "--force-mode", help="exact: every eigen-direction (d backward "
@@ -496,7 +508,7 @@ def predict_cmd(
     if force_mode not in ("exact", "approx"):
         _fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
     structs = _read(structures, _subset(every, limit, shuffle, seed))
-    m = _model(model, device)
+    m = _model(model, device, calibration)
     predictor = CalibratedPredictor(m, Artifact.load(calibration))
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
                            progress=not quiet)
@@ -642,7 +654,7 @@ def softening_cmd(
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
-    model: str = ModelOpt,
+    model: Optional[str] = ArtModelOpt,
     n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="≥ 1 bootstrap resamples of structures"),
     confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals, in (0, 1)"),
     seed: int = typer.Option(0, "--seed", help="seed of the bootstrap and of --shuffle (≥ 0)"),
@@ -671,7 +683,7 @@ def softening_cmd(
     _check_corrections_out(calibration, out)
     check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
     structs = _read(labelled, _subset(every, limit, shuffle, seed))
-    m = _model(model, device)
+    m = _model(model, device, calibration)
     run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
                              seed=seed, progress=not quiet)
     results, issues, failed = run_.results, run_.issues, run_.failures
@@ -725,7 +737,7 @@ def decide_cmd(
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
     seed: int = SeedOpt,
-    model: str = ModelOpt,
+    model: Optional[str] = ArtModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -751,7 +763,7 @@ def decide_cmd(
     sub = _subset(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
     lab = _read(labelled, None if targets else sub)
     tgt = _read(targets, sub) if targets else None
-    m = _model(model, device)
+    m = _model(model, device, calibration)
     th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
                     max_untrusted=max_untrusted, n_requests=n_requests)
     art = _calibrated(calibration, m)
@@ -803,7 +815,7 @@ def neb_cmd(
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="labelled images (same order) to compare with, e.g. DFT"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the profile with 1σ/2σ bands (PNG)"),
-    model: str = ModelOpt,
+    model: Optional[str] = ArtModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -827,7 +839,7 @@ def neb_cmd(
         if len(ref) != len(structs) or any(e is None for e in ref):
             _fail(f"--reference must hold one labelled image per image ({len(structs)}), got {len(ref)} "
                   f"with {sum(e is None for e in ref)} unlabelled")
-    m = _model(model, device)
+    m = _model(model, device, calibration)
     ds = band(CalibratedPredictor(m, Artifact.load(calibration)), structs, batch_size=batch_size)
     rec = summary(ds, ref)
     if plot is not None:
@@ -1038,15 +1050,16 @@ def bench_commands_cmd(
     only: Optional[List[str]] = typer.Option(None, "--only", help="only this command (repeatable), e.g. "
                                              "'softening'; the artifact it needs is built first"),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="folder for the artifacts the commands write "
-                                           "(default: a new temporary folder)"),
+                                           "(created if absent; default: a new temporary folder)"),
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Wall time (s) and peak memory (MB) of every command on the shipped data, each in its own process."""
     from .bench import bench_commands
 
-    if workdir is not None and not workdir.is_dir():
-        _fail(f"--workdir {workdir} is not a folder", "usage")
+    check_plot_folder("--workdir", workdir)
+    if workdir is not None:
+        workdir.mkdir(exist_ok=True)
     _print_bench(bench_commands(only=only, workdir=str(workdir) if workdir else None, progress=not quiet), as_json)
 
 

@@ -161,11 +161,11 @@ def check_outputs(outputs: dict, inputs=(), overwrite: bool = False, resumable=(
 
 
 def check_plot_folder(name: str, folder) -> None:
-    """A folder for plots: absent (created later) or a folder, not a file."""
+    """A folder calib writes into (plots, bench files): absent (created later) or a folder, not a file."""
     if folder is None:
         return
     p = Path(folder)
     if p.exists() and not p.is_dir():
-        raise OutputError(f"{name} {p} is a file; --plot takes a folder for the PNG files")
+        raise OutputError(f"{name} {p} is a file; {name} takes a folder")
     if not p.exists() and not p.resolve().parent.is_dir():
         raise OutputError(f"{name} {p}: the folder {p.parent} does not exist")

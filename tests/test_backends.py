@@ -30,6 +30,7 @@ def setup(request, tmp_path_factory, chgnet):
     return request.param, model, res, test, path
 
 
+@pytest.mark.slow
 def test_llpr_sigma_and_conformal_forces(setup):
     from calib.pipeline import predict_labelled
     from calib.predictor import CalibratedPredictor
@@ -97,3 +98,28 @@ def test_neb_band(setup):
     a = barrier_weights(m, len(images) - 1)["forward"]
     assert ds["barrier_forward_sigma"].values == pytest.approx(np.sqrt(a @ C @ a), rel=1e-10)
     assert ds["barrier_forward_low"].values < ds["barrier_forward"].values < ds["barrier_forward_high"].values
+
+
+def test_cli_takes_the_artifacts_model_by_default(setup, tmp_path):
+    """No --model: the model the artifact names (its energies equal that model's); another model is refused
+    with the --model that fits."""
+    import json
+
+    import ase.io
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    name, model, _, test, path = setup
+    ase.io.write(tmp_path / "probe.extxyz", test[:2], format="extxyz")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "probe.extxyz"), "--calibration", str(path), "--json",
+                                 "-q"])
+    assert r.exit_code == 0, r.output
+    got = [rec["energy"] for rec in json.loads(r.stdout)["records"]]
+    np.testing.assert_allclose(got, model.predict(test[:2], forces=False).energy, rtol=1e-6)
+    other = "mace-small" if name == "chgnet" else "chgnet"
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "probe.extxyz"), "--calibration", str(path), "--json",
+                                 "--model", other])
+    doc = json.loads(r.stdout)
+    want = "--model chgnet:0.3.0" if name == "chgnet" else "--model mace:mace-small"
+    assert r.exit_code == 1 and doc["kind"] == "artifact" and want in doc["error"], doc
