@@ -42,3 +42,19 @@ def rattled_si(n_cells=1, seed=0, amp=0.08):
     rng = np.random.default_rng(seed)
     atoms.positions += rng.normal(0, amp, atoms.positions.shape)
     return atoms
+
+
+@pytest.fixture(scope="session")
+def si_lif_calibration(chgnet):
+    """(Hessian artifact before, calibration result): H from near-equilibrium prototypes, calibrated with
+    α = 0.2 and element classes on every other shipped Si and LiF high-energy state (shared, since the
+    force gradients of a calibration are the costly part of several test modules)."""
+    from calib import datasets
+    from calib.pipeline import build_hessian, calibrate
+    from calib.prototypes import perturbed_set
+
+    hess, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=4), progress=False)
+    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
+    before = hess.to_dataset()
+    res = calibrate(hess, chgnet, lab, alpha=0.2, classes="element", min_class_size=20, progress=False)
+    return hess, before, res

@@ -80,6 +80,7 @@ def test_missing_file_and_bad_model(tmp_path):
     assert r.exit_code == 2 and "unknown model 'nonsense'" in json.loads(r.stdout)["error"]
 
 
+@pytest.mark.slow
 def test_demo(tmp_path):
     r = run("demo", "--out", tmp_path, "--json")
     assert r.exit_code == 0, r.output

@@ -39,6 +39,7 @@ def calibrated(tmp_path_factory, chgnet):
     return d, json.loads(r.stdout), test
 
 
+@pytest.mark.slow
 def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
     from calib.artifact import Artifact
     from calib.pipeline import evaluate
@@ -71,6 +72,7 @@ def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
     assert set(summary["conformal_fallback"]["energy"]) == set(art.conformal["energy"].classes_)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_json_plots_and_predict_intervals(calibrated):
     d, _, test = calibrated
     ase.io.write(d / "few.extxyz", test[:8], format="extxyz")

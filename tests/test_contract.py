@@ -238,6 +238,7 @@ def test_target_chemistries_without_labels_get_label_and_requests(d, tmp_path):
     assert [a.info["calib_request_index"] for a in written] == wanted and len(wanted) >= 6
 
 
+@pytest.mark.slow
 def test_symmetric_structure_is_calibrated_with_zero_sigma_components_left_out(d, tmp_path, chgnet):
     dimer = Atoms("Si2", positions=[[0, 0, 0], [2.3, 0, 0]], cell=[10, 10, 10], pbc=True)
     p = chgnet.predict([dimer], forces=True)

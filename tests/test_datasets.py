@@ -61,6 +61,7 @@ def test_neb_path():
     assert 0 < int(np.argmax(e)) < 6
 
 
+@pytest.mark.slow
 def test_equilibrium_proxy():
     structs = datasets.load("equilibrium-proxy")
     assert 2000 <= len(structs) <= 5000

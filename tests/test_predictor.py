@@ -77,26 +77,21 @@ def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):
             assert n["energy_interval"] is None and "absent from the energy reference" in n["energy_interval_reason"]
             assert np.isnan(n["energy_shift"]) and o["energy_shift"] == 0.0
             o = {k: v for k, v in o.items() if k not in ("energy_interval", "energy_shift")}
+        # forces are now taken by one first-order autograd.grad over the batch, not CHGNet's own create_graph
+        # call: same maths, another float32 summation order, so agreement to 1e-5 rather than 1e-6
         for key, value in o.items():
             if isinstance(value, float):
-                assert n[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+                assert n[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
             elif isinstance(value, list):
-                np.testing.assert_allclose(n[key], value, rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(n[key], value, rtol=1e-5, atol=1e-5)
             else:
                 assert n[key] == value, key
 
 
 @pytest.fixture(scope="module")
-def calibrated_file(tmp_path_factory, chgnet):
-    from calib import datasets
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
-
+def calibrated_file(tmp_path_factory, si_lif_calibration):
     d = tmp_path_factory.mktemp("predictor")
-    hess, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=4), progress=False)
-    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
-    before = hess.to_dataset()
-    res = calibrate(hess, chgnet, lab, alpha=0.2, classes="element", min_class_size=20, progress=False)
+    hess, before, res = si_lif_calibration
     # calibrate returns a new artifact and leaves its input as it was
     after = hess.to_dataset()
     assert hess.stage == "hessian" and not hess.conformal and hess.element_reference is None

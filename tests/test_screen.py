@@ -12,17 +12,9 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def cal_file(tmp_path_factory, chgnet):
-    from calib import datasets
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
-
-    d = tmp_path_factory.mktemp("screen")
-    hess, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=4), progress=False)
-    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
-    cal = calibrate(hess, chgnet, lab, alpha=0.1, progress=False).artifact
-    path = d / "cal.nc"
-    cal.save(path)
+def cal_file(tmp_path_factory, si_lif_calibration):
+    path = tmp_path_factory.mktemp("screen") / "cal.nc"
+    si_lif_calibration[2].artifact.save(path)
     return path
 
 
@@ -116,6 +108,7 @@ def _run_cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
     """Kill `calib screen` with SIGKILL mid-run, resume: the file equals an uninterrupted run's, no gaps."""
     import ase.io
@@ -226,6 +219,7 @@ def test_thread_choice_precedence(monkeypatch):
         choose_threads()
 
 
+@pytest.mark.slow
 def test_cli_hessian_and_screen_with_workers(cal_file, tmp_path, chgnet):
     """`calib hessian --workers 2` gives the serial H; `calib screen --workers 2` the serial rows."""
     import ase.io

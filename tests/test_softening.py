@@ -75,6 +75,7 @@ def test_ase_calculator_wrapper(chgnet):
     assert atoms.get_potential_energy() == pytest.approx(-5.3 * 8 + 1.4 * (ref.get_potential_energy() + 5.3 * 8))
 
 
+@pytest.mark.slow
 def test_shipped_data_softening_and_one_structure_correction(chgnet):
     """Deng et al.: CHGNet is soft almost everywhere, and one labelled structure removes most of it.
 

@@ -119,6 +119,7 @@ def test_decide_takes_several_files_and_targets_option(cal, tmp_path):
     assert [x["chemsys"] for x in doc["records"]] == ["Si"] and doc["requests_index_into"] == "TARGETS"
 
 
+@pytest.mark.slow
 def test_bench_commands_reports_peak_memory_per_command(tmp_path):
     r = run("bench", "commands", "--only", "eos", "--workdir", tmp_path, "--json", "-q")
     assert r.exit_code == 0, r.output
