@@ -67,7 +67,6 @@ from .softening import ScalarCorrection
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 
-
 SCHEMA_VERSION = 2
 STAGES = ("hessian", "calibrated")
 _MODEL_KEYS = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features", "feature_set")

@@ -293,7 +293,8 @@ class ModelAdapter(ABC):
     @property
     def gradient_atoms(self) -> int | None:
         """Atoms per differentiated pass (forces, stress, feature gradients): :data:`GRADIENT_ATOMS` on
-        CPU, where memory is the limit, unbounded on a GPU (set the attribute to override)."""
+        CPU, where memory is the limit, unbounded on a GPU. Set it to an int or None (unbounded) to
+        override, to ``"auto"`` to go back to the default."""
         if getattr(self, "_gradient_atoms", "auto") != "auto":
             return self._gradient_atoms
         return GRADIENT_ATOMS if self.device.type == "cpu" else None
