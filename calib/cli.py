@@ -289,7 +289,8 @@ SeedOpt = typer.Option(0, "--seed", help="seed of --shuffle")
 @app.command()
 def hessian(
     structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db), "
-                                            "e.g. near-equilibrium structures like the model's training set"),
+                                            "e.g. near-equilibrium structures like the model's training set; "
+                                            "'-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
@@ -349,7 +350,8 @@ def hessian(
 
 @app.command("calibrate")
 def calibrate_cmd(
-    labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å)"),
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å); "
+                                          "'-': extxyz on stdin"),
     hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
     every: int = EveryOpt,
@@ -432,7 +434,8 @@ def _parse_classes(classes: str):
 
 @app.command("evaluate")
 def evaluate_cmd(
-    labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å)"),
+    labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å); "
+                                          "'-': extxyz on stdin"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
@@ -479,7 +482,7 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    structures: List[Path] = typer.Argument(..., help="structure files"),
+    structures: List[Path] = typer.Argument(..., help="structure files; '-': extxyz on stdin"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact"),
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
@@ -562,7 +565,8 @@ def _print_predictions(records, forces: bool) -> None:
 
 @app.command("label")
 def label_cmd(
-    structures: List[Path] = typer.Argument(..., help="structures to label (extxyz, CIF, POSCAR, ASE db)"),
+    structures: List[Path] = typer.Argument(..., help="structures to label (extxyz, CIF, POSCAR, ASE db); "
+                                            "'-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="labelled extxyz, appended to as each structure finishes; "
                              "rerun with the same -o to resume"),
     cutoff: float = typer.Option(450.0, "--cutoff", help="plane-wave cutoff (eV)"),
@@ -650,7 +654,8 @@ def _with_corrections(calibration: Path, model, corrections):
 
 @app.command("softening")
 def softening_cmd(
-    labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å)"),
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å); "
+                                          "'-': extxyz on stdin"),
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
@@ -720,7 +725,7 @@ def softening_cmd(
 @app.command("decide")
 def decide_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å), one or more "
-                                          "files"),
+                                          "files; '-': extxyz on stdin"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
     targets: Optional[List[Path]] = typer.Option(None, "--targets", help="structures you want to simulate "
                                                  "(repeatable; default: the labelled ones)"),
@@ -810,7 +815,8 @@ def decide_cmd(
 
 @app.command("neb")
 def neb_cmd(
-    images: List[Path] = typer.Argument(..., help="NEB images in path order (extxyz, ASE trajectory)"),
+    images: List[Path] = typer.Argument(..., help="NEB images in path order (extxyz, ASE trajectory); "
+                                        "'-': extxyz on stdin"),
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="labelled images (same order) to compare with, e.g. DFT"),

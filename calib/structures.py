@@ -109,7 +109,8 @@ def read_structures(sources: str | os.PathLike | Atoms | Iterable) -> list[Atoms
     ----------
     sources
         A path, an Atoms/Structure, or an iterable of these. Each file may hold
-        several frames (extxyz, ASE db, trajectories); all are read.
+        several frames (extxyz, ASE db, trajectories); all are read. The path
+        ``"-"`` reads extended XYZ from standard input.
     """
     if isinstance(sources, (str, os.PathLike, Atoms)) or not isinstance(sources, Iterable):
         sources = [sources]
@@ -141,16 +142,26 @@ def _read_file(path: str | os.PathLike) -> list[Atoms]:
     from ase.io.formats import UnknownFileTypeError
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"structure file not found: {path}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder; name its files (e.g. {os.path.join(path, '*.cif')}), or use "
-                         "`calib screen`, which reads folders")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path} is empty")
+    if path == "-":  # extended XYZ on standard input
+        import io
+        import sys
+
+        text = sys.stdin.read()
+        if not text.strip():
+            raise ValueError("standard input (-) is empty; pipe extended XYZ into it")
+        source, fmt, label, tag = io.StringIO(text), "extxyz", "standard input (-)", "stdin"
+    else:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"structure file not found: {path}")
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder; name its files (e.g. {os.path.join(path, '*.cif')}), or use "
+                             "`calib screen`, which reads folders")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path} is empty")
+        source, fmt, label, tag = path, None, path, os.path.basename(path)
     frames: list[Atoms] = []
     try:
-        for atoms in ase.io.iread(path, index=":"):
+        for atoms in ase.io.iread(source, index=":", format=fmt):
             frames.append(atoms)
     except UnknownFileTypeError:
         ext = os.path.splitext(path)[1] or "(none)"
@@ -159,11 +170,11 @@ def _read_file(path: str | os.PathLike) -> list[Atoms]:
     except Exception as exc:  # ASE raises many types for unreadable files
         where = f"frame {len(frames)} (after {len(frames)} complete frame(s); truncated?)" if frames \
             else "its first structure"
-        raise ValueError(f"could not read {where} of {path}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"could not read {where} of {label}: {type(exc).__name__}: {exc}") from None
     if not frames:
-        raise ValueError(f"{path} holds no structures")
+        raise ValueError(f"{label} holds no structures")
     for i, atoms in enumerate(frames):
-        atoms.info.setdefault("source", f"{os.path.basename(path)}:{i}")
+        atoms.info.setdefault("source", f"{tag}:{i}")
     return list(frames)
 
 

@@ -126,3 +126,17 @@ def test_bench_commands_reports_peak_memory_per_command(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["eos: seconds"] > 0 and 100 < doc["eos: peak_rss_mb"] < 4000 and "eos: exit_code" not in doc
     assert not any(k.startswith("calibrate") for k in doc)  # eos needs no artifact
+
+
+def test_structures_from_standard_input(cal):
+    """'-' reads extended XYZ from standard input: the same records as the file; empty input is named."""
+    args = ["--calibration", str(cal / "CAL.nc"), "--json", "-q"]
+    from_file = json.loads(run("predict", cal / "lab.extxyz", "--limit", "3", *args).stdout)["records"]
+    r = runner.invoke(app, ["predict", "-", "--limit", "3", *args], input=(cal / "lab.extxyz").read_text())
+    assert r.exit_code == 0, r.output
+    from_stdin = json.loads(r.stdout)["records"]
+    assert [x["name"] for x in from_stdin] == [x["name"] for x in from_file]
+    np.testing.assert_allclose([x["energy"] for x in from_stdin], [x["energy"] for x in from_file], rtol=1e-12)
+    r = runner.invoke(app, ["predict", "-", *args], input="")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and doc["kind"] == "input" and "standard input (-) is empty" in doc["error"], doc
