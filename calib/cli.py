@@ -143,22 +143,29 @@ def _fail(msg: str, kind: str = "input") -> None:
     raise (UsageError(msg) if kind == "usage" else CalibError(msg, kind=kind))
 
 
-def _model(spec: Optional[str], device: str, artifact: Optional[Path] = None):
-    """The model ``--model`` names; when it is not given, the one the artifact at ``artifact`` was fitted
-    with (CHGNet 0.3.0 without an artifact)."""
+def _model(spec: Optional[str], device: str, artifact=None):
+    """The model ``--model`` names; when it is not given, the one ``artifact`` (a loaded
+    :class:`~calib.artifact.Artifact`) was fitted with, CHGNet 0.3.0 without an artifact."""
     from .models import load_model, model_spec
 
     feature_set = "last"
     if spec is None and artifact is not None:
-        from .artifact import Artifact
-
-        info = Artifact.load(artifact).model_info
-        spec, feature_set = model_spec(info), info.get("feature_set", "last")
+        spec, feature_set = model_spec(artifact.model_info), artifact.model_info.get("feature_set", "last")
     spec = spec or "chgnet"
     try:
         return load_model(spec, device=device, feature_set=feature_set)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"--model {spec}: {exc}") from None
+
+
+def _model_and_artifact(spec: Optional[str], device: str, path: Optional[Path]):
+    """(model, artifact): the artifact at ``path`` read once (None without a path), before the model loads,
+    and the model ``--model`` names or that artifact was fitted with. The model is not checked against the
+    artifact here: :func:`_calibrated`, ``check_model`` or the predictor do it."""
+    from .artifact import Artifact
+
+    art = Artifact.load(path) if path is not None else None
+    return _model(spec, device, art), art
 
 
 def _read(paths: List[Path], subset: Optional[dict] = None):
@@ -182,11 +189,12 @@ def _subset(every: int, limit: Optional[int], shuffle: bool, seed: int) -> dict:
     return {"every": every, "limit": limit, "shuffle": shuffle, "seed": seed}
 
 
-def _calibrated(path: Path, model):
-    """The calibrated artifact at ``path`` for ``model`` (ArtifactError otherwise)."""
-    from .artifact import Artifact, ArtifactError
+def _calibrated(art, path: Path, model):
+    """``art`` (read from ``path``) when it is calibrated and was fitted with ``model`` (ArtifactError
+    otherwise)."""
+    from .artifact import ArtifactError
 
-    art = Artifact.load(path, model=model)
+    art.check_model(model)
     if not art.calibrated:
         raise ArtifactError(f"{path} holds a Hessian only; run `calib calibrate` first")
     return art
@@ -380,7 +388,6 @@ def calibrate_cmd(
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data.
 
     Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
-    from .artifact import Artifact
     from .pipeline import calibrate
 
     device = _common(batch_size, device)
@@ -393,8 +400,8 @@ def calibrate_cmd(
     parsed_classes = _parse_classes(classes)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
     structs = _read(labelled, _subset(every, limit, shuffle, seed))
-    m = _model(model, device, hessian_path)
-    art = Artifact.load(hessian_path, model=m)
+    m, art = _model_and_artifact(model, device, hessian_path)
+    art.check_model(m)
     res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not quiet,
                     alpha=alpha, classes=parsed_classes, min_class_size=min_class_size,
                     energy_folds=energy_folds or None)
@@ -457,8 +464,8 @@ def evaluate_cmd(
     device = _common(batch_size, device)
     check_plot_folder("--plot", plot)
     structs = _read(labelled, _subset(every, limit, shuffle, seed))
-    m = _model(model, device, calibration)
-    art = _calibrated(calibration, m)
+    m, art = _model_and_artifact(model, device, calibration)
+    art = _calibrated(art, calibration, m)
     res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
                    return_points=plot is not None)
     points = res.pop("points", None)
@@ -504,15 +511,14 @@ def predict_cmd(
     The interval bounds E + shift, the energy the reference code (e.g. DFT) would give, where the shift comes
     from the artifact's per-element reference; the table prints that centre next to its interval. With
     --forces also the largest force σ (eV/Å)."""
-    from .artifact import Artifact
     from .predictor import CalibratedPredictor, to_records
 
     device = _common(batch_size, device)
     if force_mode not in ("exact", "approx"):
         _fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
     structs = _read(structures, _subset(every, limit, shuffle, seed))
-    m = _model(model, device, calibration)
-    predictor = CalibratedPredictor(m, Artifact.load(calibration))
+    m, art = _model_and_artifact(model, device, calibration)
+    predictor = CalibratedPredictor(m, art)
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
                            progress=not quiet)
     # one record per input structure, in input order; a skipped one carries `error` instead of numbers
@@ -647,9 +653,10 @@ def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> 
         _fail("give both --calibration and -o to store the corrections in an artifact", "usage")
 
 
-def _with_corrections(calibration: Path, model, corrections):
-    """The artifact at ``calibration`` with these scalar corrections added (replacing the same chemsys)."""
-    return _calibrated(calibration, model).with_corrections(corrections)
+def _with_corrections(art, calibration: Path, model, corrections):
+    """The artifact ``art`` (read from ``calibration``) with these scalar corrections added (replacing the
+    same chemsys)."""
+    return _calibrated(art, calibration, model).with_corrections(corrections)
 
 
 @app.command("softening")
@@ -688,14 +695,15 @@ def softening_cmd(
     _check_corrections_out(calibration, out)
     check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
     structs = _read(labelled, _subset(every, limit, shuffle, seed))
-    m = _model(model, device, calibration)
+    m, art = _model_and_artifact(model, device, calibration)
     run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
                              seed=seed, progress=not quiet)
     results, issues, failed = run_.results, run_.issues, run_.failures
     if not results:
         why = [f"{c}: {f['reason']}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
         _fail("no chemistry could be measured: " + "; ".join(why), "input")
-    art = _with_corrections(calibration, m, ScalarCorrection.from_results(results)) if out is not None else None
+    art = _with_corrections(art, calibration, m, ScalarCorrection.from_results(results)) if out is not None \
+        else None
     plots = run_.parity_plots(plot) if plot is not None else []
     if art is not None:
         art.save(out)
@@ -768,10 +776,10 @@ def decide_cmd(
     sub = _subset(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
     lab = _read(labelled, None if targets else sub)
     tgt = _read(targets, sub) if targets else None
-    m = _model(model, device, calibration)
+    m, art = _model_and_artifact(model, device, calibration)
     th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
                     max_untrusted=max_untrusted, n_requests=n_requests)
-    art = _calibrated(calibration, m)
+    art = _calibrated(art, calibration, m)
     decisions, issues = decide(art, m, lab, tgt, thresholds=th, batch_size=batch_size, progress=not quiet)
     if not decisions:
         _fail("nothing to decide: no valid labelled or target structure; " + "; ".join(map(str, issues[:5])))
@@ -830,7 +838,6 @@ def neb_cmd(
 ):
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
     calibrated intervals, raw and with the stored scalar correction."""
-    from .artifact import Artifact
     from .neb import band, plot_band, summary
     from .predictor import CalibratedPredictor
     from .structures import get_energy
@@ -845,8 +852,8 @@ def neb_cmd(
         if len(ref) != len(structs) or any(e is None for e in ref):
             _fail(f"--reference must hold one labelled image per image ({len(structs)}), got {len(ref)} "
                   f"with {sum(e is None for e in ref)} unlabelled")
-    m = _model(model, device, calibration)
-    ds = band(CalibratedPredictor(m, Artifact.load(calibration)), structs, batch_size=batch_size)
+    m, art = _model_and_artifact(model, device, calibration)
+    ds = band(CalibratedPredictor(m, art), structs, batch_size=batch_size)
     rec = summary(ds, ref)
     if plot is not None:
         plot_band(ds, plot, ref)
