@@ -7,7 +7,7 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 - :class:`CalibratedCalculator` — the same as an ASE calculator (σ and intervals in ``results``)
 - :func:`load_model`, :class:`~calib.models.base.Prediction` (models)
 - :func:`build_hessian`, :func:`calibrate`, :func:`evaluate`, :func:`measure_softening`,
-  :func:`decide` (recipes, :mod:`calib.pipeline`)
+  :func:`decide` (recipes, :mod:`calib.workflows`)
 - :class:`LLPR` (posterior), :class:`HessianAccumulator`, :func:`accumulate_hessian` (streaming H)
 - :class:`Artifact`, :class:`ArtifactError` (the saved state)
 - :func:`read_structures`, :func:`validate`, :func:`chemsys` (input)
@@ -15,7 +15,7 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 - :func:`fit_softening`, :class:`ScalarCorrection` (softening)
 - :class:`Thresholds`, :class:`QResidualDetector` (decisions)
 - :func:`run_eos` (dcdft curvature benchmark)
-- :mod:`calib.datasets` (shipped reference data), :func:`label` (reference labels)
+- :mod:`calib.data.datasets` (shipped reference data), :func:`label` (reference labels)
 """
 
 from importlib import import_module
@@ -27,30 +27,30 @@ _API = {
     "CalibratedCalculator": "calib.calculator",
     "load_model": "calib.models",
     "Prediction": "calib.models.base",
-    "build_hessian": "calib.pipeline",
-    "calibrate": "calib.pipeline",
-    "evaluate": "calib.pipeline",
-    "measure_softening": "calib.pipeline",
-    "decide": "calib.pipeline",
-    "LLPR": "calib.llpr",
-    "HessianAccumulator": "calib.hessian",
-    "accumulate_hessian": "calib.hessian",
+    "build_hessian": "calib.workflows.hessian",
+    "calibrate": "calib.workflows.calibration",
+    "evaluate": "calib.workflows.evaluation",
+    "measure_softening": "calib.workflows.softening",
+    "decide": "calib.workflows.decisions",
+    "LLPR": "calib.uq.llpr",
+    "HessianAccumulator": "calib.uq.hessian",
+    "accumulate_hessian": "calib.workflows.accumulate",
     "Artifact": "calib.artifact",
     "ArtifactError": "calib.artifact",
-    "read_structures": "calib.structures",
-    "validate": "calib.structures",
-    "chemsys": "calib.structures",
-    "StructureError": "calib.structures",
-    "label": "calib.labelers",
-    "ConformalCalibrator": "calib.conformal",
-    "LabelClasses": "calib.conformal",
-    "MixtureClasses": "calib.conformal",
-    "fit_softening": "calib.softening",
-    "ScalarCorrection": "calib.softening",
-    "Thresholds": "calib.decide",
-    "QResidualDetector": "calib.ood",
-    "run_eos": "calib.eos",
-    "datasets": "calib.datasets",
+    "read_structures": "calib.data.structures",
+    "validate": "calib.data.structures",
+    "chemsys": "calib.data.structures",
+    "StructureError": "calib.data.structures",
+    "label": "calib.data.labelers",
+    "ConformalCalibrator": "calib.uq.conformal",
+    "LabelClasses": "calib.uq.conformal",
+    "MixtureClasses": "calib.uq.conformal",
+    "fit_softening": "calib.softening.scale",
+    "ScalarCorrection": "calib.softening.scale",
+    "Thresholds": "calib.softening.decide",
+    "QResidualDetector": "calib.uq.ood",
+    "run_eos": "calib.workflows.eos",
+    "datasets": "calib.data.datasets",
 }
 
 __all__ = ["__version__", *_API]

@@ -1,10 +1,10 @@
 """The calib artifact: every fitted piece in one versioned netCDF file (via xarray).
 
 The artifact only assembles: each piece writes and reads its own variables
-(``to_variables`` / ``from_variables``): :class:`calib.llpr.LLPR`,
-:class:`calib.reference.ElementReference`,
-:class:`calib.conformal.ConformalCalibrator` (one per target, prefixed
-``cp_<target>``) and :class:`calib.softening.ScalarCorrection`.
+(``to_variables`` / ``from_variables``): :class:`calib.uq.llpr.LLPR`,
+:class:`calib.uq.reference.ElementReference`,
+:class:`calib.uq.conformal.ConformalCalibrator` (one per target, prefixed
+``cp_<target>``) and :class:`calib.softening.scale.ScalarCorrection`.
 
 Variables (units in each variable's ``units`` attribute):
 
@@ -30,13 +30,13 @@ correction_ci_low/high    (correction_chemsys)   its bootstrap CI (1)
 correction_anchor         (correction_chemsys)   energy anchor, eV/atom (model energy)
 difference_<m>_beta       ()                     energy-difference variance model ``raw`` or
 difference_<m>_kappa2     ()                     ``corrected``: β (1), κ² (1), τ² (eV²),
-difference_<m>_tau2       ()                     see calib.differences
+difference_<m>_tau2       ()                     see calib.uq.differences
 element_reference_basis   (element_basis, element)  span of the calibration compositions (1)
 ood_mean, ood_components  (feature), (ood_component, feature)  Q-residual PCA of the calibration
-ood_threshold             ()                     structures' per-atom descriptors (calib.ood)
+ood_threshold             ()                     structures' per-atom descriptors (calib.uq.ood)
 ========================  =====================  ===========================================
 
-Conformal targets (``conformal_targets`` attribute): see :mod:`calib.targets`.
+Conformal targets (``conformal_targets`` attribute): see :mod:`calib.uq.targets`.
 
 Global attributes carry the provenance: ``schema_version``, ``calib_version``,
 ``model_name``, ``model_version``, ``model_fingerprint`` (SHA-256 of the
@@ -57,13 +57,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conformal import ConformalCalibrator
-from .differences import DifferenceVarianceModel
-from .llpr import LLPR
-from .ood import QResidualDetector
-from .ncio import ArtifactError, read, write_atomic
-from .reference import ElementReference
-from .softening import ScalarCorrection
+from calib.uq.conformal import ConformalCalibrator
+from calib.uq.differences import DifferenceVarianceModel
+from calib.uq.llpr import LLPR
+from calib.uq.ood import QResidualDetector
+from calib.data.ncio import ArtifactError, read, write_atomic
+from calib.uq.reference import ElementReference
+from calib.softening.scale import ScalarCorrection
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 
@@ -78,16 +78,16 @@ class Artifact:
 
     Attributes
     ----------
-    llpr : calib.llpr.LLPR
+    llpr : calib.uq.llpr.LLPR
     model_info : dict — model_name, model_version, model_fingerprint, energy_convention,
         n_features, feature_set
     readout_weight : (d,) array — w of the final linear layer
     stage : "hessian" | "calibrated"
-    element_reference : calib.reference.ElementReference or None
-    conformal : dict target → calib.conformal.ConformalCalibrator
-    differences : dict "raw" | "corrected" → calib.differences.DifferenceVarianceModel
-    corrections : calib.softening.ScalarCorrection (per chemsys c, its CI, anchor)
-    ood : calib.ood.QResidualDetector or None — fitted on the calibration structures
+    element_reference : calib.uq.reference.ElementReference or None
+    conformal : dict target → calib.uq.conformal.ConformalCalibrator
+    differences : dict "raw" | "corrected" → calib.uq.differences.DifferenceVarianceModel
+    corrections : calib.softening.scale.ScalarCorrection (per chemsys c, its CI, anchor)
+    ood : calib.uq.ood.QResidualDetector or None — fitted on the calibration structures
     attrs : dict — provenance and notes
     """
 
@@ -120,7 +120,7 @@ class Artifact:
 
     def check_model(self, model) -> None:
         """Raise :class:`ArtifactError` unless ``model`` is the model this artifact was fitted with."""
-        from .models import model_spec
+        from calib.models import model_spec
 
         fp = model.fingerprint()
         if fp != self.model_info.get("model_fingerprint"):

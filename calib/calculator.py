@@ -32,7 +32,7 @@ import os
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from .predictor import CalibratedPredictor
+from calib.predictor import CalibratedPredictor
 
 _SHARED: dict = {}
 
@@ -42,7 +42,7 @@ def shared_predictor(model="chgnet", calibration=None, device: str = "cpu") -> C
     key = (str(model), None if calibration is None else os.path.abspath(os.fspath(calibration)), str(device))
     if key not in _SHARED:
         if calibration is None:
-            from .models import load_model
+            from calib.models import load_model
 
             _SHARED[key] = CalibratedPredictor(load_model(model, device=device))
         else:

@@ -61,9 +61,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from ase import Atoms
 
-from .artifact import Artifact, ArtifactError
-from .models.base import ModelAdapter, Prediction
-from .targets import build_points
+from calib.artifact import Artifact, ArtifactError
+from calib.models.base import ModelAdapter, Prediction
+from calib.uq.targets import build_points
 
 FORCE_MODES = ("exact", "approx", "none")
 
@@ -126,7 +126,7 @@ class CalibratedPredictor:
     @classmethod
     def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True):
         """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None."""
-        from .models import load_model, model_spec
+        from calib.models import load_model, model_spec
 
         art = Artifact.load(path)
         if model is None:
@@ -177,7 +177,7 @@ class CalibratedPredictor:
 
         Returns an xarray Dataset over ``structure``: ``energy_difference`` (E_i − E_ref, eV),
         ``energy_difference_sigma_llpr`` (LLPR alone), ``energy_difference_sigma`` (with the softening
-        term of calib.differences when the artifact has it), ``energy_difference_low/high`` (conformal,
+        term of calib.uq.differences when the artifact has it), ``energy_difference_low/high`` (conformal,
         for the reference-code difference), and with a correction ``energy_difference_corrected``
         (c·ΔE), ``energy_difference_corrected_sigma``, ``..._corrected_low/high``; ``difference_reason``
         says why a row has no interval (another composition than the reference structure, skipped).
@@ -365,7 +365,7 @@ class CalibratedPredictor:
 
 def as_structures(obj) -> Iterable[Atoms]:
     """One structure or file, a list of them (read now), or any other iterable (converted lazily)."""
-    from .structures import read_structures, to_atoms
+    from calib.data.structures import read_structures, to_atoms
 
     single = isinstance(obj, (str, os.PathLike, Atoms)) or type(obj).__name__ in ("Structure", "Molecule")
     if single:
@@ -376,7 +376,7 @@ def as_structures(obj) -> Iterable[Atoms]:
 
 
 def _name(atoms) -> str:
-    from .structures import structure_name
+    from calib.data.structures import structure_name
 
     return structure_name(atoms)
 
@@ -409,7 +409,7 @@ def to_records(ds, structures=None) -> list[dict]:
     carries ``error`` instead of numbers (and its chemsys when ``structures`` are given and it
     can be formed).
     """
-    from .structures import chemsys as get_chemsys
+    from calib.data.structures import chemsys as get_chemsys
 
     scalar = ["energy", "energy_per_atom", "energy_sigma", "max_local_sigma", "energy_shift"]
     optional_f = ["max_force", "max_force_sigma", "max_force_halfwidth"]

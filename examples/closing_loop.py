@@ -16,11 +16,13 @@ import sys
 import ase.io
 
 from calib import datasets
-from calib.decide import Thresholds
+from calib.softening.decide import Thresholds
 
-from calib.labelers import GPAWFactory, label, structure_key
+from calib.data.labelers import GPAWFactory, label, structure_key
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate, decide
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.decisions import decide
 
 
 def strip(atoms):

@@ -14,8 +14,10 @@ import numpy as np
 
 from calib import datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate, evaluate
-from calib.plots import evaluation_plots
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.evaluation import evaluate
+from calib.cli.plots import evaluation_plots
 
 
 def main(plots: str | None = None, alpha: float = 0.1) -> dict:

@@ -22,7 +22,10 @@ from scipy.stats import norm
 
 from calib import CalibratedPredictor, datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate, evaluate, measure_softening, store_corrections
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.evaluation import evaluate
+from calib.workflows.softening import measure_softening, store_corrections
 
 
 def paths() -> dict:

@@ -16,7 +16,9 @@ import numpy as np
 
 from calib import datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate, evaluate
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.evaluation import evaluate
 
 
 def main(seeds: int = 5, alpha: float = 0.1) -> dict:

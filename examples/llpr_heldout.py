@@ -12,10 +12,12 @@ import sys
 import numpy as np
 
 from calib import datasets
-from calib.demo import split_by_chemsys
+from calib.cli.demo import split_by_chemsys
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate, evaluate
-from calib.prototypes import perturbed_set
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.evaluation import evaluate
+from calib.data.prototypes import perturbed_set
 
 
 def main(as_json: bool = False) -> dict:

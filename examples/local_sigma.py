@@ -20,7 +20,9 @@ from scipy.stats import spearmanr
 
 from calib import CalibratedPredictor, datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.pipeline import build_hessian, calibrate, predict_labelled
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.labelled import predict_labelled
 
 
 def heldout(model, art, seed: int) -> dict:

@@ -1,7 +1,7 @@
 """An NEB run with CalibratedCalculator, and the barrier with its calibrated interval.
 
 An Al vacancy hop in a 7-atom cell: end points relaxed, 3 images, climbing-image NEB with ase.mep.NEB
-(every image's calculator shares one CHGNet and one artifact), then calib.neb.band on the relaxed path.
+(every image's calculator shares one CHGNet and one artifact), then calib.workflows.neb.band on the relaxed path.
 Needs a calibrated artifact, e.g. from `calib demo` (calib-demo/calibration.nc):
 
     OMP_NUM_THREADS=1 python examples/neb_calculator.py calib-demo/calibration.nc
@@ -14,7 +14,7 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 from calib import CalibratedCalculator
-from calib.neb import band, summary, vacancy_hop
+from calib.workflows.neb import band, summary, vacancy_hop
 
 
 def main(calibration: str) -> dict:

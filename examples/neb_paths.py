@@ -1,7 +1,7 @@
 """Barriers with calibrated intervals on the shipped NEB paths (table and figures in docs/neb.md).
 
 H from the shipped equilibrium proxy; energies calibrated (with the energy-difference model) on all 140
-high-energy states; scalar corrections from `calib softening` on the same frames; then `calib.neb.band`
+high-energy states; scalar corrections from `calib softening` on the same frames; then `calib.workflows.neb.band`
 on each GPAW-labelled path and the comparison with GPAW.
 
     OMP_NUM_THREADS=1 python examples/neb_paths.py [--plots docs/figures/neb]
@@ -16,8 +16,10 @@ import ase.io
 
 from calib import CalibratedPredictor, datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.neb import band, plot_band, summary
-from calib.pipeline import build_hessian, calibrate, measure_softening, store_corrections
+from calib.workflows.neb import band, plot_band, summary
+from calib.workflows.hessian import build_hessian
+from calib.workflows.calibration import calibrate
+from calib.workflows.softening import measure_softening, store_corrections
 
 
 def main(plots=None) -> dict:

@@ -67,9 +67,9 @@ def main():
     import matplotlib.pyplot as plt
 
     from calib import datasets
-    from calib.demo import split_by_chemsys
-    from calib.screen import read_results, screen
-    from calib.structures import get_energy, get_forces
+    from calib.cli.demo import split_by_chemsys
+    from calib.workflows.screen import read_results, screen
+    from calib.data.structures import get_energy, get_forces
 
     os.makedirs(args.out, exist_ok=True)
     work = args.work
@@ -79,7 +79,7 @@ def main():
         ase.io.write(cand, candidates())
     client = None
     if args.workers:
-        from calib.distributed import start_client
+        from calib.workflows.distributed import start_client
 
         client = start_client(workers=args.workers)
     res_path = os.path.join(work, "candidates.nc")
@@ -144,7 +144,7 @@ def main():
     ax[2].set_title("held-out GPAW frames: energies")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "screening.png"), dpi=110)
-    from calib.metrics import spearman
+    from calib.uq.metrics import spearman
 
     inside_e = float(np.nanmean(e_err <= half_e))
     # per structure, the largest error among its components vs the widest half-width is conservative

@@ -14,8 +14,9 @@ BACKENDS = ["chgnet", pytest.param("mace-small", marks=pytest.mark.skipif(
 def setup(request, tmp_path_factory, chgnet):
     from calib import datasets
     from calib.models import load_model
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.data.prototypes import perturbed_set
 
     if request.param == "mace-small":
         pytest.importorskip("mace")
@@ -32,9 +33,9 @@ def setup(request, tmp_path_factory, chgnet):
 
 @pytest.mark.slow
 def test_llpr_sigma_and_conformal_forces(setup):
-    from calib.pipeline import predict_labelled
+    from calib.workflows.labelled import predict_labelled
     from calib.predictor import CalibratedPredictor
-    from calib.structures import get_forces
+    from calib.data.structures import get_forces
 
     name, model, res, test, _ = setup
     L = res.artifact.llpr
@@ -50,8 +51,8 @@ def test_llpr_sigma_and_conformal_forces(setup):
 
 
 def test_softening_slope_is_the_least_squares_ratio(setup):
-    from calib.softening import fit_softening_by_chemsys
-    from calib.structures import get_forces
+    from calib.softening.scale import fit_softening_by_chemsys
+    from calib.data.structures import get_forces
 
     _, model, _, test, _ = setup
     pred = model.predict(test, forces=True)
@@ -68,8 +69,8 @@ def test_softening_slope_is_the_least_squares_ratio(setup):
 
 
 def test_decide_and_screen(setup, tmp_path):
-    from calib.pipeline import decide
-    from calib.screen import read_results, screen
+    from calib.workflows.decisions import decide
+    from calib.workflows.screen import read_results, screen
 
     name, model, res, test, path = setup
     decisions, _ = decide(res.artifact, model, test, n_bootstrap=200)
@@ -85,7 +86,7 @@ def test_neb_band(setup):
     """Relative image energies of the shipped LiF path equal the model's own differences; the barrier
     σ equals its closed form a·C·a from the band covariance."""
     from calib import datasets
-    from calib.neb import band, barrier_weights
+    from calib.workflows.neb import band, barrier_weights
     from calib.predictor import CalibratedPredictor
 
     _, model, res, _, _ = setup
@@ -108,7 +109,7 @@ def test_cli_takes_the_artifacts_model_by_default(setup, tmp_path):
     import ase.io
     from typer.testing import CliRunner
 
-    from calib.cli import app
+    from calib.cli.main import app
 
     name, model, _, test, path = setup
     ase.io.write(tmp_path / "probe.extxyz", test[:2], format="extxyz")

@@ -59,7 +59,7 @@ def test_neb_relaxes_with_the_calculator_and_images_share_one_model(chgnet, plai
 
     from calib import CalibratedCalculator
     from calib.artifact import Artifact
-    from calib.neb import vacancy_hop
+    from calib.workflows.neb import vacancy_hop
 
     Artifact.load(DATA / "legacy_v1.nc", model=chgnet).save(tmp_path / "CAL.nc")
     cell = bulk("Al", "fcc", 4.04, cubic=True) * (2, 1, 1)

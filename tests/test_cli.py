@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.cli import app
+from calib.cli.main import app
 
 runner = CliRunner()
 
@@ -20,7 +20,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from calib.prototypes import perturbed_set
+    from calib.data.prototypes import perturbed_set
 
     d = tmp_path_factory.mktemp("cli")
     ase.io.write(d / "eq.extxyz", perturbed_set(n_variants=2, seed=5), format="extxyz")
@@ -97,8 +97,9 @@ def test_demo(tmp_path):
 
 
 def test_calibrate_energy_only_without_force_gradients(chgnet):
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.data.prototypes import perturbed_set
 
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=2), progress=False)
     lab = datasets.load("high-energy-states", chemsys="Si")[:4]

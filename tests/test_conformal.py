@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from calib import metrics
-from calib.conformal import UNKNOWN, ConformalCalibrator, LabelClasses, MixtureClasses
-from calib.targets import Points
+from calib.uq import metrics
+from calib.uq.conformal import UNKNOWN, ConformalCalibrator, LabelClasses, MixtureClasses
+from calib.uq.targets import Points
 
 
 def test_average_coverage_is_finite_sample_exact():
@@ -160,7 +160,7 @@ def test_cross_fitted_energy_scores_cover_where_in_sample_ones_do_not():
     """Known per-element offsets + noise (6 elements, 30 calibration structures, 300 seeded splits):
     scores from in-sample reference residuals are shrunk by the fit and under-cover; cross-fitted ones
     cover 1 − α within the band the finite-sample rule allows."""
-    from calib.reference import ElementReference, cross_fitted_residuals
+    from calib.uq.reference import ElementReference, cross_fitted_residuals
 
     alpha, n_cal, repeats = 0.1, 30, 300
     cov_in, cov_cf = [], []

@@ -10,7 +10,7 @@ from scipy.stats import norm, spearmanr
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.cli import app
+from calib.cli.main import app
 
 ALPHA = 0.1
 
@@ -22,8 +22,8 @@ def run(*args):
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, chgnet):
     """Hessian on near-equilibrium prototypes; calibrated (α = 0.1, classes by element) on half the structures."""
-    from calib.pipeline import build_hessian
-    from calib.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
+    from calib.data.prototypes import perturbed_set
 
     d = tmp_path_factory.mktemp("cp")
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)
@@ -42,7 +42,7 @@ def calibrated(tmp_path_factory, chgnet):
 @pytest.mark.slow
 def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
     from calib.artifact import Artifact
-    from calib.pipeline import evaluate
+    from calib.workflows.evaluation import evaluate
 
     d, summary, test = calibrated
     art = Artifact.load(d / "CAL.nc", model=chgnet)

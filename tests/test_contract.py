@@ -18,7 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.cli import app
+from calib.cli.main import app
 
 runner = CliRunner()
 
@@ -35,8 +35,9 @@ def doc_of(r) -> dict:
 @pytest.fixture(scope="module")
 def d(tmp_path_factory, chgnet):
     """Files every case can use: equilibrium structures, labels, H.nc and a calibrated CAL.nc."""
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.data.prototypes import perturbed_set
 
     d = tmp_path_factory.mktemp("contract")
     eq = perturbed_set(n_variants=1, seed=5)
@@ -294,7 +295,7 @@ def test_existing_outputs_need_overwrite_and_inputs_never_change(d, tmp_path):
 
 
 def test_outputs_are_written_all_or_none(tmp_path):
-    from calib.cli import _stage
+    from calib.cli.app import stage_outputs as _stage
 
     def boom(path):
         raise OSError("disk full")
@@ -313,7 +314,7 @@ def test_outputs_are_written_all_or_none(tmp_path):
 def test_label_resume_repairs_a_torn_last_frame(tmp_path):
     from ase.calculators.emt import EMT
 
-    from calib.labelers import label
+    from calib.data.labelers import label
 
     structs = [bulk("Cu", "fcc", a0, cubic=True) for a0 in (3.55, 3.60, 3.65, 3.70)]
     for k, a in enumerate(structs):
@@ -333,7 +334,7 @@ def test_label_resume_repairs_a_torn_last_frame(tmp_path):
 def test_retry_failed_keeps_one_line_per_failure(tmp_path):
     from ase.calculators.emt import EMT
 
-    from calib.labelers import label
+    from calib.data.labelers import label
 
     structs = [bulk("Cu", "fcc", 3.6, cubic=True), bulk("Si", "diamond", 5.43)]  # EMT has no Si
     out = tmp_path / "lab.extxyz"

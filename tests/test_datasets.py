@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from calib import datasets
-from calib.structures import check_structure, get_energy, get_forces, get_stress
+from calib.data.structures import check_structure, get_energy, get_forces, get_stress
 
 LABEL_INFO = ("calculator", "xc", "cutoff_eV", "kpts", "spinpol")
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from calib.decide import Thresholds, decide_chemistry, farthest_point_ranking
-from calib.ood import QResidualDetector
-from calib.softening import fit_softening
+from calib.softening.decide import Thresholds, decide_chemistry, farthest_point_ranking
+from calib.uq.ood import QResidualDetector
+from calib.softening.scale import fit_softening
 
 
 def _forces(rng, s, noise, n_struct=12, n_atoms=8):
@@ -71,8 +71,9 @@ def test_q_residual_flags_off_subspace_points():
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, chgnet):
     from calib import datasets
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.data.prototypes import perturbed_set
 
     d = tmp_path_factory.mktemp("decide")
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)
@@ -84,7 +85,7 @@ def calibrated(tmp_path_factory, chgnet):
 
 def test_cli_decide_on_shipped_data(calibrated, chgnet):
     from calib import datasets
-    from calib.cli import app
+    from calib.cli.main import app
 
     d = calibrated
     lab = datasets.load("high-energy-states", chemsys="Si") + datasets.load("high-energy-states", chemsys="Li-F")

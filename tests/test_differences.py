@@ -1,4 +1,4 @@
-"""The energy-difference variance model (calib.differences) against brute force."""
+"""The energy-difference variance model (calib.uq.differences) against brute force."""
 
 import pathlib
 
@@ -11,7 +11,7 @@ DATA = pathlib.Path(__file__).parent / "data"
 def test_fit_recovers_known_parameters_and_matches_a_brute_force_minimum():
     from scipy.optimize import brute
 
-    from calib.differences import DifferenceVarianceModel
+    from calib.uq.differences import DifferenceVarianceModel
 
     rng = np.random.default_rng(0)
     n = 6000
@@ -38,9 +38,9 @@ def test_predictor_difference_sigma_by_brute_force(chgnet):
     c² and the correction's own variance, and the intervals are q·σ about ΔE and c·ΔE."""
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
-    from calib.conformal import ConformalCalibrator
-    from calib.differences import DifferenceVarianceModel
-    from calib.softening import ScalarCorrection, correction_sigma
+    from calib.uq.conformal import ConformalCalibrator
+    from calib.uq.differences import DifferenceVarianceModel
+    from calib.softening.scale import ScalarCorrection, correction_sigma
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     raw, cor = DifferenceVarianceModel(3.0, 0.05, 0.002), DifferenceVarianceModel(1.5, 0.01, 0.001)

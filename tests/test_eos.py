@@ -8,7 +8,7 @@ from ase.collections import dcdft
 from ase.units import GPa
 from typer.testing import CliRunner
 
-from calib.cli import app
+from calib.cli.main import app
 
 
 def test_eos_json_and_plot(tmp_path):
@@ -37,7 +37,7 @@ def test_bulk_modulus_matches_linear_birch_fit(chgnet):
     """
     from chgnet.model.dynamics import CHGNetCalculator
 
-    from calib.eos import VOLUME_OFFSETS, run_eos
+    from calib.workflows.eos import VOLUME_OFFSETS, run_eos
 
     (rec,), _ = run_eos(chgnet, ["Si"])
     assert not rec.recentred

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from calib.artifact import Artifact, ArtifactError
-from calib.llpr import LLPR
-from calib.reference import ElementReference
+from calib.uq.llpr import LLPR
+from calib.uq.reference import ElementReference
 
 
 def make_artifact(chgnet):

@@ -8,8 +8,8 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from calib.labelers import GPAWFactory, label
-from calib.structures import get_energy, get_forces
+from calib.data.labelers import GPAWFactory, label
+from calib.data.structures import get_energy, get_forces
 
 
 def test_streams_resumes_and_records_failures(tmp_path):
@@ -62,7 +62,7 @@ def test_label_cli_streams_and_resumes(tmp_path):
     pytest.importorskip("gpaw")
     from typer.testing import CliRunner
 
-    from calib.cli import app
+    from calib.cli.main import app
 
     si = bulk("Si", "diamond", 5.43)
     si.positions[1] += [0.05, 0.0, 0.0]
@@ -89,7 +89,7 @@ def test_label_cli_failure_exit_code_and_torn_frame(tmp_path):
     from ase import Atoms
     from typer.testing import CliRunner
 
-    from calib.cli import app
+    from calib.cli.main import app
 
     si = bulk("Si", "diamond", 5.43)
     si.info["name"] = "si"

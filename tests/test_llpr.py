@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from calib.hessian import HessianAccumulator, accumulate_hessian
-from calib.llpr import LLPR
+from calib.uq.hessian import HessianAccumulator
+from calib.workflows.accumulate import accumulate_hessian
+from calib.uq.llpr import LLPR
 from calib.models.gradients import feature_gradients
 from conftest import rattled_si
 
@@ -176,7 +177,7 @@ def test_exact_force_variance_vs_brute_force(chgnet, small_llpr, prototypes):
 def test_approx_force_variance_error_is_measured(chgnet, small_llpr, prototypes):
     """Truncation chosen on one set, error measured on another (same chemistries, other perturbations,
     as when the calibration set is the user's chemistry); full coverage is exact."""
-    from calib.prototypes import perturbed_set
+    from calib.data.prototypes import perturbed_set
 
     L = small_llpr
     probe = perturbed_set(n_variants=1, rattle=0.05, seed=11)
@@ -207,8 +208,8 @@ def test_force_rows_in_hessian(chgnet, prototypes):
 
 
 def test_checkpoint_resume_is_bitwise_identical(chgnet, tmp_path):
-    from calib.hessian import Interrupted
-    from calib.prototypes import perturbed_set
+    from calib.uq.hessian import Interrupted
+    from calib.data.prototypes import perturbed_set
 
     structs = perturbed_set(n_variants=1, seed=9)[:10]
     full = accumulate_hessian(chgnet, structs, batch_size=2, progress=False).hessian

@@ -96,9 +96,9 @@ def test_energy_is_linear_in_the_features(adapter):
 
 
 def test_exact_force_sigma_equals_per_feature_loop(adapter):
-    from calib.bench import mace_style_force_variance
-    from calib.hessian import accumulate_hessian
-    from calib.llpr import LLPR
+    from calib.cli.bench import mace_style_force_variance
+    from calib.workflows.accumulate import accumulate_hessian
+    from calib.uq.llpr import LLPR
 
     H = accumulate_hessian(adapter, structures(8, seed=1), batch_size=4, progress=False)
     L = LLPR(energy_convention="total").fit(H.hessian, H.n_structures)
@@ -125,7 +125,7 @@ def test_artifact_refuses_other_weights(adapter):
 
     from calib.artifact import ArtifactError
     from calib.models.mace import MACEAdapter
-    from calib.pipeline import build_hessian
+    from calib.workflows.hessian import build_hessian
 
     art, _ = build_hessian(adapter, structures(4), progress=False)
     other = copy.deepcopy(adapter.model)
@@ -140,7 +140,8 @@ def test_calibrate_and_predict_through_the_predictor(adapter, tmp_path):
     """The whole path with a total-energy model: H, calibration on GPAW labels, predictor from the file."""
     from calib import datasets
     from calib.models import load_model, model_spec
-    from calib.pipeline import build_hessian, calibrate
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
     from calib.predictor import CalibratedPredictor
 
     art, _ = build_hessian(adapter, structures(8, seed=3), progress=False)
@@ -214,9 +215,9 @@ class PairPotential:
 
 def test_generic_linear_readout_adapter():
     """Energy rebuilt from features and weights; forces by finite differences; exact force σ = per-feature loop."""
-    from calib.bench import mace_style_force_variance
-    from calib.hessian import accumulate_hessian
-    from calib.llpr import LLPR
+    from calib.cli.bench import mace_style_force_variance
+    from calib.workflows.accumulate import accumulate_hessian
+    from calib.uq.llpr import LLPR
     from calib.models.generic import LinearReadoutAdapter
 
     net = PairPotential.build()

@@ -14,8 +14,8 @@ DATA = pathlib.Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def hand_artifact(chgnet):
     from calib.artifact import Artifact
-    from calib.conformal import ConformalCalibrator
-    from calib.differences import DifferenceVarianceModel
+    from calib.uq.conformal import ConformalCalibrator
+    from calib.uq.differences import DifferenceVarianceModel
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     cal = ConformalCalibrator(0.1).fit(np.linspace(-2, 2, 99), np.ones(99))
@@ -26,9 +26,9 @@ def hand_artifact(chgnet):
 def test_band_covariance_and_barriers_against_monte_carlo(chgnet, hand_artifact):
     """Draw readout weights w ~ N(0, α² (H + ς² I)⁻¹) scaled by √β, one softening draw κ z ΔE_i shared by the
     path, and independent per-image noise of variance τ²/2: the sample covariance of E_i − E_0 and of the
-    barriers matches calib.neb's closed forms."""
+    barriers matches calib.workflows.neb's closed forms."""
     from calib import datasets
-    from calib.neb import band
+    from calib.workflows.neb import band
     from calib.predictor import CalibratedPredictor
 
     images = datasets.load("high-energy-states", chemsys="Si")[:5]
@@ -61,7 +61,7 @@ def test_correlated_barrier_sigma_is_smaller_than_the_independent_formula(chgnet
     """Neighbouring images share most of their error (LLPR features, the softening), so the reverse barrier
     E_m − E_M has a smaller σ than √(σ_m² + σ_M²), which treats them as independent."""
     from calib import datasets
-    from calib.neb import band
+    from calib.workflows.neb import band
     from calib.predictor import CalibratedPredictor
 
     images = datasets.load("high-energy-states", chemsys="Si")[:5]
@@ -88,8 +88,10 @@ def test_shipped_paths_against_gpaw(chgnet, tmp_path):
     from typer.testing import CliRunner
 
     from calib import datasets
-    from calib.cli import app
-    from calib.pipeline import build_hessian, calibrate, measure_softening, store_corrections
+    from calib.cli.main import app
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.softening import measure_softening, store_corrections
 
     art, _ = build_hessian(chgnet, datasets.load("equilibrium-proxy"), progress=False)
     data = datasets.load("high-energy-states")
@@ -123,7 +125,7 @@ def test_cli_neb_refuses_a_mixed_path_with_a_named_error(tmp_path, chgnet):
     from typer.testing import CliRunner
 
     from calib import datasets
-    from calib.cli import app
+    from calib.cli.main import app
 
     mixed = datasets.load("high-energy-states", chemsys="Si")[:2] + datasets.load("high-energy-states",
                                                                                    chemsys="Si-C")[:1]
@@ -141,7 +143,7 @@ def test_cli_neb_refuses_a_mixed_path_with_a_named_error(tmp_path, chgnet):
 
 def test_band_refuses_images_of_different_compositions(chgnet, hand_artifact):
     from calib import datasets
-    from calib.neb import band
+    from calib.workflows.neb import band
     from calib.predictor import CalibratedPredictor
 
     mixed = datasets.load("high-energy-states", chemsys="Si")[:2] + datasets.load("high-energy-states",

@@ -25,7 +25,7 @@ def stream_file(tmp_path_factory):
     import ase.io
     from ase import Atoms
 
-    from calib.prototypes import perturbed_set
+    from calib.data.prototypes import perturbed_set
 
     good = perturbed_set(n_variants=1, rattle=0.05, strain=0.02, seed=11)[:14]
     nan = good[0].copy()
@@ -47,8 +47,8 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     """One row per frame in order; bad frames are failed rows naming the problem; the trust column
     follows from the other columns by the documented rule; numbers equal the predictor's."""
     from calib import CalibratedPredictor
-    from calib.screen import read_results, screen
-    from calib.structures import read_structures
+    from calib.workflows.screen import read_results, screen
+    from calib.data.structures import read_structures
 
     path, n, bad = stream_file
     out = tmp_path / "r.nc"
@@ -78,8 +78,8 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
 def test_folder_with_unreadable_file(cal_file, tmp_path, chgnet):
     import ase.io
 
-    from calib.prototypes import perturbed_set
-    from calib.screen import read_results, screen
+    from calib.data.prototypes import perturbed_set
+    from calib.workflows.screen import read_results, screen
 
     folder = tmp_path / "cifs"
     folder.mkdir()
@@ -94,7 +94,7 @@ def test_folder_with_unreadable_file(cal_file, tmp_path, chgnet):
 
 
 def test_existing_output_is_not_overwritten(cal_file, stream_file, tmp_path, chgnet):
-    from calib.screen import screen
+    from calib.workflows.screen import screen
 
     out = tmp_path / "r.nc"
     out.write_text("precious")
@@ -105,7 +105,7 @@ def test_existing_output_is_not_overwritten(cal_file, stream_file, tmp_path, chg
 
 def _run_cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "calib.cli", *map(str, args)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "calib.cli.main", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -114,8 +114,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
     """Kill `calib screen` with SIGKILL mid-run, resume: the file equals an uninterrupted run's, no gaps."""
     import ase.io
 
-    from calib.prototypes import perturbed_set
-    from calib.screen import read_results
+    from calib.data.prototypes import perturbed_set
+    from calib.workflows.screen import read_results
 
     frames = perturbed_set(n_variants=3, rattle=0.05, seed=5)[:40]
     assert len(frames) == 40
@@ -166,7 +166,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def client():
-    from calib.distributed import close_client, start_client
+    from calib.workflows.distributed import close_client, start_client
 
     c = start_client(workers=2)
     yield c
@@ -174,9 +174,9 @@ def client():
 
 
 def test_distributed_hessian_equals_serial(client, chgnet):
-    from calib.distributed import distributed_hessian
-    from calib.hessian import accumulate_hessian
-    from calib.prototypes import perturbed_set
+    from calib.workflows.distributed import distributed_hessian
+    from calib.workflows.accumulate import accumulate_hessian
+    from calib.data.prototypes import perturbed_set
 
     structs = perturbed_set(n_variants=1, seed=9)[:30]
     threads = torch.get_num_threads()
@@ -193,7 +193,7 @@ def test_distributed_hessian_equals_serial(client, chgnet):
 
 
 def test_distributed_screen_equals_serial(client, cal_file, stream_file, tmp_path, chgnet):
-    from calib.screen import read_results, screen
+    from calib.workflows.screen import read_results, screen
 
     path = stream_file[0]
     screen([path], cal_file, tmp_path / "s.nc", model=chgnet, batch_size=3, progress=False)
@@ -209,7 +209,7 @@ def test_distributed_screen_equals_serial(client, cal_file, stream_file, tmp_pat
 
 
 def test_thread_choice_precedence(monkeypatch):
-    from calib.threads import choose_threads
+    from calib.models.threads import choose_threads
 
     monkeypatch.setenv("CALIB_THREADS", "3")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
@@ -231,9 +231,9 @@ def test_cli_hessian_and_screen_with_workers(cal_file, tmp_path, chgnet):
     import ase.io
 
     from calib.artifact import Artifact
-    from calib.hessian import accumulate_hessian
-    from calib.prototypes import perturbed_set
-    from calib.screen import read_results, screen
+    from calib.workflows.accumulate import accumulate_hessian
+    from calib.data.prototypes import perturbed_set
+    from calib.workflows.screen import read_results, screen
 
     structs = perturbed_set(n_variants=1, seed=12)[:20]
     src = tmp_path / "h.extxyz"

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.softening import ScalarCorrection, corrected_calculator, fit_softening
+from calib.softening.scale import ScalarCorrection, corrected_calculator, fit_softening
 
 
 def _synthetic(rng, s_true, n_struct=20, n_atoms=8, noise=0.1):
@@ -85,8 +85,8 @@ def test_shipped_data_softening_and_one_structure_correction(chgnet):
     [0.91, 0.97], is the exception the docs discuss: the softening there is as small as the scatter
     of c between single structures, so one label does not suffice (docs/softening.md).
     """
-    from calib.pipeline import measure_softening
-    from calib.structures import get_forces
+    from calib.workflows.softening import measure_softening
+    from calib.data.structures import get_forces
 
     data = datasets.load("high-energy-states")
     run = measure_softening(chgnet, data, n_bootstrap=500)
@@ -120,7 +120,7 @@ def test_cli_softening_json(tmp_path):
     bad.calc = structs[0].calc
     bad.info["name"] = "squashed"
     ase.io.write(tmp_path / "lab.extxyz", structs + [bad], format="extxyz")
-    r = CliRunner().invoke(__import__("calib.cli", fromlist=["app"]).app,
+    r = CliRunner().invoke(__import__("calib.cli.main", fromlist=["app"]).app,
                            ["softening", str(tmp_path / "lab.extxyz"), "--json", "--n-bootstrap", "200",
                             "--plot", str(tmp_path / "plots")])
     assert r.exit_code == 0, r.output

@@ -4,7 +4,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from calib.structures import (StructureError, check_structure, chemsys, read_structures, validate)
+from calib.data.structures import (StructureError, check_structure, chemsys, read_structures, validate)
 
 
 def labelled(atoms, energy=-1.0, forces=None):
@@ -114,8 +114,8 @@ def test_neighbor_search_matches_ase():
     """The compiled search used by validation returns the same pairs as ASE's neighbor_list."""
     from ase.neighborlist import neighbor_list
 
-    from calib.prototypes import perturbed_set
-    from calib.structures import _neighbors
+    from calib.data.prototypes import perturbed_set
+    from calib.data.structures import _neighbors
 
     for atoms in perturbed_set(names=["Mg", "TiO2", "Li3N"], n_variants=1, rattle=0.1, seed=4):
         mine = sorted(zip(*(np.round(x, 6) for x in _neighbors(atoms, 4.0))))

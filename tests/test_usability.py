@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.cli import app
+from calib.cli.main import app
 
 runner = CliRunner()
 
@@ -43,8 +43,9 @@ def test_every_option_has_help_and_flags_show_as_flags(name, cmd):
 
 @pytest.fixture(scope="module")
 def cal(tmp_path_factory, chgnet):
-    from calib.pipeline import build_hessian, calibrate
-    from calib.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.data.prototypes import perturbed_set
 
     d = tmp_path_factory.mktemp("use")
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=5), progress=False)

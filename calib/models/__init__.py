@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter, Prediction
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, Prediction
 
 __all__ = ["BatchOutput", "FeatureGraph", "ModelAdapter", "Prediction", "load_model"]
 
 
 def shipped_mace_path() -> str:
     """Path of the small MACE model shipped with calib (datasets/models/mace-small, for tests and the demo)."""
-    from ..datasets import root
+    from calib.data.datasets import root
 
     return os.path.join(root(), "models", "mace-small", "mace-small.model")
 
@@ -32,13 +32,13 @@ def load_model(spec: "str | ModelAdapter" = "chgnet", device: str = "cpu", featu
         import torch
 
         if isinstance(spec, torch.nn.Module) and hasattr(spec, "readouts"):
-            from .mace import MACEAdapter
+            from calib.models.mace import MACEAdapter
 
             return MACEAdapter(spec, device=device)
         raise TypeError(f"cannot make a model from an object of type {type(spec).__name__}")
     spec = os.fspath(spec)
     if spec == "chgnet" or spec.startswith("chgnet:"):
-        from .chgnet import CHGNetAdapter
+        from calib.models.chgnet import CHGNetAdapter
 
         version = spec.split(":", 1)[1] if ":" in spec else "0.3.0"
         return CHGNetAdapter(version=version, device=device, feature_set=feature_set)
@@ -58,7 +58,7 @@ def load_model(spec: "str | ModelAdapter" = "chgnet", device: str = "cpu", featu
 
 def _mace(path: str, spec: str, device: str) -> ModelAdapter:
     try:
-        from .mace import MACEAdapter
+        from calib.models.mace import MACEAdapter
     except ImportError as exc:
         raise ValueError(f"{path}: MACE models need mace-torch: pip install -e '.[mace]' ({exc})") from None
     return MACEAdapter(path, device=device, version=spec)

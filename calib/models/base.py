@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..structures import StructureIssue, chemsys, validate
+from calib.data.structures import StructureIssue, chemsys, validate
+from calib.data.units import total_scale  # noqa: F401 - adapters and callers take it from here too
 
 
 @dataclass
@@ -176,16 +177,6 @@ class Prediction:
         if self.stress is not None:
             ds["stress"] = (("structure", "component", "component2"), self.stress, {"units": "eV/Å^3"})
         return ds
-
-
-def total_scale(n_atoms, energy_convention: str) -> np.ndarray:
-    """N for per-atom models (features are means, energy is eV/atom), 1 for total models."""
-    n_atoms = np.asarray(n_atoms, dtype=float)
-    if energy_convention == "per_atom":
-        return n_atoms
-    if energy_convention == "total":
-        return np.ones_like(n_atoms)
-    raise ValueError(f"unknown energy_convention {energy_convention!r}")
 
 
 def pool_atoms(phi: torch.Tensor, owners: torch.Tensor, n_structures: int,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
 
 # chgnet's BatchedGraph builds its volume tensor from grad-tracking scalars; harmless, but noisy
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")

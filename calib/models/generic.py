@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
 
 
 class LinearReadoutAdapter(ModelAdapter):

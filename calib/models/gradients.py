@@ -2,7 +2,7 @@
 
 For eigen-directions u_k of the LLPR Hessian, ∂(u_k · f)/∂r is what turns the
 posterior over readout weights into a variance of every force component
-(calib.llpr). One reverse pass per direction serves every structure of a batch
+(calib.uq.llpr). One reverse pass per direction serves every structure of a batch
 at once, because each structure's features depend only on its own positions.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .base import ModelAdapter, atom_chunks
+from calib.models.base import ModelAdapter, atom_chunks
 
 
 def feature_gradients(

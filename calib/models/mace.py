@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms
 
 
 def _import_mace() -> None:

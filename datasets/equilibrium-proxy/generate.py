@@ -147,7 +147,7 @@ def perturb(atoms: Atoms, rng: np.random.Generator) -> Atoms:
 
 
 def plain(atoms: Atoms, **info) -> Atoms:
-    from calib.structures import chemsys
+    from calib.data.structures import chemsys
 
     a = Atoms(atoms.numbers, positions=atoms.get_positions(), cell=atoms.cell[:], pbc=True)
     a.info.update(info)
@@ -160,7 +160,7 @@ def main() -> None:
     from chgnet.model.dynamics import CHGNetCalculator
     from tqdm import tqdm
 
-    from calib.structures import StructureError, check_structure
+    from calib.data.structures import StructureError, check_structure
 
     warnings.simplefilter("ignore")
     with contextlib.redirect_stdout(io.StringIO()):

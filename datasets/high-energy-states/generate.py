@@ -32,7 +32,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.optimize import FIRE
 
-from calib.prototypes import PROTOTYPES, prototype  # noqa: E402
+from calib.data.prototypes import PROTOTYPES, prototype  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 20261122
@@ -55,7 +55,7 @@ def chgnet_calculator():
 
 
 def md_frames(name: str, calc) -> list[Atoms]:
-    from calib.structures import chemsys
+    from calib.data.structures import chemsys
 
     path = os.path.join(HERE, "frames", f"{name}.extxyz")
     if os.path.exists(path):
@@ -85,7 +85,7 @@ def md_frames(name: str, calc) -> list[Atoms]:
 
 
 def main(names: list[str]) -> None:
-    from calib.labelers import GPAWFactory, label
+    from calib.data.labelers import GPAWFactory, label
 
     calc = chgnet_calculator()
     log_path = os.path.join(HERE, "provenance.json")

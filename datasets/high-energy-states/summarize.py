@@ -12,7 +12,7 @@ import numpy as np
 
 from calib import datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.structures import get_forces, group_by_chemsys
+from calib.data.structures import get_forces, group_by_chemsys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

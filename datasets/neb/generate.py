@@ -8,7 +8,7 @@ into the vacancy. Both end points are relaxed with CHGNet at fixed cell
 (FIRE, fmax 0.02 eV/Å); the path of 7 images (5 movable) is relaxed with
 ASE's climbing-image NEB using CHGNet (FIRE, fmax 0.05 eV/Å); every image is
 then labelled with GPAW PAW-PBE (PW 450 eV, k-point density 2.0 Å⁻¹) through
-calib.labelers.label, resumably. The CHGNet energy of each image is kept in
+calib.data.labelers.label, resumably. The CHGNet energy of each image is kept in
 ``info["chgnet_energy"]`` (eV, total).
 
 The first path (LiF) lives in this folder (``LiF-vacancy-hop.extxyz``,
@@ -102,8 +102,8 @@ def endpoints(calc, name: str) -> tuple[Atoms, Atoms]:
 
 
 def generate(name: str) -> dict:
-    from calib.labelers import GPAWFactory, label
-    from calib.structures import chemsys
+    from calib.data.labelers import GPAWFactory, label
+    from calib.data.structures import chemsys
 
     path_file, out_file, prov_file = files(name)
     os.makedirs(os.path.dirname(out_file), exist_ok=True)

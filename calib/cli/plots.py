@@ -98,9 +98,9 @@ def class_coverage_plot(per_class: dict, alpha: float, path, title: str = "") ->
 
 
 def evaluation_plots(points: dict, folder, alpha: float | None) -> list[str]:
-    """All three plots for every target of :func:`calib.pipeline.evaluate` (``return_points=True``)."""
-    from .metrics import per_class_coverage
-    from .targets import TARGETS
+    """All three plots for every target of :func:`calib.workflows.evaluation.evaluate` (``return_points=True``)."""
+    from calib.uq.metrics import per_class_coverage
+    from calib.uq.targets import TARGETS
 
     os.makedirs(folder, exist_ok=True)
     written, curves = [], {}

@@ -22,7 +22,7 @@ The "calibrated force-error scale" of a target is √(2/π)·σ_rms, the mean
 absolute error a Gaussian with the target's RMS force σ implies (eV/Å), so it
 is compared with the same tolerance as the MAE.
 
-This module holds the rules only; :func:`calib.pipeline.decide` predicts the
+This module holds the rules only; :func:`calib.workflows.decisions.decide` predicts the
 labelled and target structures and applies them.
 """
 

@@ -263,7 +263,7 @@ def corrected_calculator(base, correction: ScalarCorrection, chemsys: str | None
     """An ASE calculator giving ``base``'s results with the scalar correction applied."""
     from ase.calculators.calculator import Calculator, all_changes
 
-    from .structures import chemsys as get_chemsys
+    from calib.data.structures import chemsys as get_chemsys
 
     class CorrectedCalculator(Calculator):
         implemented_properties = ["energy", "free_energy", "forces", "stress"]

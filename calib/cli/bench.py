@@ -27,7 +27,7 @@ def _best(fn, repeats: int) -> tuple[float, object]:
 
 def mace_style_force_variance(model, structures, llpr, batch_size: int) -> list[np.ndarray]:
     """Reference mechanism: J = ∂f/∂r by one backward pass per *feature*, then diag(Jᵀ Σ J)·α² s²."""
-    from .models.base import batches
+    from calib.models.base import batches
 
     Sigma = torch.as_tensor(llpr.covariance(), dtype=torch.float64)
     out = []
@@ -55,11 +55,11 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
                progress: bool = False) -> dict:
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from .hessian import accumulate_hessian
-    from .llpr import LLPR
-    from .models.gradients import feature_gradients
-    from .models.chgnet import CHGNetAdapter
-    from .prototypes import PROTOTYPES, perturbed_set
+    from calib.workflows.accumulate import accumulate_hessian
+    from calib.uq.llpr import LLPR
+    from calib.models.gradients import feature_gradients
+    from calib.models.chgnet import CHGNetAdapter
+    from calib.data.prototypes import PROTOTYPES, perturbed_set
 
     model = CHGNetAdapter(device=device)
     n_var = max(1, -(-n_structures // len(PROTOTYPES)))
@@ -145,9 +145,10 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
 def _bench_artifact(model, path) -> None:
     """A small calibrated artifact for the benchmarks: H from perturbed prototypes, calibration on the
     shipped GPAW states of Si and Li-F (every other frame)."""
-    from . import datasets
-    from .pipeline import build_hessian, calibrate
-    from .prototypes import perturbed_set
+    from calib.data import datasets
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.data.prototypes import perturbed_set
 
     hess, _ = build_hessian(model, perturbed_set(n_variants=1, seed=4), progress=False)
     lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
@@ -164,9 +165,9 @@ def bench_screen(device: str = "cpu", n_structures: int = 64, batch_size: int = 
 
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from .models.chgnet import CHGNetAdapter
-    from .prototypes import PROTOTYPES, perturbed_set
-    from .screen import screen
+    from calib.models.chgnet import CHGNetAdapter
+    from calib.data.prototypes import PROTOTYPES, perturbed_set
+    from calib.workflows.screen import screen
 
     model = CHGNetAdapter(device=device)
     structs = perturbed_set(n_variants=max(1, -(-n_structures // len(PROTOTYPES))), rattle=0.05,
@@ -205,7 +206,7 @@ def bench_screen(device: str = "cpu", n_structures: int = 64, batch_size: int = 
 def bench_conformal(n_scores: int = 1_000_000, n_classes: int = 16, repeats: int = 3, seed: int = 0) -> dict:
     """Fit + intervals of split and Mondrian (``n_classes`` bins) conformal on ``n_scores`` calibration
     scores, then intervals for as many test predictions: seconds (target ≤ 1 s each)."""
-    from .conformal import ConformalCalibrator
+    from calib.uq.conformal import ConformalCalibrator
 
     rng = np.random.default_rng(seed)
     sigma = rng.lognormal(size=n_scores)
@@ -233,8 +234,8 @@ def bench_dask(n_structures: int = 96, batch_size: int = 8, device: str = "cpu")
     seconds after the workers have loaded the model, and the speed-up."""
     import time
 
-    from .distributed import close_client, distributed_hessian, start_client
-    from .prototypes import PROTOTYPES, perturbed_set
+    from calib.workflows.distributed import close_client, distributed_hessian, start_client
+    from calib.data.prototypes import PROTOTYPES, perturbed_set
 
     structs = perturbed_set(n_variants=max(1, -(-n_structures // len(PROTOTYPES))), seed=2)[:n_structures]
     out = {"n_structures": len(structs), "batch_size": batch_size, "device": device}
@@ -266,7 +267,7 @@ def command_lines(workdir: str) -> list[tuple[str, list[str]]]:
     import glob
     import os
 
-    from .datasets import root
+    from calib.data.datasets import root
 
     data = str(root())
     lab = sorted(glob.glob(os.path.join(data, "high-energy-states", "*.extxyz")))
@@ -301,7 +302,7 @@ def bench_commands(only=None, workdir: str | None = None, progress: bool = True)
     if only:
         unknown = set(only) - {n for n, _ in lines}
         if unknown:
-            from .errors import UsageError
+            from calib.errors import UsageError
 
             raise UsageError(f"unknown command(s) {sorted(unknown)}; choose from {[n for n, _ in lines]}")
     out = {"workdir": workdir}
@@ -309,9 +310,9 @@ def bench_commands(only=None, workdir: str | None = None, progress: bool = True)
     for name, argv in tqdm(lines, desc="commands", unit="command", disable=not progress):
         if only and name not in only and not (needs_cal and name in ("hessian", "calibrate")):
             continue  # the artifact-building steps run when a later command needs them
-        cmd = [sys.executable, "-m", "calib.cli", *argv, "--json", "--quiet", "--overwrite"] \
+        cmd = [sys.executable, "-m", "calib.cli.main", *argv, "--json", "--quiet", "--overwrite"] \
             if name in ("hessian", "calibrate", "softening", "decide", "eos") else \
-            [sys.executable, "-m", "calib.cli", *argv, "--json", "--quiet"]
+            [sys.executable, "-m", "calib.cli.main", *argv, "--json", "--quiet"]
         if name == "screen":
             cmd.append("--overwrite")
         t0 = time.perf_counter()

@@ -27,7 +27,7 @@ energy_corrected         energy after the stored correction, eV
 =======================  =====================================================================
 
 A structure is *trusted* when it was predicted, lies inside the distribution
-of the calibration structures (Q score ≤ 1, :mod:`calib.ood`), has an energy
+of the calibration structures (Q score ≤ 1, :mod:`calib.uq.ood`), has an energy
 interval (every element known to the energy reference), and, where
 tolerances are set, its calibrated errors are within them: the conformal
 force half-width (``force_tol``, eV/Å, with ``forces=True``) and the energy
@@ -53,7 +53,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from ase import Atoms
 
-from .structures import structures_fingerprint
+from calib.data.structures import structures_fingerprint
 
 #: (name, kind, units) of every column; kind "f" float64, "i" int32, "s" text
 COLUMNS = [
@@ -88,7 +88,7 @@ def iter_structures(sources: Iterable) -> Iterator[Atoms]:
             yield src
             continue
         if not isinstance(src, (str, os.PathLike)):
-            from .structures import to_atoms
+            from calib.data.structures import to_atoms
 
             yield to_atoms(src)
             continue
@@ -363,7 +363,7 @@ def _batched(stream: Iterable, size: int) -> Iterator[list]:
 def check_options(batch_size: int, force_tol: float | None, energy_tol: float | None) -> None:
     """Raise :class:`calib.errors.UsageError` (a ValueError) for a batch size < 1 or a tolerance
     (eV/Å, eV/atom) that is not a positive number."""
-    from .errors import UsageError, positive_int
+    from calib.errors import UsageError, positive_int
 
     positive_int("--batch-size", batch_size)
     if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
@@ -389,7 +389,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     energy_tol : float or None, eV/atom — largest energy half-width per atom still trusted.
     batch_size : int — structures per batch (one row of the file is committed per batch).
     resume : bool — continue an interrupted run of the same input and settings.
-    client : dask.distributed.Client or None — screen batches on its workers (calib.distributed).
+    client : dask.distributed.Client or None — screen batches on its workers (calib.workflows.distributed).
     stop_after : int or None — stop after that many batches in this call (tests, time limits).
 
     Returns a summary: ``n_total``, ``n_trusted``, ``n_untrusted``, ``n_failed``, per chemistry
@@ -427,7 +427,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
             predictor = _predictor(calibration, model, device)
             results = _serial(predictor, stream, writer, options)
         else:
-            from .distributed import ordered_batches
+            from calib.workflows.distributed import ordered_batches
 
             results = ordered_batches(client, _screen_on_worker, stream, writer.rows,
                                       os.path.abspath(calibration), model, device, options)
@@ -455,14 +455,14 @@ def _serial(predictor, stream, writer, options):
 
 
 def _screen_on_worker(calibration, model, device, options, batch, start):
-    """One batch on a dask worker, with the predictor that worker keeps (calib.distributed)."""
-    from .distributed import worker_predictor
+    """One batch on a dask worker, with the predictor that worker keeps (calib.workflows.distributed)."""
+    from calib.workflows.distributed import worker_predictor
 
     return screen_batch(worker_predictor(calibration, model, device), batch, start, **options)
 
 
 def _predictor(calibration, model, device):
-    from .predictor import CalibratedPredictor
+    from calib.predictor import CalibratedPredictor
 
     return CalibratedPredictor.from_file(calibration, model=model, device=device)
 

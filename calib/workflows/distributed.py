@@ -6,11 +6,11 @@ submits plain functions to a ``dask.distributed.Client``.
 
 * **Hessian.** The valid structures are cut into contiguous shards; each task
   accumulates a partial H = Σ f fᵀ on its worker and the driver merges them
-  (:meth:`calib.hessian.HessianAccumulator.merge`): the result equals the
+  (:meth:`calib.uq.hessian.HessianAccumulator.merge`): the result equals the
   serial H up to float64 summation order (tested to 1e-12 relative).
 * **Screening.** The driver reads the input stream in batches and keeps at
   most ``max_in_flight`` batches on the cluster; results come back in input
-  order and are written by the driver alone (:mod:`calib.screen`), so resume
+  order and are written by the driver alone (:mod:`calib.workflows.screen`), so resume
   works as in a serial run.
 
 Each worker process loads the model (and the artifact) once and keeps it for
@@ -84,7 +84,7 @@ def _set_threads() -> None:
 
 def worker_model(spec: str, device: str = "cpu"):
     """The model adapter of ``spec`` on this process, loaded once."""
-    from .models import load_model
+    from calib.models import load_model
 
     key = ("model", spec, device)
     if key not in _CACHE:
@@ -95,9 +95,9 @@ def worker_model(spec: str, device: str = "cpu"):
 
 def worker_predictor(calibration: str, model: str | None, device: str = "cpu"):
     """The CalibratedPredictor of an artifact file on this process, loaded once (model once per spec)."""
-    from .artifact import Artifact
-    from .models import model_spec
-    from .predictor import CalibratedPredictor
+    from calib.artifact import Artifact
+    from calib.models import model_spec
+    from calib.predictor import CalibratedPredictor
 
     key = ("predictor", os.path.abspath(calibration), os.path.getmtime(calibration), model, device)
     if key not in _CACHE:
@@ -112,19 +112,20 @@ def worker_predictor(calibration: str, model: str | None, device: str = "cpu"):
 
 def partial_hessian(spec: str, device: str, structures: Sequence, batch_size: int, force_weight: float = 0.0):
     """(H as float64 array, number of structures, batches) of one shard of already-validated structures."""
-    from .hessian import HessianAccumulator
-    from .models.base import batches
+    from calib.uq.hessian import HessianAccumulator
+    from calib.workflows.accumulate import add_batch
+    from calib.models.base import batches
 
     model = worker_model(spec, device)
     acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
     for idx in batches(len(structures), batch_size):
-        acc.add_batch(model, [structures[i] for i in idx])
+        add_batch(acc, model, [structures[i] for i in idx])
     return acc.hessian(), acc.n_structures, acc.n_batches
 
 
 def distributed_hessian(client, spec: str, structures: Sequence, *, device: str = "cpu", batch_size: int = 16,
                         force_weight: float = 0.0, n_shards: int | None = None, progress: bool = True):
-    """H over ``structures`` accumulated on the cluster: a :class:`calib.hessian.HessianResult`.
+    """H over ``structures`` accumulated on the cluster: a :class:`calib.uq.hessian.HessianResult`.
 
     Structures are validated here (bad ones skipped and reported) and cut into
     ``n_shards`` contiguous shards (default: 4 per worker, whole batches each).
@@ -135,8 +136,8 @@ def distributed_hessian(client, spec: str, structures: Sequence, *, device: str 
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
-    from .hessian import HessianAccumulator, HessianResult
-    from .structures import structures_fingerprint, validate
+    from calib.uq.hessian import HessianAccumulator, HessianResult
+    from calib.data.structures import structures_fingerprint, validate
 
     if not isinstance(spec, str):
         raise TypeError("distributed accumulation needs the model as a load_model name (e.g. 'chgnet'): "
@@ -176,7 +177,7 @@ def ordered_batches(client, task, stream: Iterable[list], start: int, *args,
     """(batch, ``task(*args, batch, start)``) for every batch of ``stream``, run on the cluster and yielded
     in input order, with at most ``max_in_flight`` batches (default 2 per worker) submitted at once.
 
-    ``task`` must be importable on the workers (a module-level function); calib.screen passes one that
+    ``task`` must be importable on the workers (a module-level function); calib.workflows.screen passes one that
     screens a batch with :func:`worker_predictor`.
     """
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))

@@ -5,28 +5,23 @@ distribution, so it must stream: :class:`HessianAccumulator` adds one batch at
 a time in float64 on the model's device, two partial accumulators over
 disjoint shards :meth:`~HessianAccumulator.merge` into the accumulator of their
 union (the sum is exact up to float64 rounding), and the running state saves
-to and resumes from a netCDF checkpoint. :func:`accumulate_hessian` runs the
-whole loop over a list of structures.
+to and resumes from a netCDF checkpoint. The loop that runs a model over
+structures is :func:`calib.workflows.accumulate.accumulate_hessian`.
 
-This module knows nothing of the artifact: it hands a plain (d, d) array to
-:class:`calib.llpr.LLPR`.
+This module runs no model and knows nothing of the artifact: it takes feature
+tensors and hands a plain (d, d) array to :class:`calib.uq.llpr.LLPR`.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from ase import Atoms
 
-from . import ncio
-from .models.base import ModelAdapter, batches, total_scale
-from .models.gradients import feature_gradients
-from .structures import StructureIssue, structures_fingerprint
+from calib.data import ncio
+from calib.data.structures import StructureIssue
 
 CHECKPOINT_KIND = "calib-hessian-checkpoint"
 CHECKPOINT_SCHEMA = 1
@@ -71,16 +66,6 @@ class HessianAccumulator:
         for jac, s in zip(jacobians, scales):
             J = torch.as_tensor(jac, dtype=torch.float64, device=self.device).reshape(self.n_features, -1)
             self.H.addmm_(J, J.T, alpha=self.force_weight * float(s) ** 2 / J.shape[1])
-        return self
-
-    def add_batch(self, model: ModelAdapter, structures: Sequence[Atoms]) -> HessianAccumulator:
-        """Run ``model`` on one batch of validated structures and add its features (and force rows)."""
-        out = model.forward_batch(structures, forces=False, stress=False)
-        self.update(out.features)
-        if self.force_weight:
-            jac = feature_gradients(model, structures, np.eye(model.n_features))
-            self.update_force_rows(jac, total_scale(out.n_atoms.cpu().numpy(), model.energy_convention))
-        self.n_batches += 1
         return self
 
     def merge(self, other: HessianAccumulator) -> HessianAccumulator:
@@ -130,7 +115,7 @@ class HessianAccumulator:
 
 @dataclass
 class HessianResult:
-    """Output of :func:`accumulate_hessian`.
+    """Output of :func:`calib.workflows.accumulate.accumulate_hessian`.
 
     Attributes
     ----------
@@ -151,68 +136,4 @@ class HessianResult:
 
 
 class Interrupted(RuntimeError):
-    """Raised by :func:`accumulate_hessian` when ``stop_after`` batches are done (for tests/time limits)."""
-
-
-def accumulate_hessian(
-    model: ModelAdapter,
-    structures: Sequence[Atoms],
-    *,
-    batch_size: int = 16,
-    force_weight: float = 0.0,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    stop_after: int | None = None,
-    progress: bool = True,
-) -> HessianResult:
-    """Stream ``structures`` through ``model`` and accumulate H = Σ f fᵀ (float64).
-
-    Needs features only (no labels). Bad structures are skipped and reported.
-    With ``checkpoint``, the running sum is saved every ``checkpoint_every``
-    batches; a rerun with the same file and the same input resumes after the
-    last saved batch and ends with a bitwise-identical H. ``stop_after`` stops
-    (raising :class:`Interrupted`) after that many batches in this call.
-    """
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    good, issues = model.validate(structures)
-    kept = [structures[i] for i in good]
-    fingerprint = structures_fingerprint(kept)
-    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
-    provenance = {"input_fingerprint": fingerprint, "model_fingerprint": model.fingerprint(),
-                  "batch_size": int(batch_size)}
-    if checkpoint is not None and os.path.exists(checkpoint):
-        acc, state = HessianAccumulator.load(checkpoint, device=model.device)
-        problems = []
-        if state.get("input_fingerprint") != fingerprint:
-            problems.append("the input structures differ")
-        if state.get("model_fingerprint") != provenance["model_fingerprint"]:
-            problems.append("the model differs")
-        if int(state.get("batch_size", -1)) != batch_size or acc.force_weight != force_weight:
-            problems.append("batch_size or force_weight differ")
-        if problems:
-            raise ValueError(f"checkpoint {checkpoint} does not belong to this run: {', '.join(problems)}; "
-                             "delete it or pass another --checkpoint")
-    start_batch = acc.n_batches
-    all_batches = list(batches(len(kept), batch_size))
-    done_here = 0
-    bar = tqdm(total=len(all_batches), initial=start_batch, desc="hessian", unit="batch", disable=not progress)
-    for idx in all_batches[start_batch:]:
-        if stop_after is not None and done_here >= stop_after:
-            bar.close()
-            raise Interrupted(f"stopped after {done_here} batches ({acc.n_batches} in total)")
-        acc.add_batch(model, [kept[i] for i in idx])
-        done_here += 1
-        bar.update(1)
-        if checkpoint is not None and (acc.n_batches % checkpoint_every == 0 or acc.n_batches == len(all_batches)):
-            acc.save(checkpoint, **provenance)
-    bar.close()
-    return HessianResult(
-        hessian=acc.hessian(),
-        n_structures=acc.n_structures,
-        issues=issues,
-        input_fingerprint=fingerprint,
-        force_weight=force_weight,
-        seconds=time.perf_counter() - t0,
-    )
+    """Raised by :func:`calib.workflows.accumulate.accumulate_hessian` when ``stop_after`` batches are done (for tests/time limits)."""

@@ -94,7 +94,7 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
 
     Parameters
     ----------
-    llpr : calib.llpr.LLPR — for σ of energy differences.
+    llpr : calib.uq.llpr.LLPR — for σ of energy differences.
     features : (S, d) pooled features; n_atoms : (S,); chemsys : (S,) str
     energy_sigma : (S,) eV
     atom_structure : (N,) row of each atom's structure; numbers : (N,) atomic numbers
@@ -105,7 +105,7 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
         (default ``energy_errors``; calibration passes in-sample residuals here, whose reference
         cancels within a composition, and cross-fitted ones as ``energy_errors``)
     energies : (S,) model total energies, eV; differences : dict "raw" / "corrected" of
-        calib.differences.DifferenceVarianceModel; correction : (c, σ_c) arrays per structure
+        calib.uq.differences.DifferenceVarianceModel; correction : (c, σ_c) arrays per structure
         (NaN where none) — see :func:`difference_points`
     targets : which targets to build (default: all the inputs allow; energy
         differences only with energy errors, since their pairs are drawn at random)
@@ -148,7 +148,7 @@ def difference_points(llpr, features, n_atoms, chemsys, errors, *, energies=None
     """Points of the energy-difference targets for disjoint random pairs within each chemistry.
 
     σ is the LLPR difference σ, or with ``differences["raw"]`` (and model ``energies``) the variance
-    model of calib.differences. With ``differences["corrected"]`` and ``correction`` = (c, σ_c) per
+    model of calib.uq.differences. With ``differences["corrected"]`` and ``correction`` = (c, σ_c) per
     structure, also ``energy_difference_corrected``: errors r + (1 − c)·ΔE_model for the pairs whose
     chemistry has a c, σ from the corrected model.
     """

@@ -13,12 +13,12 @@ softening explains: measured on the shipped data, pairs with |ΔE_model| ≈ 1 m
 50–80 meV, while the LLPR variance of such pairs spans orders of magnitude and cannot stand in for a
 floor. Conformal prediction on |r| / σ then gives the intervals.
 
-When a scalar correction c (calib.softening) is applied, the corrected difference c·ΔE_model has
+When a scalar correction c (calib.softening.scale) is applied, the corrected difference c·ΔE_model has
 error r_c = ΔE_ref − c·ΔE_model, and its variance
 
     var_c(ΔE) = β_c · c² var_LLPR + κ_c² · ΔE_model² + τ_c² + σ_c² · ΔE_model²
 
-uses the uncertainty of c itself (σ_c from its bootstrap CI, calib.softening.correction_sigma: the known
+uses the uncertainty of c itself (σ_c from its bootstrap CI, calib.softening.scale.correction_sigma: the known
 ``extra`` term) and a residual
 κ_c² fitted on the corrected errors: what the one scalar does not fix.
 """

@@ -38,7 +38,8 @@ def root() -> str:
     env = os.environ.get("CALIB_DATASETS")
     if env:
         return env
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets")
+    here = os.path.dirname(os.path.abspath(__file__))  # <repo>/calib/data
+    return os.path.join(os.path.dirname(os.path.dirname(here)), "datasets")
 
 
 def names() -> list[str]:
@@ -59,7 +60,7 @@ def load(name: str, chemsys: str | None = None) -> list[Atoms]:
     """
     import ase.io
 
-    from .structures import chemsys as get_chemsys
+    from calib.data.structures import chemsys as get_chemsys
 
     if name not in _FOLDERS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(_FOLDERS)}")

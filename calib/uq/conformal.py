@@ -21,7 +21,7 @@ calibrator may carry (``classes=``) and that saves its own kind:
 :class:`~sklearn.mixture.BayesianGaussianMixture` fitted on invariant per-atom
 descriptors; environments the mixture finds unlikely at prediction time are
 ``"unknown"`` instead of the nearest class). Assigners read points through two
-attributes only, ``descriptors`` and ``labels`` (see :class:`calib.targets.Points`).
+attributes only, ``descriptors`` and ``labels`` (see :class:`calib.uq.targets.Points`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-from .errors import CalibWarning
+from calib.errors import CalibWarning
 
 UNKNOWN = "unknown"
 
@@ -276,7 +276,7 @@ class EnvironmentMixture:
     def fit(self, descriptors) -> EnvironmentMixture:
         from sklearn.mixture import BayesianGaussianMixture
 
-        from .ood import principal_subspace
+        from calib.uq.ood import principal_subspace
 
         X = np.asarray(descriptors, dtype=float)
         self.mean_, self.components_, ev = principal_subspace(X, self.variance, self.max_dims)

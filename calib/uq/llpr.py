@@ -19,7 +19,7 @@ with s_i = N_i for per-atom models and 1 for total ones (``total_scale``),
 so E here is always the *total* energy in eV. Any ς² then costs O(d²), which
 makes the 1-D NLL search over ς² cheap. A singular H is fine: ς² > 0.
 
-This module works on arrays: the Hessian comes from :mod:`calib.hessian`, the
+This module works on arrays: the Hessian comes from :mod:`calib.uq.hessian`, the
 feature gradients from :mod:`calib.models.gradients`, and the fitted state is
 saved by the artifact through :meth:`LLPR.to_variables`.
 
@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CalibWarning
+from calib.errors import CalibWarning
 from ase import Atoms
 
-from .models.base import ModelAdapter, batches, total_scale
-from .models.gradients import feature_gradients
+from calib.data.units import total_scale
+from calib.models.base import ModelAdapter, batches
+from calib.models.gradients import feature_gradients
 
 # =========================================================================== posterior
 

@@ -26,7 +26,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, kptdensity2monkhorstpack
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .structures import structure_name
+from calib.data.structures import structure_name
 
 #: elements for which the default GPAW factory runs spin-polarised
 MAGNETIC_ELEMENTS = frozenset({"V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Mo", "Ru", "Rh", "W", "Gd", "Eu"})

@@ -1,7 +1,7 @@
 """``calib demo``: the whole LLPR path on the embedded default model and the shipped data.
 
 1. H from the near-equilibrium set (the shipped equilibrium proxy when present,
-   else the built-in perturbed prototypes of :mod:`calib.prototypes`);
+   else the built-in perturbed prototypes of :mod:`calib.data.prototypes`);
 2. α², ς² and the element reference from the even-numbered frames of every
    chemistry of the shipped GPAW high-energy states;
 3. energies with σ, and force σ, on the odd-numbered frames, next to their
@@ -20,7 +20,7 @@ import numpy as np
 
 def split_by_chemsys(structures, every: int = 2):
     """Alternate frames within each chemistry: (calibration, test) lists."""
-    from .structures import group_by_chemsys
+    from calib.data.structures import group_by_chemsys
 
     cal, test = [], []
     for idx in group_by_chemsys(structures).values():
@@ -44,11 +44,13 @@ def _probe(model, structures) -> float:
 
 def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | None = print,
              target: str = "both", model="chgnet") -> dict:
-    from . import datasets
-    from .models import load_model
-    from .pipeline import build_hessian, calibrate, predict_labelled
-    from .predictor import CalibratedPredictor, to_records
-    from .prototypes import perturbed_set
+    from calib.data import datasets
+    from calib.models import load_model
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.labelled import predict_labelled
+    from calib.predictor import CalibratedPredictor, to_records
+    from calib.data.prototypes import perturbed_set
 
     say = echo or (lambda *a, **k: None)
     os.makedirs(out, exist_ok=True)

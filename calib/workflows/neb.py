@@ -7,7 +7,7 @@ to image 0, D_i = E_i − E_0, have the covariance
 
 where L_ij = α² (s_i f_i − s_0 f_0)ᵀ Σ (s_j f_j − s_0 f_0) is the LLPR covariance of the differences
 (neighbouring images have nearly equal features, so it is strongly correlated), κ² ΔE_i ΔE_j the
-softening term of calib.differences taken as fully correlated along the path (a scale error has one
+softening term of calib.uq.differences taken as fully correlated along the path (a scale error has one
 sign), and τ² the floor, read as independent per-image noise of variance τ²/2 so that each difference
 has variance τ² as in the pair model. With a scalar correction c stored for the chemistry, the
 corrected path c·D uses the corrected model, c² L and the uncertainty σ_c of c: (κ_c² + σ_c²) ΔE_i ΔE_j.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .predictor import CalibratedPredictor, as_structures
+from calib.predictor import CalibratedPredictor, as_structures
 
 BARRIERS = ("forward", "reverse", "kra")
 
@@ -56,7 +56,7 @@ def difference_covariance(llpr, features, n_atoms) -> np.ndarray:
 
 def band_covariance(L, delta, model, c: float = 1.0, c_sigma: float = 0.0) -> np.ndarray:
     """C_ij of the relative energies (eV²) from the LLPR part ``L`` (M × M), model differences ``delta``
-    (M,) and a calib.differences model (β, κ², τ²); c scales the LLPR part, c_sigma adds σ_c² ΔE_i ΔE_j."""
+    (M,) and a calib.uq.differences model (β, κ², τ²); c scales the LLPR part, c_sigma adds σ_c² ΔE_i ΔE_j."""
     d = np.asarray(delta, dtype=float)
     M = len(d)
     return (model.beta_ * c**2 * L + (model.kappa2_ + c_sigma**2) * np.outer(d, d)

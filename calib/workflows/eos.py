@@ -132,7 +132,7 @@ def run_eos(model, elements: Sequence[str] | None = None, *, batch_size: int = 3
     for (rec, atoms), c, e in zip(todo, centres, energies):
         v = c * (1 + VOLUME_OFFSETS)
         if not np.all(np.isfinite(e)):
-            rec.error = f"{rec.element}: the model rejected a scaled cell (see calib.structures.validate)"
+            rec.error = f"{rec.element}: the model rejected a scaled cell (see calib.data.structures.validate)"
             continue
         try:
             v0, b, bp = _fit(v, e)

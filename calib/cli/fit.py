@@ -1,0 +1,204 @@
+"""Commands that fit: ``hessian``, ``calibrate`` and the reference labeller ``label``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, EveryOpt, Flag, JsonOpt, LimitOpt, ModelOpt,
+                           OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShuffleOpt, WorkersOpt, app, check_workers, client_for, common_options, emit_json, fail,
+                           load_model_for, model_and_artifact, read_inputs, report_issues,
+                           subset_options)
+from calib.errors import (check_outputs, finite, fraction,
+                          non_negative_int, positive_int)
+
+
+@app.command()
+def hessian(
+    structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db), "
+                                            "e.g. near-equilibrium structures like the model's training set; "
+                                            "'-': extxyz on stdin"),
+    out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
+    model: str = ModelOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="resume file (netCDF), saved every "
+                                              "--checkpoint-every batches; rerun with it to continue"),
+    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="batches between checkpoint saves"),
+    force_weight: float = typer.Option(0.0, "--force-weight", help="≥ 0: add force rows Σ JᵀJ with this weight "
+                                       "(d backward passes per batch: several times slower)"),
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures.
+
+    Run time: about 20 structures of 10 atoms per second per core (energies only)."""
+    from calib.workflows.hessian import build_hessian
+
+    device = common_options(batch_size, device)
+    positive_int("--checkpoint-every", checkpoint_every)
+    finite("--force-weight", force_weight, minimum=0.0)
+    check_workers(workers, scheduler)
+    if (workers is not None or scheduler) and checkpoint is not None:
+        fail("--checkpoint is for serial runs; drop it with --workers/--scheduler", "usage")
+    check_outputs({"-o": out, "--checkpoint": checkpoint}, inputs=structures, overwrite=overwrite,
+                  resumable=("--checkpoint",))
+    structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
+    m = load_model_for(model, device)
+    client = client_for(workers, scheduler)
+    try:
+        art, issues = build_hessian(m, structs, batch_size=batch_size, force_weight=force_weight,
+                                    checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                    progress=not quiet, source=",".join(map(str, structures)), client=client)
+    finally:
+        if client is not None:
+            from calib.workflows.distributed import close_client
+
+            close_client(client)
+    art.save(out)
+    L = art.llpr
+    summary = {"out": str(out), "n_structures": L.n_structures_, "n_features": L.n_features, "rank": L.rank_,
+               "largest_eigenvalue": float(L.eigenvalues_[-1]), "seconds": art.attrs["hessian_seconds"],
+               "skipped": [i.as_dict() for i in issues]}
+    if as_json:
+        emit_json(summary)
+    else:
+        report_issues(issues, as_json)
+        typer.echo(f"H from {L.n_structures_} structures: rank {L.rank_}/{L.n_features} (eigenvalues above 1e-6 "
+                   f"of the largest: the directions these structures determine); written to {out}")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å); "
+                                          "'-': extxyz on stdin"),
+    hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
+    out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
+    model: Optional[str] = ArtModelOpt,
+    target: str = typer.Option("both", "--target",
+                               help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
+    alpha: float = typer.Option(0.1, "--alpha", help="conformal miscoverage level in (0, 1): intervals aim at "
+                                "1 − α coverage"),
+    classes: str = typer.Option("none", "--classes",
+                                help="Mondrian classes: K (mixture of ≤K environment classes), element, chemsys "
+                                     "or none"),
+    min_class_size: int = typer.Option(30, "--min-class-size", help="≥ 1: smaller classes use the global "
+                                       "quantile"),
+    energy_folds: int = typer.Option(5, "--energy-folds",
+                                     help="cross-fit the element reference over K ≥ 2 folds of structures for the "
+                                          "energy scores (0: in-sample, as calib 0.1.0)"),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data.
+
+    Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
+    from calib.workflows.calibration import calibrate
+
+    device = common_options(batch_size, device)
+    if target not in ("both", "energy", "forces"):
+        fail(f"--target must be both, energy or forces, got {target!r}", "usage")
+    fraction("--alpha", alpha)
+    positive_int("--min-class-size", min_class_size)
+    if non_negative_int("--energy-folds", energy_folds) == 1:
+        fail("--energy-folds must be 0 (in-sample) or ≥ 2", "usage")
+    parsed_classes = _parse_classes(classes)
+    check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
+    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    m, art = model_and_artifact(model, device, hessian_path)
+    art.check_model(m)
+    res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not quiet,
+                    alpha=alpha, classes=parsed_classes, min_class_size=min_class_size,
+                    energy_folds=energy_folds or None)
+    res.artifact.save(out)
+    summary = {"out": str(out), **res.summary, "skipped": [i.as_dict() for i in res.issues]}
+    if as_json:
+        emit_json(summary)
+    else:
+        report_issues(res.issues, as_json)
+        s = res.summary
+        typer.echo(f"calibrated on {s['n_structures']} structures ({target}): {s['regularisation_note']}")
+        typer.echo(f"  energy: RMSE {1000 * s['energy_rmse_per_atom']:.1f} meV/atom after element reference, "
+                   f"NLL {s['energy_nll']:.3f}, Spearman(σ, |err|) {s['energy_spearman']:.2f}")
+        if "force_nll" in s:
+            typer.echo(f"  forces: MAE {s['force_mae']:.3f} eV/Å, NLL {s['force_nll']:.3f}, "
+                       f"Spearman(σ, |err|) {s['force_spearman']:.2f}")
+        if s.get("force_components_zero_sigma"):
+            typer.echo(f"  {s['force_components_zero_sigma']} force component(s) with σ = 0 by symmetry left out "
+                       "of the NLL and the conformal scores")
+        for name, q in s["conformal_quantile"].items():
+            fb = s["conformal_fallback"].get(name) or {}
+            note = f" ({len(fb)} class(es) on the global quantile)" if fb else ""
+            typer.echo(f"  conformal {name:<17} q = {q:.3f} at α = {alpha}{note}")
+        typer.echo(f"written to {out}")
+
+
+def _parse_classes(classes: str):
+    c = classes.strip().lower()
+    if c in ("none", "0", ""):
+        return None
+    if c.isdigit():
+        return int(c)
+    if c in ("element", "chemsys"):
+        return c
+    fail(f"--classes must be an integer, 'element', 'chemsys' or 'none', got {classes!r}", "usage")
+
+
+@app.command("label")
+def label_cmd(
+    structures: List[Path] = typer.Argument(..., help="structures to label (extxyz, CIF, POSCAR, ASE db); "
+                                            "'-': extxyz on stdin"),
+    out: Path = typer.Option(..., "-o", "--out", help="labelled extxyz, appended to as each structure finishes; "
+                             "rerun with the same -o to resume"),
+    cutoff: float = typer.Option(450.0, "--cutoff", help="plane-wave cutoff (eV)"),
+    kdensity: float = typer.Option(3.0, "--kdensity", help="k-point density (points per Å⁻¹)"),
+    xc: str = typer.Option("PBE", "--xc", help="exchange-correlation functional"),
+    retry_failed: bool = Flag(False, "--retry-failed", help="retry structures in OUT.errors.jsonl"),
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Reference energies (eV), forces (eV/Å) and stress (eV/Å³) with GPAW PAW (plane waves).
+
+    Run time: minutes per structure of 10–20 atoms on one core. Rerunning with the same OUT skips finished structures (a torn last frame is dropped and reported);
+    failures go to OUT.errors.jsonl and the run goes on.
+    """
+    from calib.data.labelers import GPAWFactory, label
+
+    finite("--cutoff", cutoff, minimum=50.0, unit="eV")
+    finite("--kdensity", kdensity, minimum=0.0, unit="Å⁻¹")
+    check_outputs({"-o": out}, inputs=structures, resumable=("-o",))
+    try:
+        import gpaw  # noqa: F401
+    except ImportError:
+        fail("GPAW is not installed: CC=g++ pip install -e '.[dft]' (or pass an ASE calculator "
+              "to calib.data.labelers.label from Python)", "usage")
+    structs = read_inputs(structures)
+    report = label(structs, out, GPAWFactory(cutoff=cutoff, kdensity=kdensity, xc=xc),
+                   progress=not quiet, retry_failed=retry_failed)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        typer.echo(f"{report.n_labelled} labelled, {report.n_done_before} already done, "
+                   f"{len(report.failures)} failed in {report.seconds:.0f} s; written to {out}")
+        if getattr(report, "repaired", None):
+            typer.echo(f"  {report.repaired}", err=True)
+        for f in report.failures:
+            typer.echo(f"  failed #{f['index']} {f['name']}: {f['error']}", err=True)
+    if report.failures:  # a valid structure that could not be labelled: the run did not finish its work
+        raise typer.Exit(code=1)

@@ -1,0 +1,213 @@
+"""Commands that predict: ``predict``, ``evaluate`` and ``screen``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, EveryOpt, Flag, JsonOpt, LimitOpt, QuietOpt, SchedulerOpt, SeedOpt, ShuffleOpt, WorkersOpt, app, calibrated, check_workers, client_for, common_options, emit_json, fail,
+                           model_and_artifact, read_inputs, subset_options)
+from calib.errors import (check_outputs, check_plot_folder)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å); "
+                                          "'-': extxyz on stdin"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
+    model: Optional[str] = ArtModelOpt,
+    forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG; files in it "
+                                        "with the same names are replaced)"),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
+    from calib.uq.metrics import format_report
+    from calib.workflows.evaluation import evaluate
+
+    device = common_options(batch_size, device)
+    check_plot_folder("--plot", plot)
+    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    m, art = model_and_artifact(model, device, calibration)
+    art = calibrated(art, calibration, m)
+    res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
+                   return_points=plot is not None)
+    points = res.pop("points", None)
+    if plot is not None:
+        from calib.cli.plots import evaluation_plots
+
+        res["plots"] = evaluation_plots(points, plot, alpha=res["alpha"])
+    if as_json:
+        emit_json(res)
+        return
+    for s in res["skipped"]:
+        typer.echo(f"skipped #{s['index']} {s['name']}: {s['problem']}", err=True)
+    typer.echo(f"{res['n_structures']} held-out structures; intervals at α = {res['alpha']} "
+               "(energies total eV, forces eV/Å)")
+    if res.get("force_components_zero_sigma"):
+        typer.echo(f"{res['force_components_zero_sigma']} force component(s) with σ = 0 by symmetry left out")
+    typer.echo(format_report(res, res["alpha"] if res["alpha"] is not None else 0.0))
+    if plot is not None:
+        typer.echo("plots: " + ", ".join(res["plots"]))
+
+
+@app.command("predict")
+def predict_cmd(
+    structures: List[Path] = typer.Argument(..., help="structure files; '-': extxyz on stdin"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
+    model: Optional[str] = ArtModelOpt,
+    forces: bool = Flag(False, "--forces", help="also per-component force σ (eV/Å); with the default "
+                        "--force-mode exact this costs d backward passes per batch"),
+    force_mode: str = typer.Option("exact", "--force-mode", help="exact: every eigen-direction (d backward "
+                                   "passes, σ exact); approx: the directions that carry 95 % of the variance "
+                                   "on the calibration set (a few passes, σ within a few %)"),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Energies (total eV) with σ (eV) and the conformal interval of the reference-code energy, per structure.
+
+    The interval bounds E + shift, the energy the reference code (e.g. DFT) would give, where the shift comes
+    from the artifact's per-element reference; the table prints that centre next to its interval. With
+    --forces also the largest force σ (eV/Å)."""
+    from calib.predictor import CalibratedPredictor, to_records
+
+    device = common_options(batch_size, device)
+    if force_mode not in ("exact", "approx"):
+        fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
+    structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
+    m, art = model_and_artifact(model, device, calibration)
+    predictor = CalibratedPredictor(m, art)
+    ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
+                           progress=not quiet)
+    # one record per input structure, in input order; a skipped one carries `error` instead of numbers
+    all_records = to_records(ds, structs)
+    records = [r for r in all_records if "error" not in r]
+    skipped = [r for r in all_records if "error" in r]
+    if as_json:
+        emit_json({"records": all_records, "n_predicted": len(records), "n_skipped": len(skipped)})
+    else:
+        if skipped:
+            typer.echo(f"skipped {len(skipped)} structure(s):", err=True)
+            for r in skipped:
+                typer.echo(f"  structure {r['index']} ({r['name']}): {r['error']}", err=True)
+        _print_predictions(records, forces)
+    if not records:
+        raise typer.Exit(code=1)
+
+
+def _print_predictions(records, forces: bool) -> None:
+    """The predict table: the model energy with its σ, then the conformal interval next to the energy it bounds
+    (the reference-code energy E + shift, shift from the artifact's element reference)."""
+    width = max([4] + [len(r["name"]) for r in records])
+    cols = [("#", 4, lambda r: f"{r['index']}"), ("name", -width, lambda r: r["name"]),
+            ("chemsys", -10, lambda r: r["chemsys"]), ("N", 3, lambda r: f"{r['n_atoms']}"),
+            ("E model (eV)", 12, lambda r: f"{r['energy']:.4f}"), ("σ_E (eV)", 9, lambda r: f"{r['energy_sigma']:.4f}"),
+            ("σ_E/N (meV)", 11, lambda r: f"{1000 * r['energy_sigma'] / r['n_atoms']:.2f}")]
+    if forces:
+        cols += [("max|F|", 7, lambda r: f"{r['max_force']:.3f}"), ("max σ_F", 8, lambda r: f"{r['max_force_sigma']:.4f}")]
+    if records and "energy_interval" in records[0]:
+        def centre(r):
+            return "-" if r["energy_interval"] is None else f"{r['energy'] + r['energy_shift']:.4f}"
+
+        def interval(r):
+            iv = r["energy_interval"]
+            return "none (see below)" if iv is None else f"[{iv[0]:.3f}, {iv[1]:.3f}]"
+
+        cols += [("E ref-code (eV)", 15, centre), ("its interval (eV)", 25, interval)]
+    head = " ".join(f"{h:>{w}}" if w > 0 else f"{h:<{-w}}" for h, w, _ in cols)
+    typer.echo(head)
+    typer.echo("-" * len(head))
+    for r in records:
+        typer.echo(" ".join(f"{f(r):>{w}}" if w > 0 else f"{f(r):<{-w}}" for _, w, f in cols))
+    if records and "energy_interval" in records[0]:
+        typer.echo("E ref-code = E model + the element-reference shift: the reference code's (e.g. DFT) energy "
+                   "the conformal interval is for")
+    for r in records:
+        if r.get("energy_interval_reason"):
+            typer.echo(f"structure {r['index']} ({r['name']}): {r['energy_interval_reason']}")
+
+
+@app.command("screen")
+def screen_cmd(
+    structures: List[Path] = typer.Argument(..., help="structure files (extxyz, ASE .db, any ASE format) or "
+                                            "folders of CIF/POSCAR/... files; streamed, never held whole"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact (calib calibrate)"),
+    out: Path = typer.Option(..., "-o", "--out", help="results (netCDF, one row per structure, grows per batch)"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="also write the rows as CSV at the end"),
+    forces: bool = Flag(False, "--forces", help="force σ and conformal half-widths (approximate mode, "
+                                "≈ 2–3× the cost of energies and forces alone) and the --force-tol check"),
+    force_tol: float = typer.Option(0.1, "--force-tol", help="largest conformal force half-width trusted, eV/Å "
+                                    "(with --forces)"),
+    energy_tol: Optional[float] = typer.Option(None, "--energy-tol", help="largest energy half-width trusted, "
+                                               "eV/atom (default: no energy tolerance)"),
+    batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
+                                   "the results file"),
+    resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),
+    overwrite: bool = Flag(False, "--overwrite", help="replace an existing -o (and --csv)"),
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="default: the model named in the artifact"),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Screen structures: energy, σ, interval, Q score, (force σ), trusted or not and why, per structure.
+
+    Run time: about the model's own energies and forces; --forces 2–3× slower."""
+    from calib.workflows.screen import check_options, screen
+
+    check_options(batch_size, force_tol, energy_tol)  # before a cluster starts or a model loads
+    device = common_options(None, device)
+    check_workers(workers, scheduler)
+    if not calibration.is_file():
+        fail(f"calibration artifact {calibration} does not exist")
+    check_outputs({"-o": out, "--csv": csv}, inputs=[*structures, calibration], overwrite=overwrite,
+                  resumable=("-o",) if resume else ())
+    if out.exists() and not (resume or overwrite):
+        fail(f"-o {out} exists; pass --resume to continue it or --overwrite to replace it", "output")
+    client = client_for(workers, scheduler)
+    try:
+        summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,
+                         forces=forces, force_tol=force_tol, energy_tol=energy_tol, batch_size=batch_size,
+                         resume=resume, overwrite=overwrite, client=client, progress=not quiet)
+    finally:
+        if client is not None:
+            from calib.workflows.distributed import close_client
+
+            close_client(client)
+    if csv is not None:
+        from calib.workflows.screen import read_results
+
+        read_results(out).to_dataframe().to_csv(csv)
+        summary["csv"] = str(csv)
+    if as_json:
+        emit_json(summary)
+    else:
+        _screen_report(summary, out, csv)
+    if summary["n_total"] and summary["n_failed"] == summary["n_total"]:
+        raise typer.Exit(code=1)
+
+
+def _screen_report(summary: dict, out: Path, csv: Optional[Path]) -> None:
+    typer.echo(f"{summary['n_total']} structures: {summary['n_trusted']} trusted, {summary['n_untrusted']} "
+               f"untrusted, {summary['n_failed']} failed; rows in {out}" + (f" and {csv}" if csv else ""))
+    typer.echo(f"{'chemsys':<16} {'trusted':>8} {'untrusted':>10} {'failed':>7}")
+    for chem, c in summary["by_chemsys"].items():
+        typer.echo(f"{chem:<16} {c['trusted']:>8} {c['untrusted']:>10} {c['failed']:>7}")
+    if summary["reasons"]:
+        typer.echo("not trusted because: " + "; ".join(f"{k} ({v})" for k, v in summary["reasons"].items()))

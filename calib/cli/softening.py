@@ -1,0 +1,187 @@
+"""Commands on the softening scale: ``softening`` and ``decide``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, EveryOpt, JsonOpt, LimitOpt, OverwriteOpt, QuietOpt, SeedOpt, ShuffleOpt, app, calibrated, common_options, emit_json, fail,
+                           model_and_artifact, read_inputs, report_issues,
+                           stage_outputs, subset_options)
+from calib.errors import (check_outputs, check_plot_folder, finite, fraction,
+                          non_negative_int, positive_int)
+
+
+def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> None:
+    if (calibration is None) != (out is None):
+        fail("give both --calibration and -o to store the corrections in an artifact", "usage")
+
+
+def _with_corrections(art, calibration: Path, model, corrections):
+    """The artifact ``art`` (read from ``calibration``) with these scalar corrections added (replacing the
+    same chemsys)."""
+    return calibrated(art, calibration, model).with_corrections(corrections)
+
+
+@app.command("softening")
+def softening_cmd(
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å); "
+                                          "'-': extxyz on stdin"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    model: Optional[str] = ArtModelOpt,
+    n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="≥ 1 bootstrap resamples of structures"),
+    confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals, in (0, 1)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap and of --shuffle (≥ 0)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="folder for force parity plots (PNG; files in it "
+                                        "with the same names are replaced)"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration",
+                                               help="artifact to which the corrections are added (with -o)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="write CALIBRATION with every correction"),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE.
+
+    One row per chemical system; a chemistry whose scale cannot be measured is reported with the reason."""
+    from calib.workflows.softening import measure_softening
+    from calib.softening.scale import ScalarCorrection
+
+    device = common_options(batch_size, device)
+    positive_int("--n-bootstrap", n_bootstrap)
+    fraction("--confidence", confidence)
+    non_negative_int("--seed", seed)
+    check_plot_folder("--plot", plot)
+    _check_corrections_out(calibration, out)
+    check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
+    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    m, art = model_and_artifact(model, device, calibration)
+    run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
+                             seed=seed, progress=not quiet)
+    results, issues, failed = run_.results, run_.issues, run_.failures
+    if not results:
+        why = [f"{c}: {f['reason']}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
+        fail("no chemistry could be measured: " + "; ".join(why), "input")
+    art = _with_corrections(art, calibration, m, ScalarCorrection.from_results(results)) if out is not None \
+        else None
+    plots = run_.parity_plots(plot) if plot is not None else []
+    if art is not None:
+        art.save(out)
+    records = [r.as_dict() for r in results.values()] + [{"chemsys": c, **f} for c, f in failed.items()]
+    if as_json:
+        emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots,
+                   "out": str(out or "")})
+        return
+    report_issues(issues, as_json)
+    head = (f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'R²':>5} {'MAE':>6} {'cMAE':>6} "
+            f"{'cMAE_loo':>8}  (forces, eV/Å)")
+    typer.echo(head)
+    typer.echo("-" * len(head))
+    for r in results.values():
+        loo = f"{r.cmae_loo:>8.3f}" if r.cmae_loo is not None else f"{'-':>8}"
+        typer.echo(f"{r.chemsys:<10} {r.n_structures:>3} {r.softening_scale:>6.3f} "
+                   f"[{r.softening_ci[0]:.3f}, {r.softening_ci[1]:.3f}] {r.correction:>6.3f} {r.r2:>5.2f} "
+                   f"{r.mae:>6.3f} {r.cmae:>6.3f} {loo}")
+    for c, f in failed.items():
+        typer.echo(f"{c:<10} {f['n_structures']:>3}  not measured: {f['reason']}")
+    if plots:
+        typer.echo(f"parity plots in {plot}")
+    if out is not None:
+        typer.echo(f"{len(results)} correction(s) written with {calibration} to {out}")
+
+
+@app.command("decide")
+def decide_cmd(
+    labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å), one or more "
+                                          "files; '-': extxyz on stdin"),
+    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    targets: Optional[List[Path]] = typer.Option(None, "--targets", help="structures you want to simulate "
+                                                 "(repeatable; default: the labelled ones)"),
+    force_tol: float = typer.Option(0.1, "--force-tol", help="tolerated force error, eV/Å (> 0): MAE, cMAE_loo, σ"),
+    min_labels: int = typer.Option(3, "--min-labels", help="labelled structures needed per chemistry (≥ 1)"),
+    max_untrusted: float = typer.Option(0.1, "--max-untrusted", help="tolerated fraction of untrusted targets, "
+                                        "in [0, 1]"),
+    confidence: float = typer.Option(0.95, "--confidence", help="level of the CI of the softening scale, in (0, 1)"),
+    n_requests: int = typer.Option(5, "--n-requests", help="structures to request per 'label' chemistry (≥ 0)"),
+    request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out",
+                                       help="write CALIBRATION with the corrections of the 'scale' chemistries"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
+    model: Optional[str] = ArtModelOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Per chemistry: accept, scale (one scalar on forces, stress and energy differences) or label.
+
+    Target chemistries without labelled structures are decided 'label', with requests."""
+    from calib.softening.decide import Thresholds
+    from calib.workflows.decisions import decide, decision_corrections, write_requests
+
+    device = common_options(batch_size, device)
+    finite("--force-tol", force_tol, minimum=0.0, unit="eV/Å")
+    if force_tol == 0:
+        fail("--force-tol must be > 0 eV/Å", "usage")
+    positive_int("--min-labels", min_labels)
+    fraction("--max-untrusted", max_untrusted, closed=True)
+    fraction("--confidence", confidence)
+    non_negative_int("--n-requests", n_requests)
+    check_outputs({"-o": out, "--request-out": request_out}, inputs=[*labelled, *(targets or []), calibration],
+                  overwrite=overwrite)
+    sub = subset_options(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
+    lab = read_inputs(labelled, None if targets else sub)
+    tgt = read_inputs(targets, sub) if targets else None
+    m, art = model_and_artifact(model, device, calibration)
+    th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
+                    max_untrusted=max_untrusted, n_requests=n_requests)
+    art = calibrated(art, calibration, m)
+    decisions, issues = decide(art, m, lab, tgt, thresholds=th, batch_size=batch_size, progress=not quiet)
+    if not decisions:
+        fail("nothing to decide: no valid labelled or target structure; " + "; ".join(map(str, issues[:5])))
+    requested = [i for d in decisions for i in d.label_requests]
+    writers = []
+    if out is not None:
+        corrected = art.with_corrections(decision_corrections(decisions))
+        writers.append((out, corrected.save))
+    if request_out is not None:
+        pool = tgt if tgt is not None else lab
+        writers.append((request_out, lambda p: write_requests(pool, requested, p)))
+    stage_outputs(writers)  # both outputs or neither
+    records = [d.as_dict() for d in decisions]
+    into = "--targets" if tgt is not None else "the labelled structures"
+    if as_json:
+        emit_json({"records": records, "thresholds": th.__dict__, "request_out": str(request_out or ""),
+                   "requests_index_into": "TARGETS" if tgt is not None else "LABELLED",
+                   "skipped": [i.as_dict() for i in issues]})
+        return
+    report_issues(issues, as_json)
+    head = f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'MAE':>6} {'cMAE_loo':>8} {'decision':>8}"
+    typer.echo(head + "   (forces, eV/Å; tolerance " + f"{force_tol} eV/Å)")
+    typer.echo("-" * len(head))
+
+    def num(v, w):
+        return f"{'-':>{w}}" if v is None else f"{v:>{w}.3f}"
+
+    for d in decisions:
+        r = d.as_dict()
+        ci = r["softening_ci"]
+        ci_txt = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        typer.echo(f"{r['chemsys']:<10} {r['n_structures'] or 0:>3} {num(r['softening_scale'], 6)} {ci_txt:>15} "
+                   f"{num(r['correction'], 6)} {num(r['mae'], 6)} {num(r['cmae_loo'], 8)} {d.decision:>8}")
+        for reason in d.reasons:
+            typer.echo(f"    - {reason}")
+        if d.label_requests:
+            typer.echo(f"    label next (positions in {into}, from 0): {d.label_requests}")
+    if request_out is not None:
+        typer.echo(f"{len(requested)} requested structure(s) written to {request_out}")

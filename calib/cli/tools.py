@@ -1,0 +1,118 @@
+"""The demo and the benchmarks: ``demo`` and ``bench llpr | screen | conformal | dask | commands``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from calib.cli.app import (DeviceOpt, JsonOpt, ModelOpt,
+                           QuietOpt, app, bench_app,
+                           common_options, emit_json, fail,
+                           print_bench)
+from calib.errors import (check_plot_folder, positive_int)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """The main job on the embedded default: CHGNet 0.3.0 + the shipped data (or another --model).
+
+    Run time: about 2 min on 2 cores. The --out folder is the demo's own: its files are replaced on every run."""
+    from calib.cli.demo import run_demo
+
+    device = common_options(None, device)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; the demo writes a folder", "output")
+    result = run_demo(out, device=device, progress=not quiet, echo=None if as_json else typer.echo, model=model)
+    if as_json:
+        emit_json(result)
+
+
+@bench_app.command("llpr")
+def bench_llpr(
+    device: str = DeviceOpt,
+    n_structures: int = typer.Option(16, "--n-structures", help="structures timed (perturbed prototypes)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
+    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    as_json: bool = JsonOpt,
+):
+    """Cost ratios of LLPR accumulation and σ against plain CHGNet inference, measured now."""
+    from calib.cli.bench import bench_llpr as run
+
+    device = common_options(batch_size, device)
+    positive_int("--n-structures", n_structures)
+    positive_int("--repeats", repeats)
+    print_bench(run(device=device, n_structures=n_structures, batch_size=batch_size, repeats=repeats,
+                     progress=not as_json), as_json)
+
+
+@bench_app.command("screen")
+def bench_screen_cmd(
+    device: str = DeviceOpt,
+    n_structures: int = typer.Option(64, "--n-structures", help="perturbed prototypes screened"),
+    batch_size: int = typer.Option(16, "--batch-size", help="structures per model call"),
+    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    as_json: bool = JsonOpt,
+):
+    """Throughput of calib screen ÷ CHGNet's own batched energies + forces (target ≥ 0.8), measured now."""
+    from calib.cli.bench import bench_screen
+
+    device = common_options(batch_size, device)
+    positive_int("--n-structures", n_structures)
+    positive_int("--repeats", repeats)
+    print_bench(bench_screen(device=device, n_structures=n_structures, batch_size=batch_size,
+                              repeats=repeats), as_json)
+
+
+@bench_app.command("conformal")
+def bench_conformal_cmd(
+    n_scores: int = typer.Option(1_000_000, "--n-scores", help="conformal scores fitted and intervals given"),
+    n_classes: int = typer.Option(16, "--n-classes", help="Mondrian classes"),
+    as_json: bool = JsonOpt,
+):
+    """Seconds to fit split and Mondrian conformal on N scores and give N intervals (target ≤ 1 s)."""
+    from calib.cli.bench import bench_conformal
+
+    positive_int("--n-scores", n_scores)
+    positive_int("--n-classes", n_classes)
+    print_bench(bench_conformal(n_scores=n_scores, n_classes=n_classes), as_json)
+
+
+@bench_app.command("dask")
+def bench_dask_cmd(
+    device: str = DeviceOpt,
+    n_structures: int = typer.Option(96, "--n-structures", help="structures whose Hessian is accumulated"),
+    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
+    as_json: bool = JsonOpt,
+):
+    """The same Hessian work on 1 and 2 dask workers: seconds and speed-up, measured now."""
+    from calib.cli.bench import bench_dask
+
+    device = common_options(batch_size, device)
+    positive_int("--n-structures", n_structures)
+    print_bench(bench_dask(n_structures=n_structures, batch_size=batch_size, device=device), as_json)
+
+
+@bench_app.command("commands")
+def bench_commands_cmd(
+    only: Optional[List[str]] = typer.Option(None, "--only", help="only this command (repeatable), e.g. "
+                                             "'softening'; the artifact it needs is built first"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="folder for the artifacts the commands write "
+                                           "(created if absent; default: a new temporary folder)"),
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """Wall time (s) and peak memory (MB) of every command on the shipped data, each in its own process."""
+    from calib.cli.bench import bench_commands
+
+    check_plot_folder("--workdir", workdir)
+    if workdir is not None:
+        workdir.mkdir(exist_ok=True)
+    print_bench(bench_commands(only=only, workdir=str(workdir) if workdir else None, progress=not quiet), as_json)

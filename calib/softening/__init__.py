@@ -1,0 +1,1 @@
+"""Softening scale, the one-scalar correction and the per-chemistry decision rules."""

@@ -1,0 +1,296 @@
+"""Calibration: fit α², ς² (Gaussian NLL), the per-element energy reference, the energy-difference
+variance models and the conformal quantiles on labelled structures, into a new artifact."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+
+from calib.artifact import Artifact
+from calib.data.structures import StructureIssue, get_energy, get_forces
+from calib.models.base import ModelAdapter, batches
+from calib.models.gradients import feature_gradients
+from calib.uq.conformal import ConformalCalibrator, class_assigner
+from calib.uq.reference import ElementReference, cross_fitted_residuals
+from calib.uq.targets import build_points
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` fitted and measured on the labelled set.
+
+    Energies are total eV, forces eV/Å. ``energy_residual`` is reference minus
+    model after removing the per-element reference (cross-fitted; NaN where
+    the other folds do not determine a structure's shift).
+    """
+
+    artifact: Artifact
+    issues: list[StructureIssue] = field(default_factory=list)
+    n_structures: int = 0
+    energy_residual: np.ndarray | None = None
+    energy_sigma: np.ndarray | None = None
+    summary: dict = field(default_factory=dict)
+
+
+def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference minus model: total energies (S,) in eV and, when given, forces (N_total, 3) in eV/Å
+    (model forces concatenated over ``structs`` in order)."""
+    e_delta = np.array([get_energy(a) for a in structs]) - np.asarray(energy)
+    if forces is None:
+        return e_delta, None
+    ref = [get_forces(a) for a in structs]
+    return e_delta, (np.concatenate(ref) if ref else np.zeros((0, 3))) - np.asarray(forces).reshape(-1, 3)
+
+
+def _spearman(a, b) -> float:
+    from calib.uq.metrics import spearman
+
+    return spearman(a, b) if len(a) >= 3 else float("nan")
+
+
+def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: int = 500,
+                          confidence: float = 0.95) -> tuple[dict, tuple | None, dict]:
+    """(models, (c, σ_c) per structure, summary) of the energy-difference variance models.
+
+    Pairs: every pair of structures sharing chemsys and composition (the element reference cancels).
+    ``raw`` is fitted on r = ΔE_ref − ΔE_model; ``corrected`` on r + (1 − c) ΔE_model with c fitted on
+    the forces of each chemistry's structures (calib.softening.scale, structure bootstrap for σ_c).
+    """
+    from calib.uq.differences import DifferenceVarianceModel, pairs_within
+    from calib.softening.scale import correction_sigma, fit_softening_by_chemsys
+
+    comp = [f"{c}|{a.get_chemical_formula()}" for c, a in zip(pred.chemsys, structs)]
+    i, j = pairs_within(comp)
+    if len(i) < 2:
+        return {}, None, {"difference_note": f"{len(i)} pair(s) share a composition: no difference model"}
+    f, n, e = pred.features, pred.n_atoms, pred.energy
+    v = llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]) ** 2
+    dE = e[i] - e[j]
+    r = np.asarray(energy_residuals)[i] - np.asarray(energy_residuals)[j]
+    raw = DifferenceVarianceModel().fit(v, dE, r)
+    soft = fit_softening_by_chemsys(pred.chemsys, [pred.forces_of(k) for k in range(len(structs))],
+                                    [get_forces(a) for a in structs], n_bootstrap=n_bootstrap,
+                                    confidence=confidence)
+    c = np.array([soft[ch].correction for ch in pred.chemsys])
+    sc = np.array([correction_sigma(soft[ch].correction_ci, confidence) for ch in pred.chemsys])
+    corrected = DifferenceVarianceModel().fit(c[i] ** 2 * v, dE, r + (1 - c[i]) * dE, extra=(sc[i] * dE) ** 2)
+    summary = {"difference_pairs": int(len(i))}
+    for name, mdl in (("difference", raw), ("difference_corrected", corrected)):
+        summary.update({f"{name}_beta": mdl.beta_, f"{name}_kappa2": mdl.kappa2_, f"{name}_tau2": mdl.tau2_,
+                        f"{name}_nll": mdl.nll_})
+    return {"raw": raw, "corrected": corrected}, (c, sc), summary
+
+
+def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int = 30,
+                  seed: int = 0) -> dict:
+    """One calibrator per target of ``points``: split conformal, or Mondrian when ``classes`` is
+    given (an int K for a mixture of ≤ K environment classes, "element" or "chemsys").
+    Energy differences always use the global quantile."""
+    out = {}
+    for name, p in points.items():
+        assigner = None if name.startswith("energy_difference") else class_assigner(classes, random_state=seed)
+        out[name] = ConformalCalibrator(alpha, classes=assigner, min_class_size=min_class_size).fit_points(p)
+    return out
+
+
+def drop_zero_sigma(points: dict) -> tuple[dict, dict]:
+    """Points without the force components (and atoms) whose σ is exactly zero, by symmetry (a dimer's
+    transverse forces, an atom on an inversion centre): their score |error|/σ is undefined. Returns the
+    points and, per target, how many were left out."""
+    out, dropped = {}, {}
+    for name, p in points.items():
+        keep = np.asarray(p.sigma) > 0
+        if name.startswith("force") and not keep.all():
+            dropped[name] = int((~keep).sum())
+            p = p.subset(keep)
+        out[name] = p
+    return out, dropped
+
+
+def _check_energy_residuals(structs, e_cf, e_ok, energy_folds) -> None:
+    """Refuse an energy (α², ς²) fit the data cannot determine, naming why (the element reference
+    absorbs every energy error when each composition appears once)."""
+    from collections import Counter
+
+    n_ok = int(np.sum(e_ok))
+    comps = Counter(a.get_chemical_formula(empirical=True) for a in structs)
+    if n_ok >= 2 and np.max(np.abs(e_cf[e_ok])) > 1e-6:
+        return
+    why = (f"{n_ok} of {len(structs)} structures keep a cross-fitted energy residual ({energy_folds} folds)"
+           if energy_folds else f"{len(structs)} in-sample residuals")
+    raise ValueError(
+        f"energy α² and ς² cannot be determined: {why}, and they are all below 1e-6 eV or too few; "
+        f"{len(comps)} composition(s) over {len(structs)} structures ({sum(v == 1 for v in comps.values())} "
+        "seen once), so the per-element reference absorbs the energy errors. Add structures that share a "
+        "composition (rattled or strained copies), or calibrate with --target forces")
+
+
+def calibrate(
+    artifact: Artifact,
+    model: ModelAdapter,
+    labelled: Sequence[Atoms],
+    *,
+    target: str = "both",
+    batch_size: int = 16,
+    approx_coverage: float = 0.95,
+    with_forces: bool = True,
+    alpha: float | None = 0.1,
+    classes: int | str | None = None,
+    min_class_size: int = 30,
+    energy_folds: int | None = 5,
+    difference_model: bool = True,
+    progress: bool = True,
+) -> CalibrationResult:
+    """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles.
+
+    Returns a new artifact of stage "calibrated"; ``artifact`` is not changed.
+
+    Parameters
+    ----------
+    target : "energy" | "forces" | "both"
+        Which residuals the NLL is taken over. Energies use total eV after the
+        per-element reference; forces use every component (eV/Å). "both"
+        (the default) fits (α², ς²) for each separately: measured on the
+        shipped GPAW data, one pair cannot serve both (docs/llpr.md).
+    approx_coverage : float
+        Fraction of the summed force variance the approximate force σ keeps
+        (directions chosen by measured contribution on these structures).
+    with_forces : bool
+        Compute exact force gradients on the labelled set (d backward passes
+        per batch) for the force diagnostics and the approximate-σ truncation.
+        Only ``target="energy"`` can do without.
+    alpha : float or None
+        Miscoverage level of the conformal intervals fitted on the same set
+        (None: no conformal state). The conformal scores |error|/σ depend on
+        this set only through ς² (α² cancels in q·σ), see docs/conformal.md.
+    classes : int, "element", "chemsys" or None
+        Mondrian classes for the conformal quantiles: a mixture of up to K
+        environment classes on the per-atom descriptors, or labels.
+    min_class_size : int
+        Classes with fewer calibration points use the global quantile.
+    energy_folds : int or None
+        Energy residuals for the (α², ς²) fit and the energy conformal scores are
+        cross-fitted: each structure's residual uses an element reference fitted
+        on the other folds (K folds of structures), so they are not shrunk by the
+        fit as in-sample residuals are. Structures whose shift the other folds do
+        not determine are left out (``energy_cross_fit_excluded``). The stored
+        reference is the fit on all structures. None: in-sample (calib 0.1.0).
+    difference_model : bool
+        Fit the energy-difference variance model (calib.uq.differences) on all pairs of
+        structures that share a composition, raw and after the scalar correction each
+        chemistry's forces give; the energy-difference conformal targets then use it.
+        False: LLPR difference σ alone (calib 0.1.0).
+    """
+    from tqdm.auto import tqdm
+
+    artifact.check_model(model)
+    if target not in ("energy", "forces", "both"):
+        raise ValueError(f"target must be 'energy', 'forces' or 'both', got {target!r}")
+    if target != "energy" and not with_forces:
+        raise ValueError(f"target={target!r} needs force gradients (with_forces=True)")
+    good, issues = model.validate(labelled, require_labels=True)
+    if len(good) < 2:
+        raise ValueError(f"calibration needs at least 2 valid labelled structures, got {len(good)}; "
+                         + "; ".join(str(i) for i in issues[:5]))
+    structs = [labelled[i] for i in good]
+    pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
+    e_delta, f_res = label_errors(structs, pred.energy, pred.forces)
+    numbers = [a.numbers for a in structs]
+    ref = ElementReference().fit(numbers, e_delta)
+    e_res = e_delta - ref.predict(numbers)  # in-sample: shrunk by the fit (docs/conformal.md)
+    if energy_folds:
+        e_cf, e_ok = cross_fitted_residuals(numbers, e_delta, n_folds=energy_folds, seed=0)
+    else:
+        e_cf, e_ok = e_res, np.ones(len(e_res), dtype=bool)
+    if target in ("energy", "both"):
+        _check_energy_residuals(structs, e_cf, e_ok, energy_folds)  # before the costly force gradients
+
+    L = copy.deepcopy(artifact.llpr)  # the input artifact stays as it was
+    # exact force gradients on the calibration set: for force calibration and the approx truncation
+    U = L.eigenvectors_.T
+    grads: list[np.ndarray] = []
+    for idx in tqdm(list(batches(len(structs), batch_size)) if with_forces else [], desc="force gradients",
+                    unit="batch", disable=not progress):
+        grads.extend(feature_gradients(model, [structs[i] for i in idx], U))
+    f_live = None
+    if with_forces:  # force components whose σ is zero by symmetry (f·∂f/∂x = 0) carry no information
+        f_rows_all = L.force_rows(grads, pred.n_atoms)
+        amax = np.abs(f_rows_all).max(axis=1)
+        f_live = amax > 1e-12 * max(float(amax.max(initial=0.0)), 1e-300)
+    rows, res, groups = [], [], []
+    if target in ("energy", "both"):
+        rows.append(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]))
+        res.append(e_cf[e_ok])
+        groups.append(np.zeros(int(e_ok.sum()), dtype=int))
+    if target in ("forces", "both"):
+        rows.append(f_rows_all[f_live])
+        res.append(f_res.reshape(-1)[f_live])
+        groups.append(np.ones(int(f_live.sum()), dtype=int))
+    L.calibrate(np.concatenate(rows), np.concatenate(res), target=target, groups=np.concatenate(groups))
+    e_sigma = L.energy_sigma(pred.features, pred.n_atoms)
+    force_summary = {}
+    f_sigma = None
+    if with_forces:
+        L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
+        f_rows = L.force_rows(grads, pred.n_atoms)
+        f_sigma = np.sqrt(L.force_alpha2_ * f_rows @ L._force_weights())
+        force_summary = {
+            "force_alpha2": L.force_alpha2_,
+            "force_sigma2": L.force_sigma2_,
+            "force_nll": L.nll(f_rows[f_live], f_res.reshape(-1)[f_live], observable="forces"),
+            "force_spearman": _spearman(f_sigma[f_live], np.abs(f_res.reshape(-1)[f_live])),
+            "approx_force_directions": int(len(L.force_directions_)),
+            "force_components_zero_sigma": int((~f_live).sum()),
+        }
+    differences, correction, diff_summary = {}, None, {}
+    if difference_model:
+        differences, correction, diff_summary = fit_difference_models(L, structs, pred, e_res)
+    conformal = {}
+    if alpha is not None:
+        points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
+                              energy_sigma=e_sigma, atom_structure=pred.atom_structure, numbers=pred.numbers,
+                              atom_descriptors=pred.atom_descriptors,
+                              force_sigma=f_sigma if with_forces else None, energy_errors=e_cf,
+                              pair_errors=e_res, force_errors=f_res if with_forces else None,
+                              energies=pred.energy, differences=differences, correction=correction)
+        conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
+    summary = {
+        "target": target,
+        "n_structures": len(structs),
+        "alpha2": L.alpha2_,
+        "sigma2": L.sigma2_,
+        "rank": L.rank_,
+        "n_features": L.n_features,
+        "regularisation_note": L.regularisation_note_,
+        "energy_nll": L.nll(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]), e_cf[e_ok]),
+        "energy_spearman": _spearman(e_sigma[e_ok], np.abs(e_cf[e_ok])),
+        "energy_rmse_per_atom": float(np.sqrt(np.mean((e_cf[e_ok] / pred.n_atoms[e_ok]) ** 2))),
+        "energy_scores": f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
+        else "in-sample element reference",
+        "energy_cross_fit_excluded": int((~e_ok).sum()),
+        "force_mae": float(np.mean(np.abs(f_res))),
+        **force_summary,
+        **diff_summary,
+        "element_reference": ref.as_dict(),
+        "alpha": alpha,
+        "classes": classes,
+        "conformal_quantile": {k: c.quantile_ for k, c in conformal.items()},
+        "conformal_fallback": {k: dict(c.fallback_) for k, c in conformal.items()},
+    }
+    from calib.uq.ood import QResidualDetector
+
+    ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure)
+    summary["ood_components"], summary["ood_threshold"] = ood.n_components_, ood.threshold_
+    art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
+                           differences=differences, ood=ood,
+                           attrs={**artifact.attrs, "calibration_target": target,
+                                  "calibration_n_structures": len(structs),
+                                  "element_reference_note": "least squares on element counts of E_ref - E_model "
+                                                            "over the calibration set (eV/atom)",
+                                  "energy_scores": summary["energy_scores"]})
+    return CalibrationResult(artifact=art, issues=issues, n_structures=len(structs),
+                             energy_residual=e_cf, energy_sigma=e_sigma, summary=summary)

@@ -1,0 +1,57 @@
+"""The Hessian stage: H = Σ f fᵀ over unlabelled structures into an artifact of stage "hessian".
+
+:func:`build_hessian` runs :func:`calib.workflows.accumulate.accumulate_hessian` (serial, checkpointed) or
+:func:`calib.workflows.distributed.distributed_hessian` (a dask cluster) and diagonalises the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ase import Atoms
+
+from calib.artifact import Artifact
+from calib.data.structures import StructureIssue
+from calib.models.base import ModelAdapter
+from calib.uq.llpr import LLPR
+from calib.workflows.accumulate import accumulate_hessian
+
+
+def build_hessian(
+    model: ModelAdapter,
+    structures: Sequence[Atoms],
+    *,
+    batch_size: int = 16,
+    force_weight: float = 0.0,
+    checkpoint=None,
+    checkpoint_every: int = 10,
+    progress: bool = True,
+    source: str = "",
+    client=None,
+) -> tuple[Artifact, list[StructureIssue]]:
+    """Accumulate H over unlabelled ``structures`` and return an artifact of stage "hessian".
+
+    Returns (artifact, issues); ``issues`` lists the structures skipped. With a
+    ``dask.distributed.Client`` the batches run on its workers, each loading the
+    model by its name (calib.workflows.distributed); checkpoints are for serial runs.
+    """
+    if client is not None:
+        from calib.workflows.distributed import distributed_hessian
+        from calib.models import model_spec
+
+        if checkpoint is not None:
+            raise ValueError("checkpoints are for serial runs: a distributed accumulation reruns lost shards itself")
+        res = distributed_hessian(client, model_spec(model.describe()), structures, device=str(model.device),
+                                  batch_size=batch_size, force_weight=force_weight, progress=progress)
+    else:
+        res = accumulate_hessian(model, structures, batch_size=batch_size, force_weight=force_weight,
+                                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
+    if res.n_structures == 0:
+        raise ValueError("no valid structures to accumulate the Hessian from: "
+                         + "; ".join(str(i) for i in res.issues[:5]))
+    llpr = LLPR(energy_convention=model.energy_convention).fit(res.hessian, res.n_structures)
+    w, _ = model.readout
+    art = Artifact(llpr=llpr, model_info=model.describe(), readout_weight=w, stage="hessian",
+                   attrs={"hessian_source": source, "force_weight": force_weight,
+                          "hessian_seconds": round(res.seconds, 2)})
+    return art, res.issues

@@ -1,0 +1,58 @@
+"""Predictions of labelled structures with their reference-minus-model errors (evaluation, softening,
+decisions share them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from calib.predictor import CalibratedPredictor
+from calib.workflows.calibration import label_errors
+
+
+@dataclass
+class LabelledPrediction:
+    """A predictor Dataset of labelled structures with their reference-minus-model errors.
+
+    ``structures`` are the valid labelled structures in the order of the
+    Dataset's predicted rows (``ds.error == ""``); ``issues`` the skipped ones.
+    ``energy_errors`` (S,) eV and ``force_errors`` (N, 3) eV/Å are reference
+    minus the model's own prediction (no element reference removed).
+    """
+
+    ds: object
+    structures: list
+    issues: list
+    energy_errors: np.ndarray
+    force_errors: np.ndarray | None
+
+    @property
+    def ok(self):
+        """The Dataset restricted to the predicted structures."""
+        return self.ds.isel(structure=np.flatnonzero(self.ds["error"].values == ""))
+
+    def forces_of(self, k: int) -> np.ndarray:
+        """Model forces (eV/Å) of the k-th valid structure."""
+        ok = self.ok
+        idx = int(ok["structure"].values[k])
+        return ok["forces"].values[ok["structure_index"].values == idx]
+
+
+def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], *, forces: bool = True,
+                     force_mode: str = "none", batch_size: int = 16, descriptors: bool = False,
+                     progress: bool = True) -> LabelledPrediction:
+    """Predict labelled structures (skipping and reporting unlabelled or invalid ones) and their errors."""
+    from calib.data.structures import StructureIssue
+
+    ds = predictor.predict(labelled, forces=forces, force_mode=force_mode, batch_size=batch_size,
+                           descriptors=descriptors, require_labels=True, progress=progress)
+    err = ds["error"].values
+    ok_rows = np.flatnonzero(err == "")
+    structs = [labelled[int(i)] for i in ds["structure"].values[ok_rows]]
+    issues = [StructureIssue(int(ds["structure"].values[k]), str(ds["name"].values[k]), str(err[k]))
+              for k in np.flatnonzero(err != "")]
+    e_err, f_err = label_errors(structs, ds["energy"].values[ok_rows], ds["forces"].values if forces else None)
+    return LabelledPrediction(ds, structs, issues, e_err, f_err)
