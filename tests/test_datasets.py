@@ -1,11 +1,13 @@
 """Integrity of the shipped datasets: counts, chemistries, finite labels, Newton's third law."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 from calib import datasets
+from calib.data.prototypes import PERIODIC_SYSTEMS
 from calib.data.structures import check_structure, get_energy, get_forces, get_stress
 
 LABEL_INFO = ("calculator", "xc", "cutoff_eV", "kpts", "spinpol")
@@ -40,9 +42,20 @@ def test_high_energy_states():
         by_chem.setdefault(a.info["chemsys"], []).append(a)
     assert len(by_chem) >= 12, sorted(by_chem)
     for chem, group in by_chem.items():
-        assert len(group) == 10, (chem, len(group))
+        system = group[0].info["name"].rsplit("-md", 1)[0]
+        assert all(a.info["name"].rsplit("-md", 1)[0] == system for a in group), chem
         assert 8 <= len(group[0]) <= 16
-        assert sorted(a.info["strain"] for a in group) == [-0.03, -0.03] + [0.0] * 6 + [0.03, 0.03]
+        if system in PERIODIC_SYSTEMS:  # the periodic-table extension: 6 frames, complete GPAW provenance
+            assert len(group) == 6, (chem, len(group))
+            assert sorted(a.info["strain"] for a in group) == [-0.03] + [0.0] * 4 + [0.03]
+            for a in group:
+                assert a.info["kpts_gamma"] and a.info["cutoff_eV"] == 450 and a.info["kdensity"] == 2.0
+                assert json.loads(a.info["convergence"])["forces"] == 1e-3, chem
+                assert a.info["setups"].startswith("gpaw-data")
+                assert bool(a.info["spinpol"]) == ("magmom_total" in a.info), chem
+        else:
+            assert len(group) == 10, (chem, len(group))
+            assert sorted(a.info["strain"] for a in group) == [-0.03, -0.03] + [0.0] * 6 + [0.03, 0.03]
     _check_labelled(structs)
     assert len(datasets.load("high-energy-states", chemsys="Li-F")) == 10
 

@@ -58,11 +58,92 @@ PROTOTYPES = {
 }
 
 
+def _fcc(symbol: str, a: float) -> Atoms:
+    return supercell(bulk(symbol, "fcc", a, cubic=True), (2, 1, 1))
+
+
+def _bcc(symbol: str, a: float) -> Atoms:
+    return supercell(bulk(symbol, "bcc", a, cubic=True), (2, 2, 1))
+
+
+def _hcp(symbol: str, a: float, c: float) -> Atoms:
+    return supercell(bulk(symbol, "hcp", a, c), (2, 2, 1))
+
+
+def _cubic(formula: str, structure: str, a: float) -> Atoms:
+    return bulk(formula, structure, a, cubic=True)
+
+
+def _cscl(formula: str, a: float) -> Atoms:
+    return supercell(bulk(formula, "cesiumchloride", a), (2, 2, 1))
+
+
+#: The periodic-table extension of the shipped high-energy states: name -> builder (8–12 atoms,
+#: experimental room-temperature lattice constants in Å). Ordered so that every system adds at most
+#: one element whose energy offset the systems before it do not fix (the element reference stays
+#: determined), cheap main-group cells first, transition metals next, magnetic systems last.
+PERIODIC_SYSTEMS = {
+    "LiH": lambda: _cubic("LiH", "rocksalt", 4.08),
+    "BeO": lambda: supercell(wurtzite(2.70, 4.38, "Be", "O"), (2, 1, 1)),
+    "MgO": lambda: _cubic("MgO", "rocksalt", 4.21),
+    "AlP": lambda: _cubic("AlP", "zincblende", 5.46),
+    "GaN": lambda: supercell(wurtzite(3.19, 5.19, "Ga", "N"), (2, 1, 1)),
+    "GaAs": lambda: _cubic("GaAs", "zincblende", 5.65),
+    "Ge": lambda: bulk("Ge", "diamond", 5.66, cubic=True),
+    "KCl": lambda: _cubic("KCl", "rocksalt", 6.29),
+    "LiBr": lambda: _cubic("LiBr", "rocksalt", 5.50),
+    "NaI": lambda: _cubic("NaI", "rocksalt", 6.47),
+    "RbCl": lambda: _cubic("RbCl", "rocksalt", 6.59),
+    "CsCl": lambda: _cscl("CsCl", 4.12),
+    "CaO": lambda: _cubic("CaO", "rocksalt", 4.81),
+    "SrO": lambda: _cubic("SrO", "rocksalt", 5.16),
+    "BaO": lambda: _cubic("BaO", "rocksalt", 5.52),
+    "ZnO": PROTOTYPES["ZnO"],
+    "ZnSe": lambda: _cubic("ZnSe", "zincblende", 5.67),
+    "ZnTe": lambda: _cubic("ZnTe", "zincblende", 6.10),
+    "CdTe": lambda: _cubic("CdTe", "zincblende", 6.48),
+    "InAs": lambda: _cubic("InAs", "zincblende", 6.06),
+    "AlSb": lambda: _cubic("AlSb", "zincblende", 6.14),
+    "PbS": lambda: _cubic("PbS", "rocksalt", 5.94),
+    "SnTe": lambda: _cubic("SnTe", "rocksalt", 6.32),
+    "TlCl": lambda: _cscl("TlCl", 3.84),
+    "Cu": lambda: _fcc("Cu", 3.61),
+    "Ag": lambda: _fcc("Ag", 4.09),
+    "Au": lambda: _fcc("Au", 4.08),
+    "Pd": lambda: _fcc("Pd", 3.89),
+    "Pt": lambda: _fcc("Pt", 3.92),
+    "Rh": lambda: _fcc("Rh", 3.80),
+    "Ir": lambda: _fcc("Ir", 3.84),
+    "TiC": lambda: _cubic("TiC", "rocksalt", 4.33),
+    "ZrN": lambda: _cubic("ZrN", "rocksalt", 4.58),
+    "NbC": lambda: _cubic("NbC", "rocksalt", 4.47),
+    "TaC": lambda: _cubic("TaC", "rocksalt", 4.46),
+    "ScN": lambda: _cubic("ScN", "rocksalt", 4.50),
+    "YN": lambda: _cubic("YN", "rocksalt", 4.88),
+    "VN": lambda: _cubic("VN", "rocksalt", 4.14),
+    "HfC": lambda: _cubic("HfC", "rocksalt", 4.64),
+    "Mo": lambda: _bcc("Mo", 3.15),
+    "W": lambda: _bcc("W", 3.16),
+    "Ru": lambda: _hcp("Ru", 2.71, 4.28),
+    "Os": lambda: _hcp("Os", 2.73, 4.32),
+    "Re": lambda: _hcp("Re", 2.76, 4.46),
+    "Ti": lambda: _hcp("Ti", 2.95, 4.68),
+    "Fe": lambda: _bcc("Fe", 2.87),
+    "Co": lambda: _hcp("Co", 2.51, 4.07),
+    "Ni": lambda: _fcc("Ni", 3.52),
+    "Cr": lambda: _bcc("Cr", 2.91),
+    "MnO": lambda: _cubic("MnO", "rocksalt", 4.45),
+    "NiO": lambda: _cubic("NiO", "rocksalt", 4.18),
+    "CoO": lambda: _cubic("CoO", "rocksalt", 4.26),
+}
+
+
 def prototype(name: str) -> Atoms:
-    """A fresh copy of the named prototype, with ``info['name']`` set."""
-    if name not in PROTOTYPES:
-        raise KeyError(f"unknown prototype {name!r}; known: {', '.join(PROTOTYPES)}")
-    atoms = PROTOTYPES[name]()
+    """A fresh copy of the named prototype (``PROTOTYPES`` or ``PERIODIC_SYSTEMS``), with ``info['name']`` set."""
+    builder = PROTOTYPES.get(name) or PERIODIC_SYSTEMS.get(name)
+    if builder is None:
+        raise KeyError(f"unknown prototype {name!r}; known: {', '.join([*PROTOTYPES, *PERIODIC_SYSTEMS])}")
+    atoms = builder()
     atoms.info["name"] = name
     return atoms
 

@@ -2,22 +2,32 @@
 
 For each chemistry: build the prototype cell (8-16 atoms), relax it with
 CHGNet 0.3.0 (positions and cell), run Langevin NVT MD at 1000 K with CHGNet,
-take 10 evenly spaced frames, strain 2 of them by +3 % and 2 by -3 % along all
-three lattice vectors (atoms scaled with the cell), and label every frame with
-GPAW PAW-PBE through :func:`calib.labelers.label`.
+take frames every 150 steps, strain frame 2 by +3 % and frame 4 by -3 % (and,
+in the 10-frame systems of ``PROTOTYPES``, frame 6 by +3 % and frame 8 by -3 %)
+along all three lattice vectors (atoms scaled with the cell), and label every
+frame with GPAW PAW-PBE through :func:`calib.data.labelers.label`.
+
+The 14 first systems (``calib.data.prototypes.PROTOTYPES``) have 10 frames (1.5 ps);
+the periodic-table extension (``calib.data.prototypes.PERIODIC_SYSTEMS``) has 6
+(0.9 ps), which are the first 6 frames of the same protocol. The GPAW settings
+per system (spin polarisation, initial moments, Hubbard U) are in ``SETTINGS``.
 
 Resumable: the MD frames of a chemistry are written once to
 ``frames/<name>.extxyz`` and reused; labels stream to ``<name>.extxyz`` and a
-rerun labels only what is missing. Seeded (``SEED``) throughout.
+rerun labels only what is missing. Seeded (``SEED``) throughout. Several
+workers share the list round-robin (``--worker K/N``); ``provenance.json`` is
+updated under a file lock.
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=1 python datasets/high-energy-states/generate.py [NAME ...]
+    OMP_NUM_THREADS=1 python datasets/high-energy-states/generate.py [--worker K/N] [NAME ...]
+    OMP_NUM_THREADS=1 python datasets/high-energy-states/generate.py --periodic   # the extension only
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -32,17 +42,45 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.optimize import FIRE
 
-from calib.data.prototypes import PROTOTYPES, prototype  # noqa: E402
+from calib.data.prototypes import PERIODIC_SYSTEMS, PROTOTYPES, prototype  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 20261122
 TEMPERATURE_K = 1000.0
 TIMESTEP_FS = 1.0
-N_STEPS = 1500  # 1.5 ps: 10 frames every 150 steps (paper: 20 ps, see README)
-N_FRAMES = 10
+STEPS_PER_FRAME = 150  # 150 fs between frames (paper: 20 ps in all, see README)
 STRAIN = 0.03
 CUTOFF_EV = 450.0
 KDENSITY = 2.0  # k-points per Å⁻¹ (see README for the convergence check)
+
+#: Materials Project U values (eV, Dudarev, d shell) for oxides, as MPRelaxSet applies them: CHGNet
+#: learned GGA+U energies and forces there, so plain PBE labels would measure the functional mismatch
+MP_U = {"Co": 3.32, "Cr": 3.7, "Fe": 5.3, "Mn": 3.9, "Mo": 4.38, "Ni": 6.2, "V": 3.25, "W": 6.2}
+
+#: GPAW settings that differ from the default (non-spin-polarised PBE) per system; ferromagnetic
+#: initial moments (μB per atom), as Materials Project starts its runs
+SETTINGS = {
+    "Fe": {"spinpol": True, "magmoms": {"Fe": 3.0}},
+    "Co": {"spinpol": True, "magmoms": {"Co": 2.0}},
+    "Ni": {"spinpol": True, "magmoms": {"Ni": 1.0}},
+    "Cr": {"spinpol": True, "magmoms": {"Cr": 1.0}},
+    "MnO": {"spinpol": True, "magmoms": {"Mn": 5.0}, "hubbard_u": {"Mn": MP_U["Mn"]}},
+    "NiO": {"spinpol": True, "magmoms": {"Ni": 2.0}, "hubbard_u": {"Ni": MP_U["Ni"]}},
+    "CoO": {"spinpol": True, "magmoms": {"Co": 3.0}, "hubbard_u": {"Co": MP_U["Co"]}},
+}
+
+
+def n_frames(name: str) -> int:
+    """10 frames for the first systems (``PROTOTYPES``), 6 for the periodic-table extension."""
+    return 6 if name in PERIODIC_SYSTEMS else 10
+
+
+def factory(name: str):
+    from calib.data.labelers import GPAWFactory
+
+    extra = SETTINGS.get(name, {})
+    return GPAWFactory(cutoff=CUTOFF_EV, kdensity=KDENSITY, spinpol=extra.get("spinpol", False),
+                       magmoms=extra.get("magmoms"), hubbard_u=extra.get("hubbard_u"))
 
 
 def chgnet_calculator():
@@ -58,8 +96,9 @@ def md_frames(name: str, calc) -> list[Atoms]:
     from calib.data.structures import chemsys
 
     path = os.path.join(HERE, "frames", f"{name}.extxyz")
+    n = n_frames(name)
     if os.path.exists(path):
-        return read(path, index=":")
+        return read(path, index=":")[:n]  # ZnO's frames were made for 10; its first 6 are the 6-frame protocol
     rng = np.random.default_rng(SEED + sum(map(ord, name)))
     atoms = prototype(name)
     atoms.calc = calc
@@ -69,8 +108,8 @@ def md_frames(name: str, calc) -> list[Atoms]:
     dyn = Langevin(atoms, timestep=TIMESTEP_FS * units.fs, temperature_K=TEMPERATURE_K,
                    friction=0.02, rng=rng, logfile=None)
     frames = []
-    every = N_STEPS // N_FRAMES
-    for k in range(N_FRAMES):
+    every = STEPS_PER_FRAME
+    for k in range(n):
         dyn.run(every)
         frame = Atoms(atoms.numbers, positions=atoms.get_positions(), cell=atoms.cell[:], pbc=True)
         strain = STRAIN if k in (2, 6) else -STRAIN if k in (4, 8) else 0.0
@@ -84,27 +123,52 @@ def md_frames(name: str, calc) -> list[Atoms]:
     return frames
 
 
+@contextlib.contextmanager
+def _locked_log(path: str):
+    """``provenance.json`` read, handed out for update and written back under an exclusive lock."""
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        log = json.load(open(path)) if os.path.exists(path) else {}
+        yield log
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(log, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+
 def main(names: list[str]) -> None:
-    from calib.data.labelers import GPAWFactory, label
+    from calib.data.labelers import label
 
     calc = chgnet_calculator()
     log_path = os.path.join(HERE, "provenance.json")
-    log = json.load(open(log_path)) if os.path.exists(log_path) else {}
     for name in names:
         t0 = time.perf_counter()
         frames = md_frames(name, calc)
         t_md = time.perf_counter() - t0
-        report = label(frames, os.path.join(HERE, f"{name}.extxyz"),
-                       GPAWFactory(cutoff=CUTOFF_EV, kdensity=KDENSITY), progress=False)
-        entry = log.setdefault(name, {"md_seconds": 0.0, "dft_seconds": 0.0})
-        entry["md_seconds"] += round(t_md, 1)
-        entry["dft_seconds"] += round(report.seconds, 1)
-        entry["n_failed"] = len(report.failures)
-        with open(log_path, "w") as fh:
-            json.dump(log, fh, indent=1, sort_keys=True)
+        gpaw = factory(name)
+        report = label(frames, os.path.join(HERE, f"{name}.extxyz"), gpaw, progress=False)
+        with _locked_log(log_path) as log:
+            entry = log.setdefault(name, {"md_seconds": 0.0, "dft_seconds": 0.0})
+            entry["md_seconds"] = round(entry["md_seconds"] + t_md, 1)
+            entry["dft_seconds"] = round(entry["dft_seconds"] + report.seconds, 1)
+            entry["n_frames"] = len(frames)
+            entry["n_failed"] = len(report.failures)
+            if name in PERIODIC_SYSTEMS:
+                entry["gpaw"] = {"cutoff_eV": gpaw.cutoff, "kdensity": gpaw.kdensity, "xc": gpaw.xc,
+                                 "smearing_eV": gpaw.smearing, "spinpol": gpaw.spinpol,
+                                 "magmoms": gpaw.magmoms, "hubbard_u": gpaw.hubbard_u,
+                                 "convergence": gpaw.convergence}
         print(f"{name}: {report.n_labelled} labelled, {report.n_done_before} done before, "
               f"{len(report.failures)} failed, md {t_md:.0f} s, dft {report.seconds:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(PROTOTYPES))
+    args = sys.argv[1:]
+    worker, n_workers = 0, 1
+    if args[:1] == ["--worker"]:
+        worker, n_workers = map(int, args[1].split("/"))
+        args = args[2:]
+    if args == ["--periodic"]:
+        args = list(PERIODIC_SYSTEMS)
+    chosen = args or [*PROTOTYPES, *PERIODIC_SYSTEMS]
+    main(chosen[worker::n_workers])
