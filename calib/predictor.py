@@ -63,6 +63,7 @@ from ase import Atoms
 
 from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
+from calib.models.gradients import force_variance
 from calib.uq.targets import build_points
 
 FORCE_MODES = ("exact", "approx", "none")
@@ -286,7 +287,7 @@ class CalibratedPredictor:
             out["q_score"] = ("s", s(art.ood.structure_scores(pred.atom_descriptors, pred.atom_structure, n_ok)))
         f_sig = None
         if forces and force_mode != "none":
-            fvar = L.force_variance(self.model, kept, mode=force_mode, batch_size=batch_size)
+            fvar = force_variance(self.model, kept, L, mode=force_mode, batch_size=batch_size)
             f_sig = np.sqrt(np.concatenate([v for v in fvar])) if fvar else np.zeros((0, 3))
             out["forces_sigma"] = ("a", f_sig)
             out["max_force_sigma"] = ("s", s(_per_structure_max(f_sig, pred)))

@@ -6,7 +6,7 @@ import pytest
 from calib.uq.hessian import HessianAccumulator
 from calib.workflows.accumulate import accumulate_hessian
 from calib.uq.llpr import LLPR
-from calib.models.gradients import feature_gradients
+from calib.models.gradients import feature_gradients, force_variance
 from conftest import rattled_si
 
 
@@ -163,7 +163,7 @@ def test_feature_gradients_mechanisms_agree(chgnet, prototypes):
 def test_exact_force_variance_vs_brute_force(chgnet, small_llpr, prototypes):
     """Batched eigen-direction passes vs per-structure, per-feature Jacobians and an explicit inverse."""
     structs = [rattled_si(seed=1), prototypes[0], rattled_si(2, seed=2)]  # 2, 8-12 and 4 atoms in one batch
-    got = small_llpr.force_variance(chgnet, structs, mode="exact", batch_size=3)
+    got = force_variance(chgnet, structs, small_llpr, mode="exact", batch_size=3)
     Sig = np.linalg.inv(small_llpr.hessian_ + small_llpr.sigma2_ * np.eye(64))
     for atoms, var in zip(structs, got):
         J = feature_gradients(chgnet, [atoms], np.eye(64))[0].reshape(64, -1)
@@ -184,13 +184,13 @@ def test_approx_force_variance_error_is_measured(chgnet, small_llpr, prototypes)
     grads = feature_gradients(chgnet, probe, L.eigenvectors_.T)
     L.fit_force_truncation(grads, [len(a) for a in probe], coverage=0.95)
     test = prototypes[1::3]
-    exact = np.sqrt(np.concatenate([v.ravel() for v in L.force_variance(chgnet, test, mode="exact")]))
-    approx = np.sqrt(np.concatenate([v.ravel() for v in L.force_variance(chgnet, test, mode="approx")]))
+    exact = np.sqrt(np.concatenate([v.ravel() for v in force_variance(chgnet, test, L, mode="exact")]))
+    approx = np.sqrt(np.concatenate([v.ravel() for v in force_variance(chgnet, test, L, mode="approx")]))
     rel = np.abs(approx - exact) / exact
     assert len(L.force_directions_) < 64
     assert np.median(rel) < 0.10, (np.median(rel), len(L.force_directions_))
     L.fit_force_truncation(grads, [len(a) for a in probe], coverage=1.0 + 1e-12)
-    full = np.sqrt(np.concatenate([v.ravel() for v in L.force_variance(chgnet, test[:2], mode="approx")]))
+    full = np.sqrt(np.concatenate([v.ravel() for v in force_variance(chgnet, test[:2], L, mode="approx")]))
     np.testing.assert_allclose(full, exact[: len(full)], rtol=1e-6)
 
 
@@ -237,3 +237,42 @@ def test_local_energy_sigma_against_brute_force(chgnet, prototypes, small_llpr):
     summed = np.stack([phi[pred.atom_structure == i].sum(axis=0) for i in range(4)])
     np.testing.assert_allclose(L.energy_sigma(pred.features, pred.n_atoms),
                                np.sqrt(L.alpha2_ * np.einsum("sd,de,se->s", summed, cov, summed)), rtol=1e-6)
+
+
+def test_fit_residuals_against_brute_force():
+    """LLPR.fit_residuals fits both observables from arrays: its σ are α² fᵀ(H + ς²I)⁻¹f by an explicit
+    inverse, its NLLs scipy's normal log-density, and a force component with σ = 0 by symmetry is left out."""
+    from scipy.stats import norm, spearmanr
+
+    rng = np.random.default_rng(5)
+    d, S = 6, 40
+    F = rng.normal(size=(200, d))
+    L = LLPR(energy_convention="per_atom").fit(F.T @ F, 200)
+    feats, n = rng.normal(size=(S, d)), rng.integers(2, 5, S)
+    grads = [rng.normal(size=(d, k, 3)) for k in n]
+    grads[0][:, 0, 2] = 0.0  # one component no eigen-direction moves: σ = 0
+    e_res = rng.normal(0, 0.05, S) * n
+    e_res[3] = np.nan  # left out of the energy fit
+    f_res = rng.normal(0, 0.1, (int(n.sum()), 3))
+    fit = L.fit_residuals(features=feats, n_atoms=n, energy_residuals=e_res, gradients=grads, force_n_atoms=n,
+                          force_residuals=f_res, target="both", approx_coverage=0.9)
+    inv_e = np.linalg.inv(L.hessian_ + L.sigma2_ * np.eye(d))
+    sig_e = np.sqrt(L.alpha2_ * np.einsum("sd,de,se->s", n[:, None] * feats, inv_e, n[:, None] * feats))
+    np.testing.assert_allclose(fit.energy_sigma, sig_e, rtol=1e-10)
+    ok = np.isfinite(e_res)
+    assert fit.energy_excluded == 1
+    assert fit.energy_nll == pytest.approx(np.mean(-norm.logpdf(e_res[ok], scale=sig_e[ok])), rel=1e-10)
+    assert fit.energy_spearman == pytest.approx(spearmanr(sig_e[ok], np.abs(e_res[ok])).statistic)
+    inv_f = np.linalg.inv(L.hessian_ + L.force_sigma2_ * np.eye(d))
+    U = L.eigenvectors_  # the gradients are along u_k: g_k = u_kᵀ ∂f/∂r, so ∂f/∂r = U g
+    J = np.concatenate([(U @ (k * g).reshape(d, -1)).T for g, k in zip(grads, n)])  # rows s ∂f/∂r_ax
+    sig_f = np.sqrt(L.force_alpha2_ * np.einsum("pd,de,pe->p", J, inv_f, J))
+    np.testing.assert_allclose(fit.force_sigma, sig_f, rtol=1e-10, atol=1e-300)
+    live = sig_f > 0
+    assert fit.force_components_zero_sigma == 1 and not fit.force_live[2]
+    r = f_res.ravel()
+    assert fit.force_nll == pytest.approx(np.mean(-norm.logpdf(r[live], scale=sig_f[live])), rel=1e-10)
+    assert fit.force_mae == pytest.approx(np.mean(np.abs(r)))
+    assert 1 <= fit.approx_force_directions <= d
+    with pytest.raises(ValueError, match="needs the residuals"):
+        L.fit_residuals(features=feats, n_atoms=n, energy_residuals=e_res, target="both")

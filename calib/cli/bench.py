@@ -57,7 +57,7 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
 
     from calib.workflows.accumulate import accumulate_hessian
     from calib.uq.llpr import LLPR
-    from calib.models.gradients import feature_gradients
+    from calib.models.gradients import feature_gradients, force_variance
     from calib.models.chgnet import CHGNetAdapter
     from calib.data.prototypes import PROTOTYPES, perturbed_set
 
@@ -97,7 +97,7 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
         return llpr.energy_sigma(pred.features, pred.n_atoms)
 
     def force_sigma(mode, mechanism="loop"):
-        return lambda: llpr.force_variance(model, structs, mode=mode, batch_size=batch_size, mechanism=mechanism)
+        return lambda: force_variance(model, structs, llpr, mode=mode, batch_size=batch_size, mechanism=mechanism)
 
     t_calib_e, _ = _best(calib_energy, repeats)
     t_esig, _ = _best(energy_sigma, repeats)

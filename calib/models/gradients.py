@@ -4,6 +4,8 @@ For eigen-directions u_k of the LLPR Hessian, ∂(u_k · f)/∂r is what turns t
 posterior over readout weights into a variance of every force component
 (calib.uq.llpr). One reverse pass per direction serves every structure of a batch
 at once, because each structure's features depend only on its own positions.
+:func:`force_variance` is the model-running half of the force σ; the sums over
+eigen-directions are :meth:`calib.uq.llpr.LLPR.force_variance` on arrays.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from calib.models.base import ModelAdapter, atom_chunks
+from calib.models.base import ModelAdapter, atom_chunks, batches
 
 
 def feature_gradients(
@@ -75,3 +77,36 @@ def _feature_gradients(model, structures, directions, mechanism) -> list[np.ndar
     if len(out) == 1 and fg.features.shape[0] > 1:  # one positions tensor for the whole batch
         out = list(torch.split(out[0], fg.n_atoms.tolist(), dim=1))
     return [o.detach().to("cpu", torch.float64).numpy() for o in out]
+
+
+def gradients_in_batches(model: ModelAdapter, structures: Sequence[Atoms], directions: np.ndarray, *,
+                         batch_size: int = 16, mechanism: str = "loop", progress: bool = False,
+                         desc: str = "feature gradients") -> list[np.ndarray]:
+    """:func:`feature_gradients` over ``structures`` in batches, with a progress bar: one (k, N_i, 3)
+    array per structure, units of f per Å."""
+    from tqdm.auto import tqdm
+
+    out: list[np.ndarray] = []
+    for idx in tqdm(list(batches(len(structures), batch_size)), desc=desc, unit="batch", disable=not progress):
+        out.extend(feature_gradients(model, [structures[i] for i in idx], directions, mechanism=mechanism))
+    return out
+
+
+def force_variance(model: ModelAdapter, structures: Sequence[Atoms], llpr, *, mode: str = "exact",
+                   batch_size: int = 16, mechanism: str = "loop", progress: bool = False) -> list[np.ndarray]:
+    """Variance of every force component, eV²/Å², one (N_i, 3) array per structure: the model's feature
+    gradients along the eigen-directions ``llpr`` sums over for ``mode`` (:meth:`calib.uq.llpr.LLPR.
+    force_directions`: "exact", d reverse passes per batch, or "approx", the kept ones), handed to
+    :meth:`calib.uq.llpr.LLPR.force_variance`. Gradients are taken one batch at a time, so memory does
+    not grow with the number of structures."""
+    from tqdm.auto import tqdm
+
+    dirs, _ = llpr.force_directions(mode)
+    U = llpr.eigenvectors_[:, dirs].T
+    out: list[np.ndarray] = []
+    for idx in tqdm(list(batches(len(structures), batch_size)), desc="force sigma", unit="batch",
+                    disable=not progress):
+        batch = [structures[i] for i in idx]
+        grads = feature_gradients(model, batch, U, mechanism=mechanism)
+        out.extend(llpr.force_variance(grads, [len(a) for a in batch], mode))
+    return out

@@ -36,12 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calib.errors import CalibWarning
-from ase import Atoms
-
 from calib.data.units import total_scale
-from calib.models.base import ModelAdapter, batches
-from calib.models.gradients import feature_gradients
+from calib.errors import CalibWarning
 
 # =========================================================================== posterior
 
@@ -59,6 +55,30 @@ class CalibrationReport:
     sigma2_grid: list = field(default_factory=list)
     nll_grid: list = field(default_factory=list)
     note: str = ""
+
+
+@dataclass
+class LLPRFit:
+    """What :meth:`LLPR.fit_residuals` measured on the calibration set.
+
+    Energies are total eV (``energy_rmse_per_atom`` eV/atom), forces eV/Å, NLL in nats per residual;
+    NaN where an observable was not given. ``force_sigma`` and ``force_live`` are per force component
+    (flattened (Σ N_i) × 3); ``force_live`` is False where σ is zero by symmetry.
+    """
+
+    target: str
+    energy_sigma: np.ndarray | None = None
+    energy_nll: float = float("nan")
+    energy_spearman: float = float("nan")
+    energy_rmse_per_atom: float = float("nan")
+    energy_excluded: int = 0
+    force_sigma: np.ndarray | None = None
+    force_live: np.ndarray | None = None
+    force_nll: float = float("nan")
+    force_spearman: float = float("nan")
+    force_mae: float = float("nan")
+    approx_force_directions: int = 0
+    force_components_zero_sigma: int = 0
 
 
 class LLPR:
@@ -196,46 +216,31 @@ class LLPR:
         rows = [((s * g).reshape(g.shape[0], -1).T) ** 2 for g, s in zip(gradients, scale)]
         return np.concatenate(rows) if rows else np.zeros((0, self.n_features))
 
-    def force_variance(
-        self,
-        model: ModelAdapter,
-        structures: Sequence[Atoms],
-        *,
-        mode: str = "exact",
-        batch_size: int = 16,
-        mechanism: str = "loop",
-        progress: bool = False,
-    ) -> list[np.ndarray]:
-        """Variance of every force component, eV²/Å², as a list of (N_i, 3) arrays.
+    def force_directions(self, mode: str = "exact") -> tuple[np.ndarray, float]:
+        """(eigen-direction indices, bias factor) the force σ of ``mode`` sums over.
 
-        ``mode="exact"``: one reverse pass per eigen-direction per batch (d passes).
-        ``mode="approx"``: only the directions kept by :meth:`fit_force_truncation`
-        (by measured contribution), times the measured correction factor; its
-        error is reported by ``calib bench llpr`` and tested.
+        ``"exact"``: all d directions, factor 1. ``"approx"``: the directions kept by
+        :meth:`fit_force_truncation` (by measured contribution) and the measured factor total/kept.
         """
-        from tqdm.auto import tqdm
-
         if mode == "exact":
-            dirs = np.arange(self.n_features)
-            factor = 1.0
-        elif mode == "approx":
+            return np.arange(self.n_features), 1.0
+        if mode == "approx":
             if not hasattr(self, "force_directions_"):
                 raise ValueError("approx force σ needs fit_force_truncation() first (or a calibrated artifact)")
-            dirs, factor = self.force_directions_, self.force_truncation_factor_
-        else:
-            raise ValueError(f"mode must be 'exact' or 'approx', got {mode!r}")
-        U = self.eigenvectors_[:, dirs].T
+            return self.force_directions_, self.force_truncation_factor_
+        raise ValueError(f"mode must be 'exact' or 'approx', got {mode!r}")
+
+    def force_variance(self, gradients: Sequence[np.ndarray], n_atoms, mode: str = "exact") -> list[np.ndarray]:
+        """Variance of every force component, eV²/Å², as a list of (N_i, 3) arrays.
+
+        ``gradients[i]`` is ∂(u_k·f_i)/∂r of structure i, shape (k, N_i, 3), for the eigen-directions
+        :meth:`force_directions` of ``mode`` gives, in that order (:func:`calib.models.gradients.
+        force_variance` runs the model for them). var(F_ax) = α²_F · factor · s² Σ_k g_kax² / (λ_k + ς²_F).
+        """
+        dirs, factor = self.force_directions(mode)
         w = self._force_weights()[dirs]
-        out: list[np.ndarray] = []
-        for idx in tqdm(list(batches(len(structures), batch_size)), desc="force sigma", unit="batch",
-                        disable=not progress):
-            batch = [structures[i] for i in idx]
-            grads = feature_gradients(model, batch, U, mechanism=mechanism)
-            n = np.array([len(a) for a in batch])
-            for g, s in zip(grads, self._scale(n)):
-                var = self.force_alpha2_ * factor * np.einsum("k,kax->ax", w, (s * g) ** 2)
-                out.append(var)
-        return out
+        return [self.force_alpha2_ * factor * np.einsum("k,kax->ax", w, (s * g) ** 2)
+                for g, s in zip(gradients, self._scale(n_atoms))]
 
     def fit_force_truncation(self, gradients: Sequence[np.ndarray], n_atoms, coverage: float = 0.95) -> LLPR:
         """Choose the fewest eigen-directions carrying ``coverage`` of the summed force variance.
@@ -336,6 +341,73 @@ class LLPR:
             rank=self.rank_, sigma2_grid=e[3], nll_grid=e[4], note=self.regularisation_note_,
         )
         return self
+
+    def fit_residuals(self, *, features=None, n_atoms=None, energy_residuals=None, gradients=None,
+                      force_n_atoms=None, force_residuals=None, target: str = "both",
+                      approx_coverage: float = 0.95) -> LLPRFit:
+        """Fit (α², ς²) of energies and forces from arrays, and measure the fit: the one calibration step.
+
+        Parameters
+        ----------
+        features : (S, d) pooled features; n_atoms : (S,)
+        energy_residuals : (S,) reference − model total energies, eV, after the element reference;
+            NaN leaves a structure out of the energy fit (e.g. a shift the other folds do not determine).
+        gradients : list of (d, N_i, 3) exact feature gradients ∂(u_k·f)/∂r for every eigen-direction;
+            force_n_atoms : (S_F,) atoms of those structures
+        force_residuals : (Σ N_i, 3) reference − model forces, eV/Å
+        target : "energy" | "forces" | "both" — which residuals the NLL is taken over ("both": one
+            (α², ς²) per observable). The other observable's data, when given, is only measured.
+        approx_coverage : fraction of the summed force variance the approximate force σ keeps
+            (:meth:`fit_force_truncation` on these gradients).
+
+        Force components whose σ is zero by symmetry (f·∂f/∂x = 0: a dimer's transverse forces, an atom on
+        an inversion centre) carry no information and are left out of the fit and the force NLL.
+        """
+        from calib.uq.metrics import spearman
+
+        if target not in ("energy", "forces", "both"):
+            raise ValueError(f"target must be 'energy', 'forces' or 'both', got {target!r}")
+        has_e, has_f = energy_residuals is not None, force_residuals is not None
+        if (target != "forces" and not has_e) or (target != "energy" and not has_f):
+            raise ValueError(f"target={target!r} needs the residuals of what it fits")
+        rows, res, groups = [], [], []
+        if has_e:
+            e_res = np.asarray(energy_residuals, dtype=float)
+            e_ok = np.isfinite(e_res)
+            e_rows = self.energy_rows(features, n_atoms)
+            if target != "forces":
+                rows.append(e_rows[e_ok])
+                res.append(e_res[e_ok])
+                groups.append(np.zeros(int(e_ok.sum()), dtype=int))
+        if has_f:
+            f_rows = self.force_rows(gradients, force_n_atoms)
+            f_res = np.asarray(force_residuals, dtype=float).reshape(-1)
+            amax = np.abs(f_rows).max(axis=1)
+            live = amax > 1e-12 * max(float(amax.max(initial=0.0)), 1e-300)
+            if target != "energy":
+                rows.append(f_rows[live])
+                res.append(f_res[live])
+                groups.append(np.ones(int(live.sum()), dtype=int))
+        self.calibrate(np.concatenate(rows), np.concatenate(res), target=target, groups=np.concatenate(groups))
+        out = LLPRFit(target=target)
+        if has_e:
+            out.energy_sigma = self.energy_sigma(features, n_atoms)
+            e = e_res[e_ok]
+            out.energy_nll = self.nll(e_rows[e_ok], e)
+            out.energy_spearman = spearman(out.energy_sigma[e_ok], np.abs(e)) if len(e) >= 3 else float("nan")
+            out.energy_rmse_per_atom = float(np.sqrt(np.mean((e / np.asarray(n_atoms)[e_ok]) ** 2)))
+            out.energy_excluded = int((~e_ok).sum())
+        if has_f:
+            self.fit_force_truncation(gradients, force_n_atoms, coverage=approx_coverage)
+            out.force_sigma = np.sqrt(self.force_alpha2_ * f_rows @ self._force_weights())
+            out.force_live = live
+            out.force_nll = self.nll(f_rows[live], f_res[live], observable="forces")
+            out.force_spearman = (spearman(out.force_sigma[live], np.abs(f_res[live])) if live.sum() >= 3
+                                  else float("nan"))
+            out.force_mae = float(np.mean(np.abs(f_res)))
+            out.approx_force_directions = int(len(self.force_directions_))
+            out.force_components_zero_sigma = int((~live).sum())
+        return out
 
     def nll(self, rows: np.ndarray, residuals: np.ndarray, observable: str = "energy") -> float:
         """Mean Gaussian NLL of residuals under the current α² (of ``observable``) and ς², nats per residual."""

@@ -12,8 +12,8 @@ from ase import Atoms
 
 from calib.artifact import Artifact
 from calib.data.structures import StructureIssue, get_energy, get_forces
-from calib.models.base import ModelAdapter, batches
-from calib.models.gradients import feature_gradients
+from calib.models.base import ModelAdapter
+from calib.models.gradients import gradients_in_batches
 from calib.uq.conformal import ConformalCalibrator, class_assigner
 from calib.uq.reference import ElementReference, cross_fitted_residuals
 from calib.uq.targets import build_points
@@ -44,12 +44,6 @@ def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndar
         return e_delta, None
     ref = [get_forces(a) for a in structs]
     return e_delta, (np.concatenate(ref) if ref else np.zeros((0, 3))) - np.asarray(forces).reshape(-1, 3)
-
-
-def _spearman(a, b) -> float:
-    from calib.uq.metrics import spearman
-
-    return spearman(a, b) if len(a) >= 3 else float("nan")
 
 
 def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: int = 500,
@@ -185,8 +179,6 @@ def calibrate(
         chemistry's forces give; the energy-difference conformal targets then use it.
         False: LLPR difference σ alone (calib 0.1.0).
     """
-    from tqdm.auto import tqdm
-
     artifact.check_model(model)
     if target not in ("energy", "forces", "both"):
         raise ValueError(f"target must be 'energy', 'forces' or 'both', got {target!r}")
@@ -211,40 +203,24 @@ def calibrate(
 
     L = copy.deepcopy(artifact.llpr)  # the input artifact stays as it was
     # exact force gradients on the calibration set: for force calibration and the approx truncation
-    U = L.eigenvectors_.T
-    grads: list[np.ndarray] = []
-    for idx in tqdm(list(batches(len(structs), batch_size)) if with_forces else [], desc="force gradients",
-                    unit="batch", disable=not progress):
-        grads.extend(feature_gradients(model, [structs[i] for i in idx], U))
-    f_live = None
-    if with_forces:  # force components whose σ is zero by symmetry (f·∂f/∂x = 0) carry no information
-        f_rows_all = L.force_rows(grads, pred.n_atoms)
-        amax = np.abs(f_rows_all).max(axis=1)
-        f_live = amax > 1e-12 * max(float(amax.max(initial=0.0)), 1e-300)
-    rows, res, groups = [], [], []
-    if target in ("energy", "both"):
-        rows.append(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]))
-        res.append(e_cf[e_ok])
-        groups.append(np.zeros(int(e_ok.sum()), dtype=int))
-    if target in ("forces", "both"):
-        rows.append(f_rows_all[f_live])
-        res.append(f_res.reshape(-1)[f_live])
-        groups.append(np.ones(int(f_live.sum()), dtype=int))
-    L.calibrate(np.concatenate(rows), np.concatenate(res), target=target, groups=np.concatenate(groups))
-    e_sigma = L.energy_sigma(pred.features, pred.n_atoms)
+    grads = gradients_in_batches(model, structs, L.eigenvectors_.T, batch_size=batch_size, progress=progress,
+                                 desc="force gradients") if with_forces else None
+    fit = L.fit_residuals(features=pred.features, n_atoms=pred.n_atoms,
+                          energy_residuals=np.where(e_ok, e_cf, np.nan), gradients=grads,
+                          force_n_atoms=pred.n_atoms if with_forces else None,
+                          force_residuals=f_res if with_forces else None, target=target,
+                          approx_coverage=approx_coverage)
+    e_sigma = fit.energy_sigma
+    f_sigma = fit.force_sigma
     force_summary = {}
-    f_sigma = None
     if with_forces:
-        L.fit_force_truncation(grads, pred.n_atoms, coverage=approx_coverage)
-        f_rows = L.force_rows(grads, pred.n_atoms)
-        f_sigma = np.sqrt(L.force_alpha2_ * f_rows @ L._force_weights())
         force_summary = {
             "force_alpha2": L.force_alpha2_,
             "force_sigma2": L.force_sigma2_,
-            "force_nll": L.nll(f_rows[f_live], f_res.reshape(-1)[f_live], observable="forces"),
-            "force_spearman": _spearman(f_sigma[f_live], np.abs(f_res.reshape(-1)[f_live])),
-            "approx_force_directions": int(len(L.force_directions_)),
-            "force_components_zero_sigma": int((~f_live).sum()),
+            "force_nll": fit.force_nll,
+            "force_spearman": fit.force_spearman,
+            "approx_force_directions": fit.approx_force_directions,
+            "force_components_zero_sigma": fit.force_components_zero_sigma,
         }
     differences, correction, diff_summary = {}, None, {}
     if difference_model:
@@ -266,9 +242,9 @@ def calibrate(
         "rank": L.rank_,
         "n_features": L.n_features,
         "regularisation_note": L.regularisation_note_,
-        "energy_nll": L.nll(L.energy_rows(pred.features[e_ok], pred.n_atoms[e_ok]), e_cf[e_ok]),
-        "energy_spearman": _spearman(e_sigma[e_ok], np.abs(e_cf[e_ok])),
-        "energy_rmse_per_atom": float(np.sqrt(np.mean((e_cf[e_ok] / pred.n_atoms[e_ok]) ** 2))),
+        "energy_nll": fit.energy_nll,
+        "energy_spearman": fit.energy_spearman,
+        "energy_rmse_per_atom": fit.energy_rmse_per_atom,
         "energy_scores": f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
         else "in-sample element reference",
         "energy_cross_fit_excluded": int((~e_ok).sum()),
