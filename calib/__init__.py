@@ -46,7 +46,7 @@ _API = {
     "LabelClasses": "calib.uq.conformal",
     "MixtureClasses": "calib.uq.conformal",
     "fit_softening": "calib.softening.scale",
-    "ScalarCorrection": "calib.softening.scale",
+    "ScalarCorrection": "calib.softening.correction",
     "Thresholds": "calib.softening.decide",
     "QResidualDetector": "calib.uq.ood",
     "run_eos": "calib.workflows.eos",

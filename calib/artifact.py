@@ -4,7 +4,7 @@ The artifact only assembles: each piece writes and reads its own variables
 (``to_variables`` / ``from_variables``): :class:`calib.uq.llpr.LLPR`,
 :class:`calib.uq.reference.ElementReference`,
 :class:`calib.uq.conformal.ConformalCalibrator` (one per target, prefixed
-``cp_<target>``) and :class:`calib.softening.scale.ScalarCorrection`.
+``cp_<target>``) and :class:`calib.softening.correction.ScalarCorrection`.
 
 Variables (units in each variable's ``units`` attribute):
 
@@ -63,7 +63,7 @@ from calib.uq.llpr import LLPR
 from calib.uq.ood import QResidualDetector
 from calib.data.ncio import ArtifactError, read, write_atomic
 from calib.uq.reference import ElementReference
-from calib.softening.scale import ScalarCorrection
+from calib.softening.correction import ScalarCorrection
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 
@@ -86,7 +86,7 @@ class Artifact:
     element_reference : calib.uq.reference.ElementReference or None
     conformal : dict target → calib.uq.conformal.ConformalCalibrator
     differences : dict "raw" | "corrected" → calib.uq.differences.DifferenceVarianceModel
-    corrections : calib.softening.scale.ScalarCorrection (per chemsys c, its CI, anchor)
+    corrections : calib.softening.correction.ScalarCorrection (per chemsys c, its CI, anchor)
     ood : calib.uq.ood.QResidualDetector or None — fitted on the calibration structures
     attrs : dict — provenance and notes
     """

@@ -217,9 +217,9 @@ class CalibratedPredictor:
             out["energy_difference_high"] = ("structure", dE + h, units)
         chem = str(ds["chemsys"].values[reference])
         cor, cal_c = art.differences.get("corrected"), art.conformal.get("energy_difference_corrected")
-        if chem in art.corrections and cor is not None:
-            c, sc = art.corrections.factor(chem)[0], art.corrections.sigma(chem)
-            sig_c = cor.sigma(c**2 * v, dE, extra=(sc * dE) ** 2)
+        c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
+        if np.isfinite(c) and cor is not None:
+            sig_c = cor.sigma(v, dE, c, sc)
             out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
             out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
             if cal_c is not None:
@@ -319,7 +319,7 @@ class CalibratedPredictor:
             out["max_force_halfwidth"] = ("s", s(_per_structure_max(h, pred)))
         corr = art.corrections
         if len(corr):
-            c = np.array([corr.factor(ch)[0] if ch in corr else np.nan for ch in pred.chemsys])
+            c, _ = corr.per_structure(pred.chemsys)
             e_corr = np.array([corr.apply(ch, n, energy=e)[0] if ch in corr else np.nan
                                for ch, n, e in zip(pred.chemsys, pred.n_atoms, pred.energy)])
             out["correction"] = ("s", s(c))

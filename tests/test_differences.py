@@ -40,7 +40,7 @@ def test_predictor_difference_sigma_by_brute_force(chgnet):
     from calib.artifact import Artifact
     from calib.uq.conformal import ConformalCalibrator
     from calib.uq.differences import DifferenceVarianceModel
-    from calib.softening.scale import ScalarCorrection, correction_sigma
+    from calib.softening.correction import ScalarCorrection, correction_sigma
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     raw, cor = DifferenceVarianceModel(3.0, 0.05, 0.002), DifferenceVarianceModel(1.5, 0.01, 0.001)
@@ -73,3 +73,21 @@ def test_predictor_difference_sigma_by_brute_force(chgnet):
     ds2 = CalibratedPredictor(chgnet, art).energy_differences(images[:2] + other)
     assert np.isnan(ds2.energy_difference_low.values[2]) and "differs from the reference" in str(
         ds2.difference_reason.values[2])
+
+
+def test_path_covariance_diagonal_is_the_pair_variance():
+    """One derivation: the path covariance C_ij = β c² L_ij + (κ² + σ_c²) ΔE_i ΔE_j + τ²/2 (1 + δ_ij) has the
+    pair variance β c² v + (κ² + σ_c²) ΔE² + τ² on its diagonal, written out here by hand."""
+    from calib.uq.differences import DifferenceVarianceModel
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(5, 5))
+    L = A @ A.T * 1e-3
+    d = rng.normal(0, 0.4, 5)
+    m = DifferenceVarianceModel(2.0, 0.03, 0.004)
+    for c, sc in ((1.0, 0.0), (1.25, 0.05)):
+        C = m.covariance(L, d, c, sc)
+        by_hand = 2.0 * c**2 * np.diag(L) + (0.03 + sc**2) * d**2 + 0.004
+        np.testing.assert_allclose(np.diag(C), by_hand, rtol=1e-12)
+        np.testing.assert_allclose(np.diag(C), m.variance(np.diag(L), d, c, sc), rtol=1e-12)
+        assert C[0, 1] == pytest.approx(2.0 * c**2 * L[0, 1] + (0.03 + sc**2) * d[0] * d[1] + 0.002)

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.softening.scale import ScalarCorrection, corrected_calculator, fit_softening
+from calib.softening.scale import fit_softening
+from calib.softening.correction import ScalarCorrection, corrected_calculator
 
 
 def _synthetic(rng, s_true, n_struct=20, n_atoms=8, noise=0.1):
@@ -135,3 +136,28 @@ def test_cli_softening_json(tmp_path):
     assert len(doc["plots"]) == 2
     (skip,) = doc["skipped"]
     assert skip["index"] == 20 and skip["name"] == "squashed" and "0.200 Å apart" in skip["problem"]
+
+
+def test_correction_found_in_either_spelling_and_never_pooled_by_a_wrong_tag(chgnet):
+    """A correction stored as 'F-Li' applies to LiF frames (chemsys Li-F) and per_structure finds it; NaCl
+    frames tagged 'Li-F' are measured as Na-Cl, not pooled into the LiF fit (whose s is unchanged)."""
+    import warnings
+
+    from calib import datasets
+    from calib.softening.correction import ScalarCorrection
+    from calib.workflows.softening import measure_softening
+
+    corr = ScalarCorrection({"F-Li": (1.2, -4.0)}, {"F-Li": (1.1, 1.3)})
+    assert "Li-F" in corr and corr.factor("Li-F") == (1.2, -4.0)
+    c, sc = corr.per_structure(["Li-F", "F-Li", "Na-Cl"])
+    assert c[0] == c[1] == 1.2 and np.isnan(c[2]) and sc[0] == sc[1] > 0 and np.isnan(sc[2])
+    lif = datasets.load("high-energy-states", chemsys="Li-F")[:4]
+    nacl = datasets.load("high-energy-states", chemsys="Na-Cl")[:4]
+    for a in nacl:
+        a.info["chemsys"] = "Li-F"
+    alone = measure_softening(chgnet, lif, n_bootstrap=50, progress=False).results
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        mixed = measure_softening(chgnet, lif + nacl, n_bootstrap=50, progress=False).results
+    assert set(mixed) == {"Li-F", "Na-Cl"}
+    assert mixed["Li-F"].softening_scale == pytest.approx(alone["Li-F"].softening_scale, rel=1e-12)

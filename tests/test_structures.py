@@ -122,3 +122,27 @@ def test_neighbor_search_matches_ase():
         ref = sorted(zip(*(np.round(x, 6) for x in neighbor_list("ijd", atoms, 4.0))))
         assert len(mine) == len(ref) > 0
         np.testing.assert_allclose(np.array(mine), np.array(ref), atol=1e-5)
+
+
+def test_chemsys_is_an_element_set():
+    """A tag in pymatgen's order names the same system (one canonical spelling); a tag that contradicts the
+    structure's elements is never used: a warning names the file and the computed system is returned."""
+    import warnings
+
+    from ase.build import bulk
+
+    from calib.data.structures import canonical_chemsys, chemsys
+    from calib.errors import CalibWarning
+
+    a = bulk("NaF", "rocksalt", 4.6)
+    assert chemsys(a) == "Na-F"
+    a.info["chemsys"] = "F-Na"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert chemsys(a) == "Na-F"
+    a.info.update(chemsys="Li-F", source="frames.extxyz:3")
+    with pytest.warns(CalibWarning, match=r"frames.extxyz: the chemsys tag 'Li-F' contradicts .*\(Na-F\)"):
+        assert chemsys(a) == "Na-F"
+    assert canonical_chemsys("O-Ti-Sr") == "Sr-Ti-O"
+    with pytest.raises(ValueError, match="not a chemical system"):
+        canonical_chemsys("LiF-surface")

@@ -51,7 +51,7 @@ def softening_cmd(
 
     One row per chemical system; a chemistry whose scale cannot be measured is reported with the reason."""
     from calib.workflows.softening import measure_softening
-    from calib.softening.scale import ScalarCorrection
+    from calib.softening.correction import ScalarCorrection
 
     device = common_options(batch_size, device)
     positive_int("--n-bootstrap", n_bootstrap)

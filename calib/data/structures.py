@@ -14,6 +14,7 @@ and the problem, so the caller can report it and carry on with the rest.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -62,17 +63,44 @@ def structure_name(atoms: Atoms) -> str:
 
 
 def chemsys(atoms: Atoms) -> str:
-    """Chemical system, e.g. ``"Li-Cl"``.
+    """Chemical system, e.g. ``"Li-Cl"``: the structure's distinct elements in one canonical spelling.
 
-    Taken from ``atoms.info["chemsys"]`` when present. Otherwise the distinct
-    elements ordered by Pauling electronegativity (ties by atomic number), the
-    order in which chemists write formulas: ``Li-Cl``, ``Sr-Ti-O``, ``Si-C``.
+    Elements are ordered by Pauling electronegativity (ties by atomic number), the order in which
+    chemists write formulas: ``Li-Cl``, ``Sr-Ti-O``, ``Si-C``. A chemical system is a *set* of elements:
+    an ``atoms.info["chemsys"]`` tag in another order (pymatgen writes ``F-Na``) names the same system
+    and is accepted; a tag that contradicts the structure's elements is never used: calib warns, naming
+    the file, and goes on with the computed system.
     """
-    if "chemsys" in atoms.info:
-        return str(atoms.info["chemsys"])
-    from pymatgen.core import Element
+    computed = _ordered(frozenset(atoms.get_chemical_symbols()))
+    tag = atoms.info.get("chemsys")
+    if tag is not None and str(tag) != computed:
+        try:
+            same = canonical_chemsys(str(tag)) == computed
+        except ValueError:
+            same = False
+        if not same:
+            from calib.errors import CalibWarning
 
-    symbols = sorted(set(atoms.get_chemical_symbols()))
+            where = str(atoms.info.get("source", structure_name(atoms))).rsplit(":", 1)[0]
+            warnings.warn(f"{where}: the chemsys tag {str(tag)!r} contradicts the elements of its structure(s) "
+                          f"({computed}); the computed system is used", CalibWarning, stacklevel=2)
+    return computed
+
+
+def canonical_chemsys(text: str) -> str:
+    """The canonical spelling of a chemical system written in any order (``"F-Na"`` → ``"Na-F"``).
+
+    Raises ValueError for a part that is not an element symbol."""
+    parts = [p.strip() for p in str(text).split("-") if p.strip()]
+    bad = [p for p in parts if p not in chemical_symbols[1:]]
+    if bad or not parts:
+        raise ValueError(f"{text!r} is not a chemical system (element symbols joined by '-')")
+    return _ordered(frozenset(parts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ordered(symbols: frozenset) -> str:
+    from pymatgen.core import Element
 
     def key(sym: str):
         el = Element(sym)

@@ -5,10 +5,10 @@ chemistry have nearly identical pooled features, so that variance is tiny, while
 error on a difference grows with the difference itself: ΔE_ref ≈ ΔE_model / s. Measured on the
 shipped GPAW data, raw LLPR difference σ is ~50× too small. The model here is
 
-    var(ΔE) = β · var_LLPR + κ² · ΔE_model² + τ² + extra                      [eV²]
+    var(ΔE) = β · var_LLPR + κ² · ΔE_model² + τ²                              [eV²]
 
 with β (1), κ² (1) and τ² (eV²) fitted by the Gaussian NLL of labelled pairs' errors
-r = ΔE_ref − ΔE_model, and ``extra`` a known term (below). τ² is the floor that neither LLPR nor the
+r = ΔE_ref − ΔE_model. τ² is the floor that neither LLPR nor the
 softening explains: measured on the shipped data, pairs with |ΔE_model| ≈ 1 meV still err by
 50–80 meV, while the LLPR variance of such pairs spans orders of magnitude and cannot stand in for a
 floor. Conformal prediction on |r| / σ then gives the intervals.
@@ -18,9 +18,9 @@ error r_c = ΔE_ref − c·ΔE_model, and its variance
 
     var_c(ΔE) = β_c · c² var_LLPR + κ_c² · ΔE_model² + τ_c² + σ_c² · ΔE_model²
 
-uses the uncertainty of c itself (σ_c from its bootstrap CI, calib.softening.scale.correction_sigma: the known
-``extra`` term) and a residual
-κ_c² fitted on the corrected errors: what the one scalar does not fix.
+uses the uncertainty of c itself (σ_c from its bootstrap CI, calib.softening.correction.correction_sigma:
+a known term) and a residual κ_c² fitted on the corrected errors (:func:`corrected_errors`): what the
+one scalar does not fix.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ import numpy as np
 
 
 class DifferenceVarianceModel:
-    """var(ΔE) = β · v_LLPR + κ² · ΔE² + τ² + extra, fitted by the Gaussian NLL (eV², total energies).
+    """var(ΔE) = β · c² v_LLPR + (κ² + σ_c²) · ΔE² + τ², fitted by the Gaussian NLL (eV², total energies).
+
+    The one place where the variance of an energy difference is derived: pairs (:meth:`variance`), paths
+    (:meth:`covariance`, whose diagonal is :meth:`variance`) and the fit (:meth:`fit`) share it. For the
+    raw model c = 1 and σ_c = 0; for the corrected one c is the chemistry's scalar correction and σ_c its
+    uncertainty (known terms, not fitted).
 
     Attributes (after :meth:`fit`)
     ------------------------------
@@ -45,24 +50,39 @@ class DifferenceVarianceModel:
         self.kappa2_ = float(kappa2)
         self.tau2_ = float(tau2)
 
-    def variance(self, llpr_variance, delta_model, extra=0.0) -> np.ndarray:
-        """var(ΔE) in eV² for LLPR variances (eV²) and model differences (eV)."""
+    def variance(self, llpr_variance, delta_model, c=1.0, c_sigma=0.0) -> np.ndarray:
+        """var(ΔE) in eV² for LLPR difference variances (eV²) and model differences ΔE (eV); ``c`` and
+        ``c_sigma`` (scalars or per pair) scale the LLPR part and add σ_c² ΔE² (the corrected model)."""
         d = np.asarray(delta_model, dtype=float)
-        return self.beta_ * np.asarray(llpr_variance, dtype=float) + self.kappa2_ * d**2 + self.tau2_ + extra
+        c, cs = np.asarray(c, dtype=float), np.asarray(c_sigma, dtype=float)
+        return self.beta_ * c**2 * np.asarray(llpr_variance, dtype=float) + (self.kappa2_ + cs**2) * d**2 + self.tau2_
 
-    def sigma(self, llpr_variance, delta_model, extra=0.0) -> np.ndarray:
-        """σ(ΔE) in eV."""
-        return np.sqrt(self.variance(llpr_variance, delta_model, extra))
+    def sigma(self, llpr_variance, delta_model, c=1.0, c_sigma=0.0) -> np.ndarray:
+        """σ(ΔE) in eV (:meth:`variance`)."""
+        return np.sqrt(self.variance(llpr_variance, delta_model, c, c_sigma))
 
-    def fit(self, llpr_variance, delta_model, errors, extra=0.0) -> DifferenceVarianceModel:
-        """Minimise the mean Gaussian NLL of ``errors`` (eV) over log β, log κ², log τ² (L-BFGS-B from the
-        best point of a log grid)."""
+    def covariance(self, llpr_covariance, delta_model, c: float = 1.0, c_sigma: float = 0.0) -> np.ndarray:
+        """Covariance (eV²) of the differences D_i = E_i − E_0 of one path, i = 1 … M:
+
+            C_ij = β c² L_ij + (κ² + σ_c²) ΔE_i ΔE_j + τ²/2 · (1 + δ_ij)
+
+        with L the LLPR covariance of the differences (M × M). The softening term is fully correlated
+        along the path (a scale error has one sign) and the floor is independent per-image noise of
+        variance τ²/2, so that the diagonal equals :meth:`variance` of each pair (i, 0)."""
+        d = np.asarray(delta_model, dtype=float)
+        M = len(d)
+        return (self.beta_ * c**2 * np.asarray(llpr_covariance, dtype=float) + (self.kappa2_ + c_sigma**2)
+                * np.outer(d, d) + self.tau2_ / 2 * (np.ones((M, M)) + np.eye(M)))
+
+    def fit(self, llpr_variance, delta_model, errors, c=1.0, c_sigma=0.0) -> DifferenceVarianceModel:
+        """Minimise the mean Gaussian NLL of ``errors`` (eV) under :meth:`variance` over log β, log κ²,
+        log τ² (L-BFGS-B from the best point of a log grid); ``c``, ``c_sigma`` as in :meth:`variance`."""
         from scipy.optimize import minimize
 
-        v = np.asarray(llpr_variance, dtype=float)
         d2 = np.asarray(delta_model, dtype=float) ** 2
         r2 = np.asarray(errors, dtype=float) ** 2
-        ex = np.broadcast_to(np.asarray(extra, dtype=float), r2.shape)
+        v = np.asarray(c, dtype=float) ** 2 * np.asarray(llpr_variance, dtype=float)
+        ex = np.broadcast_to(np.asarray(c_sigma, dtype=float) ** 2 * d2, r2.shape)
         if not (v.shape == d2.shape == r2.shape) or r2.size < 2:
             raise ValueError(f"need ≥ 2 pairs with matching shapes, got {v.shape}, {d2.shape}, {r2.shape}")
 
@@ -96,6 +116,12 @@ class DifferenceVarianceModel:
                    float(ds[f"{prefix}_tau2"].values))
         self.n_pairs_ = int(ds[f"{prefix}_kappa2"].attrs.get("n_pairs", 0))
         return self
+
+
+def corrected_errors(errors, delta_model, c) -> np.ndarray:
+    """Errors of the corrected differences c·ΔE_model against the reference: r + (1 − c) ΔE_model (eV),
+    for errors r = ΔE_ref − ΔE_model."""
+    return np.asarray(errors, dtype=float) + (1 - np.asarray(c, dtype=float)) * np.asarray(delta_model, dtype=float)
 
 
 def pairs_within(groups) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calib.uq.differences import corrected_errors
+
 #: name -> (unit, what one point is)
 TARGETS = {
     "energy": ("eV", "total energy of a structure (after the element reference)"),
@@ -168,7 +170,7 @@ def difference_points(llpr, features, n_atoms, chemsys, errors, *, energies=None
         c, sc = (np.asarray(x, dtype=float)[i] for x in correction)
         has = np.isfinite(c)
         if has.any():
-            sig_c = models["corrected"].sigma(c**2 * v, dE, extra=(sc * dE) ** 2)
+            sig_c = models["corrected"].sigma(v, dE, c, sc)
             out["energy_difference_corrected"] = Points(
-                "energy_difference_corrected", sig_c, f[i] - f[j], labels, i, r + (1 - c) * dE).subset(has)
+                "energy_difference_corrected", sig_c, f[i] - f[j], labels, i, corrected_errors(r, dE, c)).subset(has)
     return out

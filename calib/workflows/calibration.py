@@ -54,8 +54,9 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
     ``raw`` is fitted on r = ΔE_ref − ΔE_model; ``corrected`` on r + (1 − c) ΔE_model with c fitted on
     the forces of each chemistry's structures (calib.softening.scale, structure bootstrap for σ_c).
     """
-    from calib.uq.differences import DifferenceVarianceModel, pairs_within
-    from calib.softening.scale import correction_sigma, fit_softening_by_chemsys
+    from calib.softening.correction import ScalarCorrection
+    from calib.softening.scale import fit_softening_by_chemsys
+    from calib.uq.differences import DifferenceVarianceModel, corrected_errors, pairs_within
 
     comp = [f"{c}|{a.get_chemical_formula()}" for c, a in zip(pred.chemsys, structs)]
     i, j = pairs_within(comp)
@@ -69,9 +70,8 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
     soft = fit_softening_by_chemsys(pred.chemsys, [pred.forces_of(k) for k in range(len(structs))],
                                     [get_forces(a) for a in structs], n_bootstrap=n_bootstrap,
                                     confidence=confidence)
-    c = np.array([soft[ch].correction for ch in pred.chemsys])
-    sc = np.array([correction_sigma(soft[ch].correction_ci, confidence) for ch in pred.chemsys])
-    corrected = DifferenceVarianceModel().fit(c[i] ** 2 * v, dE, r + (1 - c[i]) * dE, extra=(sc[i] * dE) ** 2)
+    c, sc = ScalarCorrection.from_results(soft).per_structure(pred.chemsys)
+    corrected = DifferenceVarianceModel().fit(v, dE, corrected_errors(r, dE, c[i]), c=c[i], c_sigma=sc[i])
     summary = {"difference_pairs": int(len(i))}
     for name, mdl in (("difference", raw), ("difference_corrected", corrected)):
         summary.update({f"{name}_beta": mdl.beta_, f"{name}_kappa2": mdl.kappa2_, f"{name}_tau2": mdl.tau2_,

@@ -87,8 +87,8 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
 
 
 def decision_corrections(decisions):
-    """The :class:`~calib.softening.scale.ScalarCorrection` of the chemistries decided "scale"."""
-    from calib.softening.scale import ScalarCorrection
+    """The :class:`~calib.softening.correction.ScalarCorrection` of the chemistries decided "scale"."""
+    from calib.softening.correction import ScalarCorrection
 
     scaled = [d for d in decisions if d.decision == "scale"]
     return ScalarCorrection(

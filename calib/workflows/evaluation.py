@@ -15,15 +15,6 @@ from calib.workflows.calibration import drop_zero_sigma
 from calib.workflows.labelled import predict_labelled
 
 
-def stored_correction(artifact: Artifact, chemsys) -> tuple[np.ndarray, np.ndarray] | None:
-    """(c, σ_c) per structure from the artifact's stored scalar corrections (NaN where none)."""
-    corr = artifact.corrections
-    if not len(corr):
-        return None
-    c = np.array([corr.factor(ch)[0] if ch in corr else np.nan for ch in chemsys])
-    return c, np.array([corr.sigma(ch) for ch in chemsys])
-
-
 def evaluate(
     artifact: Artifact,
     model: ModelAdapter,
@@ -67,7 +58,7 @@ def evaluate(
                           force_sigma=ok["forces_sigma"].values if forces else None,
                           energy_errors=lp.energy_errors - shift, force_errors=lp.force_errors,
                           energies=ok["energy"].values, differences=artifact.differences,
-                          correction=stored_correction(artifact, chem))
+                          correction=artifact.corrections.per_structure(chem))
     # energies need a determined element reference: structures without one (NaN shift) have no interval and
     # no score (build_points leaves out energy points whose error is not finite)
     n_without = int(np.sum(~np.isfinite(shift))) if np.ndim(shift) else 0

@@ -5,6 +5,8 @@ to image 0, D_i = E_i − E_0, have the covariance
 
     C_ij = β · L_ij + κ² · ΔE_i ΔE_j + τ²/2 · (1 + δ_ij)                        [eV²]
 
+(:meth:`calib.uq.differences.DifferenceVarianceModel.covariance`, whose diagonal is the pair variance)
+
 where L_ij = α² (s_i f_i − s_0 f_0)ᵀ Σ (s_j f_j − s_0 f_0) is the LLPR covariance of the differences
 (neighbouring images have nearly equal features, so it is strongly correlated), κ² ΔE_i ΔE_j the
 softening term of calib.uq.differences taken as fully correlated along the path (a scale error has one
@@ -52,15 +54,6 @@ def difference_covariance(llpr, features, n_atoms) -> np.ndarray:
     """LLPR covariance (eV²) of E_i − E_0 for i = 1 … M from the pooled features of images 0 … M."""
     C = llpr.energy_covariance(features, n_atoms)
     return C[1:, 1:] - C[1:, :1] - C[:1, 1:] + C[0, 0]
-
-
-def band_covariance(L, delta, model, c: float = 1.0, c_sigma: float = 0.0) -> np.ndarray:
-    """C_ij of the relative energies (eV²) from the LLPR part ``L`` (M × M), model differences ``delta``
-    (M,) and a calib.uq.differences model (β, κ², τ²); c scales the LLPR part, c_sigma adds σ_c² ΔE_i ΔE_j."""
-    d = np.asarray(delta, dtype=float)
-    M = len(d)
-    return (model.beta_ * c**2 * L + (model.kappa2_ + c_sigma**2) * np.outer(d, d)
-            + model.tau2_ / 2 * (np.ones((M, M)) + np.eye(M)))
 
 
 def barrier_weights(m: int, M: int) -> dict:
@@ -115,12 +108,12 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
     out["name"] = ("image", ds["name"].values)
     chem = str(ds["chemsys"].values[0])
     variants = [("", 1.0, 0.0, art.differences["raw"], art.conformal.get("energy_difference"))]
-    if chem in art.corrections and "corrected" in art.differences:
-        c, sc = art.corrections.factor(chem)[0], art.corrections.sigma(chem)
+    c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
+    if np.isfinite(c) and "corrected" in art.differences:
         variants.append(("_corrected", c, sc, art.differences["corrected"],
                          art.conformal.get("energy_difference_corrected")))
     for suffix, c, sc, model, cal in variants:
-        C = band_covariance(L, D, model, c, sc)
+        C = model.covariance(L, D, c, sc)
         q = cal.quantile_ if cal is not None else np.nan
         rel = np.concatenate([[0.0], c * D])
         sig = np.concatenate([[0.0], np.sqrt(np.diag(C))])

@@ -67,6 +67,6 @@ def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
 
 def store_corrections(artifact: Artifact, results: dict, only=None) -> Artifact:
     """A new artifact with the scalar corrections of these softening results (those in ``only``)."""
-    from calib.softening.scale import ScalarCorrection
+    from calib.softening.correction import ScalarCorrection
 
     return artifact.with_corrections(ScalarCorrection.from_results(results, only=only))
