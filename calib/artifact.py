@@ -120,7 +120,7 @@ class Artifact:
 
     def check_model(self, model) -> None:
         """Raise :class:`ArtifactError` unless ``model`` is the model this artifact was fitted with."""
-        from calib.models import model_spec
+        from calib.models import model_hint
 
         fp = model.fingerprint()
         if fp != self.model_info.get("model_fingerprint"):
@@ -128,7 +128,7 @@ class Artifact:
                 f"artifact was fitted with {self.model_info.get('model_name')} "
                 f"{self.model_info.get('model_version')} (weights {self.model_info.get('model_fingerprint', '')[:12]}), "
                 f"but the model given is {model.name} {model.version} (weights {fp[:12]}); "
-                f"pass the model it was fitted with (--model {model_spec(self.model_info)} on the command line) or refit "
+                f"pass the model it was fitted with (--model {model_hint(self.model_info)} on the command line) or refit "
                 "the artifact with this one"
             )
         mine = (self.model_info.get("feature_set", "last"), int(self.model_info.get("n_features", -1)))

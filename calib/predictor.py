@@ -127,15 +127,10 @@ class CalibratedPredictor:
     @classmethod
     def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True):
         """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None."""
-        from calib.models import load_model, model_spec
+        from calib.models import resolve_model
 
         art = Artifact.load(path)
-        if model is None:
-            model = load_model(model_spec(art.model_info), device=device,
-                               feature_set=art.model_info.get("feature_set", "last"))
-        else:
-            model = load_model(model, device=device)
-        return cls(model, art, require_calibrated=require_calibrated)
+        return cls(resolve_model(model, artifact=art, device=device), art, require_calibrated=require_calibrated)
 
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,

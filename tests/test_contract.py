@@ -351,3 +351,35 @@ def test_no_third_party_warnings_on_stderr(d, tmp_path):
     ase.io.write(tmp_path / "ne.extxyz", [a], format="extxyz")
     r = run("predict", tmp_path / "ne.extxyz", "--calibration", d / "CAL.nc", "-q")
     assert "electronegativity" not in r.stderr and "Warning" not in r.stderr, r.stderr
+
+
+class _Payload:
+    """A pickle that creates a file when it is loaded: what a model file named by a hostile artifact could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_an_artifact_never_makes_calib_unpickle_a_file(d, tmp_path, chgnet):
+    """An artifact whose provenance names a model file (with a valid checksum: anyone can compute one) is
+    refused on every route that resolves a model from it; the pickle is never loaded. The user can still
+    pass that model explicitly."""
+    import torch
+
+    from calib import CalibratedPredictor
+    from calib.artifact import Artifact
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.model"
+    torch.save(_Payload(marker), evil)
+    art = Artifact.load(d / "CAL.nc")
+    art.replace(model_info={**art.model_info, "model_name": "mace", "model_version": str(evil)}).save(
+        tmp_path / "A.nc")
+    with pytest.raises(ValueError, match="does not load a model file that an artifact names"):
+        CalibratedPredictor.from_file(tmp_path / "A.nc")
+    r = run("predict", d / "eq.extxyz", "--calibration", tmp_path / "A.nc", "--json")
+    assert r.exit_code == 2 and doc_of(r)["kind"] == "usage" and "--model" in doc_of(r)["error"]
+    assert "--model None" not in doc_of(r)["error"]  # not blamed on an option the user never passed
+    assert not marker.exists()

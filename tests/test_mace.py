@@ -137,10 +137,10 @@ def test_artifact_refuses_other_weights(adapter):
     art.check_model(adapter)
 
 
-def test_calibrate_and_predict_through_the_predictor(adapter, tmp_path):
+def test_calibrate_and_predict_through_the_predictor(adapter, model_file, tmp_path):
     """The whole path with a total-energy model: H, calibration on GPAW labels, predictor from the file."""
     from calib import datasets
-    from calib.models import load_model, model_spec
+    from calib.models import load_model, model_hint
     from calib.workflows.hessian import build_hessian
     from calib.workflows.calibration import calibrate
     from calib.predictor import CalibratedPredictor
@@ -150,10 +150,13 @@ def test_calibrate_and_predict_through_the_predictor(adapter, tmp_path):
     res = calibrate(art, adapter, lab, alpha=0.2, progress=False, difference_model=False)
     assert res.artifact.model_info["energy_convention"] == "total"
     res.artifact.save(tmp_path / "cal.nc")
-    # the artifact names the model file; loading it by that name gives the same weights
-    assert load_model(model_spec(res.artifact.model_info)).fingerprint() == adapter.fingerprint()
+    # the artifact names the model file; passing that file gives the same weights, but the artifact alone never
+    # makes calib load (unpickle) it
+    assert load_model(model_hint(res.artifact.model_info)).fingerprint() == adapter.fingerprint()
+    with pytest.raises(ValueError, match="does not load a model file that an artifact names"):
+        CalibratedPredictor.from_file(tmp_path / "cal.nc")
     probe = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[1::4]]
-    ds = CalibratedPredictor.from_file(tmp_path / "cal.nc").predict(probe, forces=True)
+    ds = CalibratedPredictor.from_file(tmp_path / "cal.nc", model=str(model_file)).predict(probe, forces=True)
     assert (ds["error"].values == "").all()
     assert np.all(np.isfinite(ds["energy_sigma"].values)) and np.all(ds["energy_sigma"].values > 0)
     assert np.all(ds["energy_low"].values < ds["energy_high"].values)

@@ -208,6 +208,42 @@ def test_distributed_screen_equals_serial(client, cal_file, stream_file, tmp_pat
             assert list(x) == list(y), var
 
 
+@pytest.mark.slow
+def test_last2_artifact_through_a_local_cluster(client, tmp_path):
+    """The feature set travels with the model on every route: a CHGNet 'last2' (4224-feature) Hessian built on
+    the cluster equals the serial one, and a 'last2' artifact screens on the cluster as it does serially
+    (calib 0.4 sent the workers the name alone: a 64-feature H, then an artifact error)."""
+    from calib import datasets
+    from calib.data.prototypes import perturbed_set
+    from calib.models import load_model
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.screen import read_results, screen
+
+    m = load_model("chgnet", feature_set="last2")
+    structs = perturbed_set(n_variants=1, seed=3)[:8]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker
+    try:
+        serial, _ = build_hessian(m, structs, batch_size=4, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    dist, _ = build_hessian(m, structs, batch_size=4, progress=False, client=client)
+    assert dist.llpr.n_features == serial.llpr.n_features == 4224
+    assert dist.model_info["feature_set"] == "last2"
+    rel = np.abs(dist.llpr.hessian_ - serial.llpr.hessian_).max() / np.abs(serial.llpr.hessian_).max()
+    assert rel < 1e-12, rel
+    lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
+    cal = calibrate(serial, m, lab, target="energy", with_forces=False, alpha=0.2, progress=False).artifact
+    cal.save(tmp_path / "last2.nc")
+    screen(structs, tmp_path / "last2.nc", tmp_path / "s.nc", batch_size=4, progress=False)
+    screen(structs, tmp_path / "last2.nc", tmp_path / "d.nc", batch_size=4, client=client, progress=False)
+    a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "d.nc")
+    assert (a["status"].values != "failed").all()
+    np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, rtol=1e-9)
+    assert list(a["reason"].values) == list(b["reason"].values)
+
+
 def test_thread_choice_precedence(monkeypatch):
     from calib.models.threads import choose_threads
 

@@ -147,16 +147,12 @@ def fail(msg: str, kind: str = "input") -> None:
 def load_model_for(spec: Optional[str], device: str, artifact=None):
     """The model ``--model`` names; when it is not given, the one ``artifact`` (a loaded
     :class:`~calib.artifact.Artifact`) was fitted with, CHGNet 0.3.0 without an artifact."""
-    from calib.models import load_model, model_spec
+    from calib.models import resolve_model
 
-    feature_set = "last"
-    if spec is None and artifact is not None:
-        spec, feature_set = model_spec(artifact.model_info), artifact.model_info.get("feature_set", "last")
-    spec = spec or "chgnet"
     try:
-        return load_model(spec, device=device, feature_set=feature_set)
+        return resolve_model(spec, artifact=artifact, device=device)
     except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(f"--model {spec}: {exc}") from None
+        raise UsageError(f"--model {spec}: {exc}" if spec is not None else str(exc)) from None
 
 
 def model_and_artifact(spec: Optional[str], device: str, path: Optional[Path]):

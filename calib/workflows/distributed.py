@@ -82,35 +82,37 @@ def _set_threads() -> None:
         pass
 
 
-def worker_model(spec: str, device: str = "cpu"):
-    """The model adapter of ``spec`` on this process, loaded once."""
-    from calib.models import load_model
+def worker_model(spec, device: str = "cpu"):
+    """The model adapter of ``spec`` (a :class:`calib.models.ModelSpec`, or a name) on this process, loaded once."""
+    from calib.models import spec_for
 
+    spec = spec_for(spec)
     key = ("model", spec, device)
     if key not in _CACHE:
         _set_threads()
-        _CACHE[key] = load_model(spec, device=worker_device(device))
+        _CACHE[key] = spec.load(worker_device(device))
     return _CACHE[key]
 
 
-def worker_predictor(calibration: str, model: str | None, device: str = "cpu"):
-    """The CalibratedPredictor of an artifact file on this process, loaded once (model once per spec)."""
+def worker_predictor(calibration: str, model, device: str = "cpu"):
+    """The CalibratedPredictor of an artifact file on this process, loaded once (model once per spec): the
+    model ``model`` names (a spec or a name) or, when None, the one the artifact was fitted with, with its
+    feature set."""
     from calib.artifact import Artifact
-    from calib.models import model_spec
+    from calib.models import spec_for
     from calib.predictor import CalibratedPredictor
 
     key = ("predictor", os.path.abspath(calibration), os.path.getmtime(calibration), model, device)
     if key not in _CACHE:
         art = Artifact.load(calibration)
-        spec = model or model_spec(art.model_info)
-        _CACHE[key] = CalibratedPredictor(worker_model(spec, device), art)
+        _CACHE[key] = CalibratedPredictor(worker_model(spec_for(model, artifact=art), device), art)
     return _CACHE[key]
 
 
 # --------------------------------------------------------------------------- Hessian
 
 
-def partial_hessian(spec: str, device: str, structures: Sequence, batch_size: int, force_weight: float = 0.0):
+def partial_hessian(spec, device: str, structures: Sequence, batch_size: int, force_weight: float = 0.0):
     """(H as float64 array, number of structures, batches) of one shard of already-validated structures."""
     from calib.uq.hessian import HessianAccumulator
     from calib.workflows.accumulate import add_batch
@@ -123,7 +125,7 @@ def partial_hessian(spec: str, device: str, structures: Sequence, batch_size: in
     return acc.hessian(), acc.n_structures, acc.n_batches
 
 
-def distributed_hessian(client, spec: str, structures: Sequence, *, device: str = "cpu", batch_size: int = 16,
+def distributed_hessian(client, spec, structures: Sequence, *, device: str = "cpu", batch_size: int = 16,
                         force_weight: float = 0.0, n_shards: int | None = None, progress: bool = True):
     """H over ``structures`` accumulated on the cluster: a :class:`calib.uq.hessian.HessianResult`.
 
@@ -139,9 +141,12 @@ def distributed_hessian(client, spec: str, structures: Sequence, *, device: str 
     from calib.uq.hessian import HessianAccumulator, HessianResult
     from calib.data.structures import structures_fingerprint, validate
 
-    if not isinstance(spec, str):
-        raise TypeError("distributed accumulation needs the model as a load_model name (e.g. 'chgnet'): "
-                        "each worker loads it itself")
+    from calib.models import ModelSpec, spec_for
+
+    if not isinstance(spec, (str, ModelSpec)):
+        raise TypeError("distributed accumulation needs the model as a ModelSpec or a load_model name (e.g. "
+                        "'chgnet'): each worker loads it itself")
+    spec = spec_for(spec)
     t0 = time.perf_counter()
     model = worker_model(spec, "cpu")  # here only for its elements, cutoff and feature count
     good, issues = validate(structures, supported_elements=model.supported_elements, cutoff=model.cutoff)

@@ -37,11 +37,11 @@ def build_hessian(
     """
     if client is not None:
         from calib.workflows.distributed import distributed_hessian
-        from calib.models import model_spec
+        from calib.models import spec_of
 
         if checkpoint is not None:
             raise ValueError("checkpoints are for serial runs: a distributed accumulation reruns lost shards itself")
-        res = distributed_hessian(client, model_spec(model.describe()), structures, device=str(model.device),
+        res = distributed_hessian(client, spec_of(model), structures, device=str(model.device),
                                   batch_size=batch_size, force_weight=force_weight, progress=progress)
     else:
         res = accumulate_hessian(model, structures, batch_size=batch_size, force_weight=force_weight,

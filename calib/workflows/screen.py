@@ -429,8 +429,11 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         else:
             from calib.workflows.distributed import ordered_batches
 
+            from calib.models import ModelAdapter, spec_of
+
+            on_workers = spec_of(model) if isinstance(model, ModelAdapter) else model  # a spec travels, not weights
             results = ordered_batches(client, _screen_on_worker, stream, writer.rows,
-                                      os.path.abspath(calibration), model, device, options)
+                                      os.path.abspath(calibration), on_workers, device, options)
         done = 0
         for batch, rows in results:
             writer.write(rows, batch_fingerprint(batch))

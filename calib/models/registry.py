@@ -1,0 +1,169 @@
+"""One resolver from a name, a file or an artifact's provenance to a model adapter.
+
+Every route that needs a model (the command line, :meth:`calib.predictor.CalibratedPredictor.from_file`,
+the dask workers, :func:`calib.workflows.hessian.build_hessian` on a cluster) goes through
+:func:`resolve_model`, so the feature set an artifact was fitted on travels with it.
+
+A :class:`ModelSpec` is what identifies a model to load: a registered name (``chgnet``, ``chgnet:VERSION``,
+``mace-small``) or a model file *the user passed*, and the feature set. It is small and picklable, which
+is what a dask worker receives.
+
+Trust: a MACE ``.model`` file is a pickle, and unpickling runs code. calib loads such a file only from a
+path the user gives (``--model PATH``, ``load_model(PATH)``, ``model=``). An artifact is data: when its
+provenance names a model file, calib refuses to load that path and asks for ``--model`` (the artifact's
+weights fingerprint is then checked against the model given).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from calib.models.base import ModelAdapter
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to load: ``name`` (a registered name or a model file the user passed) and ``feature_set``."""
+
+    name: str
+    feature_set: str = "last"
+
+    def load(self, device: str = "cpu") -> ModelAdapter:
+        """The adapter of this spec on ``device``."""
+        return load_model(self.name, device=device, feature_set=self.feature_set)
+
+
+def _chgnet(version: str, device: str, feature_set: str) -> ModelAdapter:
+    from calib.models.chgnet import CHGNetAdapter
+
+    return CHGNetAdapter(version=version or "0.3.0", device=device, feature_set=feature_set)
+
+
+def _mace_small(version: str, device: str, feature_set: str) -> ModelAdapter:
+    path = shipped_mace_path()
+    if not os.path.exists(path):
+        raise ValueError(f"the shipped small MACE model is missing ({path}); see datasets/models/mace-small")
+    return _mace_file(path, "mace-small", device, feature_set)
+
+
+#: name -> loader(version, device, feature_set): the models calib loads without a path from outside
+#: (weights inside a wheel or shipped with calib). "chgnet:VERSION" passes VERSION to the loader.
+REGISTRY: dict[str, Callable[[str, str, str], ModelAdapter]] = {"chgnet": _chgnet, "mace-small": _mace_small}
+
+
+def shipped_mace_path() -> str:
+    """Path of the small MACE model shipped with calib (datasets/models/mace-small, for tests and the demo)."""
+    from calib.data.datasets import root
+
+    return os.path.join(root(), "models", "mace-small", "mace-small.model")
+
+
+def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = "cpu",
+               feature_set: str = "last") -> ModelAdapter:
+    """An adapter from a name, a file or a module.
+
+    * ``"chgnet"`` (CHGNet 0.3.0, shipped in the chgnet wheel) or ``"chgnet:VERSION"`` (``0.2.0``, ``r2scan``);
+    * ``"mace-small"``: the small distilled MACE shipped under datasets/models (tests, demo; not for science);
+    * a MACE ``.model`` file (MACE-MP-0 or a fine-tuned model), or ``"mace:PATH"``: a pickle, loaded
+      because you name it (load only files you trust);
+    * a MACE ``torch.nn.Module``, or any :class:`ModelAdapter`, passed through.
+
+    ``feature_set`` selects CHGNet's last-layer features (``"last"`` or ``"last2"``); MACE has one.
+    """
+    if isinstance(spec, ModelAdapter):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        import torch
+
+        if isinstance(spec, torch.nn.Module) and hasattr(spec, "readouts"):
+            from calib.models.mace import MACEAdapter
+
+            return _with_spec(MACEAdapter(spec, device=device), ModelSpec("mace-module"))
+        raise TypeError(f"cannot make a model from an object of type {type(spec).__name__}")
+    spec = os.fspath(spec)
+    name, _, version = spec.partition(":")
+    if name in REGISTRY and name != "mace":
+        return _with_spec(REGISTRY[name](version, device, feature_set), ModelSpec(spec, feature_set))
+    path = version if name == "mace" else spec
+    if path in REGISTRY:  # "mace:mace-small"
+        return load_model(path, device, feature_set)
+    if path.endswith(".model") or os.path.isfile(path):
+        if not os.path.exists(path):
+            raise ValueError(f"model file not found: {path}")
+        return _mace_file(path, os.path.abspath(path), device, feature_set)
+    raise ValueError(f"unknown model {spec!r}: use {', '.join(repr(k) for k in REGISTRY)}, 'chgnet:VERSION' "
+                     "or a MACE .model file")
+
+
+def _mace_file(path: str, version: str, device: str, feature_set: str) -> ModelAdapter:
+    if feature_set != "last":
+        raise ValueError(f"feature_set={feature_set!r}: MACE models have one feature set, 'last'")
+    try:
+        from calib.models.mace import MACEAdapter
+    except ImportError as exc:
+        raise ValueError(f"{path}: MACE models need mace-torch: pip install -e '.[mace]' ({exc})") from None
+    try:
+        adapter = MACEAdapter(path, device=device, version=version)
+    except (TypeError, AttributeError, KeyError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a MACE model calib can read ({type(exc).__name__}: {exc})") from None
+    return _with_spec(adapter, ModelSpec(os.path.abspath(path) if version != "mace-small" else "mace-small"))
+
+
+def _with_spec(adapter: ModelAdapter, spec: ModelSpec) -> ModelAdapter:
+    adapter.spec = spec
+    return adapter
+
+
+def spec_of(model: ModelAdapter) -> ModelSpec:
+    """The :class:`ModelSpec` that loads ``model`` again (on a dask worker): the one it was loaded from, or
+    for an adapter built by hand, the registered name its provenance gives."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, ModelSpec) and spec.name != "mace-module":
+        return spec
+    return spec_from_provenance(model.describe(), what="this model")
+
+
+def spec_from_provenance(model_info: dict, what: str = "the artifact") -> ModelSpec:
+    """The :class:`ModelSpec` an artifact's provenance names, for the registered models only.
+
+    Raises ValueError when the provenance names a model file (or a model calib cannot load by name): an
+    artifact never makes calib unpickle a file; pass the model yourself."""
+    name, version = str(model_info.get("model_name")), str(model_info.get("model_version") or "")
+    feature_set = str(model_info.get("feature_set", "last"))
+    if name == "chgnet":
+        return ModelSpec(f"chgnet:{version}" if version else "chgnet", feature_set)
+    if name == "mace" and version == "mace-small":
+        return ModelSpec("mace-small", feature_set)
+    if name == "mace":
+        raise ValueError(f"{what} was fitted with the MACE model file {version}; calib does not load a model "
+                         "file that an artifact names (a .model file is a pickle: loading it runs code): pass "
+                         f"--model {version} (model=... in Python) if you trust that file")
+    raise ValueError(f"{what} was fitted with the model {name!r} {version}, which calib cannot load by name: "
+                     "pass the model (--model, or model=... in Python)")
+
+
+def spec_for(model=None, *, artifact=None, feature_set: str | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of ``model`` (a name or a file you pass) or, when it is None, of the model
+    ``artifact`` (an :class:`calib.artifact.Artifact`) was fitted with, or CHGNet 0.3.0 without either.
+    ``feature_set`` defaults to the artifact's (``"last"`` without one)."""
+    if isinstance(model, ModelSpec):
+        return model
+    info = artifact.model_info if artifact is not None else {}
+    feature_set = feature_set or str(info.get("feature_set", "last"))
+    if model is None:
+        name = spec_from_provenance(info).name if artifact is not None else "chgnet"
+        return ModelSpec(name, feature_set)
+    return ModelSpec(os.fspath(model), feature_set)
+
+
+def resolve_model(model=None, *, artifact=None, device: str = "cpu", feature_set: str | None = None
+                  ) -> ModelAdapter:
+    """The adapter to use: :func:`spec_for` loaded on ``device``; an adapter or a module passes through.
+
+    A ``last2`` artifact gets a ``last2`` model on every route. The model is not checked against the
+    artifact here (``Artifact.check_model`` does it)."""
+    if model is not None and not isinstance(model, (str, os.PathLike, ModelSpec)):
+        return load_model(model, device=device)
+    return spec_for(model, artifact=artifact, feature_set=feature_set).load(device)
