@@ -37,7 +37,7 @@ _API = {
     "accumulate_hessian": "calib.workflows.accumulate",
     "Artifact": "calib.artifact",
     "ArtifactError": "calib.artifact",
-    "read_structures": "calib.data.structures",
+    "read_structures": "calib.data.readers",
     "validate": "calib.data.structures",
     "chemsys": "calib.data.structures",
     "StructureError": "calib.data.structures",

@@ -15,6 +15,7 @@ structures, concatenated; ``structure_index`` says whose), ``component``
 variable                dims                    meaning
 ======================= ======================= ==========================================================
 name, chemsys           structure               ``info["name"]`` or the formula; elements by electronegativity
+source                  structure               ``file:frame`` the structure was read from ("" for objects)
 error                   structure               why a structure was skipped ("" when predicted)
 n_atoms                 structure               atoms predicted (0 for a skipped structure)
 energy                  structure               model total energy, eV
@@ -247,11 +248,14 @@ class CalibratedPredictor:
 
         names = s(np.array([_name(a) for a in kept], dtype=object), fill="").astype(object)
         names[at_bad] = [i.name for i in pred.issues]
+        sources = s(np.array([str(a.info.get("source", "")) for a in kept], dtype=object), fill="").astype(object)
+        sources[at_bad] = [i.source for i in pred.issues]
         errors = np.full(len(rows), "", dtype=object)
         errors[at_bad] = [i.problem for i in pred.issues]
         out = {
             "structure": ("s", rows),
             "name": ("s", names.astype(str)),
+            "source": ("s", sources.astype(str)),
             "chemsys": ("s", s(np.array(pred.chemsys, dtype=object), fill="")),
             "error": ("s", errors.astype(str)),
             "n_atoms": ("s", s(pred.n_atoms.astype(int), fill=0)),
@@ -361,14 +365,14 @@ class CalibratedPredictor:
 
 def as_structures(obj) -> Iterable[Atoms]:
     """One structure or file, a list of them (read now), or any other iterable (converted lazily)."""
-    from calib.data.structures import read_structures, to_atoms
+    from calib.data.readers import iter_structures, read_structures
 
     single = isinstance(obj, (str, os.PathLike, Atoms)) or type(obj).__name__ in ("Structure", "Molecule")
     if single:
         return read_structures([obj])
     if isinstance(obj, Sequence):
         return read_structures(list(obj))
-    return (a if isinstance(a, Atoms) else to_atoms(a) for a in obj)
+    return iter_structures(obj)
 
 
 def _name(atoms) -> str:

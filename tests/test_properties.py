@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calib.data.labelers import repair_torn_tail
-from calib.data.structures import MIN_DISTANCE, StructureError, check_structure, read_structures
+from calib.data.readers import read_structures
+from calib.data.structures import MIN_DISTANCE, StructureError, check_structure
 
 SUPPORTED = {1, 3, 6, 8, 9, 11, 14, 17}
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

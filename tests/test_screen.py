@@ -48,7 +48,7 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     follows from the other columns by the documented rule; numbers equal the predictor's."""
     from calib import CalibratedPredictor
     from calib.workflows.screen import read_results, screen
-    from calib.data.structures import read_structures
+    from calib.data.readers import read_structures
 
     path, n, bad = stream_file
     out = tmp_path / "r.nc"
@@ -288,3 +288,18 @@ def test_cli_hessian_and_screen_with_workers(cal_file, tmp_path, chgnet):
     a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "w.nc")
     np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, rtol=1e-9)
     assert list(a["status"].values) == list(b["status"].values)
+
+
+def test_screen_does_not_read_its_own_output(cal_file, tmp_path, chgnet):
+    """`screen DIR -o DIR/out.nc`: the results file and its resume journal are not candidates."""
+    import ase.io
+
+    from calib.data.prototypes import perturbed_set
+    from calib.workflows.screen import screen
+
+    folder = tmp_path / "cands"
+    folder.mkdir()
+    for k, a in enumerate(perturbed_set(n_variants=1, seed=2)[:3]):
+        ase.io.write(folder / f"s{k}.cif", a)
+    summary = screen([folder], cal_file, folder / "out.nc", model=chgnet, progress=False)
+    assert summary["n_total"] == 3 and summary["n_failed"] == 0

@@ -4,7 +4,8 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from calib.data.structures import (StructureError, check_structure, chemsys, read_structures, validate)
+from calib.data.readers import read_structures
+from calib.data.structures import StructureError, check_structure, chemsys, validate
 
 
 def labelled(atoms, energy=-1.0, forces=None):
@@ -67,8 +68,9 @@ def test_chemsys_order_and_override():
     assert chemsys(srtio3) == "Sr-Ti-O"
     assert chemsys(bulk("SiC", "zincblende", 4.36)) == "Si-C"
     a = bulk("Si")
-    a.info["chemsys"] = "custom"
-    assert chemsys(a) == "custom"
+    a.info["chemsys"] = "custom"  # calib < 0.5 used any tag verbatim; a system is now its element set
+    with pytest.warns(UserWarning, match="'custom' contradicts"):
+        assert chemsys(a) == "Si"
 
 
 @pytest.mark.parametrize("fmt,ext", [("extxyz", "xyz"), ("cif", "cif"), ("vasp", "POSCAR"), ("db", "db")])
@@ -146,3 +148,48 @@ def test_chemsys_is_an_element_set():
     assert canonical_chemsys("O-Ti-Sr") == "Sr-Ti-O"
     with pytest.raises(ValueError, match="not a chemical system"):
         canonical_chemsys("LiF-surface")
+
+
+def test_one_reader_rules(tmp_path, monkeypatch):
+    """Folders are read file by file (hidden and excluded files left out); a cut .gz gives its intact frames
+    first and names the frame it stopped at; '-' twice is refused; single-structure files are named after
+    the file and database rows after their source."""
+    import gzip
+    import io
+
+    import ase.io
+    from ase.db import connect
+
+    from calib.data.readers import iter_structures, read_structures
+    from calib.data.structures import StructureReadError
+
+    frames = [bulk("Si", "diamond", 5.43 + 0.01 * k) for k in range(5)]
+    for k, a in enumerate(frames):
+        a.info["name"] = f"f{k}"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ase.io.write(folder / "b.cif", bulk("NaCl", "rocksalt", 5.64))
+    ase.io.write(folder / "a.extxyz", frames[:2], format="extxyz")
+    (folder / ".hidden.xyz").write_text("garbage")
+    (folder / "skip.xyz").write_text("garbage")
+    got = read_structures(folder, exclude=[folder / "skip.xyz"])
+    assert [a.info["name"] for a in got] == ["f0", "f1", "b"]
+    assert [a.info["source"] for a in got] == ["a.extxyz:0", "a.extxyz:1", "b.cif:0"]
+    with connect(tmp_path / "r.db") as db:
+        db.write(bulk("Cu", "fcc", 3.6))
+    assert read_structures(tmp_path / "r.db")[0].info["name"] == "r.db:id=1"
+    # a .gz cut short: strict names the file and the frame; the stream gives the intact frames first
+    buf = io.StringIO()
+    ase.io.write(buf, frames, format="extxyz")
+    raw = gzip.compress(buf.getvalue().encode())
+    (tmp_path / "cut.extxyz.gz").write_bytes(raw[: int(0.8 * len(raw))])
+    stream = iter_structures(tmp_path / "cut.extxyz.gz")
+    first = [next(stream) for _ in range(2)]
+    assert [a.info["name"] for a in first] == ["f0", "f1"]
+    with pytest.raises(StructureReadError, match=r"could not read frame \d \(after \d complete .*cut.extxyz.gz"):
+        list(stream)
+    loose = list(iter_structures(tmp_path / "cut.extxyz.gz", strict=False))
+    assert loose[-1].info["read_error"] and len(loose) >= 3
+    monkeypatch.setattr("sys.stdin", io.StringIO(buf.getvalue()))
+    with pytest.raises(StructureReadError, match="given more than once"):
+        read_structures(["-", "-"])

@@ -168,7 +168,8 @@ def model_and_artifact(spec: Optional[str], device: str, path: Optional[Path]):
 def read_inputs(paths: List[Path], subset: Optional[dict] = None):
     """The structures of these files (InputError naming the file otherwise), subset by --every/--limit/
     --shuffle/--seed when given."""
-    from calib.data.structures import read_structures, take_subset
+    from calib.data.readers import read_structures
+    from calib.data.structures import take_subset
 
     try:
         structs = read_structures([str(p) for p in paths])

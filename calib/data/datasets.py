@@ -58,8 +58,8 @@ def load(name: str, chemsys: str | None = None) -> list[Atoms]:
     ``neb`` holds the GPAW-labelled images only (``chgnet_path.extxyz`` beside
     them is the unlabelled CHGNet path and is not loaded).
     """
-    import ase.io
-
+    from calib.data.readers import iter_structures
+    from calib.data.structures import canonical_chemsys
     from calib.data.structures import chemsys as get_chemsys
 
     if name not in _FOLDERS:
@@ -69,10 +69,10 @@ def load(name: str, chemsys: str | None = None) -> list[Atoms]:
         raise FileNotFoundError(
             f"dataset {name!r} not found under {os.path.join(root(), _FOLDERS[name])}; "
             "set CALIB_DATASETS to the repository's datasets/ folder")
+    want = None if chemsys is None else canonical_chemsys(chemsys)  # a set of elements: "F-Li" is "Li-F"
     out: list[Atoms] = []
-    for path in files:
-        for atoms in ase.io.read(path, index=":"):
-            atoms.info.setdefault("chemsys", get_chemsys(atoms))
-            if chemsys is None or atoms.info["chemsys"] == chemsys:
-                out.append(atoms)
+    for atoms in iter_structures(files):
+        atoms.info["chemsys"] = get_chemsys(atoms)
+        if want is None or atoms.info["chemsys"] == want:
+            out.append(atoms)
     return out

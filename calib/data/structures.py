@@ -15,7 +15,6 @@ and the problem, so the caller can report it and carry on with the rest.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,20 +40,35 @@ class StructureError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class StructureReadError(ValueError):
+    """Input that cannot be read: the message names the file, the frame (when one was reached) and the problem."""
+
+    def __init__(self, message: str, path: str = "", frame: int | None = None):
+        self.path, self.frame = path, frame
+        super().__init__(message)
+
+
+class StructureFileNotFound(StructureReadError, FileNotFoundError):
+    """A structure file that does not exist."""
+
+
 @dataclass(frozen=True)
 class StructureIssue:
-    """A structure skipped from a batch: its position in the input and why."""
+    """A structure skipped from a batch: its position in the input, where it was read from and why.
+
+    ``source`` is ``file:frame`` (``file.db:id=N``) for structures read from files, "" for objects."""
 
     index: int
     name: str
     problem: str
+    source: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
-        name = f" ({self.name})" if self.name else ""
-        return f"structure {self.index}{name}: {self.problem}"
+        where = ", ".join(x for x in (self.name, self.source if self.source != self.name else "") if x)
+        return f"structure {self.index}" + (f" ({where})" if where else "") + f": {self.problem}"
 
 
 def structure_name(atoms: Atoms) -> str:
@@ -130,27 +144,6 @@ def to_atoms(obj) -> Atoms:
     )
 
 
-def read_structures(sources: str | os.PathLike | Atoms | Iterable) -> list[Atoms]:
-    """Read structures from files and/or objects into a flat list of Atoms.
-
-    Parameters
-    ----------
-    sources
-        A path, an Atoms/Structure, or an iterable of these. Each file may hold
-        several frames (extxyz, ASE db, trajectories); all are read. The path
-        ``"-"`` reads extended XYZ from standard input.
-    """
-    if isinstance(sources, (str, os.PathLike, Atoms)) or not isinstance(sources, Iterable):
-        sources = [sources]
-    out: list[Atoms] = []
-    for src in sources:
-        if isinstance(src, (str, os.PathLike)):
-            out.extend(_read_file(src))
-        else:
-            out.append(to_atoms(src))
-    return out
-
-
 def take_subset(structures: Sequence[Atoms], every: int = 1, limit: int | None = None, shuffle: bool = False,
                 seed: int = 0) -> list[Atoms]:
     """A subset of ``structures``: every ``every``-th one, then shuffled (``seed``) when asked, then the
@@ -162,48 +155,6 @@ def take_subset(structures: Sequence[Atoms], every: int = 1, limit: int | None =
     if limit is not None:
         idx = idx[: int(limit)]
     return [structures[int(i)] for i in idx]
-
-
-def _read_file(path: str | os.PathLike) -> list[Atoms]:
-    import ase.io
-
-    from ase.io.formats import UnknownFileTypeError
-
-    path = os.fspath(path)
-    if path == "-":  # extended XYZ on standard input
-        import io
-        import sys
-
-        text = sys.stdin.read()
-        if not text.strip():
-            raise ValueError("standard input (-) is empty; pipe extended XYZ into it")
-        source, fmt, label, tag = io.StringIO(text), "extxyz", "standard input (-)", "stdin"
-    else:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"structure file not found: {path}")
-        if os.path.isdir(path):
-            raise ValueError(f"{path} is a folder; name its files (e.g. {os.path.join(path, '*.cif')}), or use "
-                             "`calib screen`, which reads folders")
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"{path} is empty")
-        source, fmt, label, tag = path, None, path, os.path.basename(path)
-    frames: list[Atoms] = []
-    try:
-        for atoms in ase.io.iread(source, index=":", format=fmt):
-            frames.append(atoms)
-    except UnknownFileTypeError:
-        ext = os.path.splitext(path)[1] or "(none)"
-        raise ValueError(f"{path}: ASE cannot tell the format of this file (extension {ext}); use extxyz, CIF, "
-                         "POSCAR/CONTCAR, an ASE .db or a trajectory") from None
-    except Exception as exc:  # ASE raises many types for unreadable files
-        where = f"frame {len(frames)} (after {len(frames)} complete frame(s); truncated?)" if frames \
-            else "its first structure"
-        raise ValueError(f"could not read {where} of {label}: {type(exc).__name__}: {exc}") from None
-    if not frames:
-        raise ValueError(f"{label} holds no structures")
-    for i, atoms in enumerate(frames):
-        atoms.info.setdefault("source", f"{tag}:{i}")
-    return list(frames)
 
 
 # --------------------------------------------------------------------------- labels
@@ -386,7 +337,7 @@ def validate(
                 require_labels=require_labels,
             )
         except StructureError as err:
-            issues.append(StructureIssue(i, err.name, err.problem))
+            issues.append(StructureIssue(i, err.name, err.problem, str(atoms.info.get("source", ""))))
         else:
             good.append(i)
     return good, issues

@@ -366,7 +366,7 @@ class ModelAdapter(ABC):
     def _predict_chunk(self, chunk, start, forces, stress, validate, require_labels) -> tuple[list[Atoms], Prediction]:
         if validate:
             good, local = self.validate(chunk, require_labels=require_labels)
-            issues = [StructureIssue(start + i.index, i.name, i.problem) for i in local]
+            issues = [StructureIssue(start + i.index, i.name, i.problem, i.source) for i in local]
         else:
             good, issues = list(range(len(chunk))), []
         kept = [chunk[i] for i in good]

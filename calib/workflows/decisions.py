@@ -47,7 +47,8 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
         from calib.data.structures import StructureIssue
 
         err = full["error"].values
-        issues += [StructureIssue(int(full["structure"].values[k]), str(full["name"].values[k]), str(err[k]))
+        issues += [StructureIssue(int(full["structure"].values[k]), str(full["name"].values[k]), str(err[k]),
+                                  str(full["source"].values[k]))
                    for k in np.flatnonzero(err != "")]
         tds = full.isel(structure=np.flatnonzero(err == ""))
     t_index = tds["structure"].values

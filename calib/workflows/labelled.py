@@ -52,7 +52,8 @@ def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], 
     err = ds["error"].values
     ok_rows = np.flatnonzero(err == "")
     structs = [labelled[int(i)] for i in ds["structure"].values[ok_rows]]
-    issues = [StructureIssue(int(ds["structure"].values[k]), str(ds["name"].values[k]), str(err[k]))
+    issues = [StructureIssue(int(ds["structure"].values[k]), str(ds["name"].values[k]), str(err[k]),
+                             str(ds["source"].values[k]))
               for k in np.flatnonzero(err != "")]
     e_err, f_err = label_errors(structs, ds["energy"].values[ok_rows], ds["forces"].values if forces else None)
     return LabelledPrediction(ds, structs, issues, e_err, f_err)

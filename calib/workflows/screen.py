@@ -53,6 +53,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from ase import Atoms
 
+from calib.data.readers import count_structures, iter_structures
 from calib.data.structures import structures_fingerprint
 
 #: (name, kind, units) of every column; kind "f" float64, "i" int32, "s" text
@@ -67,109 +68,6 @@ COLUMNS = [
 _TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512}
 STATUSES = ("trusted", "untrusted", "failed")
 REASON_SEP = " | "
-
-
-# --------------------------------------------------------------------------- input
-
-
-def iter_structures(sources: Iterable) -> Iterator[Atoms]:
-    """Structures from files, folders, ASE databases or objects, one at a time.
-
-    A file is read frame by frame (``ase.io.iread``); an ASE database (``.db``)
-    row by row; a folder file by file in sorted order (CIF, POSCAR, extxyz ...,
-    every frame of each). A file that cannot be read, or a frame after which a
-    file cannot be read on, yields one placeholder whose ``info["read_error"]``
-    says why: it becomes a failed row and the stream goes on.
-    """
-    import ase.io
-
-    for src in sources:
-        if isinstance(src, Atoms):
-            yield src
-            continue
-        if not isinstance(src, (str, os.PathLike)):
-            from calib.data.structures import to_atoms
-
-            yield to_atoms(src)
-            continue
-        path = os.fspath(src)
-        if os.path.isdir(path):
-            yield from iter_structures(os.path.join(path, f) for f in sorted(os.listdir(path))
-                                       if not f.startswith("."))
-            continue
-        if not os.path.exists(path):
-            yield _placeholder(path, f"structure file not found: {path}")
-            continue
-        if path.endswith(".db"):
-            from ase.db import connect
-
-            for row in connect(path).select():
-                atoms = row.toatoms(add_additional_information=True)
-                atoms.info.update(atoms.info.pop("key_value_pairs", {}) or {})
-                atoms.info.setdefault("source", f"{os.path.basename(path)}:id={row.id}")
-                yield atoms
-            continue
-        k = 0
-        try:
-            for atoms in ase.io.iread(path, index=":"):
-                atoms.info.setdefault("source", f"{os.path.basename(path)}:{k}")
-                k += 1
-                yield atoms
-        except Exception as exc:  # ASE raises many types for unreadable files
-            where = f"frame {k} of {path}" if k else path
-            yield _placeholder(f"{os.path.basename(path)}:{k}", f"could not read {where}: {type(exc).__name__}: {exc}")
-            continue
-        if k == 0:
-            yield _placeholder(os.path.basename(path), f"no structure could be read from {path}")
-
-
-def _placeholder(name: str, problem: str) -> Atoms:
-    return Atoms(info={"name": name, "read_error": problem})
-
-
-def count_structures(sources) -> int | None:
-    """Number of structures in ``sources`` when it can be known cheaply (for the progress bar), else None."""
-    total = 0
-    for src in sources:
-        if isinstance(src, Atoms):
-            total += 1
-            continue
-        path = os.fspath(src)
-        if os.path.isdir(path):
-            n = count_structures([os.path.join(path, f) for f in os.listdir(path) if not f.startswith(".")])
-        elif path.endswith(".db") and os.path.exists(path):
-            from ase.db import connect
-
-            n = connect(path).count()
-        elif path.endswith((".xyz", ".extxyz")) and os.path.exists(path):
-            n = _count_xyz_frames(path)
-        elif os.path.isfile(path) and not path.endswith((".traj", ".xyz", ".extxyz")):
-            n = 1  # CIF / POSCAR: one structure per file (a multi-frame file only moves the bar on)
-        else:
-            n = None
-        if n is None:
-            return None
-        total += n
-    return total
-
-
-def _count_xyz_frames(path) -> int | None:
-    """Frames of an (ext)xyz file, from the atom count heading each frame (no parsing of the rest)."""
-    n = 0
-    with open(path, "rb") as fh:
-        while True:
-            line = fh.readline()
-            if not line:
-                return n
-            if not line.strip():
-                continue
-            try:
-                skip = int(line) + 1
-            except ValueError:
-                return None
-            for _ in range(skip):
-                fh.readline()
-            n += 1
 
 
 # --------------------------------------------------------------------------- one batch
@@ -408,7 +306,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     options = dict(forces=forces, force_tol=force_tol, energy_tol=energy_tol, batch_size=batch_size)
     writer = ResultsWriter(out, settings, resume=resume, overwrite=overwrite)
     try:
-        stream = _batched(iter_structures(sources), batch_size)
+        own = (out, writer.journal)  # a folder input that holds the results is not read as candidates
+        stream = _batched(iter_structures(sources, strict=False, exclude=own), batch_size)
         chain, skipped = "", 0
         while skipped < writer.rows:  # the committed rows: re-read (not predicted) to check the input
             batch = next(stream, None)
@@ -420,7 +319,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         if skipped != writer.rows or chain != writer.chain:
             raise ValueError(f"the input differs from the one {out} was started on (its first {writer.rows} "
                              "structures do not match); pass the same files or write to another file")
-        total = count_structures(sources)
+        total = count_structures(sources, exclude=own)
         bar = tqdm(total=total, initial=writer.rows, desc="screen", unit="structure", disable=not progress,
                    smoothing=0.1)
         if client is None:
