@@ -74,12 +74,27 @@ def barrier_weights(m: int, M: int) -> dict:
 def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
     """An xarray Dataset for one NEB path: relative energies, their covariance, barriers and intervals.
 
-    Variables over ``image`` (0 … M): ``energy`` (E_i − E_0, eV), ``energy_sigma``, ``energy_low/high``
-    (and ``energy_corrected``, ``energy_corrected_sigma``, ``energy_corrected_low/high`` with a stored
-    correction); ``covariance`` (image_a, image_b) of images 1 … M (image 0 is exact by definition);
-    per barrier b in forward / reverse / kra: ``barrier_<b>``, ``barrier_<b>_sigma``,
-    ``barrier_<b>_sigma_independent`` (the σ that ignores correlations), ``barrier_<b>_low/high`` and the
-    corrected ones. Raises ValueError for a skipped image or one of another composition.
+    Dimensions: ``image`` (0 … M), ``image_a``/``image_b`` (1 … M: image 0 is exact by definition),
+    ``barrier`` (forward, reverse, kra) and ``variant`` (raw, and corrected when a scalar correction is
+    stored for the path's chemistry). Variables (eV, eV² for the covariance):
+
+    ========================== ===================== ===============================================
+    name                       dims                  meaning
+    ========================== ===================== ===============================================
+    name                       image                 the images' names
+    energy                     (variant, image)      E_i − E_0 (corrected: c · (E_i − E_0))
+    energy_sigma               (variant, image)      its σ (difference model)
+    energy_low, energy_high    (variant, image)      conformal interval
+    covariance                 (variant, a, b)       covariance of E_a − E_0 and E_b − E_0
+    barrier_height             (variant, barrier)    forward E_m − E_0, reverse E_m − E_M, KRA E_m − (E_0 + E_M)/2
+    barrier_sigma              (variant, barrier)    √(aᵀ C a) with the band covariance
+    barrier_sigma_independent  (variant, barrier)    the σ that ignores correlations (for comparison)
+    barrier_low, barrier_high  (variant, barrier)    ± q σ
+    quantile, correction       variant               conformal quantile q (1), factor c (1 for raw)
+    ========================== ===================== ===============================================
+
+    Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``. Raises ValueError for
+    a skipped image or one of another composition.
     """
     import xarray as xr
 
@@ -102,69 +117,80 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
     M = len(D)
     L = difference_covariance(art.llpr, ds["features"].values, ds["n_atoms"].values)
     m = int(np.argmax(E))
-    weights = barrier_weights(m, M)
-    out = xr.Dataset(coords={"image": np.arange(M + 1), "image_a": np.arange(1, M + 1),
-                             "image_b": np.arange(1, M + 1)})
-    out["name"] = ("image", ds["name"].values)
+    weights = np.array(list(barrier_weights(m, M).values()))  # (barrier, M)
     chem = str(ds["chemsys"].values[0])
-    variants = [("", 1.0, 0.0, art.differences["raw"], art.conformal.get("energy_difference"))]
+    variants = [("raw", 1.0, 0.0, art.differences["raw"], art.conformal.get("energy_difference"))]
     c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
     if np.isfinite(c) and "corrected" in art.differences:
-        variants.append(("_corrected", c, sc, art.differences["corrected"],
+        variants.append(("corrected", c, sc, art.differences["corrected"],
                          art.conformal.get("energy_difference_corrected")))
-    for suffix, c, sc, model, cal in variants:
+    rows = {k: [] for k in ("energy", "energy_sigma", "covariance", "barrier", "barrier_sigma",
+                            "barrier_sigma_independent", "quantile", "correction")}
+    for _, c, sc, model, cal in variants:
         C = model.covariance(L, D, c, sc)
-        q = cal.quantile_ if cal is not None else np.nan
-        rel = np.concatenate([[0.0], c * D])
-        sig = np.concatenate([[0.0], np.sqrt(np.diag(C))])
-        units = {"units": "eV"}
-        out[f"energy{suffix}"] = ("image", rel, {**units, "description": "E_i - E_0" + (f", x c = {c:.4f}"
-                                                                                        if suffix else "")})
-        out[f"energy{suffix}_sigma"] = ("image", sig, units)
-        out[f"energy{suffix}_low"] = ("image", rel - q * sig, units)
-        out[f"energy{suffix}_high"] = ("image", rel + q * sig, units)
-        out[f"covariance{suffix}"] = (("image_a", "image_b"), C, {"units": "eV^2"})
-        for name, a in weights.items():
-            value = float(a @ (c * D))
-            s = float(np.sqrt(a @ C @ a))
-            out[f"barrier_{name}{suffix}"] = ((), value, units)
-            out[f"barrier_{name}{suffix}_sigma"] = ((), s, units)
-            out[f"barrier_{name}{suffix}_sigma_independent"] = ((), float(np.sqrt(a**2 @ np.diag(C))), units)
-            out[f"barrier_{name}{suffix}_low"] = ((), value - q * s, units)
-            out[f"barrier_{name}{suffix}_high"] = ((), value + q * s, units)
-        out.attrs[f"quantile{suffix}"] = float(q)
-    out.attrs.update(chemsys=chem, highest_image=m, alpha=float(variants[0][4].alpha) if variants[0][4] else np.nan,
-                     corrected=int(len(variants) > 1))
+        rows["energy"].append(np.concatenate([[0.0], c * D]))
+        rows["energy_sigma"].append(np.concatenate([[0.0], np.sqrt(np.diag(C))]))
+        rows["covariance"].append(C)
+        rows["barrier"].append(weights @ (c * D))
+        rows["barrier_sigma"].append(np.sqrt(np.einsum("bi,ij,bj->b", weights, C, weights)))
+        rows["barrier_sigma_independent"].append(np.sqrt(weights**2 @ np.diag(C)))
+        rows["quantile"].append(cal.quantile_ if cal is not None else np.nan)
+        rows["correction"].append(c)
+    q = np.array(rows["quantile"])
+    eV = {"units": "eV"}
+    out = xr.Dataset(coords={"variant": [v[0] for v in variants], "image": np.arange(M + 1),
+                             "image_a": np.arange(1, M + 1), "image_b": np.arange(1, M + 1),
+                             "barrier": list(BARRIERS)})
+    out["name"] = ("image", ds["name"].values)
+    energy, sig = np.array(rows["energy"]), np.array(rows["energy_sigma"])
+    out["energy"] = (("variant", "image"), energy, {**eV, "description": "E_i - E_0 (corrected: c (E_i - E_0))"})
+    out["energy_sigma"] = (("variant", "image"), sig, eV)
+    out["energy_low"] = (("variant", "image"), energy - q[:, None] * sig, eV)
+    out["energy_high"] = (("variant", "image"), energy + q[:, None] * sig, eV)
+    out["covariance"] = (("variant", "image_a", "image_b"), np.array(rows["covariance"]), {"units": "eV^2"})
+    bar, bsig = np.array(rows["barrier"]), np.array(rows["barrier_sigma"])
+    out["barrier_height"] = (("variant", "barrier"), bar, eV)
+    out["barrier_sigma"] = (("variant", "barrier"), bsig, eV)
+    out["barrier_sigma_independent"] = (("variant", "barrier"), np.array(rows["barrier_sigma_independent"]), eV)
+    out["barrier_low"] = (("variant", "barrier"), bar - q[:, None] * bsig, eV)
+    out["barrier_high"] = (("variant", "barrier"), bar + q[:, None] * bsig, eV)
+    out["quantile"] = ("variant", q, {"units": "1", "description": "conformal quantile of the difference target"})
+    out["correction"] = ("variant", np.array(rows["correction"]), {"units": "1"})
+    out.attrs.update(chemsys=chem, highest_image=m, alpha=float(variants[0][4].alpha) if variants[0][4] else np.nan)
     return out
 
 
 def summary(ds, reference_energies=None) -> dict:
-    """The JSON record of :func:`band` (eV), with the reference (e.g. DFT) energies and how many lie inside."""
-    rec = {"chemsys": ds.attrs["chemsys"], "highest_image": int(ds.attrs["highest_image"]),
-           "energies": ds["energy"].values.tolist(), "energy_sigmas": ds["energy_sigma"].values.tolist()}
-    suffixes = [""] + (["_corrected"] if ds.attrs.get("corrected") else [])
-    for suffix in suffixes:
-        if suffix:
-            rec["energies_corrected"] = ds["energy_corrected"].values.tolist()
-            rec["energy_sigmas_corrected"] = ds["energy_corrected_sigma"].values.tolist()
+    """The JSON record of :func:`band` (eV), with the reference (e.g. DFT) energies and how many lie inside.
+
+    Keys as since calib 0.2: ``energies``, ``energy_sigmas``, ``barrier_<b>``, ``barrier_<b>_sigma``,
+    ``barrier_<b>_interval`` and, with a correction, the same with ``_corrected``; with a reference,
+    ``reference_barrier_<b>``, ``barrier_<b>[_corrected]_covers_reference`` and ``n_inside[_corrected]``."""
+    m = int(ds.attrs["highest_image"])
+    rec = {"chemsys": ds.attrs["chemsys"], "highest_image": m}
+    variants = [str(v) for v in ds["variant"].values]
+    for v in variants:
+        part, sfx = ds.sel(variant=v), "" if v == "raw" else f"_{v}"
+        rec[f"energies{sfx}"] = part["energy"].values.tolist()
+        rec[f"energy_sigmas{sfx}"] = part["energy_sigma"].values.tolist()
         for name in BARRIERS:
-            key = f"barrier_{name}{suffix}"
-            rec[key] = float(ds[key])
-            rec[f"{key}_sigma"] = float(ds[f"{key}_sigma"])
-            rec[f"{key}_interval"] = [float(ds[f"{key}_low"]), float(ds[f"{key}_high"])]
+            one = part.sel(barrier=name)
+            rec[f"barrier_{name}{sfx}"] = float(one["barrier_height"])
+            rec[f"barrier_{name}{sfx}_sigma"] = float(one["barrier_sigma"])
+            rec[f"barrier_{name}{sfx}_interval"] = [float(one["barrier_low"]), float(one["barrier_high"])]
     if reference_energies is not None:
         ref = np.asarray(reference_energies, dtype=float)
         rel = ref - ref[0]
         rec["reference_energies"] = rel.tolist()
-        m = int(ds.attrs["highest_image"])
         ref_barriers = {"forward": rel[m], "reverse": rel[m] - rel[-1], "kra": rel[m] - rel[-1] / 2}
-        for suffix in suffixes:
-            lo, hi = ds[f"energy{suffix}_low"].values[1:], ds[f"energy{suffix}_high"].values[1:]
-            rec[f"n_inside{suffix}"] = int(np.sum((lo <= rel[1:]) & (rel[1:] <= hi)))
+        for v in variants:
+            part, sfx = ds.sel(variant=v), "" if v == "raw" else f"_{v}"
+            lo, hi = part["energy_low"].values[1:], part["energy_high"].values[1:]
+            rec[f"n_inside{sfx}"] = int(np.sum((lo <= rel[1:]) & (rel[1:] <= hi)))
             for name, value in ref_barriers.items():
-                lo, hi = rec[f"barrier_{name}{suffix}_interval"]
+                lo, hi = rec[f"barrier_{name}{sfx}_interval"]
                 rec[f"reference_barrier_{name}"] = float(value)
-                rec[f"barrier_{name}{suffix}_covers_reference"] = bool(lo <= value <= hi)
+                rec[f"barrier_{name}{sfx}_covers_reference"] = bool(lo <= value <= hi)
         rec["n_images_compared"] = int(len(rel) - 1)
     return rec
 
@@ -178,11 +204,10 @@ def plot_band(ds, path, reference_energies=None, title: str = "") -> None:
 
     x = ds["image"].values
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
-    styles = [("", "tab:blue", "model")]
-    if ds.attrs.get("corrected"):
-        styles.append(("_corrected", "tab:orange", "corrected"))
-    for suffix, color, label in styles:
-        y, s = ds[f"energy{suffix}"].values, ds[f"energy{suffix}_sigma"].values
+    colors = {"raw": ("tab:blue", "model"), "corrected": ("tab:orange", "corrected")}
+    for variant in ds["variant"].values:
+        color, label = colors[str(variant)]
+        y, s = ds["energy"].sel(variant=variant).values, ds["energy_sigma"].sel(variant=variant).values
         ax.fill_between(x, y - 2 * s, y + 2 * s, color=color, alpha=0.15, lw=0)
         ax.fill_between(x, y - s, y + s, color=color, alpha=0.3, lw=0)
         ax.plot(x, y, "-o", color=color, ms=3, label=f"{label} (1σ, 2σ bands)")
