@@ -57,13 +57,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calib.data.ncio import ArtifactError, read, write_atomic
+from calib.softening.correction import ScalarCorrection
 from calib.uq.conformal import ConformalCalibrator
 from calib.uq.differences import DifferenceVarianceModel
 from calib.uq.llpr import LLPR
 from calib.uq.ood import QResidualDetector
-from calib.data.ncio import ArtifactError, read, write_atomic
 from calib.uq.reference import ElementReference
-from calib.softening.correction import ScalarCorrection
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 

@@ -65,7 +65,7 @@ from ase import Atoms
 from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
-from calib.uq.targets import build_points
+from calib.uq.targets import Points, build_points
 
 FORCE_MODES = ("exact", "approx", "none")
 
@@ -136,7 +136,7 @@ class CalibratedPredictor:
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
                 descriptors: bool = False, require_labels: bool = False, stress: bool = False,
-                progress: bool = True):
+                progress: bool = True, return_points: bool = False):
         """Predictions for every structure of ``structures`` as one xarray Dataset (see the module doc).
 
         Parameters
@@ -151,12 +151,20 @@ class CalibratedPredictor:
         require_labels : bool — skip (and report) structures without reference labels.
         stress : bool — also the stress (eV/Å³, Voigt order xx yy zz yz xz xy, ASE sign convention).
         progress : bool — a progress bar on stderr.
+        return_points : bool — also return the conformal points the intervals were made from
+            (:class:`calib.uq.targets.Points` of "energy", "forces" and "force_norm", errors None, ``structure``
+            the input position), as ``(dataset, points)``: evaluation attaches errors to them.
         """
-        parts = [self._arrays(kept, pred, forces, force_mode, batch_size, descriptors)
-                 for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
-                                                           batch_size=batch_size, progress=progress,
-                                                           require_labels=require_labels, desc="predict")]
-        return self._dataset(_concat(parts), forces)
+        parts, points = [], []
+        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
+                                                  batch_size=batch_size, progress=progress,
+                                                  require_labels=require_labels, desc="predict"):
+            parts.append(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors, points))
+        ds = self._dataset(_concat(parts), forces)
+        if not return_points:
+            return ds
+        batches = [p for p in points if p]
+        return ds, {k: Points.concat([p[k] for p in batches]) for k in (batches[0] if batches else {})}
 
     def iter_predict(self, structures: Iterable, *, forces: bool = False, force_mode: str = "exact",
                      batch_size: int = 16, descriptors: bool = False, require_labels: bool = False,
@@ -166,7 +174,7 @@ class CalibratedPredictor:
         for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
                                                   batch_size=batch_size, progress=progress,
                                                   require_labels=require_labels, desc="predict"):
-            yield self._dataset(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors), forces)
+            yield self._dataset(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors, []), forces)
 
     def energy_differences(self, structures, *, reference: int = 0, batch_size: int = 16, progress: bool = True):
         """Energies relative to one structure of the list (e.g. NEB images relative to image 0), with σ and
@@ -228,8 +236,9 @@ class CalibratedPredictor:
 
     # ------------------------------------------------------------------ one batch
     def _arrays(self, kept, pred: Prediction, forces: bool, force_mode: str, batch_size: int,
-                descriptors: bool) -> dict:
-        """name -> (dim kind, array) for one batch: "s" per structure row, "a" per atom row."""
+                descriptors: bool, points_out: list) -> dict:
+        """name -> (dim kind, array) for one batch: "s" per structure row, "a" per atom row. The batch's
+        conformal points are appended to ``points_out`` (their ``structure`` made input positions)."""
         if force_mode not in FORCE_MODES:
             raise ValueError(f"force_mode must be one of {FORCE_MODES}, got {force_mode!r}")
         ok = pred.indices
@@ -293,7 +302,10 @@ class CalibratedPredictor:
         points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
                               energy_sigma=e_sig, atom_structure=pred.atom_structure, numbers=pred.numbers,
                               atom_descriptors=pred.atom_descriptors, force_sigma=f_sig,
-                              targets=("energy", "forces"))
+                              targets=("energy", "forces", "force_norm"))
+        if n_ok:
+            points_out.append({k: Points(p.target, p.sigma, p.descriptors, p.labels, ok[p.structure])
+                               for k, p in points.items()})
         if art.element_reference is not None or "energy" in art.conformal:
             shift, why = np.zeros(n_ok), [""] * n_ok
             if art.element_reference is not None:

@@ -16,13 +16,12 @@ import sys
 import ase.io
 
 from calib import datasets
-from calib.softening.decide import Thresholds
-
 from calib.data.labelers import GPAWFactory, label, structure_key
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.hessian import build_hessian
+from calib.softening.decide import Thresholds
 from calib.workflows.calibration import calibrate
 from calib.workflows.decisions import decide
+from calib.workflows.hessian import build_hessian
 
 
 def strip(atoms):

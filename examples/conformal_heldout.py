@@ -13,11 +13,11 @@ import sys
 import numpy as np
 
 from calib import datasets
+from calib.cli.plots import evaluation_plots
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.hessian import build_hessian
 from calib.workflows.calibration import calibrate
 from calib.workflows.evaluation import evaluate
-from calib.cli.plots import evaluation_plots
+from calib.workflows.hessian import build_hessian
 
 
 def main(plots: str | None = None, alpha: float = 0.1) -> dict:
@@ -31,10 +31,10 @@ def main(plots: str | None = None, alpha: float = 0.1) -> dict:
     for classes in (None, "element", 8):
         res = calibrate(art, model, cal, alpha=alpha, classes=classes, progress=False)
         ev = evaluate(res.artifact, model, test, return_points=plots is not None)
-        points = ev.pop("points", None)
+        points = ev.points
         key = str(classes)
-        out["runs"][key] = {"quantiles": res.summary["conformal_quantile"],
-                            "fallback": res.summary["conformal_fallback"], **ev}
+        out["runs"][key] = {"quantiles": res.summary.conformal_quantile,
+                            "fallback": res.summary.conformal_fallback, **ev.as_dict()}
         if plots is not None:
             out["runs"][key]["plots"] = evaluation_plots(points, f"{plots}/{key}", alpha)
     return out

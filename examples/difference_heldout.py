@@ -22,9 +22,9 @@ from scipy.stats import norm
 
 from calib import CalibratedPredictor, datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.hessian import build_hessian
 from calib.workflows.calibration import calibrate
 from calib.workflows.evaluation import evaluate
+from calib.workflows.hessian import build_hessian
 from calib.workflows.softening import measure_softening, store_corrections
 
 
@@ -53,7 +53,7 @@ def main(seeds: int = 5) -> dict:
         run = {"seed": seed}
         for name, dm in (("llpr", False), ("model", True)):
             res = calibrate(art, model, cal, target="energy", with_forces=False, difference_model=dm, progress=False)
-            ev = evaluate(res.artifact, model, test, forces=False)["energy_difference"]
+            ev = evaluate(res.artifact, model, test, forces=False).as_dict()["energy_difference"]
             run[name] = {k: ev[k] for k in ("n", "coverage", "mean_width", "nll", "z_rms")}
         out["heldout"].append(run)
         print(json.dumps(run), file=sys.stderr, flush=True)

@@ -16,9 +16,9 @@ import numpy as np
 
 from calib import datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.hessian import build_hessian
 from calib.workflows.calibration import calibrate
 from calib.workflows.evaluation import evaluate
+from calib.workflows.hessian import build_hessian
 
 
 def main(seeds: int = 5, alpha: float = 0.1) -> dict:
@@ -33,11 +33,11 @@ def main(seeds: int = 5, alpha: float = 0.1) -> dict:
         for name, folds in (("in_sample", None), ("cross_fitted", 5)):
             res = calibrate(art, model, cal, target="energy", with_forces=False, alpha=alpha, energy_folds=folds,
                             progress=False)
-            ev = evaluate(res.artifact, model, test, forces=False)
+            ev = evaluate(res.artifact, model, test, forces=False).as_dict()
             run[name] = {"coverage": ev["energy"]["coverage"], "mean_width": ev["energy"]["mean_width"],
                          "n": ev["energy"]["n"], "n_without_interval": ev["n_without_interval"],
-                         "quantile": res.summary["conformal_quantile"]["energy"],
-                         "excluded": res.summary["energy_cross_fit_excluded"]}
+                         "quantile": res.summary.as_dict()["conformal_quantile"]["energy"],
+                         "excluded": res.summary.as_dict()["energy_cross_fit_excluded"]}
         out["runs"].append(run)
         print(json.dumps(run), file=sys.stderr, flush=True)
     for name in ("in_sample", "cross_fitted"):

@@ -13,11 +13,11 @@ import numpy as np
 
 from calib import datasets
 from calib.cli.demo import split_by_chemsys
+from calib.data.prototypes import perturbed_set
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.hessian import build_hessian
 from calib.workflows.calibration import calibrate
 from calib.workflows.evaluation import evaluate
-from calib.data.prototypes import perturbed_set
+from calib.workflows.hessian import build_hessian
 
 
 def main(as_json: bool = False) -> dict:
@@ -41,16 +41,16 @@ def main(as_json: bool = False) -> dict:
     }
     for target in ("energy", "forces", "both"):
         res = calibrate(art, model, cal, target=target, progress=False)
-        ev = evaluate(res.artifact, model, test)
-        out["targets"][target] = {"alpha2": res.summary["alpha2"], "sigma2": res.summary["sigma2"],
+        ev = evaluate(res.artifact, model, test).as_dict()
+        out["targets"][target] = {"alpha2": res.summary.as_dict()["alpha2"], "sigma2": res.summary.as_dict()["sigma2"],
                                   "energy": ev["energy"], "forces": ev["forces"]}
     # the richer Gauss-Newton feature set (last two linear layers), energies only
     model2 = CHGNetAdapter(model.model, feature_set="last2")
     art2, _ = build_hessian(model2, h_structs, progress=False)
     res2 = calibrate(art2, model2, cal, target="energy", with_forces=False, progress=False)
-    ev2 = evaluate(res2.artifact, model2, test, forces=False)
-    out["last2_energy"] = {"n_features": model2.n_features, "rank_1e-6": res2.summary["rank"],
-                           "alpha2": res2.summary["alpha2"], "sigma2": res2.summary["sigma2"],
+    ev2 = evaluate(res2.artifact, model2, test, forces=False).as_dict()
+    out["last2_energy"] = {"n_features": model2.n_features, "rank_1e-6": res2.summary.as_dict()["rank"],
+                           "alpha2": res2.summary.as_dict()["alpha2"], "sigma2": res2.summary.as_dict()["sigma2"],
                            "energy": ev2["energy"]}
     if as_json:
         print(json.dumps(out, indent=1))

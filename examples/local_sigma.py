@@ -20,8 +20,8 @@ from scipy.stats import spearmanr
 
 from calib import CalibratedPredictor, datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.hessian import build_hessian
 from calib.workflows.calibration import calibrate
+from calib.workflows.hessian import build_hessian
 from calib.workflows.labelled import predict_labelled
 
 

@@ -16,9 +16,9 @@ import ase.io
 
 from calib import CalibratedPredictor, datasets
 from calib.models.chgnet import CHGNetAdapter
-from calib.workflows.neb import band, plot_band, summary
-from calib.workflows.hessian import build_hessian
 from calib.workflows.calibration import calibrate
+from calib.workflows.hessian import build_hessian
+from calib.workflows.neb import band, plot_band, summary
 from calib.workflows.softening import measure_softening, store_corrections
 
 

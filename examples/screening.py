@@ -68,8 +68,8 @@ def main():
 
     from calib import datasets
     from calib.cli.demo import split_by_chemsys
-    from calib.workflows.screen import read_results, screen
     from calib.data.structures import get_energy, get_forces
+    from calib.workflows.screen import read_results, screen
 
     os.makedirs(args.out, exist_ok=True)
     work = args.work

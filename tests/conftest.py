@@ -24,9 +24,9 @@ def prototypes():
 @pytest.fixture(scope="session")
 def small_llpr(chgnet, prototypes):
     """LLPR fitted on near-equilibrium variants (seeded, independent of `prototypes`)."""
-    from calib.workflows.accumulate import accumulate_hessian
-    from calib.uq.llpr import LLPR
     from calib.data.prototypes import perturbed_set
+    from calib.uq.llpr import LLPR
+    from calib.workflows.accumulate import accumulate_hessian
 
     res = accumulate_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)
     llpr = LLPR(energy_convention="per_atom").fit(res.hessian, res.n_structures)
@@ -50,9 +50,9 @@ def si_lif_calibration(chgnet):
     α = 0.2 and element classes on every other shipped Si and LiF high-energy state (shared, since the
     force gradients of a calibration are the costly part of several test modules)."""
     from calib import datasets
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     hess, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=4), progress=False)
     lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]

@@ -13,10 +13,10 @@ BACKENDS = ["chgnet", pytest.param("mace-small", marks=pytest.mark.skipif(
 @pytest.fixture(scope="module", params=BACKENDS)
 def setup(request, tmp_path_factory, chgnet):
     from calib import datasets
-    from calib.models import load_model
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.data.prototypes import perturbed_set
+    from calib.models import load_model
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     if request.param == "mace-small":
         pytest.importorskip("mace")
@@ -33,9 +33,9 @@ def setup(request, tmp_path_factory, chgnet):
 
 @pytest.mark.slow
 def test_llpr_sigma_and_conformal_forces(setup):
-    from calib.workflows.labelled import predict_labelled
-    from calib.predictor import CalibratedPredictor
     from calib.data.structures import get_forces
+    from calib.predictor import CalibratedPredictor
+    from calib.workflows.labelled import predict_labelled
 
     name, model, res, test, _ = setup
     L = res.artifact.llpr
@@ -51,8 +51,8 @@ def test_llpr_sigma_and_conformal_forces(setup):
 
 
 def test_softening_slope_is_the_least_squares_ratio(setup):
-    from calib.softening.scale import fit_softening_by_chemsys
     from calib.data.structures import get_forces
+    from calib.softening.scale import fit_softening_by_chemsys
 
     _, model, _, test, _ = setup
     pred = model.predict(test, forces=True)
@@ -86,8 +86,8 @@ def test_neb_band(setup):
     """Relative image energies of the shipped LiF path equal the model's own differences; the barrier
     σ equals its closed form a·C·a from the band covariance."""
     from calib import datasets
-    from calib.workflows.neb import band, barrier_weights
     from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band, barrier_weights
 
     _, model, res, _, _ = setup
     images = datasets.load("neb")

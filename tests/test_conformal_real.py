@@ -22,8 +22,8 @@ def run(*args):
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, chgnet):
     """Hessian on near-equilibrium prototypes; calibrated (α = 0.1, classes by element) on half the structures."""
-    from calib.workflows.hessian import build_hessian
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.hessian import build_hessian
 
     d = tmp_path_factory.mktemp("cp")
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)
@@ -50,8 +50,8 @@ def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
                                   "force_norm"}
     ev = evaluate(art, chgnet, test, return_points=True)
     # the issue's criterion: held-out force coverage at α = 0.1 within ±5 % of nominal
-    assert abs(ev["forces"]["coverage"] - (1 - ALPHA)) <= 0.05, ev["forces"]
-    p = ev["points"]["forces"]
+    assert abs(ev.targets["forces"].coverage - (1 - ALPHA)) <= 0.05, ev.targets["forces"]
+    p = ev.points["forces"]
     cal = art.conformal["forces"]
     # the per-element quantile recomputed from the stored calibration points by the textbook rule
     for el, size in cal.class_sizes_.items():
@@ -61,15 +61,15 @@ def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
     k = math.ceil((cal.n_calibration_ + 1) * (1 - ALPHA))
     assert cal.quantile_ == pytest.approx(cal.scores_[k - 1])
     e, s, h = p["errors"], p["sigma"], p["half_width"]
-    assert ev["forces"]["coverage"] == pytest.approx(np.mean(np.abs(e) <= h))
-    assert ev["forces"]["mean_width"] == pytest.approx(np.mean(2 * h))
-    assert ev["forces"]["nll"] == pytest.approx(np.mean(-norm.logpdf(e, scale=s)))
-    assert ev["forces"]["spearman"] == pytest.approx(spearmanr(s, np.abs(e)).statistic)
-    for el, pc in ev["forces"]["per_class"].items():
+    assert ev.targets["forces"].coverage == pytest.approx(np.mean(np.abs(e) <= h))
+    assert ev.targets["forces"].mean_width == pytest.approx(np.mean(2 * h))
+    assert ev.targets["forces"].nll == pytest.approx(np.mean(-norm.logpdf(e, scale=s)))
+    assert ev.targets["forces"].spearman == pytest.approx(spearmanr(s, np.abs(e)).statistic)
+    for el, pc in ev.targets["forces"].per_class.items():
         m = p["classes"] == el
         assert pc["n"] == m.sum() and pc["coverage"] == pytest.approx(np.mean(np.abs(e[m]) <= h[m]))
     # energies: every chemistry has < 30 calibration structures, so all fall back, and say so
-    assert set(summary["conformal_fallback"]["energy"]) == set(art.conformal["energy"].classes_)
+    assert set(summary.conformal_fallback["energy"]) == set(art.conformal["energy"].classes_)
 
 
 @pytest.mark.slow

@@ -35,9 +35,9 @@ def doc_of(r) -> dict:
 @pytest.fixture(scope="module")
 def d(tmp_path_factory, chgnet):
     """Files every case can use: equilibrium structures, labels, H.nc and a calibrated CAL.nc."""
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     d = tmp_path_factory.mktemp("contract")
     eq = perturbed_set(n_variants=1, seed=5)

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from calib.softening.decide import Thresholds, decide_chemistry, farthest_point_ranking
-from calib.uq.ood import QResidualDetector
 from calib.softening.scale import fit_softening
+from calib.uq.ood import QResidualDetector
 
 
 def _forces(rng, s, noise, n_struct=12, n_atoms=8):
@@ -71,9 +71,9 @@ def test_q_residual_flags_off_subspace_points():
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, chgnet):
     from calib import datasets
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     d = tmp_path_factory.mktemp("decide")
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=2, seed=3), batch_size=8, progress=False)

@@ -38,9 +38,9 @@ def test_predictor_difference_sigma_by_brute_force(chgnet):
     c² and the correction's own variance, and the intervals are q·σ about ΔE and c·ΔE."""
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
+    from calib.softening.correction import ScalarCorrection, correction_sigma
     from calib.uq.conformal import ConformalCalibrator
     from calib.uq.differences import DifferenceVarianceModel
-    from calib.softening.correction import ScalarCorrection, correction_sigma
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     raw, cor = DifferenceVarianceModel(3.0, 0.05, 0.002), DifferenceVarianceModel(1.5, 0.01, 0.001)

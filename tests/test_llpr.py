@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-
-from calib.uq.hessian import HessianAccumulator
-from calib.workflows.accumulate import accumulate_hessian
-from calib.uq.llpr import LLPR
-from calib.models.gradients import feature_gradients, force_variance
 from conftest import rattled_si
+
+from calib.models.gradients import feature_gradients, force_variance
+from calib.uq.hessian import HessianAccumulator
+from calib.uq.llpr import LLPR
+from calib.workflows.accumulate import accumulate_hessian
 
 
 def brute_sigma(F, s2):
@@ -208,8 +208,8 @@ def test_force_rows_in_hessian(chgnet, prototypes):
 
 
 def test_checkpoint_resume_is_bitwise_identical(chgnet, tmp_path):
-    from calib.uq.hessian import Interrupted
     from calib.data.prototypes import perturbed_set
+    from calib.uq.hessian import Interrupted
 
     structs = perturbed_set(n_variants=1, seed=9)[:10]
     full = accumulate_hessian(chgnet, structs, batch_size=2, progress=False).hessian

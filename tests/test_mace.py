@@ -98,8 +98,8 @@ def test_energy_is_linear_in_the_features(adapter):
 def test_exact_force_sigma_equals_per_feature_loop(adapter):
     from calib.cli.bench import mace_style_force_variance
     from calib.models.gradients import force_variance
-    from calib.workflows.accumulate import accumulate_hessian
     from calib.uq.llpr import LLPR
+    from calib.workflows.accumulate import accumulate_hessian
 
     H = accumulate_hessian(adapter, structures(8, seed=1), batch_size=4, progress=False)
     L = LLPR(energy_convention="total").fit(H.hessian, H.n_structures)
@@ -141,9 +141,9 @@ def test_calibrate_and_predict_through_the_predictor(adapter, model_file, tmp_pa
     """The whole path with a total-energy model: H, calibration on GPAW labels, predictor from the file."""
     from calib import datasets
     from calib.models import load_model, model_hint
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.predictor import CalibratedPredictor
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     art, _ = build_hessian(adapter, structures(8, seed=3), progress=False)
     lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
@@ -220,10 +220,10 @@ class PairPotential:
 def test_generic_linear_readout_adapter():
     """Energy rebuilt from features and weights; forces by finite differences; exact force σ = per-feature loop."""
     from calib.cli.bench import mace_style_force_variance
-    from calib.models.gradients import force_variance
-    from calib.workflows.accumulate import accumulate_hessian
-    from calib.uq.llpr import LLPR
     from calib.models.generic import LinearReadoutAdapter
+    from calib.models.gradients import force_variance
+    from calib.uq.llpr import LLPR
+    from calib.workflows.accumulate import accumulate_hessian
 
     net = PairPotential.build()
     m = LinearReadoutAdapter(net, net.out, PairPotential.collate, lambda out: out, elements=ELEMENTS, cutoff=4.0)

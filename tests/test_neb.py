@@ -28,8 +28,8 @@ def test_band_covariance_and_barriers_against_monte_carlo(chgnet, hand_artifact)
     path, and independent per-image noise of variance τ²/2: the sample covariance of E_i − E_0 and of the
     barriers matches calib.workflows.neb's closed forms."""
     from calib import datasets
-    from calib.workflows.neb import band
     from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band
 
     images = datasets.load("high-energy-states", chemsys="Si")[:5]
     ds = band(CalibratedPredictor(chgnet, hand_artifact), images)
@@ -63,8 +63,8 @@ def test_correlated_barrier_sigma_is_smaller_than_the_independent_formula(chgnet
     """Neighbouring images share most of their error (LLPR features, the softening), so the reverse barrier
     E_m − E_M has a smaller σ than √(σ_m² + σ_M²), which treats them as independent."""
     from calib import datasets
-    from calib.workflows.neb import band
     from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band
 
     images = datasets.load("high-energy-states", chemsys="Si")[:5]
     ds = band(CalibratedPredictor(chgnet, hand_artifact), images)
@@ -93,8 +93,8 @@ def test_shipped_paths_against_gpaw(chgnet, tmp_path):
 
     from calib import datasets
     from calib.cli.main import app
-    from calib.workflows.hessian import build_hessian
     from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
     from calib.workflows.softening import measure_softening, store_corrections
 
     art, _ = build_hessian(chgnet, datasets.load("equilibrium-proxy"), progress=False)
@@ -147,8 +147,8 @@ def test_cli_neb_refuses_a_mixed_path_with_a_named_error(tmp_path, chgnet):
 
 def test_band_refuses_images_of_different_compositions(chgnet, hand_artifact):
     from calib import datasets
-    from calib.workflows.neb import band
     from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band
 
     mixed = datasets.load("high-energy-states", chemsys="Si")[:2] + datasets.load("high-energy-states",
                                                                                    chemsys="Si-C")[:1]

@@ -183,9 +183,9 @@ def test_stream_equals_whole_and_keeps_skipped_rows(calibrated_file, chgnet):
 
 
 def test_merged_accumulators_equal_serial_sum(chgnet):
+    from calib.data.prototypes import perturbed_set
     from calib.uq.hessian import HessianAccumulator
     from calib.workflows.accumulate import accumulate_hessian
-    from calib.data.prototypes import perturbed_set
 
     structs = perturbed_set(n_variants=1, seed=11)[:9]
     serial = accumulate_hessian(chgnet, structs, batch_size=4, progress=False)
@@ -208,9 +208,9 @@ def test_library_softening_and_corrections_without_the_cli(chgnet, tmp_path):
     stored correction is applied by the predictor."""
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
-    from calib.workflows.softening import measure_softening, store_corrections
-    from calib.softening.scale import fit_softening
     from calib.data.structures import get_forces
+    from calib.softening.scale import fit_softening
+    from calib.workflows.softening import measure_softening, store_corrections
 
     lab = datasets.load("high-energy-states", chemsys="Li-F")[:4]
     run = measure_softening(chgnet, lab, n_bootstrap=100)

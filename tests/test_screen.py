@@ -47,8 +47,8 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     """One row per frame in order; bad frames are failed rows naming the problem; the trust column
     follows from the other columns by the documented rule; numbers equal the predictor's."""
     from calib import CalibratedPredictor
-    from calib.workflows.screen import read_results, screen
     from calib.data.readers import read_structures
+    from calib.workflows.screen import read_results, screen
 
     path, n, bad = stream_file
     out = tmp_path / "r.nc"
@@ -174,9 +174,9 @@ def client():
 
 
 def test_distributed_hessian_equals_serial(client, chgnet):
-    from calib.workflows.distributed import distributed_hessian
-    from calib.workflows.accumulate import accumulate_hessian
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.accumulate import accumulate_hessian
+    from calib.workflows.distributed import distributed_hessian
 
     structs = perturbed_set(n_variants=1, seed=9)[:30]
     threads = torch.get_num_threads()
@@ -267,8 +267,8 @@ def test_cli_hessian_and_screen_with_workers(cal_file, tmp_path, chgnet):
     import ase.io
 
     from calib.artifact import Artifact
-    from calib.workflows.accumulate import accumulate_hessian
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.accumulate import accumulate_hessian
     from calib.workflows.screen import read_results, screen
 
     structs = perturbed_set(n_variants=1, seed=12)[:20]

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.softening.scale import fit_softening
 from calib.softening.correction import ScalarCorrection, corrected_calculator
+from calib.softening.scale import fit_softening
 
 
 def _synthetic(rng, s_true, n_struct=20, n_atoms=8, noise=0.1):
@@ -86,8 +86,8 @@ def test_shipped_data_softening_and_one_structure_correction(chgnet):
     [0.91, 0.97], is the exception the docs discuss: the softening there is as small as the scatter
     of c between single structures, so one label does not suffice (docs/softening.md).
     """
-    from calib.workflows.softening import measure_softening
     from calib.data.structures import get_forces
+    from calib.workflows.softening import measure_softening
 
     data = datasets.load("high-energy-states")
     run = measure_softening(chgnet, data, n_bootstrap=500)

@@ -43,9 +43,9 @@ def test_every_option_has_help_and_flags_show_as_flags(name, cmd):
 
 @pytest.fixture(scope="module")
 def cal(tmp_path_factory, chgnet):
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     d = tmp_path_factory.mktemp("use")
     art, _ = build_hessian(chgnet, perturbed_set(n_variants=1, seed=5), progress=False)

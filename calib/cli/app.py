@@ -30,7 +30,7 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
-from calib.errors import (CalibError, CalibWarning, InputError, UsageError, check_device, non_negative_int, positive_int)
+from calib.errors import CalibError, CalibWarning, InputError, UsageError, check_device, non_negative_int, positive_int
 
 _RUN: dict = {"warnings": None}
 
@@ -130,6 +130,12 @@ def _jsonable(obj):
     if hasattr(obj, "item") and callable(obj.item):
         return _jsonable(obj.item())
     return obj
+
+
+def echo(lines) -> None:
+    """Print the lines of a report (calib.cli.report) on stdout."""
+    for line in lines:
+        typer.echo(line)
 
 
 def emit_json(obj) -> None:
@@ -272,11 +278,13 @@ def Flag(default: bool, *names: str, help: str):  # noqa: N802 - reads like type
 
 
 def print_bench(result: dict, as_json: bool) -> None:
+    """A bench result: one JSON document, or one line per measured quantity."""
+    from calib.cli.report import bench
+
     if as_json:
         emit_json(result)
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:<40} {value:.4g}" if isinstance(value, float) else f"{key:<40} {value}")
+    else:
+        echo(bench(result))
 
 
 WorkersOpt = typer.Option(None, "--workers", help="run batches on a new dask LocalCluster of N worker processes")

@@ -55,11 +55,11 @@ def bench_llpr(device: str = "cpu", n_structures: int = 32, batch_size: int = 8,
                progress: bool = False) -> dict:
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from calib.workflows.accumulate import accumulate_hessian
-    from calib.uq.llpr import LLPR
-    from calib.models.gradients import feature_gradients, force_variance
-    from calib.models.chgnet import CHGNetAdapter
     from calib.data.prototypes import PROTOTYPES, perturbed_set
+    from calib.models.chgnet import CHGNetAdapter
+    from calib.models.gradients import feature_gradients, force_variance
+    from calib.uq.llpr import LLPR
+    from calib.workflows.accumulate import accumulate_hessian
 
     model = CHGNetAdapter(device=device)
     n_var = max(1, -(-n_structures // len(PROTOTYPES)))
@@ -146,9 +146,9 @@ def _bench_artifact(model, path) -> None:
     """A small calibrated artifact for the benchmarks: H from perturbed prototypes, calibration on the
     shipped GPAW states of Si and Li-F (every other frame)."""
     from calib.data import datasets
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
     from calib.data.prototypes import perturbed_set
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
 
     hess, _ = build_hessian(model, perturbed_set(n_variants=1, seed=4), progress=False)
     lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
@@ -165,8 +165,8 @@ def bench_screen(device: str = "cpu", n_structures: int = 64, batch_size: int = 
 
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from calib.models.chgnet import CHGNetAdapter
     from calib.data.prototypes import PROTOTYPES, perturbed_set
+    from calib.models.chgnet import CHGNetAdapter
     from calib.workflows.screen import screen
 
     model = CHGNetAdapter(device=device)
@@ -234,8 +234,8 @@ def bench_dask(n_structures: int = 96, batch_size: int = 8, device: str = "cpu")
     seconds after the workers have loaded the model, and the speed-up."""
     import time
 
-    from calib.workflows.distributed import close_client, distributed_hessian, start_client
     from calib.data.prototypes import PROTOTYPES, perturbed_set
+    from calib.workflows.distributed import close_client, distributed_hessian, start_client
 
     structs = perturbed_set(n_variants=max(1, -(-n_structures // len(PROTOTYPES))), seed=2)[:n_structures]
     out = {"n_structures": len(structs), "batch_size": batch_size, "device": device}

@@ -45,12 +45,12 @@ def _probe(model, structures) -> float:
 def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | None = print,
              target: str = "both", model="chgnet") -> dict:
     from calib.data import datasets
-    from calib.models import load_model
-    from calib.workflows.hessian import build_hessian
-    from calib.workflows.calibration import calibrate
-    from calib.workflows.labelled import predict_labelled
-    from calib.predictor import CalibratedPredictor, to_records
     from calib.data.prototypes import perturbed_set
+    from calib.models import load_model
+    from calib.predictor import CalibratedPredictor, to_records
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.labelled import predict_labelled
 
     say = echo or (lambda *a, **k: None)
     os.makedirs(out, exist_ok=True)
@@ -92,9 +92,9 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
     res = calibrate(art, model, cal, target=target, progress=progress)
     art = res.artifact
     s = res.summary
-    say(f"calibrated on {s['n_structures']} GPAW-labelled high-energy structures ({target}): "
-        f"energies alpha2 = {s['alpha2']:.3g}, sigma2 = {s['sigma2']:.3g}; "
-        f"forces alpha2 = {s.get('force_alpha2', s['alpha2']):.3g}, sigma2 = {s.get('force_sigma2', s['sigma2']):.3g}")
+    say(f"calibrated on {s.n_structures} GPAW-labelled high-energy structures ({target}): "
+        f"energies alpha2 = {s.alpha2:.3g}, sigma2 = {s.sigma2:.3g}; "
+        f"forces alpha2 = {s.force_alpha2 or s.alpha2:.3g}, sigma2 = {s.force_sigma2 or s.sigma2:.3g}")
     art.save(os.path.join(out, "calibration.nc"))
 
     # force σ by the truncated mode fitted on the calibration set (its error: docs/llpr.md)

@@ -7,12 +7,36 @@ from typing import List, Optional
 
 import typer
 
-from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, EveryOpt, Flag, JsonOpt, LimitOpt, ModelOpt,
-                           OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShuffleOpt, WorkersOpt, app, check_workers, client_for, common_options, emit_json, fail,
-                           load_model_for, model_and_artifact, read_inputs, report_issues,
-                           subset_options)
-from calib.errors import (check_outputs, finite, fraction,
-                          non_negative_int, positive_int)
+import calib.cli.report as report
+from calib.cli.app import (
+    ArtModelOpt,
+    BatchOpt,
+    DeviceOpt,
+    EveryOpt,
+    Flag,
+    JsonOpt,
+    LimitOpt,
+    ModelOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SchedulerOpt,
+    SeedOpt,
+    ShuffleOpt,
+    WorkersOpt,
+    app,
+    check_workers,
+    client_for,
+    common_options,
+    echo,
+    emit_json,
+    fail,
+    load_model_for,
+    model_and_artifact,
+    read_inputs,
+    report_issues,
+    subset_options,
+)
+from calib.errors import check_outputs, finite, fraction, non_negative_int, positive_int
 
 
 @app.command()
@@ -73,8 +97,7 @@ def hessian(
         emit_json(summary)
     else:
         report_issues(issues, as_json)
-        typer.echo(f"H from {L.n_structures_} structures: rank {L.rank_}/{L.n_features} (eigenvalues above 1e-6 "
-                   f"of the largest: the directions these structures determine); written to {out}")
+        echo(report.hessian(L, out))
 
 
 @app.command("calibrate")
@@ -127,26 +150,12 @@ def calibrate_cmd(
                     alpha=alpha, classes=parsed_classes, min_class_size=min_class_size,
                     energy_folds=energy_folds or None)
     res.artifact.save(out)
-    summary = {"out": str(out), **res.summary, "skipped": [i.as_dict() for i in res.issues]}
+    summary = {"out": str(out), **res.summary.as_dict(), "skipped": [i.as_dict() for i in res.issues]}
     if as_json:
         emit_json(summary)
     else:
         report_issues(res.issues, as_json)
-        s = res.summary
-        typer.echo(f"calibrated on {s['n_structures']} structures ({target}): {s['regularisation_note']}")
-        typer.echo(f"  energy: RMSE {1000 * s['energy_rmse_per_atom']:.1f} meV/atom after element reference, "
-                   f"NLL {s['energy_nll']:.3f}, Spearman(σ, |err|) {s['energy_spearman']:.2f}")
-        if "force_nll" in s:
-            typer.echo(f"  forces: MAE {s['force_mae']:.3f} eV/Å, NLL {s['force_nll']:.3f}, "
-                       f"Spearman(σ, |err|) {s['force_spearman']:.2f}")
-        if s.get("force_components_zero_sigma"):
-            typer.echo(f"  {s['force_components_zero_sigma']} force component(s) with σ = 0 by symmetry left out "
-                       "of the NLL and the conformal scores")
-        for name, q in s["conformal_quantile"].items():
-            fb = s["conformal_fallback"].get(name) or {}
-            note = f" ({len(fb)} class(es) on the global quantile)" if fb else ""
-            typer.echo(f"  conformal {name:<17} q = {q:.3f} at α = {alpha}{note}")
-        typer.echo(f"written to {out}")
+        echo(report.calibration(res.summary, alpha, out))
 
 
 def _parse_classes(classes: str):

@@ -8,11 +8,13 @@ import sys
 import typer
 
 # importing a group registers its commands on `app`, in this order in --help
+# isort: off
 import calib.cli.fit  # noqa: F401
 import calib.cli.predict  # noqa: F401
 import calib.cli.softening  # noqa: F401
 import calib.cli.paths  # noqa: F401
 import calib.cli.tools  # noqa: F401
+# isort: on
 from calib.cli.app import app
 
 __all__ = ["app", "main"]

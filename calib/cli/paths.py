@@ -7,10 +7,25 @@ from typing import List, Optional
 
 import typer
 
-from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt,
-                           OverwriteOpt, QuietOpt, app, common_options, emit_json, fail,
-                           load_model_for, model_and_artifact, read_inputs)
-from calib.errors import (check_outputs)
+import calib.cli.report as report
+from calib.cli.app import (
+    ArtModelOpt,
+    BatchOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OverwriteOpt,
+    QuietOpt,
+    app,
+    common_options,
+    echo,
+    emit_json,
+    fail,
+    load_model_for,
+    model_and_artifact,
+    read_inputs,
+)
+from calib.errors import check_outputs
 
 
 @app.command("neb")
@@ -30,9 +45,9 @@ def neb_cmd(
 ):
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
     calibrated intervals, raw and with the stored scalar correction."""
-    from calib.workflows.neb import band, plot_band, summary
-    from calib.predictor import CalibratedPredictor
     from calib.data.structures import get_energy
+    from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band, plot_band, summary
 
     device = common_options(batch_size, device)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
@@ -53,34 +68,7 @@ def neb_cmd(
     if as_json:
         emit_json(rec)
         return
-    alpha = ds.attrs.get("alpha")
-    typer.echo(f"{rec['chemsys']}: {len(structs)} images, highest model image {rec['highest_image']}; "
-               f"intervals at α = {alpha} (eV, relative to image 0)")
-    head = f"{'image':>5} {'E - E0':>8} {'σ':>7}" + (f" {'corrected':>9} {'σ':>7}" if "energies_corrected" in rec else "")
-    head += f" {'reference':>9}" if ref is not None else ""
-    typer.echo(head)
-    for k, e in enumerate(rec["energies"]):
-        line = f"{k:>5} {e:>8.3f} {rec['energy_sigmas'][k]:>7.3f}"
-        if "energies_corrected" in rec:
-            line += f" {rec['energies_corrected'][k]:>9.3f} {rec['energy_sigmas_corrected'][k]:>7.3f}"
-        if ref is not None:
-            line += f" {rec['reference_energies'][k]:>9.3f}"
-        typer.echo(line)
-    for suffix in ("", "_corrected"):
-        if f"barrier_forward{suffix}" not in rec:
-            continue
-        for name in ("forward", "reverse", "kra"):
-            key = f"barrier_{name}{suffix}"
-            lo, hi = rec[f"{key}_interval"]
-            extra = ""
-            if ref is not None:
-                extra = f"   reference {rec[f'reference_barrier_{name}']:.3f} " + (
-                    "inside" if rec[f"{key}_covers_reference"] else "OUTSIDE")
-            typer.echo(f"{key:<27} {rec[key]:.3f} ± {rec[f'{key}_sigma']:.3f} eV   [{lo:.3f}, {hi:.3f}]{extra}")
-    if ref is not None:
-        typer.echo(f"reference energies inside the raw band: {rec['n_inside']}/{rec['n_images_compared']}"
-                   + (f", corrected: {rec['n_inside_corrected']}/{rec['n_images_compared']}"
-                      if "n_inside_corrected" in rec else ""))
+    echo(report.neb(rec, len(structs), ds.attrs.get("alpha"), ref is not None))
     if plot is not None:
         typer.echo(f"profile written to {plot}")
 
@@ -109,12 +97,4 @@ def eos_cmd(
     if as_json:
         emit_json({"records": [r.as_dict() for r in records], "summary": summary})
         return
-    typer.echo(f"{'el':<3} {'Z':>3} {'B_model':>8} {'B_WIEN2k':>8} {'ratio':>6} {'V0_model':>8} {'V0_ref':>7}  (GPa, Å³/atom)")
-    for r in records:
-        if r.error:
-            typer.echo(f"{r.element:<3} {r.z:>3}  skipped: {r.error}")
-            continue
-        typer.echo(f"{r.element:<3} {r.z:>3} {r.b_model:>8.1f} {r.b_reference:>8.1f} {r.ratio:>6.2f} "
-                   f"{r.v0_model:>8.2f} {r.v0_reference:>7.2f}{'  (re-centred)' if r.recentred else ''}")
-    typer.echo(f"{summary['n_elements']} elements: median B ratio {summary['median_ratio']:.3f}, "
-               f"{100 * summary['fraction_below_1']:.0f} % below 1; {summary['n_failed']} skipped")
+    echo(report.eos(records, summary))

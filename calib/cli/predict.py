@@ -7,9 +7,33 @@ from typing import List, Optional
 
 import typer
 
-from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, EveryOpt, Flag, JsonOpt, LimitOpt, QuietOpt, SchedulerOpt, SeedOpt, ShuffleOpt, WorkersOpt, app, calibrated, check_workers, client_for, common_options, emit_json, fail,
-                           model_and_artifact, read_inputs, subset_options)
-from calib.errors import (check_outputs, check_plot_folder)
+import calib.cli.report as report
+from calib.cli.app import (
+    ArtModelOpt,
+    BatchOpt,
+    DeviceOpt,
+    EveryOpt,
+    Flag,
+    JsonOpt,
+    LimitOpt,
+    QuietOpt,
+    SchedulerOpt,
+    SeedOpt,
+    ShuffleOpt,
+    WorkersOpt,
+    app,
+    calibrated,
+    check_workers,
+    client_for,
+    common_options,
+    echo,
+    emit_json,
+    fail,
+    model_and_artifact,
+    read_inputs,
+    subset_options,
+)
+from calib.errors import check_outputs, check_plot_folder
 
 
 @app.command("evaluate")
@@ -31,7 +55,6 @@ def evaluate_cmd(
     as_json: bool = JsonOpt,
 ):
     """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
-    from calib.uq.metrics import format_report
     from calib.workflows.evaluation import evaluate
 
     device = common_options(batch_size, device)
@@ -39,25 +62,21 @@ def evaluate_cmd(
     structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
     art = calibrated(art, calibration, m)
-    res = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
-                   return_points=plot is not None)
-    points = res.pop("points", None)
+    ev = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
+                  return_points=plot is not None)
+    doc = ev.as_dict()
     if plot is not None:
         from calib.cli.plots import evaluation_plots
 
-        res["plots"] = evaluation_plots(points, plot, alpha=res["alpha"])
+        doc["plots"] = evaluation_plots(ev.points, plot, alpha=ev.alpha)
     if as_json:
-        emit_json(res)
+        emit_json(doc)
         return
-    for s in res["skipped"]:
-        typer.echo(f"skipped #{s['index']} {s['name']}: {s['problem']}", err=True)
-    typer.echo(f"{res['n_structures']} held-out structures; intervals at α = {res['alpha']} "
-               "(energies total eV, forces eV/Å)")
-    if res.get("force_components_zero_sigma"):
-        typer.echo(f"{res['force_components_zero_sigma']} force component(s) with σ = 0 by symmetry left out")
-    typer.echo(format_report(res, res["alpha"] if res["alpha"] is not None else 0.0))
+    for s in ev.skipped:
+        typer.echo(f"skipped {s}", err=True)
+    echo(report.evaluation(ev))
     if plot is not None:
-        typer.echo("plots: " + ", ".join(res["plots"]))
+        typer.echo("plots: " + ", ".join(doc["plots"]))
 
 
 @app.command("predict")
@@ -105,41 +124,9 @@ def predict_cmd(
             typer.echo(f"skipped {len(skipped)} structure(s):", err=True)
             for r in skipped:
                 typer.echo(f"  structure {r['index']} ({r['name']}): {r['error']}", err=True)
-        _print_predictions(records, forces)
+        echo(report.predictions(records, forces))
     if not records:
         raise typer.Exit(code=1)
-
-
-def _print_predictions(records, forces: bool) -> None:
-    """The predict table: the model energy with its σ, then the conformal interval next to the energy it bounds
-    (the reference-code energy E + shift, shift from the artifact's element reference)."""
-    width = max([4] + [len(r["name"]) for r in records])
-    cols = [("#", 4, lambda r: f"{r['index']}"), ("name", -width, lambda r: r["name"]),
-            ("chemsys", -10, lambda r: r["chemsys"]), ("N", 3, lambda r: f"{r['n_atoms']}"),
-            ("E model (eV)", 12, lambda r: f"{r['energy']:.4f}"), ("σ_E (eV)", 9, lambda r: f"{r['energy_sigma']:.4f}"),
-            ("σ_E/N (meV)", 11, lambda r: f"{1000 * r['energy_sigma'] / r['n_atoms']:.2f}")]
-    if forces:
-        cols += [("max|F|", 7, lambda r: f"{r['max_force']:.3f}"), ("max σ_F", 8, lambda r: f"{r['max_force_sigma']:.4f}")]
-    if records and "energy_interval" in records[0]:
-        def centre(r):
-            return "-" if r["energy_interval"] is None else f"{r['energy'] + r['energy_shift']:.4f}"
-
-        def interval(r):
-            iv = r["energy_interval"]
-            return "none (see below)" if iv is None else f"[{iv[0]:.3f}, {iv[1]:.3f}]"
-
-        cols += [("E ref-code (eV)", 15, centre), ("its interval (eV)", 25, interval)]
-    head = " ".join(f"{h:>{w}}" if w > 0 else f"{h:<{-w}}" for h, w, _ in cols)
-    typer.echo(head)
-    typer.echo("-" * len(head))
-    for r in records:
-        typer.echo(" ".join(f"{f(r):>{w}}" if w > 0 else f"{f(r):<{-w}}" for _, w, f in cols))
-    if records and "energy_interval" in records[0]:
-        typer.echo("E ref-code = E model + the element-reference shift: the reference code's (e.g. DFT) energy "
-                   "the conformal interval is for")
-    for r in records:
-        if r.get("energy_interval_reason"):
-            typer.echo(f"structure {r['index']} ({r['name']}): {r['energy_interval_reason']}")
 
 
 @app.command("screen")
@@ -198,16 +185,6 @@ def screen_cmd(
     if as_json:
         emit_json(summary)
     else:
-        _screen_report(summary, out, csv)
+        echo(report.screening(summary, out, csv))
     if summary["n_total"] and summary["n_failed"] == summary["n_total"]:
         raise typer.Exit(code=1)
-
-
-def _screen_report(summary: dict, out: Path, csv: Optional[Path]) -> None:
-    typer.echo(f"{summary['n_total']} structures: {summary['n_trusted']} trusted, {summary['n_untrusted']} "
-               f"untrusted, {summary['n_failed']} failed; rows in {out}" + (f" and {csv}" if csv else ""))
-    typer.echo(f"{'chemsys':<16} {'trusted':>8} {'untrusted':>10} {'failed':>7}")
-    for chem, c in summary["by_chemsys"].items():
-        typer.echo(f"{chem:<16} {c['trusted']:>8} {c['untrusted']:>10} {c['failed']:>7}")
-    if summary["reasons"]:
-        typer.echo("not trusted because: " + "; ".join(f"{k} ({v})" for k, v in summary["reasons"].items()))

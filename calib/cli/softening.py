@@ -7,11 +7,31 @@ from typing import List, Optional
 
 import typer
 
-from calib.cli.app import (ArtModelOpt, BatchOpt, DeviceOpt, EveryOpt, JsonOpt, LimitOpt, OverwriteOpt, QuietOpt, SeedOpt, ShuffleOpt, app, calibrated, common_options, emit_json, fail,
-                           model_and_artifact, read_inputs, report_issues,
-                           stage_outputs, subset_options)
-from calib.errors import (check_outputs, check_plot_folder, finite, fraction,
-                          non_negative_int, positive_int)
+import calib.cli.report as report
+from calib.cli.app import (
+    ArtModelOpt,
+    BatchOpt,
+    DeviceOpt,
+    EveryOpt,
+    JsonOpt,
+    LimitOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    ShuffleOpt,
+    app,
+    calibrated,
+    common_options,
+    echo,
+    emit_json,
+    fail,
+    model_and_artifact,
+    read_inputs,
+    report_issues,
+    stage_outputs,
+    subset_options,
+)
+from calib.errors import check_outputs, check_plot_folder, finite, fraction, non_negative_int, positive_int
 
 
 def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> None:
@@ -50,8 +70,8 @@ def softening_cmd(
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE.
 
     One row per chemical system; a chemistry whose scale cannot be measured is reported with the reason."""
-    from calib.workflows.softening import measure_softening
     from calib.softening.correction import ScalarCorrection
+    from calib.workflows.softening import measure_softening
 
     device = common_options(batch_size, device)
     positive_int("--n-bootstrap", n_bootstrap)
@@ -79,17 +99,7 @@ def softening_cmd(
                    "out": str(out or "")})
         return
     report_issues(issues, as_json)
-    head = (f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'R²':>5} {'MAE':>6} {'cMAE':>6} "
-            f"{'cMAE_loo':>8}  (forces, eV/Å)")
-    typer.echo(head)
-    typer.echo("-" * len(head))
-    for r in results.values():
-        loo = f"{r.cmae_loo:>8.3f}" if r.cmae_loo is not None else f"{'-':>8}"
-        typer.echo(f"{r.chemsys:<10} {r.n_structures:>3} {r.softening_scale:>6.3f} "
-                   f"[{r.softening_ci[0]:.3f}, {r.softening_ci[1]:.3f}] {r.correction:>6.3f} {r.r2:>5.2f} "
-                   f"{r.mae:>6.3f} {r.cmae:>6.3f} {loo}")
-    for c, f in failed.items():
-        typer.echo(f"{c:<10} {f['n_structures']:>3}  not measured: {f['reason']}")
+    echo(report.softening(results, failed))
     if plots:
         typer.echo(f"parity plots in {plot}")
     if out is not None:
@@ -166,22 +176,6 @@ def decide_cmd(
                    "skipped": [i.as_dict() for i in issues]})
         return
     report_issues(issues, as_json)
-    head = f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'MAE':>6} {'cMAE_loo':>8} {'decision':>8}"
-    typer.echo(head + "   (forces, eV/Å; tolerance " + f"{force_tol} eV/Å)")
-    typer.echo("-" * len(head))
-
-    def num(v, w):
-        return f"{'-':>{w}}" if v is None else f"{v:>{w}.3f}"
-
-    for d in decisions:
-        r = d.as_dict()
-        ci = r["softening_ci"]
-        ci_txt = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        typer.echo(f"{r['chemsys']:<10} {r['n_structures'] or 0:>3} {num(r['softening_scale'], 6)} {ci_txt:>15} "
-                   f"{num(r['correction'], 6)} {num(r['mae'], 6)} {num(r['cmae_loo'], 8)} {d.decision:>8}")
-        for reason in d.reasons:
-            typer.echo(f"    - {reason}")
-        if d.label_requests:
-            typer.echo(f"    label next (positions in {into}, from 0): {d.label_requests}")
+    echo(report.decisions(decisions, force_tol, into))
     if request_out is not None:
         typer.echo(f"{len(requested)} requested structure(s) written to {request_out}")

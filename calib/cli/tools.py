@@ -7,11 +7,19 @@ from typing import List, Optional
 
 import typer
 
-from calib.cli.app import (DeviceOpt, JsonOpt, ModelOpt,
-                           QuietOpt, app, bench_app,
-                           common_options, emit_json, fail,
-                           print_bench)
-from calib.errors import (check_plot_folder, positive_int)
+from calib.cli.app import (
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    QuietOpt,
+    app,
+    bench_app,
+    common_options,
+    emit_json,
+    fail,
+    print_bench,
+)
+from calib.errors import check_plot_folder, positive_int
 
 
 @app.command()

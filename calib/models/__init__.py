@@ -4,8 +4,16 @@
 from __future__ import annotations
 
 from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, Prediction
-from calib.models.registry import (REGISTRY, ModelSpec, load_model, resolve_model, shipped_mace_path, spec_for,
-                                   spec_from_provenance, spec_of)
+from calib.models.registry import (
+    REGISTRY,
+    ModelSpec,
+    load_model,
+    resolve_model,
+    shipped_mace_path,
+    spec_for,
+    spec_from_provenance,
+    spec_of,
+)
 
 __all__ = ["BatchOutput", "FeatureGraph", "ModelAdapter", "ModelSpec", "Prediction", "REGISTRY", "load_model",
            "model_hint", "resolve_model", "shipped_mace_path", "spec_for", "spec_from_provenance", "spec_of"]

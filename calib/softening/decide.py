@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calib.softening.scale import SofteningResult
+
 
 @dataclass
 class Thresholds:
@@ -47,24 +49,30 @@ class Thresholds:
 
 @dataclass
 class Decision:
-    """One chemistry's decision with its reasons (words and numbers) and label requests."""
+    """One chemistry's decision with its reasons (words and numbers) and label requests.
+
+    ``softening`` is the :class:`~calib.softening.scale.SofteningResult` of its labelled structures, None
+    when it could not be measured; ``n_structures`` counts those labelled structures."""
 
     chemsys: str
     decision: str
     reasons: list
-    softening: dict
+    softening: SofteningResult | None
+    n_structures: int = 0
     n_targets: int = 0
     fraction_out_of_distribution: float | None = None
     fraction_uncertain: float | None = None
     label_requests: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        keys = ("chemsys", "n_structures", "softening_scale", "softening_ci", "correction", "mae", "cmae",
-                "cmae_loo")
-        out = {k: self.softening.get(k) for k in keys}
+        s = self.softening
+        keys = ("softening_scale", "softening_ci", "correction", "mae", "cmae", "cmae_loo")
+        out = {"chemsys": self.chemsys, "n_structures": self.n_structures,
+               **{k: getattr(s, k) if s is not None else None for k in keys}}
         out.update(decision=self.decision, reasons=self.reasons, label_requests=self.label_requests,
                    n_targets=self.n_targets, fraction_out_of_distribution=self.fraction_out_of_distribution,
-                   fraction_uncertain=self.fraction_uncertain, correction_ci=self.softening.get("correction_ci"))
+                   fraction_uncertain=self.fraction_uncertain,
+                   correction_ci=s.correction_ci if s is not None else None)
         return out
 
 
@@ -149,7 +157,8 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
             if f_ood > t.max_untrusted:
                 reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of distribution (Q residual) > "
                                f"{100 * t.max_untrusted:.0f} %: the correction was fitted elsewhere")
-    dec = Decision(chemsys=s.chemsys, decision=decision, reasons=reasons, softening=s.as_dict(), n_targets=n_t,
+    dec = Decision(chemsys=s.chemsys, decision=decision, reasons=reasons, softening=s, n_structures=s.n_structures,
+                   n_targets=n_t,
                    fraction_out_of_distribution=f_ood if n_t else None,
                    fraction_uncertain=f_unc if n_t else None)
     if decision == "label" and n_t:
@@ -175,7 +184,7 @@ def unmeasured(chemsys: str, reason: str, thresholds: Thresholds, *, n_structure
     sig = np.asarray(target_sigma_rms if target_sigma_rms is not None else np.zeros(n_t), dtype=float)
     err_scale = np.sqrt(2 / np.pi) * sig
     dec = Decision(chemsys=chemsys, decision="label", reasons=[reason],
-                   softening={"chemsys": chemsys, "n_structures": int(n_structures)}, n_targets=n_t,
+                   softening=None, n_structures=int(n_structures), n_targets=n_t,
                    fraction_uncertain=float(np.mean(err_scale > thresholds.force_tol)) if n_t else None)
     dec.label_requests = _requests(err_scale, target_features, target_indices, thresholds.n_requests)
     return dec

@@ -103,18 +103,3 @@ def report(errors, sigma, half_width, classes=None) -> dict:
     }
     out["per_class"] = per_class_coverage(e, h, classes) if classes is not None else {}
     return out
-
-
-def format_report(metrics: dict, alpha: float) -> str:
-    """A table, one row per target, for terminals."""
-    head = (f"{'target':<18} {'n':>6} {'coverage':>9} {'nominal':>8} {'width':>9} {'NLL':>8} "
-            f"{'ENCE':>6} {'mis.area':>8} {'Spearman':>8}")
-    lines = [head, "-" * len(head)]
-    for name, m in metrics.items():
-        if not isinstance(m, dict) or "coverage" not in m:
-            continue
-        lines.append(f"{name:<18} {m['n']:>6} {m['coverage']:>9.3f} {1 - alpha:>8.2f} {m['mean_width']:>9.4f} "
-                     f"{m['nll']:>8.3f} {m['ence']:>6.3f} {m['miscalibration_area']:>8.3f} {m['spearman']:>8.2f}")
-        for c, pc in m.get("per_class", {}).items():
-            lines.append(f"  {c:<16} {pc['n']:>6} {pc['coverage']:>9.3f}")
-    return "\n".join(lines)

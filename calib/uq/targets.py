@@ -68,6 +68,20 @@ class Points:
     def __len__(self) -> int:
         return int(np.asarray(self.sigma).size)
 
+    def with_errors(self, errors) -> Points:
+        """The same points with these errors (reference − model, the target's unit)."""
+        return Points(self.target, self.sigma, self.descriptors, self.labels, self.structure,
+                      np.asarray(errors, dtype=float).reshape(-1))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Points]) -> Points:
+        """One set of points from consecutive parts of one target (e.g. the batches of a prediction)."""
+        first = parts[0]
+        cat = (lambda xs: None if xs[0] is None else np.concatenate(xs))  # noqa: E731
+        return cls(first.target, cat([p.sigma for p in parts]), cat([p.descriptors for p in parts]),
+                   {k: cat([p.labels[k] for p in parts]) for k in first.labels},
+                   cat([p.structure for p in parts]), cat([p.errors for p in parts]))
+
     def subset(self, mask) -> Points:
         """The points where ``mask`` is True."""
         m = np.asarray(mask, dtype=bool)

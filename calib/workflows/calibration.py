@@ -15,6 +15,7 @@ from calib.data.structures import StructureIssue, get_energy, get_forces
 from calib.models.base import ModelAdapter
 from calib.models.gradients import gradients_in_batches
 from calib.uq.conformal import ConformalCalibrator, class_assigner
+from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
 from calib.uq.targets import build_points
 
@@ -33,7 +34,79 @@ class CalibrationResult:
     n_structures: int = 0
     energy_residual: np.ndarray | None = None
     energy_sigma: np.ndarray | None = None
-    summary: dict = field(default_factory=dict)
+    summary: CalibrationSummary | None = None
+
+
+@dataclass
+class DifferenceFit:
+    """The energy-difference variance models fitted on the pairs of calibration structures that share a
+    composition: ``models`` ("raw", "corrected"), the (c, σ_c) of each structure's chemistry, and why
+    there are none when too few pairs exist."""
+
+    models: dict = field(default_factory=dict)
+    correction: tuple | None = None
+    n_pairs: int = 0
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        if not self.models:
+            return {"difference_note": self.note}
+        out = {"difference_pairs": self.n_pairs}
+        for name, key in (("raw", "difference"), ("corrected", "difference_corrected")):
+            m = self.models[name]
+            out.update({f"{key}_beta": m.beta_, f"{key}_kappa2": m.kappa2_, f"{key}_tau2": m.tau2_,
+                        f"{key}_nll": m.nll_})
+        return out
+
+
+@dataclass
+class CalibrationSummary:
+    """What :func:`calibrate` fitted and measured, for reports and ``calib calibrate --json``.
+
+    ``fit`` is the LLPR fit's own measurement (NLL in nats per residual, Spearman of σ against |error|,
+    energy RMSE per atom after the element reference in eV/atom, force σ and counts); ``force_mae`` is the
+    model's force MAE on the set (eV/Å); the conformal quantiles are dimensionless; the OOD threshold in
+    descriptor units²."""
+
+    target: str
+    n_structures: int
+    n_features: int
+    rank: int
+    alpha2: float
+    sigma2: float
+    regularisation_note: str
+    fit: LLPRFit
+    energy_scores: str
+    force_mae: float
+    force_alpha2: float | None
+    force_sigma2: float | None
+    differences: DifferenceFit
+    element_reference: dict
+    alpha: float | None
+    classes: object
+    conformal_quantile: dict
+    conformal_fallback: dict
+    ood_components: int
+    ood_threshold: float
+
+    def as_dict(self) -> dict:
+        """The flat JSON record (keys as in calib 0.4; the force keys only when force gradients were taken)."""
+        f = self.fit
+        out = {"target": self.target, "n_structures": self.n_structures, "alpha2": self.alpha2,
+               "sigma2": self.sigma2, "rank": self.rank, "n_features": self.n_features,
+               "regularisation_note": self.regularisation_note, "energy_nll": f.energy_nll,
+               "energy_spearman": f.energy_spearman, "energy_rmse_per_atom": f.energy_rmse_per_atom,
+               "energy_scores": self.energy_scores, "energy_cross_fit_excluded": f.energy_excluded,
+               "force_mae": self.force_mae}
+        if self.force_alpha2 is not None:
+            out.update(force_alpha2=self.force_alpha2, force_sigma2=self.force_sigma2, force_nll=f.force_nll,
+                       force_spearman=f.force_spearman, approx_force_directions=f.approx_force_directions,
+                       force_components_zero_sigma=f.force_components_zero_sigma)
+        out.update(self.differences.as_dict())
+        out.update(element_reference=self.element_reference, alpha=self.alpha, classes=self.classes,
+                   conformal_quantile=self.conformal_quantile, conformal_fallback=self.conformal_fallback,
+                   ood_components=self.ood_components, ood_threshold=self.ood_threshold)
+        return out
 
 
 def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -47,8 +120,8 @@ def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndar
 
 
 def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: int = 500,
-                          confidence: float = 0.95) -> tuple[dict, tuple | None, dict]:
-    """(models, (c, σ_c) per structure, summary) of the energy-difference variance models.
+                          confidence: float = 0.95) -> DifferenceFit:
+    """The energy-difference variance models (:class:`DifferenceFit`).
 
     Pairs: every pair of structures sharing chemsys and composition (the element reference cancels).
     ``raw`` is fitted on r = ΔE_ref − ΔE_model; ``corrected`` on r + (1 − c) ΔE_model with c fitted on
@@ -61,7 +134,7 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
     comp = [f"{c}|{a.get_chemical_formula()}" for c, a in zip(pred.chemsys, structs)]
     i, j = pairs_within(comp)
     if len(i) < 2:
-        return {}, None, {"difference_note": f"{len(i)} pair(s) share a composition: no difference model"}
+        return DifferenceFit(note=f"{len(i)} pair(s) share a composition: no difference model")
     f, n, e = pred.features, pred.n_atoms, pred.energy
     v = llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]) ** 2
     dE = e[i] - e[j]
@@ -72,11 +145,7 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
                                     confidence=confidence)
     c, sc = ScalarCorrection.from_results(soft).per_structure(pred.chemsys)
     corrected = DifferenceVarianceModel().fit(v, dE, corrected_errors(r, dE, c[i]), c=c[i], c_sigma=sc[i])
-    summary = {"difference_pairs": int(len(i))}
-    for name, mdl in (("difference", raw), ("difference_corrected", corrected)):
-        summary.update({f"{name}_beta": mdl.beta_, f"{name}_kappa2": mdl.kappa2_, f"{name}_tau2": mdl.tau2_,
-                        f"{name}_nll": mdl.nll_})
-    return {"raw": raw, "corrected": corrected}, (c, sc), summary
+    return DifferenceFit({"raw": raw, "corrected": corrected}, (c, sc), int(len(i)))
 
 
 def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int = 30,
@@ -210,63 +279,36 @@ def calibrate(
                           force_n_atoms=pred.n_atoms if with_forces else None,
                           force_residuals=f_res if with_forces else None, target=target,
                           approx_coverage=approx_coverage)
-    e_sigma = fit.energy_sigma
-    f_sigma = fit.force_sigma
-    force_summary = {}
-    if with_forces:
-        force_summary = {
-            "force_alpha2": L.force_alpha2_,
-            "force_sigma2": L.force_sigma2_,
-            "force_nll": fit.force_nll,
-            "force_spearman": fit.force_spearman,
-            "approx_force_directions": fit.approx_force_directions,
-            "force_components_zero_sigma": fit.force_components_zero_sigma,
-        }
-    differences, correction, diff_summary = {}, None, {}
-    if difference_model:
-        differences, correction, diff_summary = fit_difference_models(L, structs, pred, e_res)
+    diff = fit_difference_models(L, structs, pred, e_res) if difference_model else DifferenceFit(note="not fitted")
     conformal = {}
     if alpha is not None:
         points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
-                              energy_sigma=e_sigma, atom_structure=pred.atom_structure, numbers=pred.numbers,
-                              atom_descriptors=pred.atom_descriptors,
-                              force_sigma=f_sigma if with_forces else None, energy_errors=e_cf,
-                              pair_errors=e_res, force_errors=f_res if with_forces else None,
-                              energies=pred.energy, differences=differences, correction=correction)
+                              energy_sigma=fit.energy_sigma, atom_structure=pred.atom_structure,
+                              numbers=pred.numbers, atom_descriptors=pred.atom_descriptors,
+                              force_sigma=fit.force_sigma, energy_errors=e_cf, pair_errors=e_res,
+                              force_errors=f_res if with_forces else None, energies=pred.energy,
+                              differences=diff.models, correction=diff.correction)
         conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
-    summary = {
-        "target": target,
-        "n_structures": len(structs),
-        "alpha2": L.alpha2_,
-        "sigma2": L.sigma2_,
-        "rank": L.rank_,
-        "n_features": L.n_features,
-        "regularisation_note": L.regularisation_note_,
-        "energy_nll": fit.energy_nll,
-        "energy_spearman": fit.energy_spearman,
-        "energy_rmse_per_atom": fit.energy_rmse_per_atom,
-        "energy_scores": f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
-        else "in-sample element reference",
-        "energy_cross_fit_excluded": int((~e_ok).sum()),
-        "force_mae": float(np.mean(np.abs(f_res))),
-        **force_summary,
-        **diff_summary,
-        "element_reference": ref.as_dict(),
-        "alpha": alpha,
-        "classes": classes,
-        "conformal_quantile": {k: c.quantile_ for k, c in conformal.items()},
-        "conformal_fallback": {k: dict(c.fallback_) for k, c in conformal.items()},
-    }
     from calib.uq.ood import QResidualDetector
 
     ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure)
-    summary["ood_components"], summary["ood_threshold"] = ood.n_components_, ood.threshold_
+    energy_scores = (f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
+                     else "in-sample element reference")
+    summary = CalibrationSummary(
+        target=target, n_structures=len(structs), n_features=L.n_features, rank=L.rank_, alpha2=L.alpha2_,
+        sigma2=L.sigma2_, regularisation_note=L.regularisation_note_, fit=fit, energy_scores=energy_scores,
+        force_mae=float(np.mean(np.abs(f_res))), force_alpha2=L.force_alpha2_ if with_forces else None,
+        force_sigma2=L.force_sigma2_ if with_forces else None, differences=diff,
+        element_reference=ref.as_dict(), alpha=alpha, classes=classes,
+        conformal_quantile={k: c.quantile_ for k, c in conformal.items()},
+        conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
+        ood_components=ood.n_components_, ood_threshold=ood.threshold_)
     art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
-                           differences=differences, ood=ood,
+                           differences=diff.models, ood=ood,
                            attrs={**artifact.attrs, "calibration_target": target,
                                   "calibration_n_structures": len(structs),
                                   "element_reference_note": "least squares on element counts of E_ref - E_model "
                                                             "over the calibration set (eV/atom)",
-                                  "energy_scores": summary["energy_scores"]})
+                                  "energy_scores": energy_scores})
     return CalibrationResult(artifact=art, issues=issues, n_structures=len(structs),
-                             energy_residual=e_cf, energy_sigma=e_sigma, summary=summary)
+                             energy_residual=e_cf, energy_sigma=fit.energy_sigma, summary=summary)

@@ -92,10 +92,7 @@ def decision_corrections(decisions):
     from calib.softening.correction import ScalarCorrection
 
     scaled = [d for d in decisions if d.decision == "scale"]
-    return ScalarCorrection(
-        {d.chemsys: (float(d.softening["correction"]), float(d.softening["energy_anchor_per_atom"] or 0.0))
-         for d in scaled},
-        {d.chemsys: tuple(map(float, d.softening["correction_ci"])) for d in scaled})
+    return ScalarCorrection.from_results({d.chemsys: d.softening for d in scaled})
 
 
 def write_requests(pool: Sequence[Atoms], indices: Sequence[int], path) -> int:

@@ -114,9 +114,9 @@ def worker_predictor(calibration: str, model, device: str = "cpu"):
 
 def partial_hessian(spec, device: str, structures: Sequence, batch_size: int, force_weight: float = 0.0):
     """(H as float64 array, number of structures, batches) of one shard of already-validated structures."""
+    from calib.models.base import batches
     from calib.uq.hessian import HessianAccumulator
     from calib.workflows.accumulate import add_batch
-    from calib.models.base import batches
 
     model = worker_model(spec, device)
     acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
@@ -138,10 +138,9 @@ def distributed_hessian(client, spec, structures: Sequence, *, device: str = "cp
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
-    from calib.uq.hessian import HessianAccumulator, HessianResult
     from calib.data.structures import structures_fingerprint, validate
-
     from calib.models import ModelSpec, spec_for
+    from calib.uq.hessian import HessianAccumulator, HessianResult
 
     if not isinstance(spec, (str, ModelSpec)):
         raise TypeError("distributed accumulation needs the model as a ModelSpec or a load_model name (e.g. "

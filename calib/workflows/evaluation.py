@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
@@ -10,9 +11,60 @@ from ase import Atoms
 from calib.artifact import Artifact
 from calib.models.base import ModelAdapter
 from calib.predictor import CalibratedPredictor
-from calib.uq.targets import TARGETS, build_points
+from calib.uq.targets import TARGETS, difference_points
 from calib.workflows.calibration import drop_zero_sigma
 from calib.workflows.labelled import predict_labelled
+
+
+@dataclass
+class TargetReport:
+    """How σ and the intervals of one target did on held-out data (errors and widths in ``unit``).
+
+    ``coverage`` and ``mean_width`` (of the conformal intervals, and ``per_class`` coverage) are None
+    without a conformal state; ``coverage_1sigma`` / ``coverage_2sigma`` (0.683 / 0.954 if Gaussian) and
+    ``z_rms`` read σ as a Gaussian standard deviation; NLL in nats per point; ``spearman`` of σ against
+    |error|."""
+
+    unit: str
+    n: int
+    mae: float
+    nll: float
+    ence: float
+    miscalibration_area: float
+    spearman: float
+    coverage_1sigma: float
+    coverage_2sigma: float
+    z_rms: float
+    coverage: float | None = None
+    mean_width: float | None = None
+    per_class: dict | None = None
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        return out
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`: one :class:`TargetReport` per target, counts and skipped structures.
+
+    ``n_without_interval`` counts structures whose element reference the calibration compositions do not
+    determine (no energy point); ``points`` (with ``return_points``) holds per target the errors, σ,
+    half-widths, classes and calibrator, for plots."""
+
+    alpha: float | None
+    n_structures: int
+    n_without_interval: int
+    force_components_zero_sigma: int
+    skipped: list
+    targets: dict = field(default_factory=dict)
+    points: dict | None = None
+
+    def as_dict(self) -> dict:
+        """The JSON record of ``calib evaluate`` (keys as in calib 0.4)."""
+        return {"alpha": self.alpha, "n_structures": self.n_structures, "n_without_interval": self.n_without_interval,
+                "force_components_zero_sigma": self.force_components_zero_sigma,
+                "skipped": [i.as_dict() for i in self.skipped], **{k: t.as_dict() for k, t in self.targets.items()}}
 
 
 def evaluate(
@@ -24,68 +76,54 @@ def evaluate(
     forces: bool = True,
     progress: bool = True,
     return_points: bool = False,
-) -> dict:
+) -> Evaluation:
     """Held-out check of calibrated σ and conformal intervals against real errors.
 
     Energy errors are total eV after the artifact's per-element reference;
     force errors are components in eV/Å (``forces``) and per-atom norms
     (``force_norm``); ``energy_difference`` pairs structures within a
-    chemical system. For each target: ``n``, ``mae``, ``coverage`` and
-    ``mean_width`` of the conformal intervals (absent without a conformal
-    state), ``nll`` (nats), ``ence``, ``miscalibration_area``, ``spearman``
-    (σ vs |error|), ``per_class`` coverage, and for the Gaussian reading of σ
-    ``coverage_1sigma`` / ``coverage_2sigma`` (0.683 / 0.954 if Gaussian) and
-    ``z_rms``. Energy targets count only structures whose element reference is
-    determined by the calibration compositions (calib.uq.reference); the others are
-    ``n_without_interval``. With ``return_points`` the per-point errors, σ,
-    half-widths and classes come back under ``"points"`` (for plots).
+    chemical system. The points are the predictor's own (the ones its intervals come from), with the
+    reference-minus-model errors attached; energy targets count only structures whose element reference
+    is determined by the calibration compositions (calib.uq.reference). Returns an :class:`Evaluation`.
     """
     from calib.uq import metrics
 
     predictor = CalibratedPredictor(model, artifact, require_calibrated=False)
     lp = predict_labelled(predictor, labelled, forces=forces, force_mode="exact" if forces else "none",
-                          batch_size=batch_size, descriptors=True, progress=progress)
+                          batch_size=batch_size, descriptors=True, progress=progress, points=True)
     if not lp.structures:
         raise ValueError("no valid labelled structures to evaluate: " + "; ".join(str(i) for i in lp.issues[:5]))
     ok = lp.ok
-    shift = ok["energy_shift"].values if "energy_shift" in ok else 0.0
+    shift = ok["energy_shift"].values if "energy_shift" in ok else np.zeros(len(lp.structures))
     chem = ok["chemsys"].values
-    rows = {int(s): k for k, s in enumerate(ok["structure"].values)}
-    points = build_points(artifact.llpr, features=ok["features"].values, n_atoms=ok["n_atoms"].values,
-                          chemsys=chem, energy_sigma=ok["energy_sigma"].values,
-                          atom_structure=np.array([rows[int(i)] for i in ok["structure_index"].values]),
-                          numbers=ok["numbers"].values, atom_descriptors=ok["atom_descriptors"].values,
-                          force_sigma=ok["forces_sigma"].values if forces else None,
-                          energy_errors=lp.energy_errors - shift, force_errors=lp.force_errors,
-                          energies=ok["energy"].values, differences=artifact.differences,
-                          correction=artifact.corrections.per_structure(chem))
-    # energies need a determined element reference: structures without one (NaN shift) have no interval and
-    # no score (build_points leaves out energy points whose error is not finite)
-    n_without = int(np.sum(~np.isfinite(shift))) if np.ndim(shift) else 0
-    for name in ("energy_difference", "energy_difference_corrected"):
-        if name in points:
-            points[name] = points[name].subset(np.isfinite(points[name].errors))
+    e_err = lp.energy_errors - shift  # NaN where the shift is not determined: no interval, no score
+    points = {"energy": lp.points["energy"].with_errors(e_err)}
+    if forces and "forces" in lp.points:
+        points["forces"] = lp.points["forces"].with_errors(lp.force_errors)
+        points["force_norm"] = lp.points["force_norm"].with_errors(np.linalg.norm(lp.force_errors, axis=1))
+    points.update(difference_points(artifact.llpr, ok["features"].values, ok["n_atoms"].values, chem, e_err,
+                                    energies=ok["energy"].values, differences=artifact.differences,
+                                    correction=artifact.corrections.per_structure(chem)))
+    points = {k: p.subset(np.isfinite(p.errors)) for k, p in points.items()}
     points, dropped = drop_zero_sigma(points)
     points = {k: p for k, p in points.items() if len(p)}
-    alpha = next((c.alpha for c in artifact.conformal.values()), None)
-    out: dict = {"alpha": alpha, "n_structures": len(lp.structures), "n_without_interval": n_without,
-                 "force_components_zero_sigma": dropped.get("forces", 0),
-                 "skipped": [i.as_dict() for i in lp.issues]}
-    kept = {}
+    out = Evaluation(alpha=next((c.alpha for c in artifact.conformal.values()), None),
+                     n_structures=len(lp.structures), n_without_interval=int(np.sum(~np.isfinite(shift))),
+                     force_components_zero_sigma=dropped.get("forces", 0), skipped=list(lp.issues),
+                     points={} if return_points else None)
     for name, p in points.items():
         cal = artifact.conformal.get(name)
-        if cal is not None:
-            h, cls = cal.half_width_points(p)
-            block = metrics.report(p.errors, p.sigma, h, cls)
-        else:
-            h, cls = None, None
-            block = {k: v for k, v in metrics.report(p.errors, p.sigma, p.sigma).items()
-                     if k not in ("coverage", "mean_width", "per_class")}
+        h, cls = cal.half_width_points(p) if cal is not None else (None, None)
+        block = metrics.report(p.errors, p.sigma, p.sigma if h is None else h, cls)
         z = p.errors / p.sigma
-        block.update(coverage_1sigma=float(np.mean(np.abs(z) <= 1)), coverage_2sigma=float(np.mean(np.abs(z) <= 2)),
-                     z_rms=float(np.sqrt(np.mean(z**2))), unit=TARGETS[name][0])
-        out[name] = block
-        kept[name] = {"errors": p.errors, "sigma": p.sigma, "half_width": h, "classes": cls, "calibrator": cal}
-    if return_points:
-        out["points"] = kept
+        out.targets[name] = TargetReport(
+            unit=TARGETS[name][0], n=block["n"], mae=block["mae"], nll=block["nll"], ence=block["ence"],
+            miscalibration_area=block["miscalibration_area"], spearman=block["spearman"],
+            coverage_1sigma=float(np.mean(np.abs(z) <= 1)), coverage_2sigma=float(np.mean(np.abs(z) <= 2)),
+            z_rms=float(np.sqrt(np.mean(z**2))), coverage=block["coverage"] if cal is not None else None,
+            mean_width=block["mean_width"] if cal is not None else None,
+            per_class=block["per_class"] if cal is not None else None)
+        if return_points:
+            out.points[name] = {"errors": p.errors, "sigma": p.sigma, "half_width": h, "classes": cls,
+                                "calibrator": cal}
     return out

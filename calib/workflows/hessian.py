@@ -36,8 +36,8 @@ def build_hessian(
     model by its name (calib.workflows.distributed); checkpoints are for serial runs.
     """
     if client is not None:
-        from calib.workflows.distributed import distributed_hessian
         from calib.models import spec_of
+        from calib.workflows.distributed import distributed_hessian
 
         if checkpoint is not None:
             raise ValueError("checkpoints are for serial runs: a distributed accumulation reruns lost shards itself")

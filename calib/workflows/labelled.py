@@ -20,7 +20,8 @@ class LabelledPrediction:
     ``structures`` are the valid labelled structures in the order of the
     Dataset's predicted rows (``ds.error == ""``); ``issues`` the skipped ones.
     ``energy_errors`` (S,) eV and ``force_errors`` (N, 3) eV/Å are reference
-    minus the model's own prediction (no element reference removed).
+    minus the model's own prediction (no element reference removed). ``points`` are the predictor's
+    conformal points (without errors) when asked for.
     """
 
     ds: object
@@ -28,6 +29,7 @@ class LabelledPrediction:
     issues: list
     energy_errors: np.ndarray
     force_errors: np.ndarray | None
+    points: dict | None = None
 
     @property
     def ok(self):
@@ -43,12 +45,14 @@ class LabelledPrediction:
 
 def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], *, forces: bool = True,
                      force_mode: str = "none", batch_size: int = 16, descriptors: bool = False,
-                     progress: bool = True) -> LabelledPrediction:
-    """Predict labelled structures (skipping and reporting unlabelled or invalid ones) and their errors."""
+                     progress: bool = True, points: bool = False) -> LabelledPrediction:
+    """Predict labelled structures (skipping and reporting unlabelled or invalid ones) and their errors;
+    with ``points`` also the predictor's conformal points."""
     from calib.data.structures import StructureIssue
 
     ds = predictor.predict(labelled, forces=forces, force_mode=force_mode, batch_size=batch_size,
-                           descriptors=descriptors, require_labels=True, progress=progress)
+                           descriptors=descriptors, require_labels=True, progress=progress, return_points=points)
+    ds, pts = ds if points else (ds, None)
     err = ds["error"].values
     ok_rows = np.flatnonzero(err == "")
     structs = [labelled[int(i)] for i in ds["structure"].values[ok_rows]]
@@ -56,4 +60,4 @@ def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], 
                              str(ds["source"].values[k]))
               for k in np.flatnonzero(err != "")]
     e_err, f_err = label_errors(structs, ds["energy"].values[ok_rows], ds["forces"].values if forces else None)
-    return LabelledPrediction(ds, structs, issues, e_err, f_err)
+    return LabelledPrediction(ds, structs, issues, e_err, f_err, pts)

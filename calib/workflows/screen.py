@@ -326,9 +326,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
             predictor = _predictor(calibration, model, device)
             results = _serial(predictor, stream, writer, options)
         else:
-            from calib.workflows.distributed import ordered_batches
-
             from calib.models import ModelAdapter, spec_of
+            from calib.workflows.distributed import ordered_batches
 
             on_workers = spec_of(model) if isinstance(model, ModelAdapter) else model  # a spec travels, not weights
             results = ordered_batches(client, _screen_on_worker, stream, writer.rows,
