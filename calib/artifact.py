@@ -32,8 +32,11 @@ difference_<m>_beta       ()                     energy-difference variance mode
 difference_<m>_kappa2     ()                     ``corrected``: β (1), κ² (1), τ² (eV²),
 difference_<m>_tau2       ()                     see calib.uq.differences
 element_reference_basis   (element_basis, element)  span of the calibration compositions (1)
-ood_mean, ood_components  (feature), (ood_component, feature)  Q-residual PCA of the calibration
-ood_threshold             ()                     structures' per-atom descriptors (calib.uq.ood)
+ood_mean, ood_components  (ood_dim), (ood_component, ood_dim)  Q-residual PCA of the per-atom
+ood_threshold             ()                     descriptors of the Hessian's structures (calib.uq.ood)
+force_error_kappa1/2      ()                     force error model of the trust verdict:
+force_error_tau           ()                     σ_i² = κ₁² F_i² + κ₂² F_rms² + τ² (τ in eV/Å) and the
+force_error_quantile      ()                     conformal quantile of its structure bound (calib.uq.trust)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): see :mod:`calib.uq.targets`.
@@ -64,6 +67,7 @@ from calib.uq.differences import DifferenceVarianceModel
 from calib.uq.llpr import LLPR
 from calib.uq.ood import QResidualDetector
 from calib.uq.reference import ElementReference
+from calib.uq.trust import ForceErrorModel
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 
@@ -87,7 +91,8 @@ class Artifact:
     conformal : dict target → calib.uq.conformal.ConformalCalibrator
     differences : dict "raw" | "corrected" → calib.uq.differences.DifferenceVarianceModel
     corrections : calib.softening.correction.ScalarCorrection (per chemsys c, its CI, anchor)
-    ood : calib.uq.ood.QResidualDetector or None — fitted on the calibration structures
+    ood : calib.uq.ood.QResidualDetector or None — the domain detector (the Hessian's structures)
+    force_error : calib.uq.trust.ForceErrorModel or None — the force bound of the trust verdict
     attrs : dict — provenance and notes
     """
 
@@ -100,6 +105,7 @@ class Artifact:
     differences: dict = field(default_factory=dict)
     corrections: ScalarCorrection = field(default_factory=ScalarCorrection)
     ood: QResidualDetector | None = None
+    force_error: ForceErrorModel | None = None
     attrs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -158,6 +164,8 @@ class Artifact:
         variables.update(self.corrections.to_variables())
         if self.ood is not None:
             variables.update(self.ood.to_variables("ood"))
+        if self.force_error is not None:
+            variables.update(self.force_error.to_variables("force_error"))
         coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
         d = self.llpr.n_features
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
@@ -204,7 +212,9 @@ class Artifact:
         return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
                    stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal, differences=differences,
                    corrections=ScalarCorrection.from_variables(ds),
-                   ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None, attrs=attrs)
+                   ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None,
+                   force_error=ForceErrorModel.from_variables(ds) if "force_error_quantile" in ds else None,
+                   attrs=attrs)
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:

@@ -11,6 +11,9 @@ energy_uncertainty      calibrated LLPR σ of the total energy, eV
 forces_uncertainty      calibrated LLPR σ of each force component, eV/Å, shape (N, 3)
 energy_interval         conformal interval (low, high) for the reference-code total energy, eV,
                         or None where the element reference does not determine it
+energy_centre           its centre: the model energy + energy_shift, eV (None without an interval)
+energy_shift            the per-element reference shift to the reference code's energy zero, eV
+trusted, trust_reason   the one trust verdict (calib.uq.trust) and why not ("" when trusted)
 corrected               whether energy, forces and stress are the scalar-corrected ones
 correction              the factor c used (1.0 when not corrected)
 uncorrected_energy      the model's own energy, eV (present when corrected)
@@ -107,4 +110,10 @@ class CalibratedCalculator(Calculator):
             if "energy_low" in ds:
                 lo, hi = float(ds["energy_low"].values[0]), float(ds["energy_high"].values[0])
                 results["energy_interval"] = (lo, hi) if np.isfinite(lo) else None
+                shift = float(ds["energy_shift"].values[0])
+                results["energy_shift"] = shift if np.isfinite(shift) else None
+                results["energy_centre"] = float(ds["energy_centre"].values[0]) if np.isfinite(lo) else None
+        if "trusted" in ds:
+            results["trusted"] = bool(ds["trusted"].values[0])
+            results["trust_reason"] = str(ds["trust_reason"].values[0])
         self.results = results

@@ -30,6 +30,12 @@ energy_centre           structure               energy + energy_shift: the model
 energy_low/high         structure               conformal interval for the reference-code total energy, eV
                                                 (NaN where the element reference does not determine the shift)
 energy_interval_reason  structure               why a structure has no energy interval ("" when it has one)
+energy_halfwidth        structure               conformal half-width of the total energy, eV (with or without
+                                                an interval: the element reference does not change it)
+force_error_bound       structure               calibrated bound on the largest force error, eV/Å (calib.uq.trust)
+trusted, trust_reason   structure               the one trust verdict and why not (calib.uq.trust)
+trust_score             structure               ≤ 1 exactly when trusted (ranks structures)
+extrapolated            structure               outside every calibration structure (Q): intervals extrapolated
 energy_class            structure               Mondrian class of the energy quantile
 correction              structure               scalar correction c stored for the chemsys (NaN: none)
 energy_corrected        structure               E_anchor + c (E − E_anchor), eV (NaN: no correction)
@@ -66,6 +72,7 @@ from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
 from calib.uq.targets import Points, build_points
+from calib.uq.trust import TrustPolicy, verdict
 
 FORCE_MODES = ("exact", "approx", "none")
 
@@ -76,7 +83,7 @@ _UNITS = {
     "energy_corrected": "eV", "max_force": "eV/Å", "max_force_sigma": "eV/Å", "max_force_halfwidth": "eV/Å",
     "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
     "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
-    "stress": "eV/Å^3", "q_score": "1",
+    "stress": "eV/Å^3", "q_score": "1", "energy_halfwidth": "eV", "force_error_bound": "eV/Å", "trust_score": "1",
 }
 _DESCRIPTIONS = {
     "energy": "model total energy",
@@ -94,6 +101,13 @@ _DESCRIPTIONS = {
     "forces_low": "lower end of the conformal interval for the reference force component",
     "forces_high": "upper end of the conformal interval for the reference force component",
     "forces_corrected": "c * forces (the uncorrected forces where no correction is stored)",
+    "energy_halfwidth": "conformal half-width of the total energy (with or without an energy interval)",
+    "force_error_bound": "calibrated bound on the largest force-component error of the structure",
+    "trusted": "the verdict of calib.uq.trust: in the model's domain, force bound and energy half-width within "
+               "tolerance",
+    "trust_reason": "why a structure is not trusted (' | '-joined), '' when trusted",
+    "trust_score": "max(Q, bound / force_tol, half-width per atom / energy_tol): <= 1 exactly when trusted",
+    "extrapolated": "Q score above every calibration structure's: intervals extrapolated, not measured",
 }
 
 
@@ -109,6 +123,10 @@ class CalibratedPredictor:
     require_calibrated : bool
         Refuse an artifact that holds a Hessian only (default). With False,
         σ of such an artifact uses α² = 1 and the default ς² (uncalibrated).
+    trust : calib.uq.trust.TrustPolicy, optional
+        Tolerances of the trust verdict (``trusted``, ``trust_reason``); default force 0.3 eV/Å, energy
+        0.1 eV/atom, out-of-domain untrusted. With a calibrated artifact the verdict needs the model's
+        forces, which the predictor then computes even when ``forces=False`` (without reporting them).
 
     Examples
     --------
@@ -117,21 +135,30 @@ class CalibratedPredictor:
     >>> ds.energy_sigma.values, ds.forces_high - ds.forces_low                      # doctest: +SKIP
     """
 
-    def __init__(self, model: ModelAdapter, artifact: Artifact | None = None, *, require_calibrated: bool = True):
+    def __init__(self, model: ModelAdapter, artifact: Artifact | None = None, *, require_calibrated: bool = True,
+                 trust: TrustPolicy | None = None):
         if artifact is not None:
             artifact.check_model(model)
             if require_calibrated and not artifact.calibrated:
                 raise ArtifactError("this artifact holds a Hessian only; run `calib calibrate` on labelled data first")
         self.model = model
         self.artifact = artifact
+        self.trust = trust or TrustPolicy()
+
+    @property
+    def _verdict_forces(self) -> bool:
+        """Whether the trust verdict needs the model's forces (a force bound in the artifact and a tolerance)."""
+        return self.artifact is not None and self.artifact.force_error is not None and self.trust.force_tol is not None
 
     @classmethod
-    def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True):
+    def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True,
+                  trust: TrustPolicy | None = None):
         """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None."""
         from calib.models import resolve_model
 
         art = Artifact.load(path)
-        return cls(resolve_model(model, artifact=art, device=device), art, require_calibrated=require_calibrated)
+        return cls(resolve_model(model, artifact=art, device=device), art, require_calibrated=require_calibrated,
+                   trust=trust)
 
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
@@ -156,7 +183,8 @@ class CalibratedPredictor:
             the input position), as ``(dataset, points)``: evaluation attaches errors to them.
         """
         parts, points = [], []
-        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
+        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces or self._verdict_forces,
+                                                  stress=stress,
                                                   batch_size=batch_size, progress=progress,
                                                   require_labels=require_labels, desc="predict"):
             parts.append(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors, points))
@@ -171,8 +199,8 @@ class CalibratedPredictor:
                      stress: bool = False, progress: bool = True) -> Iterator:
         """The same Datasets, one per batch (``structure`` coordinates are positions in the whole input),
         so that a stream of any length never has to be held in memory."""
-        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces, stress=stress,
-                                                  batch_size=batch_size, progress=progress,
+        for kept, pred in self.model.iter_predict(as_structures(structures), forces=forces or self._verdict_forces,
+                                                  stress=stress, batch_size=batch_size, progress=progress,
                                                   require_labels=require_labels, desc="predict"):
             yield self._dataset(self._arrays(kept, pred, forces, force_mode, batch_size, descriptors, []), forces)
 
@@ -291,8 +319,9 @@ class CalibratedPredictor:
         local = L.local_energy_sigma(pred.atom_descriptors)
         out["local_energy_sigma"] = ("a", local)
         out["max_local_sigma"] = ("s", s(_per_structure_max(local[:, None], pred)))
-        if art.ood is not None:
-            out["q_score"] = ("s", s(art.ood.structure_scores(pred.atom_descriptors, pred.atom_structure, n_ok)))
+        q = art.ood.structure_scores(pred.atom_descriptors, pred.atom_structure, n_ok) if art.ood is not None else None
+        if q is not None:
+            out["q_score"] = ("s", s(q))
         f_sig = None
         if forces and force_mode != "none":
             fvar = force_variance(self.model, kept, L, mode=force_mode, batch_size=batch_size)
@@ -315,8 +344,11 @@ class CalibratedPredictor:
                 shift = np.where(known, shift, np.nan)  # an undetermined shift is no number at all
             out["energy_shift"] = ("s", s(shift))
             out["energy_centre"] = ("s", s(pred.energy + shift))
+        h_energy = None
         if "energy" in art.conformal and n_ok:
             h, cls = art.conformal["energy"].half_width_points(points["energy"])
+            h_energy = h
+            out["energy_halfwidth"] = ("s", s(h))
             out["energy_low"] = ("s", s(pred.energy + shift - h))
             out["energy_high"] = ("s", s(pred.energy + shift + h))
             out["energy_interval_reason"] = ("s", s(np.array(why, dtype=object), fill=""))
@@ -328,6 +360,8 @@ class CalibratedPredictor:
             out["forces_low"] = ("a", pred.forces - h)
             out["forces_high"] = ("a", pred.forces + h)
             out["max_force_halfwidth"] = ("s", s(_per_structure_max(h, pred)))
+        if n_ok:
+            out.update(self._verdict(pred, s, q, h_energy))
         corr = art.corrections
         if len(corr):
             c, _ = corr.per_structure(pred.chemsys)
@@ -340,6 +374,24 @@ class CalibratedPredictor:
                 out["forces_corrected"] = ("a", c_atom[:, None] * pred.forces)
                 out["max_force_corrected"] = ("s", s(c * max_force))
         return out
+
+    def _verdict(self, pred: Prediction, s, q, h_energy) -> dict:
+        """The trust columns of one batch (calib.uq.trust.verdict) from the Q score ``q``, the force bound of the
+        model's forces and the energy half-width per atom (``h_energy`` eV)."""
+        art = self.artifact
+        bound = None
+        if art.force_error is not None and pred.forces is not None:
+            bound = np.array([art.force_error.bound(pred.forces[sl]) for sl in pred.atom_slices()])
+        trusted, why, score = verdict(self.trust, q_score=q, force_bound=bound,
+                                      energy_halfwidth=None if h_energy is None else h_energy / pred.n_atoms)
+        cols = {"trusted": ("s", s(trusted, fill=False)), "trust_reason": ("s", s(why, fill="")),
+                "trust_score": ("s", s(score))}
+        if bound is not None:
+            cols["force_error_bound"] = ("s", s(bound))
+        cal_max = getattr(art.ood, "calibration_max_", np.nan) if art.ood is not None else np.nan
+        cols["extrapolated"] = ("s", s(q > cal_max if q is not None and np.isfinite(cal_max)
+                                         else np.zeros(len(pred), dtype=bool), fill=False))
+        return cols
 
     def _dataset(self, arrays: dict, forces: bool):
         import xarray as xr
@@ -408,56 +460,3 @@ def _concat(parts: list[dict]) -> dict:
         return {}
     keys = [k for k in parts[0] if all(k in p for p in parts)]
     return {k: (parts[0][k][0], np.concatenate([p[k][1] for p in parts])) for k in keys}
-
-
-def to_records(ds, structures=None) -> list[dict]:
-    """One JSON-ready record per structure of a predictor Dataset, in input order.
-
-    Keys: ``index``, ``name``, ``chemsys``, ``n_atoms``, ``energy``, ``energy_per_atom``,
-    ``energy_sigma`` and, when present, ``energy_shift``, ``energy_interval`` [low, high] (eV; None with
-    ``energy_interval_reason`` where the element reference does not determine the structure's shift),
-    ``energy_class``, ``max_force``, ``max_force_sigma``, ``max_force_halfwidth`` (eV/Å),
-    ``correction``, ``energy_corrected`` (eV), ``max_force_corrected``. A skipped structure
-    carries ``error`` instead of numbers (and its chemsys when ``structures`` are given and it
-    can be formed).
-    """
-    from calib.data.structures import chemsys as get_chemsys
-
-    scalar = ["energy", "energy_per_atom", "energy_sigma", "max_local_sigma", "energy_shift"]
-    optional_f = ["max_force", "max_force_sigma", "max_force_halfwidth"]
-    out = []
-    for k, idx in enumerate(ds["structure"].values.tolist()):
-        rec = {"index": int(idx), "name": str(ds["name"].values[k]), "chemsys": str(ds["chemsys"].values[k])}
-        err = str(ds["error"].values[k])
-        if err:
-            rec["chemsys"] = None
-            if structures is not None:
-                try:
-                    rec["chemsys"] = get_chemsys(structures[idx])
-                except Exception:  # e.g. unknown element symbols
-                    pass
-            rec["error"] = err
-            out.append(rec)
-            continue
-        rec["n_atoms"] = int(ds["n_atoms"].values[k])
-        for key in scalar:
-            if key in ds:
-                rec[key] = float(ds[key].values[k])
-        if "energy_low" in ds:
-            lo, hi = float(ds["energy_low"].values[k]), float(ds["energy_high"].values[k])
-            reason = str(ds["energy_interval_reason"].values[k]) if "energy_interval_reason" in ds else ""
-            rec["energy_interval"] = None if reason or not np.isfinite(lo) else [lo, hi]
-            if reason:
-                rec["energy_interval_reason"] = reason
-        if "energy_class" in ds:
-            rec["energy_class"] = str(ds["energy_class"].values[k])
-        for key in optional_f:
-            if key in ds:
-                rec[key] = float(ds[key].values[k])
-        if "correction" in ds and np.isfinite(ds["correction"].values[k]):
-            rec["correction"] = float(ds["correction"].values[k])
-            rec["energy_corrected"] = float(ds["energy_corrected"].values[k])
-            if "max_force_corrected" in ds:
-                rec["max_force_corrected"] = float(ds["max_force_corrected"].values[k])
-        out.append(rec)
-    return out

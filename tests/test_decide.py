@@ -26,16 +26,18 @@ def test_constructed_cases_give_each_decision():
     d = decide_chemistry(scaled, th)
     assert d.decision == "scale" and "excludes 1" in d.reasons[0]
     noisy = fit_softening(*_forces(rng, 1.0, 0.5), chemsys="noisy")
-    d = decide_chemistry(noisy, th, target_indices=[0, 1, 2], target_sigma_rms=np.array([0.5, 0.1, 0.3]),
+    d = decide_chemistry(noisy, th, target_indices=[0, 1, 2], target_score=np.array([0.5, 0.1, 0.3]),
                          target_features=rng.normal(size=(3, 4)))
     assert d.decision == "label" and "MAE" in d.reasons[0] and d.label_requests[0] == 0
     few = fit_softening(*_forces(rng, 0.7, 0.02, n_struct=2), chemsys="few")
     d = decide_chemistry(few, th)
     assert d.decision == "label" and "too few labels" in d.reasons[0]
-    # pure scaling, but half of the targets lie outside the labelled environments
-    d = decide_chemistry(scaled, th, target_indices=list(range(4)), target_ood=np.array([3.0, 0.5, 2.0, 0.2]),
-                         target_sigma_rms=np.full(4, 0.01))
-    assert d.decision == "label" and "out of distribution" in d.reasons[-1]
+    # pure scaling, but half of the targets lie outside the model's domain (the verdict's score is their Q)
+    q = np.array([3.0, 0.5, 2.0, 0.2])
+    d = decide_chemistry(scaled, th, target_indices=list(range(4)), target_ood=q, target_score=q,
+                         target_trusted=q <= 1)
+    assert d.decision == "label" and "out of the model's domain" in d.reasons[-1]
+    assert d.fraction_untrusted == 0.5
     assert set(d.label_requests[:2]) == {0, 2}
 
 

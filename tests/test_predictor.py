@@ -60,7 +60,8 @@ def test_no_import_cycles_in_calib():
 def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):
     """An artifact written by calib 0.1.0 gives the numbers 0.1.0 printed for it (tests/data/README.md)."""
     from calib.artifact import Artifact
-    from calib.predictor import CalibratedPredictor, to_records
+    from calib.data.records import to_records
+    from calib.predictor import CalibratedPredictor
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     assert art.stage == "calibrated" and set(art.conformal) == {"energy", "energy_difference", "forces",

@@ -48,6 +48,7 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     follows from the other columns by the documented rule; numbers equal the predictor's."""
     from calib import CalibratedPredictor
     from calib.data.readers import read_structures
+    from calib.uq.trust import TrustPolicy
     from calib.workflows.screen import read_results, screen
 
     path, n, bad = stream_file
@@ -60,17 +61,20 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     for k, text in bad.items():
         assert ds["status"].values[k] == "failed" and text in ds["reason"].values[k], (k, ds["reason"].values[k])
     ok = ds["status"].values != "failed"
-    expect = ok & (ds["q_score"].values <= 1) & (ds["max_force_halfwidth"].values <= 0.5)
-    expect &= np.isfinite(ds["energy_low"].values)  # every element known to the energy reference
+    # the verdict of calib.uq.trust: domain, force-error bound ≤ force_tol (0.5 here), energy half-width per
+    # atom ≤ 0.1 eV/atom; a missing energy offset is not a reason
+    per_atom = ds["energy_halfwidth"].values / np.maximum(ds["n_atoms"].values, 1)
+    expect = ok & (ds["q_score"].values <= 1) & (ds["force_error_bound"].values <= 0.5) & (per_atom <= 0.1)
     assert np.array_equal(ds["trusted"].values == 1, expect)
     assert set(ds["status"].values[ok]) <= {"trusted", "untrusted"}
     assert all(r == "" for r in ds["reason"].values[expect])
     # independent path: the predictor on the good frames alone
     frames = read_structures([path])
     good = [k for k in range(n) if k not in bad]
-    ref = CalibratedPredictor.from_file(cal_file, model=chgnet).predict([frames[k] for k in good], forces=True,
-                                                                         force_mode="approx")
-    for var in ("energy", "energy_sigma", "energy_low", "q_score", "max_force", "max_force_halfwidth"):
+    ref = CalibratedPredictor.from_file(cal_file, model=chgnet, trust=TrustPolicy(force_tol=0.5)).predict(
+        [frames[k] for k in good], forces=True, force_mode="approx")
+    for var in ("energy", "energy_sigma", "energy_low", "q_score", "max_force", "max_force_halfwidth",
+                "force_error_bound", "trust_score"):
         np.testing.assert_allclose(ds[var].values[good], ref[var].values, rtol=1e-10, atol=1e-12)
     assert ds["energy"].attrs["units"] == "eV" and ds["max_force_sigma"].attrs["units"] == "eV/Å"
 

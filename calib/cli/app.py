@@ -30,7 +30,16 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
-from calib.errors import CalibError, CalibWarning, InputError, UsageError, check_device, non_negative_int, positive_int
+from calib.errors import (
+    CalibError,
+    CalibWarning,
+    InputError,
+    UsageError,
+    check_device,
+    finite,
+    non_negative_int,
+    positive_int,
+)
 
 _RUN: dict = {"warnings": None}
 
@@ -306,3 +315,19 @@ EveryOpt = typer.Option(1, "--every", help="take every N-th structure of the inp
 LimitOpt = typer.Option(None, "--limit", help="take at most N structures (after --every and --shuffle)")
 ShuffleOpt = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit")
 SeedOpt = typer.Option(0, "--seed", help="seed of --shuffle")
+ForceTolOpt = typer.Option(0.3, "--force-tol", help="trust verdict: largest calibrated bound on a structure's "
+                           "force error, eV/Å (> 0; chosen from CHGNet's errors on the shipped GPAW data, "
+                           "docs/screening.md)")
+EnergyTolOpt = typer.Option(0.1, "--energy-tol", help="trust verdict: largest conformal energy half-width per "
+                            "atom, eV/atom (> 0)")
+
+
+def trust_policy(force_tol: float, energy_tol: float):
+    """The verdict's tolerances, checked (before any model loads)."""
+    from calib.uq.trust import TrustPolicy
+
+    finite("--force-tol", force_tol, minimum=0.0, unit="eV/Å")
+    finite("--energy-tol", energy_tol, minimum=0.0, unit="eV/atom")
+    if force_tol == 0 or energy_tol == 0:
+        raise UsageError("--force-tol and --energy-tol must be > 0")
+    return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)

@@ -46,8 +46,9 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
              target: str = "both", model="chgnet") -> dict:
     from calib.data import datasets
     from calib.data.prototypes import perturbed_set
+    from calib.data.records import to_records
     from calib.models import load_model
-    from calib.predictor import CalibratedPredictor, to_records
+    from calib.predictor import CalibratedPredictor
     from calib.workflows.calibration import calibrate
     from calib.workflows.hessian import build_hessian
     from calib.workflows.labelled import predict_labelled

@@ -12,8 +12,10 @@ from calib.cli.app import (
     ArtModelOpt,
     BatchOpt,
     DeviceOpt,
+    EnergyTolOpt,
     EveryOpt,
     Flag,
+    ForceTolOpt,
     JsonOpt,
     LimitOpt,
     QuietOpt,
@@ -32,6 +34,7 @@ from calib.cli.app import (
     model_and_artifact,
     read_inputs,
     subset_options,
+    trust_policy,
 )
 from calib.errors import check_outputs, check_plot_folder
 
@@ -93,6 +96,8 @@ def predict_cmd(
     force_mode: str = typer.Option("exact", "--force-mode", help="exact: every eigen-direction (d backward "
                                    "passes, σ exact); approx: the directions that carry 95 % of the variance "
                                    "on the calibration set (a few passes, σ within a few %)"),
+    force_tol: float = ForceTolOpt,
+    energy_tol: float = EnergyTolOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -103,14 +108,16 @@ def predict_cmd(
     The interval bounds E + shift, the energy the reference code (e.g. DFT) would give, where the shift comes
     from the artifact's per-element reference; the table prints that centre next to its interval. With
     --forces also the largest force σ (eV/Å)."""
-    from calib.predictor import CalibratedPredictor, to_records
+    from calib.data.records import to_records
+    from calib.predictor import CalibratedPredictor
 
     device = common_options(batch_size, device)
     if force_mode not in ("exact", "approx"):
         fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
+    policy = trust_policy(force_tol, energy_tol)
     structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
-    predictor = CalibratedPredictor(m, art)
+    predictor = CalibratedPredictor(m, art, trust=policy)
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
                            progress=not quiet)
     # one record per input structure, in input order; a skipped one carries `error` instead of numbers
@@ -136,12 +143,10 @@ def screen_cmd(
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact (calib calibrate)"),
     out: Path = typer.Option(..., "-o", "--out", help="results (netCDF, one row per structure, grows per batch)"),
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write the rows as CSV at the end"),
-    forces: bool = Flag(False, "--forces", help="force σ and conformal half-widths (approximate mode, "
-                                "≈ 2–3× the cost of energies and forces alone) and the --force-tol check"),
-    force_tol: float = typer.Option(0.1, "--force-tol", help="largest conformal force half-width trusted, eV/Å "
-                                    "(with --forces)"),
-    energy_tol: Optional[float] = typer.Option(None, "--energy-tol", help="largest energy half-width trusted, "
-                                               "eV/atom (default: no energy tolerance)"),
+    forces: bool = Flag(False, "--forces", help="also the LLPR force σ and conformal half-widths (approximate "
+                                "mode, ≈ 2–3× the cost of energies and forces alone); the verdict needs only forces"),
+    force_tol: float = ForceTolOpt,
+    energy_tol: float = EnergyTolOpt,
     batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
                                    "the results file"),
     resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),

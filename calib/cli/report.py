@@ -53,6 +53,12 @@ def evaluation(ev) -> list[str]:
                      f"{t.nll:>8.3f} {t.ence:>6.3f} {t.miscalibration_area:>8.3f} {t.spearman:>8.2f}")
         for c, pc in (t.per_class or {}).items():
             lines.append(f"  {c:<16} {pc['n']:>6} {pc['coverage']:>9.3f}")
+    v = ev.verdict
+    if v:
+        lines.append(f"trust verdict against the labels (good: largest force error ≤ {v['force_tol']:g} eV/Å): "
+                     f"{v['n_trusted']}/{v['n']} trusted, precision {v['precision']:.3f} (naive rule "
+                     f"{v['naive_precision']:.3f}), recall {v['recall']:.3f}, flagged {v['flagged']:.3f}, "
+                     f"AUROC {v['auroc']:.3f} (max |F|: {v['auroc_max_force']:.3f})")
     return lines
 
 

@@ -82,8 +82,12 @@ def softening_cmd(
     check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
     structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
+    from calib.predictor import CalibratedPredictor
+
+    # with an artifact, through its predictor: the corrections then record their domain (the structures' Q)
+    predictor = CalibratedPredictor(m, calibrated(art, calibration, m)) if art is not None else None
     run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
-                             seed=seed, progress=not quiet)
+                             seed=seed, progress=not quiet, predictor=predictor)
     results, issues, failed = run_.results, run_.issues, run_.failures
     if not results:
         why = [f"{c}: {f['reason']}" for c, f in failed.items()] or [str(i) for i in issues[:5]]

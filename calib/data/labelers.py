@@ -72,6 +72,9 @@ class GPAWFactory:
     convergence : dict
         GPAW SCF criteria (energy eV/electron, density electrons/electron, eigenstates eV²/electron,
         forces eV/Å).
+    symmetry : "auto" | "off"
+        "off" runs without point-group symmetry (GPAW's analysis fails on some high-symmetry cells; the
+        k-point grid is then not reduced, which costs time, not accuracy).
 
     Every setting that changes a number is written to the labelled structure's ``info``, and
     :meth:`from_info` rebuilds the factory from it.
@@ -85,6 +88,7 @@ class GPAWFactory:
     magmoms: dict | None = None
     hubbard_u: dict | None = None
     convergence: dict = field(default_factory=lambda: dict(DEFAULT_CONVERGENCE))
+    symmetry: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def __call__(self, atoms: Atoms) -> tuple[Calculator, dict]:
@@ -108,6 +112,7 @@ class GPAWFactory:
             convergence=dict(self.convergence),
             setups=setups or {},
             txt=None,
+            **({"symmetry": "off"} if self.symmetry == "off" else {}),
             **self.extra,
         )
         info = {
@@ -124,8 +129,18 @@ class GPAWFactory:
             "magmoms_initial": json.dumps(initial, sort_keys=True),
             "hubbard_u": json.dumps({el: float(u) for el, u in (self.hubbard_u or {}).items() if el in symbols},
                                     sort_keys=True),
+            "symmetry": self.symmetry,
         }
         return calc, info
+
+    def fallback(self) -> "GPAWFactory | None":
+        """The factory to retry a failed structure with: the same settings without point-group symmetry
+        (GPAW's symmetry analysis fails on some high-symmetry cells), or None when symmetry is already off."""
+        if self.symmetry == "off":
+            return None
+        import dataclasses
+
+        return dataclasses.replace(self, symmetry="off")
 
     @classmethod
     def from_info(cls, info: dict) -> "GPAWFactory":
@@ -141,7 +156,7 @@ class GPAWFactory:
                    smearing=float(info["smearing_eV"]), spinpol=bool(info["spinpol"]),
                    magmoms=json.loads(info["magmoms_initial"]) or None,
                    hubbard_u=json.loads(info["hubbard_u"]) or None,
-                   convergence=json.loads(info["convergence"]))
+                   convergence=json.loads(info["convergence"]), symmetry=str(info.get("symmetry", "auto")))
 
 
 def _setups_version() -> str:
@@ -291,19 +306,14 @@ def label(
         atoms.calc = None
         t0 = time.perf_counter()
         try:
-            if isinstance(calculator, Calculator):
-                calc, info = calculator, _calculator_info(calculator)
-            else:
-                made = calculator(atoms)
-                calc, info = made if isinstance(made, tuple) else (made, _calculator_info(made))
-            atoms.calc = calc
-            results = {"energy": float(atoms.get_potential_energy())}
-            if "forces" in properties:
-                results["forces"] = np.asarray(atoms.get_forces(), dtype=float)
-            if "stress" in properties:
-                results["stress"] = np.asarray(atoms.get_stress(voigt=True), dtype=float)
-            if info.get("spinpol"):
-                info = {**info, "magmom_total": round(float(atoms.get_magnetic_moment()), 4)}  # μB per cell
+            try:
+                results, info = _compute(atoms, calculator, properties)
+            except Exception:  # a factory may know a safer setting (GPAWFactory: no symmetry): one retry
+                retry = getattr(calculator, "fallback", lambda: None)()
+                if retry is None:
+                    raise
+                atoms = structures[i].copy()
+                results, info = _compute(atoms, retry, properties)
         except Exception as exc:  # any SCF/IO failure: record it and go on
             record = {
                 "index": i,
@@ -331,6 +341,25 @@ def label(
             _rewrite_errors(errors_path, old_failures.values(), report.failures)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _compute(atoms: Atoms, calculator, properties) -> tuple[dict, dict]:
+    """(results, info) of one structure with a calculator or a factory (see :func:`label`)."""
+    atoms.calc = None
+    if isinstance(calculator, Calculator):
+        calc, info = calculator, _calculator_info(calculator)
+    else:
+        made = calculator(atoms)
+        calc, info = made if isinstance(made, tuple) else (made, _calculator_info(made))
+    atoms.calc = calc
+    results = {"energy": float(atoms.get_potential_energy())}
+    if "forces" in properties:
+        results["forces"] = np.asarray(atoms.get_forces(), dtype=float)
+    if "stress" in properties:
+        results["stress"] = np.asarray(atoms.get_stress(voigt=True), dtype=float)
+    if info.get("spinpol"):
+        info = {**info, "magmom_total": round(float(atoms.get_magnetic_moment()), 4)}  # μB per cell
+    return results, info
 
 
 def _rewrite_errors(path: str, old, new) -> None:

@@ -87,6 +87,8 @@ def chemsys(atoms: Atoms) -> str:
     """
     computed = _ordered(frozenset(atoms.get_chemical_symbols()))
     tag = atoms.info.get("chemsys")
+    if isinstance(tag, (bool, np.bool_)):  # extxyz reads the tag "F" (fluorine) as False and "T" as True
+        tag = None
     if tag is not None and str(tag) != computed:
         try:
             same = canonical_chemsys(str(tag)) == computed

@@ -282,6 +282,12 @@ class ModelAdapter(ABC):
         return next(self.module.parameters()).device
 
     @property
+    def descriptor_dims(self) -> int:
+        """Leading dimensions of ``atom_descriptors`` that the out-of-distribution detector uses: all of them
+        unless an adapter's descriptors carry more than its invariant per-atom features (CHGNet ``last2``)."""
+        return int(getattr(self, "_descriptor_dims", None) or self.n_features)
+
+    @property
     def gradient_atoms(self) -> int | None:
         """Atoms per differentiated pass (forces, stress, feature gradients): :data:`GRADIENT_ATOMS` on
         CPU, where memory is the limit, unbounded on a GPU. Set it to an int or None (unbounded) to

@@ -82,6 +82,7 @@ class CHGNetAdapter(ModelAdapter):
                 raise TypeError("feature_set='last2' needs the readout MLP to end in Linear, SiLU, Dropout, Linear")
             d = d + self._pen.out_features + self._pen.out_features * self._pen.in_features
         self.n_features = d
+        self._descriptor_dims = int(self._last.in_features)  # φ_a; last2 appends Gauss–Newton features
         self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
         n_elements = int(self.model.atom_embedding.embedding.num_embeddings)
         self.supported_elements = frozenset(range(1, n_elements + 1))

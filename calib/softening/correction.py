@@ -38,7 +38,8 @@ class ScalarCorrection:
 
     ``factors[chemsys] = (c, anchor)`` with the anchor in eV/atom (model energy);
     ``ci[chemsys] = (low, high)``, the bootstrap CI of c at ``confidence[chemsys]`` (0.95 unless
-    given). Chemistries without a factor are left unchanged. Chemical systems are element sets: keys
+    given); ``domain[chemsys]``, the largest Q score (calib.uq.ood) of the structures c was fitted on:
+    a structure scoring above it lies in environments the correction has not seen. Chemistries without a factor are left unchanged. Chemical systems are element sets: keys
     are kept in the canonical spelling (:func:`calib.data.structures.canonical_chemsys`), so ``F-Na``
     and ``Na-F`` find the same correction.
     """
@@ -46,11 +47,13 @@ class ScalarCorrection:
     factors: dict = field(default_factory=dict)
     ci: dict = field(default_factory=dict)
     confidence: dict = field(default_factory=dict)
+    domain: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.factors = {_key(k): v for k, v in self.factors.items()}
         self.ci = {_key(k): v for k, v in self.ci.items()}
         self.confidence = {_key(k): float(v) for k, v in self.confidence.items()}
+        self.domain = {_key(k): float(v) for k, v in self.domain.items() if v is not None}
 
     @classmethod
     def from_results(cls, results: dict, only=None) -> ScalarCorrection:
@@ -58,12 +61,13 @@ class ScalarCorrection:
         keep = {k: r for k, r in results.items() if only is None or k in only}
         return cls({k: (float(r.correction), float(r.energy_anchor_per_atom or 0.0)) for k, r in keep.items()},
                    {k: (float(r.correction_ci[0]), float(r.correction_ci[1])) for k, r in keep.items()},
-                   {k: float(r.confidence) for k, r in keep.items()})
+                   {k: float(r.confidence) for k, r in keep.items()},
+                   {k: r.domain_q_max for k, r in keep.items() if r.domain_q_max is not None})
 
     def merged(self, other: ScalarCorrection) -> ScalarCorrection:
         """A new correction with ``other``'s chemistries added (replacing the same chemsys)."""
         return ScalarCorrection({**self.factors, **other.factors}, {**self.ci, **other.ci},
-                                {**self.confidence, **other.confidence})
+                                {**self.confidence, **other.confidence}, {**self.domain, **other.domain})
 
     def __contains__(self, chemsys) -> bool:
         return _key(chemsys) in self.factors
@@ -120,6 +124,9 @@ class ScalarCorrection:
                                   {"units": "eV/atom", "description": "E = N*anchor + c*(E - N*anchor)"}),
             "correction_confidence": (dim, np.array([self.confidence.get(k, 0.95) for k in chems]),
                                       {"units": "1", "description": "level of the CI of c"}),
+            "correction_domain_q": (dim, np.array([self.domain.get(k, np.nan) for k in chems]),
+                                    {"units": "1", "description": "largest Q score of the structures c was "
+                                                                  "fitted on (NaN: unknown)"}),
         }
 
     @classmethod
@@ -130,9 +137,11 @@ class ScalarCorrection:
         c, a = ds["correction_factor"].values, ds["correction_anchor"].values
         lo, hi = ds["correction_ci_low"].values, ds["correction_ci_high"].values
         conf = ds["correction_confidence"].values if "correction_confidence" in ds else np.full(len(chems), 0.95)
+        dom = ds["correction_domain_q"].values if "correction_domain_q" in ds else np.full(len(chems), np.nan)
         return cls({k: (float(c[i]), float(a[i])) for i, k in enumerate(chems)},
                    {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(chems)},
-                   {k: float(conf[i]) for i, k in enumerate(chems)})
+                   {k: float(conf[i]) for i, k in enumerate(chems)},
+                   {k: float(dom[i]) for i, k in enumerate(chems) if np.isfinite(dom[i])})
 
 
 def corrected_calculator(base, correction: ScalarCorrection, chemsys: str | None = None):

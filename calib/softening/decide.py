@@ -6,21 +6,23 @@ Rules, evaluated per chemical system with explicit thresholds
 1. fewer than ``min_labels`` [3] labelled structures → **label** ("too few labels");
 2. **accept** when the CI of the softening scale contains 1 (no systematic
    softening), the labelled force MAE ≤ ``force_tol`` [0.1 eV/Å], and at most
-   ``max_untrusted`` [10 %] of the targets are untrusted (out of distribution by
-   the Q residual, or with a calibrated force-error scale above ``force_tol``);
+   ``max_untrusted`` [10 %] of the targets are untrusted by the one trust verdict
+   (:mod:`calib.uq.trust`: out of the model's domain, force-error bound or energy
+   half-width above its tolerance);
 3. **scale** when the CI excludes 1, the leave-one-structure-out corrected
    error cMAE_loo ≤ ``force_tol``, and at most ``max_untrusted`` of the
-   targets are out of distribution;
+   targets are out of the model's domain (the correction was fitted inside it);
 4. **label** otherwise, naming why: error not systematic (cMAE_loo above
-   tolerance), targets out of distribution, or calibrated uncertainty above
-   tolerance. A chemistry whose softening cannot be measured (targets with no
-   labelled structure of their chemistry, or labels whose reference forces are
-   all zero) is decided **label** with that reason (:func:`unmeasured`). The request list ranks target structures by calibrated
-   uncertainty, diversified by farthest-point sampling in feature space.
+   tolerance), targets out of the domain, or targets untrusted. A chemistry whose
+   softening cannot be measured (targets with no labelled structure of their
+   chemistry, or labels whose reference forces are all zero) is decided **label**
+   with that reason (:func:`unmeasured`). The request list ranks target
+   structures by the verdict's score (the least trusted first), diversified by
+   farthest-point sampling in feature space.
 
-The "calibrated force-error scale" of a target is √(2/π)·σ_rms, the mean
-absolute error a Gaussian with the target's RMS force σ implies (eV/Å), so it
-is compared with the same tolerance as the MAE.
+The verdict and the Q score come from the predictor (the artifact's detector and
+force-error model), so ``decide`` and ``screen`` give the same answer on the same
+structures.
 
 This module holds the rules only; :func:`calib.workflows.decisions.decide` predicts the
 labelled and target structures and applies them.
@@ -61,7 +63,7 @@ class Decision:
     n_structures: int = 0
     n_targets: int = 0
     fraction_out_of_distribution: float | None = None
-    fraction_uncertain: float | None = None
+    fraction_untrusted: float | None = None
     label_requests: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -71,7 +73,7 @@ class Decision:
                **{k: getattr(s, k) if s is not None else None for k in keys}}
         out.update(decision=self.decision, reasons=self.reasons, label_requests=self.label_requests,
                    n_targets=self.n_targets, fraction_out_of_distribution=self.fraction_out_of_distribution,
-                   fraction_uncertain=self.fraction_uncertain,
+                   fraction_untrusted=self.fraction_untrusted,
                    correction_ci=s.correction_ci if s is not None else None)
         return out
 
@@ -98,16 +100,17 @@ def farthest_point_ranking(features: np.ndarray, uncertainty: np.ndarray, n: int
     return picked
 
 
-def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None, target_sigma_rms=None,
-                     target_ood=None, target_indices: Sequence[int] = ()) -> Decision:
+def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None, target_score=None,
+                     target_trusted=None, target_ood=None, target_indices: Sequence[int] = ()) -> Decision:
     """Apply the rules to one chemistry.
 
     Parameters
     ----------
     softening : SofteningResult of the labelled structures.
     target_features : (T, d) pooled features of the targets (for diversity).
-    target_sigma_rms : (T,) RMS calibrated force σ of each target, eV/Å.
-    target_ood : (T,) Q-residual scores (> 1: out of distribution).
+    target_score : (T,) the trust verdict's score of each target (> 1: untrusted; ranks requests).
+    target_trusted : (T,) bool, the verdict (default: all trusted).
+    target_ood : (T,) Q scores against the model's domain (> 1: out of it).
     target_indices : (T,) positions of the targets in the caller's list.
     """
     t = thresholds
@@ -115,11 +118,9 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
     tol = t.force_tol
     n_t = len(target_indices)
     ood = np.asarray(target_ood if target_ood is not None else np.zeros(n_t)) > 1
-    err_scale = np.sqrt(2 / np.pi) * np.asarray(target_sigma_rms if target_sigma_rms is not None else np.zeros(n_t))
-    uncertain = err_scale > tol
+    untrusted = ~np.asarray(target_trusted if target_trusted is not None else np.ones(n_t, dtype=bool), dtype=bool)
     f_ood = float(ood.mean()) if n_t else 0.0
-    f_unc = float(uncertain.mean()) if n_t else 0.0
-    f_untrusted = float(np.mean(ood | uncertain)) if n_t else 0.0
+    f_untrusted = float(untrusted.mean()) if n_t else 0.0
     lo, hi = s.softening_ci
     contains_one = lo <= 1.0 <= hi
     reasons, decision = [], "label"
@@ -137,9 +138,8 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
                 reasons.append(f"no systematic softening ({ci_txt} contains 1) but force MAE {s.mae:.3f} > "
                                f"{tol} eV/Å: a scalar cannot fix it")
             if f_untrusted > t.max_untrusted:
-                reasons.append(f"{100 * f_untrusted:.0f} % of {n_t} targets untrusted "
-                               f"({100 * f_ood:.0f} % out of distribution, {100 * f_unc:.0f} % with calibrated "
-                               f"error scale > {tol} eV/Å) > {100 * t.max_untrusted:.0f} %")
+                reasons.append(f"{100 * f_untrusted:.0f} % of {n_t} targets untrusted ({100 * f_ood:.0f} % out of the "
+                               f"model's domain) > {100 * t.max_untrusted:.0f} %")
     else:
         loo = s.cmae_loo if s.cmae_loo is not None else np.inf
         if loo <= tol and f_ood <= t.max_untrusted:
@@ -148,23 +148,25 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
                            f"corrected error cMAE_loo {loo:.3f} ≤ {tol} eV/Å (MAE {s.mae:.3f} before); "
                            f"multiply forces by c = {s.correction:.3f}")
             if target_ood is not None and n_t:
-                reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of distribution ≤ "
+                reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of the model's domain ≤ "
                                f"{100 * t.max_untrusted:.0f} %")
         else:
             if loo > tol:
                 reasons.append(f"softening is systematic (s = {s.softening_scale:.3f}, {ci_txt}) but the error "
                                f"is not only a scale: cMAE_loo {loo:.3f} > {tol} eV/Å after correction")
             if f_ood > t.max_untrusted:
-                reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of distribution (Q residual) > "
+                reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of the model's domain (Q residual) > "
                                f"{100 * t.max_untrusted:.0f} %: the correction was fitted elsewhere")
     dec = Decision(chemsys=s.chemsys, decision=decision, reasons=reasons, softening=s, n_structures=s.n_structures,
-                   n_targets=n_t,
-                   fraction_out_of_distribution=f_ood if n_t else None,
-                   fraction_uncertain=f_unc if n_t else None)
+                   n_targets=n_t, fraction_out_of_distribution=f_ood if n_t else None,
+                   fraction_untrusted=f_untrusted if n_t else None)
     if decision == "label" and n_t:
-        u = err_scale + (ood * err_scale.max() if err_scale.size else 0)  # out-of-distribution targets first
-        dec.label_requests = _requests(u, target_features, target_indices, t.n_requests)
+        dec.label_requests = _requests(_score(target_score, n_t), target_features, target_indices, t.n_requests)
     return dec
+
+
+def _score(score, n: int) -> np.ndarray:
+    return np.nan_to_num(np.asarray(score if score is not None else np.zeros(n), dtype=float), nan=0.0)
 
 
 def _requests(u: np.ndarray, features, indices: Sequence[int], n: int) -> list[int]:
@@ -176,15 +178,14 @@ def _requests(u: np.ndarray, features, indices: Sequence[int], n: int) -> list[i
 
 
 def unmeasured(chemsys: str, reason: str, thresholds: Thresholds, *, n_structures: int = 0, target_features=None,
-               target_sigma_rms=None, target_indices: Sequence[int] = ()) -> Decision:
+               target_score=None, target_trusted=None, target_indices: Sequence[int] = ()) -> Decision:
     """The decision for a chemistry whose softening cannot be measured (no labelled structure of it, or
     labels that determine no scale): always **label**, with ``reason``, and requests ranked as for rule 4
-    among its targets (by calibrated force σ, diversified)."""
+    among its targets (by the verdict's score, diversified)."""
     n_t = len(target_indices)
-    sig = np.asarray(target_sigma_rms if target_sigma_rms is not None else np.zeros(n_t), dtype=float)
-    err_scale = np.sqrt(2 / np.pi) * sig
+    trusted = np.asarray(target_trusted if target_trusted is not None else np.ones(n_t, dtype=bool), dtype=bool)
     dec = Decision(chemsys=chemsys, decision="label", reasons=[reason],
                    softening=None, n_structures=int(n_structures), n_targets=n_t,
-                   fraction_uncertain=float(np.mean(err_scale > thresholds.force_tol)) if n_t else None)
-    dec.label_requests = _requests(err_scale, target_features, target_indices, thresholds.n_requests)
+                   fraction_untrusted=float(np.mean(~trusted)) if n_t else None)
+    dec.label_requests = _requests(_score(target_score, n_t), target_features, target_indices, thresholds.n_requests)
     return dec

@@ -49,6 +49,7 @@ class SofteningResult:
     energy_scale: float | None = None
     energy_anchor_per_atom: float | None = None
     confidence: float = 0.95
+    domain_q_max: float | None = None  # largest Q score of these structures (the correction's domain), if known
     notes: list = field(default_factory=list)
 
     @property

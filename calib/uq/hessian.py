@@ -22,9 +22,10 @@ import torch
 
 from calib.data import ncio
 from calib.data.structures import StructureIssue
+from calib.uq.ood import DescriptorStats
 
 CHECKPOINT_KIND = "calib-hessian-checkpoint"
-CHECKPOINT_SCHEMA = 1
+CHECKPOINT_SCHEMA = 2  # 2: with the per-atom descriptor statistics (calib 0.5)
 
 
 class HessianAccumulator:
@@ -40,17 +41,23 @@ class HessianAccumulator:
         ``J = ∂f/∂r`` (d × 3N): the Gauss–Newton term of a mean-squared force
         loss, since ∂F/∂w = -s Jᵀ.
 
+    descriptor_dims : int or None
+        Also accumulate :class:`calib.uq.ood.DescriptorStats` of the first ``descriptor_dims`` per-atom
+        descriptors (the out-of-distribution detector is fitted on the structures of H).
+
     Attributes
     ----------
     H : torch.Tensor (d, d), float64 — the running sum (feature units²).
+    stats : DescriptorStats or None
     n_structures, n_batches : int — what has been added so far.
     """
 
-    def __init__(self, n_features: int, device="cpu", force_weight: float = 0.0):
+    def __init__(self, n_features: int, device="cpu", force_weight: float = 0.0, descriptor_dims: int | None = None):
         self.n_features = int(n_features)
         self.device = torch.device(device)
         self.force_weight = float(force_weight)
         self.H = torch.zeros(self.n_features, self.n_features, dtype=torch.float64, device=self.device)
+        self.stats = DescriptorStats(descriptor_dims) if descriptor_dims else None
         self.n_structures = 0
         self.n_batches = 0
 
@@ -59,6 +66,12 @@ class HessianAccumulator:
         f = torch.as_tensor(features).detach().to(self.device, torch.float64)
         self.H.addmm_(f.T, f)
         self.n_structures += int(f.shape[0])
+        return self
+
+    def update_descriptors(self, descriptors, atom_structure, keys) -> HessianAccumulator:
+        """Add one batch's per-atom descriptors to :attr:`stats` (see :meth:`DescriptorStats.update`)."""
+        if self.stats is not None:
+            self.stats.update(descriptors, atom_structure, keys)
         return self
 
     def update_force_rows(self, jacobians: Sequence[np.ndarray], scales: Sequence[float]) -> HessianAccumulator:
@@ -77,6 +90,8 @@ class HessianAccumulator:
                              f"{other.force_weight}")
         out = HessianAccumulator(self.n_features, self.device, self.force_weight)
         out.H = self.H + other.H.to(self.device)
+        if self.stats is not None and other.stats is not None:
+            out.stats = self.stats.merge(other.stats)
         out.n_structures = self.n_structures + other.n_structures
         out.n_batches = self.n_batches + other.n_batches
         return out
@@ -90,9 +105,11 @@ class HessianAccumulator:
         """Write the running sum to a netCDF checkpoint (atomic). ``provenance`` goes into the attributes."""
         import xarray as xr
 
+        extra = self.stats.to_variables() if self.stats is not None else {}
         ds = xr.Dataset(
             {"hessian": (("feature", "feature_b"), self.hessian(), {"units": "feature units^2",
-                                                                   "description": "running sum_n f_n f_n^T"})},
+                                                                   "description": "running sum_n f_n f_n^T"}),
+             **extra},
             attrs={"kind": CHECKPOINT_KIND, "schema_version": CHECKPOINT_SCHEMA,
                    "n_structures": int(self.n_structures), "n_batches": int(self.n_batches),
                    "force_weight": float(self.force_weight), **provenance},
@@ -110,6 +127,8 @@ class HessianAccumulator:
         acc.H = torch.as_tensor(H, dtype=torch.float64, device=acc.device).clone()
         acc.n_structures = int(ds.attrs["n_structures"])
         acc.n_batches = int(ds.attrs["n_batches"])
+        if "ood_stats_n" in ds:
+            acc.stats = DescriptorStats.from_variables(ds)
         return acc, dict(ds.attrs)
 
 
@@ -125,6 +144,7 @@ class HessianResult:
     input_fingerprint : str — identifies the (validated) input list.
     force_weight : float
     seconds : float
+    descriptor_stats : DescriptorStats or None — per-atom descriptor statistics of the structures
     """
 
     hessian: np.ndarray
@@ -133,6 +153,7 @@ class HessianResult:
     input_fingerprint: str = ""
     force_weight: float = 0.0
     seconds: float = 0.0
+    descriptor_stats: DescriptorStats | None = None
 
 
 class Interrupted(RuntimeError):

@@ -1,4 +1,4 @@
-"""Last-layer prediction rigidity (LLPR): streaming Hessian, posterior, energy and force σ.
+"""Last-layer prediction rigidity (LLPR): the posterior from H, its fit, and σ of energies, differences and forces.
 
 For a model whose energy is linear in its last-layer weights w,
 ``E/N = w·f + b + offset`` (per-atom models such as CHGNet) or

@@ -103,3 +103,30 @@ def report(errors, sigma, half_width, classes=None) -> dict:
     }
     out["per_class"] = per_class_coverage(e, h, classes) if classes is not None else {}
     return out
+
+
+def auroc(positive, score) -> float:
+    """Area under the ROC curve of ``score`` ranking the ``positive`` cases first (NaN with one class only)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(positive, dtype=bool)
+    return float(roc_auc_score(y, np.asarray(score, dtype=float))) if 0 < y.sum() < y.size else float("nan")
+
+
+def verdict_quality(max_force_error, trusted, score, max_force, force_tol: float) -> dict:
+    """How good a trust verdict is against labels, per structure (forces eV/Å).
+
+    A structure is *good* when its largest force-component error is ≤ ``force_tol``. ``precision``: the
+    fraction of trusted structures that are good; ``recall``: the fraction of good structures trusted;
+    ``flagged``: the fraction of the others not trusted; ``auroc``: how well ``score`` (higher: less trusted)
+    ranks the structures that are not good first, beside ``auroc_max_force`` for the model's own largest
+    |F|; ``naive_precision``: the precision of trusting as many structures, those with the smallest |F|."""
+    err, ok = np.asarray(max_force_error, dtype=float), np.asarray(trusted, dtype=bool)
+    good, F = err <= force_tol, np.asarray(max_force, dtype=float)
+    k = int(ok.sum())
+    naive = np.zeros(len(err), dtype=bool)
+    naive[np.argsort(F, kind="stable")[:k]] = True
+    frac = (lambda a, b: float(np.mean(a[b])) if b.any() else float("nan"))  # noqa: E731
+    return {"force_tol": float(force_tol), "n": int(len(err)), "n_trusted": k, "n_good": int(good.sum()),
+            "precision": frac(good, ok), "recall": frac(ok, good), "flagged": frac(~ok, ~good),
+            "auroc": auroc(~good, score), "auroc_max_force": auroc(~good, F), "naive_precision": frac(good, naive)}

@@ -12,10 +12,15 @@ are flagged, whatever their size). A structure is out of distribution when any
 of its atoms exceeds the threshold; its score is its largest atomic Q divided
 by the threshold (> 1: out of distribution).
 
-The detector stored in a calib artifact is fitted at calibration on the
-calibration structures: the conformal intervals hold for structures
-exchangeable with those, so a structure far from all of them is the one whose
-interval cannot be trusted.
+The detector stored in a calib artifact is fitted on the structures the
+Hessian was built from, which stand in for the model's training set: where the
+model is expected to be right. H can stream millions of structures, so the
+detector is fitted from :class:`DescriptorStats`, which accumulates the moments
+of the per-atom descriptors (count, sum, sum of outer products: the PCA) and a
+bounded sample of whole structures (the threshold), and merges like H. Being
+outside the *calibration* structures is a separate piece of information (the
+intervals there are extrapolated, not measured): the detector records the
+largest score it gave a calibration structure (:attr:`calibration_max_`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,78 @@ def principal_subspace(X: np.ndarray, variance: float, max_dims: int | None = No
     return pca.mean_, pca.components_[:k], ev[:k]
 
 
+def structure_key(fingerprint: str) -> float:
+    """A number in [0, 1) from a structure's content hash: the priority of :class:`DescriptorStats`'s sample,
+    the same whichever process or shard sees the structure."""
+    return int(fingerprint[:13], 16) / 16.0**13
+
+
+class DescriptorStats:
+    """Streaming statistics of per-atom descriptors (first ``n_dims`` dimensions) for :class:`QResidualDetector`.
+
+    ``n``, ``total`` (Σx) and ``outer`` (Σxxᵀ), float64, give the mean and covariance of every atom seen;
+    ``sample`` keeps the ``sample_size`` structures with the smallest keys (priority sampling: a uniform
+    sample of structures, mergeable because the keys come from the structures themselves), each as its
+    descriptors, for the structure-level threshold. Mergeable (:meth:`merge`) and checkpointable
+    (:meth:`to_variables`)."""
+
+    def __init__(self, n_dims: int, sample_size: int = 1000):
+        self.n_dims, self.sample_size = int(n_dims), int(sample_size)
+        self.n = 0
+        self.total = np.zeros(self.n_dims)
+        self.outer = np.zeros((self.n_dims, self.n_dims))
+        self.sample: dict[float, np.ndarray] = {}
+
+    def update(self, descriptors, atom_structure, keys) -> DescriptorStats:
+        """Add one batch: per-atom descriptors (N, ≥ n_dims), the row of each atom's structure, one key per
+        structure (:func:`structure_key`)."""
+        X = np.asarray(descriptors, dtype=np.float64)[:, : self.n_dims]
+        owner = np.asarray(atom_structure, dtype=int)
+        self.n += len(X)
+        self.total += X.sum(axis=0)
+        self.outer += X.T @ X
+        for k, key in enumerate(keys):
+            self.sample[float(key)] = X[owner == k]
+        self._trim()
+        return self
+
+    def _trim(self) -> None:
+        if len(self.sample) > self.sample_size:
+            for key in sorted(self.sample)[self.sample_size:]:
+                del self.sample[key]
+
+    def merge(self, other: DescriptorStats) -> DescriptorStats:
+        """A new object holding both (disjoint shards of one input)."""
+        if other.n_dims != self.n_dims:
+            raise ValueError(f"cannot merge descriptor statistics of {self.n_dims} and {other.n_dims} dimensions")
+        out = DescriptorStats(self.n_dims, self.sample_size)
+        out.n, out.total, out.outer = self.n + other.n, self.total + other.total, self.outer + other.outer
+        out.sample = {**self.sample, **other.sample}
+        out._trim()
+        return out
+
+    def to_variables(self, prefix: str = "ood_stats") -> dict:
+        keys = sorted(self.sample)
+        sizes = np.array([len(self.sample[k]) for k in keys], dtype=np.int64)
+        atoms = np.concatenate([self.sample[k] for k in keys]) if keys else np.zeros((0, self.n_dims))
+        return {f"{prefix}_n": ((), int(self.n), {}), f"{prefix}_total": ((f"{prefix}_dim",), self.total, {}),
+                f"{prefix}_outer": ((f"{prefix}_dim", f"{prefix}_dim_b"), self.outer, {}),
+                f"{prefix}_keys": ((f"{prefix}_structure",), np.array(keys, dtype=float), {}),
+                f"{prefix}_sizes": ((f"{prefix}_structure",), sizes, {}),
+                f"{prefix}_atoms": ((f"{prefix}_atom", f"{prefix}_dim"), atoms, {"sample_size": self.sample_size})}
+
+    @classmethod
+    def from_variables(cls, ds, prefix: str = "ood_stats") -> DescriptorStats:
+        out = cls(ds[f"{prefix}_total"].shape[0], int(ds[f"{prefix}_atoms"].attrs.get("sample_size", 1000)))
+        out.n = int(ds[f"{prefix}_n"].values)
+        out.total = ds[f"{prefix}_total"].values.astype(np.float64)
+        out.outer = ds[f"{prefix}_outer"].values.astype(np.float64)
+        atoms, ends = ds[f"{prefix}_atoms"].values, np.cumsum(ds[f"{prefix}_sizes"].values)
+        out.sample = {float(k): atoms[e - n:e] for k, n, e in zip(ds[f"{prefix}_keys"].values,
+                                                                   ds[f"{prefix}_sizes"].values, ends)}
+        return out
+
+
 class QResidualDetector:
     """PCA Q-residual detector on per-atom descriptors.
 
@@ -59,13 +136,34 @@ class QResidualDetector:
         self.variance = variance
         self.quantile = quantile
 
+    def fit_stats(self, stats: DescriptorStats, max_dims: int | None = None) -> QResidualDetector:
+        """Fit from :class:`DescriptorStats`: the PCA of every atom seen (eigendecomposition of their
+        covariance, the same subspace as :meth:`fit` on those atoms) and the threshold from the
+        ``quantile`` of the sampled structures' largest atomic Q."""
+        if stats.n < 3 or len(stats.sample) < 2:
+            raise ValueError(f"Q-residual reference: {stats.n} atoms in {len(stats.sample)} structures; need ≥ 3 "
+                             "atoms in ≥ 2 structures")
+        mean = stats.total / stats.n
+        cov = stats.outer / stats.n - np.outer(mean, mean)
+        lam, vec = np.linalg.eigh(0.5 * (cov + cov.T))
+        lam, vec = np.clip(lam[::-1], 0.0, None), vec[:, ::-1]
+        k = int(np.searchsorted(np.cumsum(lam) / max(lam.sum(), 1e-300), self.variance) + 1)
+        k = max(1, min(k, max_dims or stats.n_dims, stats.n - 1, int(np.sum(lam > 1e-12 * max(lam[0], 1e-300)))))
+        self.mean_, self.components_ = mean, vec[:, :k].T
+        self.n_components_, self.n_dims_ = k, stats.n_dims
+        per = np.array([self.q_residual(x).max() for x in stats.sample.values() if len(x)])
+        self.threshold_ = float(max(np.quantile(per, self.quantile), 1e-12 * (np.trace(stats.outer) / stats.n + 1e-300)))
+        self.level_ = "structure"
+        self.n_reference_atoms_, self.n_reference_sample_ = int(stats.n), len(per)
+        return self
+
     def fit(self, descriptors, atom_structure=None) -> QResidualDetector:
         """Fit on reference per-atom descriptors (n_atoms, d); with ``atom_structure`` (the reference
         structure of each atom) the threshold is the quantile of the structures' largest atomic Q."""
         X = np.asarray(descriptors, dtype=float)
         self.mean_, self.components_, _ = principal_subspace(X, self.variance, min_points=3,
                                                              what="Q-residual reference atoms")
-        self.n_components_ = len(self.components_)
+        self.n_components_, self.n_dims_ = len(self.components_), X.shape[1]
         q = self.q_residual(X)
         if atom_structure is not None:
             owner = np.asarray(atom_structure, dtype=int)
@@ -79,11 +177,13 @@ class QResidualDetector:
     # ---- artifact round trip (calib.artifact)
     def to_variables(self, prefix: str = "ood") -> dict:
         """netCDF variables: PCA mean and components (descriptor units) and the threshold (units²)."""
-        attrs = {"variance": self.variance, "quantile": self.quantile, "level": getattr(self, "level_", "atom")}
+        attrs = {"variance": self.variance, "quantile": self.quantile, "level": getattr(self, "level_", "atom"),
+                 "reference": getattr(self, "reference_", "calibration structures"),
+                 "calibration_max": float(getattr(self, "calibration_max_", np.nan))}
         return {
-            f"{prefix}_mean": (("feature",), self.mean_, {"units": "1", "description": "PCA mean of the reference "
+            f"{prefix}_mean": ((f"{prefix}_dim",), self.mean_, {"units": "1", "description": "PCA mean of the reference "
                                                           "per-atom descriptors"}),
-            f"{prefix}_components": ((f"{prefix}_component", "feature"), self.components_, {"units": "1"}),
+            f"{prefix}_components": ((f"{prefix}_component", f"{prefix}_dim"), self.components_, {"units": "1"}),
             f"{prefix}_threshold": ((), self.threshold_, {"units": "descriptor units^2", **attrs,
                                                          "description": "Q-residual threshold"}),
         }
@@ -97,11 +197,14 @@ class QResidualDetector:
         det.n_components_ = len(det.components_)
         det.threshold_ = float(thr.values)
         det.level_ = str(thr.attrs.get("level", "atom"))
+        det.n_dims_ = det.mean_.shape[0]
+        det.reference_ = str(thr.attrs.get("reference", "calibration structures"))
+        det.calibration_max_ = float(thr.attrs.get("calibration_max", np.nan))
         return det
 
     def q_residual(self, descriptors) -> np.ndarray:
-        """Q = ‖x − x̂‖² per atom (descriptor units²)."""
-        Xc = np.asarray(descriptors, dtype=float) - self.mean_
+        """Q = ‖x − x̂‖² per atom (descriptor units²), on the detector's leading ``n_dims_`` dimensions."""
+        Xc = np.asarray(descriptors, dtype=float)[:, : len(self.mean_)] - self.mean_
         recon = (Xc @ self.components_.T) @ self.components_
         return np.sum((Xc - recon) ** 2, axis=1)
 

@@ -19,12 +19,17 @@ from calib.data.units import total_scale
 from calib.models.base import ModelAdapter, batches
 from calib.models.gradients import feature_gradients
 from calib.uq.hessian import HessianAccumulator, HessianResult, Interrupted
+from calib.uq.ood import structure_key
 
 
 def add_batch(acc: HessianAccumulator, model: ModelAdapter, structures: Sequence[Atoms]) -> HessianAccumulator:
     """Run ``model`` on one batch of validated structures and add its features (and force rows) to ``acc``."""
     out = model.forward_batch(structures, forces=False, stress=False)
     acc.update(out.features)
+    if acc.stats is not None:
+        owners = np.repeat(np.arange(len(structures)), out.n_atoms.cpu().numpy())
+        keys = [structure_key(structures_fingerprint([a])) for a in structures]
+        acc.update_descriptors(out.atom_features.cpu().numpy(), owners, keys)
     if acc.force_weight:
         jac = feature_gradients(model, structures, np.eye(model.n_features))
         acc.update_force_rows(jac, total_scale(out.n_atoms.cpu().numpy(), model.energy_convention))
@@ -57,7 +62,8 @@ def accumulate_hessian(
     good, issues = model.validate(structures)
     kept = [structures[i] for i in good]
     fingerprint = structures_fingerprint(kept)
-    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
+    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight,
+                             descriptor_dims=model.descriptor_dims)
     provenance = {"input_fingerprint": fingerprint, "model_fingerprint": model.fingerprint(),
                   "batch_size": int(batch_size)}
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -69,6 +75,8 @@ def accumulate_hessian(
             problems.append("the model differs")
         if int(state.get("batch_size", -1)) != batch_size or acc.force_weight != force_weight:
             problems.append("batch_size or force_weight differ")
+        if acc.stats is None:
+            problems.append("it predates calib 0.5 (no descriptor statistics for the domain detector)")
         if problems:
             raise ValueError(f"checkpoint {checkpoint} does not belong to this run: {', '.join(problems)}; "
                              "delete it or pass another --checkpoint")
@@ -93,4 +101,5 @@ def accumulate_hessian(
         input_fingerprint=fingerprint,
         force_weight=force_weight,
         seconds=time.perf_counter() - t0,
+        descriptor_stats=acc.stats,
     )

@@ -18,6 +18,7 @@ from calib.uq.conformal import ConformalCalibrator, class_assigner
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
 from calib.uq.targets import build_points
+from calib.uq.trust import ForceErrorModel
 
 
 @dataclass
@@ -192,6 +193,22 @@ def _check_energy_residuals(structs, e_cf, e_ok, energy_folds) -> None:
         "composition (rattled or strained copies), or calibrate with --target forces")
 
 
+def _domain_detector(artifact: Artifact, pred):
+    """The artifact's out-of-distribution detector (fitted on the Hessian's structures), with the largest
+    score it gives a calibration structure; an artifact from before calib 0.5 has none, and gets one fitted
+    on the calibration structures as then."""
+    from calib.uq.ood import QResidualDetector
+
+    if artifact.ood is not None:
+        ood = copy.deepcopy(artifact.ood)
+    else:
+        ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure)
+        ood.reference_ = "the calibration structures (a Hessian artifact from before calib 0.5)"
+    scores = ood.structure_scores(pred.atom_descriptors, pred.atom_structure, len(pred))
+    ood.calibration_max_ = float(scores.max()) if len(scores) else float("nan")
+    return ood
+
+
 def calibrate(
     artifact: Artifact,
     model: ModelAdapter,
@@ -289,9 +306,9 @@ def calibrate(
                               force_errors=f_res if with_forces else None, energies=pred.energy,
                               differences=diff.models, correction=diff.correction)
         conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
-    from calib.uq.ood import QResidualDetector
-
-    ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure)
+    ood = _domain_detector(artifact, pred)
+    force_error = ForceErrorModel(alpha if alpha is not None else 0.1).fit(
+        [pred.forces_of(k) for k in range(len(structs))], np.split(f_res, np.cumsum(pred.n_atoms)[:-1]))
     energy_scores = (f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
                      else "in-sample element reference")
     summary = CalibrationSummary(
@@ -304,7 +321,7 @@ def calibrate(
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)
     art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
-                           differences=diff.models, ood=ood,
+                           differences=diff.models, ood=ood, force_error=force_error,
                            attrs={**artifact.attrs, "calibration_target": target,
                                   "calibration_n_structures": len(structs),
                                   "element_reference_note": "least squares on element counts of E_ref - E_model "

@@ -21,10 +21,9 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
            progress: bool = True) -> tuple[list, list]:
     """Decide per chemistry (calib.softening.decide's rules): every chemistry of ``targets`` when they are given
     (those without labelled structures are decided "label"), else every chemistry of ``labelled``. Targets
-    (default: the labelled structures) are judged for calibrated uncertainty and, when given, for
-    distribution shift against the labelled structures (Q residual). Returns (decisions, skipped issues)."""
+    (default: the labelled structures) are judged by the predictor's trust verdict and, when given, for their
+    Q score against the model's domain (the artifact's one detector). Returns (decisions, skipped issues)."""
     from calib.softening.decide import Thresholds, decide_chemistry, unmeasured
-    from calib.uq.ood import QResidualDetector
 
     t = thresholds or Thresholds()
     predictor = CalibratedPredictor(model, artifact)
@@ -52,38 +51,25 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
                    for k in np.flatnonzero(err != "")]
         tds = full.isel(structure=np.flatnonzero(err == ""))
     t_index = tds["structure"].values
-    t_owner = tds["structure_index"].values
-    sig2 = tds["forces_sigma"].values ** 2
-    sigma_rms = np.array([np.sqrt(sig2[t_owner == i].mean()) for i in t_index])
-    lab_chem_atom = dict(zip(lab["structure"].values.tolist(), lab["chemsys"].values.tolist()))
-    lab_atom_chem = np.array([lab_chem_atom[int(i)] for i in lab["structure_index"].values])
+    verdict = {"target_score": tds["trust_score"].values, "target_trusted": tds["trusted"].values.astype(bool)}
+    q = tds["q_score"].values if "q_score" in tds else None
     decisions = []
     chems = set(tds["chemsys"].values.tolist())  # with targets: the chemistries the user wants to simulate
     if use_labelled:
         chems |= set(soft) | set(run.failures)
     for chem in sorted(chems):
         rows = np.flatnonzero(tds["chemsys"].values == chem)
+        common = dict(target_features=tds["features"].values[rows] if len(rows) else None,
+                      target_indices=[int(t_index[r]) for r in rows], **{k: v[rows] for k, v in verdict.items()})
         if chem not in soft:  # not measurable: label, with requests among its targets
             why = (f"softening not measured: {run.failures[chem]['reason']}" if chem in run.failures
                    else "no labelled structure of this chemistry: the model's error here is unknown")
-            decisions.append(unmeasured(
-                chem, why, t, n_structures=run.failures.get(chem, {}).get("n_structures", 0),
-                target_features=tds["features"].values[rows] if len(rows) else None,
-                target_sigma_rms=sigma_rms[rows], target_indices=[int(t_index[r]) for r in rows]))
+            decisions.append(unmeasured(chem, why, t, n_structures=run.failures.get(chem, {}).get("n_structures", 0),
+                                        **common))
             continue
-        s = soft[chem]
-        lab_atoms = lab_atom_chem == chem
-        ood = None  # the labelled structures are in their own distribution: test only real targets
-        if not use_labelled and len(rows) and lab_atoms.sum() >= 3:
-            det = QResidualDetector().fit(lab["atom_descriptors"].values[lab_atoms])
-            local = {int(t_index[r]): k for k, r in enumerate(rows)}
-            atom_mask = np.isin(t_owner, t_index[rows])
-            owners = np.array([local[int(o)] for o in t_owner[atom_mask]])
-            ood = det.structure_scores(tds["atom_descriptors"].values[atom_mask], owners, len(rows))
-        decisions.append(decide_chemistry(
-            s, t, target_features=tds["features"].values[rows] if len(rows) else None,
-            target_sigma_rms=sigma_rms[rows] if len(rows) else None, target_ood=ood,
-            target_indices=[int(t_index[r]) for r in rows]))
+        # the labelled structures are the correction's own domain: only real targets are tested against it
+        ood = q[rows] if (q is not None and not use_labelled) else None
+        decisions.append(decide_chemistry(soft[chem], t, target_ood=ood, **common))
     return decisions, issues
 
 

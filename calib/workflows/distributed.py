@@ -94,18 +94,18 @@ def worker_model(spec, device: str = "cpu"):
     return _CACHE[key]
 
 
-def worker_predictor(calibration: str, model, device: str = "cpu"):
+def worker_predictor(calibration: str, model, device: str = "cpu", trust=None):
     """The CalibratedPredictor of an artifact file on this process, loaded once (model once per spec): the
     model ``model`` names (a spec or a name) or, when None, the one the artifact was fitted with, with its
-    feature set."""
+    feature set, and the trust policy ``trust`` (calib.uq.trust.TrustPolicy)."""
     from calib.artifact import Artifact
     from calib.models import spec_for
     from calib.predictor import CalibratedPredictor
 
-    key = ("predictor", os.path.abspath(calibration), os.path.getmtime(calibration), model, device)
+    key = ("predictor", os.path.abspath(calibration), os.path.getmtime(calibration), model, device, trust)
     if key not in _CACHE:
         art = Artifact.load(calibration)
-        _CACHE[key] = CalibratedPredictor(worker_model(spec_for(model, artifact=art), device), art)
+        _CACHE[key] = CalibratedPredictor(worker_model(spec_for(model, artifact=art), device), art, trust=trust)
     return _CACHE[key]
 
 
@@ -113,16 +113,18 @@ def worker_predictor(calibration: str, model, device: str = "cpu"):
 
 
 def partial_hessian(spec, device: str, structures: Sequence, batch_size: int, force_weight: float = 0.0):
-    """(H as float64 array, number of structures, batches) of one shard of already-validated structures."""
+    """(H as float64 array, number of structures, batches, descriptor statistics) of one shard of
+    already-validated structures."""
     from calib.models.base import batches
     from calib.uq.hessian import HessianAccumulator
     from calib.workflows.accumulate import add_batch
 
     model = worker_model(spec, device)
-    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight)
+    acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight,
+                             descriptor_dims=model.descriptor_dims)
     for idx in batches(len(structures), batch_size):
         add_batch(acc, model, [structures[i] for i in idx])
-    return acc.hessian(), acc.n_structures, acc.n_batches
+    return acc.hessian(), acc.n_structures, acc.n_batches, acc.stats
 
 
 def distributed_hessian(client, spec, structures: Sequence, *, device: str = "cpu", batch_size: int = 16,
@@ -157,20 +159,21 @@ def distributed_hessian(client, spec, structures: Sequence, *, device: str = "cp
     shards = [kept[a:b] for a, b in zip(edges[:-1], np.minimum(edges[1:], len(kept))) if b > a]
     futures = [client.submit(partial_hessian, spec, device, shard, batch_size, force_weight, pure=False)
                for shard in shards]
-    acc = HessianAccumulator(model.n_features, device="cpu", force_weight=force_weight)
+    acc = HessianAccumulator(model.n_features, device="cpu", force_weight=force_weight,
+                             descriptor_dims=model.descriptor_dims)
     bar = tqdm(total=len(kept), desc=f"hessian ({n_workers} workers)", unit="structure", disable=not progress)
     sizes = {f.key: len(s) for f, s in zip(futures, shards)}
     for fut in as_completed(futures):
-        H, n, nb = fut.result()
+        H, n, nb, stats = fut.result()
         part = HessianAccumulator(model.n_features, device="cpu", force_weight=force_weight)
-        part.H = torch.as_tensor(H, dtype=torch.float64)
+        part.H, part.stats = torch.as_tensor(H, dtype=torch.float64), stats
         part.n_structures, part.n_batches = int(n), int(nb)
         acc = acc.merge(part)
         bar.update(sizes[fut.key])
     bar.close()
     return HessianResult(hessian=acc.hessian(), n_structures=acc.n_structures, issues=issues,
                          input_fingerprint=structures_fingerprint(kept), force_weight=force_weight,
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, descriptor_stats=acc.stats)
 
 
 # --------------------------------------------------------------------------- screening

@@ -49,8 +49,9 @@ class Evaluation:
     """The result of :func:`evaluate`: one :class:`TargetReport` per target, counts and skipped structures.
 
     ``n_without_interval`` counts structures whose element reference the calibration compositions do not
-    determine (no energy point); ``points`` (with ``return_points``) holds per target the errors, σ,
-    half-widths, classes and calibrator, for plots."""
+    determine (no energy point); ``verdict`` measures the trust verdict against the labels
+    (:func:`calib.uq.metrics.verdict_quality`; with forces); ``points`` (with ``return_points``) holds per
+    target the errors, σ, half-widths, classes and calibrator, for plots."""
 
     alpha: float | None
     n_structures: int
@@ -58,13 +59,15 @@ class Evaluation:
     force_components_zero_sigma: int
     skipped: list
     targets: dict = field(default_factory=dict)
+    verdict: dict | None = None
     points: dict | None = None
 
     def as_dict(self) -> dict:
         """The JSON record of ``calib evaluate`` (keys as in calib 0.4)."""
         return {"alpha": self.alpha, "n_structures": self.n_structures, "n_without_interval": self.n_without_interval,
                 "force_components_zero_sigma": self.force_components_zero_sigma,
-                "skipped": [i.as_dict() for i in self.skipped], **{k: t.as_dict() for k, t in self.targets.items()}}
+                "skipped": [i.as_dict() for i in self.skipped], **{k: t.as_dict() for k, t in self.targets.items()},
+                **({"verdict": self.verdict} if self.verdict is not None else {})}
 
 
 def evaluate(
@@ -111,6 +114,12 @@ def evaluate(
                      n_structures=len(lp.structures), n_without_interval=int(np.sum(~np.isfinite(shift))),
                      force_components_zero_sigma=dropped.get("forces", 0), skipped=list(lp.issues),
                      points={} if return_points else None)
+    if forces and "trusted" in ok:
+        owner = np.searchsorted(ok["structure"].values, ok["structure_index"].values)
+        worst = np.zeros(len(lp.structures))
+        np.maximum.at(worst, owner, np.abs(lp.force_errors).max(axis=1))
+        out.verdict = metrics.verdict_quality(worst, ok["trusted"].values, ok["trust_score"].values,
+                                              ok["max_force"].values, predictor.trust.force_tol or np.inf)
     for name, p in points.items():
         cal = artifact.conformal.get(name)
         h, cls = cal.half_width_points(p) if cal is not None else (None, None)

@@ -14,6 +14,7 @@ from calib.artifact import Artifact
 from calib.data.structures import StructureIssue
 from calib.models.base import ModelAdapter
 from calib.uq.llpr import LLPR
+from calib.uq.ood import QResidualDetector
 from calib.workflows.accumulate import accumulate_hessian
 
 
@@ -50,8 +51,12 @@ def build_hessian(
         raise ValueError("no valid structures to accumulate the Hessian from: "
                          + "; ".join(str(i) for i in res.issues[:5]))
     llpr = LLPR(energy_convention=model.energy_convention).fit(res.hessian, res.n_structures)
+    ood = None
+    if res.descriptor_stats is not None and len(res.descriptor_stats.sample) >= 2:
+        ood = QResidualDetector().fit_stats(res.descriptor_stats)
+        ood.reference_ = f"the {res.n_structures} structures of the Hessian" + (f" ({source})" if source else "")
     w, _ = model.readout
-    art = Artifact(llpr=llpr, model_info=model.describe(), readout_weight=w, stage="hessian",
+    art = Artifact(llpr=llpr, model_info=model.describe(), readout_weight=w, stage="hessian", ood=ood,
                    attrs={"hessian_source": source, "force_weight": force_weight,
                           "hessian_seconds": round(res.seconds, 2)})
     return art, res.issues

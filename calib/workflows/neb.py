@@ -20,6 +20,15 @@ the covariance (an independent-σ formula over-states the reverse barrier's σ w
 correlated). Intervals are ± q σ with q the artifact's energy-difference conformal quantile: the
 conformal guarantee is for differences like the calibration pairs; for a barrier the same q is an
 approximation, measured on the shipped paths in docs/neb.md.
+
+The path verdict. The raw barrier is **trusted** unless an image between the end points is untrusted by the
+structure verdict (calib.uq.trust), its forward barrier's calibrated half-width exceeds ``barrier_tol``
+(0.5 eV: wider than CHGNet's typical barrier error, MAE 0.39 eV over 470 Mg-migration paths in Deng et al.),
+or the chemistry's stored softening moves the barrier by more than that half-width (|c − 1|·E_b > q σ_b:
+the raw barrier is biased beyond its own band). The corrected barrier is trusted only where the
+correction was fitted on environments like the path's: an interior image whose Q score exceeds the largest
+Q of the correction's own structures lies outside them, and the corrected band is then made at least as
+wide as the raw one (never narrower after a correction whose domain does not cover the path).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import numpy as np
 from calib.predictor import CalibratedPredictor, as_structures
 
 BARRIERS = ("forward", "reverse", "kra")
+BARRIER_TOL = 0.5  # eV, largest calibrated half-width of a trusted forward barrier
 
 
 def vacancy_hop(cell, species: str | None = None):
@@ -71,7 +81,7 @@ def barrier_weights(m: int, M: int) -> dict:
     return out
 
 
-def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
+def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrier_tol: float = BARRIER_TOL):
     """An xarray Dataset for one NEB path: relative energies, their covariance, barriers and intervals.
 
     Dimensions: ``image`` (0 … M), ``image_a``/``image_b`` (1 … M: image 0 is exact by definition),
@@ -93,8 +103,10 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
     quantile, correction       variant               conformal quantile q (1), factor c (1 for raw)
     ========================== ===================== ===============================================
 
-    Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``. Raises ValueError for
-    a skipped image or one of another composition.
+    Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``, and the path verdict
+    (module docstring): ``trusted``, ``reasons``, ``images_untrusted``, ``label_next`` (the interior image with
+    the widest band: the label that would tell most), ``corrected_trusted``, ``corrected_reasons``. Raises
+    ValueError for a skipped image or one of another composition.
     """
     import xarray as xr
 
@@ -126,8 +138,15 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
                          art.conformal.get("energy_difference_corrected")))
     rows = {k: [] for k in ("energy", "energy_sigma", "covariance", "barrier", "barrier_sigma",
                             "barrier_sigma_independent", "quantile", "correction")}
-    for _, c, sc, model, cal in variants:
+    q_img = ds["q_score"].values if "q_score" in ds else np.zeros(M + 1)
+    domain = art.corrections.domain.get(chem) if len(variants) > 1 else None
+    uncovered = domain is not None and bool(np.max(q_img[1:M]) > domain) if M > 1 else False
+    for name, c, sc, model, cal in variants:
         C = model.covariance(L, D, c, sc)
+        if name == "corrected" and uncovered:  # never narrower than the raw band (same q scale: see above)
+            C_raw = rows["covariance"][0]
+            ratio = (rows["quantile"][0] / cal.quantile_) ** 2 if cal is not None else 1.0
+            C = np.maximum(C, ratio * C_raw) if np.isfinite(ratio) else C
         rows["energy"].append(np.concatenate([[0.0], c * D]))
         rows["energy_sigma"].append(np.concatenate([[0.0], np.sqrt(np.diag(C))]))
         rows["covariance"].append(C)
@@ -157,7 +176,39 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16):
     out["quantile"] = ("variant", q, {"units": "1", "description": "conformal quantile of the difference target"})
     out["correction"] = ("variant", np.array(rows["correction"]), {"units": "1"})
     out.attrs.update(chemsys=chem, highest_image=m, alpha=float(variants[0][4].alpha) if variants[0][4] else np.nan)
+    out.attrs.update(_path_verdict(ds, out, barrier_tol, uncovered, float(np.max(q_img[1:M])) if M > 1 else 0.0,
+                                   domain))
     return out
+
+
+def _path_verdict(ds, out, barrier_tol: float, uncovered: bool, q_path: float, domain) -> dict:
+    """The path verdict of :func:`band` (module docstring) from the image predictions ``ds`` and the band."""
+    M = len(ds["structure"]) - 1
+    interior = list(range(1, M))
+    trusted = ds["trusted"].values if "trusted" in ds else np.ones(M + 1, dtype=bool)
+    bad = [k for k in interior if not trusted[k]]
+    reasons = [f"image {k}: {ds['trust_reason'].values[k]}" for k in bad]
+    raw = out.sel(variant="raw", barrier="forward")
+    height, half = float(raw["barrier_height"]), float(raw["barrier_high"] - raw["barrier_height"])
+    if np.isfinite(half) and half > barrier_tol:
+        reasons.append(f"the forward barrier is known to ±{half:.3g} eV only (calibrated half-width) > "
+                       f"{barrier_tol:g} eV")
+    corrected_reasons = []
+    if "corrected" in out["variant"].values:
+        c = float(out["correction"].sel(variant="corrected"))
+        shift = abs(c - 1.0) * abs(height)
+        if np.isfinite(half) and shift > half:
+            reasons.append(f"the softening of {out.attrs['chemsys']} (c = {c:.3f}) "
+                           f"moves the barrier by {shift:.3g} eV, more than its calibrated half-width ±{half:.3g} eV: "
+                           "the raw barrier is biased beyond its band")
+        if uncovered:
+            corrected_reasons.append(f"the correction was fitted on environments unlike the path's (an image scores "
+                                     f"Q = {q_path:.3g} × the domain threshold, above the {domain:.3g} of the "
+                                     "structures c was fitted on): its band is kept at least as wide as the raw one")
+    sig = out["energy_sigma"].sel(variant="raw").values
+    label_next = int(interior[int(np.argmax(sig[interior]))]) if interior else None
+    return {"trusted": int(not reasons), "reasons": reasons, "images_untrusted": bad, "label_next": label_next,
+            "corrected_trusted": int(not reasons and not corrected_reasons), "corrected_reasons": corrected_reasons}
 
 
 def summary(ds, reference_energies=None) -> dict:
@@ -167,7 +218,12 @@ def summary(ds, reference_energies=None) -> dict:
     ``barrier_<b>_interval`` and, with a correction, the same with ``_corrected``; with a reference,
     ``reference_barrier_<b>``, ``barrier_<b>[_corrected]_covers_reference`` and ``n_inside[_corrected]``."""
     m = int(ds.attrs["highest_image"])
-    rec = {"chemsys": ds.attrs["chemsys"], "highest_image": m}
+    rec = {"chemsys": ds.attrs["chemsys"], "highest_image": m, "trusted": bool(ds.attrs["trusted"]),
+           "reasons": list(ds.attrs["reasons"]), "images_untrusted": list(ds.attrs["images_untrusted"]),
+           "label_next": ds.attrs["label_next"]}
+    if "corrected" in ds["variant"].values:
+        rec.update(corrected_trusted=bool(ds.attrs["corrected_trusted"]),
+                   corrected_reasons=list(ds.attrs["corrected_reasons"]))
     variants = [str(v) for v in ds["variant"].values]
     for v in variants:
         part, sfx = ds.sel(variant=v), "" if v == "raw" else f"_{v}"

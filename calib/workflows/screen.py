@@ -26,12 +26,13 @@ correction               scalar correction c stored for the chemistry (NaN: none
 energy_corrected         energy after the stored correction, eV
 =======================  =====================================================================
 
-A structure is *trusted* when it was predicted, lies inside the distribution
-of the calibration structures (Q score ≤ 1, :mod:`calib.uq.ood`), has an energy
-interval (every element known to the energy reference), and, where
-tolerances are set, its calibrated errors are within them: the conformal
-force half-width (``force_tol``, eV/Å, with ``forces=True``) and the energy
-half-width per atom (``energy_tol``, eV/atom).
+The verdict of each row is the predictor's, the one trust rule of
+:mod:`calib.uq.trust`: inside the model's domain (Q score ≤ 1 against the
+Hessian's structures), the calibrated bound on the largest force error within
+``force_tol`` (eV/Å) and the energy half-width per atom within ``energy_tol``
+(eV/atom). A structure whose elements the energy reference does not determine
+has no energy interval (``energy_interval_reason`` says why) and can still be
+trusted: the offset cancels in every energy difference.
 
 Resuming: beside the results lies ``<out>.resume.json`` holding the rows
 committed (after the netCDF file was synced), the settings, and a chained
@@ -55,6 +56,7 @@ from ase import Atoms
 
 from calib.data.readers import count_structures, iter_structures
 from calib.data.structures import structures_fingerprint
+from calib.uq.trust import ENERGY_TOL, FORCE_TOL, TrustPolicy
 
 #: (name, kind, units) of every column; kind "f" float64, "i" int32, "s" text
 COLUMNS = [
@@ -63,9 +65,11 @@ COLUMNS = [
     ("energy_sigma", "f", "eV"), ("energy_sigma_per_atom", "f", "eV/atom"), ("max_local_sigma", "f", "eV"),
     ("energy_centre", "f", "eV"), ("energy_low", "f", "eV"), ("energy_high", "f", "eV"), ("q_score", "f", "1"),
     ("max_force", "f", "eV/Å"), ("max_force_sigma", "f", "eV/Å"), ("max_force_halfwidth", "f", "eV/Å"),
-    ("correction", "f", "1"), ("energy_corrected", "f", "eV"),
+    ("force_error_bound", "f", "eV/Å"), ("energy_halfwidth", "f", "eV"), ("trust_score", "f", "1"),
+    ("extrapolated", "i", "1"), ("energy_interval_reason", "s", ""), ("correction", "f", "1"),
+    ("energy_corrected", "f", "eV"),
 ]
-_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512}
+_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512, "energy_interval_reason": 256}
 STATUSES = ("trusted", "untrusted", "failed")
 REASON_SEP = " | "
 
@@ -73,9 +77,9 @@ REASON_SEP = " | "
 # --------------------------------------------------------------------------- one batch
 
 
-def screen_batch(predictor, structures: list, start: int, *, forces: bool = False, force_tol: float = 0.1,
-                 energy_tol: float | None = None, batch_size: int = 16) -> dict:
-    """Rows for ``structures`` (input positions ``start`` ...): column name → array (see :data:`COLUMNS`)."""
+def screen_batch(predictor, structures: list, start: int, *, forces: bool = False, batch_size: int = 16) -> dict:
+    """Rows for ``structures`` (input positions ``start`` ...): column name → array (see :data:`COLUMNS`); the
+    verdict is the predictor's (its :class:`calib.uq.trust.TrustPolicy`)."""
     ds = predictor.predict(structures, forces=True, force_mode="approx" if forces else "none",
                            batch_size=batch_size, progress=False)
     n = len(structures)
@@ -86,44 +90,21 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
         else:
             rows[name] = np.full(n, np.nan) if kind == "f" else (np.zeros(n, np.int32) if kind == "i"
                                                                    else np.array([""] * n, dtype=object))
-    for name in ("name", "chemsys"):
-        rows[name] = np.asarray(ds[name].values, dtype=object)
+    for name in ("name", "chemsys", "energy_interval_reason"):
+        if name in ds:
+            rows[name] = np.asarray(ds[name].values, dtype=object)
     rows["n_atoms"] = np.asarray(ds["n_atoms"].values, dtype=np.int32)
     ok = rows["n_atoms"] > 0
     rows["energy_sigma_per_atom"] = np.where(ok, rows["energy_sigma"] / np.maximum(rows["n_atoms"], 1), np.nan)
     errors = ds["error"].values
-    interval_reason = ds["energy_interval_reason"].values if "energy_interval_reason" in ds else [""] * n
     for k in range(n):
         if errors[k]:
-            rows["status"][k], rows["reason"][k] = "failed", str(errors[k])
+            rows["status"][k], rows["reason"][k], rows["trusted"][k] = "failed", str(errors[k]), 0
             continue
-        why = trust_reasons({c: rows[c][k] for c in rows}, str(interval_reason[k]), forces=forces,
-                            force_tol=force_tol, energy_tol=energy_tol)
-        rows["trusted"][k] = int(not why)
-        rows["status"][k] = "untrusted" if why else "trusted"
-        rows["reason"][k] = REASON_SEP.join(why)
+        rows["status"][k] = "trusted" if rows["trusted"][k] else "untrusted"
+        rows["reason"][k] = str(ds["trust_reason"].values[k])
     rows["structure"] = np.arange(start, start + n)
     return rows
-
-
-def trust_reasons(row: dict, interval_reason: str = "", *, forces: bool, force_tol: float | None,
-                  energy_tol: float | None) -> list[str]:
-    """Why one predicted row is not trusted (empty list: trusted)."""
-    why = []
-    q = row.get("q_score", np.nan)
-    if np.isfinite(q) and q > 1:
-        why.append(f"out of distribution of the calibration structures (Q = {q:.3g} × threshold)")
-    if interval_reason:
-        why.append(interval_reason)
-    elif energy_tol is not None and np.isfinite(row["energy_high"]):
-        half = 0.5 * (row["energy_high"] - row["energy_low"]) / row["n_atoms"]
-        if half > energy_tol:
-            why.append(f"calibrated energy error ±{half:.3g} eV/atom above tolerance {energy_tol:g} eV/atom")
-    if forces and force_tol is not None:
-        h = row.get("max_force_halfwidth", np.nan)
-        if np.isfinite(h) and h > force_tol:
-            why.append(f"calibrated force error ±{h:.3g} eV/Å above tolerance {force_tol:g} eV/Å")
-    return why
 
 
 # --------------------------------------------------------------------------- results file
@@ -271,7 +252,7 @@ def check_options(batch_size: int, force_tol: float | None, energy_tol: float | 
 
 
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
-           force_tol: float | None = 0.1, energy_tol: float | None = None, batch_size: int = 16,
+           force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL, batch_size: int = 16,
            resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
            stop_after: int | None = None) -> dict:
     """Screen every structure of ``sources`` and write one row each to ``out`` (netCDF).
@@ -282,9 +263,10 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     calibration : path of a calibrated artifact (stage "calibrated").
     out : path of the results file; it must not exist unless ``resume`` or ``overwrite``.
     model : model spec or adapter; None: the one named in the artifact.
-    forces : bool — force σ and conformal half-widths (approximate mode) and the force tolerance check.
-    force_tol : float, eV/Å — largest conformal force half-width still trusted (with ``forces``).
-    energy_tol : float or None, eV/atom — largest energy half-width per atom still trusted.
+    forces : bool — also the LLPR force σ and conformal half-widths (approximate mode); the verdict does not
+        need them.
+    force_tol : float or None, eV/Å — largest calibrated force-error bound still trusted (None: not checked).
+    energy_tol : float or None, eV/atom — largest energy half-width per atom still trusted (None: not checked).
     batch_size : int — structures per batch (one row of the file is committed per batch).
     resume : bool — continue an interrupted run of the same input and settings.
     client : dask.distributed.Client or None — screen batches on its workers (calib.workflows.distributed).
@@ -303,7 +285,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
                 "energy_tol": float("nan") if energy_tol is None else float(energy_tol),
                 "batch_size": int(batch_size), "model": str(model or "")}
     settings = {k: (v if not (isinstance(v, float) and np.isnan(v)) else "none") for k, v in settings.items()}
-    options = dict(forces=forces, force_tol=force_tol, energy_tol=energy_tol, batch_size=batch_size)
+    options = dict(forces=forces, batch_size=batch_size)
+    policy = TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
     writer = ResultsWriter(out, settings, resume=resume, overwrite=overwrite)
     try:
         own = (out, writer.journal)  # a folder input that holds the results is not read as candidates
@@ -323,7 +306,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         bar = tqdm(total=total, initial=writer.rows, desc="screen", unit="structure", disable=not progress,
                    smoothing=0.1)
         if client is None:
-            predictor = _predictor(calibration, model, device)
+            predictor = _predictor(calibration, model, device, policy)
             results = _serial(predictor, stream, writer, options)
         else:
             from calib.models import ModelAdapter, spec_of
@@ -331,7 +314,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
 
             on_workers = spec_of(model) if isinstance(model, ModelAdapter) else model  # a spec travels, not weights
             results = ordered_batches(client, _screen_on_worker, stream, writer.rows,
-                                      os.path.abspath(calibration), on_workers, device, options)
+                                      os.path.abspath(calibration), on_workers, device, policy, options)
         done = 0
         for batch, rows in results:
             writer.write(rows, batch_fingerprint(batch))
@@ -355,27 +338,25 @@ def _serial(predictor, stream, writer, options):
         start += len(batch)
 
 
-def _screen_on_worker(calibration, model, device, options, batch, start):
+def _screen_on_worker(calibration, model, device, policy, options, batch, start):
     """One batch on a dask worker, with the predictor that worker keeps (calib.workflows.distributed)."""
     from calib.workflows.distributed import worker_predictor
 
-    return screen_batch(worker_predictor(calibration, model, device), batch, start, **options)
+    return screen_batch(worker_predictor(calibration, model, device, policy), batch, start, **options)
 
 
-def _predictor(calibration, model, device):
+def _predictor(calibration, model, device, policy):
     from calib.predictor import CalibratedPredictor
 
-    return CalibratedPredictor.from_file(calibration, model=model, device=device)
+    return CalibratedPredictor.from_file(calibration, model=model, device=device, trust=policy)
 
 
 def reason_category(reason: str) -> str:
-    """The kind of one untrusted reason, without the structure's own numbers and elements."""
-    if "out of distribution" in reason:
-        return "out of distribution of the calibration structures"
-    if "energy reference" in reason or "not determined by the calibration compositions" in reason:
-        return "composition not covered by the energy reference"
-    if reason.startswith("calibrated force error"):
-        return "calibrated force error above tolerance"
+    """The kind of one untrusted reason, without the structure's own numbers (calib.uq.trust's words)."""
+    if reason.startswith("out of the model's domain"):
+        return "out of the model's domain"
+    if reason.startswith("force error may reach"):
+        return "calibrated force-error bound above tolerance"
     if reason.startswith("calibrated energy error"):
         return "calibrated energy error above tolerance"
     return reason

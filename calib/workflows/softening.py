@@ -62,6 +62,10 @@ def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
         [get_forces(a) for a in lp.structures], model_energies=ok["energy"].values,
         reference_energies=[get_energy(a) for a in lp.structures], n_atoms=ok["n_atoms"].values,
         compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], failures=failures, **kw)
+    if "q_score" in ok:  # the correction's domain: the largest Q score of the structures it is fitted on
+        q, chem = ok["q_score"].values, ok["chemsys"].values
+        for c, r in results.items():
+            r.domain_q_max = float(np.max(q[chem == c]))
     return SofteningRun(results, lp.issues, lp, failures)
 
 
