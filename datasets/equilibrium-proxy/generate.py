@@ -108,11 +108,10 @@ def perovskite(a: str, b: str, lat: float) -> Atoms:
 
 
 def sources() -> list[tuple[str, str, Atoms]]:
+    import pymatgen.util
     from ase.collections import dcdft
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
-
-    import pymatgen.util
 
     out = [("dcdft", f"{n}-dcdft", dcdft[n]) for n in dcdft.names]
     folder = os.path.join(os.path.dirname(pymatgen.util.__file__), "structures")

@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from calib import datasets
-from calib.models.chgnet import CHGNetAdapter
 from calib.data.structures import get_forces, group_by_chemsys
+from calib.models.chgnet import CHGNetAdapter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
