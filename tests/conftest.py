@@ -5,6 +5,12 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# property tests: the same examples on every CI run (CI=1 in .ci/run), new random ones on a developer's machine
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
 
 @pytest.fixture(scope="session")
 def chgnet():

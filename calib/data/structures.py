@@ -262,15 +262,23 @@ def check_structure(
         if bad:
             names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in bad)
             fail(f"contains elements the model does not support: {names}")
-    i, j, d = _neighbors(atoms, max(MIN_DISTANCE, cutoff or 0.0))
-    close = d < MIN_DISTANCE
-    if np.any(close):
-        k = int(np.argmin(np.where(close, d, np.inf)))
+    # bounded cost for any input: a cell narrower than the closest allowed distance puts every atom that
+    # close to its own image (refused with no search); the close-pair search runs at MIN_DISTANCE, so the
+    # cutoff search below only ever sees physical densities
+    widths = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    if widths.min() < MIN_DISTANCE:
+        k = int(np.argmin(widths))
+        fail(f"the cell is {widths[k]:.3g} Å wide across lattice vector {k}: every atom is closer than "
+             f"{MIN_DISTANCE} Å to its own periodic image")
+    i, j, d = _neighbors(atoms, MIN_DISTANCE)
+    if len(d):
+        k = int(np.argmin(d))
         fail(
             f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart "
             f"(closer than {MIN_DISTANCE} Å)"
         )
     if cutoff is not None:
+        i, j, d = _neighbors(atoms, max(MIN_DISTANCE, cutoff))
         counts = np.bincount(i, minlength=len(atoms))
         lonely = np.where(counts == 0)[0]
         if len(lonely):
@@ -304,7 +312,7 @@ def _neighbors(atoms: Atoms, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
-    pos = np.ascontiguousarray(atoms.get_positions(), dtype=float)
+    pos = np.ascontiguousarray(atoms.get_positions(wrap=True), dtype=float)  # far-out atoms: no image blow-up
     i, j, images, d = find_points_in_spheres(
         pos, pos, r=float(r), pbc=np.ascontiguousarray(atoms.pbc, dtype=np.int64),
         lattice=np.ascontiguousarray(atoms.cell[:], dtype=float), tol=1e-8,
