@@ -72,6 +72,7 @@ from calib.uq.trust import ForceErrorModel
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
 
 SCHEMA_VERSION = 2
+CHECKSUM_SCHEME = 2  # 1 (calib 0.4): data variables; 2: and every global attribute but the creation time
 STAGES = ("hessian", "calibrated")
 _MODEL_KEYS = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features", "feature_set")
 
@@ -175,6 +176,7 @@ class Artifact:
                  "stage": self.stage,
                  "schema_version": SCHEMA_VERSION, "calib_version": calib.__version__}
         ds.attrs = {k: (int(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in attrs.items()}
+        ds.attrs["checksum_scheme"] = CHECKSUM_SCHEME
         ds.attrs["data_sha256"] = data_checksum(ds)
         return ds
 
@@ -207,7 +209,8 @@ class Artifact:
         differences = {name: DifferenceVarianceModel.from_variables(ds, f"difference_{name}")
                        for name in filter(None, str(attrs.pop("difference_models", "")).split(","))}
         model_info = {k: attrs.pop(k) for k in _MODEL_KEYS if k in attrs}
-        for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version", "data_sha256"):
+        for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version", "data_sha256",
+                  "checksum_scheme"):
             attrs.pop(k, None)
         return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
                    stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal, differences=differences,
@@ -222,17 +225,33 @@ class Artifact:
         write_atomic(self.to_dataset(), path)
 
     @classmethod
-    def load(cls, path, model=None) -> Artifact:
+    def load(cls, path, model=None, *, unverified: bool = False) -> Artifact:
         """Read an artifact; with ``model``, fail unless it was fitted with that model.
 
-        The checksum of the data variables (``data_sha256``, written since calib 0.4.0) is verified:
-        a file changed after it was written fails with :class:`ArtifactError`."""
+        The checksum (``data_sha256``) is verified: since calib 0.5 it covers the data variables and every
+        global attribute but the creation time (convention, stage, model identity, targets: anything that
+        changes a number); calib 0.4 covered the data variables only, and its files are verified that way.
+        An artifact of schema ≥ 2 without a checksum is refused (:class:`ArtifactError`, naming the file):
+        it was written before calib 0.4 or edited; ``unverified=True`` loads it anyway (then ``save`` it
+        again to give it a checksum) once you know where it came from.
+        """
         ds = read(path, "artifact")
+        try:
+            version = int(ds.attrs.get("schema_version", 0))
+        except (TypeError, ValueError):
+            version = 0
         stored = ds.attrs.get("data_sha256")
+        if stored is None and version >= 2 and not unverified:
+            raise ArtifactError(f"artifact {path} has no checksum (data_sha256): written before calib 0.4 or "
+                                "edited; if you trust it, load it with Artifact.load(path, unverified=True) and "
+                                "save it again")
         if stored is not None and str(stored) != data_checksum(ds):
-            raise ArtifactError(f"artifact {path} is corrupt: its data variables no longer match the checksum "
-                                "written with them (changed or damaged after it was saved); refit or restore it")
-        art = cls.from_dataset(ds)
+            raise ArtifactError(f"artifact {path} is corrupt: its contents no longer match the checksum written "
+                                "with them (changed or damaged after it was saved); refit or restore it")
+        try:
+            art = cls.from_dataset(ds)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
         if model is not None:
             art.check_model(model)
         return art
@@ -251,8 +270,8 @@ def _canonical(value) -> bytes:
 
 
 def data_checksum(ds) -> str:
-    """SHA-256 over the data variables and coordinates of an artifact (names, values and their
-    attributes, in name order); global attributes (provenance) are not included."""
+    """SHA-256 over an artifact: data variables and coordinates (names, values, attributes, in name order) and,
+    from checksum scheme 2 (calib 0.5) on, every global attribute but ``created`` and the checksum itself."""
     import hashlib
 
     h = hashlib.sha256()
@@ -261,6 +280,9 @@ def data_checksum(ds) -> str:
         h.update(name.encode() + b"\x00" + _canonical(var.values))
         for key in sorted(k for k in var.attrs if not k.startswith("_")):
             h.update(key.encode() + b"=" + _canonical(var.attrs[key]))
+    if int(ds.attrs.get("checksum_scheme", 1)) >= 2:
+        for key in sorted(k for k in ds.attrs if k not in ("created", "data_sha256")):
+            h.update(b"attr:" + key.encode() + b"=" + _canonical(ds.attrs[key]))
     return h.hexdigest()
 
 

@@ -41,7 +41,12 @@ _SHARED: dict = {}
 
 
 def shared_predictor(model="chgnet", calibration=None, device: str = "cpu") -> CalibratedPredictor:
-    """One predictor per (model, calibration file, device) in this process."""
+    """One predictor per (model, calibration file, device) in this process. ``calibration="default"``: the
+    calibration calib ships for CHGNet 0.3.0 (none for another model: the plain model)."""
+    if isinstance(calibration, str) and calibration == "default":
+        from calib.data.datasets import default_calibration
+
+        calibration = default_calibration(model if isinstance(model, str) else "")
     key = (str(model), None if calibration is None else os.path.abspath(os.fspath(calibration)), str(device))
     if key not in _SHARED:
         if calibration is None:
@@ -60,7 +65,9 @@ class CalibratedCalculator(Calculator):
     Parameters
     ----------
     model : str or ModelAdapter — "chgnet" (default) or any name :func:`calib.load_model` takes.
-    calibration : path to a calibrated artifact, or None (the plain model, no σ).
+    calibration : path to a calibrated artifact; "default" (the default): the calibration calib ships for
+        CHGNet 0.3.0 (GPAW PAW-PBE labels), or the plain model for another model; None: the plain model, no σ.
+        ``results["calibration"]`` names the one used.
     correction : bool — apply the stored scalar correction of the structure's chemistry.
     uncertainties : bool — compute σ (force σ costs one reverse pass per feature direction, or
         per kept direction with ``force_mode="approx"``).
@@ -71,12 +78,14 @@ class CalibratedCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model="chgnet", calibration=None, *, correction: bool = True, uncertainties: bool = True,
+    def __init__(self, model="chgnet", calibration="default", *, correction: bool = True, uncertainties: bool = True,
                  force_mode: str = "exact", device: str = "cpu", predictor: CalibratedPredictor | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.predictor = predictor if predictor is not None else shared_predictor(model, calibration, device)
         has_artifact = self.predictor.artifact is not None
+        self.calibration = ("none" if not has_artifact else "default" if self.predictor.artifact.attrs.get(
+            "default_calibration") else "given")
         self.correction = bool(correction) and has_artifact
         self.uncertainties = bool(uncertainties) and has_artifact
         self.force_mode = force_mode
@@ -94,7 +103,8 @@ class CalibratedCalculator(Calculator):
         stress = ds["stress"].values[0].copy() if want_stress else None
         c = float(ds["correction"].values[0]) if "correction" in ds else np.nan
         corrected = self.correction and np.isfinite(c)
-        results = {"corrected": bool(corrected), "correction": c if corrected else 1.0}
+        results = {"corrected": bool(corrected), "correction": c if corrected else 1.0,
+                   "calibration": self.calibration}
         if corrected:
             results["uncorrected_energy"] = energy
             energy = float(ds["energy_corrected"].values[0])

@@ -383,3 +383,138 @@ def test_an_artifact_never_makes_calib_unpickle_a_file(d, tmp_path, chgnet):
     assert r.exit_code == 2 and doc_of(r)["kind"] == "usage" and "--model" in doc_of(r)["error"]
     assert "--model None" not in doc_of(r)["error"]  # not blamed on an option the user never passed
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ second round: files never clobbered, artifacts
+# verified, inputs named (each case: exit code, kind, the words of the message, sha256 of every file unchanged)
+
+
+def _sha(folder) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).iterdir() if p.is_file()}
+
+
+def _hostile_files(d, tmp):
+    """The files the cases below need, in ``tmp``."""
+    import shutil
+
+    import torch
+    import xarray as xr
+
+    from calib.artifact import Artifact
+
+    shutil.copy(d / "CAL.nc", tmp / "foreign.nc")  # a netCDF file calib label did not write
+    frames = ase.io.read(d / "lab.extxyz", ":10")
+    for a in frames:  # written by another tool: no calib_key
+        a.info.pop("calib_key", None)
+    ase.io.write(tmp / "other.extxyz", [_labelled(a, 0.0, np.zeros((len(a), 3)), f"o{k}") for k, a in
+                                        enumerate(frames)], format="extxyz")
+    (tmp / "other.extxyz").write_bytes((tmp / "other.extxyz").read_bytes().rstrip(b"\n"))  # no final newline
+    ds = xr.load_dataset(d / "CAL.nc")
+    edited = ds.copy()
+    edited.attrs["energy_convention"] = "total"  # a σ 8× smaller, if accepted
+    edited.to_netcdf(tmp / "edited.nc")
+    bare = ds.copy()
+    del bare.attrs["data_sha256"]
+    bare.to_netcdf(tmp / "nosum.nc")
+    art = Artifact.load(d / "CAL.nc")
+    art.replace(model_info={**art.model_info, "model_name": "nonsense"}).save(tmp / "renamed.nc")
+    (tmp / "bench").mkdir()
+    (tmp / "bench" / "H.nc").write_bytes(b"a user's Hessian")
+    torch.save({"weights": torch.zeros(3)}, tmp / "notmace.model")
+    (tmp / "afile").write_text("x")
+    nacl = datasets.load("high-energy-states", chemsys="Na-Cl")[:3]
+    ase.io.write(tmp / "nacl_path.extxyz", nacl, format="extxyz")
+    lif = datasets.load("high-energy-states", chemsys="Li-F")[:3]
+    ase.io.write(tmp / "lif_ref.extxyz", lif, format="extxyz")
+    noe = [a.copy() for a in datasets.load("high-energy-states", chemsys="Si")[:4]]
+    for a, src in zip(noe, datasets.load("high-energy-states", chemsys="Si")[:4]):
+        a.calc = None
+        a.arrays["forces"] = src.get_forces()
+    ase.io.write(tmp / "forces_only.extxyz", noe, format="extxyz")
+    nof = [a.copy() for a in datasets.load("high-energy-states", chemsys="Si")[:4]]
+    for a, src in zip(nof, datasets.load("high-energy-states", chemsys="Si")[:4]):
+        a.calc = None
+        a.info["energy"] = src.get_potential_energy()
+    ase.io.write(tmp / "energy_only.extxyz", nof, format="extxyz")
+    bad = [Atoms("Si2", positions=[[0, 0, 0], [0.1, 0, 0]], cell=[5, 5, 5], pbc=True)] * 3
+    ase.io.write(tmp / "allbad.extxyz", bad, format="extxyz")
+
+
+HOSTILE = [  # (argv, exit code, kind or None for success, words in the error)
+    (["label", "{lab}", "-o", "{t}/foreign.nc"], 2, "output", "was not written by calib label"),
+    (["label", "{lab}", "-o", "{t}/other.extxyz"], 2, "output", "was not written by calib label"),
+    (["predict", "{eq}", "--calibration", "{t}/edited.nc"], 1, "artifact", "edited.nc is corrupt"),
+    (["predict", "{eq}", "--calibration", "{t}/nosum.nc"], 1, "artifact", "nosum.nc has no checksum"),
+    (["predict", "{eq}", "--calibration", "{t}/renamed.nc"], 2, "usage", "calib cannot load by name"),
+    (["predict", "{eq}", "--calibration", "{h}"], 1, "artifact", "holds a Hessian only"),
+    (["predict", "{eq}", "--calibration", "{cal}", "--model", "{t}/notmace.model"], 2, "usage",
+     "is not a MACE model"),
+    (["bench", "commands", "--workdir", "{t}/bench", "--only", "eos"], 2, "output", "which calib bench did not write"),
+    (["neb", "{t}/nacl_path.extxyz", "--calibration", "{cal}", "--reference", "{t}/lif_ref.extxyz"], 1, "input",
+     "is not image 0 of the path"),
+    (["screen", "{t}/missing.extxyz", "--calibration", "{cal}", "-o", "{t}/s.nc"], 1, "input", "not found"),
+    (["demo", "--out", "{t}/afile"], 2, "output", "is a file"),
+    (["eos", "--element", "Xx"], 2, "usage", "--element Xx"),
+    (["hessian", "{t}/allbad.extxyz", "-o", "{t}/Hbad.nc"], 1, "input", "no valid structure"),
+    (["softening", "{t}/forces_only.extxyz"], 0, None, ""),
+    (["evaluate", "{t}/energy_only.extxyz", "--calibration", "{cal}", "--no-forces"], 0, None, ""),
+    (["calibrate", "{t}/forces_only.extxyz", "--hessian", "{h}", "--target", "forces", "-o", "{t}/cf.nc"], 0, None,
+     ""),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile(d, tmp_path_factory):
+    t = tmp_path_factory.mktemp("hostile")
+    _hostile_files(d, t)
+    return t
+
+
+@pytest.mark.parametrize("argv,code,kind,words", HOSTILE, ids=[" ".join(a[:2])[:40] + f"-{i}"
+                                                              for i, (a, *_) in enumerate(HOSTILE)])
+def test_hostile_but_fair(d, hostile, argv, code, kind, words):
+    files = {"lab": d / "lab.extxyz", "eq": d / "eq.extxyz", "cal": d / "CAL.nc", "h": d / "H.nc", "t": hostile}
+    args = [a.format(**files) for a in argv]
+    before = {**_sha(d), **{f"t/{k}": v for k, v in _sha(hostile).items()},
+              **{f"bench/{k}": v for k, v in _sha(hostile / "bench").items()}}
+    r = run(*args, "--json")
+    doc = doc_of(r)
+    assert r.exit_code == code, (r.exit_code, doc)
+    assert "Traceback" not in r.output
+    if kind is not None:
+        assert doc["kind"] == kind and words in doc["error"], doc
+        assert "--model None" not in doc["error"]
+    after = {**_sha(d), **{f"t/{k}": v for k, v in _sha(hostile).items()},
+             **{f"bench/{k}": v for k, v in _sha(hostile / "bench").items()}}
+    for name, digest in before.items():  # no file that existed was changed
+        assert after.get(name) == digest, name
+
+
+def test_standard_input_once(d):
+    r = runner.invoke(app, ["predict", "-", "-", "--calibration", str(d / "CAL.nc"), "--json"],
+                      input=(d / "eq.extxyz").read_text())
+    assert r.exit_code == 1 and "given more than once" in doc_of(r)["error"]
+
+
+def test_a_second_screen_on_the_same_output_is_refused(d, tmp_path):
+    import fcntl
+
+    out = tmp_path / "r.nc"
+    with open(f"{out}.lock", "a") as held:  # as a running screen holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = run("screen", d / "eq.extxyz", "--calibration", d / "CAL.nc", "-o", out, "--json")
+    assert r.exit_code == 2 and "another calib screen is writing" in doc_of(r)["error"]
+    assert not out.exists()
+    r = run("screen", d / "eq.extxyz", "--calibration", d / "CAL.nc", "-o", out, "--json", "-q")
+    assert r.exit_code == 0 and not Path(f"{out}.lock").exists()
+
+
+def test_unverified_artifact_loads_only_when_asked(d, hostile):
+    from calib.artifact import Artifact, ArtifactError
+
+    with pytest.raises(ArtifactError, match="unverified=True"):
+        Artifact.load(hostile / "nosum.nc")
+    art = Artifact.load(hostile / "nosum.nc", unverified=True)
+    assert art.calibrated

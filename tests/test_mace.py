@@ -272,3 +272,15 @@ def test_shipped_small_mace_equals_mace_calculator():
         np.testing.assert_allclose(pred.forces_of(k), b.get_forces(), atol=1e-5)
     w, _ = m.readout
     assert m.n_features == 32 and np.all(np.isfinite(w))
+
+
+def test_importing_mace_leaves_torch_load_as_it_was(monkeypatch):
+    """mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for the whole process when imported; calib's import puts the
+    variable back, so no other torch.load in the process unpickles by default."""
+    import os
+
+    from calib.models import mace
+
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    mace._import_mace()
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ

@@ -79,13 +79,15 @@ def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):
             assert n["energy_interval"] is None and "absent from the energy reference" in n["energy_interval_reason"]
             assert np.isnan(n["energy_shift"]) and o["energy_shift"] == 0.0
             o = {k: v for k, v in o.items() if k not in ("energy_interval", "energy_shift")}
-        # forces are now taken by one first-order autograd.grad over the batch, not CHGNet's own create_graph
-        # call: same maths, another float32 summation order, so agreement to 1e-5 rather than 1e-6
+        # forces and force σ come from float32 gradients whose summation order depends on the CPU (measured: 1.0e-5
+        # relative on another x86-64 machine) and on the pass (one first-order autograd.grad since 0.4): compared at
+        # the precision float32 sums of ~100 terms carry, 1e-4 relative; energies and energy σ agree to 1e-5
         for key, value in o.items():
+            tol = 1e-4 if "force" in key else 1e-5
             if isinstance(value, float):
-                assert n[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
+                assert n[key] == pytest.approx(value, rel=tol, abs=tol), key
             elif isinstance(value, list):
-                np.testing.assert_allclose(n[key], value, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(n[key], value, rtol=tol, atol=tol)
             else:
                 assert n[key] == value, key
 

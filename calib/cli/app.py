@@ -315,6 +315,8 @@ EveryOpt = typer.Option(1, "--every", help="take every N-th structure of the inp
 LimitOpt = typer.Option(None, "--limit", help="take at most N structures (after --every and --shuffle)")
 ShuffleOpt = Flag(False, "--shuffle", help="shuffle the structures (with --seed) before --limit")
 SeedOpt = typer.Option(0, "--seed", help="seed of --shuffle")
+CalibrationOpt = typer.Option(None, "--calibration", help="calibrated artifact (calib calibrate); default: the "
+                              "one calib ships for CHGNet 0.3.0 (GPAW PAW-PBE labels; the output says so)")
 ForceTolOpt = typer.Option(0.3, "--force-tol", help="trust verdict: largest calibrated bound on a structure's "
                            "force error, eV/Å (> 0; chosen from CHGNet's errors on the shipped GPAW data, "
                            "docs/screening.md)")
@@ -331,3 +333,26 @@ def trust_policy(force_tol: float, energy_tol: float):
     if force_tol == 0 or energy_tol == 0:
         raise UsageError("--force-tol and --energy-tol must be > 0")
     return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
+
+
+def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:
+    """The ``--calibration`` given or, without one, calib's default artifact for the model (CHGNet 0.3.0):
+    (path, the ``calibration`` record every such command reports: path and whether it is the default)."""
+    if calibration is not None:
+        return calibration, {"path": str(calibration), "default": False}
+    from calib.data.datasets import default_calibration
+
+    path = default_calibration(model or "chgnet")
+    if path is None:
+        raise UsageError(f"--calibration is required with --model {model}: calib ships a default calibration "
+                         "for CHGNet 0.3.0 only (calibrate your own with `calib hessian` and `calib calibrate`)")
+    return Path(path), {"path": path, "default": True,
+                        "note": "calib's default calibration for CHGNet 0.3.0 (GPAW PAW-PBE labels shipped in "
+                                "datasets/; calib/data/artifacts/README.md): energy intervals are for GPAW's "
+                                "PAW-PBE energies; calibrate your own for other DFT settings"}
+
+
+def say_calibration(record: dict) -> None:
+    """The line a command prints first when it uses the default calibration."""
+    if record.get("default"):
+        typer.echo(f"calibration: {record['note']}")

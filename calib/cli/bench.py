@@ -260,6 +260,10 @@ def bench_dask(n_structures: int = 96, batch_size: int = 8, device: str = "cpu")
 # --------------------------------------------------------------------------- every command on the shipped data
 
 
+#: the files ``bench_commands`` writes into its work folder (beside a ``.calib-bench`` marker)
+BENCH_FILES = ("H.nc", "CAL.nc", "SOFT.nc", "req.extxyz", "screen.nc")
+
+
 def command_lines(workdir: str) -> list[tuple[str, list[str]]]:
     """(name, argv) of every ``calib`` command on the shipped data, in an order where each finds its inputs:
     the 140 GPAW-labelled high-energy states (14 chemistries), the 2530-structure equilibrium proxy, the

@@ -36,7 +36,7 @@ from calib.cli.app import (
     report_issues,
     subset_options,
 )
-from calib.errors import check_outputs, finite, fraction, non_negative_int, positive_int
+from calib.errors import OutputError, check_outputs, finite, fraction, non_negative_int, positive_int
 
 
 @app.command()
@@ -179,19 +179,29 @@ def label_cmd(
     kdensity: float = typer.Option(3.0, "--kdensity", help="k-point density (points per Å⁻¹)"),
     xc: str = typer.Option("PBE", "--xc", help="exchange-correlation functional"),
     retry_failed: bool = Flag(False, "--retry-failed", help="retry structures in OUT.errors.jsonl"),
+    overwrite: bool = Flag(False, "--overwrite", help="replace OUT instead of resuming it (an OUT that calib "
+                           "label did not write is never resumed)"),
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Reference energies (eV), forces (eV/Å) and stress (eV/Å³) with GPAW PAW (plane waves).
 
-    Run time: minutes per structure of 10–20 atoms on one core. Rerunning with the same OUT skips finished structures (a torn last frame is dropped and reported);
-    failures go to OUT.errors.jsonl and the run goes on.
+    Run time: minutes per structure of 10–20 atoms on one core. Rerunning with the same OUT skips finished
+    structures (a torn last frame is dropped and reported); an OUT that calib label did not write is refused,
+    never truncated. Failures go to OUT.errors.jsonl and the run goes on.
     """
     from calib.data.labelers import GPAWFactory, label
 
     finite("--cutoff", cutoff, minimum=50.0, unit="eV")
     finite("--kdensity", kdensity, minimum=0.0, unit="Å⁻¹")
     check_outputs({"-o": out}, inputs=structures, resumable=("-o",))
+    if out.exists() and not overwrite:
+        from calib.data.labelers import check_own_output
+
+        try:
+            check_own_output(str(out))
+        except FileExistsError as exc:
+            raise OutputError(str(exc)) from None
     try:
         import gpaw  # noqa: F401
     except ImportError:
@@ -199,7 +209,7 @@ def label_cmd(
               "to calib.data.labelers.label from Python)", "usage")
     structs = read_inputs(structures)
     report = label(structs, out, GPAWFactory(cutoff=cutoff, kdensity=kdensity, xc=xc),
-                   progress=not quiet, retry_failed=retry_failed)
+                   progress=not quiet, retry_failed=retry_failed, overwrite=overwrite)
     if as_json:
         emit_json(report.as_dict())
     else:

@@ -5,18 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 import calib.cli.report as report
 from calib.cli.app import (
     ArtModelOpt,
     BatchOpt,
+    CalibrationOpt,
     DeviceOpt,
+    EnergyTolOpt,
+    ForceTolOpt,
     JsonOpt,
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
     app,
+    calibration_or_default,
     common_options,
     echo,
     emit_json,
@@ -24,18 +29,24 @@ from calib.cli.app import (
     load_model_for,
     model_and_artifact,
     read_inputs,
+    say_calibration,
+    trust_policy,
 )
-from calib.errors import check_outputs
+from calib.errors import check_outputs, finite
 
 
 @app.command("neb")
 def neb_cmd(
     images: List[Path] = typer.Argument(..., help="NEB images in path order (extxyz, ASE trajectory); "
                                         "'-': extxyz on stdin"),
-    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    calibration: Optional[Path] = CalibrationOpt,
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="labelled images (same order) to compare with, e.g. DFT"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the profile with 1σ/2σ bands (PNG)"),
+    barrier_tol: float = typer.Option(0.5, "--barrier-tol", help="path verdict: largest calibrated half-width of "
+                                      "a trusted forward barrier, eV (> 0)"),
+    force_tol: float = ForceTolOpt,
+    energy_tol: float = EnergyTolOpt,
     model: Optional[str] = ArtModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -50,6 +61,9 @@ def neb_cmd(
     from calib.workflows.neb import band, plot_band, summary
 
     device = common_options(batch_size, device)
+    finite("--barrier-tol", barrier_tol, minimum=0.0, unit="eV")
+    policy = trust_policy(force_tol, energy_tol)
+    calibration, cal_rec = calibration_or_default(calibration, model)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
     structs = read_inputs(images)
     ref = None
@@ -59,15 +73,23 @@ def neb_cmd(
         if len(ref) != len(structs) or any(e is None for e in ref):
             fail(f"--reference must hold one labelled image per image ({len(structs)}), got {len(ref)} "
                   f"with {sum(e is None for e in ref)} unlabelled")
+        for k, (img, lab) in enumerate(zip(structs, labelled)):
+            if len(img) != len(lab) or not np.array_equal(img.numbers, lab.numbers):
+                fail(f"--reference image {k} ({lab.get_chemical_formula()}, {len(lab)} atoms) is not image {k} of "
+                     f"the path ({img.get_chemical_formula()}, {len(img)} atoms): the atoms and their order must match")
+            if not np.allclose(img.cell[:], lab.cell[:], atol=1e-3):
+                fail(f"--reference image {k} has another cell than image {k} of the path (max difference "
+                     f"{np.abs(img.cell[:] - lab.cell[:]).max():.3g} Å): not the same system")
     m, art = model_and_artifact(model, device, calibration)
-    ds = band(CalibratedPredictor(m, art), structs, batch_size=batch_size)
-    rec = summary(ds, ref)
+    ds = band(CalibratedPredictor(m, art, trust=policy), structs, batch_size=batch_size, barrier_tol=barrier_tol)
+    rec = {**summary(ds, ref), "calibration": cal_rec}
     if plot is not None:
         plot_band(ds, plot, ref)
         rec["plot"] = str(plot)
     if as_json:
         emit_json(rec)
         return
+    say_calibration(cal_rec)
     echo(report.neb(rec, len(structs), ds.attrs.get("alpha"), ref is not None))
     if plot is not None:
         typer.echo(f"profile written to {plot}")
@@ -89,6 +111,14 @@ def eos_cmd(
 
     device = common_options(batch_size, device)
     check_outputs({"--plot": plot}, overwrite=overwrite)
+    if elements:
+        from ase.collections import dcdft
+
+        known = set(dcdft.names)
+        unknown = [e for e in elements if e not in known]
+        if unknown:
+            fail(f"--element {', '.join(unknown)}: not among the {len(known)} elemental crystals of ASE's dcdft set",
+                 "usage")
     m = load_model_for(model, device)
     records, summary = run_eos(m, elements, batch_size=batch_size, progress=not quiet)
     if plot is not None:

@@ -11,6 +11,7 @@ import calib.cli.report as report
 from calib.cli.app import (
     ArtModelOpt,
     BatchOpt,
+    CalibrationOpt,
     DeviceOpt,
     EnergyTolOpt,
     EveryOpt,
@@ -25,6 +26,7 @@ from calib.cli.app import (
     WorkersOpt,
     app,
     calibrated,
+    calibration_or_default,
     check_workers,
     client_for,
     common_options,
@@ -33,6 +35,7 @@ from calib.cli.app import (
     fail,
     model_and_artifact,
     read_inputs,
+    say_calibration,
     subset_options,
     trust_policy,
 )
@@ -43,7 +46,7 @@ from calib.errors import check_outputs, check_plot_folder
 def evaluate_cmd(
     labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å); "
                                           "'-': extxyz on stdin"),
-    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
+    calibration: Optional[Path] = CalibrationOpt,
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
@@ -62,12 +65,13 @@ def evaluate_cmd(
 
     device = common_options(batch_size, device)
     check_plot_folder("--plot", plot)
+    calibration, cal_rec = calibration_or_default(calibration, model)
     structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
     art = calibrated(art, calibration, m)
     ev = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
                   return_points=plot is not None)
-    doc = ev.as_dict()
+    doc = {**ev.as_dict(), "calibration": cal_rec}
     if plot is not None:
         from calib.cli.plots import evaluation_plots
 
@@ -77,6 +81,7 @@ def evaluate_cmd(
         return
     for s in ev.skipped:
         typer.echo(f"skipped {s}", err=True)
+    say_calibration(cal_rec)
     echo(report.evaluation(ev))
     if plot is not None:
         typer.echo("plots: " + ", ".join(doc["plots"]))
@@ -85,7 +90,7 @@ def evaluate_cmd(
 @app.command("predict")
 def predict_cmd(
     structures: List[Path] = typer.Argument(..., help="structure files; '-': extxyz on stdin"),
-    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact"),
+    calibration: Optional[Path] = CalibrationOpt,
     every: int = EveryOpt,
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
@@ -115,6 +120,7 @@ def predict_cmd(
     if force_mode not in ("exact", "approx"):
         fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
     policy = trust_policy(force_tol, energy_tol)
+    calibration, cal_rec = calibration_or_default(calibration, model)
     structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
     predictor = CalibratedPredictor(m, art, trust=policy)
@@ -125,12 +131,14 @@ def predict_cmd(
     records = [r for r in all_records if "error" not in r]
     skipped = [r for r in all_records if "error" in r]
     if as_json:
-        emit_json({"records": all_records, "n_predicted": len(records), "n_skipped": len(skipped)})
+        emit_json({"records": all_records, "n_predicted": len(records), "n_skipped": len(skipped),
+                   "calibration": cal_rec})
     else:
         if skipped:
             typer.echo(f"skipped {len(skipped)} structure(s):", err=True)
             for r in skipped:
                 typer.echo(f"  structure {r['index']} ({r['name']}): {r['error']}", err=True)
+        say_calibration(cal_rec)
         echo(report.predictions(records, forces))
     if not records:
         raise typer.Exit(code=1)
@@ -140,7 +148,7 @@ def predict_cmd(
 def screen_cmd(
     structures: List[Path] = typer.Argument(..., help="structure files (extxyz, ASE .db, any ASE format) or "
                                             "folders of CIF/POSCAR/... files; streamed, never held whole"),
-    calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact (calib calibrate)"),
+    calibration: Optional[Path] = CalibrationOpt,
     out: Path = typer.Option(..., "-o", "--out", help="results (netCDF, one row per structure, grows per batch)"),
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write the rows as CSV at the end"),
     forces: bool = Flag(False, "--forces", help="also the LLPR force σ and conformal half-widths (approximate "
@@ -166,6 +174,7 @@ def screen_cmd(
     check_options(batch_size, force_tol, energy_tol)  # before a cluster starts or a model loads
     device = common_options(None, device)
     check_workers(workers, scheduler)
+    calibration, cal_rec = calibration_or_default(calibration, model)
     if not calibration.is_file():
         fail(f"calibration artifact {calibration} does not exist")
     check_outputs({"-o": out, "--csv": csv}, inputs=[*structures, calibration], overwrite=overwrite,
@@ -187,9 +196,11 @@ def screen_cmd(
 
         read_results(out).to_dataframe().to_csv(csv)
         summary["csv"] = str(csv)
+    summary["calibration"] = cal_rec
     if as_json:
         emit_json(summary)
     else:
+        say_calibration(cal_rec)
         echo(report.screening(summary, out, csv))
     if summary["n_total"] and summary["n_failed"] == summary["n_total"]:
         raise typer.Exit(code=1)

@@ -102,8 +102,9 @@ def predictions(records, forces: bool) -> list[str]:
 
 def screening(summary: dict, out, csv) -> list[str]:
     """``calib screen``: totals, per chemistry, and the commonest reasons."""
-    lines = [f"{summary['n_total']} structures: {summary['n_trusted']} trusted, {summary['n_untrusted']} "
-             f"untrusted, {summary['n_failed']} failed; rows in {out}" + (f" and {csv}" if csv else ""),
+    lines = [f"resumed {out} after its {summary['resumed_from']} committed rows"] if summary.get("resumed_from") else []
+    lines += [f"{summary['n_total']} structures: {summary['n_trusted']} trusted, {summary['n_untrusted']} "
+              f"untrusted, {summary['n_failed']} failed; rows in {out}" + (f" and {csv}" if csv else ""),
              f"{'chemsys':<16} {'trusted':>8} {'untrusted':>10} {'failed':>7}"]
     for chem, c in summary["by_chemsys"].items():
         lines.append(f"{chem:<16} {c['trusted']:>8} {c['untrusted']:>10} {c['failed']:>7}")

@@ -11,15 +11,15 @@ from calib.cli.app import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    OverwriteOpt,
     QuietOpt,
     app,
     bench_app,
     common_options,
     emit_json,
-    fail,
     print_bench,
 )
-from calib.errors import check_plot_folder, positive_int
+from calib.errors import OutputError, check_plot_folder, positive_int
 
 
 @app.command()
@@ -37,7 +37,7 @@ def demo(
 
     device = common_options(None, device)
     if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; the demo writes a folder", "output")
+        raise OutputError(f"--out {out} is a file; the demo writes a folder")
     result = run_demo(out, device=device, progress=not quiet, echo=None if as_json else typer.echo, model=model)
     if as_json:
         emit_json(result)
@@ -113,14 +113,22 @@ def bench_commands_cmd(
     only: Optional[List[str]] = typer.Option(None, "--only", help="only this command (repeatable), e.g. "
                                              "'softening'; the artifact it needs is built first"),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="folder for the artifacts the commands write "
-                                           "(created if absent; default: a new temporary folder)"),
+                                           "(created if absent; default: a new temporary folder); files in it "
+                                           "that an earlier bench did not write are never replaced"),
+    overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Wall time (s) and peak memory (MB) of every command on the shipped data, each in its own process."""
-    from calib.cli.bench import bench_commands
+    from calib.cli.bench import BENCH_FILES, bench_commands
 
     check_plot_folder("--workdir", workdir)
     if workdir is not None:
+        marker = workdir / ".calib-bench"
+        clash = [f for f in BENCH_FILES if (workdir / f).exists()]
+        if clash and not marker.exists() and not overwrite:
+            raise OutputError(f"--workdir {workdir} holds {', '.join(clash)}, which calib bench did not write; "
+                              "pass another folder, or --overwrite to replace them")
         workdir.mkdir(exist_ok=True)
+        marker.touch()
     print_bench(bench_commands(only=only, workdir=str(workdir) if workdir else None, progress=not quiet), as_json)

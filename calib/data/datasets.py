@@ -13,6 +13,7 @@ holding the total energy (eV), forces (eV/Å) and stress (eV/Å³), and
 name                   labelled   what
 =====================  =========  =====================================================
 high-energy-states     GPAW PBE   CHGNet MD at 1000 K (±3 % strains), Deng et al. protocol
+near-equilibrium       GPAW PBE   a seeded sample of the proxy: relaxed, mid-relaxation, perturbed crystals
 neb                    GPAW PBE   images of a CHGNet climbing-image NEB (Li vacancy hop, LiF)
 equilibrium-proxy      no         ~2500 CHGNet-relaxed crystals: a stand-in for MPtrj
 =====================  =========  =====================================================
@@ -28,6 +29,7 @@ from ase import Atoms
 #: name -> folder below the datasets root
 _FOLDERS = {
     "high-energy-states": "high-energy-states",
+    "near-equilibrium": "near-equilibrium",
     "neb": "neb",
     "equilibrium-proxy": "equilibrium-proxy",
 }
@@ -76,3 +78,13 @@ def load(name: str, chemsys: str | None = None) -> list[Atoms]:
         if want is None or atoms.info["chemsys"] == want:
             out.append(atoms)
     return out
+
+
+def default_calibration(model: str = "chgnet") -> str | None:
+    """Path of the calibration artifact shipped with calib for ``model`` (package data, built by
+    ``datasets/default-calibration/build.py``), or None when there is none for it."""
+    name = {"chgnet": "chgnet-0.3.0", "chgnet:0.3.0": "chgnet-0.3.0"}.get(str(model))
+    if name is None:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts", f"{name}.nc")
+    return path if os.path.exists(path) else None

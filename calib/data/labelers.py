@@ -198,14 +198,12 @@ class LabelReport:
         }
 
 
-def repair_torn_tail(path: str) -> str:
-    """Cut an extxyz file back to its last complete frame; returns what was dropped ('' if nothing).
+def _frames(data: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
+    """(complete frames as (start, end, comment line), end of the last complete frame) of extxyz bytes.
 
-    Frames are appended one at a time, so a run killed mid-write can only tear the last one: a frame
-    is complete when its count line, comment line and that many atom lines all end in a newline."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    pos = good = frames = 0
+    A frame is its count line, its comment line and that many atom lines, each ending in a newline."""
+    pos = good = 0
+    frames = []
     while pos < len(data):
         nl = data.find(b"\n", pos)
         if nl < 0:
@@ -218,23 +216,53 @@ def repair_torn_tail(path: str) -> str:
             natoms = int(header)
         except ValueError:
             break
-        end = pos
+        lines, end = [], pos
         for _ in range(natoms + 2):
             nl = data.find(b"\n", end)
             if nl < 0:
                 end = -1
                 break
+            lines.append(data[end:nl])
             end = nl + 1
         if end < 0:
             break
+        frames.append((pos, end, lines[1]))
         pos = good = end
-        frames += 1
+    return frames, good
+
+
+def repair_torn_tail(path: str) -> str:
+    """Cut an extxyz file back to its last complete frame; returns what was dropped ('' if nothing).
+
+    Frames are appended one at a time, each ending in a newline, so a run killed mid-write can only tear the
+    last one. Only files :func:`label` wrote are repaired (:func:`check_own_output` runs first)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    frames, good = _frames(data)
     if good == len(data):
         return ""
     with open(path, "r+b") as fh:
         fh.truncate(good)
-    return (f"{path}: dropped a torn last frame ({len(data) - good} bytes after {frames} complete frame(s)), "
+    return (f"{path}: dropped a torn last frame ({len(data) - good} bytes after {len(frames)} complete frame(s)), "
             "the structure in flight when the previous run stopped; it is labelled again")
+
+
+def check_own_output(path: str) -> None:
+    """Raise FileExistsError unless ``path`` is empty or every complete frame in it was written by :func:`label`
+    (each carries ``calib_key``): a label run resumes its own file and never truncates or appends to another."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data.strip():
+        return
+    frames, good = _frames(data)
+    comments = [comment for _, _, comment in frames]
+    lines = data[good:].lstrip(b"\n").split(b"\n", 2)
+    if len(lines) > 2 or (len(lines) == 2 and data.endswith(b"\n")):  # the torn frame's comment line is whole
+        comments.append(lines[1])
+    foreign = not comments or any(b"calib_key=" not in comment for comment in comments)
+    if foreign:
+        raise FileExistsError(f"{path} exists and was not written by calib label (its frames carry no calib_key): "
+                              "label into a new file, or pass --overwrite (overwrite=True) to replace it")
 
 
 def _done_keys(out: str) -> set[str]:
@@ -253,6 +281,7 @@ def label(
     properties: Sequence[str] = ("energy", "forces", "stress"),
     progress: bool = True,
     retry_failed: bool = False,
+    overwrite: bool = False,
 ) -> LabelReport:
     """Label ``structures`` with a reference calculator, streaming to ``out`` (extxyz).
 
@@ -270,6 +299,9 @@ def label(
         Which of energy (eV), forces (eV/Å), stress (eV/Å³) to compute.
     retry_failed
         Also retry structures listed in ``<out>.errors.jsonl``.
+    overwrite
+        Replace ``out`` (and its errors file) instead of resuming it. Without it, an existing ``out`` is
+        resumed only when calib label wrote it (:func:`check_own_output`): another file is never truncated.
 
     Returns
     -------
@@ -282,6 +314,13 @@ def label(
     errors_path = out + ".errors.jsonl"
     if calculator is None:
         calculator = GPAWFactory()
+    if os.path.exists(out):
+        if overwrite:
+            for path in (out, errors_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        else:
+            check_own_output(out)
     repaired = repair_torn_tail(out) if os.path.exists(out) else ""
     done = _done_keys(out)
     old_failures: dict = {}

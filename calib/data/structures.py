@@ -221,9 +221,11 @@ def check_structure(
     index: int | None = None,
     supported_elements: Iterable[int] | None = None,
     cutoff: float | None = None,
-    require_labels: bool = False,
+    require_labels: bool | str = False,
 ) -> None:
     """Raise :class:`StructureError` naming the first problem with ``atoms``.
+
+    ``require_labels``: True (energy and forces), "energy" or "forces" (that one only), False.
 
     Checks, in order: non-empty; finite positions and cell; positive cell
     volume (calib works with periodic crystals); elements supported by the
@@ -288,9 +290,11 @@ def check_structure(
             )
     energy = get_energy(atoms)
     forces = get_forces(atoms)
-    if require_labels and (energy is None or forces is None):
-        missing = "energy" if energy is None else "forces"
-        fail(f"has no reference {missing} (labelled data needs total energy in eV and forces in eV/Å)")
+    need = {True: ("energy", "forces"), "energy": ("energy",), "forces": ("forces",)}.get(require_labels, ())
+    missing = [k for k, v in (("energy", energy), ("forces", forces)) if k in need and v is None]
+    if missing:
+        what = {"energy": "total energy in eV", "forces": "forces in eV/Å"}
+        fail(f"has no reference {missing[0]} (this needs {' and '.join(what[k] for k in need)})")
     if energy is not None and not np.isfinite(energy):
         fail(f"reference energy is not finite ({energy})")
     if forces is not None:

@@ -112,8 +112,8 @@ class CalibrationSummary:
 
 def label_errors(structs: Sequence[Atoms], energy, forces=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Reference minus model: total energies (S,) in eV and, when given, forces (N_total, 3) in eV/Å
-    (model forces concatenated over ``structs`` in order)."""
-    e_delta = np.array([get_energy(a) for a in structs]) - np.asarray(energy)
+    (model forces concatenated over ``structs`` in order); NaN for a structure without a reference energy."""
+    e_delta = np.array([np.nan if (e := get_energy(a)) is None else e for a in structs]) - np.asarray(energy)
     if forces is None:
         return e_delta, None
     ref = [get_forces(a) for a in structs]
@@ -270,20 +270,25 @@ def calibrate(
         raise ValueError(f"target must be 'energy', 'forces' or 'both', got {target!r}")
     if target != "energy" and not with_forces:
         raise ValueError(f"target={target!r} needs force gradients (with_forces=True)")
-    good, issues = model.validate(labelled, require_labels=True)
+    # forces alone calibrate the forces: energies are then optional (without them: no element reference, no
+    # energy conformal, no difference model)
+    good, issues = model.validate(labelled, require_labels="forces" if target == "forces" else True)
     if len(good) < 2:
-        raise ValueError(f"calibration needs at least 2 valid labelled structures, got {len(good)}; "
+        from calib.errors import InputError
+
+        raise InputError(f"calibration needs at least 2 valid labelled structures, got {len(good)}; "
                          + "; ".join(str(i) for i in issues[:5]))
     structs = [labelled[i] for i in good]
     pred = model.predict(structs, forces=True, batch_size=batch_size, progress=progress, validate=False)
     e_delta, f_res = label_errors(structs, pred.energy, pred.forces)
     numbers = [a.numbers for a in structs]
-    ref = ElementReference().fit(numbers, e_delta)
-    e_res = e_delta - ref.predict(numbers)  # in-sample: shrunk by the fit (docs/conformal.md)
-    if energy_folds:
+    energies = bool(np.isfinite(e_delta).all())
+    ref = ElementReference().fit(numbers, e_delta) if energies else None
+    e_res = e_delta - ref.predict(numbers) if energies else e_delta  # in-sample: shrunk by the fit
+    if energy_folds and energies:
         e_cf, e_ok = cross_fitted_residuals(numbers, e_delta, n_folds=energy_folds, seed=0)
     else:
-        e_cf, e_ok = e_res, np.ones(len(e_res), dtype=bool)
+        e_cf, e_ok = e_res, np.isfinite(e_res)
     if target in ("energy", "both"):
         _check_energy_residuals(structs, e_cf, e_ok, energy_folds)  # before the costly force gradients
 
@@ -292,11 +297,14 @@ def calibrate(
     grads = gradients_in_batches(model, structs, L.eigenvectors_.T, batch_size=batch_size, progress=progress,
                                  desc="force gradients") if with_forces else None
     fit = L.fit_residuals(features=pred.features, n_atoms=pred.n_atoms,
-                          energy_residuals=np.where(e_ok, e_cf, np.nan), gradients=grads,
+                          energy_residuals=np.where(e_ok, e_cf, np.nan) if energies else None, gradients=grads,
                           force_n_atoms=pred.n_atoms if with_forces else None,
                           force_residuals=f_res if with_forces else None, target=target,
                           approx_coverage=approx_coverage)
-    diff = fit_difference_models(L, structs, pred, e_res) if difference_model else DifferenceFit(note="not fitted")
+    if fit.energy_sigma is None:  # forces only: energy σ under the force-fitted (α², ς²)
+        fit.energy_sigma = L.energy_sigma(pred.features, pred.n_atoms)
+    diff = (fit_difference_models(L, structs, pred, e_res) if difference_model and energies
+            else DifferenceFit(note="not fitted" if energies else "no reference energies"))
     conformal = {}
     if alpha is not None:
         points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
@@ -304,7 +312,8 @@ def calibrate(
                               numbers=pred.numbers, atom_descriptors=pred.atom_descriptors,
                               force_sigma=fit.force_sigma, energy_errors=e_cf, pair_errors=e_res,
                               force_errors=f_res if with_forces else None, energies=pred.energy,
-                              differences=diff.models, correction=diff.correction)
+                              differences=diff.models, correction=diff.correction,
+                              targets=None if energies else ("forces", "force_norm"))
         conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
     ood = _domain_detector(artifact, pred)
     force_error = ForceErrorModel(alpha if alpha is not None else 0.1).fit(
@@ -316,7 +325,7 @@ def calibrate(
         sigma2=L.sigma2_, regularisation_note=L.regularisation_note_, fit=fit, energy_scores=energy_scores,
         force_mae=float(np.mean(np.abs(f_res))), force_alpha2=L.force_alpha2_ if with_forces else None,
         force_sigma2=L.force_sigma2_ if with_forces else None, differences=diff,
-        element_reference=ref.as_dict(), alpha=alpha, classes=classes,
+        element_reference=ref.as_dict() if ref is not None else {}, alpha=alpha, classes=classes,
         conformal_quantile={k: c.quantile_ for k, c in conformal.items()},
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)

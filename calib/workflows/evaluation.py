@@ -93,9 +93,12 @@ def evaluate(
 
     predictor = CalibratedPredictor(model, artifact, require_calibrated=False)
     lp = predict_labelled(predictor, labelled, forces=forces, force_mode="exact" if forces else "none",
-                          batch_size=batch_size, descriptors=True, progress=progress, points=True)
+                          batch_size=batch_size, descriptors=True, progress=progress, points=True,
+                          require=True if forces else "energy")
     if not lp.structures:
-        raise ValueError("no valid labelled structures to evaluate: " + "; ".join(str(i) for i in lp.issues[:5]))
+        from calib.errors import InputError
+
+        raise InputError("no valid labelled structure to evaluate: " + "; ".join(str(i) for i in lp.issues[:5]))
     ok = lp.ok
     shift = ok["energy_shift"].values if "energy_shift" in ok else np.zeros(len(lp.structures))
     chem = ok["chemsys"].values

@@ -48,7 +48,9 @@ def build_hessian(
         res = accumulate_hessian(model, structures, batch_size=batch_size, force_weight=force_weight,
                                  checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
     if res.n_structures == 0:
-        raise ValueError("no valid structures to accumulate the Hessian from: "
+        from calib.errors import InputError
+
+        raise InputError("no valid structure to accumulate the Hessian from: "
                          + "; ".join(str(i) for i in res.issues[:5]))
     llpr = LLPR(energy_convention=model.energy_convention).fit(res.hessian, res.n_structures)
     ood = None

@@ -45,13 +45,15 @@ class LabelledPrediction:
 
 def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], *, forces: bool = True,
                      force_mode: str = "none", batch_size: int = 16, descriptors: bool = False,
-                     progress: bool = True, points: bool = False) -> LabelledPrediction:
+                     progress: bool = True, points: bool = False, require: bool | str = True) -> LabelledPrediction:
     """Predict labelled structures (skipping and reporting unlabelled or invalid ones) and their errors;
-    with ``points`` also the predictor's conformal points."""
+    with ``points`` also the predictor's conformal points. ``require``: the labels a structure needs (True:
+    energy and forces; "energy" or "forces": that one; a missing energy error is NaN)."""
     from calib.data.structures import StructureIssue
 
     ds = predictor.predict(labelled, forces=forces, force_mode=force_mode, batch_size=batch_size,
-                           descriptors=descriptors, require_labels=True, progress=progress, return_points=points)
+                           descriptors=descriptors, require_labels=require, progress=progress,
+                           return_points=points)
     ds, pts = ds if points else (ds, None)
     err = ds["error"].values
     ok_rows = np.flatnonzero(err == "")

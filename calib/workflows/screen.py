@@ -112,13 +112,34 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
 
 class ResultsWriter:
     """Append screening rows to a netCDF-3 file with an unlimited ``structure`` dimension, and
-    commit the row count to ``<path>.resume.json`` after each sync (see the module doc)."""
+    commit the row count to ``<path>.resume.json`` after each sync (see the module doc). An exclusive lock
+    (``flock`` on ``<path>.lock``, released by the system if the process dies) keeps a second run off the
+    same file."""
 
     def __init__(self, path, settings: dict, *, resume: bool = False, overwrite: bool = False):
-        import netCDF4
+        import fcntl
 
         self.path = os.fspath(path)
         self.journal = self.path + ".resume.json"
+        self.lockfile = self.path + ".lock"
+        self._lock = open(self.lockfile, "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            from calib.errors import OutputError
+
+            raise OutputError(f"another calib screen is writing {self.path} (it holds {self.lockfile}); wait for it "
+                              "or write to another file") from None
+        try:
+            self._open(settings, resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, settings: dict, resume: bool, overwrite: bool) -> None:
+        import netCDF4
+
         self.settings = settings
         self.rows, self.chain, self.complete = 0, "", False
         if resume and os.path.exists(self.path) and os.path.exists(self.journal):
@@ -180,8 +201,11 @@ class ResultsWriter:
         self.close()
 
     def close(self) -> None:
-        if self.nc.isopen():
+        if getattr(self, "nc", None) is not None and self.nc.isopen():
             self.nc.close()
+        if not self._lock.closed:
+            os.remove(self.lockfile)  # before the unlock: a waiting run then creates its own
+            self._lock.close()
 
     def _commit(self) -> None:
         tmp = f"{self.journal}.tmp-{os.getpid()}"
@@ -273,13 +297,20 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     stop_after : int or None — stop after that many batches in this call (tests, time limits).
 
     Returns a summary: ``n_total``, ``n_trusted``, ``n_untrusted``, ``n_failed``, per chemistry
-    counts, the untrusted structures per kind of reason (:func:`reason_category`), the output path.
+    counts, the untrusted structures per kind of reason (:func:`reason_category`), the output path and
+    ``resumed_from`` (the rows already committed when this call started; 0 for a new file).
     """
     from tqdm.auto import tqdm
 
     calibration = os.fspath(calibration)
     check_options(batch_size, force_tol, energy_tol)
     sources = [sources] if isinstance(sources, (str, os.PathLike, Atoms)) else list(sources)
+    missing = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike)) and os.fspath(s) != "-"
+               and not os.path.exists(s)]
+    if missing:  # a file named by the caller that is not there is an input error, not a failed row
+        from calib.data.structures import StructureFileNotFound
+
+        raise StructureFileNotFound(f"structure file not found: {', '.join(missing)}", missing[0])
     settings = {"calibration_sha256": file_sha256(calibration), "forces": int(forces),
                 "force_tol": float("nan") if force_tol is None else float(force_tol),
                 "energy_tol": float("nan") if energy_tol is None else float(energy_tol),
@@ -288,8 +319,9 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     options = dict(forces=forces, batch_size=batch_size)
     policy = TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
     writer = ResultsWriter(out, settings, resume=resume, overwrite=overwrite)
+    resumed_from = writer.rows
     try:
-        own = (out, writer.journal)  # a folder input that holds the results is not read as candidates
+        own = (out, writer.journal, writer.lockfile)  # a folder holding the results: not read as candidates
         stream = _batched(iter_structures(sources, strict=False, exclude=own), batch_size)
         chain, skipped = "", 0
         while skipped < writer.rows:  # the committed rows: re-read (not predicted) to check the input
@@ -327,8 +359,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         bar.close()
     finally:
         writer.close()
-    return summarize(out) if writer.complete else {"output": os.fspath(out), "complete": False,
-                                                   "rows": writer.rows}
+    done = summarize(out) if writer.complete else {"output": os.fspath(out), "complete": False, "rows": writer.rows}
+    return {**done, "resumed_from": resumed_from}
 
 
 def _serial(predictor, stream, writer, options):

@@ -46,7 +46,7 @@ def measure_softening(model: ModelAdapter, labelled: Sequence[Atoms], *, batch_s
                       progress: bool = True, predictor: CalibratedPredictor | None = None) -> SofteningRun:
     """Softening scale, correction and cMAE per chemical system of ``labelled`` (docs/softening.md)."""
     lp = predict_labelled(predictor or CalibratedPredictor(model), labelled, forces=True,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, require="forces")
     return _softening_run(lp, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
 
 

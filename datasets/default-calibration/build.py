@@ -1,0 +1,84 @@
+"""Build the default calibration artifact that ships with calib (``calib/data/artifacts/chgnet-0.3.0.nc``).
+
+Inputs, all shipped in this repository:
+
+* the Hessian: CHGNet 0.3.0 over the equilibrium proxy (``datasets/equilibrium-proxy``, 2530 unlabelled
+  near-equilibrium structures standing in for MPtrj); it also fits the domain detector;
+* the calibration set: every GPAW PAW-PBE label of ``datasets/high-energy-states`` (1000 K MD frames,
+  ±3 % strains) and ``datasets/near-equilibrium`` (relaxed, mid-relaxation and perturbed proxy structures):
+  α², ς² per observable, the per-element energy reference, the energy-difference models, the conformal
+  quantiles at α = 0.1 (global), the force-error bound of the trust verdict;
+* the scalar corrections: the softening scale of every high-energy chemistry, with its domain.
+
+The NEB paths are kept out: they are the held-out check of docs/neb.md. Run from the repository root
+(about 15 min on 2 cores)::
+
+    OMP_NUM_THREADS=1 python datasets/default-calibration/build.py [--out PATH]
+
+It prints a JSON summary, also written beside the artifact as ``chgnet-0.3.0.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+OUT = os.path.join(ROOT, "calib", "data", "artifacts", "chgnet-0.3.0.nc")
+ALPHA = 0.1
+
+
+def labelled_sets():
+    from calib import datasets
+
+    return {"high-energy-states": datasets.load("high-energy-states"),
+            "near-equilibrium": datasets.load("near-equilibrium")}
+
+
+def build(out: str = OUT, progress: bool = True) -> dict:
+    from calib import datasets
+    from calib.models import load_model
+    from calib.predictor import CalibratedPredictor
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
+    from calib.workflows.softening import measure_softening, store_corrections
+
+    t0 = time.perf_counter()
+    model = load_model("chgnet")
+    hess, skipped = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32, progress=progress,
+                                  source="datasets/equilibrium-proxy/proxy.extxyz.gz")
+    sets = labelled_sets()
+    labelled = [a for structs in sets.values() for a in structs]
+    res = calibrate(hess, model, labelled, alpha=ALPHA, progress=progress)
+    hot = sets["high-energy-states"]
+    soft = measure_softening(model, hot, n_bootstrap=2000, predictor=CalibratedPredictor(model, res.artifact),
+                             progress=progress)
+    art = store_corrections(res.artifact, soft.results)
+    art = art.replace(attrs={**art.attrs, "default_calibration": 1,
+                             "calibration_sets": ",".join(f"{k} ({len(v)})" for k, v in sets.items()),
+                             "reference_code": "GPAW 26.7.0 PAW-PBE (gpaw-data 1.2.1 setups), plane waves 450 eV, "
+                                               "k-point density 2.0 per Å^-1, Fermi-Dirac 0.05 eV"})
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    art.save(out)
+    summary = {"artifact": os.path.relpath(out, ROOT), "seconds": round(time.perf_counter() - t0, 1),
+               "hessian_structures": hess.llpr.n_structures_, "hessian_skipped": len(skipped),
+               "calibration_structures": res.n_structures,
+               "calibration_skipped": [i.as_dict() for i in res.issues],
+               "sets": {k: len(v) for k, v in sets.items()},
+               "elements": sorted({s for a in labelled for s in a.get_chemical_symbols()}),
+               "chemical_systems": sorted({a.info["chemsys"] for a in labelled}),
+               "corrections": len(art.corrections), **res.summary.as_dict()}
+    with open(out.removesuffix(".nc") + ".json", "w") as fh:
+        json.dump(summary, fh, indent=1, sort_keys=True, default=float)
+    return summary
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args()
+    s = build(args.out)
+    print(json.dumps({k: s[k] for k in ("artifact", "seconds", "calibration_structures", "corrections")}, indent=1))
