@@ -10,6 +10,7 @@ import typer
 # importing a group registers its commands on `app`, in this order in --help
 # isort: off
 import calib.cli.fit  # noqa: F401
+import calib.cli.learn  # noqa: F401
 import calib.cli.predict  # noqa: F401
 import calib.cli.softening  # noqa: F401
 import calib.cli.paths  # noqa: F401

@@ -140,6 +140,10 @@ def decisions(decisions, force_tol: float, into: str) -> list[str]:
         lines += [f"    - {reason}" for reason in d.reasons]
         if d.label_requests:
             lines.append(f"    label next (positions in {into}, from 0): {d.label_requests}")
+    if any(d.decision == "label" for d in decisions):
+        lines.append("next, for a 'label' chemistry: calib label REQUESTS.extxyz -o NEW.extxyz, then calib finetune "
+                     "NEW.extxyz -o MODEL.pt (or calib loop START.extxyz -o DIR: MD, labels, fine-tuning and "
+                     "recalibration in rounds)")
     return lines
 
 
@@ -196,3 +200,29 @@ def eos(records, summary: dict) -> list[str]:
 def bench(result: dict) -> list[str]:
     return [f"{key:<40} {value:.4g}" if isinstance(value, (float, np.floating)) else f"{key:<40} {value}"
             for key, value in result.items()]
+
+
+def finetune(res) -> list[str]:
+    """``calib finetune``: what was trained and the training errors before and after."""
+    p, b, a = res.provenance, res.before, res.after
+    return [f"fine-tuned {p['base_model']} on {p['n_labels']} labelled + {p['n_replay']} replay structure(s), "
+            f"{p['epochs']} epochs at lr {p['learning_rate']:g} ({p['targets']}; {p['seconds']:.0f} s)",
+            f"  training force MAE {b['force_mae']:.3f} → {a['force_mae']:.3f} eV/Å, energy MAE "
+            f"{1000 * b['energy_mae_per_atom']:.1f} → {1000 * a['energy_mae_per_atom']:.1f} meV/atom "
+            "(after the element reference)",
+            f"written to {res.path}: load it with --model {res.path}; the calibration of the base model does not fit "
+            "it (recalibrate: calib hessian + calib calibrate with --model, or calib loop)"]
+
+
+def loop(rep: dict, out) -> list[str]:
+    """``calib loop``: per round, the current model on its fresh labels and the decision."""
+    lines = [f"{rep['chemsys']}: {len(rep['rounds'])} round(s) in {out}"]
+    for e in rep["rounds"]:
+        b = e.get("before", {})
+        lines.append(f"  round {e['round']}: {e.get('n_labels', 0)} label(s) so far; model before this round's "
+                     f"labels: force MAE {b.get('force_mae', float('nan')):.3f} eV/Å, s "
+                     f"{b.get('softening_scale', float('nan')):.3f}; decision {e.get('decision', '-')}")
+        lines += [f"      - {r}" for r in e.get("reasons", [])]
+    lines.append(f"final model: {rep.get('final_model')} (load it with --model), calibration: "
+                 f"{rep.get('final_calibration')}; figure: {out}/report.png")
+    return lines

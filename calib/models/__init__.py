@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, Prediction
 from calib.models.registry import (
     REGISTRY,
@@ -24,4 +26,6 @@ def model_hint(model_info: dict) -> str:
     name, version = model_info.get("model_name"), model_info.get("model_version")
     if name == "mace":
         return f"mace:{version}"
+    if version and os.sep in str(version):  # a model file (a fine-tuned CHGNet)
+        return str(version)
     return f"{name}:{version}" if version else str(name)

@@ -33,6 +33,28 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
+#: the ``calib["format"]`` of a fine-tuned CHGNet file (calib.workflows.finetune)
+FINETUNED_FORMAT = "calib-finetuned-chgnet"
+
+
+def read_chgnet_file(path: str):
+    """(CHGNet, calib provenance or {}) of a saved CHGNet file (``{"model": {"state_dict", "model_args"}}``, as
+    ``CHGNet.from_file`` reads; calib's fine-tuned files add ``"calib"``), or None when ``path`` is not one. The
+    file is a pickle: read only because the user named it."""
+    import torch
+    from chgnet.model import CHGNet
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - not a torch file: the caller tries other formats
+        return None
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_args" in state["model"]):
+        return None
+    with _quiet():
+        model = CHGNet.from_dict(state["model"])
+    return model, dict(state.get("calib") or {})
+
+
 class CHGNetAdapter(ModelAdapter):
     """Adapter for a CHGNet model.
 

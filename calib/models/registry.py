@@ -92,6 +92,10 @@ def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = 
     if path.endswith(".model") or os.path.isfile(path):
         if not os.path.exists(path):
             raise ValueError(f"model file not found: {path}")
+        if not path.endswith(".model"):
+            chgnet = _chgnet_file(path, device, feature_set)
+            if chgnet is not None:
+                return chgnet
         return _mace_file(path, os.path.abspath(path), device, feature_set)
     raise ValueError(f"unknown model {spec!r}: use {', '.join(repr(k) for k in REGISTRY)}, 'chgnet:VERSION' "
                      "or a MACE .model file")
@@ -109,6 +113,20 @@ def _mace_file(path: str, version: str, device: str, feature_set: str) -> ModelA
     except (TypeError, AttributeError, KeyError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ValueError(f"{path} is not a MACE model calib can read ({type(exc).__name__}: {exc})") from None
     return _with_spec(adapter, ModelSpec(os.path.abspath(path) if version != "mace-small" else "mace-small"))
+
+
+def _chgnet_file(path: str, device: str, feature_set: str) -> ModelAdapter | None:
+    """A CHGNet saved to a file (``calib finetune``'s output, or ``CHGNet.from_file``'s format), or None."""
+    from calib.models.chgnet import CHGNetAdapter, read_chgnet_file
+
+    read = read_chgnet_file(path)
+    if read is None:
+        return None
+    model, provenance = read
+    adapter = CHGNetAdapter(model=model, device=device, feature_set=feature_set)
+    adapter.version = os.path.abspath(path)  # the file names this model (the weights fingerprint identifies it)
+    adapter.provenance = provenance
+    return _with_spec(adapter, ModelSpec(os.path.abspath(path), feature_set))
 
 
 def _with_spec(adapter: ModelAdapter, spec: ModelSpec) -> ModelAdapter:
@@ -132,6 +150,10 @@ def spec_from_provenance(model_info: dict, what: str = "the artifact") -> ModelS
     artifact never makes calib unpickle a file; pass the model yourself."""
     name, version = str(model_info.get("model_name")), str(model_info.get("model_version") or "")
     feature_set = str(model_info.get("feature_set", "last"))
+    if name == "chgnet" and (os.sep in version or version.endswith((".pt", ".pth", ".tar"))):
+        raise ValueError(f"{what} was fitted with the CHGNet model file {version}; calib does not load a model "
+                         "file that an artifact names (it is a pickle: loading it runs code): pass --model "
+                         f"{version} (model=... in Python) if you trust that file")
     if name == "chgnet":
         return ModelSpec(f"chgnet:{version}" if version else "chgnet", feature_set)
     if name == "mace" and version == "mace-small":

@@ -1,0 +1,254 @@
+"""The periodic fine-tuning loop of Wong & Yang: sample where the *current* model goes, label, fine-tune, repeat.
+
+Each round ``r`` works in ``DIR/round-r/`` and every step writes its own file, so a killed loop resumes at the
+first step whose output is missing:
+
+1. ``md.extxyz``: Langevin MD with the current model from the start structure(s) (``temperature`` K,
+   ``md_steps`` of 1 fs, a frame every ``md_steps // (4 frames)`` steps);
+2. ``selected.extxyz``: ``frames`` of them, the least trusted first and spread in feature space
+   (farthest-point ranking on the pooled features, weighted by the trust verdict's score);
+3. ``labels.extxyz``: reference labels (GPAW by default, :func:`calib.data.labelers.label`, resumable);
+4. ``model.pt``: the base model fine-tuned on every label so far plus replay (:mod:`calib.workflows.finetune`);
+5. ``calibration.nc``: a calibration of the new model (H over a proxy sample and the labels; calibrated on the
+   labels and a sample of the shipped GPAW labels);
+6. the decision (:func:`calib.workflows.decisions.decide`) for the start's chemical system, with the round's
+   MD frames as targets. The loop stops at "accept" or "scale", or after ``rounds``.
+
+``report.json`` holds, per round, the current model's force MAE and softening scale on the round's fresh labels
+*before* it was trained on them (a held-out error: the model never saw these frames), the decision and its
+reasons, and the files; ``report.png`` plots MAE and s per round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+
+@dataclass
+class LoopSettings:
+    """Settings of :func:`run_loop` (temperature K, steps of 1 fs, learning rate of chgnet's Trainer)."""
+
+    rounds: int = 3
+    frames: int = 4
+    temperature: float = 1000.0
+    md_steps: int = 400
+    epochs: int = 30
+    replay: int = 20
+    lr: float = 3e-4
+    seed: int = 0
+    proxy_sample: int = 300
+    shipped_sample: int = 40
+
+
+class Stopped(RuntimeError):
+    """Raised by :func:`run_loop` after the step named in ``stop_after`` (tests, time limits)."""
+
+
+def _md(model, start: Sequence[Atoms], settings: LoopSettings, seed: int) -> list[Atoms]:
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    from calib.calculator import CalibratedCalculator
+    from calib.predictor import CalibratedPredictor
+
+    rng = np.random.default_rng(seed)
+    predictor = CalibratedPredictor(model)
+    frames, every = [], max(1, settings.md_steps // 4)
+    for k, s in enumerate(start):
+        atoms = s.copy()
+        atoms.calc = CalibratedCalculator(predictor=predictor, uncertainties=False, correction=False)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=rng)
+        Stationary(atoms)
+        dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=settings.temperature, friction=0.02, rng=rng,
+                       logfile=None)
+        for step in range(every, settings.md_steps + 1, every):
+            dyn.run(every)
+            frame = Atoms(atoms.numbers, positions=atoms.get_positions(), cell=atoms.cell[:], pbc=True)
+            frame.info.update(name=f"{s.info.get('name', s.get_chemical_formula())}-r{seed}-s{k}-md{step}",
+                              md_step=step, temperature_K=settings.temperature)
+            frames.append(frame)
+    return frames
+
+
+def _select(model, artifact, frames: list[Atoms], n: int) -> list[Atoms]:
+    """``n`` frames: the least trusted first (the verdict's score, or the model's largest |F| without a
+    calibration), spread by farthest-point ranking on the pooled features."""
+    from calib.predictor import CalibratedPredictor
+    from calib.softening.decide import farthest_point_ranking
+
+    ds = CalibratedPredictor(model, artifact).predict(frames, forces=True, force_mode="none", descriptors=True,
+                                                      progress=False)
+    u = ds["trust_score"].values if "trust_score" in ds else ds["max_force"].values
+    picked = farthest_point_ranking(ds["features"].values, np.nan_to_num(u) + 1e-12, n)
+    return [frames[i] for i in picked]
+
+
+def _fresh_errors(model, labels: Sequence[Atoms]) -> dict:
+    """The model's force MAE (eV/Å) and softening scale on labels it was not trained on."""
+    from calib.data.structures import get_forces
+    from calib.softening.scale import fit_softening
+
+    pred = model.predict(list(labels), forces=True)
+    f = [pred.forces_of(k) for k in range(len(pred))]
+    g = [get_forces(labels[int(i)]) for i in pred.indices]
+    r = fit_softening(f, g, n_bootstrap=200)
+    return {"force_mae": r.mae, "softening_scale": r.softening_scale, "softening_ci": r.softening_ci,
+            "n_labels": len(f)}
+
+
+def _recalibrate(model, labels: list[Atoms], settings: LoopSettings, out: str) -> None:
+    """A calibration of ``model``: H over a proxy sample and the labels, calibrated on the labels and a sample of
+    the shipped GPAW labels (both regimes)."""
+    from calib import datasets
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
+
+    rng = np.random.default_rng(settings.seed)
+    proxy = datasets.load("equilibrium-proxy")
+    sample = [proxy[int(i)] for i in rng.choice(len(proxy), min(settings.proxy_sample, len(proxy)), replace=False)]
+    hess, _ = build_hessian(model, sample + list(labels), progress=False)
+    shipped = datasets.load("high-energy-states") + datasets.load("near-equilibrium")
+    extra = [shipped[int(i)] for i in rng.choice(len(shipped), min(settings.shipped_sample, len(shipped)),
+                                                 replace=False)]
+    calibrate(hess, model, list(labels) + extra, progress=False).artifact.save(out)
+
+
+def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=None, settings: LoopSettings | None = None,
+             labeller=None, progress: bool = True, stop_after: str | None = None, log=None) -> dict:
+    """Run (or resume) the loop in ``out_dir``; returns the report (also ``out_dir/report.json``).
+
+    ``model``: the base model (a name or an adapter; CHGNet: chgnet's Trainer fine-tunes it); ``calibration``:
+    an artifact of the base model for the first round's selection (None: calib's default for CHGNet 0.3.0);
+    ``labeller``: an ASE calculator or factory (default :class:`calib.data.labelers.GPAWFactory` with the
+    shipped data's settings)."""
+    from calib.artifact import Artifact
+    from calib.data.datasets import default_calibration
+    from calib.data.labelers import GPAWFactory, label
+    from calib.data.readers import read_structures
+    from calib.models import load_model
+    from calib.workflows.decisions import decide
+    from calib.workflows.finetune import finetune
+
+    settings = settings or LoopSettings()
+    say = log or (lambda msg: None)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    base = load_model(model)
+    labeller = labeller or GPAWFactory(cutoff=450.0, kdensity=2.0, spinpol=False)
+    start = list(start)
+    chem = start[0].info.get("chemsys") or _chemsys(start[0])
+    report_path = os.path.join(out_dir, "report.json")
+    report = json.load(open(report_path)) if os.path.exists(report_path) else {"chemsys": chem, "rounds": []}
+    spec = getattr(base, "spec", None)
+    cal_path = calibration or (default_calibration(spec.name) if spec is not None else None)
+    current, artifact = base, (Artifact.load(cal_path) if cal_path else None)
+    labels: list[Atoms] = []
+
+    def save():
+        with open(report_path + ".tmp", "w") as fh:
+            json.dump(report, fh, indent=1, default=float)
+        os.replace(report_path + ".tmp", report_path)
+
+    def stop(step):
+        if stop_after == step:
+            save()
+            raise Stopped(f"stopped after {step}")
+
+    for r in range(settings.rounds):
+        rd = os.path.join(out_dir, f"round-{r}")
+        os.makedirs(rd, exist_ok=True)
+        entry = report["rounds"][r] if r < len(report["rounds"]) else {"round": r}
+        if r == len(report["rounds"]):
+            report["rounds"].append(entry)
+        t0 = time.perf_counter()
+        paths = {k: os.path.join(rd, f) for k, f in (("md", "md.extxyz"), ("selected", "selected.extxyz"),
+                                                     ("labels", "labels.extxyz"), ("model", "model.pt"),
+                                                     ("calibration", "calibration.nc"))}
+        if not os.path.exists(paths["md"]):
+            say(f"round {r}: MD at {settings.temperature:g} K with {current.name} {os.path.basename(current.version)}")
+            _write(paths["md"], _md(current, start, settings, seed=settings.seed + r))
+        stop("md")
+        if not os.path.exists(paths["selected"]):
+            _write(paths["selected"], _select(current, artifact, read_structures(paths["md"]), settings.frames))
+        stop("select")
+        selected = read_structures(paths["selected"])
+        say(f"round {r}: labelling {len(selected)} frame(s)")
+        rep = label(selected, paths["labels"], labeller, progress=progress)
+        entry["label_failures"] = len(rep.failures)
+        stop("label")
+        fresh = read_structures(paths["labels"])
+        labels += fresh
+        if "before" not in entry:  # the current model on frames it never saw
+            entry["before"] = _fresh_errors(current, fresh)
+        if not os.path.exists(paths["model"]):
+            say(f"round {r}: fine-tuning on {len(labels)} label(s) + {settings.replay} replay")
+            res = finetune(base, labels, paths["model"], epochs=settings.epochs, replay=settings.replay,
+                           lr=settings.lr, seed=settings.seed, progress=False)
+            entry["finetune"] = {"before": res.before, "after": res.after}
+        current = load_model(paths["model"])
+        stop("finetune")
+        if not os.path.exists(paths["calibration"]):
+            say(f"round {r}: recalibrating the fine-tuned model")
+            _recalibrate(current, labels, settings, paths["calibration"])
+        artifact = Artifact.load(paths["calibration"], model=current)
+        stop("calibrate")
+        decisions, _ = decide(artifact, current, labels, read_structures(paths["md"]), progress=False)
+        mine = next((d for d in decisions if d.chemsys == chem), decisions[0])
+        entry.update(decision=mine.decision, reasons=mine.reasons, n_labels=len(labels), files=paths,
+                     seconds=round(entry.get("seconds", 0.0) + time.perf_counter() - t0, 1))
+        save()
+        say(f"round {r}: {mine.decision} ({'; '.join(mine.reasons)})")
+        if mine.decision in ("accept", "scale"):
+            break
+    report["final_model"] = report["rounds"][-1]["files"]["model"]
+    report["final_calibration"] = report["rounds"][-1]["files"]["calibration"]
+    save()
+    _plot(report, os.path.join(out_dir, "report.png"))
+    return report
+
+
+def _chemsys(atoms: Atoms) -> str:
+    from calib.data.structures import chemsys
+
+    return chemsys(atoms)
+
+
+def _write(path: str, structs: list[Atoms]) -> None:
+    import ase.io
+
+    tmp = f"{path}.partial-{os.getpid()}"
+    ase.io.write(tmp, structs, format="extxyz")
+    os.replace(tmp, path)
+
+
+def _plot(report: dict, path: str) -> None:
+    """Force MAE and softening scale of the current model on each round's fresh labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [e for e in report["rounds"] if "before" in e]
+    if not rounds:
+        return
+    x = [e["round"] for e in rounds]
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    ax.plot(x, [e["before"]["force_mae"] for e in rounds], "o-", color="tab:blue", label="force MAE (eV/Å)")
+    ax.set_xlabel("round (model before training on the round's labels)")
+    ax.set_ylabel("force MAE on fresh labels (eV/Å)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(x, [e["before"]["softening_scale"] for e in rounds], "s--", color="tab:orange", label="s")
+    ax2.axhline(1.0, color="tab:orange", lw=0.6, ls=":")
+    ax2.set_ylabel("softening scale s", color="tab:orange")
+    ax.set_title(f"{report['chemsys']}: calib loop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
