@@ -49,18 +49,22 @@ def main(out: str, plot: str | None, hessian: str | None) -> dict:
     regime = np.array(["hot"] * len(data["hot"]) + ["near"] * len(data["near"]))
     chem = np.array([a.info["chemsys"] for a in structs])
     in_a = split(chem)
-    cols = {k: np.full(len(structs), np.nan) for k in ("worst", "fmax", "bound", "halfwidth", "score")}
+    cols = {k: np.full(len(structs), np.nan) for k in ("worst", "fmax", "bound", "halfwidth", "score", "q",
+                                                       "sigma_f", "frms")}
     cols["trusted"] = np.zeros(len(structs), dtype=bool)
     for fold in (in_a, ~in_a):
         cal = calibrate(hess, model, [s for s, f in zip(structs, fold) if f], progress=False).artifact
         idx = np.flatnonzero(~fold)
         test = [structs[i] for i in idx]
-        ds = CalibratedPredictor(model, cal).predict(test, forces=True, force_mode="none", progress=False)
+        ds = CalibratedPredictor(model, cal).predict(test, forces=True, force_mode="approx", progress=False)
         owner = ds["structure_index"].values
         for k, i in enumerate(idx):
             F = ds["forces"].values[owner == k]
             cols["worst"][i] = np.abs(F - get_forces(structs[i])).max()
             cols["fmax"][i] = np.abs(F).max()
+            cols["frms"][i] = np.sqrt(np.mean(F**2))
+        cols["q"][idx] = ds["q_score"].values
+        cols["sigma_f"][idx] = ds["max_force_sigma"].values
         cols["bound"][idx] = ds["force_error_bound"].values
         cols["halfwidth"][idx] = ds["energy_halfwidth"].values / ds["n_atoms"].values
         cols["score"][idx] = ds["trust_score"].values
@@ -81,6 +85,7 @@ def main(out: str, plot: str | None, hessian: str | None) -> dict:
     res["bound_coverage"] = float(np.mean(cols["worst"] <= cols["bound"]))
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
+    np.savez(out.removesuffix(".json") + ".npz", regime=regime, chemsys=chem, **cols)
     if plot:
         import matplotlib
 

@@ -54,6 +54,8 @@ class DifferenceFit:
             return {"difference_note": self.note}
         out = {"difference_pairs": self.n_pairs}
         for name, key in (("raw", "difference"), ("corrected", "difference_corrected")):
+            if name not in self.models:
+                continue
             m = self.models[name]
             out.update({f"{key}_beta": m.beta_, f"{key}_kappa2": m.kappa2_, f"{key}_tau2": m.tau2_,
                         f"{key}_nll": m.nll_})
@@ -141,12 +143,17 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
     dE = e[i] - e[j]
     r = np.asarray(energy_residuals)[i] - np.asarray(energy_residuals)[j]
     raw = DifferenceVarianceModel().fit(v, dE, r)
+    # chemistries whose scale cannot be measured (all forces zero: relaxed, symmetric cells) get no correction
     soft = fit_softening_by_chemsys(pred.chemsys, [pred.forces_of(k) for k in range(len(structs))],
                                     [get_forces(a) for a in structs], n_bootstrap=n_bootstrap,
-                                    confidence=confidence)
+                                    confidence=confidence, failures={})
     c, sc = ScalarCorrection.from_results(soft).per_structure(pred.chemsys)
-    corrected = DifferenceVarianceModel().fit(v, dE, corrected_errors(r, dE, c[i]), c=c[i], c_sigma=sc[i])
-    return DifferenceFit({"raw": raw, "corrected": corrected}, (c, sc), int(len(i)))
+    models = {"raw": raw}
+    has = np.isfinite(c[i])
+    if has.sum() >= 2:
+        models["corrected"] = DifferenceVarianceModel().fit(v[has], dE[has], corrected_errors(r[has], dE[has], c[i][has]),
+                                                            c=c[i][has], c_sigma=sc[i][has])
+    return DifferenceFit(models, (c, sc), int(len(i)))
 
 
 def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int = 30,

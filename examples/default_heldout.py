@@ -1,0 +1,119 @@
+"""Held-out checks of the default calibration's recipe (calib/data/artifacts/README.md, docs/softening.md).
+
+The default artifact is calibrated on every shipped GPAW label; to measure it honestly the same recipe (H from
+the equilibrium proxy, `calibrate` at α = 0.1 on high-energy and near-equilibrium labels) is rebuilt on part of
+the labels and evaluated on the rest, two ways:
+
+* **by structure**: every other frame of each system calibrates, the others are tested; force coverage per
+  element (the force components of each element's atoms), energy coverage;
+* **by chemistry**: half of the chemical systems calibrate (seeded), the other half is tested, then the halves
+  swap: chemistries the calibration never saw, as a user's are. Reported: how many structures get an energy
+  interval, energy and force coverage.
+
+    OMP_NUM_THREADS=1 python examples/default_heldout.py --hessian H_proxy.nc [--out default_heldout.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def _coverage(art, model, test):
+    """(energy points, energy inside, force inside per element {el: [n, inside]}, structures with an interval)."""
+    from calib import CalibratedPredictor
+    from calib.data.structures import get_energy, get_forces
+
+    ds = CalibratedPredictor(model, art).predict(test, forces=True, force_mode="exact", progress=False)
+    owner, els = ds["structure_index"].values, ds["numbers"].values
+    e_in, e_n, per_el = 0, 0, {}
+    from ase.data import chemical_symbols
+
+    for k, a in enumerate(test):
+        lo, hi = ds["energy_low"].values[k], ds["energy_high"].values[k]
+        if np.isfinite(lo):
+            e_n += 1
+            e_in += int(lo <= get_energy(a) <= hi)
+        m = owner == k
+        inside = (ds["forces_low"].values[m] <= get_forces(a)) & (get_forces(a) <= ds["forces_high"].values[m])
+        live = ds["forces_sigma"].values[m] > 0
+        for z, row, ok in zip(els[m], inside, live):
+            acc = per_el.setdefault(chemical_symbols[z], [0, 0])
+            acc[0] += int(ok.sum())
+            acc[1] += int((row & ok).sum())
+    return e_n, e_in, per_el
+
+
+def _merge(per_el, more):
+    for el, (n, k) in more.items():
+        acc = per_el.setdefault(el, [0, 0])
+        acc[0] += n
+        acc[1] += k
+
+
+def main(hessian: str, out: str) -> dict:
+    from calib import datasets
+    from calib.artifact import Artifact
+    from calib.models import load_model
+    from calib.workflows.calibration import calibrate
+    from calib.workflows.hessian import build_hessian
+
+    model = load_model("chgnet")
+    if os.path.exists(hessian):
+        hess = Artifact.load(hessian)
+    else:
+        hess, _ = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32)
+        hess.save(hessian)
+    structs = datasets.load("high-energy-states") + datasets.load("near-equilibrium")
+    chem = np.array([a.info["chemsys"] for a in structs])
+    # a hot system's frames alternate among themselves; the near-equilibrium structures (mostly one per
+    # chemical system) alternate as one group
+    system = np.array(["near-equilibrium" if "kind" in a.info else a.info["name"].rsplit("-md", 1)[0]
+                       for a in structs])
+    res = {"alpha": 0.1, "n_structures": len(structs)}
+    # by structure
+    rank = np.zeros(len(structs), dtype=int)
+    for s in set(system.tolist()):
+        idx = np.flatnonzero(system == s)
+        rank[idx] = np.arange(len(idx))
+    cal = [a for a, r in zip(structs, rank) if r % 2 == 0]
+    test = [a for a, r in zip(structs, rank) if r % 2 == 1]
+    art = calibrate(hess, model, cal, alpha=0.1, progress=False).artifact
+    e_n, e_in, per_el = _coverage(art, model, test)
+    res["by_structure"] = {"n_calibration": len(cal), "n_test": len(test), "energy_intervals": e_n,
+                           "energy_coverage": e_in / max(e_n, 1),
+                           "force_coverage": sum(k for _, k in per_el.values()) / sum(n for n, _ in per_el.values()),
+                           "force_coverage_per_element": {el: [n, round(k / n, 3)] for el, (n, k) in
+                                                          sorted(per_el.items()) if n}}
+    # by chemistry: two folds, each tested on chemistries it never saw
+    rng = np.random.default_rng(0)
+    chems = sorted(set(chem.tolist()))
+    half = set(rng.permutation(chems)[: len(chems) // 2].tolist())
+    fold = np.array([c in half for c in chem])
+    tot = {"n_test": 0, "energy_intervals": 0, "energy_inside": 0}
+    per_el2: dict = {}
+    for f in (fold, ~fold):
+        art = calibrate(hess, model, [a for a, k in zip(structs, f) if k], alpha=0.1, progress=False).artifact
+        test = [a for a, k in zip(structs, f) if not k]
+        e_n, e_in, pe = _coverage(art, model, test)
+        tot["n_test"] += len(test)
+        tot["energy_intervals"] += e_n
+        tot["energy_inside"] += e_in
+        _merge(per_el2, pe)
+    res["by_chemistry"] = {**tot, "energy_coverage": tot["energy_inside"] / max(tot["energy_intervals"], 1),
+                           "fraction_with_interval": tot["energy_intervals"] / tot["n_test"],
+                           "force_coverage": sum(k for _, k in per_el2.values()) / sum(n for n, _ in per_el2.values())}
+    with open(out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--hessian", default="H_proxy.nc")
+    p.add_argument("--out", default="default_heldout.json")
+    a = p.parse_args()
+    print(json.dumps(main(a.hessian, a.out), indent=1))
