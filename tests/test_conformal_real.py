@@ -69,7 +69,7 @@ def test_heldout_force_coverage_and_metrics_by_hand(calibrated, chgnet):
         m = p["classes"] == el
         assert pc["n"] == m.sum() and pc["coverage"] == pytest.approx(np.mean(np.abs(e[m]) <= h[m]))
     # energies: every chemistry has < 30 calibration structures, so all fall back, and say so
-    assert set(summary.conformal_fallback["energy"]) == set(art.conformal["energy"].classes_)
+    assert set(summary["conformal_fallback"]["energy"]) == set(art.conformal["energy"].classes_)
 
 
 @pytest.mark.slow

@@ -37,6 +37,20 @@ def test_streams_resumes_and_records_failures(tmp_path):
     assert len(ase.io.read(out, ":")) == 2
 
 
+
+def test_resume_recognises_a_structure_read_back_from_text(tmp_path):
+    # the first run labels the structure in memory; a resumed run reads it from an extxyz (8 decimals), where
+    # this coordinate rounds to another 1e-6 Å key: it is the same structure and must not be labelled twice
+    cu = bulk("Cu", "fcc", 3.6, cubic=True)
+    cu.positions[1, 0] = 1.00000149999
+    out = tmp_path / "lab.extxyz"
+    assert label([cu], out, EMT(), progress=False).n_labelled == 1
+    ase.io.write(tmp_path / "frames.extxyz", cu)
+    back = ase.io.read(tmp_path / "frames.extxyz")
+    again = label([back], out, EMT(), progress=False)
+    assert (again.n_labelled, again.n_done_before) == (0, 1)
+    assert len(ase.io.read(out, ":")) == 1
+
 @pytest.mark.dft
 def test_gpaw_two_atom_cell(tmp_path):
     pytest.importorskip("gpaw")

@@ -131,13 +131,13 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
         f"({f_ref.size})")
     cal_path = os.path.join(out, "calibration.nc")
     wall = time.perf_counter() - t_start
-    say(f"\nsummary: {label} calibrated on {s['n_structures']} GPAW-labelled structures "
+    say(f"\nsummary: {label} calibrated on {s.n_structures} GPAW-labelled structures "
         f"({len(set(a.info.get('chemsys', '') for a in cal)) or 'several'} chemistries) in {wall / 60:.1f} min; "
         f"held-out conformal coverage {e_cov:.0%} (energies) and {f_cov:.0%} (force components) at nominal "
         f"{1 - alpha:.0%}.\nartifact: {cal_path}\nnext: calib predict YOUR.extxyz --calibration {cal_path} "
         f"--forces | calib screen CANDIDATES.extxyz --calibration {cal_path} -o screen.nc")
     result.update(seconds=wall, threads=threads, probe_seconds=probe, estimated_seconds=estimate)
-    result.update(calibrated=True, calibration=s, records=records, heldout_coverage=cover,
+    result.update(calibrated=True, calibration=s.as_dict(), records=records, heldout_coverage=cover,
                   heldout_interval_coverage={"alpha": alpha, "energy": e_cov, "forces": f_cov},
                   skipped=[i.as_dict() for i in lp.issues])
     with open(os.path.join(out, "records.json"), "w") as fh:

@@ -13,7 +13,7 @@ Inputs, all shipped in this repository:
 The NEB paths are kept out: they are the held-out check of docs/neb.md. Run from the repository root
 (about 15 min on 2 cores)::
 
-    OMP_NUM_THREADS=1 python datasets/default-calibration/build.py [--out PATH]
+    OMP_NUM_THREADS=1 python datasets/default-calibration/build.py [--out PATH] [--hessian H.nc]
 
 It prints a JSON summary, also written beside the artifact as ``chgnet-0.3.0.json``.
 """
@@ -38,8 +38,9 @@ def labelled_sets():
             "near-equilibrium": datasets.load("near-equilibrium")}
 
 
-def build(out: str = OUT, progress: bool = True) -> dict:
+def build(out: str = OUT, progress: bool = True, hessian: str | None = None) -> dict:
     from calib import datasets
+    from calib.artifact import Artifact
     from calib.models import load_model
     from calib.predictor import CalibratedPredictor
     from calib.workflows.calibration import calibrate
@@ -48,8 +49,13 @@ def build(out: str = OUT, progress: bool = True) -> dict:
 
     t0 = time.perf_counter()
     model = load_model("chgnet")
-    hess, skipped = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32, progress=progress,
-                                  source="datasets/equilibrium-proxy/proxy.extxyz.gz")
+    if hessian and os.path.exists(hessian):  # a proxy Hessian built before by this script (or calib hessian)
+        hess, skipped = Artifact.load(hessian), []
+    else:
+        hess, skipped = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32, progress=progress,
+                                      source="datasets/equilibrium-proxy/proxy.extxyz.gz")
+        if hessian:
+            hess.save(hessian)
     sets = labelled_sets()
     labelled = [a for structs in sets.values() for a in structs]
     res = calibrate(hess, model, labelled, alpha=ALPHA, progress=progress)
@@ -79,6 +85,8 @@ def build(out: str = OUT, progress: bool = True) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=OUT)
+    parser.add_argument("--hessian", default=None,
+                        help="reuse the proxy Hessian artifact at this path (written there when absent)")
     args = parser.parse_args()
-    s = build(args.out)
+    s = build(args.out, hessian=args.hessian)
     print(json.dumps({k: s[k] for k in ("artifact", "seconds", "calibration_structures", "corrections")}, indent=1))
