@@ -23,7 +23,7 @@ energy_per_atom         structure               eV/atom
 energy_sigma            structure               calibrated LLPR σ of the total energy, eV
 max_local_sigma         structure               largest per-atom energy σ, eV
 q_score                 structure               largest atomic Q residual ÷ the threshold fitted on the
-                                                calibration structures (> 1: out of their distribution)
+                                                Hessian's structures (> 1: out of the model's domain)
 energy_shift            structure               per-element reference Σ n_el μ_el fitted at calibration, eV
 energy_centre           structure               energy + energy_shift: the model's estimate of the
                                                 reference code's total energy, eV (the centre of the interval)
@@ -91,7 +91,7 @@ _DESCRIPTIONS = {
     "local_energy_sigma": "LLPR sigma of the atom's energy contribution (local prediction rigidity)",
     "max_local_sigma": "largest per-atom energy sigma of the structure",
     "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
-    "q_score": "largest atomic Q residual / threshold of the calibration structures (> 1: out of distribution)",
+    "q_score": "largest atomic Q residual / threshold of the Hessian's structures (> 1: out of the model's domain)",
     "energy_centre": "energy + energy_shift: the model's estimate of the reference code's total energy",
     "energy_low": "lower end of the conformal interval for the reference-code total energy",
     "energy_high": "upper end of the conformal interval for the reference-code total energy",

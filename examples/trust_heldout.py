@@ -34,6 +34,7 @@ def main(out: str, plot: str | None, hessian: str | None) -> dict:
     from calib.data.structures import get_forces
     from calib.models import load_model
     from calib.uq.metrics import verdict_quality
+    from calib.uq.trust import TrustPolicy, verdict
     from calib.workflows.calibration import calibrate
     from calib.workflows.hessian import build_hessian
 
@@ -83,6 +84,19 @@ def main(out: str, plot: str | None, hessian: str | None) -> dict:
                                                                np.quantile(cols["halfwidth"][regime == r], q).round(4)))
         for r in ("near", "hot")})
     res["bound_coverage"] = float(np.mean(cols["worst"] <= cols["bound"]))
+    # the same verdict (calib.uq.trust.verdict) for other tolerances, from the per-structure parts of this run:
+    # the data the defaults were chosen from (docs/screening.md)
+    res["sweep"] = []
+    for force_tol in (0.2, 0.3, 0.5):
+        for energy_tol in (0.05, 0.1, 0.2, 0.3, 0.5, None):
+            ok, _, score = verdict(TrustPolicy(force_tol=force_tol, energy_tol=energy_tol), q_score=cols["q"],
+                                   force_bound=cols["bound"], energy_halfwidth=cols["halfwidth"])
+            row = {"force_tol": force_tol, "energy_tol": energy_tol}
+            for name, m in (("all", np.ones(len(structs), bool)), ("near", regime == "near")):
+                vq = verdict_quality(cols["worst"][m], ok[m], score[m], cols["fmax"][m], TOL)
+                row.update({f"{name}_{k}": round(vq[k], 4) for k in ("precision", "recall", "flagged", "auroc",
+                                                                     "naive_precision")})
+            res["sweep"].append(row)
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
     np.savez(out.removesuffix(".json") + ".npz", regime=regime, chemsys=chem, **cols)
