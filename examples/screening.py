@@ -107,9 +107,9 @@ def main():
     print(json.dumps(table, indent=1))
 
     # labelled held-out frames: signals against real errors
-    from calib.data.prototypes import PROTOTYPES
+    from calib.data.prototypes import first_release
 
-    first = [a for a in datasets.load("high-energy-states") if a.info["name"].rsplit("-md", 1)[0] in PROTOTYPES]
+    first = first_release(datasets.load("high-energy-states"))
     _, test = split_by_chemsys(first)  # the demo's held-out half of its 14 chemistries
     lab = os.path.join(work, "heldout.extxyz")
     if not os.path.exists(lab):

@@ -98,10 +98,10 @@ def test_shipped_paths_against_gpaw(chgnet, tmp_path):
     from calib.workflows.softening import measure_softening, store_corrections
 
     art, _ = build_hessian(chgnet, datasets.load("equilibrium-proxy"), progress=False)
-    from calib.data.prototypes import PROTOTYPES
+    from calib.data.prototypes import first_release
 
     # the first release's 14 chemistries, whose figures docs/neb.md reports: the pins hold as the data grow
-    data = [a for a in datasets.load("high-energy-states") if a.info["name"].rsplit("-md", 1)[0] in PROTOTYPES]
+    data = first_release(datasets.load("high-energy-states"))
     cal = calibrate(art, chgnet, data, target="energy", with_forces=False, progress=False).artifact
     store_corrections(cal, measure_softening(chgnet, data, n_bootstrap=1000).results).save(tmp_path / "CAL.nc")
     root = os.path.join(datasets.root(), "neb")

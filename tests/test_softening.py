@@ -88,7 +88,7 @@ def test_shipped_data_softening_and_one_structure_correction(chgnet):
     not suffice (docs/softening.md). Over all shipped systems it helps on most of the clearly soft ones
     (InAs and PbS, six frames each with a wide CI, are the exceptions when this was written).
     """
-    from calib.data.prototypes import PROTOTYPES, prototype
+    from calib.data.prototypes import FIRST_RELEASE, prototype
     from calib.data.structures import chemsys, get_forces
     from calib.workflows.softening import measure_softening
 
@@ -99,7 +99,7 @@ def test_shipped_data_softening_and_one_structure_correction(chgnet):
     # Deng et al.: s < 1 for more than 90 % of WBM compounds with CHGNet
     assert np.mean([r.softening_scale < 1 for r in results.values()]) >= 0.9
     pred = chgnet.predict(data, forces=True)
-    first = {chemsys(prototype(name)) for name in PROTOTYPES}
+    first = {chemsys(prototype(name)) for name in FIRST_RELEASE}
     checked, helped, helped_first, n_first = 0, 0, 0, 0
     for chem, r in results.items():
         if r.softening_ci[1] >= 0.95:

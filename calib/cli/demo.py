@@ -91,9 +91,9 @@ def run_demo(out, device: str = "cpu", progress: bool = True, echo: Callable | N
 
     # the 14 chemistries of the first release (140 frames): the demo stays within ~2 minutes as the shipped data
     # grow; the artifact calib ships (datasets/default-calibration) is calibrated on all of them
-    from calib.data.prototypes import PROTOTYPES
+    from calib.data.prototypes import first_release
 
-    labelled = [a for a in datasets.load("high-energy-states") if a.info["name"].rsplit("-md", 1)[0] in PROTOTYPES]
+    labelled = first_release(datasets.load("high-energy-states"))
     cal, test = split_by_chemsys(labelled)
     res = calibrate(art, model, cal, target=target, progress=progress)
     art = res.artifact
