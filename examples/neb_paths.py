@@ -1,7 +1,8 @@
 """Barriers with calibrated intervals on the shipped NEB paths (table and figures in docs/neb.md).
 
-H from the shipped equilibrium proxy; energies calibrated (with the energy-difference model) on all 140
-high-energy states; scalar corrections from `calib softening` on the same frames; then `calib.workflows.neb.band`
+H from the shipped equilibrium proxy; energies calibrated (with the energy-difference model) on the 140
+high-energy states of the first release's 14 chemistries (``calib.data.prototypes.FIRST_RELEASE``, the set
+tests/test_neb.py pins); scalar corrections from `calib softening` on the same frames; then `calib.workflows.neb.band`
 on each GPAW-labelled path and the comparison with GPAW.
 
     OMP_NUM_THREADS=1 python examples/neb_paths.py [--plots docs/figures/neb]
@@ -15,6 +16,7 @@ import sys
 import ase.io
 
 from calib import CalibratedPredictor, datasets
+from calib.data.prototypes import first_release
 from calib.models.chgnet import CHGNetAdapter
 from calib.workflows.calibration import calibrate
 from calib.workflows.hessian import build_hessian
@@ -25,7 +27,7 @@ from calib.workflows.softening import measure_softening, store_corrections
 def main(plots=None) -> dict:
     model = CHGNetAdapter()
     art, _ = build_hessian(model, datasets.load("equilibrium-proxy"), progress=False)
-    data = datasets.load("high-energy-states")
+    data = first_release(datasets.load("high-energy-states"))
     cal = calibrate(art, model, data, target="energy", with_forces=False, progress=False).artifact
     predictor = CalibratedPredictor(model, store_corrections(cal, measure_softening(model, data, n_bootstrap=1000).results))
     root = os.path.join(datasets.root(), "neb")

@@ -149,7 +149,7 @@ def main(names: list[str]) -> None:
         report = label(frames, os.path.join(HERE, f"{name}.extxyz"), gpaw, progress=False)
         with _locked_log(log_path) as log:
             entry = log.setdefault(name, {"md_seconds": 0.0, "dft_seconds": 0.0})
-            entry["md_seconds"] = round(entry["md_seconds"] + t_md, 1)
+            entry["md_seconds"] = round((entry["md_seconds"] or 0.0) + t_md, 1)
             entry["dft_seconds"] = round(entry["dft_seconds"] + report.seconds, 1)
             entry["n_frames"] = len(frames)
             entry["n_failed"] = len(report.failures)
