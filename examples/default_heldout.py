@@ -47,6 +47,29 @@ def _coverage(art, model, test):
     return e_n, e_in, per_el
 
 
+#: element classes of the per-element coverage: s block (groups 1-2, with H), d block (groups 3-12), p block
+S_BLOCK = {1, 3, 4, 11, 12, 19, 20, 37, 38, 55, 56, 87, 88}
+D_BLOCK = set(range(21, 31)) | set(range(39, 49)) | {57} | set(range(72, 81))
+
+
+def element_class(symbol: str) -> str:
+    from ase.data import atomic_numbers
+
+    z = atomic_numbers[symbol]
+    return "s block" if z in S_BLOCK else "d block" if z in D_BLOCK else "p block"
+
+
+def _by_class(per_el) -> dict:
+    acc: dict = {}
+    for el, (n, k) in per_el.items():
+        c = acc.setdefault(element_class(el), [0, 0, 0])
+        c[0] += 1
+        c[1] += n
+        c[2] += k
+    return {c: {"elements": e, "components": n, "coverage": round(k / n, 3)} for c, (e, n, k) in sorted(acc.items())
+            if n}
+
+
 def _merge(per_el, more):
     for el, (n, k) in more.items():
         acc = per_el.setdefault(el, [0, 0])
@@ -86,6 +109,7 @@ def main(hessian: str, out: str) -> dict:
     res["by_structure"] = {"n_calibration": len(cal), "n_test": len(test), "energy_intervals": e_n,
                            "energy_coverage": e_in / max(e_n, 1),
                            "force_coverage": sum(k for _, k in per_el.values()) / sum(n for n, _ in per_el.values()),
+                           "force_coverage_per_class": _by_class(per_el),
                            "force_coverage_per_element": {el: [n, round(k / n, 3)] for el, (n, k) in
                                                           sorted(per_el.items()) if n}}
     # by chemistry: two folds, each tested on chemistries it never saw
@@ -105,7 +129,8 @@ def main(hessian: str, out: str) -> dict:
         _merge(per_el2, pe)
     res["by_chemistry"] = {**tot, "energy_coverage": tot["energy_inside"] / max(tot["energy_intervals"], 1),
                            "fraction_with_interval": tot["energy_intervals"] / tot["n_test"],
-                           "force_coverage": sum(k for _, k in per_el2.values()) / sum(n for n, _ in per_el2.values())}
+                           "force_coverage": sum(k for _, k in per_el2.values()) / sum(n for n, _ in per_el2.values()),
+                           "force_coverage_per_class": _by_class(per_el2)}
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
     return res

@@ -58,6 +58,12 @@ def test_high_energy_states():
             assert sorted(a.info["strain"] for a in group) == [-0.03, -0.03] + [0.0] * 6 + [0.03, 0.03]
     _check_labelled(structs)
     assert len(datasets.load("high-energy-states", chemsys="Li-F")) == 10
+    # the periodic-table extension's target: >= 45 labelled high-energy systems, and >= 50 elements over all
+    # shipped GPAW labels (high-energy states and near-equilibrium structures)
+    assert len(by_chem) >= 45, len(by_chem)
+    near = datasets.load("near-equilibrium")
+    elements = {el for a in structs + near for el in a.get_chemical_symbols()}
+    assert len(elements) >= 50, sorted(elements)
 
 
 def test_neb_path():
