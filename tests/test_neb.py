@@ -76,6 +76,36 @@ def test_correlated_barrier_sigma_is_smaller_than_the_independent_formula(chgnet
         assert float(one["barrier_sigma"]) < float(one["barrier_sigma_independent"])
 
 
+def test_path_verdict_judges_images_by_the_domain_only(chgnet):
+    """An interior image out of the model's domain makes the path untrusted and is named; images the structure
+    verdict flags for its force or energy tolerance do not (a barrier is judged by its own half-width)."""
+    import copy
+
+    from calib import datasets
+    from calib.artifact import Artifact
+    from calib.data.datasets import default_calibration
+    from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band
+
+    art = Artifact.load(default_calibration("chgnet"), model=chgnet)
+    images = ase.io.read(os.path.join(datasets.root(), "neb", "paths", "NaCl-vacancy-hop.extxyz"), ":")
+    per_image = CalibratedPredictor(chgnet, art).predict(images, progress=False)
+    q = per_image["q_score"].values
+    ds = band(CalibratedPredictor(chgnet, art), images)
+    assert list(ds.attrs["images_untrusted"]) == [k for k in range(1, 6) if q[k] > 1]
+    assert all("domain" in r for r in ds.attrs["reasons"] if r.startswith("image"))
+    # shrink the domain so that the interior images with the largest Q (a symmetric path has them in pairs) lie
+    # outside it and the others inside
+    levels = sorted({float(x) for x in q[1:6]}, reverse=True)
+    cut = (levels[0] + levels[1]) / 2 if len(levels) > 1 else levels[0] / 2
+    out = [j for j in range(1, 6) if q[j] > cut]
+    narrow = copy.deepcopy(art.ood)
+    narrow.threshold_ *= cut  # Q scales as 1 / threshold
+    ds = band(CalibratedPredictor(chgnet, art.replace(ood=narrow)), images)
+    assert 0 < len(out) < 5 and list(ds.attrs["images_untrusted"]) == out and not ds.attrs["trusted"]
+    assert any(r.startswith(f"image {out[0]}: out of the model's domain") for r in ds.attrs["reasons"])
+
+
 # what docs/neb.md reports for the shipped paths (GPAW barrier, CHGNet barrier, corrected barrier, whether
 # GPAW's forward barrier lies inside the raw and the corrected 90 % intervals)
 SHIPPED = {
@@ -122,14 +152,13 @@ def test_shipped_paths_against_gpaw(chgnet, tmp_path):
         assert rec["barrier_forward_corrected"] == pytest.approx(corrected, abs=5e-4)
         assert rec["barrier_forward_covers_reference"] == raw_in, name
         assert rec["barrier_forward_corrected_covers_reference"] == corr_in, name
-        # the path verdict: Si (CHGNet 2.5x GPAW's barrier) and Al (raw interval misses GPAW) are flagged,
-        # with the images and the reasons named; the three paths inside their bands are not
-        assert rec["trusted"] == (name in ("LiF", "NaCl", "Li2O")), (name, rec["reasons"])
+        # the path verdict: Si (CHGNet 2.5x GPAW's barrier) is flagged with its reason; the three paths inside
+        # their bands are not; Al, whose raw interval misses GPAW, passes (docs/neb.md: the verdict's miss)
+        assert rec["trusted"] == (name != "Si"), (name, rec["reasons"])
         assert bool(rec["reasons"]) == (not rec["trusted"])
         assert rec["label_next"] in range(1, 6)
         if name == "Si":
-            assert any("softening of Si" in r for r in rec["reasons"]) and rec["images_untrusted"]
-            assert any("force error may reach" in r for r in rec["reasons"])
+            assert any("softening of Si" in r for r in rec["reasons"])
         if rec["trusted"]:
             assert rec["images_untrusted"] == []
         seen.add(name)
