@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from calib.data.structures import chemsys
+
 
 @dataclass
 class LoopSettings:
@@ -144,7 +146,7 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
     base = load_model(model)
     labeller = labeller or GPAWFactory(cutoff=450.0, kdensity=2.0, spinpol=False)
     start = list(start)
-    chem = start[0].info.get("chemsys") or _chemsys(start[0])
+    chem = chemsys(start[0])  # an element set: a tag in another order names the same system
     report_path = os.path.join(out_dir, "report.json")
     report = json.load(open(report_path)) if os.path.exists(report_path) else {"chemsys": chem, "rounds": []}
     spec = getattr(base, "spec", None)
@@ -213,12 +215,6 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
     save()
     _plot(report, os.path.join(out_dir, "report.png"))
     return report
-
-
-def _chemsys(atoms: Atoms) -> str:
-    from calib.data.structures import chemsys
-
-    return chemsys(atoms)
 
 
 def _write(path: str, structs: list[Atoms]) -> None:
