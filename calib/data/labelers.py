@@ -26,6 +26,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, kptdensity2monkhorstpack
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from calib.data.ncio import replace_atomically
 from calib.data.structures import structure_name
 
 #: elements for which the default GPAW factory runs spin-polarised
@@ -407,7 +408,9 @@ def _rewrite_errors(path: str, old, new) -> None:
     """The errors file with one line per structure still failing (latest record of each key)."""
     latest = {r["key"]: r for r in old}
     latest.update({r["key"]: r for r in new})
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in latest.values())
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in latest.values())
+
+    replace_atomically(path, write)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
+from calib.data.ncio import replace_atomically
 from calib.data.structures import get_energy, get_forces, get_stress, structures_fingerprint
 from calib.models.chgnet import FINETUNED_FORMAT as FORMAT
 
@@ -165,7 +166,6 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
         "element_reference_removed": reference.as_dict(), "seconds": round(time.perf_counter() - t0, 1),
         "skipped": [i.as_dict() for i in issues]}
     out = os.fspath(out)
-    tmp = f"{out}.partial-{os.getpid()}"
-    torch.save({"model": tuned.as_dict(), "calib": {**provenance, "before": before, "after": after}}, tmp)
-    os.replace(tmp, out)
+    replace_atomically(out, lambda tmp: torch.save({"model": tuned.as_dict(),
+                                                    "calib": {**provenance, "before": before, "after": after}}, tmp))
     return FinetuneResult(out, provenance, before, after)

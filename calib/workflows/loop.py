@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from calib.data.ncio import replace_atomically
 from calib.data.structures import chemsys
 
 
@@ -154,10 +155,12 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
     current, artifact = base, (Artifact.load(cal_path) if cal_path else None)
     labels: list[Atoms] = []
 
-    def save():
-        with open(report_path + ".tmp", "w") as fh:
+    def write_report(tmp):
+        with open(tmp, "w") as fh:
             json.dump(report, fh, indent=1, default=float)
-        os.replace(report_path + ".tmp", report_path)
+
+    def save():
+        replace_atomically(report_path, write_report)
 
     def stop(step):
         if stop_after == step:
@@ -220,9 +223,7 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
 def _write(path: str, structs: list[Atoms]) -> None:
     import ase.io
 
-    tmp = f"{path}.partial-{os.getpid()}"
-    ase.io.write(tmp, structs, format="extxyz")
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: ase.io.write(tmp, structs, format="extxyz"))
 
 
 def _plot(report: dict, path: str) -> None:
