@@ -8,7 +8,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from calib.data.labelers import GPAWFactory, label
+from calib.data.labelers import GPAWFactory, label, materials_project_settings
 from calib.data.structures import get_energy, get_forces
 
 
@@ -69,6 +69,42 @@ def test_gpaw_two_atom_cell(tmp_path):
     assert f[1, 0] < -0.5  # displaced atom is pushed back
     e = get_energy(atoms)
     assert -12.5 < e < -9.5  # PBE Si2 total energy scale in GPAW's reference, eV
+
+
+def test_materials_project_settings_are_mprelaxsets():
+    # MPRelaxSet's U (eV) on oxides and fluorides of the 3d metals, none on a metal or a sulfide; FM moments (μB)
+    assert materials_project_settings(["Fe", "O"]) == {"magmoms": {"Fe": 5.0, "O": 0.6}, "hubbard_u": {"Fe": 5.3}}
+    assert materials_project_settings(["Li", "Co", "O", "O"])["hubbard_u"] == {"Co": 3.32}
+    assert materials_project_settings(["Ni", "F", "F"])["hubbard_u"] == {"Ni": 6.2}
+    assert materials_project_settings(["Mn", "Li", "O"])["hubbard_u"] == {"Mn": 3.9}
+    assert materials_project_settings(["Fe"]) == {"magmoms": {"Fe": 5.0}, "hubbard_u": None}
+    assert materials_project_settings(["Fe", "S"])["hubbard_u"] is None  # S is the most electronegative
+    assert materials_project_settings(["K", "Mg", "F"])["hubbard_u"] is None  # a fluoride without a U element
+
+
+@pytest.mark.dft
+def test_unconverged_scf_is_retried_with_careful_mixing_never_kept(tmp_path):
+    pytest.importorskip("gpaw")
+    feo = bulk("FeO", "rocksalt", 4.33)  # spin-polarised GGA+U, as Materials Project labels it
+    feo.positions[1] += [0.05, 0.0, 0.0]
+    # 4 SCF iterations cannot converge: GPAW raises, and the careful mixer (1000 iterations) converges
+    factory = GPAWFactory(cutoff=300, kdensity=1.5, spinpol=True, maxiter=4,
+                          **materials_project_settings(feo.get_chemical_symbols()))
+    out = tmp_path / "feo.extxyz"
+    rep = label([feo], out, factory, progress=False)
+    assert rep.n_labelled == 1 and not rep.failures
+    (atoms,) = ase.io.read(out, ":")
+    assert "ConvergenceError" in atoms.info["label_retried"] and "maxiter 4" in atoms.info["label_retried"]
+    assert json.loads(atoms.info["mixer"])["beta"] == 0.02 and atoms.info["maxiter"] == 1000
+    assert json.loads(atoms.info["hubbard_u"]) == {"Fe": 5.3}
+    moments = atoms.arrays["final_magmoms"]  # μB per atom; Fe²⁺ d⁶ high spin under U: ≈ 3.7 μB on Fe
+    assert 3.0 < moments[0] < 4.2 and abs(moments[1]) < 0.5
+    assert atoms.info["magmom_total"] == pytest.approx(moments.sum(), abs=0.5)  # the rest is interstitial
+    # a structure that cannot converge at all is left out, with every attempt named
+    hopeless = GPAWFactory(cutoff=300, kdensity=1.5, spinpol=True, maxiter=1, mixer={"backend": "pulay", "beta": 0.5})
+    rep = label([feo], tmp_path / "never.extxyz", hopeless, progress=False)
+    assert rep.n_labelled == 0 and len(rep.failures) == 1 and rep.failures[0]["attempts"]
+    assert not (tmp_path / "never.extxyz").exists() or not ase.io.read(tmp_path / "never.extxyz", ":")
 
 
 @pytest.mark.dft

@@ -42,6 +42,28 @@ def structure_key(atoms: Atoms) -> str:
     return h.hexdigest()[:20]
 
 
+def materials_project_settings(symbols) -> dict:
+    """Materials Project's spin and +U settings for a composition, as ``MPRelaxSet`` applies them (read from
+    pymatgen's copy of the set, not typed here): ``magmoms``, the ferromagnetic initial moment per element (μB;
+    0.6 for an element the set does not list), and ``hubbard_u``, the Dudarev U per element (eV, d shell) when
+    the most electronegative element is one the set gives U for (O, F), else None. CHGNet and MACE-MP-0 learned
+    MPtrj, whose energies and forces are GGA+U exactly there."""
+    from pymatgen.core import Element
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    incar = MPRelaxSet.CONFIG["INCAR"]
+    elements = sorted(set(symbols), key=lambda el: Element(el).X)
+    magmoms = {el: float(incar["MAGMOM"].get(el, 0.6)) for el in elements}
+    table = incar["LDAUU"].get(elements[-1], {}) if elements else {}
+    u = {el: float(table[el]) for el in elements if table.get(el)}
+    return {"magmoms": magmoms, "hubbard_u": u or None}
+
+
+#: the retry of a structure whose SCF does not converge: Pulay mixing of the density (spin difference for a
+#: spin-polarised run) with a small step and a long history, and more iterations (GPAW's default is 333)
+CAREFUL_MIXER = {"backend": "pulay", "beta": 0.02, "nmaxold": 8, "weight": 100.0}
+CAREFUL_MAXITER = 1000
+
 #: SCF convergence of the default labeller: GPAW's defaults plus a force criterion (eV/Å), which
 #: costs ~1 % on an 8-atom cell and bounds the SCF noise of the forces (measured: 2e-4 eV/Å without it)
 DEFAULT_CONVERGENCE = {"energy": 0.0005, "density": 1.0e-4, "eigenstates": 4.0e-8, "forces": 1.0e-3}
@@ -76,6 +98,12 @@ class GPAWFactory:
     symmetry : "auto" | "off"
         "off" runs without point-group symmetry (GPAW's analysis fails on some high-symmetry cells; the
         k-point grid is then not reduced, which costs time, not accuracy).
+    mixer : dict or None
+        GPAW density mixer (``{"backend": "pulay", "beta": ..., "nmaxold": ..., "weight": ...}``); None: GPAW's
+        default. :meth:`fallback` sets :data:`CAREFUL_MIXER` for a structure whose SCF did not converge.
+    maxiter : int or None
+        Most SCF iterations (None: GPAW's 333). GPAW raises when they are spent: an unconverged label is never
+        written.
 
     Every setting that changes a number is written to the labelled structure's ``info``, and
     :meth:`from_info` rebuilds the factory from it.
@@ -90,6 +118,8 @@ class GPAWFactory:
     hubbard_u: dict | None = None
     convergence: dict = field(default_factory=lambda: dict(DEFAULT_CONVERGENCE))
     symmetry: str = "auto"
+    mixer: dict | None = None
+    maxiter: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __call__(self, atoms: Atoms) -> tuple[Calculator, dict]:
@@ -114,6 +144,8 @@ class GPAWFactory:
             setups=setups or {},
             txt=None,
             **({"symmetry": "off"} if self.symmetry == "off" else {}),
+            **({"mixer": {**self.mixer, "method": "difference" if spinpol else "separate"}} if self.mixer else {}),
+            **({"maxiter": int(self.maxiter)} if self.maxiter else {}),
             **self.extra,
         )
         info = {
@@ -131,16 +163,24 @@ class GPAWFactory:
             "hubbard_u": json.dumps({el: float(u) for el, u in (self.hubbard_u or {}).items() if el in symbols},
                                     sort_keys=True),
             "symmetry": self.symmetry,
+            "mixer": json.dumps(self.mixer or {}, sort_keys=True),
+            "maxiter": int(self.maxiter or 333),
         }
         return calc, info
 
-    def fallback(self) -> "GPAWFactory | None":
-        """The factory to retry a failed structure with: the same settings without point-group symmetry
-        (GPAW's symmetry analysis fails on some high-symmetry cells), or None when symmetry is already off."""
-        if self.symmetry == "off":
-            return None
+    def fallback(self, error: Exception | None = None) -> "GPAWFactory | None":
+        """The factory to retry a failed structure with, or None when there is nothing left to try.
+
+        An SCF that did not converge (GPAW's ``KohnShamConvergenceError``; common for spin-polarised +U oxides
+        started from ferromagnetic moments) is retried with :data:`CAREFUL_MIXER` and :data:`CAREFUL_MAXITER`;
+        any other failure without point-group symmetry (GPAW's symmetry analysis fails on some high-symmetry
+        cells). What was retried is recorded in the label (``mixer``, ``maxiter``, ``symmetry``)."""
         import dataclasses
 
+        if "ConvergenceError" in type(error).__name__ and self.mixer is None:
+            return dataclasses.replace(self, mixer=dict(CAREFUL_MIXER), maxiter=CAREFUL_MAXITER)
+        if self.symmetry == "off":
+            return None
         return dataclasses.replace(self, symmetry="off")
 
     @classmethod
@@ -157,7 +197,9 @@ class GPAWFactory:
                    smearing=float(info["smearing_eV"]), spinpol=bool(info["spinpol"]),
                    magmoms=json.loads(info["magmoms_initial"]) or None,
                    hubbard_u=json.loads(info["hubbard_u"]) or None,
-                   convergence=json.loads(info["convergence"]), symmetry=str(info.get("symmetry", "auto")))
+                   convergence=json.loads(info["convergence"]), symmetry=str(info.get("symmetry", "auto")),
+                   mixer=json.loads(info.get("mixer", "{}")) or None,
+                   maxiter=int(info["maxiter"]) if int(info.get("maxiter", 333)) != 333 else None)
 
 
 def _setups_version() -> str:
@@ -347,21 +389,27 @@ def label(
         atoms = structures[i].copy()
         atoms.calc = None
         t0 = time.perf_counter()
+        attempts: list[str] = []
         try:
-            try:
-                results, info = _compute(atoms, calculator, properties)
-            except Exception:  # a factory may know a safer setting (GPAWFactory: no symmetry): one retry
-                retry = getattr(calculator, "fallback", lambda: None)()
-                if retry is None:
-                    raise
-                atoms = structures[i].copy()
-                results, info = _compute(atoms, retry, properties)
+            current = calculator
+            while True:
+                try:
+                    results, info = _compute(atoms, current, properties)
+                    break
+                except Exception as exc:  # a factory may know a safer setting (GPAWFactory.fallback)
+                    attempts.append(f"{type(exc).__name__}: {exc or 'not converged'} ({_settings_word(current)})")
+                    fallback = getattr(current, "fallback", None)
+                    current = fallback(exc) if fallback is not None else None
+                    if current is None or len(attempts) > 3:
+                        raise
+                    atoms = structures[i].copy()
         except Exception as exc:  # any SCF/IO failure: record it and go on
             record = {
                 "index": i,
                 "key": key,
                 "name": structure_name(structures[i]),
                 "error": f"{type(exc).__name__}: {exc}",
+                "attempts": attempts,
             }
             report.failures.append(record)
             if key in old_failures:  # a retried structure that fails again keeps one line, its latest error
@@ -375,6 +423,10 @@ def label(
         labelled.info.update(info)
         labelled.info["calib_key"] = key
         labelled.info["label_seconds"] = round(time.perf_counter() - t0, 2)
+        if attempts:  # what failed before the settings this label was made with
+            labelled.info["label_retried"] = " || ".join(a.replace("\n", " ")[:200] for a in attempts)
+        if "magmoms" in results:  # final moments per atom (μB), beside the cell's total in info
+            labelled.arrays["final_magmoms"] = results.pop("magmoms")
         labelled.calc = SinglePointCalculator(labelled, **results)
         ase.io.write(out, labelled, format="extxyz", append=True)
         report.n_labelled += 1
@@ -383,6 +435,13 @@ def label(
             _rewrite_errors(errors_path, old_failures.values(), report.failures)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _settings_word(calculator) -> str:
+    """The settings a failed attempt ran with, for the record of retries."""
+    if isinstance(calculator, GPAWFactory):
+        return f"mixer {calculator.mixer or 'default'}, maxiter {calculator.maxiter or 333}, symmetry {calculator.symmetry}"
+    return type(calculator).__name__
 
 
 def _compute(atoms: Atoms, calculator, properties) -> tuple[dict, dict]:
@@ -401,6 +460,7 @@ def _compute(atoms: Atoms, calculator, properties) -> tuple[dict, dict]:
         results["stress"] = np.asarray(atoms.get_stress(voigt=True), dtype=float)
     if info.get("spinpol"):
         info = {**info, "magmom_total": round(float(atoms.get_magnetic_moment()), 4)}  # μB per cell
+        results["magmoms"] = np.asarray(atoms.get_magnetic_moments(), dtype=float)  # μB per atom
     return results, info
 
 

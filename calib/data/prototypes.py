@@ -27,9 +27,45 @@ def li3n() -> Atoms:
                    cellpar=[3.65, 3.65, 3.87, 90, 90, 120])
 
 
-def perovskite(a: float, a_site: str, b_site: str) -> Atoms:
-    return crystal([a_site, b_site, "O"], basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)], spacegroup=221,
+def perovskite(a: float, a_site: str, b_site: str, anion: str = "O") -> Atoms:
+    return crystal([a_site, b_site, anion], basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0)], spacegroup=221,
                    cellpar=[a, a, a, 90, 90, 90])
+
+
+def layered(a: float, c: float, z: float, alkali: str, metal: str, anion: str = "O") -> Atoms:
+    """α-NaFeO₂ (R-3m) layered A M X₂ (LiCoO₂ and kin; delafossite CuAlO₂ with A = Cu), hexagonal cell: 12 atoms."""
+    return crystal([metal, alkali, anion], basis=[(0, 0, 0), (0, 0, 0.5), (0, 0, z)], spacegroup=166,
+                   cellpar=[a, a, c, 90, 90, 120])
+
+
+def spinel(a: float, x: float, a_site: str, b_site: str, anion: str = "O") -> Atoms:
+    """Normal spinel A B₂ X₄ (Fd-3m, origin choice 2), primitive cell: 14 atoms."""
+    return crystal([a_site, b_site, anion], basis=[(1 / 8, 1 / 8, 1 / 8), (0.5, 0.5, 0.5), (x, x, x)],
+                   spacegroup=227, setting=2, cellpar=[a, a, a, 90, 90, 90], primitive_cell=True)
+
+
+def corundum(a: float, c: float, z: float, x: float, metal: str, anion: str = "O") -> Atoms:
+    """Corundum M₂X₃ (R-3c), primitive rhombohedral cell: 10 atoms."""
+    return crystal([metal, anion], basis=[(0, 0, z), (x, 0, 0.25)], spacegroup=167,
+                   cellpar=[a, a, c, 90, 90, 120], primitive_cell=True)
+
+
+def chalcopyrite(a: float, c: float, x: float, cu: str, group3: str, chalcogen: str) -> Atoms:
+    """Chalcopyrite (I-42d) A B X₂, primitive cell: 8 atoms."""
+    return crystal([cu, group3, chalcogen], basis=[(0, 0, 0), (0, 0, 0.5), (x, 0.25, 0.125)], spacegroup=122,
+                   cellpar=[a, a, c, 90, 90, 90], primitive_cell=True)
+
+
+def half_heusler(a: float, x: str, y: str, z: str) -> Atoms:
+    """Half-Heusler / filled-tetrahedral X Y Z (F-43m: X 4a, Z 4b, Y 4c), conventional cubic cell: 12 atoms."""
+    return crystal([x, z, y], basis=[(0, 0, 0), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)], spacegroup=216,
+                   cellpar=[a, a, a, 90, 90, 90])
+
+
+def double_perovskite(a: float, a_site: str, b1: str, b2: str, anion: str, x: float = 0.25) -> Atoms:
+    """Rock-salt ordered double perovskite (elpasolite) A₂ B B' X₆ (Fm-3m), primitive cell: 10 atoms."""
+    return crystal([a_site, b1, b2, anion], basis=[(0.25, 0.25, 0.25), (0, 0, 0), (0.5, 0.5, 0.5), (x, 0, 0)],
+                   spacegroup=225, cellpar=[a, a, a, 90, 90, 90], primitive_cell=True)
 
 
 def supercell(atoms: Atoms, reps) -> Atoms:
@@ -135,6 +171,30 @@ PERIODIC_SYSTEMS = {
     "MnO": lambda: _cubic("MnO", "rocksalt", 4.45),
     "NiO": lambda: _cubic("NiO", "rocksalt", 4.18),
     "CoO": lambda: _cubic("CoO", "rocksalt", 4.26),
+    "FeO": lambda: _cubic("FeO", "rocksalt", 4.33),
+    "Cr2O3": lambda: corundum(4.96, 13.59, 0.3475, 0.306, "Cr"),
+}
+
+#: Ternary compounds of the high-energy states (≤ 16 atoms, experimental lattice constants in Å), one or two per
+#: structure family: layered and spinel oxides (the Li transition-metal oxides of batteries, spin-polarised with
+#: Materials Project's U), delafossite, perovskites (oxide and fluoride), an elpasolite, a chalcopyrite, a
+#: half-Heusler and a filled-tetrahedral nitride. Ordered cheapest first; every one adds at most one element
+#: whose energy offset the systems before it do not fix.
+TERNARY_SYSTEMS = {
+    "LiMgN": lambda: crystal(["N", "Mg", "Li"], basis=[(0, 0, 0), (0.25, 0.25, 0.25), (0.75, 0.75, 0.75)],
+                             spacegroup=216, cellpar=[4.97, 4.97, 4.97, 90, 90, 90]),  # cation-ordered anti-fluorite
+    "KMgF3": lambda: supercell(perovskite(3.99, "K", "Mg", "F"), (2, 1, 1)),
+    "MgAl2O4": lambda: spinel(8.08, 0.2624, "Mg", "Al"),
+    "SrTiO3": PROTOTYPES["SrTiO3"],
+    "LaAlO3": lambda: supercell(perovskite(3.79, "La", "Al"), (2, 1, 1)),
+    "CuAlO2": lambda: layered(2.858, 16.958, 0.1099, "Al", "Cu"),
+    "CuGaS2": lambda: chalcopyrite(5.35, 10.48, 0.254, "Cu", "Ga", "S"),
+    "TiNiSn": lambda: half_heusler(5.92, "Ti", "Ni", "Sn"),
+    "Cs2AgBiBr6": lambda: double_perovskite(11.27, "Cs", "Ag", "Bi", "Br"),
+    "LiCoO2": lambda: layered(2.816, 14.05, 0.2396, "Li", "Co"),
+    "LiNiO2": lambda: layered(2.878, 14.19, 0.2425, "Li", "Ni"),
+    "LiVO2": lambda: layered(2.84, 14.80, 0.25, "Li", "V"),
+    "LiMn2O4": lambda: spinel(8.24, 0.263, "Li", "Mn"),
 }
 
 #: the 14 systems of the first release, labelled with 10 frames each (ZnO, TiO2 and SrTiO3 of ``PROTOTYPES``
@@ -150,10 +210,11 @@ def first_release(structures):
 
 
 def prototype(name: str) -> Atoms:
-    """A fresh copy of the named prototype (``PROTOTYPES`` or ``PERIODIC_SYSTEMS``), with ``info['name']`` set."""
-    builder = PROTOTYPES.get(name) or PERIODIC_SYSTEMS.get(name)
+    """A fresh copy of the named prototype (``PROTOTYPES``, ``PERIODIC_SYSTEMS`` or ``TERNARY_SYSTEMS``), with ``info['name']`` set."""
+    builder = PROTOTYPES.get(name) or PERIODIC_SYSTEMS.get(name) or TERNARY_SYSTEMS.get(name)
     if builder is None:
-        raise KeyError(f"unknown prototype {name!r}; known: {', '.join([*PROTOTYPES, *PERIODIC_SYSTEMS])}")
+        raise KeyError(f"unknown prototype {name!r}; known: "
+                       f"{', '.join([*PROTOTYPES, *PERIODIC_SYSTEMS, *TERNARY_SYSTEMS])}")
     atoms = builder()
     atoms.info["name"] = name
     return atoms

@@ -10,7 +10,8 @@ frame with GPAW PAW-PBE through :func:`calib.data.labelers.label`.
 The 14 first systems (``calib.data.prototypes.PROTOTYPES``) have 10 frames (1.5 ps);
 the periodic-table extension (``calib.data.prototypes.PERIODIC_SYSTEMS``) has 6
 (0.9 ps), which are the first 6 frames of the same protocol. The GPAW settings
-per system (spin polarisation, initial moments, Hubbard U) are in ``SETTINGS``.
+per system (spin polarisation, initial moments, Hubbard U) come from ``settings``. The ternary compounds
+(``calib.data.prototypes.TERNARY_SYSTEMS``) follow the extension's 6-frame protocol.
 
 Resumable: the MD frames of a chemistry are written once to
 ``frames/<name>.extxyz`` and reused; labels stream to ``<name>.extxyz`` and a
@@ -22,6 +23,7 @@ Run from the repository root::
 
     OMP_NUM_THREADS=1 python datasets/high-energy-states/generate.py [--worker K/N] [NAME ...]
     OMP_NUM_THREADS=1 python datasets/high-energy-states/generate.py --periodic   # the extension only
+    OMP_NUM_THREADS=1 python datasets/high-energy-states/generate.py --ternary    # the ternary compounds
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.optimize import FIRE
 
-from calib.data.prototypes import PERIODIC_SYSTEMS, PROTOTYPES, prototype  # noqa: E402
+from calib.data.prototypes import PERIODIC_SYSTEMS, PROTOTYPES, TERNARY_SYSTEMS, prototype  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 20261122
@@ -53,33 +55,31 @@ STRAIN = 0.03
 CUTOFF_EV = 450.0
 KDENSITY = 2.0  # k-points per Å⁻¹ (see README for the convergence check)
 
-#: Materials Project U values (eV, Dudarev, d shell) for oxides, as MPRelaxSet applies them: CHGNet
-#: learned GGA+U energies and forces there, so plain PBE labels would measure the functional mismatch
-MP_U = {"Co": 3.32, "Cr": 3.7, "Fe": 5.3, "Mn": 3.9, "Mo": 4.38, "Ni": 6.2, "V": 3.25, "W": 6.2}
+#: systems labelled spin-polarised, with Materials Project's ferromagnetic initial moments and, on oxides and
+#: fluorides of Co, Cr, Fe, Mn, Mo, Ni, V and W, its Hubbard U (calib.data.labelers.materials_project_settings:
+#: MPRelaxSet's MAGMOM and LDAUU, as CHGNet learned them from MPtrj). Everything else is non-spin-polarised PBE.
+MAGNETIC = ("Fe", "Co", "Ni", "Cr", "MnO", "FeO", "CoO", "NiO", "Cr2O3", "LiCoO2", "LiNiO2", "LiVO2", "LiMn2O4")
 
-#: GPAW settings that differ from the default (non-spin-polarised PBE) per system; ferromagnetic
-#: initial moments (μB per atom), as Materials Project starts its runs
-SETTINGS = {
-    "Fe": {"spinpol": True, "magmoms": {"Fe": 3.0}},
-    "Co": {"spinpol": True, "magmoms": {"Co": 2.0}},
-    "Ni": {"spinpol": True, "magmoms": {"Ni": 1.0}},
-    "Cr": {"spinpol": True, "magmoms": {"Cr": 1.0}},
-    "MnO": {"spinpol": True, "magmoms": {"Mn": 5.0}, "hubbard_u": {"Mn": MP_U["Mn"]}},
-    "NiO": {"spinpol": True, "magmoms": {"Ni": 2.0}, "hubbard_u": {"Ni": MP_U["Ni"]}},
-    "CoO": {"spinpol": True, "magmoms": {"Co": 3.0}, "hubbard_u": {"Co": MP_U["Co"]}},
-}
+
+def settings(name: str) -> dict:
+    """GPAW settings beyond the shared ones for one system: spin, initial moments (μB) and U (eV)."""
+    if name not in MAGNETIC:
+        return {"spinpol": False}
+    from calib.data.labelers import materials_project_settings
+
+    return {"spinpol": True, **materials_project_settings(prototype(name).get_chemical_symbols())}
 
 
 def n_frames(name: str) -> int:
     """10 frames for the first systems (``PROTOTYPES``), 6 for the periodic-table extension."""
-    return 6 if name in PERIODIC_SYSTEMS else 10
+    return 6 if name in PERIODIC_SYSTEMS or name in TERNARY_SYSTEMS else 10
 
 
 def factory(name: str):
     from calib.data.labelers import GPAWFactory
 
-    extra = SETTINGS.get(name, {})
-    return GPAWFactory(cutoff=CUTOFF_EV, kdensity=KDENSITY, spinpol=extra.get("spinpol", False),
+    extra = settings(name)
+    return GPAWFactory(cutoff=CUTOFF_EV, kdensity=KDENSITY, spinpol=extra["spinpol"],
                        magmoms=extra.get("magmoms"), hubbard_u=extra.get("hubbard_u"))
 
 
@@ -153,7 +153,9 @@ def main(names: list[str]) -> None:
             entry["dft_seconds"] = round(entry["dft_seconds"] + report.seconds, 1)
             entry["n_frames"] = len(frames)
             entry["n_failed"] = len(report.failures)
-            if name in PERIODIC_SYSTEMS:
+            # a frame whose SCF did not converge even with the careful mixer is left out, and named here
+            entry["failed_frames"] = [{"name": f["name"], "error": f["error"][:300]} for f in report.failures]
+            if name in PERIODIC_SYSTEMS or name in TERNARY_SYSTEMS:
                 entry["gpaw"] = {"cutoff_eV": gpaw.cutoff, "kdensity": gpaw.kdensity, "xc": gpaw.xc,
                                  "smearing_eV": gpaw.smearing, "spinpol": gpaw.spinpol,
                                  "magmoms": gpaw.magmoms, "hubbard_u": gpaw.hubbard_u,
@@ -170,5 +172,7 @@ if __name__ == "__main__":
         args = args[2:]
     if args == ["--periodic"]:
         args = list(PERIODIC_SYSTEMS)
-    chosen = args or [*PROTOTYPES, *PERIODIC_SYSTEMS]
+    if args == ["--ternary"]:
+        args = list(TERNARY_SYSTEMS)
+    chosen = args or [*PROTOTYPES, *PERIODIC_SYSTEMS, *TERNARY_SYSTEMS]
     main(chosen[worker::n_workers])
