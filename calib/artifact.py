@@ -36,7 +36,13 @@ ood_mean, ood_components  (ood_dim), (ood_component, ood_dim)  Q-residual PCA of
 ood_threshold             ()                     descriptors of the Hessian's structures (calib.uq.ood)
 force_error_kappa1/2      ()                     force error model of the trust verdict:
 force_error_tau           ()                     σ_i² = κ₁² F_i² + κ₂² F_rms² + τ² (τ in eV/Å) and the
-force_error_quantile      ()                     conformal quantile of its structure bound (calib.uq.trust)
+force_error_quantile      ()                     conformal quantile of its structure bound (calib 0.5)
+errmodel_forces_*                                the force-component error model (calib.uq.errormodel):
+errmodel_energy_*                                GLM coefficients, standardisation; the energy model
+errmodel_bound_quantile   ()                     the structure force bound's conformal quantile (1) and
+errmodel_bound_scores     (errmodel_bound_structure)  its cross-fitted scores
+errmodel_elements         (errmodel_element)     atomic numbers of the calibration force labels
+element_reference_leverage (element, element_b)  (XᵀX)⁺ of the calibration compositions (reference leverage)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): see :mod:`calib.uq.targets`.
@@ -64,6 +70,7 @@ from calib.data.ncio import ArtifactError, read, write_atomic
 from calib.softening.correction import ScalarCorrection
 from calib.uq.conformal import ConformalCalibrator
 from calib.uq.differences import DifferenceVarianceModel
+from calib.uq.errormodel import ErrorModels
 from calib.uq.llpr import LLPR
 from calib.uq.ood import QResidualDetector
 from calib.uq.reference import ElementReference
@@ -93,7 +100,8 @@ class Artifact:
     differences : dict "raw" | "corrected" → calib.uq.differences.DifferenceVarianceModel
     corrections : calib.softening.correction.ScalarCorrection (per chemsys c, its CI, anchor)
     ood : calib.uq.ood.QResidualDetector or None — the domain detector (the Hessian's structures)
-    force_error : calib.uq.trust.ForceErrorModel or None — the force bound of the trust verdict
+    force_error : calib.uq.trust.ForceErrorModel or None — the force bound of a calib 0.5 artifact
+    error_models : calib.uq.errormodel.ErrorModels or None — force and energy σ, the force bound (calib ≥ 0.6)
     attrs : dict — provenance and notes
     """
 
@@ -107,6 +115,7 @@ class Artifact:
     corrections: ScalarCorrection = field(default_factory=ScalarCorrection)
     ood: QResidualDetector | None = None
     force_error: ForceErrorModel | None = None
+    error_models: ErrorModels | None = None
     attrs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -167,6 +176,8 @@ class Artifact:
             variables.update(self.ood.to_variables("ood"))
         if self.force_error is not None:
             variables.update(self.force_error.to_variables("force_error"))
+        if self.error_models is not None:
+            variables.update(self.error_models.to_variables())
         coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
         d = self.llpr.n_features
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
@@ -217,6 +228,7 @@ class Artifact:
                    corrections=ScalarCorrection.from_variables(ds),
                    ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None,
                    force_error=ForceErrorModel.from_variables(ds) if "force_error_quantile" in ds else None,
+                   error_models=ErrorModels.from_variables(ds) if ErrorModels.present(ds) else None,
                    attrs=attrs)
 
     # ------------------------------------------------------------------ files

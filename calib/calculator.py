@@ -7,22 +7,25 @@ as ASE's mixing calculators do with their extras:
 ======================  ==================================================================
 key                     meaning
 ======================  ==================================================================
-energy_uncertainty      calibrated LLPR σ of the total energy, eV
-forces_uncertainty      calibrated LLPR σ of each force component, eV/Å, shape (N, 3)
+energy_uncertainty      σ of the total energy (the energy error model, calib.uq.errormodel), eV
+forces_uncertainty      σ of each force component (the force error model), eV/Å, shape (N, 3)
+force_error_bound       calibrated bound on the structure's largest force-component error, eV/Å
 energy_interval         conformal interval (low, high) for the reference-code total energy, eV,
                         or None where the element reference does not determine it
 energy_centre           its centre: the model energy + energy_shift, eV (None without an interval)
 energy_shift            the per-element reference shift to the reference code's energy zero, eV
 trusted, trust_reason   the one trust verdict (calib.uq.trust) and why not ("" when trusted)
+prediction              "corrected" or "raw": which prediction energy, forces, σ and the verdict describe
 corrected               whether energy, forces and stress are the scalar-corrected ones
 correction              the factor c used (1.0 when not corrected)
 uncorrected_energy      the model's own energy, eV (present when corrected)
 ======================  ==================================================================
 
-With ``correction=True`` and a correction stored in the artifact for the structure's chemistry,
-``energy`` is E_anchor + c (E − E_anchor) and ``forces``/``stress`` are multiplied by c
-(docs/softening.md); σ and intervals stay those of the uncorrected model, which is what they were
-calibrated on. With ``uncertainties=False`` a call costs one model pass, as the plain model does.
+The correction is the one choice ``calib predict`` makes too (``--raw`` turns it off there, ``correction=False``
+here): with a correction stored in the artifact for the structure's chemistry, and the structure inside that
+correction's domain, ``energy`` is E_anchor + c (E − E_anchor) and ``forces``/``stress`` are multiplied by c
+(docs/softening.md), and σ, intervals and the verdict are those of the corrected prediction (its own error
+model). With ``uncertainties=False`` a call costs one model pass, as the plain model does.
 
 Calculators built with the same model, calibration file and device share one loaded model and
 artifact (as the images of an NEB do), or pass ``predictor=`` to share one explicitly.
@@ -40,14 +43,15 @@ from calib.predictor import CalibratedPredictor
 _SHARED: dict = {}
 
 
-def shared_predictor(model="chgnet", calibration=None, device: str = "cpu") -> CalibratedPredictor:
-    """One predictor per (model, calibration file, device) in this process. ``calibration="default"``: the
-    calibration calib ships for CHGNet 0.3.0 (none for another model: the plain model)."""
+def shared_predictor(model="chgnet", calibration=None, device: str = "cpu", correction: bool = True) -> CalibratedPredictor:
+    """One predictor per (model, calibration file, device, correction) in this process. ``calibration="default"``:
+    the calibration calib ships for CHGNet 0.3.0 (none for another model: the plain model)."""
     if isinstance(calibration, str) and calibration == "default":
         from calib.data.datasets import default_calibration
 
         calibration = default_calibration(model if isinstance(model, str) else "")
-    key = (str(model), None if calibration is None else os.path.abspath(os.fspath(calibration)), str(device))
+    key = (str(model), None if calibration is None else os.path.abspath(os.fspath(calibration)), str(device),
+           bool(correction))
     if key not in _SHARED:
         if calibration is None:
             from calib.models import load_model
@@ -56,6 +60,7 @@ def shared_predictor(model="chgnet", calibration=None, device: str = "cpu") -> C
         else:
             _SHARED[key] = CalibratedPredictor.from_file(calibration, None if model in (None, "auto") else model,
                                                          device=device)
+            _SHARED[key].correction = bool(correction)
     return _SHARED[key]
 
 
@@ -68,7 +73,8 @@ class CalibratedCalculator(Calculator):
     calibration : path to a calibrated artifact; "default" (the default): the calibration calib ships for
         CHGNet 0.3.0 (GPAW PAW-PBE labels), or the plain model for another model; None: the plain model, no σ.
         ``results["calibration"]`` names the one used.
-    correction : bool — apply the stored scalar correction of the structure's chemistry.
+    correction : bool — report the scalar-corrected prediction where the artifact's correction applies (the
+        default, as ``calib predict``); False: the model's own prediction everywhere (also with ``predictor=``).
     uncertainties : bool — compute σ (force σ costs one reverse pass per feature direction, or
         per kept direction with ``force_mode="approx"``).
     force_mode : "exact" or "approx" (the directions kept at calibration).
@@ -82,11 +88,14 @@ class CalibratedCalculator(Calculator):
                  force_mode: str = "exact", device: str = "cpu", predictor: CalibratedPredictor | None = None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.predictor = predictor if predictor is not None else shared_predictor(model, calibration, device)
+        if predictor is not None:
+            self.predictor = predictor if correction else predictor.raw()
+        else:
+            self.predictor = shared_predictor(model, calibration, device, correction)
         has_artifact = self.predictor.artifact is not None
         self.calibration = ("none" if not has_artifact else "default" if self.predictor.artifact.attrs.get(
             "default_calibration") else "given")
-        self.correction = bool(correction) and has_artifact
+        self.correction = self.predictor.correction and has_artifact
         self.uncertainties = bool(uncertainties) and has_artifact
         self.force_mode = force_mode
 
@@ -98,18 +107,15 @@ class CalibratedCalculator(Calculator):
         err = str(ds["error"].values[0])
         if err:
             raise ValueError(f"calib cannot evaluate this structure: {err}")
-        energy = float(ds["energy"].values[0])
+        energy = float(ds["energy"].values[0])  # the reported prediction: corrected where the correction applies
         forces = ds["forces"].values.copy()
         stress = ds["stress"].values[0].copy() if want_stress else None
-        c = float(ds["correction"].values[0]) if "correction" in ds else np.nan
-        corrected = self.correction and np.isfinite(c)
-        results = {"corrected": bool(corrected), "correction": c if corrected else 1.0,
-                   "calibration": self.calibration}
+        corrected = "prediction" in ds and str(ds["prediction"].values[0]) == "corrected"
+        c = float(ds["correction"].values[0]) if corrected else 1.0
+        results = {"corrected": bool(corrected), "correction": c, "calibration": self.calibration,
+                   "prediction": "corrected" if corrected else "raw"}
         if corrected:
-            results["uncorrected_energy"] = energy
-            energy = float(ds["energy_corrected"].values[0])
-            forces = ds["forces_corrected"].values.copy()
-            stress = None if stress is None else c * stress
+            results["uncorrected_energy"] = float(ds["energy_model"].values[0])
         results.update(energy=energy, free_energy=energy, forces=forces)
         if stress is not None:
             results["stress"] = stress
@@ -126,4 +132,6 @@ class CalibratedCalculator(Calculator):
         if "trusted" in ds:
             results["trusted"] = bool(ds["trusted"].values[0])
             results["trust_reason"] = str(ds["trust_reason"].values[0])
+        if "force_error_bound" in ds:
+            results["force_error_bound"] = float(ds["force_error_bound"].values[0])
         self.results = results

@@ -18,46 +18,57 @@ name, chemsys           structure               ``info["name"]`` or the formula;
 source                  structure               ``file:frame`` the structure was read from ("" for objects)
 error                   structure               why a structure was skipped ("" when predicted)
 n_atoms                 structure               atoms predicted (0 for a skipped structure)
-energy                  structure               model total energy, eV
+prediction              structure               "corrected" (the stored scalar correction applies) or "raw"
+energy                  structure               total energy of the reported prediction, eV
+energy_model            structure               the model's own energy where corrected, eV
 energy_per_atom         structure               eV/atom
-energy_sigma            structure               calibrated LLPR σ of the total energy, eV
-max_local_sigma         structure               largest per-atom energy σ, eV
-q_score                 structure               largest atomic Q residual ÷ the threshold fitted on the
-                                                Hessian's structures (> 1: out of the model's domain)
+energy_sigma            structure               σ of the total energy (energy error model), eV
+energy_sigma_llpr       structure               calibrated LLPR σ of the total energy, eV
+max_local_sigma         structure               largest per-atom LLPR energy σ, eV
+q_score, t2_score       structure               largest atomic Q residual, Hotelling T² ÷ their thresholds on
+                                                the Hessian's structures
+domain_score            structure               max of the two (> 1: out of the model's domain)
 energy_shift            structure               per-element reference Σ n_el μ_el fitted at calibration, eV
-energy_centre           structure               energy + energy_shift: the model's estimate of the
-                                                reference code's total energy, eV (the centre of the interval)
+energy_centre           structure               energy + energy_shift: the estimate of the reference code's
+                                                total energy, eV (the centre of the interval)
 energy_low/high         structure               conformal interval for the reference-code total energy, eV
                                                 (NaN where the element reference does not determine the shift)
 energy_interval_reason  structure               why a structure has no energy interval ("" when it has one)
 energy_halfwidth        structure               conformal half-width of the total energy, eV (with or without
                                                 an interval: the element reference does not change it)
-force_error_bound       structure               calibrated bound on the largest force error, eV/Å (calib.uq.trust)
+energy_class            structure               class of the energy quantile: "seen" or "new" composition
+force_error_bound       structure               calibrated bound on the largest force error, eV/Å
 trusted, trust_reason   structure               the one trust verdict and why not (calib.uq.trust)
+trust_checks_failed     structure               the failed checks, comma-joined (domain, forces, energy, ...)
 trust_score             structure               ≤ 1 exactly when trusted (ranks structures)
+trust_notes             structure               elements in no calibration label, extrapolation (information)
 extrapolated            structure               outside every calibration structure (Q): intervals extrapolated
-energy_class            structure               Mondrian class of the energy quantile
 correction              structure               scalar correction c stored for the chemsys (NaN: none)
-energy_corrected        structure               E_anchor + c (E − E_anchor), eV (NaN: no correction)
-max_force               structure               largest |force component|, eV/Å
+energy_corrected        structure               E_anchor + c (E − E_anchor) of the model's energy, eV (NaN: none)
+max_force               structure               largest |force component| of the reported prediction, eV/Å
 max_force_sigma         structure               largest force-component σ, eV/Å
 max_force_halfwidth     structure               widest force-component conformal half-width, eV/Å
-max_force_corrected     structure               c · max_force, eV/Å
+max_force_corrected     structure               c · the model's largest |force component|, eV/Å
 stress                  (structure, voigt)      eV/Å³, ASE sign convention (``stress=True``)
 structure_index         atom                    the ``structure`` coordinate of each atom
 numbers                 atom                    atomic numbers
-local_energy_sigma      atom                    σ of the atom's energy contribution w·φ_a + b, eV (energy α², ς²)
-forces                  (atom, component)       eV/Å
-forces_sigma            (atom, component)       calibrated LLPR σ, eV/Å
+local_energy_sigma      atom                    LLPR σ of the atom's energy contribution w·φ_a + b, eV
+forces                  (atom, component)       of the reported prediction, eV/Å
+forces_model            (atom, component)       the model's own forces where corrected, eV/Å
+forces_sigma            (atom, component)       σ of each component (force error model), eV/Å
+forces_sigma_llpr       (atom, component)       calibrated LLPR σ (``force_mode`` exact or approx), eV/Å
 forces_low/high         (atom, component)       conformal interval for the reference force, eV/Å
-forces_corrected        (atom, component)       c · forces, eV/Å (the uncorrected forces where no c)
+forces_corrected        (atom, component)       c · the model's forces, eV/Å (the model's where no c)
 features                (structure, feature)    pooled last-layer features (``descriptors=True``)
 atom_descriptors        (atom, feature)         per-atom last-layer features (``descriptors=True``)
 ======================= ======================= ==========================================================
 
-σ and intervals are those of the uncorrected model, which is what they were
-calibrated on. A skipped structure keeps its row, with ``error`` set and NaN
-numbers, so results never lose their place in the input.
+σ comes from the error models of calib.uq.errormodel (which know the chemistry, and were cross-fitted by
+chemical system at calibration), the intervals from their conformal quantiles, and both describe the reported
+prediction: where the artifact's scalar correction applies (and ``correction=True``), the corrected one, judged
+by the error model of corrected forces. An artifact from before calib 0.6 has no error models: σ is then LLPR's.
+A skipped structure keeps its row, with ``error`` set and NaN numbers, so results never lose their place in the
+input.
 """
 
 from __future__ import annotations
@@ -71,8 +82,9 @@ from ase import Atoms
 from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
+from calib.uq.errormodel import AtomInputs
 from calib.uq.targets import Points, build_points
-from calib.uq.trust import TrustPolicy, verdict
+from calib.uq.trust import Check, TrustPolicy, verdict
 
 FORCE_MODES = ("exact", "approx", "none")
 
@@ -84,10 +96,21 @@ _UNITS = {
     "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
     "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
     "stress": "eV/Å^3", "q_score": "1", "energy_halfwidth": "eV", "force_error_bound": "eV/Å", "trust_score": "1",
+    "energy_sigma_llpr": "eV", "forces_sigma_llpr": "eV/Å", "energy_model": "eV", "forces_model": "eV/Å",
+    "t2_score": "1", "domain_score": "1",
 }
 _DESCRIPTIONS = {
-    "energy": "model total energy",
-    "energy_sigma": "calibrated LLPR sigma of the total energy",
+    "energy": "total energy of the reported prediction (the model's, or scalar-corrected: see prediction)",
+    "energy_sigma": "sigma of the total energy from the energy error model (calib.uq.errormodel)",
+    "energy_sigma_llpr": "calibrated LLPR sigma of the total energy",
+    "forces_sigma_llpr": "calibrated LLPR sigma of each force component (force_mode exact or approx)",
+    "energy_model": "the model's own total energy (where the prediction is corrected)",
+    "forces_model": "the model's own forces (where the prediction is corrected)",
+    "prediction": "which prediction energy, forces, sigma, intervals and the verdict describe: raw or corrected",
+    "t2_score": "largest atomic Hotelling T^2 / threshold of the Hessian's structures",
+    "domain_score": "max(q_score, t2_score): > 1 out of the model's domain",
+    "trust_checks_failed": "the verdict's failed checks (domain, forces, energy, element, not checked), comma-joined",
+    "trust_notes": "information beside the verdict: elements no calibration label holds, extrapolation",
     "local_energy_sigma": "LLPR sigma of the atom's energy contribution (local prediction rigidity)",
     "max_local_sigma": "largest per-atom energy sigma of the structure",
     "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
@@ -97,7 +120,7 @@ _DESCRIPTIONS = {
     "energy_high": "upper end of the conformal interval for the reference-code total energy",
     "correction": "scalar correction c stored for the chemsys (NaN: none)",
     "energy_corrected": "E_anchor + c (E - E_anchor) (NaN: no correction stored)",
-    "forces_sigma": "calibrated LLPR sigma of each force component",
+    "forces_sigma": "sigma of each force component from the force error model (calib.uq.errormodel)",
     "forces_low": "lower end of the conformal interval for the reference force component",
     "forces_high": "upper end of the conformal interval for the reference force component",
     "forces_corrected": "c * forces (the uncorrected forces where no correction is stored)",
@@ -106,7 +129,8 @@ _DESCRIPTIONS = {
     "trusted": "the verdict of calib.uq.trust: in the model's domain, force bound and energy half-width within "
                "tolerance",
     "trust_reason": "why a structure is not trusted (' | '-joined), '' when trusted",
-    "trust_score": "max(Q, bound / force_tol, half-width per atom / energy_tol): <= 1 exactly when trusted",
+    "trust_score": "max(domain score, bound / force_tol[, half-width per atom / energy_tol]): <= 1 exactly when "
+                   "trusted, +inf where a check could not be made",
     "extrapolated": "Q score above every calibration structure's: intervals extrapolated, not measured",
 }
 
@@ -124,9 +148,15 @@ class CalibratedPredictor:
         Refuse an artifact that holds a Hessian only (default). With False,
         σ of such an artifact uses α² = 1 and the default ς² (uncalibrated).
     trust : calib.uq.trust.TrustPolicy, optional
-        Tolerances of the trust verdict (``trusted``, ``trust_reason``); default force 0.3 eV/Å, energy
-        0.1 eV/atom, out-of-domain untrusted. With a calibrated artifact the verdict needs the model's
-        forces, which the predictor then computes even when ``forces=False`` (without reporting them).
+        What the trust verdict checks (``trusted``, ``trust_reason``); default: the domain and a force-error
+        bound ≤ 0.3 eV/Å. With a calibrated artifact σ and the verdict need the model's forces, which the
+        predictor then computes even when ``forces=False`` (without reporting them).
+    correction : bool
+        Report the scalar-corrected prediction (Deng et al.: forces × c, E_anchor + c (E − E_anchor)) of a
+        structure whose chemistry has a correction in the artifact and which lies in that correction's domain
+        (default; ``prediction`` says "corrected" and ``energy_model``/``forces_model`` keep the model's own
+        numbers); its σ, bound, intervals and verdict are those of the corrected prediction. False: the model's
+        own prediction everywhere.
 
     Examples
     --------
@@ -136,7 +166,7 @@ class CalibratedPredictor:
     """
 
     def __init__(self, model: ModelAdapter, artifact: Artifact | None = None, *, require_calibrated: bool = True,
-                 trust: TrustPolicy | None = None):
+                 trust: TrustPolicy | None = None, correction: bool = True):
         if artifact is not None:
             artifact.check_model(model)
             if require_calibrated and not artifact.calibrated:
@@ -144,11 +174,26 @@ class CalibratedPredictor:
         self.model = model
         self.artifact = artifact
         self.trust = trust or TrustPolicy()
+        self.correction = bool(correction)
+
+    def raw(self) -> CalibratedPredictor:
+        """The same model and artifact reporting the model's own prediction everywhere (no scalar correction):
+        what softening measurements and decisions read."""
+        if not self.correction:
+            return self
+        import copy
+
+        out = copy.copy(self)
+        out.correction = False
+        return out
 
     @property
     def _verdict_forces(self) -> bool:
-        """Whether the trust verdict needs the model's forces (a force bound in the artifact and a tolerance)."""
-        return self.artifact is not None and self.artifact.force_error is not None and self.trust.force_tol is not None
+        """Whether σ and the verdict need the model's forces (the error models read them; a calib 0.5 force bound
+        too)."""
+        art = self.artifact
+        return art is not None and (art.error_models is not None or (art.force_error is not None
+                                                                     and self.trust.force_tol is not None))
 
     @classmethod
     def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True,
@@ -283,6 +328,10 @@ class CalibratedPredictor:
             full[at_ok] = values
             return full.astype(str) if text else full
 
+        corrected = self._correct(pred) if self.artifact is not None and self.correction else None
+        raw_energy, raw_forces = pred.energy, pred.forces
+        if corrected is not None:
+            pred = corrected[0]
         names = s(np.array([_name(a) for a in kept], dtype=object), fill="").astype(object)
         names[at_bad] = [i.name for i in pred.issues]
         sources = s(np.array([str(a.info.get("source", "")) for a in kept], dtype=object), fill="").astype(object)
@@ -313,85 +362,205 @@ class CalibratedPredictor:
         art = self.artifact
         if art is None:
             return out
-        L = art.llpr
-        e_sig = L.energy_sigma(pred.features, pred.n_atoms)
-        out["energy_sigma"] = ("s", s(e_sig))
+        cols = _Columns(s, pred)
+        cols.applied = corrected[1] if corrected is not None else np.zeros(len(pred), dtype=bool)
+        cols.raw_energy, cols.raw_forces = raw_energy, raw_forces
+        cols.struct("prediction", np.where(cols.applied, "corrected", "raw").astype(object), fill="")
+        if self.correction and len(art.corrections):  # every batch alike: results concatenate over batches
+            cols.struct("energy_model", raw_energy)
+            if forces:
+                cols.atom("forces_model", raw_forces)
+        self._uncertainty_columns(cols, kept, pred, forces, force_mode, batch_size)
+        shift, why = self._shift(pred)
+        self._interval_columns(cols, pred, forces, shift, why, points_out, ok)
+        self._trust_columns(cols, pred)
+        self._correction_columns(cols, pred, forces, max_force)
+        out.update(cols.out)
+        return out
+
+    # -- column groups of one batch (each adds to ``cols``; see the module docstring for every name)
+    def _uncertainty_columns(self, cols, kept, pred: Prediction, forces: bool, force_mode: str, batch_size: int):
+        """σ: the error models' (energy per structure, every force component) and LLPR's (energy always; force
+        components with ``force_mode`` exact or approx, which costs reverse passes)."""
+        art, L = self.artifact, self.artifact.llpr
+        e_llpr = L.energy_sigma(pred.features, pred.n_atoms)
         local = L.local_energy_sigma(pred.atom_descriptors)
-        out["local_energy_sigma"] = ("a", local)
-        out["max_local_sigma"] = ("s", s(_per_structure_max(local[:, None], pred)))
-        q = art.ood.structure_scores(pred.atom_descriptors, pred.atom_structure, n_ok) if art.ood is not None else None
-        if q is not None:
-            out["q_score"] = ("s", s(q))
+        cols.atom("local_energy_sigma", local)
+        cols.struct("max_local_sigma", _per_structure_max(local[:, None], pred))
+        inputs = self._error_inputs(pred, local)
+        em = art.error_models
+        e_sig = e_llpr
+        cols.energy_labels = None
+        if em is not None and em.energy is not None:
+            per_atom, cls = em.energy_sigma(inputs, _split_numbers(pred))
+            e_sig = per_atom * pred.n_atoms
+            cols.energy_labels = {"composition": cls.astype(str)}
+            cols.struct("energy_sigma_llpr", e_llpr)
+        cols.struct("energy_sigma", e_sig)
+        cols.energy_sigma = e_sig
         f_sig = None
+        if em is not None and em.forces is not None and pred.forces is not None:
+            cols.force_sigma_all = em.forces.sigma(inputs)  # every structure: the bound needs it
+            if em.forces_corrected is not None and cols.applied.any():  # the corrected forces' own model
+                on = cols.applied[pred.atom_structure]
+                cols.force_sigma_all = np.where(on[:, None], em.forces_corrected.sigma(inputs), cols.force_sigma_all)
+            if forces:
+                f_sig = cols.force_sigma_all
         if forces and force_mode != "none":
             fvar = force_variance(self.model, kept, L, mode=force_mode, batch_size=batch_size)
-            f_sig = np.sqrt(np.concatenate([v for v in fvar])) if fvar else np.zeros((0, 3))
-            out["forces_sigma"] = ("a", f_sig)
-            out["max_force_sigma"] = ("s", s(_per_structure_max(f_sig, pred)))
+            llpr_sig = np.sqrt(np.concatenate([v for v in fvar])) if fvar else np.zeros((0, 3))
+            if f_sig is None:
+                f_sig = llpr_sig
+            else:
+                cols.atom("forces_sigma_llpr", llpr_sig)
+        if f_sig is not None:
+            cols.atom("forces_sigma", f_sig)
+            cols.struct("max_force_sigma", _per_structure_max(f_sig, pred))
+        cols.force_sigma = f_sig
+
+    def _error_inputs(self, pred: Prediction, local) -> AtomInputs:
+        """The error models' inputs for one batch (with each structure's reference leverage)."""
+        ref = self.artifact.element_reference
+        lev = ref.leverage(_split_numbers(pred)) if ref is not None else np.full(len(pred), np.nan)
+        return AtomInputs(pred.numbers, pred.forces if pred.forces is not None else np.zeros((len(pred.numbers), 3)),
+                          pred.atom_structure, pred.atom_descriptors, local, lev, len(pred))
+
+    def _shift(self, pred: Prediction):
+        """(per-element shift to the reference code's zero (eV; NaN where undetermined), why not) per structure."""
+        ref = self.artifact.element_reference
+        if ref is None:
+            return np.zeros(len(pred)), [""] * len(pred)
+        numbers = _split_numbers(pred)
+        known, why = ref.determined(numbers)
+        return np.where(known, ref.predict(numbers), np.nan), why
+
+    def _interval_columns(self, cols, pred: Prediction, forces: bool, shift, why, points_out: list, ok):
+        """Conformal intervals of the reference-code energy and force components, from the σ of the batch."""
+        art, L = self.artifact, self.artifact.llpr
         points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
-                              energy_sigma=e_sig, atom_structure=pred.atom_structure, numbers=pred.numbers,
-                              atom_descriptors=pred.atom_descriptors, force_sigma=f_sig,
-                              targets=("energy", "forces", "force_norm"))
-        if n_ok:
+                              energy_sigma=cols.energy_sigma, atom_structure=pred.atom_structure, numbers=pred.numbers,
+                              atom_descriptors=pred.atom_descriptors, force_sigma=cols.force_sigma,
+                              targets=("energy", "forces", "force_norm"), energy_labels=cols.energy_labels)
+        if len(pred):
             points_out.append({k: Points(p.target, p.sigma, p.descriptors, p.labels, ok[p.structure])
                                for k, p in points.items()})
         if art.element_reference is not None or "energy" in art.conformal:
-            shift, why = np.zeros(n_ok), [""] * n_ok
-            if art.element_reference is not None:
-                numbers = _split_numbers(pred)
-                shift = art.element_reference.predict(numbers)
-                known, why = art.element_reference.determined(numbers)
-                shift = np.where(known, shift, np.nan)  # an undetermined shift is no number at all
-            out["energy_shift"] = ("s", s(shift))
-            out["energy_centre"] = ("s", s(pred.energy + shift))
-        h_energy = None
-        if "energy" in art.conformal and n_ok:
+            cols.struct("energy_shift", shift)
+            cols.struct("energy_centre", pred.energy + shift)
+        if "energy" in art.conformal:
             h, cls = art.conformal["energy"].half_width_points(points["energy"])
-            h_energy = h
-            out["energy_halfwidth"] = ("s", s(h))
-            out["energy_low"] = ("s", s(pred.energy + shift - h))
-            out["energy_high"] = ("s", s(pred.energy + shift + h))
-            out["energy_interval_reason"] = ("s", s(np.array(why, dtype=object), fill=""))
+            cols.energy_halfwidth = h
+            cols.struct("energy_halfwidth", h)
+            cols.struct("energy_low", pred.energy + shift - h)
+            cols.struct("energy_high", pred.energy + shift + h)
+            cols.struct("energy_interval_reason", np.array(why, dtype=object), fill="")
             if cls is not None:
-                out["energy_class"] = ("s", s(np.asarray(cls, dtype=object), fill="").astype(str))
-        if f_sig is not None and "forces" in art.conformal and n_ok:
+                cols.struct("energy_class", np.asarray(cls, dtype=object), fill="")
+        if cols.force_sigma is not None and "forces" in art.conformal:
             h, _ = art.conformal["forces"].half_width_points(points["forces"])
             h = h.reshape(-1, 3)
-            out["forces_low"] = ("a", pred.forces - h)
-            out["forces_high"] = ("a", pred.forces + h)
-            out["max_force_halfwidth"] = ("s", s(_per_structure_max(h, pred)))
-        if n_ok:
-            out.update(self._verdict(pred, s, q, h_energy))
-        corr = art.corrections
-        if len(corr):
-            c, _ = corr.per_structure(pred.chemsys)
-            e_corr = np.array([corr.apply(ch, n, energy=e)[0] if ch in corr else np.nan
-                               for ch, n, e in zip(pred.chemsys, pred.n_atoms, pred.energy)])
-            out["correction"] = ("s", s(c))
-            out["energy_corrected"] = ("s", s(e_corr))
-            if forces:
-                c_atom = np.nan_to_num(c, nan=1.0)[pred.atom_structure]
-                out["forces_corrected"] = ("a", c_atom[:, None] * pred.forces)
-                out["max_force_corrected"] = ("s", s(c * max_force))
-        return out
+            if "forces_corrected" in art.conformal and cols.applied.any():
+                on = cols.applied[pred.atom_structure]
+                h = np.where(on[:, None], art.conformal["forces_corrected"].half_width(cols.force_sigma), h)
+            cols.atom("forces_low", pred.forces - h)
+            cols.atom("forces_high", pred.forces + h)
+            cols.struct("max_force_halfwidth", _per_structure_max(h, pred))
 
-    def _verdict(self, pred: Prediction, s, q, h_energy) -> dict:
-        """The trust columns of one batch (calib.uq.trust.verdict) from the Q score ``q``, the force bound of the
-        model's forces and the energy half-width per atom (``h_energy`` eV)."""
+    def _trust_columns(self, cols, pred: Prediction):
+        """The verdict (calib.uq.trust.verdict) from the domain score, the force bound and the energy half-width
+        per atom, and the notes: extrapolated beyond the calibration structures, elements no label contains."""
         art = self.artifact
+        n = len(pred)
+        domain = q = None
+        missing = {}
+        if art.ood is not None:
+            q = art.ood.structure_scores(pred.atom_descriptors, pred.atom_structure, n)
+            t2 = art.ood.structure_t2_scores(pred.atom_descriptors, pred.atom_structure, n)
+            cols.struct("q_score", q)
+            if art.ood.has_t2:
+                cols.struct("t2_score", t2)
+            domain = np.fmax(q, t2)
+            cols.struct("domain_score", domain)
+        else:
+            missing[Check.DOMAIN] = "the calibration has no domain detector"
         bound = None
-        if art.force_error is not None and pred.forces is not None:
+        em = art.error_models
+        if em is not None and em.bound is not None and cols.force_sigma_all is not None:
+            bounds = [em.bound_corrected if cols.applied[k] and em.bound_corrected is not None else em.bound
+                      for k in range(n)]
+            bound = np.array([b.bound(cols.force_sigma_all[sl], pred.forces[sl])
+                              for b, sl in zip(bounds, pred.atom_slices())])
+        elif art.force_error is not None and pred.forces is not None:  # a calib 0.5 artifact
             bound = np.array([art.force_error.bound(pred.forces[sl]) for sl in pred.atom_slices()])
-        trusted, why, score = verdict(self.trust, q_score=q, force_bound=bound,
-                                      energy_halfwidth=None if h_energy is None else h_energy / pred.n_atoms)
-        cols = {"trusted": ("s", s(trusted, fill=False)), "trust_reason": ("s", s(why, fill="")),
-                "trust_score": ("s", s(score))}
+        else:
+            missing[Check.FORCES] = "the calibration has no force-error model"
+        h = cols.energy_halfwidth
+        if h is None:
+            missing[Check.ENERGY] = "the calibration has no energy intervals"
+        unlabelled = em.unlabelled(_split_numbers(pred)) if em is not None and em.elements is not None else None
+        v = verdict(self.trust, domain=domain, force_bound=bound,
+                    energy_halfwidth=None if h is None else h / pred.n_atoms, unlabelled=unlabelled, missing=missing)
+        cols.struct("trusted", v.trusted, fill=False)
+        cols.struct("trust_reason", v.reasons, fill="")
+        cols.struct("trust_checks_failed", v.checks_failed(), fill="")
+        cols.struct("trust_score", v.score)
         if bound is not None:
-            cols["force_error_bound"] = ("s", s(bound))
+            cols.struct("force_error_bound", bound)
         cal_max = getattr(art.ood, "calibration_max_", np.nan) if art.ood is not None else np.nan
-        cols["extrapolated"] = ("s", s(q > cal_max if q is not None and np.isfinite(cal_max)
-                                         else np.zeros(len(pred), dtype=bool), fill=False))
-        return cols
+        extrapolated = q > cal_max if q is not None and np.isfinite(cal_max) else np.zeros(n, dtype=bool)
+        cols.struct("extrapolated", extrapolated, fill=False)
+        notes = [" | ".join(x for x in (f"element(s) {u} in no calibration label" if u else "",
+                                        "extrapolated: outside every calibration structure" if e else "") if x)
+                 for u, e in zip(unlabelled or [""] * n, extrapolated)]
+        cols.struct("trust_notes", np.array(notes, dtype=object), fill="")
+
+    def _correct(self, pred: Prediction):
+        """(the batch with the stored scalar correction applied where it applies, which structures) or None.
+
+        It applies to a structure whose chemistry has a correction and whose domain score is within the
+        largest score of the structures the correction was fitted on (``ScalarCorrection.domain``; no recorded
+        domain: it applies)."""
+        import dataclasses
+
+        corr = self.artifact.corrections
+        if not len(corr) or not len(pred):
+            return None
+        c, _ = corr.per_structure(pred.chemsys)
+        applied = np.isfinite(c)
+        if self.artifact.ood is not None and applied.any():
+            score = self.artifact.ood.domain_scores(pred.atom_descriptors, pred.atom_structure, len(pred))
+            limit = np.array([corr.domain.get(_canonical(ch), np.inf) for ch in pred.chemsys])
+            applied &= ~(score > limit)
+        if not applied.any():
+            return None
+        energy = pred.energy.copy()
+        forces = None if pred.forces is None else pred.forces.copy()
+        stress = None if pred.stress is None else pred.stress.copy()
+        for k, sl in enumerate(pred.atom_slices()):
+            if applied[k]:
+                e, f, st = corr.apply(pred.chemsys[k], int(pred.n_atoms[k]), energy[k],
+                                      None if forces is None else forces[sl], None if stress is None else stress[k])
+                energy[k] = e
+                if forces is not None:
+                    forces[sl] = f
+                if stress is not None:
+                    stress[k] = st
+        return dataclasses.replace(pred, energy=energy, forces=forces, stress=stress), applied
+
+    def _correction_columns(self, cols, pred: Prediction, forces: bool, max_force):
+        corr = self.artifact.corrections
+        if not len(corr):
+            return
+        c, _ = corr.per_structure(pred.chemsys)
+        e_corr = np.array([corr.apply(ch, n, energy=e)[0] if ch in corr else np.nan
+                           for ch, n, e in zip(pred.chemsys, pred.n_atoms, cols.raw_energy)])
+        cols.struct("correction", c)
+        cols.struct("energy_corrected", e_corr)
+        if forces:
+            c_atom = np.nan_to_num(c, nan=1.0)[pred.atom_structure]
+            cols.atom("forces_corrected", c_atom[:, None] * cols.raw_forces)
+            raw_max = _per_structure_max(np.abs(cols.raw_forces), pred)
+            cols.struct("max_force_corrected", c * raw_max)
 
     def _dataset(self, arrays: dict, forces: bool):
         import xarray as xr
@@ -439,6 +608,12 @@ def as_structures(obj) -> Iterable[Atoms]:
     return iter_structures(obj)
 
 
+def _canonical(chemsys: str) -> str:
+    from calib.softening.correction import _key
+
+    return _key(chemsys)
+
+
 def _name(atoms) -> str:
     from calib.data.structures import structure_name
 
@@ -452,6 +627,23 @@ def _split_numbers(pred: Prediction) -> list[np.ndarray]:
 def _per_structure_max(values: np.ndarray, pred: Prediction) -> np.ndarray:
     """Largest entry of per-atom rows for each predicted structure."""
     return np.array([np.max(values[sl]) if sl.stop > sl.start else np.nan for sl in pred.atom_slices()])
+
+
+class _Columns:
+    """The columns of one batch as the column groups add them: per structure (``struct``, skipped rows filled)
+    or per atom (``atom``), plus what later groups read (σ, the energy half-width)."""
+
+    def __init__(self, s, pred: Prediction):
+        self._s, self.out = s, {}
+        self.energy_sigma = self.force_sigma = self.force_sigma_all = self.energy_halfwidth = None
+        self.energy_labels = None
+        self.applied = np.zeros(0, dtype=bool)
+
+    def struct(self, name: str, values, fill=np.nan):
+        self.out[name] = ("s", self._s(values, fill=fill))
+
+    def atom(self, name: str, values):
+        self.out[name] = ("a", np.asarray(values))
 
 
 def _concat(parts: list[dict]) -> dict:

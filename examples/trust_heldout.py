@@ -17,6 +17,7 @@ import json
 import os
 
 import numpy as np
+from scipy.stats import spearmanr
 
 TOL = 0.3
 
@@ -31,7 +32,7 @@ def split(chemsys, seed=0):
 def main(out: str, plot: str | None, hessian: str | None) -> dict:
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
-    from calib.data.structures import get_forces
+    from calib.data.structures import get_energy, get_forces
     from calib.models import load_model
     from calib.uq.metrics import verdict_quality
     from calib.uq.trust import TrustPolicy, verdict
@@ -53,23 +54,37 @@ def main(out: str, plot: str | None, hessian: str | None) -> dict:
     cols = {k: np.full(len(structs), np.nan) for k in ("worst", "fmax", "bound", "halfwidth", "score", "q",
                                                        "sigma_f", "frms")}
     cols["trusted"] = np.zeros(len(structs), dtype=bool)
+    for k in ("eerr", "t2", "domain", "cov1", "covq", "n_comp"):
+        cols[k] = np.full(len(structs), np.nan)
+    cols["unlabelled"] = np.zeros(len(structs), dtype=bool)
     for fold in (in_a, ~in_a):
-        cal = calibrate(hess, model, [s for s, f in zip(structs, fold) if f], progress=False).artifact
+        # the verdict, the intervals and σ need no LLPR force gradients (the error models read the model's forces):
+        # the energy-only LLPR fit keeps each fold a few minutes
+        cal = calibrate(hess, model, [s for s, f in zip(structs, fold) if f], target="energy", with_forces=False,
+                        progress=False).artifact
         idx = np.flatnonzero(~fold)
         test = [structs[i] for i in idx]
-        ds = CalibratedPredictor(model, cal).predict(test, forces=True, force_mode="approx", progress=False)
+        ds = CalibratedPredictor(model, cal).predict(test, forces=True, force_mode="none", progress=False)
         owner = ds["structure_index"].values
         for k, i in enumerate(idx):
             F = ds["forces"].values[owner == k]
-            cols["worst"][i] = np.abs(F - get_forces(structs[i])).max()
+            err = get_forces(structs[i]) - F
+            cols["worst"][i] = np.abs(err).max()
             cols["fmax"][i] = np.abs(F).max()
             cols["frms"][i] = np.sqrt(np.mean(F**2))
+            z = np.abs(err) / ds["forces_sigma"].values[owner == k]
+            h = (ds["forces_high"].values - ds["forces_low"].values)[owner == k] / 2
+            cols["cov1"][i], cols["covq"][i], cols["n_comp"][i] = np.sum(z <= 1), np.sum(np.abs(err) <= h), z.size
+            cols["eerr"][i] = (get_energy(structs[i]) - ds["energy_centre"].values[k]) / len(structs[i])
         cols["q"][idx] = ds["q_score"].values
+        cols["t2"][idx] = ds["t2_score"].values if "t2_score" in ds else np.nan
+        cols["domain"][idx] = ds["domain_score"].values
         cols["sigma_f"][idx] = ds["max_force_sigma"].values
         cols["bound"][idx] = ds["force_error_bound"].values
         cols["halfwidth"][idx] = ds["energy_halfwidth"].values / ds["n_atoms"].values
         cols["score"][idx] = ds["trust_score"].values
         cols["trusted"][idx] = ds["trusted"].values
+        cols["unlabelled"][idx] = [bool(x) and "calibration label" in x for x in ds["trust_notes"].values]
     res = {"n_structures": len(structs), "n_chemsys": len(set(chem)), "force_tol": TOL, "verdict": {}}
     for name, m in (("all", np.ones(len(structs), bool)), ("near-equilibrium", regime == "near"),
                     ("hot MD frames", regime == "hot")):
@@ -84,13 +99,28 @@ def main(out: str, plot: str | None, hessian: str | None) -> dict:
                                                                np.quantile(cols["halfwidth"][regime == r], q).round(4)))
         for r in ("near", "hot")})
     res["bound_coverage"] = float(np.mean(cols["worst"] <= cols["bound"]))
+    by_chem = {c: float(np.mean(cols["worst"][chem == c] <= cols["bound"][chem == c])) for c in sorted(set(chem))}
+    res["bound_coverage_by_chemsys"] = {"median": float(np.median(list(by_chem.values()))),
+                                        "lowest": dict(sorted(by_chem.items(), key=lambda kv: kv[1])[:5])}
+    res["force_coverage_1sigma"] = float(np.nansum(cols["cov1"]) / np.nansum(cols["n_comp"]))
+    res["force_coverage"] = float(np.nansum(cols["covq"]) / np.nansum(cols["n_comp"]))
+    e_ok = np.isfinite(cols["eerr"]) & np.isfinite(cols["halfwidth"])
+    ae = np.abs(cols["eerr"][e_ok])
+    res["energy"] = {"n_with_interval": int(e_ok.sum()), "coverage": float(np.mean(ae <= cols["halfwidth"][e_ok])),
+                     "spearman_halfwidth_error": float(spearmanr(cols["halfwidth"][e_ok], ae).statistic),
+                     "median_halfwidth": float(np.median(cols["halfwidth"][e_ok])), "median_error": float(np.median(ae)),
+                     "median_ratio": float(np.median(cols["halfwidth"][e_ok]) / np.median(ae))}
+    res["domain"] = {"q_out": int(np.sum(cols["q"] > 1)), "t2_out": int(np.sum(cols["t2"] > 1)),
+                     "unlabelled_elements": int(cols["unlabelled"].sum()),
+                     "good_among_unlabelled": int(np.sum(cols["unlabelled"] & (cols["worst"] <= TOL)))}
     # the same verdict (calib.uq.trust.verdict) for other tolerances, from the per-structure parts of this run:
     # the data the defaults were chosen from (docs/screening.md)
     res["sweep"] = []
     for force_tol in (0.2, 0.3, 0.5):
         for energy_tol in (0.05, 0.1, 0.2, 0.3, 0.5, None):
-            ok, _, score = verdict(TrustPolicy(force_tol=force_tol, energy_tol=energy_tol), q_score=cols["q"],
-                                   force_bound=cols["bound"], energy_halfwidth=cols["halfwidth"])
+            v = verdict(TrustPolicy(force_tol=force_tol, energy_tol=energy_tol), domain=cols["domain"],
+                        force_bound=cols["bound"], energy_halfwidth=cols["halfwidth"])
+            ok, score = v.trusted, v.score
             row = {"force_tol": force_tol, "energy_tol": energy_tol}
             for name, m in (("all", np.ones(len(structs), bool)), ("near", regime == "near")):
                 vq = verdict_quality(cols["worst"][m], ok[m], score[m], cols["fmax"][m], TOL)

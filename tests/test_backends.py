@@ -94,7 +94,8 @@ def test_neb_band(setup):
     ds = band(CalibratedPredictor(model, res.artifact), images)
     e = model.predict(images, forces=False).energy
     raw = ds.sel(variant="raw")
-    np.testing.assert_allclose(raw["energy"].values, e - e[0], atol=1e-8)
+    # float32 models: the pass that also takes forces (the error models need them) differs by ~1e-5 eV
+    np.testing.assert_allclose(raw["energy"].values, e - e[0], atol=1e-4)
     C = raw["covariance"].values
     m = int(np.argmax(raw["energy"].values))
     a = barrier_weights(m, len(images) - 1)["forward"]

@@ -35,7 +35,7 @@ def test_equals_chgnets_own_calculator_and_reports_sigma(chgnet, plain):
         np.testing.assert_allclose(a.get_stress(), ref.get_stress(), atol=1e-5)
         res = a.calc.results
         assert res["corrected"] is False and ("energy_uncertainty" in res) == uncertainties
-    ds = predictor.predict(atoms, forces=True)
+    ds = predictor.raw().predict(atoms, forces=True)  # correction=False: the model's own prediction
     assert res["energy_uncertainty"] == pytest.approx(float(ds.energy_sigma[0]))
     np.testing.assert_allclose(res["forces_uncertainty"], ds.forces_sigma.values)
     assert res["energy_interval"] == pytest.approx((float(ds.energy_low[0]), float(ds.energy_high[0])))
@@ -49,6 +49,10 @@ def test_equals_chgnets_own_calculator_and_reports_sigma(chgnet, plain):
     np.testing.assert_allclose(a.get_forces(), c * ref.get_forces(), atol=2e-4)
     np.testing.assert_allclose(a.get_stress(), c * ref.get_stress(), atol=2e-5)
     assert a.calc.results["corrected"] and a.calc.results["correction"] == c
+    assert a.calc.results["prediction"] == "corrected"
+    assert a.calc.results["uncorrected_energy"] == pytest.approx(e, abs=2e-4)
+    # the same choice as calib predict's default: the predictor reports the corrected energy too
+    assert float(predictor.predict(atoms).energy[0]) == pytest.approx(a.get_potential_energy(), abs=1e-6)
 
 
 def test_neb_relaxes_with_the_calculator_and_images_share_one_model(chgnet, plain, tmp_path):

@@ -64,8 +64,12 @@ def test_hessian_calibrate_predict(files, chgnet):
     pred = chgnet.predict(structs, forces=False)
     art = Artifact.load(d / "cal.nc")
     np.testing.assert_allclose([x["energy"] for x in recs], pred.energy, atol=1e-4)
-    np.testing.assert_allclose([x["energy_sigma"] for x in recs],
+    np.testing.assert_allclose([x["energy_sigma_llpr"] for x in recs],
                                art.llpr.energy_sigma(pred.features, pred.n_atoms), rtol=1e-6)
+    from calib import CalibratedPredictor
+
+    lib = CalibratedPredictor(chgnet, art).predict(structs, progress=False)  # σ of the error model: the library's
+    np.testing.assert_allclose([x["energy_sigma"] for x in recs], lib["energy_sigma"].values, rtol=1e-6)
     assert all(x["max_force_sigma"] > 0 for x in recs)
 
     r = run("predict", d / "lab.extxyz", "--calibration", d / "cal.nc")

@@ -164,7 +164,7 @@ def test_calibrate_and_predict_through_the_predictor(adapter, model_file, tmp_pa
     # total convention: σ_E from the pooled (summed) features without the per-atom factor
     L = res.artifact.llpr
     f = adapter.predict(probe, forces=False).features
-    np.testing.assert_allclose(ds["energy_sigma"].values,
+    np.testing.assert_allclose(ds["energy_sigma_llpr"].values,
                                np.sqrt(L.alpha2_ * np.einsum("sd,de,se->s", f, L.covariance(), f)), rtol=1e-8)
 
 

@@ -68,7 +68,9 @@ def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):
                                                                  "force_norm"}
     assert art.conformal["forces"].classes.kind == "mixture" and art.conformal["energy_difference"].classes is None
     probe = ase.io.read(DATA / "legacy_v1_probe.extxyz", ":")
-    new = to_records(CalibratedPredictor(chgnet, art).predict(probe, forces=True), probe)
+    # 0.1.0 printed the model's own prediction (calib 0.6 reports the corrected one where a correction applies)
+    new = to_records(CalibratedPredictor(chgnet, art, correction=False).predict(probe, forces=True,
+                                                                                force_mode="exact"), probe)
     old = json.loads((DATA / "legacy_v1_predict.json").read_text())
     assert len(new) == len(old)
     for o, n in zip(old, new):
@@ -143,7 +145,7 @@ def test_predictor_dataset_against_cli_and_brute_force(calibrated_file, chgnet):
         assert rec["energy_interval"] == pytest.approx([float(ds.energy_low[k]), float(ds.energy_high[k])])
         assert rec["max_force_sigma"] == pytest.approx(float(ds.forces_sigma[ds.structure_index == k].max()))
 
-    # σ of forces by a second path: the full covariance matrix Σ_F = (H + ς²_F I)⁻¹ instead of the eigen-sum
+    # LLPR σ of forces by a second path: the full covariance matrix Σ_F = (H + ς²_F I)⁻¹ instead of the eigen-sum
     L = art.llpr
     cov = np.linalg.inv(L.hessian_ + L.force_sigma2_ * np.eye(L.n_features))
     grads = feature_gradients(chgnet, probe, np.eye(L.n_features))
@@ -151,7 +153,7 @@ def test_predictor_dataset_against_cli_and_brute_force(calibrated_file, chgnet):
                             for g, a in zip(grads, probe)])
     # CHGNet's graph is float32 and the predictor's VJPs project onto u_k inside it, the brute force afterwards
     # in float64: the two agree to float32 rounding under cancellation (measured 1e-4 relative at most)
-    np.testing.assert_allclose(ds.forces_sigma.values, brute, rtol=1e-3)
+    np.testing.assert_allclose(ds.forces_sigma_llpr.values, brute, rtol=1e-3)
     # intervals: the element's conformal quantile times σ around the model's force
     cal = art.conformal["forces"]
     symbols = np.concatenate([a.get_chemical_symbols() for a in probe])
@@ -231,8 +233,15 @@ def test_library_softening_and_corrections_without_the_cli(chgnet, tmp_path):
     c, anchor = new.corrections.factor("Li-F")
     ds = CalibratedPredictor(chgnet, new).predict(lab[:2], forces=True, force_mode="none")
     n = ds.n_atoms.values
-    np.testing.assert_allclose(ds.energy_corrected.values, n * anchor + c * (ds.energy.values - n * anchor))
-    np.testing.assert_allclose(ds.forces_corrected.values, c * ds.forces.values)
+    assert list(ds.prediction.values) == ["corrected"] * 2  # reported: the corrected prediction ...
+    np.testing.assert_allclose(ds.energy_model.values, pred.energy[:2], atol=1e-4)  # ... beside the model's own
+    np.testing.assert_allclose(ds.energy_corrected.values, n * anchor + c * (ds.energy_model.values - n * anchor))
+    np.testing.assert_allclose(ds.energy.values, ds.energy_corrected.values)
+    np.testing.assert_allclose(ds.forces_corrected.values, c * ds.forces_model.values)
+    np.testing.assert_allclose(ds.forces.values, ds.forces_corrected.values)
+    raw = CalibratedPredictor(chgnet, new, correction=False).predict(lab[:2], forces=True, force_mode="none")
+    assert list(raw.prediction.values) == ["raw"] * 2 and "energy_model" not in raw
+    np.testing.assert_allclose(raw.energy.values, ds.energy_model.values)
 
 
 def test_reference_determined_only_where_the_calibration_compositions_fix_it():

@@ -317,19 +317,28 @@ ShuffleOpt = Flag(False, "--shuffle", help="shuffle the structures (with --seed)
 SeedOpt = typer.Option(0, "--seed", help="seed of --shuffle")
 CalibrationOpt = typer.Option(None, "--calibration", help="calibrated artifact (calib calibrate); default: the "
                               "one calib ships for CHGNet 0.3.0 (GPAW PAW-PBE labels; the output says so)")
-ForceTolOpt = typer.Option(0.3, "--force-tol", help="trust verdict: largest calibrated bound on a structure's "
-                           "force error, eV/Å (> 0; chosen from CHGNet's errors on the shipped GPAW data, "
-                           "docs/screening.md)")
-EnergyTolOpt = typer.Option(0.1, "--energy-tol", help="trust verdict: largest conformal energy half-width per "
-                            "atom, eV/atom (> 0)")
+def _trust_defaults():
+    """The verdict's defaults, read from calib.uq.trust (typed once, there)."""
+    from calib.uq import trust
+
+    return trust.FORCE_TOL, trust.ENERGY_TOL
 
 
-def trust_policy(force_tol: float, energy_tol: float):
+ForceTolOpt = typer.Option(_trust_defaults()[0], "--force-tol", help="trust verdict: largest calibrated bound on a "
+                           "structure's largest force error, eV/Å (> 0; chosen from CHGNet's errors on the shipped "
+                           "GPAW data, docs/screening.md)")
+EnergyTolOpt = typer.Option(_trust_defaults()[1], "--energy-tol", help="trust verdict: also require the conformal "
+                            "energy half-width per atom within this, eV/atom (> 0; default: not part of the verdict, "
+                            "docs/screening.md says why)")
+
+
+def trust_policy(force_tol: float, energy_tol: Optional[float]):
     """The verdict's tolerances, checked (before any model loads)."""
     from calib.uq.trust import TrustPolicy
 
     finite("--force-tol", force_tol, minimum=0.0, unit="eV/Å")
-    finite("--energy-tol", energy_tol, minimum=0.0, unit="eV/atom")
+    if energy_tol is not None:
+        finite("--energy-tol", energy_tol, minimum=0.0, unit="eV/atom")
     if force_tol == 0 or energy_tol == 0:
         raise UsageError("--force-tol and --energy-tol must be > 0")
     return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)

@@ -46,7 +46,7 @@ def neb_cmd(
     barrier_tol: float = typer.Option(0.5, "--barrier-tol", help="path verdict: largest calibrated half-width of "
                                       "a trusted forward barrier, eV (> 0)"),
     force_tol: float = ForceTolOpt,
-    energy_tol: float = EnergyTolOpt,
+    energy_tol: Optional[float] = EnergyTolOpt,
     model: Optional[str] = ArtModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,

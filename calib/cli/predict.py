@@ -96,13 +96,15 @@ def predict_cmd(
     shuffle: bool = ShuffleOpt,
     seed: int = SeedOpt,
     model: Optional[str] = ArtModelOpt,
-    forces: bool = Flag(False, "--forces", help="also per-component force σ (eV/Å); with the default "
-                        "--force-mode exact this costs d backward passes per batch"),
-    force_mode: str = typer.Option("exact", "--force-mode", help="exact: every eigen-direction (d backward "
-                                   "passes, σ exact); approx: the directions that carry 95 % of the variance "
-                                   "on the calibration set (a few passes, σ within a few %)"),
+    forces: bool = Flag(False, "--forces", help="also per-component force σ and intervals (eV/Å), from the force "
+                        "error model: no cost beyond the model's forces"),
+    force_mode: str = typer.Option("none", "--force-mode", help="also the LLPR force σ (forces_sigma_llpr): "
+                                   "exact (every eigen-direction, d backward passes per batch), approx (the "
+                                   "directions carrying 95 % of the variance, a few passes) or none"),
+    raw: bool = Flag(False, "--raw", help="report the model's own prediction where a stored scalar correction "
+                     "would apply (default: the corrected prediction, judged by its own error model)"),
     force_tol: float = ForceTolOpt,
-    energy_tol: float = EnergyTolOpt,
+    energy_tol: Optional[float] = EnergyTolOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -117,13 +119,13 @@ def predict_cmd(
     from calib.predictor import CalibratedPredictor
 
     device = common_options(batch_size, device)
-    if force_mode not in ("exact", "approx"):
-        fail(f"--force-mode must be exact or approx, got {force_mode!r}", "usage")
+    if force_mode not in ("exact", "approx", "none"):
+        fail(f"--force-mode must be exact, approx or none, got {force_mode!r}", "usage")
     policy = trust_policy(force_tol, energy_tol)
     calibration, cal_rec = calibration_or_default(calibration, model)
     structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
-    predictor = CalibratedPredictor(m, art, trust=policy)
+    predictor = CalibratedPredictor(m, art, trust=policy, correction=not raw)
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
                            progress=not quiet)
     # one record per input structure, in input order; a skipped one carries `error` instead of numbers
@@ -154,7 +156,7 @@ def screen_cmd(
     forces: bool = Flag(False, "--forces", help="also the LLPR force σ and conformal half-widths (approximate "
                                 "mode, ≈ 2–3× the cost of energies and forces alone); the verdict needs only forces"),
     force_tol: float = ForceTolOpt,
-    energy_tol: float = EnergyTolOpt,
+    energy_tol: Optional[float] = EnergyTolOpt,
     batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
                                    "the results file"),
     resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),

@@ -43,14 +43,16 @@ def evaluation(ev) -> list[str]:
     lines = [f"{ev.n_structures} held-out structures; intervals at α = {ev.alpha} (energies total eV, forces eV/Å)"]
     if ev.force_components_zero_sigma:
         lines.append(f"{ev.force_components_zero_sigma} force component(s) with σ = 0 by symmetry left out")
-    head = (f"{'target':<18} {'n':>6} {'coverage':>9} {'nominal':>8} {'width':>9} {'NLL':>8} "
-            f"{'ENCE':>6} {'mis.area':>8} {'Spearman':>8}")
+    head = (f"{'target':<18} {'n':>6} {'coverage':>9} {'nominal':>8} {'width':>9} {'w/err':>6} {'1σ cov':>7} "
+            f"{'NLL':>8} {'ENCE':>6} {'mis.area':>8} {'Spearman':>8}")
     lines += [head, "-" * len(head)]
     for name, t in ev.targets.items():
         if t.coverage is None:
             continue
-        lines.append(f"{name:<18} {t.n:>6} {t.coverage:>9.3f} {1 - alpha:>8.2f} {t.mean_width:>9.4f} "
-                     f"{t.nll:>8.3f} {t.ence:>6.3f} {t.miscalibration_area:>8.3f} {t.spearman:>8.2f}")
+        ratio = "-" if t.width_error_ratio is None else f"{t.width_error_ratio:.2f}"
+        lines.append(f"{name:<18} {t.n:>6} {t.coverage:>9.3f} {1 - alpha:>8.2f} {t.mean_width:>9.4f} {ratio:>6} "
+                     f"{t.coverage_1sigma:>7.3f} {t.nll:>8.3f} {t.ence:>6.3f} {t.miscalibration_area:>8.3f} "
+                     f"{t.spearman:>8.2f}")
         for c, pc in (t.per_class or {}).items():
             lines.append(f"  {c:<16} {pc['n']:>6} {pc['coverage']:>9.3f}")
     v = ev.verdict
@@ -59,6 +61,12 @@ def evaluation(ev) -> list[str]:
                      f"{v['n_trusted']}/{v['n']} trusted, precision {v['precision']:.3f} (naive rule "
                      f"{v['naive_precision']:.3f}), recall {v['recall']:.3f}, flagged {v['flagged']:.3f}, "
                      f"AUROC {v['auroc']:.3f} (max |F|: {v['auroc_max_force']:.3f})")
+        if "bound_coverage" in v:
+            per = v["bound_coverage_by_chemsys"]
+            worst = sorted(per.items(), key=lambda kv: kv[1]["coverage"])[:3]
+            lines.append(f"force-error bound holds the largest error of {v['bound_coverage']:.3f} of the structures "
+                         f"(nominal {1 - alpha:.2f}); lowest by chemical system: "
+                         + ", ".join(f"{c} {x['coverage']:.2f} (n {x['n']})" for c, x in worst))
     return lines
 
 

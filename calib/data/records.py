@@ -19,6 +19,7 @@ def to_records(ds, structures=None) -> list[dict]:
     from calib.data.structures import chemsys as get_chemsys
 
     scalar = ["energy", "energy_per_atom", "energy_sigma", "max_local_sigma", "energy_shift"]
+    optional = ["energy_sigma_llpr", "energy_model", "domain_score"]  # present where known
     optional_f = ["max_force", "max_force_sigma", "max_force_halfwidth"]
     out = []
     for k, idx in enumerate(ds["structure"].values.tolist()):
@@ -35,8 +36,13 @@ def to_records(ds, structures=None) -> list[dict]:
             out.append(rec)
             continue
         rec["n_atoms"] = int(ds["n_atoms"].values[k])
+        if "prediction" in ds:
+            rec["prediction"] = str(ds["prediction"].values[k])
         for key in scalar:
             if key in ds:
+                rec[key] = float(ds[key].values[k])
+        for key in optional:
+            if key in ds and np.isfinite(ds[key].values[k]):
                 rec[key] = float(ds[key].values[k])
         if "energy_low" in ds:
             lo, hi = float(ds["energy_low"].values[k]), float(ds["energy_high"].values[k])
@@ -56,6 +62,10 @@ def to_records(ds, structures=None) -> list[dict]:
             rec["trusted"] = bool(ds["trusted"].values[k])
             rec["trust_reason"] = str(ds["trust_reason"].values[k])
             rec["extrapolated"] = bool(ds["extrapolated"].values[k])
+            if "trust_checks_failed" in ds:
+                rec["trust_checks_failed"] = [c for c in str(ds["trust_checks_failed"].values[k]).split(",") if c]
+            if "trust_notes" in ds and str(ds["trust_notes"].values[k]):
+                rec["trust_notes"] = str(ds["trust_notes"].values[k])
         if "correction" in ds and np.isfinite(ds["correction"].values[k]):
             rec["correction"] = float(ds["correction"].values[k])
             rec["energy_corrected"] = float(ds["energy_corrected"].values[k])

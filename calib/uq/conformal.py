@@ -358,14 +358,17 @@ class EnvironmentMixture:
 
 
 class LabelClasses:
-    """Classes given by a label of each point: ``"element"`` or ``"chemsys"``.
+    """Classes given by a label of each point: ``"element"``, ``"chemsys"`` or ``"composition"`` (the energy
+    target's "seen" / "new" compositions, calib.workflows.calibration.fit_error_models).
 
     Reads ``points.labels[kind]``; nothing to fit.
     """
 
+    KINDS = ("element", "chemsys", "composition")
+
     def __init__(self, kind: str = "element"):
-        if kind not in ("element", "chemsys"):
-            raise ValueError(f"label classes are 'element' or 'chemsys', got {kind!r}")
+        if kind not in self.KINDS:
+            raise ValueError(f"label classes are one of {self.KINDS}, got {kind!r}")
         self.kind = kind
 
     def fit(self, points) -> LabelClasses:

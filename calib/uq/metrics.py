@@ -110,7 +110,11 @@ def auroc(positive, score) -> float:
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(positive, dtype=bool)
-    return float(roc_auc_score(y, np.asarray(score, dtype=float))) if 0 < y.sum() < y.size else float("nan")
+    s = np.asarray(score, dtype=float)
+    finite = s[np.isfinite(s)]
+    top = (finite.max() if finite.size else 0.0) + 1.0
+    s = np.where(np.isnan(s), top, np.where(np.isinf(s), np.sign(s) * top, s))  # +inf (not checked) ranks first
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else float("nan")
 
 
 def verdict_quality(max_force_error, trusted, score, max_force, force_tol: float) -> dict:
@@ -130,3 +134,17 @@ def verdict_quality(max_force_error, trusted, score, max_force, force_tol: float
     return {"force_tol": float(force_tol), "n": int(len(err)), "n_trusted": k, "n_good": int(good.sum()),
             "precision": frac(good, ok), "recall": frac(ok, good), "flagged": frac(~ok, ~good),
             "auroc": auroc(~good, score), "auroc_max_force": auroc(~good, F), "naive_precision": frac(good, naive)}
+
+
+def bound_coverage(max_force_error, bound, groups) -> dict:
+    """How often a structure's largest force error (eV/Å) lies below its calibrated bound (eV/Å): overall
+    (``bound_coverage``) and per group, e.g. chemical system (``bound_coverage_by_chemsys``: n and coverage), so
+    that a chemistry the bound fails for shows even when the average holds."""
+    err, b = np.asarray(max_force_error, dtype=float), np.asarray(bound, dtype=float)
+    ok = np.isfinite(err) & np.isfinite(b)
+    groups = np.asarray(groups).astype(str)
+    per = {g: {"n": int(np.sum(ok & (groups == g))), "coverage": float(np.mean(err[ok & (groups == g)]
+                                                                             <= b[ok & (groups == g)]))}
+           for g in sorted(set(groups[ok].tolist()))}
+    return {"bound_coverage": float(np.mean(err[ok] <= b[ok])) if ok.any() else float("nan"),
+            "bound_coverage_by_chemsys": per}

@@ -1,4 +1,4 @@
-"""Out-of-distribution detection by the Q residual (squared prediction error) of a PCA model.
+"""Out-of-distribution detection by the Q residual and Hotelling's T² of a PCA model.
 
 Following Wong & Yang (the Q-residual detector for MLIP descriptors): a PCA
 is fitted on the per-atom descriptors of a reference (calibration) set,
@@ -11,6 +11,13 @@ atomic Q (so that about ``1 - quantile`` of structures like the reference ones
 are flagged, whatever their size). A structure is out of distribution when any
 of its atoms exceeds the threshold; its score is its largest atomic Q divided
 by the threshold (> 1: out of distribution).
+
+The Q residual sees only the distance *off* the PCA subspace. Extrapolation *along* it (a cell compressed by a
+third, an element the descriptors place inside the span) shows in Hotelling's T² = Σ_k t_k² / λ_k, the
+squared Mahalanobis distance of the atom's scores t_k within the subspace (λ_k the reference variances of the
+components); process monitoring uses the two together, each with its own control limit. The T² threshold is
+set like Q's (the ``quantile`` of the reference structures' largest atomic T²), and a structure's domain
+score is the larger of its two ratios (:meth:`QResidualDetector.domain_scores`).
 
 The detector stored in a calib artifact is fitted on the structures the
 Hessian was built from, which stand in for the model's training set: where the
@@ -150,9 +157,13 @@ class QResidualDetector:
         k = int(np.searchsorted(np.cumsum(lam) / max(lam.sum(), 1e-300), self.variance) + 1)
         k = max(1, min(k, max_dims or stats.n_dims, stats.n - 1, int(np.sum(lam > 1e-12 * max(lam[0], 1e-300)))))
         self.mean_, self.components_ = mean, vec[:, :k].T
+        # sklearn's PCA reports variances with n − 1 degrees of freedom: the same here, so T² matches it
+        self.explained_variance_ = np.maximum(lam[:k] * stats.n / (stats.n - 1), 1e-12 * max(lam[0], 1e-300))
         self.n_components_, self.n_dims_ = k, stats.n_dims
         per = np.array([self.q_residual(x).max() for x in stats.sample.values() if len(x)])
         self.threshold_ = float(max(np.quantile(per, self.quantile), 1e-12 * (np.trace(stats.outer) / stats.n + 1e-300)))
+        per_t2 = np.array([self.t2(x).max() for x in stats.sample.values() if len(x)])
+        self.t2_threshold_ = float(max(np.quantile(per_t2, self.quantile), 1e-12))
         self.level_ = "structure"
         self.n_reference_atoms_, self.n_reference_sample_ = int(stats.n), len(per)
         return self
@@ -161,16 +172,19 @@ class QResidualDetector:
         """Fit on reference per-atom descriptors (n_atoms, d); with ``atom_structure`` (the reference
         structure of each atom) the threshold is the quantile of the structures' largest atomic Q."""
         X = np.asarray(descriptors, dtype=float)
-        self.mean_, self.components_, _ = principal_subspace(X, self.variance, min_points=3,
-                                                             what="Q-residual reference atoms")
+        self.mean_, self.components_, ev = principal_subspace(X, self.variance, min_points=3,
+                                                              what="Q-residual reference atoms")
+        self.explained_variance_ = np.maximum(ev, 1e-12 * max(ev[0], 1e-300))
         self.n_components_, self.n_dims_ = len(self.components_), X.shape[1]
-        q = self.q_residual(X)
+        q, t2 = self.q_residual(X), self.t2(X)
         if atom_structure is not None:
             owner = np.asarray(atom_structure, dtype=int)
-            per = np.zeros(owner.max() + 1)
+            per, per_t2 = np.zeros(owner.max() + 1), np.zeros(owner.max() + 1)
             np.maximum.at(per, owner, q)
-            q = per
+            np.maximum.at(per_t2, owner, t2)
+            q, t2 = per, per_t2
         self.threshold_ = float(max(np.quantile(q, self.quantile), 1e-12 * (np.sum(X**2) / len(X) + 1e-300)))
+        self.t2_threshold_ = float(max(np.quantile(t2, self.quantile), 1e-12))
         self.level_ = "structure" if atom_structure is not None else "atom"
         return self
 
@@ -180,7 +194,14 @@ class QResidualDetector:
         attrs = {"variance": self.variance, "quantile": self.quantile, "level": getattr(self, "level_", "atom"),
                  "reference": getattr(self, "reference_", "calibration structures"),
                  "calibration_max": float(getattr(self, "calibration_max_", np.nan))}
+        t2 = {} if getattr(self, "explained_variance_", None) is None else {
+            f"{prefix}_explained_variance": ((f"{prefix}_component",), self.explained_variance_,
+                                             {"units": "descriptor units^2", "description": "variance of the "
+                                              "reference descriptors along each component (Hotelling's T²)"}),
+            f"{prefix}_t2_threshold": ((), self.t2_threshold_, {"units": "1", "description": "Hotelling T² "
+                                       "threshold (the quantile of the reference structures' largest atomic T²)"})}
         return {
+            **t2,
             f"{prefix}_mean": ((f"{prefix}_dim",), self.mean_, {"units": "1", "description": "PCA mean of the reference "
                                                           "per-atom descriptors"}),
             f"{prefix}_components": ((f"{prefix}_component", f"{prefix}_dim"), self.components_, {"units": "1"}),
@@ -200,6 +221,9 @@ class QResidualDetector:
         det.n_dims_ = det.mean_.shape[0]
         det.reference_ = str(thr.attrs.get("reference", "calibration structures"))
         det.calibration_max_ = float(thr.attrs.get("calibration_max", np.nan))
+        det.explained_variance_ = (ds[f"{prefix}_explained_variance"].values.astype(float)
+                                   if f"{prefix}_explained_variance" in ds else None)  # none before calib 0.6
+        det.t2_threshold_ = float(ds[f"{prefix}_t2_threshold"].values) if f"{prefix}_t2_threshold" in ds else np.nan
         return det
 
     def q_residual(self, descriptors) -> np.ndarray:
@@ -208,9 +232,35 @@ class QResidualDetector:
         recon = (Xc @ self.components_.T) @ self.components_
         return np.sum((Xc - recon) ** 2, axis=1)
 
+    def t2(self, descriptors) -> np.ndarray:
+        """Hotelling's T² = Σ_k t_k² / λ_k per atom (dimensionless): the distance *along* the subspace."""
+        t = (np.asarray(descriptors, dtype=float)[:, : len(self.mean_)] - self.mean_) @ self.components_.T
+        return np.sum(t**2 / self.explained_variance_, axis=1)
+
+    @property
+    def has_t2(self) -> bool:
+        """Whether the detector carries Hotelling's T² (fitted by calib ≥ 0.6)."""
+        return getattr(self, "explained_variance_", None) is not None and np.isfinite(
+            getattr(self, "t2_threshold_", np.nan))
+
     def structure_scores(self, descriptors, atom_structure, n_structures: int) -> np.ndarray:
         """Largest atomic Q of each structure divided by the threshold (> 1: out of distribution)."""
-        q = self.q_residual(descriptors) / self.threshold_
-        out = np.zeros(n_structures)
-        np.maximum.at(out, np.asarray(atom_structure, dtype=int), q)
-        return out
+        return _structure_max(self.q_residual(descriptors) / self.threshold_, atom_structure, n_structures)
+
+    def structure_t2_scores(self, descriptors, atom_structure, n_structures: int) -> np.ndarray:
+        """Largest atomic T² of each structure divided by its threshold (NaN for a detector without T²)."""
+        if not self.has_t2:
+            return np.full(n_structures, np.nan)
+        return _structure_max(self.t2(descriptors) / self.t2_threshold_, atom_structure, n_structures)
+
+    def domain_scores(self, descriptors, atom_structure, n_structures: int) -> np.ndarray:
+        """The domain score of each structure: max(Q ratio, T² ratio), > 1 out of the reference's domain (Q alone
+        for a detector without T²)."""
+        q = self.structure_scores(descriptors, atom_structure, n_structures)
+        return np.fmax(q, self.structure_t2_scores(descriptors, atom_structure, n_structures))
+
+
+def _structure_max(values, atom_structure, n_structures: int) -> np.ndarray:
+    out = np.zeros(n_structures)
+    np.maximum.at(out, np.asarray(atom_structure, dtype=int), values)
+    return out

@@ -38,6 +38,16 @@ def formula_of(numbers) -> str:
     return Formula.from_list([chemical_symbols[int(z)] for z in numbers]).format("metal") if len(numbers) else ""
 
 
+def reduced_formula(numbers) -> str:
+    """The reduced formula of a list of atomic numbers, elements in ASE's "metal" order (Si8 → 'Si',
+    Li4O2 → 'Li2O'): what makes two structures the same composition."""
+    from ase.formula import Formula
+
+    if not len(numbers):
+        return ""
+    return Formula.from_list([chemical_symbols[int(z)] for z in numbers]).reduce()[0].format("metal")
+
+
 class ElementReference:
     """Least-squares per-element energy shifts μ_el (eV/atom).
 
@@ -64,6 +74,9 @@ class ElementReference:
         _, s, vt = np.linalg.svd(C, full_matrices=False)
         rank = int(np.sum(s > ROW_SPACE_TOL * (s[0] if s.size else 0.0))) if s.size else 0
         self.basis_ = vt[:rank]
+        # the leverage of a composition (:meth:`leverage`) over the distinct calibration compositions, per atom
+        frac = np.unique(np.round(C / np.maximum(C.sum(axis=1, keepdims=True), 1), 10), axis=0)
+        self.leverage_gram_ = np.linalg.pinv(frac.T @ frac)
         return self
 
     @staticmethod
@@ -108,6 +121,25 @@ class ElementReference:
                               "no energy interval; calibrate on structures that fix it")
         return ok, reasons
 
+    def leverage(self, numbers: Sequence[Sequence[int]]) -> np.ndarray:
+        """h = xᵀ (XᵀX)⁺ x of each structure's per-atom composition x over the distinct calibration compositions X
+        (dimensionless; NaN with an element the reference never saw, or for a reference without the record).
+
+        The prediction variance of a least-squares fit at x is τ² (1 + h): a composition whose elements many
+        calibration compositions fix has h ≪ 1, one fixed by a single other compound h ~ 1 or more. The energy
+        error model (calib.uq.errormodel) reads it."""
+        G = getattr(self, "leverage_gram_", None)
+        out = np.full(len(numbers), np.nan)
+        if G is None:
+            return out
+        C = self._counts(numbers, self._zs())
+        known = set(self._zs())
+        for i, nums in enumerate(numbers):
+            if len(nums) and {int(z) for z in nums} <= known:
+                x = C[i] / len(nums)
+                out[i] = float(x @ G @ x)
+        return out
+
     def as_dict(self) -> dict:
         return dict(zip(self.elements_, map(float, self.values_)))
 
@@ -128,13 +160,20 @@ class ElementReference:
             out["element_reference_basis"] = (("element_basis", "element"), self.basis_, {
                 "units": "1", "description": "orthonormal rows spanning the calibration compositions (element "
                                             "counts): a composition's shift is determined iff it lies in their span"})
+        if getattr(self, "leverage_gram_", None) is not None:
+            out["element_reference_leverage"] = (("element", "element_b"), self.leverage_gram_, {
+                "units": "1", "description": "(X^T X)^+ of the distinct calibration compositions X (atom fractions): "
+                                            "h = x^T G x is a composition's reference leverage"})
         return out
 
     @classmethod
     def from_variables(cls, ds) -> ElementReference:
         basis = ds["element_reference_basis"].values if "element_reference_basis" in ds else None
-        return cls.from_dict(dict(zip([str(e) for e in ds["element"].values],
-                                      ds["element_reference"].values.astype(float))), basis)
+        ref = cls.from_dict(dict(zip([str(e) for e in ds["element"].values],
+                                     ds["element_reference"].values.astype(float))), basis)
+        if "element_reference_leverage" in ds:  # calib ≥ 0.6
+            ref.leverage_gram_ = ds["element_reference_leverage"].values.astype(float)
+        return ref
 
 
 def cross_fitted_residuals(numbers: Sequence[Sequence[int]], delta_energy, n_folds: int = 5,

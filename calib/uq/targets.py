@@ -35,6 +35,7 @@ TARGETS = {
     "energy_difference": ("eV", "E_a - E_b for disjoint random pairs within a chemical system"),
     "energy_difference_corrected": ("eV", "c (E_a - E_b) for the same pairs, c the chemistry's scalar correction"),
     "forces": ("eV/Å", "one Cartesian force component"),
+    "forces_corrected": ("eV/Å", "one Cartesian component of the scalar-corrected force c·F"),
     "force_norm": ("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)"),
 }
 
@@ -105,7 +106,7 @@ def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray,
 def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structure=None, numbers=None,
                  atom_descriptors=None, force_sigma=None, energy_errors=None, force_errors=None,
                  pair_errors=None, energies=None, differences=None, correction=None,
-                 targets: Sequence[str] | None = None) -> dict[str, Points]:
+                 targets: Sequence[str] | None = None, energy_labels: dict | None = None) -> dict[str, Points]:
     """Points of every target that the inputs allow, for S structures and their N atoms.
 
     Parameters
@@ -125,6 +126,8 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
         (NaN where none) — see :func:`difference_points`
     targets : which targets to build (default: all the inputs allow; energy
         differences only with energy errors, since their pairs are drawn at random)
+    energy_labels : more labels of the energy points, e.g. ``{"composition": "seen" | "new"}`` per structure
+        (the Mondrian classes of the energy quantile, calib.workflows.calibration.fit_error_models)
     """
     from ase.data import chemical_symbols
 
@@ -134,7 +137,7 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
     out: dict[str, Points] = {}
     if "energy" in want:
         out["energy"] = Points("energy", np.asarray(energy_sigma, dtype=float), np.asarray(features),
-                               {"chemsys": chem, "element": chem}, np.arange(S), energy_errors)
+                               {"chemsys": chem, "element": chem, **(energy_labels or {})}, np.arange(S), energy_errors)
         if energy_errors is not None:
             out["energy"] = out["energy"].subset(np.isfinite(energy_errors))
     pair = energy_errors if pair_errors is None else pair_errors

@@ -17,8 +17,9 @@ from calib.models.gradients import gradients_in_batches
 from calib.uq.conformal import ConformalCalibrator, class_assigner
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
-from calib.uq.targets import build_points
-from calib.uq.trust import ForceErrorModel
+from calib.uq.targets import Points, build_points
+from calib.uq.errormodel import (AtomInputs, CrossFit, EnergyVariance, ErrorModels, ForceBound,
+                                  ForceComponentVariance, cross_fit)
 
 
 @dataclass
@@ -160,10 +161,16 @@ def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int 
                   seed: int = 0) -> dict:
     """One calibrator per target of ``points``: split conformal, or Mondrian when ``classes`` is
     given (an int K for a mixture of ≤ K environment classes, "element" or "chemsys").
-    Energy differences always use the global quantile."""
+    Energy differences and corrected forces always use the global quantile; the energy is Mondrian over seen / new
+    compositions when its points carry that label."""
     out = {}
+    from calib.uq.conformal import LabelClasses
+
     for name, p in points.items():
-        assigner = None if name.startswith("energy_difference") else class_assigner(classes, random_state=seed)
+        plain = name.startswith("energy_difference") or name == "forces_corrected"
+        assigner = None if plain else class_assigner(classes, random_state=seed)
+        if name == "energy" and "composition" in p.labels and (np.asarray(p.labels["composition"]) == "seen").any():
+            assigner = LabelClasses("composition")  # seen / new compositions (fit_error_models), whatever ``classes``
         out[name] = ConformalCalibrator(alpha, classes=assigner, min_class_size=min_class_size).fit_points(p)
     return out
 
@@ -216,6 +223,111 @@ def _domain_detector(artifact: Artifact, pred):
     return ood
 
 
+#: fewest cross-fitted energy residuals the energy error model and its conformal quantile are fitted on
+MIN_ENERGY_POINTS = 10
+
+
+def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, chemsys, reference, *,
+                     alpha: float = 0.1, n_folds: int = 10) -> tuple[ErrorModels, CrossFit]:
+    """The error models of :mod:`calib.uq.errormodel` and their grouped cross-fit on calibration structures.
+
+    Groups are the chemical systems (every structure scored by models fitted without its chemistry), or the
+    structures themselves when the set holds one chemistry only. Energies: when fewer than
+    :data:`MIN_ENERGY_POINTS` residuals survive the grouped cross-fit (the other chemistries do not fix the
+    compositions' offsets), the structures are the groups, and the energy scores then measure the error of a
+    chemistry the reference has seen (``energy_groups`` says which). ``force_errors`` (N, 3) eV/Å,
+    ``delta_energy`` (S,) total eV (reference − model) or None; ``reference`` the element reference fitted on
+    all structures (its leverage of each structure goes into the full energy model's inputs)."""
+    chem = np.asarray(chemsys).astype(str)
+    structures = np.arange(len(chem)).astype(str)
+    groups = chem if len(set(chem.tolist())) >= 2 else structures
+    have_e = delta_energy is not None and np.isfinite(np.asarray(delta_energy, dtype=float)).sum() >= 3
+    cf = cross_fit(inputs, force_errors, numbers=numbers, delta_energy=delta_energy if have_e else None,
+                   groups=groups, n_splits=n_folds)
+    energy_groups = "chemical system" if groups is chem else "structure"
+    if have_e and (cf.energy_errors is None or np.isfinite(cf.energy_sigma).sum() < MIN_ENERGY_POINTS) \
+            and groups is chem:
+        by_structure = cross_fit(inputs, None, numbers=numbers, delta_energy=delta_energy, groups=structures,
+                                 n_splits=n_folds)
+        cf = CrossFit(cf.force_sigma, by_structure.energy_sigma, by_structure.energy_errors, by_structure.leverage,
+                      cf.n_folds)
+        energy_groups = "structure"
+    ends = np.cumsum(inputs.n_atoms)[:-1]
+    fe = np.asarray(force_errors, dtype=float).reshape(-1, 3)
+    models = ErrorModels(forces=ForceComponentVariance().fit(inputs, fe),
+                         bound=ForceBound(alpha).fit(np.split(cf.force_sigma, ends), np.split(fe, ends),
+                                                     np.split(inputs.forces, ends)),
+                         elements=np.array(sorted(set(inputs.numbers.tolist())), dtype=int),
+                         force_groups="chemical system" if groups is chem else "structure")
+    corrected = _fit_corrected_forces(models, inputs, fe, chem, groups, alpha, n_folds)
+    if corrected is not None:
+        cf.corrected_force_sigma, cf.corrected_force_errors = corrected
+    if cf.energy_sigma is not None and np.isfinite(cf.energy_sigma).sum() >= 3:
+        train = AtomInputs(inputs.numbers, inputs.forces, inputs.structure, inputs.descriptors, inputs.local_sigma,
+                           cf.leverage, inputs.n_structures)
+        models.energy = EnergyVariance().fit(train, cf.energy_errors, groups=chem)
+        models.energy_groups = energy_groups
+        _fit_seen_energy(models, cf, inputs, numbers, delta_energy, structures, n_folds)
+    return models, cf
+
+
+#: fewest structures with a leave-one-out correction that the corrected force model is fitted on
+MIN_CORRECTED_STRUCTURES = 20
+
+
+def _fit_corrected_forces(models: ErrorModels, inputs: AtomInputs, force_errors, chem, groups, alpha: float,
+                          n_folds: int):
+    """The error model of scalar-corrected forces c·F (Deng et al.'s correction, calib.softening): on every
+    calibration structure whose chemistry has other structures, c is fitted on those others
+    (:func:`calib.uq.errormodel.leave_one_out_corrections`), the corrected error g − c F and the corrected forces
+    as inputs make a second force model and its cross-fitted bound, which judge a prediction the artifact's
+    stored correction applies to. Returns the cross-fitted σ and the corrected errors (eV/Å) of those
+    structures' components, for the conformal target ``forces_corrected``, or None with too few."""
+    from calib.uq.errormodel import leave_one_out_corrections
+
+    ends = np.cumsum(inputs.n_atoms)[:-1]
+    f_parts, e_parts = np.split(inputs.forces, ends), np.split(force_errors, ends)
+    c = leave_one_out_corrections(f_parts, e_parts, chem)
+    rows = np.flatnonzero(np.isfinite(c))
+    if len(rows) < MIN_CORRECTED_STRUCTURES or len(set(np.asarray(groups)[rows].tolist())) < 2:
+        return None
+    sub = inputs.subset(rows)
+    c_atom = np.repeat(c[rows], sub.n_atoms)[:, None]
+    sub.forces = c_atom * sub.forces
+    e_c = np.concatenate([e_parts[i] + (1.0 - c[i]) * f_parts[i] for i in rows])  # g − c f = e + (1 − c) f
+    cf = cross_fit(sub, e_c, groups=np.asarray(groups)[rows], n_splits=n_folds)
+    e2 = np.cumsum(sub.n_atoms)[:-1]
+    models.forces_corrected = ForceComponentVariance().fit(sub, e_c)
+    models.bound_corrected = ForceBound(alpha).fit(np.split(cf.force_sigma, e2), np.split(e_c, e2),
+                                                   np.split(sub.forces, e2))
+    return cf.force_sigma, e_c
+
+
+def _fit_seen_energy(models: ErrorModels, cf: CrossFit, inputs: AtomInputs, numbers, delta_energy, structures,
+                     n_folds: int) -> None:
+    """The energy model of the "seen" class: structures whose composition another calibration structure shares,
+    scored with the element reference fitted without them alone (folds of structures): their error is the
+    chemistry's own, a few times smaller than a new compound's (docs/conformal.md)."""
+    from collections import Counter
+
+    from calib.uq.reference import reduced_formula
+
+    comps = [reduced_formula(n) for n in numbers]
+    counts = Counter(comps)
+    repeated = np.array([counts[c] >= 2 for c in comps])
+    if repeated.sum() < MIN_ENERGY_POINTS:
+        return
+    seen = cross_fit(inputs, None, numbers=numbers, delta_energy=delta_energy, groups=structures, n_splits=n_folds,
+                     energy_model={"terms": ("force",)})
+    errors = np.where(repeated, seen.energy_errors, np.nan)
+    if np.isfinite(seen.energy_sigma[repeated]).sum() < MIN_ENERGY_POINTS:
+        return
+    models.energy_seen = EnergyVariance(terms=("force",)).fit(inputs, errors)
+    models.compositions = np.array(sorted({c for c, r in zip(comps, repeated) if r}), dtype=str)
+    cf.seen_energy_sigma = np.where(repeated, seen.energy_sigma, np.nan)
+    cf.seen_energy_errors = errors
+
+
 def calibrate(
     artifact: Artifact,
     model: ModelAdapter,
@@ -230,6 +342,7 @@ def calibrate(
     min_class_size: int = 30,
     energy_folds: int | None = 5,
     difference_model: bool = True,
+    error_folds: int = 10,
     progress: bool = True,
 ) -> CalibrationResult:
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles.
@@ -271,6 +384,9 @@ def calibrate(
         structures that share a composition, raw and after the scalar correction each
         chemistry's forces give; the energy-difference conformal targets then use it.
         False: LLPR difference σ alone (calib 0.1.0).
+    error_folds : int
+        Folds of the grouped cross-fit of the error models (:func:`fit_error_models`): every calibration
+        structure's conformal score comes from models fitted without its chemical system.
     """
     artifact.check_model(model)
     if target not in ("energy", "forces", "both"):
@@ -312,19 +428,40 @@ def calibrate(
         fit.energy_sigma = L.energy_sigma(pred.features, pred.n_atoms)
     diff = (fit_difference_models(L, structs, pred, e_res) if difference_model and energies
             else DifferenceFit(note="not fitted" if energies else "no reference energies"))
+    inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, pred.atom_descriptors,
+                        L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs))
+    errors, cf = fit_error_models(inputs, f_res, numbers, e_delta if energies else None, pred.chemsys, ref,
+                                  alpha=alpha if alpha is not None else 0.1, n_folds=error_folds)
     conformal = {}
     if alpha is not None:
+        # energy and force points carry the cross-fitted error-model σ and residuals: each calibration point is
+        # scored as a new chemistry's would be (calib.uq.errormodel)
+        e_pts = cf.energy_errors is not None and errors.energy is not None
+        n_at = pred.n_atoms.astype(float)
         points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
-                              energy_sigma=fit.energy_sigma, atom_structure=pred.atom_structure,
-                              numbers=pred.numbers, atom_descriptors=pred.atom_descriptors,
-                              force_sigma=fit.force_sigma, energy_errors=e_cf, pair_errors=e_res,
-                              force_errors=f_res if with_forces else None, energies=pred.energy,
+                              energy_sigma=cf.energy_sigma * n_at if e_pts else fit.energy_sigma,
+                              atom_structure=pred.atom_structure, numbers=pred.numbers,
+                              atom_descriptors=pred.atom_descriptors, force_sigma=cf.force_sigma,
+                              energy_errors=(np.where(np.isfinite(cf.energy_sigma), cf.energy_errors, np.nan) * n_at
+                                             if e_pts else e_cf),
+                              pair_errors=e_res, force_errors=f_res, energies=pred.energy,
                               differences=diff.models, correction=diff.correction,
-                              targets=None if energies else ("forces", "force_norm"))
+                              targets=None if energies else ("forces", "force_norm"),
+                              energy_labels={"composition": np.full(len(structs), "new")})
+        if e_pts and cf.seen_energy_sigma is not None:  # the "seen" class: Mondrian over seen / new compositions
+            seen = np.isfinite(cf.seen_energy_sigma) & np.isfinite(cf.seen_energy_errors)
+            new = points["energy"]
+            points["energy"] = Points.concat([new, Points(
+                "energy", cf.seen_energy_sigma[seen] * n_at[seen], pred.features[seen],
+                {"chemsys": np.asarray(pred.chemsys, dtype=str)[seen], "element": np.asarray(pred.chemsys, dtype=str)[seen],
+                 "composition": np.full(int(seen.sum()), "seen")}, np.flatnonzero(seen),
+                cf.seen_energy_errors[seen] * n_at[seen])])
+        if cf.corrected_force_sigma is not None:
+            sig = cf.corrected_force_sigma.ravel()
+            points["forces_corrected"] = Points("forces_corrected", sig, np.zeros((sig.size, 0)), {}, None,
+                                                cf.corrected_force_errors.ravel())
         conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
     ood = _domain_detector(artifact, pred)
-    force_error = ForceErrorModel(alpha if alpha is not None else 0.1).fit(
-        [pred.forces_of(k) for k in range(len(structs))], np.split(f_res, np.cumsum(pred.n_atoms)[:-1]))
     energy_scores = (f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
                      else "in-sample element reference")
     summary = CalibrationSummary(
@@ -337,7 +474,7 @@ def calibrate(
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)
     art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
-                           differences=diff.models, ood=ood, force_error=force_error,
+                           differences=diff.models, ood=ood, force_error=None, error_models=errors,
                            attrs={**artifact.attrs, "calibration_target": target,
                                   "calibration_n_structures": len(structs),
                                   "element_reference_note": "least squares on element counts of E_ref - E_model "

@@ -26,7 +26,9 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
     from calib.softening.decide import Thresholds, decide_chemistry, unmeasured
 
     t = thresholds or Thresholds()
-    predictor = CalibratedPredictor(model, artifact)
+    # the model's own predictions: the softening (and the correction to store) is measured on them, and the
+    # verdict of the targets is that of the prediction the decision is about
+    predictor = CalibratedPredictor(model, artifact).raw()
     use_labelled = targets is None
     lp = predict_labelled(predictor, labelled, forces=True, force_mode=force_mode if use_labelled else "none",
                           batch_size=batch_size, descriptors=True, progress=progress)
@@ -52,7 +54,7 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
         tds = full.isel(structure=np.flatnonzero(err == ""))
     t_index = tds["structure"].values
     verdict = {"target_score": tds["trust_score"].values, "target_trusted": tds["trusted"].values.astype(bool)}
-    q = tds["q_score"].values if "q_score" in tds else None
+    q = tds["domain_score"].values if "domain_score" in tds else tds["q_score"].values if "q_score" in tds else None
     decisions = []
     chems = set(tds["chemsys"].values.tolist())  # with targets: the chemistries the user wants to simulate
     if use_labelled:

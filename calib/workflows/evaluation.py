@@ -38,6 +38,8 @@ class TargetReport:
     coverage: float | None = None
     mean_width: float | None = None
     per_class: dict | None = None
+    width_error_ratio: float | None = None  # median conformal half-width ÷ median |error| (sharpness; ≈ 2.4 if
+    # σ were a perfect Gaussian standard deviation at α = 0.1)
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if v is not None}
@@ -92,7 +94,10 @@ def evaluate(
     from calib.uq import metrics
 
     predictor = CalibratedPredictor(model, artifact, require_calibrated=False)
-    lp = predict_labelled(predictor, labelled, forces=forces, force_mode="exact" if forces else "none",
+    # the error models' σ cost nothing beyond the model's forces; LLPR force σ (reverse passes) only for an artifact
+    # from before them
+    exact = forces and artifact.error_models is None
+    lp = predict_labelled(predictor, labelled, forces=forces, force_mode="exact" if exact else "none",
                           batch_size=batch_size, descriptors=True, progress=progress, points=True,
                           require=True if forces else "energy")
     if not lp.structures:
@@ -123,6 +128,8 @@ def evaluate(
         np.maximum.at(worst, owner, np.abs(lp.force_errors).max(axis=1))
         out.verdict = metrics.verdict_quality(worst, ok["trusted"].values, ok["trust_score"].values,
                                               ok["max_force"].values, predictor.trust.force_tol or np.inf)
+        if "force_error_bound" in ok:
+            out.verdict.update(metrics.bound_coverage(worst, ok["force_error_bound"].values, chem))
     for name, p in points.items():
         cal = artifact.conformal.get(name)
         h, cls = cal.half_width_points(p) if cal is not None else (None, None)
@@ -134,7 +141,9 @@ def evaluate(
             coverage_1sigma=float(np.mean(np.abs(z) <= 1)), coverage_2sigma=float(np.mean(np.abs(z) <= 2)),
             z_rms=float(np.sqrt(np.mean(z**2))), coverage=block["coverage"] if cal is not None else None,
             mean_width=block["mean_width"] if cal is not None else None,
-            per_class=block["per_class"] if cal is not None else None)
+            per_class=block["per_class"] if cal is not None else None,
+            width_error_ratio=(float(np.median(h) / np.median(np.abs(p.errors))) if h is not None
+                               and np.median(np.abs(p.errors)) > 0 else None))
         if return_points:
             out.points[name] = {"errors": p.errors, "sigma": p.sigma, "half_width": h, "classes": cls,
                                 "calibrator": cal}

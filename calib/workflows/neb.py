@@ -189,9 +189,10 @@ def _path_verdict(ds, out, barrier_tol: float, uncovered: bool, q_path: float, d
     interior = list(range(1, M))
     # images judged by the domain only: the structure verdict's force and energy tolerances are about single
     # structures; a barrier is an energy difference, judged by its own calibrated half-width below
-    q = ds["q_score"].values if "q_score" in ds else np.full(M + 1, np.nan)
+    key = "domain_score" if "domain_score" in ds else "q_score"
+    q = ds[key].values if key in ds else np.full(M + 1, np.nan)
     bad = [k for k in interior if np.isfinite(q[k]) and q[k] > 1.0]
-    reasons = [f"image {k}: out of the model's domain (Q = {q[k]:.3g} × the threshold of the Hessian's "
+    reasons = [f"image {k}: out of the model's domain (score {q[k]:.3g} × the threshold of the Hessian's "
                "structures)" for k in bad]
     raw = out.sel(variant="raw", barrier="forward")
     height, half = float(raw["barrier_height"]), float(raw["barrier_high"] - raw["barrier_height"])

@@ -67,9 +67,11 @@ COLUMNS = [
     ("max_force", "f", "eV/Å"), ("max_force_sigma", "f", "eV/Å"), ("max_force_halfwidth", "f", "eV/Å"),
     ("force_error_bound", "f", "eV/Å"), ("energy_halfwidth", "f", "eV"), ("trust_score", "f", "1"),
     ("extrapolated", "i", "1"), ("energy_interval_reason", "s", ""), ("correction", "f", "1"),
-    ("energy_corrected", "f", "eV"),
+    ("energy_corrected", "f", "eV"), ("t2_score", "f", "1"), ("domain_score", "f", "1"),
+    ("trust_checks_failed", "s", ""), ("trust_notes", "s", ""),
 ]
-_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512, "energy_interval_reason": 256}
+_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512, "energy_interval_reason": 256,
+             "trust_checks_failed": 64, "trust_notes": 256}
 STATUSES = ("trusted", "untrusted", "failed")
 REASON_SEP = " | "
 
@@ -90,7 +92,7 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
         else:
             rows[name] = np.full(n, np.nan) if kind == "f" else (np.zeros(n, np.int32) if kind == "i"
                                                                    else np.array([""] * n, dtype=object))
-    for name in ("name", "chemsys", "energy_interval_reason"):
+    for name in ("name", "chemsys", "energy_interval_reason", "trust_checks_failed", "trust_notes"):
         if name in ds:
             rows[name] = np.asarray(ds[name].values, dtype=object)
     rows["n_atoms"] = np.asarray(ds["n_atoms"].values, dtype=np.int32)
@@ -297,7 +299,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     stop_after : int or None — stop after that many batches in this call (tests, time limits).
 
     Returns a summary: ``n_total``, ``n_trusted``, ``n_untrusted``, ``n_failed``, per chemistry
-    counts, the untrusted structures per kind of reason (:func:`reason_category`), the output path and
+    counts, the untrusted structures per failed check (``trust_checks_failed``, :data:`CHECK_WORDS`), the output path and
     ``resumed_from`` (the rows already committed when this call started; 0 for a new file).
     """
     from tqdm.auto import tqdm
@@ -383,15 +385,10 @@ def _predictor(calibration, model, device, policy):
     return CalibratedPredictor.from_file(calibration, model=model, device=device, trust=policy)
 
 
-def reason_category(reason: str) -> str:
-    """The kind of one untrusted reason, without the structure's own numbers (calib.uq.trust's words)."""
-    if reason.startswith("out of the model's domain"):
-        return "out of the model's domain"
-    if reason.startswith("force error may reach"):
-        return "calibrated force-error bound above tolerance"
-    if reason.startswith("calibrated energy error"):
-        return "calibrated energy error above tolerance"
-    return reason
+#: the words of each failed check (calib.uq.trust.Check) in the summary's counts
+CHECK_WORDS = {"domain": "out of the model's domain", "forces": "calibrated force-error bound above tolerance",
+               "energy": "calibrated energy error above tolerance",
+               "element": "an element in no calibration label", "not checked": "a check could not be made"}
 
 
 def summarize(path) -> dict:
@@ -403,9 +400,10 @@ def summarize(path) -> dict:
     for c, s in zip(chem, status):
         per_chem.setdefault(c or "(failed)", dict.fromkeys(STATUSES, 0))[s] += 1
     reasons: dict = {}
-    for s, r in zip(status, ds["reason"].values.astype(str)):
+    checks = ds["trust_checks_failed"].values.astype(str) if "trust_checks_failed" in ds else [""] * len(status)
+    for s, failed in zip(status, checks):
         if s == "untrusted":
-            for key in {reason_category(part) for part in r.split(REASON_SEP)}:
+            for key in {CHECK_WORDS.get(c, c) for c in failed.split(",") if c}:
                 reasons[key] = reasons.get(key, 0) + 1
     return {"output": os.fspath(path), "complete": True, "n_total": int(len(status)),
             "n_trusted": int((status == "trusted").sum()), "n_untrusted": int((status == "untrusted").sum()),

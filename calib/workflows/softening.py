@@ -45,7 +45,7 @@ def measure_softening(model: ModelAdapter, labelled: Sequence[Atoms], *, batch_s
                       n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0,
                       progress: bool = True, predictor: CalibratedPredictor | None = None) -> SofteningRun:
     """Softening scale, correction and cMAE per chemical system of ``labelled`` (docs/softening.md)."""
-    lp = predict_labelled(predictor or CalibratedPredictor(model), labelled, forces=True,
+    lp = predict_labelled((predictor or CalibratedPredictor(model)).raw(), labelled, forces=True,
                           batch_size=batch_size, progress=progress, require="forces")
     return _softening_run(lp, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
 
@@ -62,8 +62,9 @@ def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
         [get_forces(a) for a in lp.structures], model_energies=ok["energy"].values,
         reference_energies=[get_energy(a) for a in lp.structures], n_atoms=ok["n_atoms"].values,
         compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], failures=failures, **kw)
-    if "q_score" in ok:  # the correction's domain: the largest Q score of the structures it is fitted on
-        q, chem = ok["q_score"].values, ok["chemsys"].values
+    key = "domain_score" if "domain_score" in ok else "q_score"
+    if key in ok:  # the correction's domain: the largest domain score of the structures it is fitted on
+        q, chem = ok[key].values, ok["chemsys"].values
         for c, r in results.items():
             r.domain_q_max = float(np.max(q[chem == c]))
     return SofteningRun(results, lp.issues, lp, failures)

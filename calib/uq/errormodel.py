@@ -1,0 +1,731 @@
+"""Error models that know the chemistry: σ of every force component and of the energy per atom.
+
+A universal potential's error is not a fixed multiple of its force. At 1000 K an oxide perovskite and a soft
+semiconductor have forces of the same size and errors 5× apart; the alkali halides are the least soft systems,
+sp³ semiconductors the softest (Deng et al. 2025). calib fits, post hoc and for any backend, log-linear variance
+models of the errors on calibration structures:
+
+    log σ²_ai = θ · x_ai        (force component i of atom a, eV²/Å²)
+    log σ²_s  = ϑ · x_s         (energy per atom of structure s, eV²/atom²)
+
+**Inputs.** x_ai: the log of the component's, the atom's and the structure's model force (squared, plus a
+floor), and the chemistry: the atom's element by its properties (Pauling electronegativity, period, group,
+atomic radius, metal or not, s/p/d block; :func:`element_properties`) and the structure's composition
+(electronegativity spread and mean, metal fraction). x_s: the log of the structure's RMS force, its
+composition, and the log of its *reference leverage* h (:meth:`calib.uq.reference.ElementReference.leverage`):
+how well the calibration compositions fix the per-element energy offsets of this composition. An energy
+error of a new compound is mostly its formation-energy error against the offsets, whose spread grows like
+1 + h (the prediction variance of a least-squares fit).
+
+**What the data chose.** On the shipped GPAW labels split by chemical system, element *properties* generalise
+to unseen chemistries and element identities do not: a one-hot element term (ridge-shrunk) lowers the held-out
+likelihood, and so do the principal components of the model's per-atom descriptors, which extrapolate badly to
+new chemistries (docs/conformal.md has the table). The descriptor and LLPR terms are kept as options
+(``terms``); the defaults are the measured best. Validity on new chemistries does not rest on the model being
+right: the conformal step scores every calibration structure with models fitted without its chemical system
+(:func:`grouped_folds`, calib.workflows.calibration).
+
+**Fit.** Gaussian negative log-likelihood of the errors e: minimising Σ w (log σ² + e²/σ²) over a log-linear σ²
+is a gamma GLM with log link on e² (the gamma deviance of any shape has the same optimum), which is
+scikit-learn's :class:`~sklearn.linear_model.GammaRegressor` with its L2 penalty (``ridge``) on standardised
+inputs. Each structure weighs the same in the force fit, whatever its size. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: floor of the force magnitudes inside the logs, eV/Å (a relaxed cell has forces ~0)
+FORCE_FLOOR = 0.05
+#: floor of e² in the gamma fit (the GLM needs y > 0): (1e-4 eV/Å)² or (1e-4 eV/atom)², below any real error
+ERROR2_FLOOR = 1e-8
+
+ELEMENT_PROPERTIES = ("electronegativity", "period", "group", "atomic_radius", "metal", "s_block", "p_block",
+                      "d_block")
+
+
+@functools.lru_cache(maxsize=None)
+def element_properties(z: int) -> tuple[float, ...]:
+    """The element descriptors of the error models (:data:`ELEMENT_PROPERTIES`), from pymatgen's periodic table:
+    Pauling electronegativity (2.0 where undefined: noble gases), period, group, atomic radius (Å; 1.5 where
+    unknown), metal (1/0), and the s, p, d block as 1/0 (f-block: all 0)."""
+    from ase.data import chemical_symbols
+    from pymatgen.core import Element
+
+    el = Element(chemical_symbols[int(z)])
+    x = float(el.X) if np.isfinite(el.X) else 2.0
+    radius = float(el.atomic_radius) if el.atomic_radius is not None else 1.5
+    block = el.block
+    return (x, float(el.row), float(el.group), radius, float(el.is_metal), float(block == "s"), float(block == "p"),
+            float(block == "d"))
+
+
+def _property_table(numbers) -> np.ndarray:
+    numbers = np.asarray(numbers, dtype=int)
+    uniq, inv = np.unique(numbers, return_inverse=True)
+    table = np.array([element_properties(int(z)) for z in uniq]).reshape(len(uniq), len(ELEMENT_PROPERTIES))
+    return table[inv.ravel()]
+
+
+@dataclass
+class AtomInputs:
+    """What the error models read, per atom of S structures (arrays; nothing here runs a model).
+
+    numbers : (N,) atomic numbers
+    forces : (N, 3) model forces, eV/Å
+    structure : (N,) the row (0 … S−1) of each atom's structure
+    descriptors : (N, d) the model's per-atom last-layer descriptors (for the optional ``descriptor`` term)
+    local_sigma : (N,) LLPR σ of each atom's energy contribution, eV (optional ``llpr`` term)
+    leverage : (S,) reference leverage h of each structure's composition (energy model; NaN: not determined)
+    """
+
+    numbers: np.ndarray
+    forces: np.ndarray
+    structure: np.ndarray
+    descriptors: np.ndarray | None = None
+    local_sigma: np.ndarray | None = None
+    leverage: np.ndarray | None = None
+    n_structures: int | None = None
+
+    def __post_init__(self):
+        self.numbers = np.asarray(self.numbers, dtype=int)
+        self.forces = np.asarray(self.forces, dtype=float).reshape(-1, 3)
+        self.structure = np.asarray(self.structure, dtype=int)
+        n = len(self.numbers)
+        for name in ("forces", "structure", "descriptors", "local_sigma"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"AtomInputs: {n} atoms but {len(value)} rows of {name}")
+        if self.n_structures is None:
+            self.n_structures = int(self.structure.max()) + 1 if n else 0
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.bincount(self.structure, minlength=self.n_structures)
+
+    def subset(self, rows) -> AtomInputs:
+        """The inputs of the structures ``rows`` (renumbered 0 … len(rows) − 1, in that order)."""
+        rows = np.asarray(rows, dtype=int)
+        new = np.full(self.n_structures, -1)
+        new[rows] = np.arange(len(rows))
+        sort = np.argsort(self.structure, kind="stable")
+        starts = np.searchsorted(self.structure[sort], np.arange(self.n_structures + 1))
+        order = np.concatenate([sort[starts[r]:starts[r + 1]] for r in rows]) if len(rows) else np.zeros(0, int)
+        pick = (lambda x: None if x is None else np.asarray(x)[order])  # noqa: E731
+        return AtomInputs(self.numbers[order], self.forces[order], new[self.structure[order]],
+                          pick(self.descriptors), pick(self.local_sigma),
+                          None if self.leverage is None else np.asarray(self.leverage)[rows], len(rows))
+
+
+def structure_mean(values: np.ndarray, structure: np.ndarray, n: int) -> np.ndarray:
+    """Mean of per-atom rows over each structure's atoms: (S,) or (S, k)."""
+    counts = np.maximum(np.bincount(structure, minlength=n), 1)
+    if values.ndim == 1:
+        return np.bincount(structure, weights=values, minlength=n) / counts
+    return np.stack([np.bincount(structure, weights=v, minlength=n) for v in values.T], axis=1) / counts[:, None]
+
+
+def _log_force(x) -> np.ndarray:
+    return np.log(np.asarray(x, dtype=float) ** 2 + FORCE_FLOOR**2)
+
+
+def _composition(inputs: AtomInputs) -> np.ndarray:
+    """(S, 3): electronegativity spread (max − min) and mean, and the metal fraction of each structure."""
+    P = _property_table(inputs.numbers)
+    S, owner = inputs.n_structures, inputs.structure
+    en = P[:, 0]
+    hi, lo = np.full(S, -np.inf), np.full(S, np.inf)
+    np.maximum.at(hi, owner, en)
+    np.minimum.at(lo, owner, en)
+    return np.column_stack([np.where(np.isfinite(hi - lo), hi - lo, 0.0), structure_mean(en, owner, S),
+                            structure_mean(P[:, 4], owner, S)])
+
+
+def _rms_force(inputs: AtomInputs) -> np.ndarray:
+    return np.sqrt(structure_mean(np.sum(inputs.forces**2, axis=1) / 3.0, inputs.structure, inputs.n_structures))
+
+
+class _LogLinearVariance:
+    """The shared machinery: a standardised design, the gamma GLM on squared errors, persistence."""
+
+    kind = ""
+    TERMS: tuple = ()
+    DEFAULT_TERMS: tuple = ()
+    DEFAULT_RIDGE = 1e-3
+
+    def __init__(self, terms: Sequence[str] | None = None, ridge: float | None = None, n_components: int = 8,
+                 max_iter: int = 300):
+        self.terms = tuple(self.DEFAULT_TERMS if terms is None else terms)
+        self.ridge = float(self.DEFAULT_RIDGE if ridge is None else ridge)
+        self.n_components = int(n_components)
+        self.max_iter = int(max_iter)
+        unknown = set(self.terms) - set(self.TERMS)
+        if unknown or not self.terms:
+            raise ValueError(f"error-model terms must be a non-empty subset of {self.TERMS}, got {self.terms}")
+        if not (np.isfinite(self.ridge) and self.ridge >= 0):
+            raise ValueError(f"ridge must be a finite number ≥ 0, got {ridge}")
+
+    def _columns(self, inputs: AtomInputs) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fit_pca(self, inputs: AtomInputs) -> None:
+        self.pca_mean_ = np.zeros(0)
+        self.pca_components_ = np.zeros((0, 0))
+        self.pca_scale_ = np.zeros(0)
+        if "descriptor" in self.terms:
+            from sklearn.decomposition import PCA
+
+            if inputs.descriptors is None:
+                raise ValueError("the 'descriptor' term needs per-atom descriptors")
+            X = np.asarray(inputs.descriptors, dtype=float)
+            pca = PCA(n_components=max(1, min(self.n_components, X.shape[1], len(X) - 1))).fit(X)
+            self.pca_mean_, self.pca_components_ = pca.mean_, pca.components_
+            self.pca_scale_ = np.sqrt(np.maximum(pca.explained_variance_, 1e-300))
+
+    def _pcs(self, descriptors) -> np.ndarray:
+        """Principal-component scores, clipped to ±3 reference standard deviations (no extrapolation)."""
+        t = (np.asarray(descriptors, dtype=float) - self.pca_mean_) @ self.pca_components_.T
+        return np.clip(t, -3 * self.pca_scale_, 3 * self.pca_scale_)
+
+    def design(self, inputs: AtomInputs) -> np.ndarray:
+        """The standardised design matrix, one row per fitted point."""
+        return (self._columns(inputs) - self.center_) / self.scale_
+
+    def _fit(self, inputs: AtomInputs, e2: np.ndarray, weights=None) -> None:
+        from sklearn.linear_model import GammaRegressor
+
+        self._fit_pca(inputs)
+        cols = self._columns(inputs)
+        self.center_ = cols.mean(axis=0)
+        sd = cols.std(axis=0)
+        self.scale_ = np.where(sd > 1e-12, sd, 1.0)
+        y = np.maximum(e2, ERROR2_FLOOR)
+        if cols.shape[1] == 0:  # the intercept alone: the gamma MLE of a constant mean is the (weighted) mean
+            self.coef_, self.intercept_ = np.zeros(0), float(np.log(np.average(y, weights=weights)))
+        else:
+            glm = GammaRegressor(alpha=self.ridge, max_iter=self.max_iter, solver="newton-cholesky")
+            glm.fit((cols - self.center_) / self.scale_, y, sample_weight=weights)
+            self.coef_, self.intercept_ = glm.coef_.astype(float), float(glm.intercept_)
+        self.n_fitted_ = int(len(e2))
+
+    def _variance(self, X: np.ndarray) -> np.ndarray:
+        return np.exp(np.clip(X @ self.coef_ + self.intercept_, -60.0, 60.0))
+
+    def nll(self, inputs: AtomInputs, errors) -> float:
+        """Mean Gaussian negative log-likelihood of ``errors`` under the model, nats per point."""
+        s = np.asarray(self.sigma(inputs), dtype=float).ravel()
+        e = np.asarray(errors, dtype=float).ravel()
+        ok = np.isfinite(e)
+        return float(np.mean(0.5 * np.log(2 * np.pi * s[ok] ** 2) + 0.5 * (e[ok] / s[ok]) ** 2))
+
+    # -- persistence (calib.artifact): every learned array, with units
+    def to_variables(self, prefix: str) -> dict:
+        attrs = {"terms": ",".join(self.terms), "ridge": self.ridge, "n_components": self.n_components,
+                 "form": getattr(self, "form", "loglinear"),
+                 "n_fitted": int(getattr(self, "n_fitted_", 0)), "kind": self.kind,
+                 "description": (self.__class__.__doc__ or "").split("\n")[0]}
+        return {
+            f"{prefix}_coef": ((f"{prefix}_input",), self.coef_, {"units": "1", "description": "GLM coefficients of "
+                                                                   "log sigma^2 on the standardised inputs"}),
+            f"{prefix}_intercept": ((), self.intercept_, {"units": f"log of ({self.unit})^2", **attrs}),
+            f"{prefix}_center": ((f"{prefix}_input",), self.center_, {"units": "1"}),
+            f"{prefix}_scale": ((f"{prefix}_input",), self.scale_, {"units": "1"}),
+            f"{prefix}_pca_mean": ((f"{prefix}_dim",), self.pca_mean_, {"units": "descriptor units"}),
+            f"{prefix}_pca_components": ((f"{prefix}_pc", f"{prefix}_dim"), self.pca_components_, {"units": "1"}),
+            f"{prefix}_pca_scale": ((f"{prefix}_pc",), self.pca_scale_, {"units": "descriptor units"}),
+        }
+
+    @classmethod
+    def from_variables(cls, ds, prefix: str):
+        attrs = ds[f"{prefix}_intercept"].attrs
+        kw = {"form": str(attrs.get("form", "loglinear"))} if cls is ForceComponentVariance else {}
+        self = cls(terms=str(attrs["terms"]).split(","), ridge=float(attrs["ridge"]),
+                   n_components=int(attrs.get("n_components", 8)), **kw)
+        self.coef_ = ds[f"{prefix}_coef"].values.astype(float)
+        self.intercept_ = float(ds[f"{prefix}_intercept"].values)
+        self.center_ = ds[f"{prefix}_center"].values.astype(float)
+        self.scale_ = ds[f"{prefix}_scale"].values.astype(float)
+        self.pca_mean_ = ds[f"{prefix}_pca_mean"].values.astype(float)
+        comps = ds[f"{prefix}_pca_components"].values.astype(float)
+        self.pca_components_ = comps.reshape(-1, len(self.pca_mean_)) if len(self.pca_mean_) else np.zeros((0, 0))
+        self.pca_scale_ = ds[f"{prefix}_pca_scale"].values.astype(float)
+        self.n_fitted_ = int(attrs.get("n_fitted", 0))
+        return self
+
+    @staticmethod
+    def present(ds, prefix: str) -> bool:
+        return f"{prefix}_coef" in ds
+
+
+class ForceComponentVariance(_LogLinearVariance):
+    """σ² of every force component (eV²/Å²) from the model force and the chemistry of the atom and structure."""
+
+    kind = "forces"
+    unit = "eV/Å"
+    TERMS = ("force", "chemistry", "descriptor", "llpr")
+    DEFAULT_TERMS = ("force", "chemistry")
+    DEFAULT_RIDGE = 1e-3
+    FORMS = ("loglinear", "two-part")
+
+    def __init__(self, terms=None, ridge=None, n_components: int = 8, max_iter: int = 300, form: str = "loglinear"):
+        super().__init__(terms, ridge, n_components, max_iter)
+        if form not in self.FORMS:
+            raise ValueError(f"form must be one of {self.FORMS}, got {form!r}")
+        self.form = form
+
+    def _columns(self, inputs: AtomInputs) -> np.ndarray:
+        F, owner = inputs.forces, inputs.structure
+        atom = []
+        if "force" in self.terms:
+            atom += [_log_force(np.linalg.norm(F, axis=1)), _log_force(_rms_force(inputs)[owner])]
+        if "chemistry" in self.terms:
+            atom += [_property_table(inputs.numbers), _composition(inputs)[owner]]
+        if "llpr" in self.terms:
+            if inputs.local_sigma is None:
+                raise ValueError("the 'llpr' term needs the atoms' LLPR energy σ")
+            atom.append(np.log(np.maximum(inputs.local_sigma, 1e-12)))
+        if "descriptor" in self.terms:
+            atom.append(self._pcs(inputs.descriptors))
+        atom = np.column_stack(atom) if atom else np.zeros((len(F), 0))
+        comp = [_log_force(F.reshape(-1, 1))] if "force" in self.terms else []
+        return np.hstack(comp + [np.repeat(atom, 3, axis=0)])
+
+    def fit(self, inputs: AtomInputs, errors, groups=None) -> ForceComponentVariance:
+        """Fit on calibration atoms: ``errors`` (N, 3), reference − model forces in eV/Å. Every structure weighs
+        the same whatever its size; with ``groups`` (S,) every group (chemical system) does."""
+        e = np.asarray(errors, dtype=float).reshape(-1, 3)
+        if len(e) != len(inputs.numbers):
+            raise ValueError(f"{len(inputs.numbers)} atoms but {len(e)} force errors")
+        if inputs.n_structures < 2:
+            raise ValueError(f"the force error model needs ≥ 2 structures, got {inputs.n_structures}")
+        per = 1.0 / np.maximum(inputs.n_atoms, 1).astype(float)
+        if groups is not None:
+            _, inv, counts = np.unique(np.asarray(groups).astype(str), return_inverse=True, return_counts=True)
+            per = per / counts[inv.ravel()]
+        w = np.repeat(per[inputs.structure], 3)
+        w = w * len(w) / w.sum()
+        if self.form == "loglinear":
+            self._fit(inputs, (e**2).ravel(), weights=w)
+        else:
+            self._fit_two_part(inputs, (e**2).ravel(), w)
+        return self
+
+    def _fit_two_part(self, inputs: AtomInputs, e2: np.ndarray, w: np.ndarray) -> None:
+        """σ² = exp(a·x) F_i² + exp(b·x): a scale of the force and a floor, each log-linear in the atom's inputs x
+        (the component's own log force left out), by weighted Gaussian NLL with an L2 penalty (scipy's L-BFGS)."""
+        from scipy.optimize import minimize
+
+        self._fit_pca(inputs)
+        cols = self._columns(inputs)
+        self.center_ = cols.mean(axis=0)
+        sd = cols.std(axis=0)
+        self.scale_ = np.where(sd > 1e-12, sd, 1.0)
+        X = np.column_stack([np.ones(len(e2)), self.design(inputs)[:, 1:]])
+        F2 = inputs.forces.reshape(-1) ** 2
+        k, wsum = X.shape[1], w.sum()
+
+        def loss(p):
+            A, T = np.exp(np.clip(X @ p[:k], -60, 60)), np.exp(np.clip(X @ p[k:], -60, 60))
+            v = A * F2 + T
+            g = w * 0.5 * (1.0 / v - e2 / v**2) / wsum
+            ga, gb = X.T @ (g * A * F2), X.T @ (g * T)
+            ga[1:] += self.ridge * p[1:k]
+            gb[1:] += self.ridge * p[k + 1:]
+            value = np.sum(w * 0.5 * (np.log(v) + e2 / v)) / wsum + 0.5 * self.ridge * (
+                np.sum(p[1:k] ** 2) + np.sum(p[k + 1:] ** 2))
+            return value, np.concatenate([ga, gb])
+
+        p0 = np.zeros(2 * k)
+        p0[0] = np.log(max(np.average(e2, weights=w) / max(np.average(F2, weights=w), 1e-12), 1e-12))
+        p0[k] = np.log(max(0.1 * np.average(e2, weights=w), ERROR2_FLOOR))
+        res = minimize(loss, p0, jac=True, method="L-BFGS-B", options={"maxiter": 5 * self.max_iter})
+        self.coef_, self.intercept_ = res.x.astype(float), 0.0
+        self.n_fitted_ = int(len(e2))
+
+    def sigma(self, inputs: AtomInputs) -> np.ndarray:
+        """σ of every force component, eV/Å, shape (N, 3)."""
+        X = self.design(inputs)
+        if self.form == "loglinear":
+            return np.sqrt(self._variance(X)).reshape(-1, 3)
+        X = np.column_stack([np.ones(len(X)), X[:, 1:]])
+        k = X.shape[1]
+        A, T = np.exp(np.clip(X @ self.coef_[:k], -60, 60)), np.exp(np.clip(X @ self.coef_[k:], -60, 60))
+        return np.sqrt(A * inputs.forces.reshape(-1) ** 2 + T).reshape(-1, 3)
+
+
+class EnergyVariance(_LogLinearVariance):
+    """σ² = (1 + h) exp(ϑ·x) of the energy per atom (eV²/atom²): h the reference leverage, x the RMS force."""
+
+    kind = "energy"
+    unit = "eV/atom"
+    TERMS = ("leverage", "force", "chemistry", "llpr")
+    DEFAULT_TERMS = ("leverage",)
+    DEFAULT_RIDGE = 0.1
+
+    def _offset(self, inputs: AtomInputs) -> np.ndarray:
+        """1 + h where the ``leverage`` term is on (the variance of a least-squares prediction at the composition
+        grows as τ²(1 + h): a fixed factor, not a fitted slope, which extrapolated badly), else 1."""
+        if "leverage" not in self.terms:
+            return np.ones(inputs.n_structures)
+        if inputs.leverage is None:
+            raise ValueError("the 'leverage' term needs each structure's reference leverage")
+        h = np.asarray(inputs.leverage, dtype=float)
+        return 1.0 + np.where(np.isfinite(h), np.maximum(h, 0.0), 1.0)
+
+    def _columns(self, inputs: AtomInputs) -> np.ndarray:
+        cols = [np.zeros((inputs.n_structures, 0))]
+        if "force" in self.terms:
+            cols.append(_log_force(_rms_force(inputs)))
+        if "chemistry" in self.terms:
+            cols.append(_composition(inputs))
+        if "llpr" in self.terms:
+            if inputs.local_sigma is None:
+                raise ValueError("the 'llpr' term needs the atoms' LLPR energy σ")
+            cols.append(structure_mean(np.log(np.maximum(inputs.local_sigma, 1e-12)), inputs.structure,
+                                       inputs.n_structures))
+        return np.column_stack(cols) if len(cols) > 1 else cols[0]
+
+    def fit(self, inputs: AtomInputs, errors_per_atom, groups=None) -> EnergyVariance:
+        """Fit on calibration structures: ``errors_per_atom`` (S,), reference − model energy per atom after the
+        element reference, eV/atom (NaN: left out). With ``groups`` (S,), every group (chemical system) weighs
+        the same: the frames of one chemistry share most of their energy error (its formation-energy error)."""
+        e = np.asarray(errors_per_atom, dtype=float)
+        keep = np.isfinite(e)
+        if inputs.leverage is not None:
+            keep &= np.isfinite(np.asarray(inputs.leverage, dtype=float))
+        if keep.sum() < 3:
+            raise ValueError(f"the energy error model needs ≥ 3 structures with an energy residual, got {keep.sum()}")
+        w = None
+        if groups is not None:
+            g = np.asarray(groups).astype(str)[keep]
+            _, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+            w = 1.0 / counts[inv.ravel()]
+            w *= len(w) / w.sum()
+        sub = inputs.subset(np.flatnonzero(keep))
+        self._fit(sub, e[keep] ** 2 / self._offset(sub), weights=w)
+        return self
+
+    def sigma(self, inputs: AtomInputs) -> np.ndarray:
+        """σ of the energy per atom of every structure, eV/atom, shape (S,)."""
+        return np.sqrt(self._offset(inputs) * self._variance(self.design(inputs)))
+
+
+def grouped_folds(groups: Sequence[str], n_splits: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) of a grouped K-fold over structures: every group (chemical system) falls in one
+    test fold, so each structure is scored by models that never saw its group (scikit-learn's GroupKFold)."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups).astype(str)
+    k = min(int(n_splits), len(set(groups.tolist())))
+    if k < 2:
+        raise ValueError(f"grouped cross-fitting needs ≥ 2 groups (chemical systems), got "
+                         f"{sorted(set(groups.tolist()))}")
+    return list(GroupKFold(n_splits=k).split(np.zeros(len(groups)), groups=groups))
+
+
+def largest_z(n) -> np.ndarray:
+    """g(n) = Φ⁻¹(1 − 1/(4n)): the typical largest |z| of n standard normals (the size normalisation that makes
+    the largest errors of structures of different sizes comparable)."""
+    from scipy.stats import norm
+
+    return norm.ppf(1.0 - 1.0 / (4.0 * np.maximum(np.asarray(n, dtype=float), 1.0)))
+
+
+#: edges (eV/Å) of the RMS model force that split structures into the classes of the Mondrian force bound:
+#: relaxed (< 0.1), warm (0.1–0.5), hot (0.5–1) and very hot (> 1). Measured on the shipped GPAW labels, the
+#: cross-fitted score t falls with the force (its 90th percentile 1.0, 1.2, 0.87, 0.68 eV/Å in these classes):
+#: one global quantile is loose for hot structures and tight for warm ones (docs/conformal.md)
+FORCE_CLASS_EDGES = (0.1, 0.5, 1.0)
+
+
+def force_class(rms_force) -> np.ndarray:
+    """The Mondrian class (0 … len(FORCE_CLASS_EDGES)) of structures with these RMS model forces, eV/Å."""
+    return np.searchsorted(np.asarray(FORCE_CLASS_EDGES), np.asarray(rms_force, dtype=float), side="right")
+
+
+class ForceBound:
+    """A conformal bound on a structure's largest force-component error, eV/Å, from per-component σ.
+
+    Score of a calibration structure: t = max_i |e_i| / (g(n) max_i σ_i), with n its force components, g
+    (:func:`largest_z`) and σ_i from an error model fitted *without* that structure's chemical system
+    (:func:`cross_fit`). With q the split-conformal quantile of t at ``alpha``, U = q g(n) max_i σ_i bounds the
+    largest error of a new structure of a new chemistry with probability ≥ 1 − α, to the extent that it is
+    exchangeable with the calibration chemistries (docs/conformal.md). The quantile is Mondrian over the classes
+    of :func:`force_class` (one q per class of RMS force, the global q for a class with fewer than
+    ``min_class_size`` structures), so the coverage holds within each class.
+
+    Attributes: ``quantile_`` (global, 1), ``class_quantiles_`` (per class), ``class_sizes_``, ``n_structures_``,
+    ``scores_`` (ascending).
+    """
+
+    def __init__(self, alpha: float = 0.1, min_class_size: int = 30):
+        self.alpha = float(alpha)
+        self.min_class_size = int(min_class_size)
+
+    @staticmethod
+    def _rms(forces) -> float:
+        f = np.asarray(forces, dtype=float)
+        return float(np.sqrt(np.mean(f**2))) if f.size else 0.0
+
+    def fit(self, sigmas: Sequence[np.ndarray], errors: Sequence[np.ndarray], forces: Sequence[np.ndarray]) -> ForceBound:
+        """One (N_s, 3) array per calibration structure of σ (cross-fitted), errors and model forces, eV/Å."""
+        from calib.uq.conformal import conformal_quantile
+
+        if not (len(sigmas) == len(errors) == len(forces)) or len(sigmas) < 2:
+            raise ValueError(f"the force bound needs ≥ 2 structures with σ, errors and forces, got {len(sigmas)}")
+        keep = [k for k, e in enumerate(errors) if np.size(e)]
+        t = np.array([np.max(np.abs(errors[k])) / (largest_z(np.size(errors[k])) * np.max(sigmas[k])) for k in keep])
+        cls = force_class([self._rms(forces[k]) for k in keep])
+        self.scores_ = np.sort(t)
+        self.quantile_ = conformal_quantile(self.scores_, self.alpha, what="force error bound")
+        self.n_structures_ = len(t)
+        n_classes = len(FORCE_CLASS_EDGES) + 1
+        self.class_sizes_ = np.bincount(cls, minlength=n_classes)
+        self.class_quantiles_ = np.array([
+            conformal_quantile(np.sort(t[cls == c]), self.alpha, warn=False, what="force error bound")
+            if self.class_sizes_[c] >= self.min_class_size else self.quantile_ for c in range(n_classes)])
+        return self
+
+    def quantile(self, forces) -> float:
+        """q for a structure with these model forces (its class's, or the global one)."""
+        qs = getattr(self, "class_quantiles_", None)
+        return float(self.quantile_ if qs is None else qs[force_class(self._rms(forces))])
+
+    def bound(self, sigma, forces) -> float:
+        """U (eV/Å) of one structure from its components' σ (N, 3) and model forces (N, 3), eV/Å."""
+        s = np.asarray(sigma, dtype=float)
+        return float(self.quantile(forces) * largest_z(s.size) * np.max(s)) if s.size else float("nan")
+
+    def to_variables(self, prefix: str) -> dict:
+        return {f"{prefix}_quantile": ((), self.quantile_, {
+                    "units": "1", "alpha": self.alpha, "n_structures": int(self.n_structures_),
+                    "min_class_size": self.min_class_size,
+                    "description": "global conformal quantile of t = max|e| / (g(n) max sigma) over the calibration "
+                                   "structures, sigma cross-fitted by chemical system"}),
+                f"{prefix}_class_quantile": ((f"{prefix}_class",), self.class_quantiles_, {
+                    "units": "1", "class_edges_eV_per_A": ",".join(map(str, FORCE_CLASS_EDGES)),
+                    "description": "Mondrian quantile per class of RMS model force (the global one where the class "
+                                   "had too few structures)"}),
+                f"{prefix}_class_size": ((f"{prefix}_class",), self.class_sizes_.astype(np.int64), {"units": "1"}),
+                f"{prefix}_scores": ((f"{prefix}_structure",), self.scores_, {"units": "1"})}
+
+    @classmethod
+    def from_variables(cls, ds, prefix: str) -> ForceBound:
+        q = ds[f"{prefix}_quantile"]
+        self = cls(alpha=float(q.attrs.get("alpha", 0.1)), min_class_size=int(q.attrs.get("min_class_size", 30)))
+        self.quantile_, self.n_structures_ = float(q.values), int(q.attrs.get("n_structures", 0))
+        self.class_quantiles_ = ds[f"{prefix}_class_quantile"].values.astype(float)
+        self.class_sizes_ = ds[f"{prefix}_class_size"].values.astype(int)
+        self.scores_ = ds[f"{prefix}_scores"].values.astype(float)
+        return self
+
+
+@dataclass
+class CrossFit:
+    """What :func:`cross_fit` returns: per point, σ from models fitted without the point's group.
+
+    force_sigma : (N, 3) eV/Å; energy_sigma : (S,) eV/atom; energy_errors : (S,) eV/atom, the residual under an
+    element reference fitted without the group (NaN where the other groups do not fix the composition's shift);
+    leverage : (S,) the reference leverage those residuals had.
+    """
+
+    force_sigma: np.ndarray | None
+    energy_sigma: np.ndarray | None
+    energy_errors: np.ndarray | None
+    leverage: np.ndarray | None
+    n_folds: int
+    seen_energy_sigma: np.ndarray | None = None  # the "seen" class (:meth:`ErrorModels.composition_class`)
+    seen_energy_errors: np.ndarray | None = None
+    corrected_force_sigma: np.ndarray | None = None  # (rows with a leave-one-out correction, concatenated)
+    corrected_force_errors: np.ndarray | None = None
+
+
+def grouped_energy_residuals(numbers: Sequence[np.ndarray], delta_energy, groups, n_splits: int = 10):
+    """(per-atom residuals eV/atom, leverage) of every structure under an element reference fitted without its
+    group (calib.uq.reference.ElementReference), NaN where the other groups do not determine the shift."""
+    from calib.uq.reference import ElementReference
+
+    delta = np.asarray(delta_energy, dtype=float)
+    n = np.array([len(x) for x in numbers], dtype=float)
+    out, lev = np.full(len(delta), np.nan), np.full(len(delta), np.nan)
+    for train, test in grouped_folds(groups, n_splits):
+        ref = ElementReference().fit([numbers[i] for i in train], delta[train])
+        nums = [numbers[i] for i in test]
+        ok, _ = ref.determined(nums)
+        rows = test[ok]
+        if len(rows):
+            out[rows] = (delta[rows] - ref.predict([numbers[i] for i in rows])) / n[rows]
+            lev[rows] = ref.leverage([numbers[i] for i in rows])
+    return out, lev
+
+
+def cross_fit(inputs: AtomInputs, force_errors=None, *, numbers: Sequence[np.ndarray] | None = None,
+              delta_energy=None, groups, n_splits: int = 10, force_model: dict | None = None,
+              energy_model: dict | None = None) -> CrossFit:
+    """Grouped cross-fitting of the error models over calibration structures (groups: chemical systems).
+
+    Every structure's σ comes from models fitted on the other folds of groups only: its force σ from a
+    :class:`ForceComponentVariance`, its energy σ from an :class:`EnergyVariance` fitted on residuals that are
+    themselves out-of-group (a nested grouped split inside the training folds) under an element reference
+    fitted without its group. ``force_errors`` (N, 3) eV/Å and ``delta_energy`` (S,) total eV (reference −
+    model, NaN: no energy) are the labels; ``numbers`` one array of atomic numbers per structure.
+    """
+    groups = np.asarray(groups).astype(str)
+    folds = grouped_folds(groups, n_splits)
+    f_sig = None
+    if force_errors is not None:
+        fe = np.asarray(force_errors, dtype=float).reshape(-1, 3)
+        f_sig = np.full(fe.shape, np.nan)
+        starts = np.concatenate([[0], np.cumsum(inputs.n_atoms)])
+        for train, test in folds:
+            model = ForceComponentVariance(**(force_model or {})).fit(
+                inputs.subset(train), np.concatenate([fe[starts[i]:starts[i + 1]] for i in train]),
+            )
+            sig = model.sigma(inputs.subset(test))
+            ends = np.cumsum(inputs.n_atoms[test])
+            for k, i in enumerate(test):
+                f_sig[starts[i]:starts[i + 1]] = sig[ends[k] - inputs.n_atoms[i]:ends[k]]
+    e_sig = e_err = lev = None
+    if delta_energy is not None and np.isfinite(np.asarray(delta_energy, dtype=float)).sum() >= 3:
+        delta = np.asarray(delta_energy, dtype=float)
+        e_err, lev = grouped_energy_residuals(numbers, delta, groups, n_splits)
+        e_sig = np.full(len(delta), np.nan)
+        if tuple(EnergyVariance(**(energy_model or {})).terms) == ("leverage",):
+            # σ = τ √(1 + h) has no fitted shape: its conformal score |e| / √(1 + h) needs no nested fit (τ cancels)
+            sub = AtomInputs(inputs.numbers, inputs.forces, inputs.structure, inputs.descriptors, inputs.local_sigma,
+                             lev, inputs.n_structures)
+            ok = np.isfinite(e_err)
+            if ok.sum() >= 3:
+                e_sig[ok] = EnergyVariance(**(energy_model or {})).fit(sub, e_err, groups=groups).sigma(sub)[ok]
+            folds_energy = []
+        else:
+            folds_energy = folds
+        for train, test in folds_energy:
+            inner, inner_lev = grouped_energy_residuals([numbers[i] for i in train], delta[train], groups[train],
+                                                        n_splits)
+            sub = inputs.subset(train)
+            sub.leverage = inner_lev
+            try:
+                model = EnergyVariance(**(energy_model or {})).fit(sub, inner, groups=groups[train])
+            except ValueError:  # too few determined residuals in this fold
+                continue
+            te = inputs.subset(test)
+            te.leverage = lev[test]
+            ok = np.isfinite(e_err[test])
+            e_sig[test[ok]] = model.sigma(te)[ok]
+    return CrossFit(f_sig, e_sig, e_err, lev, len(folds))
+
+
+@dataclass
+class ErrorModels:
+    """The fitted error models a calibration holds: per-component force σ, the structure force bound, the energy
+    σ per atom, the elements the force labels contained (atomic numbers), and how each was cross-fitted
+    (groups: "chemical system", or "structure" for a one-chemistry set)."""
+
+    forces: ForceComponentVariance | None = None
+    bound: ForceBound | None = None
+    forces_corrected: ForceComponentVariance | None = None  # σ of scalar-corrected forces c·F (inputs: c·F)
+    bound_corrected: ForceBound | None = None
+    energy: EnergyVariance | None = None
+    energy_seen: EnergyVariance | None = None
+    compositions: np.ndarray | None = None
+    elements: np.ndarray | None = None
+    force_groups: str = "chemical system"
+    energy_groups: str = "chemical system"
+
+    PREFIX = "errmodel"
+
+    def composition_class(self, numbers_per_structure) -> np.ndarray:
+        """"seen" for a structure whose reduced formula a calibration structure had (its energy error is a
+        chemistry's own, within-composition error), "new" otherwise (a new compound's formation-energy error)."""
+        from calib.uq.reference import reduced_formula
+
+        seen = set((self.compositions if self.compositions is not None else np.zeros(0, str)).tolist())
+        return np.array(["seen" if reduced_formula(n) in seen and self.energy_seen is not None else "new"
+                         for n in numbers_per_structure], dtype=object)
+
+    def energy_sigma(self, inputs: AtomInputs, numbers_per_structure) -> tuple[np.ndarray, np.ndarray]:
+        """(σ of the energy per atom, eV/atom, and its class "seen" | "new") of every structure."""
+        cls = self.composition_class(numbers_per_structure)
+        sig = self.energy.sigma(inputs)
+        if self.energy_seen is not None and (cls == "seen").any():
+            sig = np.where(cls == "seen", self.energy_seen.sigma(inputs), sig)
+        return sig, cls
+
+    def unlabelled(self, numbers_per_structure) -> list[str]:
+        """Per structure, the elements (symbols, comma-joined) that no calibration force label contained."""
+        from ase.data import chemical_symbols
+
+        known = set((self.elements if self.elements is not None else np.zeros(0, int)).tolist())
+        return [",".join(chemical_symbols[z] for z in sorted({int(z) for z in nums} - known)) for nums in
+                numbers_per_structure]
+
+    def to_variables(self) -> dict:
+        p = self.PREFIX
+        out = {}
+        if self.forces is not None:
+            out.update(self.forces.to_variables(f"{p}_forces"))
+        if self.bound is not None:
+            out.update(self.bound.to_variables(f"{p}_bound"))
+        if self.forces_corrected is not None:
+            out.update(self.forces_corrected.to_variables(f"{p}_forces_corrected"))
+            out.update(self.bound_corrected.to_variables(f"{p}_bound_corrected"))
+        if self.energy is not None:
+            out.update(self.energy.to_variables(f"{p}_energy"))
+        if self.energy_seen is not None:
+            out.update(self.energy_seen.to_variables(f"{p}_energy_seen"))
+            out[f"{p}_compositions"] = ((f"{p}_composition",), np.asarray(self.compositions, dtype=str), {
+                "description": "reduced formulas of the calibration structures (energy class 'seen')"})
+        if self.elements is not None:
+            out[f"{p}_elements"] = ((f"{p}_element",), np.asarray(self.elements, dtype=np.int32), {
+                "units": "1", "description": "atomic numbers the calibration force labels contain",
+                "force_groups": self.force_groups, "energy_groups": self.energy_groups})
+        return out
+
+    @classmethod
+    def present(cls, ds) -> bool:
+        return f"{cls.PREFIX}_forces_coef" in ds or f"{cls.PREFIX}_energy_coef" in ds
+
+    @classmethod
+    def from_variables(cls, ds) -> ErrorModels:
+        p = cls.PREFIX
+        el = ds[f"{p}_elements"] if f"{p}_elements" in ds else None
+        return cls(
+            forces=ForceComponentVariance.from_variables(ds, f"{p}_forces")
+            if ForceComponentVariance.present(ds, f"{p}_forces") else None,
+            bound=ForceBound.from_variables(ds, f"{p}_bound") if f"{p}_bound_quantile" in ds else None,
+            forces_corrected=ForceComponentVariance.from_variables(ds, f"{p}_forces_corrected")
+            if ForceComponentVariance.present(ds, f"{p}_forces_corrected") else None,
+            bound_corrected=ForceBound.from_variables(ds, f"{p}_bound_corrected")
+            if f"{p}_bound_corrected_quantile" in ds else None,
+            energy=EnergyVariance.from_variables(ds, f"{p}_energy")
+            if EnergyVariance.present(ds, f"{p}_energy") else None,
+            energy_seen=EnergyVariance.from_variables(ds, f"{p}_energy_seen")
+            if EnergyVariance.present(ds, f"{p}_energy_seen") else None,
+            compositions=ds[f"{p}_compositions"].values.astype(str) if f"{p}_compositions" in ds else None,
+            elements=None if el is None else el.values.astype(int),
+            force_groups=str(el.attrs.get("force_groups", "chemical system")) if el is not None else "chemical system",
+            energy_groups=str(el.attrs.get("energy_groups", "chemical system")) if el is not None else "chemical system")
+
+
+def leave_one_out_corrections(model_forces: Sequence[np.ndarray], errors: Sequence[np.ndarray], groups) -> np.ndarray:
+    """c of each structure's chemistry (group) fitted on the *other* structures of that chemistry alone: the
+    closed form c = Σ f·g / Σ f² of calib.softening.scale over them, g = f + e the reference forces (eV/Å).
+    NaN for a structure alone in its group, or whose group's other forces are all zero. A corrected error
+    g − c f made with it is the error of a correction fitted on labels of the chemistry and applied to a new
+    structure, as a user's is."""
+    groups = np.asarray(groups).astype(str)
+    fg = np.array([float(np.sum(f * (f + e))) for f, e in zip(model_forces, errors)])
+    ff = np.array([float(np.sum(f * f)) for f in model_forces])
+    out = np.full(len(groups), np.nan)
+    for g in set(groups.tolist()):
+        rows = np.flatnonzero(groups == g)
+        if len(rows) < 2:
+            continue
+        num, den = fg[rows].sum() - fg[rows], ff[rows].sum() - ff[rows]
+        out[rows] = np.where(den > 1e-12, num / np.where(den > 1e-12, den, 1.0), np.nan)
+    return out
