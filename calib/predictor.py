@@ -34,6 +34,7 @@ energy_centre           structure               energy + energy_shift: the estim
 energy_low/high         structure               conformal interval for the reference-code total energy, eV
                                                 (NaN where the element reference does not determine the shift)
 energy_interval_reason  structure               why a structure has no energy interval ("" when it has one)
+energy_reference_u      structure               elements whose GGA+U offset ("Fe (U)") the shift used, or ""
 energy_halfwidth        structure               conformal half-width of the total energy, eV (with or without
                                                 an interval: the element reference does not change it)
 energy_class            structure               class of the energy quantile: "seen" or "new" composition
@@ -111,6 +112,8 @@ _DESCRIPTIONS = {
     "domain_score": "max(q_score, t2_score): > 1 out of the model's domain",
     "trust_checks_failed": "the verdict's failed checks (domain, forces, energy, element, not checked), comma-joined",
     "trust_notes": "information beside the verdict: elements no calibration label holds, extrapolation",
+    "energy_reference_u": "elements whose GGA+U offset the energy shift used (Materials Project's U on oxides and "
+                          "fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W), '' for none",
     "local_energy_sigma": "LLPR sigma of the atom's energy contribution (local prediction rigidity)",
     "max_local_sigma": "largest per-atom energy sigma of the structure",
     "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
@@ -447,6 +450,10 @@ class CalibratedPredictor:
         if art.element_reference is not None or "energy" in art.conformal:
             cols.struct("energy_shift", shift)
             cols.struct("energy_centre", pred.energy + shift)
+        if art.element_reference is not None:  # which offsets: an element under GGA+U has its own, "Fe (U)"
+            ref = art.element_reference
+            cols.struct("energy_reference_u", np.array([", ".join(ref.species(n)) for n in _split_numbers(pred)],
+                                                       dtype=object), fill="")
         if "energy" in art.conformal:
             h, cls = art.conformal["energy"].half_width_points(points["energy"])
             cols.energy_halfwidth = h

@@ -37,6 +37,7 @@ def test_names_and_unknown_name():
 
 def test_high_energy_states():
     structs = datasets.load("high-energy-states")
+    prov = json.load(open(os.path.join(datasets.root(), "high-energy-states", "provenance.json")))
     by_chem = {}
     for a in structs:
         by_chem.setdefault(a.info["chemsys"], []).append(a)
@@ -46,8 +47,11 @@ def test_high_energy_states():
         assert all(a.info["name"].rsplit("-md", 1)[0] == system for a in group), chem
         assert 8 <= len(group[0]) <= 16
         if system in PERIODIC_SYSTEMS or system in TERNARY_SYSTEMS:  # the extension: 6 frames, full provenance
-            assert len(group) == 6, (chem, len(group))
-            assert sorted(a.info["strain"] for a in group) == [-0.03] + [0.0] * 4 + [0.03]
+            # a frame whose SCF never converged is left out and named in provenance.json, never kept
+            failed = prov.get(system, {}).get("failed_frames", [])
+            assert len(group) + len(failed) == 6, (chem, len(group), failed)
+            if not failed:
+                assert sorted(a.info["strain"] for a in group) == [-0.03] + [0.0] * 4 + [0.03]
             for a in group:
                 assert a.info["kpts_gamma"] and a.info["cutoff_eV"] == 450 and a.info["kdensity"] == 2.0
                 assert json.loads(a.info["convergence"])["forces"] == 1e-3, chem

@@ -128,4 +128,7 @@ def test_cli_decide_on_shipped_data(calibrated, chgnet):
     for rec in preds:
         n = rec["n_atoms"]
         assert rec["correction"] == c
-        assert rec["energy_corrected"] == pytest.approx(n * anchor + c * (rec["energy"] - n * anchor))
+        # predict reports the corrected prediction; energy_model is the model's own energy
+        assert rec["energy_corrected"] == pytest.approx(n * anchor + c * (rec["energy_model"] - n * anchor))
+        if rec["prediction"] == "corrected":
+            assert rec["energy"] == pytest.approx(rec["energy_corrected"], abs=1e-9)

@@ -244,6 +244,29 @@ def test_library_softening_and_corrections_without_the_cli(chgnet, tmp_path):
     np.testing.assert_allclose(raw.energy.values, ds.energy_model.values)
 
 
+def test_gga_u_species_get_their_own_offsets():
+    """Materials Project's GGA+U elements in an oxide or fluoride are a species of their own ("Fe (U)"); a metal,
+    a sulfide and a U-free fluoride keep plain offsets. Offsets drawn per species are recovered exactly where the
+    calibration compositions fix them."""
+    from calib.uq.reference import ElementReference, reference_species
+
+    assert list(reference_species([26, 26, 8, 8])) == [1026, 1026, 8, 8]
+    assert list(reference_species([26, 26])) == [26, 26] and list(reference_species([26, 16])) == [26, 16]
+    assert list(reference_species([3, 27, 8, 8])) == [3, 1027, 8, 8] and list(reference_species([19, 12, 9])) == \
+        [19, 12, 9]
+    mu = {26: -8.2, 1026: -6.6, 8: -4.9, 12: -1.6, 3: -1.9}
+    cal = [[26, 26], [12, 8], [3, 3, 8], [26, 8], [12, 12, 8, 8]]
+    delta = np.array([sum(mu[int(z)] for z in reference_species(n)) for n in cal])
+    ref = ElementReference().fit(cal, delta)
+    assert "Fe (U)" in ref.elements_ and "Fe" in ref.elements_
+    probe = [[26, 26, 26, 26], [26, 26, 8, 8], [3, 3, 8, 12, 8]]
+    want = [sum(mu[int(z)] for z in reference_species(n)) for n in probe]
+    ok, _ = ref.determined(probe)
+    assert ok.all()
+    np.testing.assert_allclose(ref.predict(probe), want, atol=1e-9)
+    assert ref.species([26, 8]) == ["Fe (U)"] and ref.species([26]) == []
+
+
 def test_reference_determined_only_where_the_calibration_compositions_fix_it():
     from calib.uq.reference import ElementReference
 

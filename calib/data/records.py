@@ -50,6 +50,8 @@ def to_records(ds, structures=None) -> list[dict]:
             rec["energy_interval"] = None if reason or not np.isfinite(lo) else [lo, hi]
             if reason:
                 rec["energy_interval_reason"] = reason
+        if "energy_reference_u" in ds:
+            rec["energy_offsets_u"] = [x for x in str(ds["energy_reference_u"].values[k]).split(", ") if x]
         if "energy_class" in ds:
             rec["energy_class"] = str(ds["energy_class"].values[k])
         for key in optional_f:

@@ -6,9 +6,11 @@ Rules, evaluated per chemical system with explicit thresholds
 1. fewer than ``min_labels`` [3] labelled structures → **label** ("too few labels");
 2. **accept** when the CI of the softening scale contains 1 (no systematic
    softening), the labelled force MAE ≤ ``force_tol`` [0.1 eV/Å], and at most
-   ``max_untrusted`` [10 %] of the targets are untrusted by the one trust verdict
-   (:mod:`calib.uq.trust`: out of the model's domain, force-error bound or energy
-   half-width above its tolerance);
+   ``max_untrusted`` [10 %] of the targets are out of tolerance: out of the model's
+   domain, or with an expected force MAE above ``force_tol`` under the calibrated error
+   model (√(2/π) × the mean σ of its force components, calib.uq.errormodel: the same
+   measure as the labelled MAE, for structures without labels). Without an error model
+   (a calib 0.5 artifact), the trust verdict decides instead;
 3. **scale** when the CI excludes 1, the leave-one-structure-out corrected
    error cMAE_loo ≤ ``force_tol``, and at most ``max_untrusted`` of the
    targets are out of the model's domain (the correction was fitted inside it);
@@ -101,7 +103,8 @@ def farthest_point_ranking(features: np.ndarray, uncertainty: np.ndarray, n: int
 
 
 def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None, target_score=None,
-                     target_trusted=None, target_ood=None, target_indices: Sequence[int] = ()) -> Decision:
+                     target_trusted=None, target_ood=None, target_mae=None,
+                     target_indices: Sequence[int] = ()) -> Decision:
     """Apply the rules to one chemistry.
 
     Parameters
@@ -111,6 +114,7 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
     target_score : (T,) the trust verdict's score of each target (> 1: untrusted; ranks requests).
     target_trusted : (T,) bool, the verdict (default: all trusted).
     target_ood : (T,) Q scores against the model's domain (> 1: out of it).
+    target_mae : (T,) expected force MAE of each target under the error model, eV/Å (None: the verdict decides).
     target_indices : (T,) positions of the targets in the caller's list.
     """
     t = thresholds
@@ -119,6 +123,8 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
     n_t = len(target_indices)
     ood = np.asarray(target_ood if target_ood is not None else np.zeros(n_t)) > 1
     untrusted = ~np.asarray(target_trusted if target_trusted is not None else np.ones(n_t, dtype=bool), dtype=bool)
+    if target_mae is not None:  # out of tolerance: out of the domain, or an expected MAE above the tolerance
+        untrusted = ood | ~(np.asarray(target_mae, dtype=float) <= tol)
     f_ood = float(ood.mean()) if n_t else 0.0
     f_untrusted = float(untrusted.mean()) if n_t else 0.0
     lo, hi = s.softening_ci
@@ -132,13 +138,16 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
             decision = "accept"
             reasons.append(f"no systematic softening ({ci_txt} contains 1) and force MAE {s.mae:.3f} ≤ "
                            f"{tol} eV/Å; {100 * f_untrusted:.0f} % of {n_t} targets "
-                           f"untrusted ≤ {100 * t.max_untrusted:.0f} %")
+                           f"{'out of tolerance' if target_mae is not None else 'untrusted'} ≤ "
+                           f"{100 * t.max_untrusted:.0f} %")
         else:
             if s.mae > tol:
                 reasons.append(f"no systematic softening ({ci_txt} contains 1) but force MAE {s.mae:.3f} > "
                                f"{tol} eV/Å: a scalar cannot fix it")
             if f_untrusted > t.max_untrusted:
-                reasons.append(f"{100 * f_untrusted:.0f} % of {n_t} targets untrusted ({100 * f_ood:.0f} % out of the "
+                what = (f"with an expected force MAE above {tol} eV/Å or out of the model's domain"
+                        if target_mae is not None else "untrusted")
+                reasons.append(f"{100 * f_untrusted:.0f} % of {n_t} targets {what} ({100 * f_ood:.0f} % out of the "
                                f"model's domain) > {100 * t.max_untrusted:.0f} %")
     else:
         loo = s.cmae_loo if s.cmae_loo is not None else np.inf
@@ -178,7 +187,7 @@ def _requests(u: np.ndarray, features, indices: Sequence[int], n: int) -> list[i
 
 
 def unmeasured(chemsys: str, reason: str, thresholds: Thresholds, *, n_structures: int = 0, target_features=None,
-               target_score=None, target_trusted=None, target_indices: Sequence[int] = ()) -> Decision:
+               target_score=None, target_trusted=None, target_mae=None, target_indices: Sequence[int] = ()) -> Decision:
     """The decision for a chemistry whose softening cannot be measured (no labelled structure of it, or
     labels that determine no scale): always **label**, with ``reason``, and requests ranked as for rule 4
     among its targets (by the verdict's score, diversified)."""

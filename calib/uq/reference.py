@@ -22,6 +22,7 @@ interval where it is not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,8 +49,52 @@ def reduced_formula(numbers) -> str:
     return Formula.from_list([chemical_symbols[int(z)] for z in numbers]).reduce()[0].format("metal")
 
 
+#: the key of a GGA+U species in the reference: atomic number + this (e.g. Fe under U: 1026)
+U_KEY = 1000
+
+
+@functools.lru_cache(maxsize=4096)
+def _u_elements(zs: tuple) -> frozenset:
+    """The elements of a composition (sorted tuple of atomic numbers) that Materials Project treats with GGA+U
+    (calib.data.labelers.materials_project_settings: MPRelaxSet's LDAUU, applied when the most electronegative
+    element is O or F)."""
+    from calib.data.labelers import materials_project_settings
+
+    u = materials_project_settings([chemical_symbols[z] for z in zs])["hubbard_u"] or {}
+    return frozenset(chemical_symbols.index(el) for el in u)
+
+
+def reference_species(numbers) -> np.ndarray:
+    """The element-reference key of every atom: its atomic number, or atomic number + :data:`U_KEY` for an atom
+    that Materials Project (and so CHGNet, trained on MPtrj, and the shipped GPAW labels) treats with GGA+U: a Co,
+    Cr, Fe, Mn, Mo, Ni, V or W atom of an oxide or fluoride. A GGA+U energy sits on another zero than the plain
+    GGA energy of the same element, so the two get separate offsets ("Fe" and "Fe (U)")."""
+    z = np.asarray(numbers, dtype=int)
+    if not len(z) or np.any(z >= U_KEY):
+        return z
+    u = _u_elements(tuple(sorted(set(z.tolist()))))
+    return z + U_KEY * np.isin(z, list(u)) if u else z
+
+
+def species_name(key: int) -> str:
+    """"Fe" or "Fe (U)" for a key of :func:`reference_species`."""
+    key = int(key)
+    return f"{chemical_symbols[key - U_KEY]} (U)" if key >= U_KEY else chemical_symbols[key]
+
+
+def species_key(name: str) -> int:
+    """The inverse of :func:`species_name`."""
+    if name.endswith(" (U)"):
+        return chemical_symbols.index(name[:-4]) + U_KEY
+    return chemical_symbols.index(name)
+
+
 class ElementReference:
     """Least-squares per-element energy shifts μ_el (eV/atom).
+
+    The "elements" are the species of :func:`reference_species`: an element under Materials Project's GGA+U (a
+    transition metal of an oxide or fluoride) has an offset of its own, named "Fe (U)"; every method takes plain
+    atomic numbers and maps them.
 
     Attributes (after :meth:`fit`)
     ------------------------------
@@ -62,6 +107,7 @@ class ElementReference:
 
     def fit(self, numbers: Sequence[Sequence[int]], delta_energy: np.ndarray) -> ElementReference:
         """Fit μ to ``delta_energy`` (total eV, reference minus model) of structures with atomic ``numbers``."""
+        numbers = [reference_species(n) for n in numbers]
         zs = sorted({int(z) for nums in numbers for z in nums})
         C = self._counts(numbers, zs)
         delta = np.asarray(delta_energy, dtype=float)
@@ -69,7 +115,7 @@ class ElementReference:
             raise ValueError(f"{C.shape[0]} structures but {delta.shape[0]} energies")
         # minimum-norm solution: identifiable combinations only, e.g. μ_Li + μ_Cl for LiCl alone
         mu, *_ = np.linalg.lstsq(C, delta, rcond=None)
-        self.elements_ = [chemical_symbols[z] for z in zs]
+        self.elements_ = [species_name(z) for z in zs]
         self.values_ = mu
         _, s, vt = np.linalg.svd(C, full_matrices=False)
         rank = int(np.sum(s > ROW_SPACE_TOL * (s[0] if s.size else 0.0))) if s.size else 0
@@ -90,21 +136,27 @@ class ElementReference:
         return C
 
     def _zs(self) -> list[int]:
-        return [chemical_symbols.index(s) for s in self.elements_]
+        return [species_key(s) for s in self.elements_]
 
     def predict(self, numbers: Sequence[Sequence[int]]) -> np.ndarray:
         """Σ_el n_el μ_el for each structure, total eV. Elements never fitted contribute 0
         (check :meth:`determined` before using the result)."""
-        return self._counts(numbers, self._zs()) @ self.values_
+        return self._counts([reference_species(n) for n in numbers], self._zs()) @ self.values_
+
+    def species(self, numbers) -> list[str]:
+        """The reference species of one structure's atoms that carry an offset of their own under GGA+U
+        (e.g. ["Fe (U)"]); [] when none does (what ``calib predict`` reports as the offset it used)."""
+        return sorted({species_name(z) for z in reference_species(numbers) if z >= U_KEY})
 
     def determined(self, numbers: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[str]]:
         """(whether each structure's shift is determined by the calibration data, reason or "")."""
         known = set(self.elements_)
+        numbers = [reference_species(n) for n in numbers]
         C = self._counts(numbers, self._zs())
         ok = np.ones(len(numbers), dtype=bool)
         reasons = [""] * len(numbers)
         for i, nums in enumerate(numbers):
-            unseen = sorted({chemical_symbols[int(z)] for z in nums} - known)
+            unseen = sorted({species_name(z) for z in nums} - known)
             if unseen:
                 ok[i] = False
                 reasons[i] = (f"element(s) {', '.join(unseen)} absent from the energy reference "
@@ -116,7 +168,7 @@ class ElementReference:
             resid = x - self.basis_.T @ (self.basis_ @ x)
             if np.linalg.norm(resid) > ROW_SPACE_TOL * np.linalg.norm(x):
                 ok[i] = False
-                reasons[i] = (f"composition {formula_of(nums)} is not determined by the calibration compositions "
+                reasons[i] = (f"composition {formula_of(np.asarray(nums) % U_KEY)} is not determined by the calibration compositions "
                               "(the element reference fixes only the combinations they span): "
                               "no energy interval; calibrate on structures that fix it")
         return ok, reasons
@@ -132,6 +184,7 @@ class ElementReference:
         out = np.full(len(numbers), np.nan)
         if G is None:
             return out
+        numbers = [reference_species(n) for n in numbers]
         C = self._counts(numbers, self._zs())
         known = set(self._zs())
         for i, nums in enumerate(numbers):

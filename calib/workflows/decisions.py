@@ -54,6 +54,11 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
         tds = full.isel(structure=np.flatnonzero(err == ""))
     t_index = tds["structure"].values
     verdict = {"target_score": tds["trust_score"].values, "target_trusted": tds["trusted"].values.astype(bool)}
+    if "forces_sigma" in tds and artifact.error_models is not None:  # each target's expected force MAE, eV/Å
+        owner = np.searchsorted(tds["structure"].values, tds["structure_index"].values)
+        sig = tds["forces_sigma"].values.mean(axis=1)
+        verdict["target_mae"] = np.sqrt(2 / np.pi) * np.bincount(owner, weights=sig, minlength=len(t_index)) / \
+            np.maximum(np.bincount(owner, minlength=len(t_index)), 1)
     q = tds["domain_score"].values if "domain_score" in tds else tds["q_score"].values if "q_score" in tds else None
     decisions = []
     chems = set(tds["chemsys"].values.tolist())  # with targets: the chemistries the user wants to simulate

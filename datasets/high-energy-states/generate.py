@@ -14,8 +14,10 @@ per system (spin polarisation, initial moments, Hubbard U) come from ``settings`
 (``calib.data.prototypes.TERNARY_SYSTEMS``) follow the extension's 6-frame protocol.
 
 Resumable: the MD frames of a chemistry are written once to
-``frames/<name>.extxyz`` and reused; labels stream to ``<name>.extxyz`` and a
-rerun labels only what is missing. Seeded (``SEED``) throughout. Several
+``frames/<name>.extxyz`` and reused; labels stream to ``<name>.extxyz.partial``
+(outside the dataset) and a rerun labels only what is missing; when every frame
+is labelled (or failed for good, named in ``provenance.json``) the file becomes
+``<name>.extxyz``. Seeded (``SEED``) throughout. Several
 workers share the list round-robin (``--worker K/N``); ``provenance.json`` is
 updated under a file lock.
 
@@ -123,6 +125,11 @@ def md_frames(name: str, calc) -> list[Atoms]:
     return frames
 
 
+def _n_frames(path: str) -> int:
+    with open(path) as fh:
+        return sum("calib_key=" in line for line in fh)
+
+
 @contextlib.contextmanager
 def _locked_log(path: str):
     """``provenance.json`` read, handed out for update and written back under an exclusive lock."""
@@ -146,7 +153,19 @@ def main(names: list[str]) -> None:
         frames = md_frames(name, calc)
         t_md = time.perf_counter() - t0
         gpaw = factory(name)
-        report = label(frames, os.path.join(HERE, f"{name}.extxyz"), gpaw, progress=False)
+        final = os.path.join(HERE, f"{name}.extxyz")
+        partial = final + ".partial"  # out of the dataset (datasets.load reads *.extxyz) until every frame is done
+        if os.path.exists(final) and not os.path.exists(partial) and _n_frames(final) < len(frames):
+            os.replace(final, partial)  # a system stopped mid-way by an older version of this script
+        if os.path.exists(final):
+            report = label(frames, final, gpaw, progress=False)
+        else:
+            report = label(frames, partial, gpaw, progress=False)
+            if report.n_done_before + report.n_labelled == len(frames) or (
+                    report.n_done_before + report.n_labelled + len(report.failures) == len(frames)):
+                os.replace(partial, final)
+                if os.path.exists(partial + ".errors.jsonl"):
+                    os.replace(partial + ".errors.jsonl", final + ".errors.jsonl")
         with _locked_log(log_path) as log:
             entry = log.setdefault(name, {"md_seconds": 0.0, "dft_seconds": 0.0})
             entry["md_seconds"] = round((entry["md_seconds"] or 0.0) + t_md, 1)
