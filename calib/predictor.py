@@ -495,8 +495,7 @@ class CalibratedPredictor:
         if em is not None and em.bound is not None and cols.force_sigma_all is not None:
             bounds = [em.bound_corrected if cols.applied[k] and em.bound_corrected is not None else em.bound
                       for k in range(n)]
-            bound = np.array([b.bound(cols.force_sigma_all[sl], pred.forces[sl])
-                              for b, sl in zip(bounds, pred.atom_slices())])
+            bound = np.array([b.bound(cols.force_sigma_all[sl]) for b, sl in zip(bounds, pred.atom_slices())])
         elif art.force_error is not None and pred.forces is not None:  # a calib 0.5 artifact
             bound = np.array([art.force_error.bound(pred.forces[sl]) for sl in pred.atom_slices()])
         else:

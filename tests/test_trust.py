@@ -153,13 +153,12 @@ def test_force_bound_covers_new_chemistries_by_simulation():
     inputs, errors, chem = _synthetic_atoms(rng, 240, kappa)
     cf = cross_fit(inputs, errors, groups=chem, n_splits=10)
     ends = np.cumsum(inputs.n_atoms)[:-1]
-    bound = ForceBound(alpha=0.1).fit(np.split(cf.force_sigma, ends), np.split(errors, ends),
-                                      np.split(inputs.forces, ends))
+    bound = ForceBound(alpha=0.1).fit(np.split(cf.force_sigma, ends), np.split(errors, ends))
     model = ForceComponentVariance().fit(inputs, errors)
     new, e_new, _ = _synthetic_atoms(np.random.default_rng(6), 1500, kappa)
     sig = model.sigma(new)
     e2 = np.cumsum(new.n_atoms)[:-1]
-    U = np.array([bound.bound(s, f) for s, f in zip(np.split(sig, e2), np.split(new.forces, e2))])
+    U = np.array([bound.bound(s) for s in np.split(sig, e2)])
     worst = np.array([np.abs(e).max() for e in np.split(e_new, e2)])
     covered = np.mean(worst <= U)
     assert 0.87 <= covered <= 0.96, covered
@@ -266,7 +265,7 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
         sigma = np.sqrt(np.exp(X @ fm.coef_ + fm.intercept_)).reshape(-1, 3)
         np.testing.assert_allclose(ds["forces_sigma"].values[ds["structure_index"].values == k], sigma, rtol=1e-8)
         g = norm.ppf(1 - 1 / (4 * F.size))
-        want = fb.quantile(F) * g * sigma.max()
+        want = fb.quantile_ * g * sigma.max()
         assert ds["force_error_bound"].values[k] == pytest.approx(want, rel=1e-8)
     score = np.maximum(ds["domain_score"].values, ds["force_error_bound"].values / 0.3)  # default: no energy check
     np.testing.assert_allclose(ds["trust_score"].values, score, rtol=1e-12)
@@ -301,7 +300,12 @@ def test_screen_and_decide_give_the_predictors_verdict(chgnet, cal, tmp_path):
     decisions, _ = decide(art, chgnet, lab, targets, progress=False)
     by_chem = {d.chemsys: d for d in decisions}
     lif = ds["chemsys"].values == "Li-F"
-    assert by_chem["Li-F"].fraction_untrusted == pytest.approx(np.mean(~ds["trusted"].values[lif]))
+    # decide holds targets to its MAE tolerance (0.1 eV/Å): the expected MAE √(2/π)·mean σ under the error model
+    full = CalibratedPredictor(chgnet, art).predict(targets, forces=True, progress=False)
+    mae = np.array([np.sqrt(2 / np.pi) * full["forces_sigma"].values[full["structure_index"].values == k].mean()
+                    for k in range(len(targets))])
+    out = (mae > 0.1) | (full["domain_score"].values > 1)
+    assert by_chem["Li-F"].fraction_untrusted == pytest.approx(np.mean(out[lif]))
 
 
 def test_evaluate_reports_the_verdict_against_labels(chgnet, cal):

@@ -173,6 +173,8 @@ class _LogLinearVariance:
         raise NotImplementedError
 
     def _fit_pca(self, inputs: AtomInputs) -> None:
+        if hasattr(self, "elements_"):
+            del self.elements_  # a refit takes the elements of its own data
         self.pca_mean_ = np.zeros(0)
         self.pca_components_ = np.zeros((0, 0))
         self.pca_scale_ = np.zeros(0)
@@ -237,6 +239,9 @@ class _LogLinearVariance:
             f"{prefix}_pca_mean": ((f"{prefix}_dim",), self.pca_mean_, {"units": "descriptor units"}),
             f"{prefix}_pca_components": ((f"{prefix}_pc", f"{prefix}_dim"), self.pca_components_, {"units": "1"}),
             f"{prefix}_pca_scale": ((f"{prefix}_pc",), self.pca_scale_, {"units": "descriptor units"}),
+            **({f"{prefix}_onehot_elements": ((f"{prefix}_onehot",), np.asarray(self.elements_, dtype=np.int32),
+                                              {"units": "1", "description": "atomic numbers of the element term"})}
+               if "element" in self.terms else {}),
         }
 
     @classmethod
@@ -254,6 +259,8 @@ class _LogLinearVariance:
         self.pca_components_ = comps.reshape(-1, len(self.pca_mean_)) if len(self.pca_mean_) else np.zeros((0, 0))
         self.pca_scale_ = ds[f"{prefix}_pca_scale"].values.astype(float)
         self.n_fitted_ = int(attrs.get("n_fitted", 0))
+        if f"{prefix}_onehot_elements" in ds:
+            self.elements_ = ds[f"{prefix}_onehot_elements"].values.astype(int)
         return self
 
     @staticmethod
@@ -266,7 +273,7 @@ class ForceComponentVariance(_LogLinearVariance):
 
     kind = "forces"
     unit = "eV/Å"
-    TERMS = ("force", "chemistry", "descriptor", "llpr")
+    TERMS = ("force", "chemistry", "element", "descriptor", "llpr")
     DEFAULT_TERMS = ("force", "chemistry")
     DEFAULT_RIDGE = 1e-3
     FORMS = ("loglinear", "two-part")
@@ -290,6 +297,10 @@ class ForceComponentVariance(_LogLinearVariance):
             atom.append(np.log(np.maximum(inputs.local_sigma, 1e-12)))
         if "descriptor" in self.terms:
             atom.append(self._pcs(inputs.descriptors))
+        if "element" in self.terms:  # one column per element of the fit (an unseen element: all zero)
+            if not hasattr(self, "elements_"):
+                self.elements_ = np.array(sorted(set(inputs.numbers.tolist())), dtype=int)
+            atom.append((inputs.numbers[:, None] == self.elements_[None, :]).astype(float))
         atom = np.column_stack(atom) if atom else np.zeros((len(F), 0))
         comp = [_log_force(F.reshape(-1, 1))] if "force" in self.terms else []
         return np.hstack(comp + [np.repeat(atom, 3, axis=0)])
@@ -363,7 +374,7 @@ class EnergyVariance(_LogLinearVariance):
     kind = "energy"
     unit = "eV/atom"
     TERMS = ("leverage", "force", "chemistry", "llpr")
-    DEFAULT_TERMS = ("leverage",)
+    DEFAULT_TERMS = ("leverage", "force", "chemistry")
     DEFAULT_RIDGE = 0.1
 
     def _offset(self, inputs: AtomInputs) -> np.ndarray:
@@ -435,18 +446,6 @@ def largest_z(n) -> np.ndarray:
     return norm.ppf(1.0 - 1.0 / (4.0 * np.maximum(np.asarray(n, dtype=float), 1.0)))
 
 
-#: edges (eV/Å) of the RMS model force that split structures into the classes of the Mondrian force bound:
-#: relaxed (< 0.1), warm (0.1–0.5), hot (0.5–1) and very hot (> 1). Measured on the shipped GPAW labels, the
-#: cross-fitted score t falls with the force (its 90th percentile 1.0, 1.2, 0.87, 0.68 eV/Å in these classes):
-#: one global quantile is loose for hot structures and tight for warm ones (docs/conformal.md)
-FORCE_CLASS_EDGES = (0.1, 0.5, 1.0)
-
-
-def force_class(rms_force) -> np.ndarray:
-    """The Mondrian class (0 … len(FORCE_CLASS_EDGES)) of structures with these RMS model forces, eV/Å."""
-    return np.searchsorted(np.asarray(FORCE_CLASS_EDGES), np.asarray(rms_force, dtype=float), side="right")
-
-
 class ForceBound:
     """A conformal bound on a structure's largest force-component error, eV/Å, from per-component σ.
 
@@ -454,72 +453,44 @@ class ForceBound:
     (:func:`largest_z`) and σ_i from an error model fitted *without* that structure's chemical system
     (:func:`cross_fit`). With q the split-conformal quantile of t at ``alpha``, U = q g(n) max_i σ_i bounds the
     largest error of a new structure of a new chemistry with probability ≥ 1 − α, to the extent that it is
-    exchangeable with the calibration chemistries (docs/conformal.md). The quantile is Mondrian over the classes
-    of :func:`force_class` (one q per class of RMS force, the global q for a class with fewer than
-    ``min_class_size`` structures), so the coverage holds within each class.
+    exchangeable with the calibration chemistries (docs/errormodel.md). (A Mondrian quantile per class of RMS
+    force was measured and trusted fewer good structures at the same precision: one quantile.)
 
-    Attributes: ``quantile_`` (global, 1), ``class_quantiles_`` (per class), ``class_sizes_``, ``n_structures_``,
-    ``scores_`` (ascending).
+    Attributes: ``quantile_`` (1), ``n_structures_``, ``scores_`` (ascending).
     """
 
-    def __init__(self, alpha: float = 0.1, min_class_size: int = 30):
+    def __init__(self, alpha: float = 0.1):
         self.alpha = float(alpha)
-        self.min_class_size = int(min_class_size)
 
-    @staticmethod
-    def _rms(forces) -> float:
-        f = np.asarray(forces, dtype=float)
-        return float(np.sqrt(np.mean(f**2))) if f.size else 0.0
-
-    def fit(self, sigmas: Sequence[np.ndarray], errors: Sequence[np.ndarray], forces: Sequence[np.ndarray]) -> ForceBound:
-        """One (N_s, 3) array per calibration structure of σ (cross-fitted), errors and model forces, eV/Å."""
+    def fit(self, sigmas: Sequence[np.ndarray], errors: Sequence[np.ndarray]) -> ForceBound:
+        """One (N_s, 3) array per calibration structure of σ (cross-fitted) and of errors, eV/Å."""
         from calib.uq.conformal import conformal_quantile
 
-        if not (len(sigmas) == len(errors) == len(forces)) or len(sigmas) < 2:
-            raise ValueError(f"the force bound needs ≥ 2 structures with σ, errors and forces, got {len(sigmas)}")
-        keep = [k for k, e in enumerate(errors) if np.size(e)]
-        t = np.array([np.max(np.abs(errors[k])) / (largest_z(np.size(errors[k])) * np.max(sigmas[k])) for k in keep])
-        cls = force_class([self._rms(forces[k]) for k in keep])
-        self.scores_ = np.sort(t)
+        if len(sigmas) != len(errors) or len(sigmas) < 2:
+            raise ValueError(f"the force bound needs ≥ 2 structures with σ and errors, got {len(sigmas)}")
+        t = [np.max(np.abs(e)) / (largest_z(np.size(e)) * np.max(s)) for s, e in zip(sigmas, errors) if np.size(e)]
+        self.scores_ = np.sort(np.asarray(t, dtype=float))
         self.quantile_ = conformal_quantile(self.scores_, self.alpha, what="force error bound")
-        self.n_structures_ = len(t)
-        n_classes = len(FORCE_CLASS_EDGES) + 1
-        self.class_sizes_ = np.bincount(cls, minlength=n_classes)
-        self.class_quantiles_ = np.array([
-            conformal_quantile(np.sort(t[cls == c]), self.alpha, warn=False, what="force error bound")
-            if self.class_sizes_[c] >= self.min_class_size else self.quantile_ for c in range(n_classes)])
+        self.n_structures_ = len(self.scores_)
         return self
 
-    def quantile(self, forces) -> float:
-        """q for a structure with these model forces (its class's, or the global one)."""
-        qs = getattr(self, "class_quantiles_", None)
-        return float(self.quantile_ if qs is None else qs[force_class(self._rms(forces))])
-
-    def bound(self, sigma, forces) -> float:
-        """U (eV/Å) of one structure from its components' σ (N, 3) and model forces (N, 3), eV/Å."""
+    def bound(self, sigma) -> float:
+        """U (eV/Å) of one structure from its components' σ (N, 3), eV/Å."""
         s = np.asarray(sigma, dtype=float)
-        return float(self.quantile(forces) * largest_z(s.size) * np.max(s)) if s.size else float("nan")
+        return float(self.quantile_ * largest_z(s.size) * np.max(s)) if s.size else float("nan")
 
     def to_variables(self, prefix: str) -> dict:
         return {f"{prefix}_quantile": ((), self.quantile_, {
                     "units": "1", "alpha": self.alpha, "n_structures": int(self.n_structures_),
-                    "min_class_size": self.min_class_size,
-                    "description": "global conformal quantile of t = max|e| / (g(n) max sigma) over the calibration "
+                    "description": "conformal quantile of t = max|e| / (g(n) max sigma) over the calibration "
                                    "structures, sigma cross-fitted by chemical system"}),
-                f"{prefix}_class_quantile": ((f"{prefix}_class",), self.class_quantiles_, {
-                    "units": "1", "class_edges_eV_per_A": ",".join(map(str, FORCE_CLASS_EDGES)),
-                    "description": "Mondrian quantile per class of RMS model force (the global one where the class "
-                                   "had too few structures)"}),
-                f"{prefix}_class_size": ((f"{prefix}_class",), self.class_sizes_.astype(np.int64), {"units": "1"}),
                 f"{prefix}_scores": ((f"{prefix}_structure",), self.scores_, {"units": "1"})}
 
     @classmethod
     def from_variables(cls, ds, prefix: str) -> ForceBound:
         q = ds[f"{prefix}_quantile"]
-        self = cls(alpha=float(q.attrs.get("alpha", 0.1)), min_class_size=int(q.attrs.get("min_class_size", 30)))
+        self = cls(alpha=float(q.attrs.get("alpha", 0.1)))
         self.quantile_, self.n_structures_ = float(q.values), int(q.attrs.get("n_structures", 0))
-        self.class_quantiles_ = ds[f"{prefix}_class_quantile"].values.astype(float)
-        self.class_sizes_ = ds[f"{prefix}_class_size"].values.astype(int)
         self.scores_ = ds[f"{prefix}_scores"].values.astype(float)
         return self
 
@@ -552,6 +523,8 @@ def grouped_energy_residuals(numbers: Sequence[np.ndarray], delta_energy, groups
     delta = np.asarray(delta_energy, dtype=float)
     n = np.array([len(x) for x in numbers], dtype=float)
     out, lev = np.full(len(delta), np.nan), np.full(len(delta), np.nan)
+    if len(set(np.asarray(groups).astype(str).tolist())) < 2:  # nothing to leave out: no out-of-group residual
+        return out, lev
     for train, test in grouped_folds(groups, n_splits):
         ref = ElementReference().fit([numbers[i] for i in train], delta[train])
         nums = [numbers[i] for i in test]

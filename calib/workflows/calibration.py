@@ -255,8 +255,7 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
     ends = np.cumsum(inputs.n_atoms)[:-1]
     fe = np.asarray(force_errors, dtype=float).reshape(-1, 3)
     models = ErrorModels(forces=ForceComponentVariance().fit(inputs, fe),
-                         bound=ForceBound(alpha).fit(np.split(cf.force_sigma, ends), np.split(fe, ends),
-                                                     np.split(inputs.forces, ends)),
+                         bound=ForceBound(alpha).fit(np.split(cf.force_sigma, ends), np.split(fe, ends)),
                          elements=np.array(sorted(set(inputs.numbers.tolist())), dtype=int),
                          force_groups="chemical system" if groups is chem else "structure")
     corrected = _fit_corrected_forces(models, inputs, fe, chem, groups, alpha, n_folds)
@@ -298,8 +297,7 @@ def _fit_corrected_forces(models: ErrorModels, inputs: AtomInputs, force_errors,
     cf = cross_fit(sub, e_c, groups=np.asarray(groups)[rows], n_splits=n_folds)
     e2 = np.cumsum(sub.n_atoms)[:-1]
     models.forces_corrected = ForceComponentVariance().fit(sub, e_c)
-    models.bound_corrected = ForceBound(alpha).fit(np.split(cf.force_sigma, e2), np.split(e_c, e2),
-                                                   np.split(sub.forces, e2))
+    models.bound_corrected = ForceBound(alpha).fit(np.split(cf.force_sigma, e2), np.split(e_c, e2))
     return cf.force_sigma, e_c
 
 
