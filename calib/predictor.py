@@ -428,15 +428,18 @@ class CalibratedPredictor:
 
 
 def as_structures(obj) -> Iterable[Atoms]:
-    """One structure or file, a list of them (read now), or any other iterable (converted lazily)."""
-    from calib.data.readers import iter_structures, read_structures
+    """One structure or file, a list of them (read now), or any other iterable (converted lazily), under the
+    skip rule of :mod:`calib.data.readers`: a named file must exist; whatever cannot become a structure (an
+    unreadable frame, a disordered Structure, a Molecule, another object) becomes a placeholder that
+    validation skips and reports, so one bad entry never costs the others."""
+    from calib.data.readers import iter_structures, read_skipping
 
     single = isinstance(obj, (str, os.PathLike, Atoms)) or type(obj).__name__ in ("Structure", "Molecule")
     if single:
-        return read_structures([obj])
+        return read_skipping([obj])
     if isinstance(obj, Sequence):
-        return read_structures(list(obj))
-    return iter_structures(obj)
+        return read_skipping(list(obj))
+    return iter_structures(obj, strict=False)
 
 
 def _name(atoms) -> str:
