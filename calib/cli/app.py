@@ -36,8 +36,8 @@ from calib.errors import (
     InputError,
     UsageError,
     check_device,
-    finite,
     non_negative_int,
+    positive,
     positive_int,
 )
 
@@ -159,6 +159,21 @@ def fail(msg: str, kind: str = "input") -> None:
     raise (UsageError(msg) if kind == "usage" else CalibError(msg, kind=kind))
 
 
+def check_model(spec: Optional[str]) -> None:
+    """Refuse (UsageError) a ``--model`` that names no model calib could load, before anything loads."""
+    from calib.models.registry import check_model_name
+
+    try:
+        check_model_name(spec)
+    except ValueError as exc:
+        raise UsageError(f"--model {spec}: {exc}") from None
+
+
+def model_record(model) -> dict:
+    """The ``model`` record a command reports: name, version and how calib read it (a file: by its content)."""
+    return {"name": model.name, "version": model.version, "read_as": getattr(model, "read_as", "") or model.name}
+
+
 def load_model_for(spec: Optional[str], device: str, artifact=None):
     """The model ``--model`` names; when it is not given, the one ``artifact`` (a loaded
     :class:`~calib.artifact.Artifact`) was fitted with, CHGNet 0.3.0 without an artifact."""
@@ -181,16 +196,27 @@ def model_and_artifact(spec: Optional[str], device: str, path: Optional[Path]):
 
 
 def read_inputs(paths: List[Path], subset: Optional[dict] = None):
-    """The structures of these files (InputError naming the file otherwise), subset by --every/--limit/
+    """The structures of these files under the skip rule (calib.data.readers): a named file that does not
+    exist is an InputError before anything runs; whatever cannot be read inside a file or folder becomes a
+    placeholder that validation skips and reports with its file and frame. Subset by --every/--limit/
     --shuffle/--seed when given."""
-    from calib.data.readers import read_structures
+    from calib.data.readers import read_skipping
     from calib.data.structures import take_subset
 
     try:
-        structs = read_structures([str(p) for p in paths])
+        structs = read_skipping([str(p) for p in paths])
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
     return take_subset(structs, **subset) if subset else structs
+
+
+def unreadable(structs) -> list:
+    """The :class:`~calib.data.structures.StructureIssue` of every placeholder in ``structs`` (what could not be
+    read), for commands that hand structures to code that does not validate them."""
+    from calib.data.structures import StructureIssue
+
+    return [StructureIssue(k, str(a.info.get("name", "")), str(a.info["read_error"]), str(a.info.get("source", "")))
+            for k, a in enumerate(structs) if a.info.get("read_error")]
 
 
 def subset_options(every: int, limit: Optional[int], shuffle: bool, seed: int) -> dict:
@@ -244,10 +270,10 @@ def _configure(
         "usable CPUs minus those other processes keep busy now (docs/scaling.md)"),
 ):
     """Calibrated uncertainties and softening diagnostics for universal interatomic potentials."""
-    from calib.models.threads import configure_threads
+    from calib.models.threads import request_threads
 
     try:
-        configure_threads(threads)
+        request_threads(threads)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -274,10 +300,13 @@ def client_for(workers: Optional[int], scheduler: Optional[str]):
         fail(f"could not reach the dask scheduler {scheduler}: {exc}", "io")
 
 
-def common_options(batch_size: Optional[int] = None, device: Optional[str] = None) -> Optional[str]:
-    """Check the options most commands share; returns the normalised device."""
+def common_options(batch_size: Optional[int] = None, device: Optional[str] = None, *,
+                   model: Optional[str] = None) -> Optional[str]:
+    """Check the options most commands share (``--batch-size``, ``--model``, ``--device``); returns the
+    normalised device."""
     if batch_size is not None:
         positive_int("--batch-size", batch_size)
+    check_model(model)
     return check_device(device) if device is not None else None
 
 
@@ -328,16 +357,15 @@ def trust_policy(force_tol: float, energy_tol: float):
     """The verdict's tolerances, checked (before any model loads)."""
     from calib.uq.trust import TrustPolicy
 
-    finite("--force-tol", force_tol, minimum=0.0, unit="eV/Å")
-    finite("--energy-tol", energy_tol, minimum=0.0, unit="eV/atom")
-    if force_tol == 0 or energy_tol == 0:
-        raise UsageError("--force-tol and --energy-tol must be > 0")
+    positive("--force-tol", force_tol, unit="eV/Å")
+    positive("--energy-tol", energy_tol, unit="eV/atom")
     return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
 
 
 def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:
     """The ``--calibration`` given or, without one, calib's default artifact for the model (CHGNet 0.3.0):
     (path, the ``calibration`` record every such command reports: path and whether it is the default)."""
+    check_model(model)
     if calibration is not None:
         return calibration, {"path": str(calibration), "default": False}
     from calib.data.datasets import default_calibration

@@ -35,7 +35,7 @@ def demo(
     Run time: about 2 min on 2 cores. The --out folder is the demo's own: its files are replaced on every run."""
     from calib.cli.demo import run_demo
 
-    device = common_options(None, device)
+    device = common_options(None, device, model=model)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the demo writes a folder")
     result = run_demo(out, device=device, progress=not quiet, echo=None if as_json else typer.echo, model=model)
