@@ -231,9 +231,12 @@ class Artifact:
         The checksum (``data_sha256``) is verified: since calib 0.5 it covers the data variables and every
         global attribute but the creation time (convention, stage, model identity, targets: anything that
         changes a number); calib 0.4 covered the data variables only, and its files are verified that way.
-        An artifact of schema ≥ 2 without a checksum is refused (:class:`ArtifactError`, naming the file):
-        it was written before calib 0.4 or edited; ``unverified=True`` loads it anyway (then ``save`` it
-        again to give it a checksum) once you know where it came from.
+        A file that records a ``checksum_scheme`` is verified by it whatever its ``schema_version`` says (an
+        edit that sets the schema back cannot skip the check), and refused without its checksum. An artifact
+        of schema ≥ 2 without a checksum is refused (:class:`ArtifactError`, naming the file): it was written
+        before calib 0.4 or edited; ``unverified=True`` loads it anyway (then ``save`` it again to give it a
+        checksum) once you know where it came from. A genuine schema-1 file (calib 0.1, no checksum, no
+        scheme) loads with a :class:`calib.errors.CalibWarning` that it is unverified.
         """
         ds = read(path, "artifact")
         try:
@@ -241,10 +244,26 @@ class Artifact:
         except (TypeError, ValueError):
             version = 0
         stored = ds.attrs.get("data_sha256")
-        if stored is None and version >= 2 and not unverified:
-            raise ArtifactError(f"artifact {path} has no checksum (data_sha256): written before calib 0.4 or "
-                                "edited; if you trust it, load it with Artifact.load(path, unverified=True) and "
-                                "save it again")
+        scheme = ds.attrs.get("checksum_scheme")
+        if stored is None and not unverified:
+            if scheme is not None:  # whatever its schema says, a file that names a scheme was written with a sum
+                raise ArtifactError(f"artifact {path} records checksum scheme {scheme} but has no checksum "
+                                    "(data_sha256): it was edited after it was saved; refit or restore it")
+            if version >= 2:
+                raise ArtifactError(f"artifact {path} has no checksum (data_sha256): written before calib 0.4 or "
+                                    "edited; if you trust it, load it with Artifact.load(path, unverified=True) "
+                                    "and save it again")
+            later = _newer_than_schema_1(ds)
+            if later:
+                raise ArtifactError(f"artifact {path} says schema 1 (calib 0.1, no checksum) but holds {later}, which "
+                                    "calib 0.1 never wrote: it was edited; refit or restore it")
+            import warnings
+
+            from calib.errors import CalibWarning
+
+            warnings.warn(f"artifact {path} is unverified: schema {version} (calib 0.1) files carry no checksum, so "
+                          "a change to it cannot be detected; save it again (Artifact.load(path).save(new)) to give "
+                          "it one", CalibWarning, stacklevel=2)
         if stored is not None and str(stored) != data_checksum(ds):
             raise ArtifactError(f"artifact {path} is corrupt: its contents no longer match the checksum written "
                                 "with them (changed or damaged after it was saved); refit or restore it")
@@ -258,6 +277,19 @@ class Artifact:
 
 
 # --------------------------------------------------------------------------- integrity
+
+
+def _newer_than_schema_1(ds) -> str:
+    """What in ``ds`` only calib ≥ 0.2 writes ("" for a genuine calib 0.1 file): a later calib_version, or
+    variables and attributes that came after schema 1."""
+    version = str(ds.attrs.get("calib_version", "0.1"))
+    if not version.startswith("0.1"):
+        return f"calib_version {version}"
+    later = [v for v in ("ood_threshold", "force_error_quantile", "element_reference_basis", "correction_domain_q")
+             if v in ds]
+    later += [f"the attribute {a}" for a in ("difference_models", "checksum_scheme") if a in ds.attrs]
+    return ", ".join(later)
+
 
 
 def _canonical(value) -> bytes:
