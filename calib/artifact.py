@@ -37,6 +37,10 @@ ood_threshold             ()                     descriptors of the Hessian's st
 force_error_kappa1/2      ()                     force error model of the trust verdict:
 force_error_tau           ()                     σ_i² = κ₁² F_i² + κ₂² F_rms² + τ² (τ in eV/Å) and the
 force_error_quantile      ()                     conformal quantile of its structure bound (calib.uq.trust)
+calibration_structure_key (calibration_structure)  content fingerprint of each calibration structure
+                                                 (calib.data.labelers.structure_key: numbers, positions
+                                                 and cell to 1e-6 Å), covered by the checksum; ``calib
+                                                 evaluate`` counts its inputs among them (since calib 0.6)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): see :mod:`calib.uq.targets`.
@@ -94,6 +98,8 @@ class Artifact:
     corrections : calib.softening.correction.ScalarCorrection (per chemsys c, its CI, anchor)
     ood : calib.uq.ood.QResidualDetector or None — the domain detector (the Hessian's structures)
     force_error : calib.uq.trust.ForceErrorModel or None — the force bound of the trust verdict
+    calibration_keys : list of str or None — the content fingerprints of the calibration structures
+        (None: an artifact calibrated before calib 0.6, or a Hessian)
     attrs : dict — provenance and notes
     """
 
@@ -108,6 +114,7 @@ class Artifact:
     ood: QResidualDetector | None = None
     force_error: ForceErrorModel | None = None
     attrs: dict = field(default_factory=dict)
+    calibration_keys: list | None = None
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -167,6 +174,11 @@ class Artifact:
             variables.update(self.ood.to_variables("ood"))
         if self.force_error is not None:
             variables.update(self.force_error.to_variables("force_error"))
+        if self.calibration_keys is not None:
+            variables["calibration_structure_key"] = (
+                ("calibration_structure",), np.array([str(k) for k in self.calibration_keys], dtype=object),
+                {"description": "content fingerprint of each calibration structure (numbers, positions and cell "
+                                "to 1e-6 Å; calib.data.labelers.structure_key)"})
         coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
         d = self.llpr.n_features
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
@@ -217,7 +229,9 @@ class Artifact:
                    corrections=ScalarCorrection.from_variables(ds),
                    ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None,
                    force_error=ForceErrorModel.from_variables(ds) if "force_error_quantile" in ds else None,
-                   attrs=attrs)
+                   attrs=attrs,
+                   calibration_keys=([str(k) for k in ds["calibration_structure_key"].values]
+                                     if "calibration_structure_key" in ds else None))
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:
