@@ -41,7 +41,60 @@ from calib.errors import (
     positive_int,
 )
 
-_RUN: dict = {"warnings": None}
+_RUN: dict = {"warnings": None, "signal": None, "emitted": False}
+_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # exit code 128 + the signal's number, as a shell reports it
+
+
+def _on_signal(signum, frame):
+    """SIGINT / SIGTERM: remember which, and unwind as KeyboardInterrupt, so that every ``finally`` runs
+    (temporary folders, locks) and the command ends through the contract with kind ``interrupted``."""
+    _RUN["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _install_signals() -> dict:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for name in _SIGNALS:
+        sig = getattr(signal, name)
+        old[sig] = signal.signal(sig, _on_signal)
+    return old
+
+
+def _interrupted_code() -> int:
+    import signal
+
+    return 128 + int(_RUN["signal"] or signal.SIGINT)
+
+
+def versions() -> dict:
+    """calib's version and those of the packages that change its numbers (no import of them: metadata only)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import calib
+
+    out = {"calib": calib.__version__, "python": platform.python_version()}
+    for pkg in ("chgnet", "torch", "ase", "pymatgen", "mace-torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _version_asked(argv: list) -> bool:
+    """``calib --version`` (with or without ``--json``, before any command)."""
+    head = []
+    for a in argv:
+        if not a.startswith("-"):
+            break
+        head.append(a)
+    return "--version" in head and set(head) <= {"--version", "--json"}
 
 
 def _warning_messages() -> list[str]:
@@ -92,6 +145,15 @@ class CalibGroup(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in argv
+        if _version_asked(argv):
+            import calib
+
+            typer.echo(json.dumps({**versions(), "warnings": []}, indent=1) if as_json else f"calib {calib.__version__}")
+            if standalone_mode:
+                sys.exit(0)
+            return 0
+        _RUN.update(signal=None, emitted=False)
+        old_handlers = _install_signals()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore")  # third-party notices (pymatgen, torch, e3nn) stay out of the output
             warnings.simplefilter("always", CalibWarning)
@@ -100,14 +162,23 @@ class CalibGroup(TyperGroup):
                 code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
                                     standalone_mode=False, **extra)
                 code = code if isinstance(code, int) else 0
+                if _RUN["signal"] is not None or code == 130:  # typer turns KeyboardInterrupt into exit 130
+                    raise KeyboardInterrupt
             except BaseException as exc:  # noqa: BLE001 - every ending goes through the contract
                 if isinstance(exc, SystemExit):
                     raise
                 kind, code, msg = _classify(exc)
+                if kind == "interrupted":
+                    import signal
+
+                    code = _interrupted_code()
+                    msg = (f"interrupted by {signal.Signals(code - 128).name}: outputs are written only when a "
+                           "command finishes (resumable commands continue from their last committed step)")
                 if kind == "internal" and os.environ.get("CALIB_DEBUG"):
                     raise
                 if as_json:
-                    emit_json({"error": msg, "kind": kind})
+                    if not _RUN["emitted"]:  # a signal after the result was printed: still one document
+                        emit_json({"error": msg, "kind": kind})
                 elif _is_click_error(exc):
                     exc.show()
                 else:
@@ -115,6 +186,10 @@ class CalibGroup(TyperGroup):
             finally:
                 messages = _warning_messages()
                 _RUN["warnings"] = None
+                import signal
+
+                for sig, handler in old_handlers.items():
+                    signal.signal(sig, handler)
         if not as_json:
             for msg in messages:
                 typer.echo(f"warning: {msg}", err=True)
@@ -151,7 +226,9 @@ def emit_json(obj) -> None:
     """Print ``obj`` as the command's one JSON document (with ``warnings`` when it is a dict)."""
     if isinstance(obj, dict) and _RUN["warnings"] is not None:
         obj = {**obj, "warnings": _warning_messages()}
-    typer.echo(json.dumps(_jsonable(obj), indent=1))
+    text = json.dumps(_jsonable(obj), indent=1)
+    _RUN["emitted"] = True
+    typer.echo(text)
 
 
 def fail(msg: str, kind: str = "input") -> None:
@@ -263,11 +340,22 @@ def report_issues(issues, as_json: bool) -> None:
             typer.echo(f"  {issue}", err=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import calib
+
+        typer.echo(f"calib {calib.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _configure(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="torch CPU threads. Default: $CALIB_THREADS, else $OMP_NUM_THREADS, else the "
         "usable CPUs minus those other processes keep busy now (docs/scaling.md)"),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, metavar="",
+                                 help="print calib's version and exit (with --json: calib's and its dependencies' "
+                                      "versions as one JSON document)"),
 ):
     """Calibrated uncertainties and softening diagnostics for universal interatomic potentials."""
     from calib.models.threads import request_threads
