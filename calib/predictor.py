@@ -55,6 +55,13 @@ features                (structure, feature)    pooled last-layer features (``de
 atom_descriptors        (atom, feature)         per-atom last-layer features (``descriptors=True``)
 ======================= ======================= ==========================================================
 
+Attributes: ``energies`` ("total eV": every energy variable is a total energy in eV unless its name says
+per atom), ``model_name``, ``model_version``, ``model_read_as`` (how the model was read: a file by its
+content), ``model_energy_convention`` (what the *model* predicts internally: CHGNet "per_atom", MACE
+"total"; the Dataset's energies are totals either way), ``calibration`` (the artifact's path, "default"
+for calib's shipped calibration, "in memory" for an artifact object, "none" without one), ``stage`` and
+``alpha``.
+
 σ and intervals are those of the uncorrected model, which is what they were
 calibrated on. A skipped structure keeps its row, with ``error`` set and NaN
 numbers, so results never lose their place in the input.
@@ -136,7 +143,7 @@ class CalibratedPredictor:
     """
 
     def __init__(self, model: ModelAdapter, artifact: Artifact | None = None, *, require_calibrated: bool = True,
-                 trust: TrustPolicy | None = None):
+                 trust: TrustPolicy | None = None, calibration: str | None = None):
         if artifact is not None:
             artifact.check_model(model)
             if require_calibrated and not artifact.calibrated:
@@ -144,6 +151,12 @@ class CalibratedPredictor:
         self.model = model
         self.artifact = artifact
         self.trust = trust or TrustPolicy()
+        if artifact is None:
+            calibration = "none"
+        elif calibration is None:
+            calibration = "default" if artifact.attrs.get("default_calibration") else "in memory"
+        #: which calibration produced the predictions: a path, "default", "in memory" or "none"
+        self.calibration = str(calibration)
 
     @property
     def _verdict_forces(self) -> bool:
@@ -151,14 +164,36 @@ class CalibratedPredictor:
         return self.artifact is not None and self.artifact.force_error is not None and self.trust.force_tol is not None
 
     @classmethod
-    def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True,
+    def from_file(cls, path=None, model=None, *, device: str = "cpu", require_calibrated: bool = True,
                   trust: TrustPolicy | None = None):
-        """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None."""
+        """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None.
+
+        ``path=None`` (or ``"default"``): calib's default calibration, as the command line uses without
+        ``--calibration`` (:meth:`default`)."""
         from calib.models import resolve_model
 
+        if path is None or (isinstance(path, str) and path == "default"):
+            return cls.default(model, device=device, trust=trust)
         art = Artifact.load(path)
         return cls(resolve_model(model, artifact=art, device=device), art, require_calibrated=require_calibrated,
-                   trust=trust)
+                   trust=trust, calibration=os.fspath(path))
+
+    @classmethod
+    def default(cls, model=None, *, device: str = "cpu", trust: TrustPolicy | None = None):
+        """The predictor of calib's default calibration (CHGNet 0.3.0 on the shipped GPAW PAW-PBE labels,
+        :func:`calib.data.datasets.default_calibration`): what ``calib predict`` uses without ``--calibration``.
+        ``model``: None or a name of CHGNet 0.3.0 (``"chgnet"``, ``"chgnet:0.3.0"``); ValueError for another
+        model, for which calib ships no calibration."""
+        from calib.data.datasets import default_calibration
+        from calib.models import resolve_model
+
+        name = "chgnet" if model is None else model
+        path = default_calibration(name) if isinstance(name, str) else None
+        if path is None:
+            raise ValueError(f"calib ships a default calibration for CHGNet 0.3.0 only, not for {name!r}: calibrate "
+                             "your own (calib hessian, calib calibrate) and use CalibratedPredictor.from_file(path)")
+        art = Artifact.load(path)
+        return cls(resolve_model(model, artifact=art, device=device), art, trust=trust, calibration="default")
 
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
@@ -412,8 +447,11 @@ class CalibratedPredictor:
             if name in _DESCRIPTIONS:
                 attrs["description"] = _DESCRIPTIONS[name]
             ds[name] = (d, values, attrs)
-        info = {"energy_convention": self.model.energy_convention, "model_name": self.model.name,
-                "model_version": self.model.version}
+        info = {"energies": "total eV (every energy variable, unless its name says per atom)",
+                "model_energy_convention": self.model.energy_convention, "model_name": self.model.name,
+                "model_version": self.model.version,
+                "model_read_as": str(getattr(self.model, "read_as", "") or self.model.name),
+                "calibration": self.calibration}
         art = self.artifact
         if art is not None:
             info["stage"] = art.stage
