@@ -108,6 +108,19 @@ def bench_dask_cmd(
     print_bench(bench_dask(n_structures=n_structures, batch_size=batch_size, device=device), as_json)
 
 
+@bench_app.command("limits")
+def bench_limits_cmd(
+    repeats: int = typer.Option(3, "--repeats", help="parameter-error timings are the best of this many processes"),
+    as_json: bool = JsonOpt,
+):
+    """What the error contract costs now: seconds of parameter errors (target < 1 s), of degenerate-structure
+    validation, and peak MB of predict on a structure with an atom 1e7 Å outside its cell (target < 2000)."""
+    positive_int("--repeats", repeats)
+    from calib.cli.bench_limits import bench_limits
+
+    print_bench(bench_limits(repeats=repeats), as_json)
+
+
 @bench_app.command("commands")
 def bench_commands_cmd(
     only: Optional[List[str]] = typer.Option(None, "--only", help="only this command (repeatable), e.g. "
