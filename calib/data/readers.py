@@ -9,7 +9,8 @@ Every command and library entry point reads through :func:`iter_structures` with
 * ``"-"`` is extended XYZ on standard input, streamed, and may be given once;
 * ``ase.Atoms`` pass through and pymatgen ``Structure`` objects are converted.
 
-Each structure read from a file carries ``info["source"]`` (``file:frame``, or ``file.db:id=N``) and,
+Each structure read from a file carries ``info["source"]`` (``file:frame``, or ``file.db:id=N``: the file read
+now, whatever source the file itself recorded, which is kept as ``info["origin"]``) and,
 when the file gives it no name, ``info["name"]``: the file's stem for single-structure formats (CIF,
 POSCAR, ...), the source for database rows and multi-frame files keep the formula.
 
@@ -125,13 +126,22 @@ def _read_path(path: str, strict: bool, skip: set, state: dict) -> Iterator[Atom
     yield from _read_stream(path, strict)
 
 
+def _set_source(atoms: Atoms, source: str) -> None:
+    """Where ``atoms`` was read now (``file:frame``); a ``source`` the file itself carried (a structure written
+    by calib after it read it elsewhere) is kept as ``origin``, so that messages name the file being read."""
+    prev = atoms.info.get("source")
+    if prev and str(prev) != source:
+        atoms.info.setdefault("origin", str(prev))
+    atoms.info["source"] = source
+
+
 def _read_db(path: str) -> Iterator[Atoms]:
     from ase.db import connect
 
     for row in connect(path).select():
         atoms = row.toatoms(add_additional_information=True)
         atoms.info.update(atoms.info.pop("key_value_pairs", {}) or {})
-        atoms.info.setdefault("source", f"{os.path.basename(path)}:id={row.id}")
+        _set_source(atoms, f"{os.path.basename(path)}:id={row.id}")
         atoms.info.setdefault("name", atoms.info["source"])
         yield atoms
 
@@ -158,7 +168,7 @@ def _read_stream(path: str, strict: bool) -> Iterator[Atoms]:
     frames = _xyz_frames(handle) if handle is not None else ase.io.iread(path, index=":", format=fmt)
     try:
         for atoms in frames:
-            atoms.info.setdefault("source", f"{tag}:{k}")
+            _set_source(atoms, f"{tag}:{k}")
             if single:
                 atoms.info.setdefault("name", os.path.splitext(tag.removesuffix(".gz"))[0])
             k += 1
