@@ -182,13 +182,15 @@ class CalibratedPredictor:
     def default(cls, model=None, *, device: str = "cpu", trust: TrustPolicy | None = None):
         """The predictor of calib's default calibration (CHGNet 0.3.0 on the shipped GPAW PAW-PBE labels,
         :func:`calib.data.datasets.default_calibration`): what ``calib predict`` uses without ``--calibration``.
-        ``model``: None or a name of CHGNet 0.3.0 (``"chgnet"``, ``"chgnet:0.3.0"``); ValueError for another
-        model, for which calib ships no calibration."""
+        ``model``: None, a name of CHGNet 0.3.0 (``"chgnet"``, ``"chgnet:0.3.0"``) or a loaded adapter (refused
+        with :class:`ArtifactError` unless its weights are CHGNet 0.3.0's); ValueError for another model name,
+        for which calib ships no calibration."""
         from calib.data.datasets import default_calibration
         from calib.models import resolve_model
 
-        name = "chgnet" if model is None else model
-        path = default_calibration(name) if isinstance(name, str) else None
+        # a name must be CHGNet 0.3.0's; an adapter is checked against the artifact's weights fingerprint
+        name = model if isinstance(model, (str, os.PathLike)) else "chgnet"
+        path = default_calibration(os.fspath(name))
         if path is None:
             raise ValueError(f"calib ships a default calibration for CHGNet 0.3.0 only, not for {name!r}: calibrate "
                              "your own (calib hessian, calib calibrate) and use CalibratedPredictor.from_file(path)")
