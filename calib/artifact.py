@@ -261,12 +261,15 @@ class Artifact:
         scheme = ds.attrs.get("checksum_scheme")
         if stored is None and not unverified:
             if scheme is not None:  # whatever its schema says, a file that names a scheme was written with a sum
-                raise ArtifactError(f"artifact {path} records checksum scheme {scheme} but has no checksum "
-                                    "(data_sha256): it was edited after it was saved; refit or restore it")
+                raise ArtifactError(f"artifact {path} has no checksum (data_sha256) although it records checksum "
+                                    f"scheme {scheme}: it was edited after it was saved; refit or restore it, or if "
+                                    "you trust it, load it with Artifact.load(path, unverified=True) and save it "
+                                    "again")
             if version >= 2:
                 raise ArtifactError(f"artifact {path} has no checksum (data_sha256): written before calib 0.4 or "
                                     "edited; if you trust it, load it with Artifact.load(path, unverified=True) "
                                     "and save it again")
+        if stored is None and not unverified and version == 1:  # (no schema at all: not a calib artifact, below)
             later = _newer_than_schema_1(ds)
             if later:
                 raise ArtifactError(f"artifact {path} says schema 1 (calib 0.1, no checksum) but holds {later}, which "
