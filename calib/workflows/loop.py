@@ -247,6 +247,8 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
             save()
             raise Stopped(f"stopped after {step}")
 
+    save()  # the run's record first: a loop killed in its first round is still known by its start and settings
+
     for r in range(settings.rounds):
         rd = os.path.join(out_dir, f"round-{r}")
         os.makedirs(rd, exist_ok=True)
