@@ -55,12 +55,10 @@ features                (structure, feature)    pooled last-layer features (``de
 atom_descriptors        (atom, feature)         per-atom last-layer features (``descriptors=True``)
 ======================= ======================= ==========================================================
 
-Attributes: ``energies`` ("total eV": every energy variable is a total energy in eV unless its name says
-per atom), ``model_name``, ``model_version``, ``model_read_as`` (how the model was read: a file by its
-content), ``model_energy_convention`` (what the *model* predicts internally: CHGNet "per_atom", MACE
-"total"; the Dataset's energies are totals either way), ``calibration`` (the artifact's path, "default"
-for calib's shipped calibration, "in memory" for an artifact object, "none" without one), ``stage`` and
-``alpha``.
+Attributes: ``energies`` ("total eV" unless a name says per atom), ``model_name``, ``model_version``,
+``model_read_as``, ``model_energy_convention`` (what the *model* predicts internally: CHGNet "per_atom";
+the energies here are totals either way), ``calibration`` (a path, "default", "in memory" or "none"),
+``stage``, ``alpha``.
 
 σ and intervals are those of the uncorrected model, which is what they were
 calibrated on. A skipped structure keeps its row, with ``error`` set and NaN
@@ -180,15 +178,12 @@ class CalibratedPredictor:
 
     @classmethod
     def default(cls, model=None, *, device: str = "cpu", trust: TrustPolicy | None = None):
-        """The predictor of calib's default calibration (CHGNet 0.3.0 on the shipped GPAW PAW-PBE labels,
-        :func:`calib.data.datasets.default_calibration`): what ``calib predict`` uses without ``--calibration``.
-        ``model``: None, a name of CHGNet 0.3.0 (``"chgnet"``, ``"chgnet:0.3.0"``) or a loaded adapter (refused
-        with :class:`ArtifactError` unless its weights are CHGNet 0.3.0's); ValueError for another model name,
-        for which calib ships no calibration."""
+        """The predictor of calib's default calibration (CHGNet 0.3.0, shipped GPAW PAW-PBE labels), as
+        ``calib predict`` without ``--calibration``. ``model``: None, ``"chgnet"``/``"chgnet:0.3.0"`` or an
+        adapter (ArtifactError unless its weights are CHGNet 0.3.0's); ValueError for another model name."""
         from calib.data.datasets import default_calibration
         from calib.models import resolve_model
 
-        # a name must be CHGNet 0.3.0's; an adapter is checked against the artifact's weights fingerprint
         name = model if isinstance(model, (str, os.PathLike)) else "chgnet"
         path = default_calibration(os.fspath(name))
         if path is None:
