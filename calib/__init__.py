@@ -15,12 +15,17 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 - :func:`fit_softening`, :class:`ScalarCorrection` (softening)
 - :class:`Thresholds`, :class:`QResidualDetector` (decisions)
 - :func:`run_eos` (dcdft curvature benchmark)
-- :mod:`calib.data.datasets` (shipped reference data), :func:`label` (reference labels)
+- :mod:`calib.data.datasets` (shipped reference data), :func:`default_calibration` (the path of calib's
+  default calibration for CHGNet 0.3.0), :func:`label` (reference labels)
+- :class:`TrustPolicy` (the tolerances of the trust verdict)
 """
 
 from importlib import import_module
 
-__version__ = "0.4.0"
+#: the one source of calib's version: pyproject.toml reads it (``[tool.setuptools.dynamic]``), pip's metadata,
+#: ``calib --version`` and every artifact's ``calib_version`` come from it; tests/test_version.py keeps the
+#: CHANGELOG's newest section equal to it
+__version__ = "0.6.0.dev0"
 
 _API = {
     "CalibratedPredictor": "calib.predictor",
@@ -51,6 +56,8 @@ _API = {
     "QResidualDetector": "calib.uq.ood",
     "run_eos": "calib.workflows.eos",
     "datasets": "calib.data.datasets",
+    "default_calibration": "calib.data.datasets",
+    "TrustPolicy": "calib.uq.trust",
 }
 
 __all__ = ["__version__", *_API]

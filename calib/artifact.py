@@ -43,6 +43,10 @@ errmodel_bound_quantile   ()                     the structure force bound's con
 errmodel_bound_scores     (errmodel_bound_structure)  its cross-fitted scores
 errmodel_elements         (errmodel_element)     atomic numbers of the calibration force labels
 element_reference_leverage (element, element_b)  (XᵀX)⁺ of the calibration compositions (reference leverage)
+calibration_structure_key (calibration_structure)  content fingerprint of each calibration structure
+                                                 (calib.data.labelers.structure_key: numbers, positions
+                                                 and cell to 1e-6 Å), covered by the checksum; ``calib
+                                                 evaluate`` counts its inputs among them (since calib 0.6)
 ========================  =====================  ===========================================
 
 Conformal targets (``conformal_targets`` attribute): see :mod:`calib.uq.targets`.
@@ -102,6 +106,8 @@ class Artifact:
     ood : calib.uq.ood.QResidualDetector or None — the domain detector (the Hessian's structures)
     force_error : calib.uq.trust.ForceErrorModel or None — the force bound of a calib 0.5 artifact
     error_models : calib.uq.errormodel.ErrorModels or None — force and energy σ, the force bound (calib ≥ 0.6)
+    calibration_keys : list of str or None — the content fingerprints of the calibration structures
+        (None: an artifact calibrated before calib 0.6, or a Hessian)
     attrs : dict — provenance and notes
     """
 
@@ -117,6 +123,7 @@ class Artifact:
     force_error: ForceErrorModel | None = None
     error_models: ErrorModels | None = None
     attrs: dict = field(default_factory=dict)
+    calibration_keys: list | None = None
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -178,6 +185,11 @@ class Artifact:
             variables.update(self.force_error.to_variables("force_error"))
         if self.error_models is not None:
             variables.update(self.error_models.to_variables())
+        if self.calibration_keys is not None:
+            variables["calibration_structure_key"] = (
+                ("calibration_structure",), np.array([str(k) for k in self.calibration_keys], dtype=object),
+                {"description": "content fingerprint of each calibration structure (numbers, positions and cell "
+                                "to 1e-6 Å; calib.data.labelers.structure_key)"})
         coords = {k: variables.pop(k) for k in ("element", "correction_chemsys") if k in variables}
         d = self.llpr.n_features
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
@@ -229,7 +241,9 @@ class Artifact:
                    ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None,
                    force_error=ForceErrorModel.from_variables(ds) if "force_error_quantile" in ds else None,
                    error_models=ErrorModels.from_variables(ds) if ErrorModels.present(ds) else None,
-                   attrs=attrs)
+                   attrs=attrs,
+                   calibration_keys=([str(k) for k in ds["calibration_structure_key"].values]
+                                     if "calibration_structure_key" in ds else None))
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:
@@ -243,9 +257,12 @@ class Artifact:
         The checksum (``data_sha256``) is verified: since calib 0.5 it covers the data variables and every
         global attribute but the creation time (convention, stage, model identity, targets: anything that
         changes a number); calib 0.4 covered the data variables only, and its files are verified that way.
-        An artifact of schema ≥ 2 without a checksum is refused (:class:`ArtifactError`, naming the file):
-        it was written before calib 0.4 or edited; ``unverified=True`` loads it anyway (then ``save`` it
-        again to give it a checksum) once you know where it came from.
+        A file that records a ``checksum_scheme`` is verified by it whatever its ``schema_version`` says (an
+        edit that sets the schema back cannot skip the check), and refused without its checksum. An artifact
+        of schema ≥ 2 without a checksum is refused (:class:`ArtifactError`, naming the file): it was written
+        before calib 0.4 or edited; ``unverified=True`` loads it anyway (then ``save`` it again to give it a
+        checksum) once you know where it came from. A genuine schema-1 file (calib 0.1, no checksum, no
+        scheme) loads with a :class:`calib.errors.CalibWarning` that it is unverified.
         """
         ds = read(path, "artifact")
         try:
@@ -253,10 +270,29 @@ class Artifact:
         except (TypeError, ValueError):
             version = 0
         stored = ds.attrs.get("data_sha256")
-        if stored is None and version >= 2 and not unverified:
-            raise ArtifactError(f"artifact {path} has no checksum (data_sha256): written before calib 0.4 or "
-                                "edited; if you trust it, load it with Artifact.load(path, unverified=True) and "
-                                "save it again")
+        scheme = ds.attrs.get("checksum_scheme")
+        if stored is None and not unverified:
+            if scheme is not None:  # whatever its schema says, a file that names a scheme was written with a sum
+                raise ArtifactError(f"artifact {path} has no checksum (data_sha256) although it records checksum "
+                                    f"scheme {scheme}: it was edited after it was saved; refit or restore it, or if "
+                                    "you trust it, load it with Artifact.load(path, unverified=True) and save it "
+                                    "again")
+            if version >= 2:
+                raise ArtifactError(f"artifact {path} has no checksum (data_sha256): written before calib 0.4 or "
+                                    "edited; if you trust it, load it with Artifact.load(path, unverified=True) "
+                                    "and save it again")
+        if stored is None and not unverified and version == 1:  # (no schema at all: not a calib artifact, below)
+            later = _newer_than_schema_1(ds)
+            if later:
+                raise ArtifactError(f"artifact {path} says schema 1 (calib 0.1, no checksum) but holds {later}, which "
+                                    "calib 0.1 never wrote: it was edited; refit or restore it")
+            import warnings
+
+            from calib.errors import CalibWarning
+
+            warnings.warn(f"artifact {path} is unverified: schema {version} (calib 0.1) files carry no checksum, so "
+                          "a change to it cannot be detected; save it again (Artifact.load(path).save(new)) to give "
+                          "it one", CalibWarning, stacklevel=2)
         if stored is not None and str(stored) != data_checksum(ds):
             raise ArtifactError(f"artifact {path} is corrupt: its contents no longer match the checksum written "
                                 "with them (changed or damaged after it was saved); refit or restore it")
@@ -270,6 +306,19 @@ class Artifact:
 
 
 # --------------------------------------------------------------------------- integrity
+
+
+def _newer_than_schema_1(ds) -> str:
+    """What in ``ds`` only calib ≥ 0.2 writes ("" for a genuine calib 0.1 file): a later calib_version, or
+    variables and attributes that came after schema 1."""
+    version = str(ds.attrs.get("calib_version", "0.1"))
+    if not version.startswith("0.1"):
+        return f"calib_version {version}"
+    later = [v for v in ("ood_threshold", "force_error_quantile", "element_reference_basis", "correction_domain_q")
+             if v in ds]
+    later += [f"the attribute {a}" for a in ("difference_models", "checksum_scheme") if a in ds.attrs]
+    return ", ".join(later)
+
 
 
 def _canonical(value) -> bytes:

@@ -14,7 +14,8 @@ energy_interval         conformal interval (low, high) for the reference-code to
                         or None where the element reference does not determine it
 energy_centre           its centre: the model energy + energy_shift, eV (None without an interval)
 energy_shift            the per-element reference shift to the reference code's energy zero, eV
-trusted, trust_reason   the one trust verdict (calib.uq.trust) and why not ("" when trusted)
+trusted, trust_reason   the one trust verdict (calib.uq.trust) and why not ("" when trusted); without a
+                        calibration ``trusted`` is None and ``trust_reason`` says why
 prediction              "corrected" or "raw": which prediction energy, forces, σ and the verdict describe
 corrected               whether energy, forces and stress are the scalar-corrected ones
 correction              the factor c used (1.0 when not corrected)
@@ -71,7 +72,9 @@ class CalibratedCalculator(Calculator):
     ----------
     model : str or ModelAdapter — "chgnet" (default) or any name :func:`calib.load_model` takes.
     calibration : path to a calibrated artifact; "default" (the default): the calibration calib ships for
-        CHGNet 0.3.0 (GPAW PAW-PBE labels), or the plain model for another model; None: the plain model, no σ.
+        CHGNet 0.3.0 (GPAW PAW-PBE labels); for another model (a fine-tuned file, MACE) calib has none, so the
+        calculator warns (:class:`calib.errors.CalibWarning`) and runs the plain model; None: the plain model,
+        no σ. Without a calibration ``results["trusted"]`` is None and ``results["trust_reason"]`` says why.
         ``results["calibration"]`` names the one used.
     correction : bool — report the scalar-corrected prediction where the artifact's correction applies (the
         default, as ``calib predict``); False: the model's own prediction everywhere (also with ``predictor=``).
@@ -93,6 +96,20 @@ class CalibratedCalculator(Calculator):
         else:
             self.predictor = shared_predictor(model, calibration, device, correction)
         has_artifact = self.predictor.artifact is not None
+        self.uncalibrated_reason = ""
+        if not has_artifact:
+            if predictor is None and isinstance(calibration, str) and calibration == "default":
+                import warnings
+
+                from calib.errors import CalibWarning
+
+                self.uncalibrated_reason = (f"no calibration: calib ships a default calibration for CHGNet 0.3.0 only, "
+                                            f"not for {model!r}; pass calibration=PATH (calib calibrate) for σ and "
+                                            "the trust verdict")
+                warnings.warn(f"CalibratedCalculator: {self.uncalibrated_reason}; running the plain model",
+                              CalibWarning, stacklevel=2)
+            else:
+                self.uncalibrated_reason = "no calibration (calibration=None): the plain model has no trust verdict"
         self.calibration = ("none" if not has_artifact else "default" if self.predictor.artifact.attrs.get(
             "default_calibration") else "given")
         self.correction = self.predictor.correction and has_artifact
@@ -134,4 +151,7 @@ class CalibratedCalculator(Calculator):
             results["trust_reason"] = str(ds["trust_reason"].values[0])
         if "force_error_bound" in ds:
             results["force_error_bound"] = float(ds["force_error_bound"].values[0])
+        elif self.predictor.artifact is None:
+            results["trusted"] = None
+            results["trust_reason"] = self.uncalibrated_reason or "no calibration: the plain model has no trust verdict"
         self.results = results

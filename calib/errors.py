@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 
 __all__ = ["CalibError", "UsageError", "InputError", "OutputError", "CalibWarning", "check_device",
-           "check_outputs", "check_plot_folder", "finite", "fraction", "positive_int", "non_negative_int"]
+           "check_outputs", "check_output_folder", "check_plot_folder", "finite", "fraction", "positive",
+           "positive_int", "non_negative_int"]
 
 
 class CalibError(Exception):
@@ -86,6 +87,15 @@ def finite(name: str, value, minimum: float | None = None, maximum: float | None
         raise UsageError(f"{name} must be ≥ {minimum}{u}, got {value!r}")
     if maximum is not None and value > maximum:
         raise UsageError(f"{name} must be ≤ {maximum}{u}, got {value!r}")
+    return float(value)
+
+
+def positive(name: str, value, unit: str = "") -> float:
+    """``value`` as a finite float > 0 (a tolerance, a density, a temperature, a learning rate), or UsageError
+    naming the option; zero and negative values get the same message."""
+    u = f" {unit}" if unit else ""
+    if value is None or not math.isfinite(float(value)) or value <= 0:
+        raise UsageError(f"{name} must be a finite number > 0{u}, got {value!r}")
     return float(value)
 
 
@@ -158,6 +168,28 @@ def check_outputs(outputs: dict, inputs=(), overwrite: bool = False, resumable=(
             raise OutputError(f"{name} {path}: the folder {path.parent} is not writable")
         if path.exists() and not overwrite and name not in resumable:
             raise OutputError(f"{name} {path} exists; pass --overwrite to replace it")
+
+
+def check_output_folder(name: str, folder, own=None) -> None:
+    """A folder a command writes into and creates when absent (``calib loop -o``): refused (OutputError) when
+    it is a file, when its parent folder does not exist (calib does not create a tree of folders) or when it
+    or that parent is not writable. ``own(folder)``: whether an existing, non-empty folder is the command's
+    own (resumed) rather than someone else's."""
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{name} {p} is a file; {name} takes a folder")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise OutputError(f"{name} {p}: the folder is not writable")
+        if own is not None and any(p.iterdir()) and not own(p):
+            raise OutputError(f"{name} {p} exists and is not this command's folder: pass a new folder (or the "
+                              "command's own folder to resume it)")
+        return
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"{name} {p}: the folder {p.parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{name} {p}: the folder {p.parent} is not writable")
 
 
 def check_plot_folder(name: str, folder) -> None:

@@ -64,6 +64,11 @@ features                (structure, feature)    pooled last-layer features (``de
 atom_descriptors        (atom, feature)         per-atom last-layer features (``descriptors=True``)
 ======================= ======================= ==========================================================
 
+Attributes: ``energies`` ("total eV" unless a name says per atom), ``model_name``, ``model_version``,
+``model_read_as``, ``model_energy_convention`` (what the *model* predicts internally: CHGNet "per_atom";
+the energies here are totals either way), ``calibration`` (a path, "default", "in memory" or "none"),
+``stage``, ``alpha``.
+
 σ comes from the error models of calib.uq.errormodel (which know the chemistry, and were cross-fitted by
 chemical system at calibration), the intervals from their conformal quantiles, and both describe the reported
 prediction: where the artifact's scalar correction applies (and ``correction=True``), the corrected one, judged
@@ -169,7 +174,7 @@ class CalibratedPredictor:
     """
 
     def __init__(self, model: ModelAdapter, artifact: Artifact | None = None, *, require_calibrated: bool = True,
-                 trust: TrustPolicy | None = None, correction: bool = True):
+                 trust: TrustPolicy | None = None, calibration: str | None = None, correction: bool = True):
         if artifact is not None:
             artifact.check_model(model)
             if require_calibrated and not artifact.calibrated:
@@ -177,6 +182,12 @@ class CalibratedPredictor:
         self.model = model
         self.artifact = artifact
         self.trust = trust or TrustPolicy()
+        if artifact is None:
+            calibration = "none"
+        elif calibration is None:
+            calibration = "default" if artifact.attrs.get("default_calibration") else "in memory"
+        #: which calibration produced the predictions: a path, "default", "in memory" or "none"
+        self.calibration = str(calibration)
         self.correction = bool(correction)
 
     def raw(self) -> CalibratedPredictor:
@@ -199,14 +210,35 @@ class CalibratedPredictor:
                                                                      and self.trust.force_tol is not None))
 
     @classmethod
-    def from_file(cls, path, model=None, *, device: str = "cpu", require_calibrated: bool = True,
+    def from_file(cls, path=None, model=None, *, device: str = "cpu", require_calibrated: bool = True,
                   trust: TrustPolicy | None = None):
-        """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None."""
+        """The predictor of the artifact at ``path``; the model named in its provenance when ``model`` is None.
+
+        ``path=None`` (or ``"default"``): calib's default calibration, as the command line uses without
+        ``--calibration`` (:meth:`default`)."""
         from calib.models import resolve_model
 
+        if path is None or (isinstance(path, str) and path == "default"):
+            return cls.default(model, device=device, trust=trust)
         art = Artifact.load(path)
         return cls(resolve_model(model, artifact=art, device=device), art, require_calibrated=require_calibrated,
-                   trust=trust)
+                   trust=trust, calibration=os.fspath(path))
+
+    @classmethod
+    def default(cls, model=None, *, device: str = "cpu", trust: TrustPolicy | None = None):
+        """The predictor of calib's default calibration (CHGNet 0.3.0, shipped GPAW PAW-PBE labels), as
+        ``calib predict`` without ``--calibration``. ``model``: None, ``"chgnet"``/``"chgnet:0.3.0"`` or an
+        adapter (ArtifactError unless its weights are CHGNet 0.3.0's); ValueError for another model name."""
+        from calib.data.datasets import default_calibration
+        from calib.models import resolve_model
+
+        name = model if isinstance(model, (str, os.PathLike)) else "chgnet"
+        path = default_calibration(os.fspath(name))
+        if path is None:
+            raise ValueError(f"calib ships a default calibration for CHGNet 0.3.0 only, not for {name!r}: calibrate "
+                             "your own (calib hessian, calib calibrate) and use CalibratedPredictor.from_file(path)")
+        art = Artifact.load(path)
+        return cls(resolve_model(model, artifact=art, device=device), art, trust=trust, calibration="default")
 
     # ------------------------------------------------------------------ public
     def predict(self, structures, *, forces: bool = False, force_mode: str = "exact", batch_size: int = 16,
@@ -266,7 +298,7 @@ class CalibratedPredictor:
         if self.artifact is None:
             raise ValueError("energy differences with σ need a calibration artifact")
         structs = list(as_structures(structures))
-        ds = self.predict(structs, batch_size=batch_size, descriptors=True, progress=progress)
+        ds = self.raw().predict(structs, batch_size=batch_size, descriptors=True, progress=progress)
         art, L = self.artifact, self.artifact.llpr
         if str(ds["error"].values[reference]):
             raise ValueError(f"the reference structure {reference} was skipped: {ds['error'].values[reference]}")
@@ -587,8 +619,11 @@ class CalibratedPredictor:
             if name in _DESCRIPTIONS:
                 attrs["description"] = _DESCRIPTIONS[name]
             ds[name] = (d, values, attrs)
-        info = {"energy_convention": self.model.energy_convention, "model_name": self.model.name,
-                "model_version": self.model.version}
+        info = {"energies": "total eV (every energy variable, unless its name says per atom)",
+                "model_energy_convention": self.model.energy_convention, "model_name": self.model.name,
+                "model_version": self.model.version,
+                "model_read_as": str(getattr(self.model, "read_as", "") or self.model.name),
+                "calibration": self.calibration}
         art = self.artifact
         if art is not None:
             info["stage"] = art.stage
@@ -603,15 +638,18 @@ class CalibratedPredictor:
 
 
 def as_structures(obj) -> Iterable[Atoms]:
-    """One structure or file, a list of them (read now), or any other iterable (converted lazily)."""
-    from calib.data.readers import iter_structures, read_structures
+    """One structure or file, a list of them (read now), or any other iterable (converted lazily), under the
+    skip rule of :mod:`calib.data.readers`: a named file must exist; whatever cannot become a structure (an
+    unreadable frame, a disordered Structure, a Molecule, another object) becomes a placeholder that
+    validation skips and reports, so one bad entry never costs the others."""
+    from calib.data.readers import iter_structures, read_skipping
 
     single = isinstance(obj, (str, os.PathLike, Atoms)) or type(obj).__name__ in ("Structure", "Molecule")
     if single:
-        return read_structures([obj])
+        return read_skipping([obj])
     if isinstance(obj, Sequence):
-        return read_structures(list(obj))
-    return iter_structures(obj)
+        return read_skipping(list(obj))
+    return iter_structures(obj, strict=False)
 
 
 def _canonical(chemsys: str) -> str:

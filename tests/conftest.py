@@ -65,3 +65,18 @@ def si_lif_calibration(chgnet):
     before = hess.to_dataset()
     res = calibrate(hess, chgnet, lab, alpha=0.2, classes="element", min_class_size=20, progress=False)
     return hess, before, res
+
+
+def expected_decision(record: dict, force_tol: float = 0.1, min_labels: int = 3, max_untrusted: float = 0.1) -> str:
+    """The decision the documented rules (calib.softening.decide, docs/decisions.md) give for one chemistry's
+    measured numbers, restated here from those numbers alone: a check that calib applied its rules to what it
+    measured, not that its answer is one of three words."""
+    if record.get("softening_scale") is None or record["n_structures"] < min_labels:
+        return "label"
+    lo, hi = record["softening_ci"]
+    untrusted = record.get("fraction_untrusted") or 0.0
+    ood = record.get("fraction_out_of_distribution") or 0.0
+    if lo <= 1.0 <= hi:
+        return "accept" if record["mae"] <= force_tol and untrusted <= max_untrusted else "label"
+    loo = record["cmae_loo"] if record.get("cmae_loo") is not None else float("inf")
+    return "scale" if loo <= force_tol and ood <= max_untrusted else "label"

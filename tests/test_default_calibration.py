@@ -67,4 +67,5 @@ def test_the_calculator_defaults_to_it(shipped):
     plain = CalibratedCalculator("chgnet", None)
     atoms.calc = plain
     atoms.get_potential_energy()
-    assert plain.results["calibration"] == "none" and "trusted" not in plain.results
+    assert plain.results["calibration"] == "none" and plain.results["trusted"] is None  # no verdict, and why
+    assert "no calibration" in plain.results["trust_reason"]

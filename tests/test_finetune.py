@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import expected_decision
 from typer.testing import CliRunner
 
 
@@ -66,6 +67,33 @@ def test_the_model_file_round_trips_through_model(tuned, tmp_path):
     assert r.exit_code == 2 and "does not load a model file" in json.loads(r.stdout)["error"]
 
 
+def test_a_fine_tuned_file_is_read_back_whatever_its_suffix(tuned, tmp_path, chgnet):
+    """Item 2: the file finetune wrote, saved as ft.model (a MACE suffix), loads as the fine-tuned CHGNet by its
+    format tag, without running code (torch.load weights_only), says so, and predicts what the .pt does; a
+    model of the wrong kind is not loaded as it. Item 15: its provenance names versions, label files, time."""
+    import datetime
+    import shutil
+
+    import calib
+    from calib.errors import CalibWarning
+    from calib.models import load_model, sniff_model_file
+
+    si, path, res = tuned
+    ft = tmp_path / "ft.model"
+    shutil.copy(path, ft)
+    kind, state, how = sniff_model_file(str(ft))
+    assert kind == "chgnet" and "calib-finetuned-chgnet" in how and state["calib"]["format"] == "calib-finetuned-chgnet"
+    with pytest.warns(CalibWarning, match="read as CHGNet"):
+        m = load_model(str(ft))
+    assert m.name == "chgnet" and "format tag" in m.read_as and m.fingerprint() == load_model(str(path)).fingerprint()
+    assert m.fingerprint() != chgnet.fingerprint()
+    np.testing.assert_array_equal(m.predict(si, forces=False).energy, load_model(str(path)).predict(si, forces=False).energy)
+    p = res.provenance
+    assert p["calib_version"] == calib.__version__ and p["chgnet_version"] and p["torch_version"]
+    assert p["label_files"] == ["Si.extxyz"] and p["units_checked"] is True  # the shipped file the labels came from
+    assert datetime.datetime.fromisoformat(p["created"]).tzinfo is not None
+
+
 def test_finetune_cli(tmp_path):
     import ase.io
 
@@ -78,6 +106,7 @@ def test_finetune_cli(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["model"] == str(tmp_path / "m.pt") and doc["n_labels"] == 2 and "after" in doc
+    assert doc["label_files"] == [str(tmp_path / "l.extxyz")]  # the files given on the command line
     r = CliRunner().invoke(app, ["finetune", str(tmp_path / "l.extxyz"), "-o", str(tmp_path / "m.pt"), "--json"])
     assert r.exit_code == 2 and "--overwrite" in json.loads(r.stdout)["error"]  # never replaced silently
 
@@ -122,8 +151,15 @@ def test_one_loop_round_survives_a_kill_and_writes_its_report(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     (entry,) = rep["rounds"]
-    assert entry["n_labels"] == 2 and entry["decision"] in ("accept", "scale", "label")
+    assert entry["n_labels"] == 2
     assert read_structures(labels)[0].info["calib_key"] == first  # kept, not labelled again
     model = load_model(rep["final_model"])
-    Artifact.load(rep["final_calibration"], model=model)  # fitted with this model
+    art = Artifact.load(rep["final_calibration"], model=model)  # fitted with this model
     assert (out / "report.png").exists()
+    # the decision recorded is the rules applied to the numbers measured now on the round's files
+    from calib.workflows.decisions import decide
+
+    decisions, _ = decide(art, model, read_structures(labels), read_structures(entry["files"]["md"]),
+                          progress=False)
+    mine = next(d for d in decisions if d.chemsys == rep["chemsys"])
+    assert entry["decision"] == mine.decision == expected_decision(mine.as_dict())

@@ -5,11 +5,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-
 import numpy as np
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +110,22 @@ def _run_cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+KILL_AFTER_COMMIT = """
+import os, signal, sys
+from calib.workflows.screen import screen
+src, cal, out, after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def kill(rows):  # right after a committed batch: exactly `after` rows are in the journal
+    if rows >= after:
+        os.kill(os.getpid(), signal.SIGKILL)
+screen([src], cal, out, batch_size=2, progress=False, on_commit=kill)
+"""
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
-    """Kill `calib screen` with SIGKILL mid-run, resume: the file equals an uninterrupted run's, no gaps."""
+    """Kill a screen with SIGKILL right after its third committed batch (6 rows, deterministic: the process
+    kills itself from the commit hook), resume with `calib screen --resume`: the file equals an uninterrupted
+    run's, no gaps."""
     import ase.io
 
     from calib.data.prototypes import perturbed_set
@@ -133,22 +143,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
 
     part = tmp_path / "part.nc"
     journal = tmp_path / "part.nc.resume.json"
-    proc = _run_cli(args + ["-o", part, "--json"])
-    rows = 0
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists():
-            try:
-                rows = json.loads(journal.read_text())["rows"]
-            except (ValueError, KeyError):
-                rows = 0
-            if rows >= 6:
-                break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_COMMIT, str(src), str(cal_file), str(part), "6"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     state = json.loads(journal.read_text())
-    assert not state["complete"] and 6 <= state["rows"] < 40, state
+    assert not state["complete"] and state["rows"] == 6, state
     again = _run_cli(args + ["-o", part, "--resume", "--json"])
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
@@ -157,7 +156,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
     assert list(b["structure"].values) == list(range(40))
     for var in a.data_vars:
         x, y = a[var].values, b[var].values
-        if x.dtype.kind in "fi":
+        if x.dtype.kind == "f":  # rows of three processes: float32 forward passes (see F32)
+            np.testing.assert_allclose(x, y, err_msg=var, **F32)
+        elif x.dtype.kind == "i":
             np.testing.assert_array_equal(x, y, err_msg=var)
         else:
             assert list(x) == list(y), var
@@ -166,6 +167,16 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cal_file, tmp_path):
     bad = _run_cli(args + ["-o", part, "--resume", "--json"])
     out, _ = bad.communicate(timeout=600)
     assert bad.returncode == 1 and "input differs" in json.loads(out)["error"]
+
+
+#: H on another process agrees to the precision the computation has: CHGNet's features are float32 (rounding
+#: 6e-8 relative per feature; another process may use other thread counts, hence another reduction order in
+#: the forward pass), and H = Σ f fᵀ keeps that relative size: 1e-5 is float32 rounding with room for ~100
+#: ulps, still 4 orders below any change of one structure's features
+H_REL = 1e-5
+#: the same for the rows a worker computes (energies, σ, bounds: float32 forward passes); atol for quantities
+#: near zero (forces of nearly relaxed cells, eV/Å)
+F32 = {"rtol": 1e-5, "atol": 1e-6}
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +194,11 @@ def test_distributed_hessian_equals_serial(client, chgnet):
     from calib.workflows.distributed import distributed_hessian
 
     structs = perturbed_set(n_variants=1, seed=9)[:30]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker: the same float32 arithmetic, so agreement to 1e-12
-    try:
-        serial = accumulate_hessian(chgnet, structs, batch_size=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    serial = accumulate_hessian(chgnet, structs, batch_size=4, progress=False)
     dist = distributed_hessian(client, "chgnet", structs, batch_size=4, n_shards=5, progress=False)
     assert dist.n_structures == serial.n_structures == len(structs)
     rel = np.abs(dist.hessian - serial.hessian).max() / np.abs(serial.hessian).max()
-    assert rel < 1e-12, rel
+    assert rel < H_REL, rel
     assert len(client.scheduler_info()["workers"]) == 2
 
 
@@ -207,7 +213,7 @@ def test_distributed_screen_equals_serial(client, cal_file, stream_file, tmp_pat
     for var in a.data_vars:
         x, y = a[var].values, b[var].values
         if x.dtype.kind == "f":
-            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=var)
+            np.testing.assert_allclose(x, y, err_msg=var, **F32)
         else:
             assert list(x) == list(y), var
 
@@ -226,17 +232,12 @@ def test_last2_artifact_through_a_local_cluster(client, tmp_path):
 
     m = load_model("chgnet", feature_set="last2")
     structs = perturbed_set(n_variants=1, seed=3)[:8]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker
-    try:
-        serial, _ = build_hessian(m, structs, batch_size=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    serial, _ = build_hessian(m, structs, batch_size=4, progress=False)
     dist, _ = build_hessian(m, structs, batch_size=4, progress=False, client=client)
     assert dist.llpr.n_features == serial.llpr.n_features == 4224
     assert dist.model_info["feature_set"] == "last2"
     rel = np.abs(dist.llpr.hessian_ - serial.llpr.hessian_).max() / np.abs(serial.llpr.hessian_).max()
-    assert rel < 1e-12, rel
+    assert rel < H_REL, rel
     lab = [a for c in ("Si", "Li-F") for a in datasets.load("high-energy-states", chemsys=c)[::2]]
     cal = calibrate(serial, m, lab, target="energy", with_forces=False, alpha=0.2, progress=False).artifact
     cal.save(tmp_path / "last2.nc")
@@ -244,7 +245,7 @@ def test_last2_artifact_through_a_local_cluster(client, tmp_path):
     screen(structs, tmp_path / "last2.nc", tmp_path / "d.nc", batch_size=4, client=client, progress=False)
     a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "d.nc")
     assert (a["status"].values != "failed").all()
-    np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, rtol=1e-9)
+    np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, **F32)
     assert list(a["reason"].values) == list(b["reason"].values)
 
 
@@ -283,14 +284,14 @@ def test_cli_hessian_and_screen_with_workers(cal_file, tmp_path, chgnet):
     assert p.returncode == 0, err
     H = Artifact.load(tmp_path / "H.nc").llpr.hessian_
     ref = accumulate_hessian(chgnet, ase.io.read(src, ":"), batch_size=4, progress=False).hessian
-    assert np.abs(H - ref).max() / np.abs(ref).max() < 1e-12
+    assert np.abs(H - ref).max() / np.abs(ref).max() < H_REL
     p = _run_cli(["screen", src, "--calibration", cal_file, "-o", tmp_path / "w.nc", "--workers", "2", "--json"])
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert json.loads(out)["n_total"] == len(structs)
     screen([src], cal_file, tmp_path / "s.nc", model=chgnet, progress=False)
     a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "w.nc")
-    np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, rtol=1e-9)
+    np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, **F32)
     assert list(a["status"].values) == list(b["status"].values)
 
 

@@ -125,7 +125,8 @@ def test_bench_commands_reports_peak_memory_per_command(tmp_path):
     r = run("bench", "commands", "--only", "eos", "--workdir", tmp_path, "--json", "-q")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["eos: seconds"] > 0 and 100 < doc["eos: peak_rss_mb"] < 4000 and "eos: exit_code" not in doc
+    # the numbers are measured, not judged here: a window on seconds or MB would test the machine
+    assert doc["eos: seconds"] > 0 and doc["eos: peak_rss_mb"] > 0 and "eos: exit_code" not in doc
     assert not any(k.startswith("calibrate") for k in doc)  # eos needs no artifact
 
 

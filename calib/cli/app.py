@@ -36,12 +36,65 @@ from calib.errors import (
     InputError,
     UsageError,
     check_device,
-    finite,
     non_negative_int,
+    positive,
     positive_int,
 )
 
-_RUN: dict = {"warnings": None}
+_RUN: dict = {"warnings": None, "signal": None, "emitted": False}
+_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # exit code 128 + the signal's number, as a shell reports it
+
+
+def _on_signal(signum, frame):
+    """SIGINT / SIGTERM: remember which, and unwind as KeyboardInterrupt, so that every ``finally`` runs
+    (temporary folders, locks) and the command ends through the contract with kind ``interrupted``."""
+    _RUN["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _install_signals() -> dict:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for name in _SIGNALS:
+        sig = getattr(signal, name)
+        old[sig] = signal.signal(sig, _on_signal)
+    return old
+
+
+def _interrupted_code() -> int:
+    import signal
+
+    return 128 + int(_RUN["signal"] or signal.SIGINT)
+
+
+def versions() -> dict:
+    """calib's version and those of the packages that change its numbers (no import of them: metadata only)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import calib
+
+    out = {"calib": calib.__version__, "python": platform.python_version()}
+    for pkg in ("chgnet", "torch", "ase", "pymatgen", "mace-torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _version_asked(argv: list) -> bool:
+    """``calib --version`` (with or without ``--json``, before any command)."""
+    head = []
+    for a in argv:
+        if not a.startswith("-"):
+            break
+        head.append(a)
+    return "--version" in head and set(head) <= {"--version", "--json"}
 
 
 def _warning_messages() -> list[str]:
@@ -92,6 +145,15 @@ class CalibGroup(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in argv
+        if _version_asked(argv):
+            import calib
+
+            typer.echo(json.dumps({**versions(), "warnings": []}, indent=1) if as_json else f"calib {calib.__version__}")
+            if standalone_mode:
+                sys.exit(0)
+            return 0
+        _RUN.update(signal=None, emitted=False)
+        old_handlers = _install_signals()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore")  # third-party notices (pymatgen, torch, e3nn) stay out of the output
             warnings.simplefilter("always", CalibWarning)
@@ -100,14 +162,23 @@ class CalibGroup(TyperGroup):
                 code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
                                     standalone_mode=False, **extra)
                 code = code if isinstance(code, int) else 0
+                if _RUN["signal"] is not None or code == 130:  # typer turns KeyboardInterrupt into exit 130
+                    raise KeyboardInterrupt
             except BaseException as exc:  # noqa: BLE001 - every ending goes through the contract
                 if isinstance(exc, SystemExit):
                     raise
                 kind, code, msg = _classify(exc)
+                if kind == "interrupted":
+                    import signal
+
+                    code = _interrupted_code()
+                    msg = (f"interrupted by {signal.Signals(code - 128).name}: outputs are written only when a "
+                           "command finishes (resumable commands continue from their last committed step)")
                 if kind == "internal" and os.environ.get("CALIB_DEBUG"):
                     raise
                 if as_json:
-                    emit_json({"error": msg, "kind": kind})
+                    if not _RUN["emitted"]:  # a signal after the result was printed: still one document
+                        emit_json({"error": msg, "kind": kind})
                 elif _is_click_error(exc):
                     exc.show()
                 else:
@@ -115,6 +186,10 @@ class CalibGroup(TyperGroup):
             finally:
                 messages = _warning_messages()
                 _RUN["warnings"] = None
+                import signal
+
+                for sig, handler in old_handlers.items():
+                    signal.signal(sig, handler)
         if not as_json:
             for msg in messages:
                 typer.echo(f"warning: {msg}", err=True)
@@ -151,12 +226,29 @@ def emit_json(obj) -> None:
     """Print ``obj`` as the command's one JSON document (with ``warnings`` when it is a dict)."""
     if isinstance(obj, dict) and _RUN["warnings"] is not None:
         obj = {**obj, "warnings": _warning_messages()}
-    typer.echo(json.dumps(_jsonable(obj), indent=1))
+    text = json.dumps(_jsonable(obj), indent=1)
+    _RUN["emitted"] = True
+    typer.echo(text)
 
 
 def fail(msg: str, kind: str = "input") -> None:
     """End the command with an error of this kind (usage errors exit 2, the others 1)."""
     raise (UsageError(msg) if kind == "usage" else CalibError(msg, kind=kind))
+
+
+def check_model(spec: Optional[str]) -> None:
+    """Refuse (UsageError) a ``--model`` that names no model calib could load, before anything loads."""
+    from calib.models.registry import check_model_name
+
+    try:
+        check_model_name(spec)
+    except ValueError as exc:
+        raise UsageError(f"--model {spec}: {exc}") from None
+
+
+def model_record(model) -> dict:
+    """The ``model`` record a command reports: name, version and how calib read it (a file: by its content)."""
+    return {"name": model.name, "version": model.version, "read_as": getattr(model, "read_as", "") or model.name}
 
 
 def load_model_for(spec: Optional[str], device: str, artifact=None):
@@ -181,16 +273,27 @@ def model_and_artifact(spec: Optional[str], device: str, path: Optional[Path]):
 
 
 def read_inputs(paths: List[Path], subset: Optional[dict] = None):
-    """The structures of these files (InputError naming the file otherwise), subset by --every/--limit/
+    """The structures of these files under the skip rule (calib.data.readers): a named file that does not
+    exist is an InputError before anything runs; whatever cannot be read inside a file or folder becomes a
+    placeholder that validation skips and reports with its file and frame. Subset by --every/--limit/
     --shuffle/--seed when given."""
-    from calib.data.readers import read_structures
+    from calib.data.readers import read_skipping
     from calib.data.structures import take_subset
 
     try:
-        structs = read_structures([str(p) for p in paths])
+        structs = read_skipping([str(p) for p in paths])
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
     return take_subset(structs, **subset) if subset else structs
+
+
+def unreadable(structs) -> list:
+    """The :class:`~calib.data.structures.StructureIssue` of every placeholder in ``structs`` (what could not be
+    read), for commands that hand structures to code that does not validate them."""
+    from calib.data.structures import StructureIssue
+
+    return [StructureIssue(k, str(a.info.get("name", "")), str(a.info["read_error"]), str(a.info.get("source", "")))
+            for k, a in enumerate(structs) if a.info.get("read_error")]
 
 
 def subset_options(every: int, limit: Optional[int], shuffle: bool, seed: int) -> dict:
@@ -237,17 +340,28 @@ def report_issues(issues, as_json: bool) -> None:
             typer.echo(f"  {issue}", err=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import calib
+
+        typer.echo(f"calib {calib.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _configure(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="torch CPU threads. Default: $CALIB_THREADS, else $OMP_NUM_THREADS, else the "
         "usable CPUs minus those other processes keep busy now (docs/scaling.md)"),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, metavar="",
+                                 help="print calib's version and exit (with --json: calib's and its dependencies' "
+                                      "versions as one JSON document)"),
 ):
     """Calibrated uncertainties and softening diagnostics for universal interatomic potentials."""
-    from calib.models.threads import configure_threads
+    from calib.models.threads import request_threads
 
     try:
-        configure_threads(threads)
+        request_threads(threads)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -274,10 +388,13 @@ def client_for(workers: Optional[int], scheduler: Optional[str]):
         fail(f"could not reach the dask scheduler {scheduler}: {exc}", "io")
 
 
-def common_options(batch_size: Optional[int] = None, device: Optional[str] = None) -> Optional[str]:
-    """Check the options most commands share; returns the normalised device."""
+def common_options(batch_size: Optional[int] = None, device: Optional[str] = None, *,
+                   model: Optional[str] = None) -> Optional[str]:
+    """Check the options most commands share (``--batch-size``, ``--model``, ``--device``); returns the
+    normalised device."""
     if batch_size is not None:
         positive_int("--batch-size", batch_size)
+    check_model(model)
     return check_device(device) if device is not None else None
 
 
@@ -336,17 +453,16 @@ def trust_policy(force_tol: float, energy_tol: Optional[float]):
     """The verdict's tolerances, checked (before any model loads)."""
     from calib.uq.trust import TrustPolicy
 
-    finite("--force-tol", force_tol, minimum=0.0, unit="eV/Å")
+    positive("--force-tol", force_tol, unit="eV/Å")
     if energy_tol is not None:
-        finite("--energy-tol", energy_tol, minimum=0.0, unit="eV/atom")
-    if force_tol == 0 or energy_tol == 0:
-        raise UsageError("--force-tol and --energy-tol must be > 0")
+        positive("--energy-tol", energy_tol, unit="eV/atom")
     return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
 
 
 def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:
     """The ``--calibration`` given or, without one, calib's default artifact for the model (CHGNet 0.3.0):
     (path, the ``calibration`` record every such command reports: path and whether it is the default)."""
+    check_model(model)
     if calibration is not None:
         return calibration, {"path": str(calibration), "default": False}
     from calib.data.datasets import default_calibration

@@ -35,8 +35,9 @@ from calib.cli.app import (
     read_inputs,
     report_issues,
     subset_options,
+    unreadable,
 )
-from calib.errors import OutputError, check_outputs, finite, fraction, non_negative_int, positive_int
+from calib.errors import OutputError, check_outputs, finite, fraction, non_negative_int, positive, positive_int
 
 
 @app.command()
@@ -66,9 +67,7 @@ def hessian(
     """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures.
 
     Run time: about 20 structures of 10 atoms per second per core (energies only)."""
-    from calib.workflows.hessian import build_hessian
-
-    device = common_options(batch_size, device)
+    device = common_options(batch_size, device, model=model)
     positive_int("--checkpoint-every", checkpoint_every)
     finite("--force-weight", force_weight, minimum=0.0)
     check_workers(workers, scheduler)
@@ -77,6 +76,8 @@ def hessian(
     check_outputs({"-o": out, "--checkpoint": checkpoint}, inputs=structures, overwrite=overwrite,
                   resumable=("--checkpoint",))
     structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
+    from calib.workflows.hessian import build_hessian
+
     m = load_model_for(model, device)
     client = client_for(workers, scheduler)
     try:
@@ -132,9 +133,7 @@ def calibrate_cmd(
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data.
 
     Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
-    from calib.workflows.calibration import calibrate
-
-    device = common_options(batch_size, device)
+    device = common_options(batch_size, device, model=model)
     if target not in ("both", "energy", "forces"):
         fail(f"--target must be both, energy or forces, got {target!r}", "usage")
     fraction("--alpha", alpha)
@@ -144,6 +143,8 @@ def calibrate_cmd(
     parsed_classes = _parse_classes(classes)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
     structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    from calib.workflows.calibration import calibrate
+
     m, art = model_and_artifact(model, device, hessian_path)
     art.check_model(m)
     res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not quiet,
@@ -190,10 +191,8 @@ def label_cmd(
     structures (a torn last frame is dropped and reported); an OUT that calib label did not write is refused,
     never truncated. Failures go to OUT.errors.jsonl and the run goes on.
     """
-    from calib.data.labelers import GPAWFactory, label
-
     finite("--cutoff", cutoff, minimum=50.0, unit="eV")
-    finite("--kdensity", kdensity, minimum=0.0, unit="Å⁻¹")
+    positive("--kdensity", kdensity, unit="Å⁻¹")
     check_outputs({"-o": out}, inputs=structures, resumable=("-o",))
     if out.exists() and not overwrite:
         from calib.data.labelers import check_own_output
@@ -208,11 +207,18 @@ def label_cmd(
         fail("GPAW is not installed: CC=g++ pip install -e '.[dft]' (or pass an ASE calculator "
               "to calib.data.labelers.label from Python)", "usage")
     structs = read_inputs(structures)
+    skipped = unreadable(structs)
+    structs = [a for a in structs if not a.info.get("read_error")]
+    if not structs:
+        fail("no valid structure to label: " + "; ".join(map(str, skipped[:5])))
+    from calib.data.labelers import GPAWFactory, label
+
     report = label(structs, out, GPAWFactory(cutoff=cutoff, kdensity=kdensity, xc=xc),
                    progress=not quiet, retry_failed=retry_failed, overwrite=overwrite)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json({**report.as_dict(), "skipped": [i.as_dict() for i in skipped]})
     else:
+        report_issues(skipped, as_json)
         typer.echo(f"{report.n_labelled} labelled, {report.n_done_before} already done, "
                    f"{len(report.failures)} failed in {report.seconds:.0f} s; written to {out}")
         if getattr(report, "repaired", None):

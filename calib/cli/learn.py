@@ -3,6 +3,7 @@ periodic fine-tuning loop: MD with the current model, select, label, fine-tune, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,8 +25,9 @@ from calib.cli.app import (
     fail,
     load_model_for,
     read_inputs,
+    unreadable,
 )
-from calib.errors import OutputError, check_outputs, finite, non_negative_int, positive_int
+from calib.errors import check_output_folder, check_outputs, finite, non_negative_int, positive, positive_int
 
 
 @app.command("finetune")
@@ -42,6 +44,9 @@ def finetune_cmd(
                         "dominate chgnet's loss)"),
     seed: int = SeedOpt,
     batch_size: int = typer.Option(8, "--batch-size", help="structures per training step"),
+    allow_unphysical: bool = Flag(False, "--allow-unphysical-labels", help="train on labels that fail the unit "
+                                  "check (a force above 100 eV/Å, or a force MAE against the base model above 50× "
+                                  "its typical error): only when you know the labels are right"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
@@ -51,25 +56,36 @@ def finetune_cmd(
 
     The DFT code's per-element energy zero is removed from the labels first (only energy differences, forces
     and, with --stress, stresses teach the model). Run time: about 1 min for 5 structures + 20 replay, 30
-    epochs, on 2 cores."""
-    from calib.workflows.finetune import finetune
-
-    device = common_options(batch_size, device)
+    epochs, on 2 cores. Labels whose units look wrong are refused (--allow-unphysical-labels)."""
+    device = common_options(batch_size, device, model=model)
+    _chgnet_only(model)
     positive_int("--epochs", epochs)
     non_negative_int("--replay", replay)
     non_negative_int("--seed", seed)
-    finite("--lr", lr, minimum=0.0)
-    if lr == 0:
-        fail("--lr must be > 0", "usage")
+    positive("--lr", lr)
     check_outputs({"-o": out}, inputs=labelled, overwrite=overwrite)
     structs = read_inputs(labelled)
+    from calib.workflows.finetune import finetune
+
     m = load_model_for(model, device)
+    if m.name != "chgnet":
+        fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet models "
+             "(chgnet's Trainer); fine-tune a MACE model with mace_run_train --foundation_model", "usage")
     res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
-                   stress=stress, progress=not quiet)
+                   stress=stress, progress=not quiet, check_units=not allow_unphysical,
+                   label_files=[str(p) for p in labelled])
     if as_json:
         emit_json(res.as_dict())
         return
     echo(report.finetune(res))
+
+
+def _chgnet_only(model: Optional[str]) -> None:
+    """Refuse, before anything loads, a --model that names a MACE model (finetune trains CHGNet only)."""
+    name = str(model or "chgnet")
+    if name == "mace-small" or name.startswith("mace:"):
+        fail(f"--model {name}: calib finetune trains CHGNet models (chgnet's Trainer); fine-tune a MACE model with "
+             "mace_run_train --foundation_model and pass the result with --model", "usage")
 
 
 @app.command("loop")
@@ -98,10 +114,10 @@ def loop_cmd(
     """Periodic fine-tuning (Wong & Yang): MD with the current model, label where it goes, fine-tune, recalibrate,
     decide; until the decision is accept or scale, or the rounds run out. A killed loop resumes with the same -o.
 
-    Run time per round: the MD (~1 min), the DFT labels (minutes), fine-tuning (~1 min), recalibration (~2 min)."""
-    from calib.workflows.loop import LoopSettings, run_loop
-
-    device = common_options(None, device)
+    Run time per round: the MD (~1 min), the DFT labels (minutes), fine-tuning (~1 min), recalibration (~2 min).
+    A resumed loop must have the start and settings it was started with (more --rounds may be asked for)."""
+    device = common_options(None, device, model=model)
+    _chgnet_only(model)
     for name, value in (("--rounds", rounds), ("--frames", frames), ("--epochs", epochs)):
         positive_int(name, value)
     positive_int("--md-steps", md_steps)
@@ -109,27 +125,36 @@ def loop_cmd(
         fail("--md-steps must be ≥ 4", "usage")
     non_negative_int("--replay", replay)
     non_negative_int("--seed", seed)
-    finite("--temperature", temperature, minimum=0.0, unit="K")
+    positive("--temperature", temperature, unit="K")
     finite("--cutoff", cutoff, minimum=50.0, unit="eV")
-    finite("--kdensity", kdensity, minimum=0.0, unit="Å⁻¹")
+    positive("--kdensity", kdensity, unit="Å⁻¹")
     if labeller != "gpaw":
         fail(f"--labeller must be gpaw, got {labeller!r} (from Python, run_loop takes any ASE calculator)", "usage")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists()
-                                              and not any(out.glob("round-*")))):
-        raise OutputError(f"-o {out} exists and is not a calib loop folder: pass a new folder (or the loop's own "
-                          "folder to resume it)")
+    check_output_folder("-o", out, own=lambda p: (p / "report.json").exists() or any(p.glob("round-*")))
+    if calibration is not None and not calibration.is_file():
+        fail(f"calibration artifact {calibration} does not exist", "artifact")
+    from calib.data.labelers import GPAWFactory
+    from calib.data.datasets import default_calibration
+    from calib.workflows.loop import LoopSettings, check_resume, run_loop, run_record
+
+    settings = LoopSettings(rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
+                            epochs=epochs, replay=replay, seed=seed)
+    factory = GPAWFactory(cutoff=cutoff, kdensity=kdensity, spinpol=False)
+    structs = read_inputs(start)
+    skipped = unreadable(structs)
+    structs = [a for a in structs if not a.info.get("read_error")]
+    if not structs:
+        fail("no valid start structure: " + "; ".join(map(str, skipped[:5])))
+    spec = os.path.abspath(model) if os.path.isfile(model) else model
+    cal_path = str(calibration) if calibration else default_calibration(spec)
+    check_resume(out, run_record(structs, settings, factory, spec, cal_path))  # before GPAW or a model
     try:
         import gpaw  # noqa: F401
     except ImportError:
         fail("GPAW is not installed: CC=g++ pip install -e '.[dft]'", "usage")
-    from calib.data.labelers import GPAWFactory
-
-    structs = read_inputs(start)
     m = load_model_for(model, device)
-    settings = LoopSettings(rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
-                            epochs=epochs, replay=replay, seed=seed)
     rep = run_loop(structs, out, model=m, calibration=str(calibration) if calibration else None, settings=settings,
-                   labeller=GPAWFactory(cutoff=cutoff, kdensity=kdensity, spinpol=False), progress=not quiet,
+                   labeller=factory, progress=not quiet,
                    log=None if (quiet or as_json) else (lambda msg: typer.echo(msg, err=True)))
     if as_json:
         emit_json(rep)

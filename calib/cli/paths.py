@@ -32,7 +32,7 @@ from calib.cli.app import (
     say_calibration,
     trust_policy,
 )
-from calib.errors import check_outputs, finite
+from calib.errors import check_outputs, positive
 
 
 @app.command("neb")
@@ -57,11 +57,9 @@ def neb_cmd(
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
     calibrated intervals, raw and with the stored scalar correction."""
     from calib.data.structures import get_energy
-    from calib.predictor import CalibratedPredictor
-    from calib.workflows.neb import band, plot_band, summary
 
-    device = common_options(batch_size, device)
-    finite("--barrier-tol", barrier_tol, minimum=0.0, unit="eV")
+    device = common_options(batch_size, device, model=model)
+    positive("--barrier-tol", barrier_tol, unit="eV")
     policy = trust_policy(force_tol, energy_tol)
     calibration, cal_rec = calibration_or_default(calibration, model)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
@@ -80,6 +78,9 @@ def neb_cmd(
             if not np.allclose(img.cell[:], lab.cell[:], atol=1e-3):
                 fail(f"--reference image {k} has another cell than image {k} of the path (max difference "
                      f"{np.abs(img.cell[:] - lab.cell[:]).max():.3g} Å): not the same system")
+    from calib.predictor import CalibratedPredictor
+    from calib.workflows.neb import band, plot_band, summary
+
     m, art = model_and_artifact(model, device, calibration)
     ds = band(CalibratedPredictor(m, art, trust=policy), structs, batch_size=batch_size, barrier_tol=barrier_tol)
     rec = {**summary(ds, ref), "calibration": cal_rec}
@@ -107,9 +108,7 @@ def eos_cmd(
     as_json: bool = JsonOpt,
 ):
     """Bulk moduli (GPa) of ASE's dcdft crystals: Birch–Murnaghan fits of the model vs WIEN2k PBE."""
-    from calib.workflows.eos import plot_eos, run_eos
-
-    device = common_options(batch_size, device)
+    device = common_options(batch_size, device, model=model)
     check_outputs({"--plot": plot}, overwrite=overwrite)
     if elements:
         from ase.collections import dcdft
@@ -119,6 +118,8 @@ def eos_cmd(
         if unknown:
             fail(f"--element {', '.join(unknown)}: not among the {len(known)} elemental crystals of ASE's dcdft set",
                  "usage")
+    from calib.workflows.eos import plot_eos, run_eos
+
     m = load_model_for(model, device)
     records, summary = run_eos(m, elements, batch_size=batch_size, progress=not quiet)
     if plot is not None:

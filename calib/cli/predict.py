@@ -34,6 +34,7 @@ from calib.cli.app import (
     emit_json,
     fail,
     model_and_artifact,
+    model_record,
     read_inputs,
     say_calibration,
     subset_options,
@@ -61,12 +62,13 @@ def evaluate_cmd(
     as_json: bool = JsonOpt,
 ):
     """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
+    device = common_options(batch_size, device, model=model)
+    check_plot_folder("--plot", plot)
+    subset = subset_options(every, limit, shuffle, seed)
+    calibration, cal_rec = calibration_or_default(calibration, model)
+    structs = read_inputs(labelled, subset)
     from calib.workflows.evaluation import evaluate
 
-    device = common_options(batch_size, device)
-    check_plot_folder("--plot", plot)
-    calibration, cal_rec = calibration_or_default(calibration, model)
-    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
     m, art = model_and_artifact(model, device, calibration)
     art = calibrated(art, calibration, m)
     ev = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
@@ -115,15 +117,16 @@ def predict_cmd(
     The interval bounds E + shift, the energy the reference code (e.g. DFT) would give, where the shift comes
     from the artifact's per-element reference; the table prints that centre next to its interval. With
     --forces also the largest force σ (eV/Å)."""
-    from calib.data.records import to_records
-    from calib.predictor import CalibratedPredictor
-
-    device = common_options(batch_size, device)
+    device = common_options(batch_size, device, model=model)
     if force_mode not in ("exact", "approx", "none"):
         fail(f"--force-mode must be exact, approx or none, got {force_mode!r}", "usage")
     policy = trust_policy(force_tol, energy_tol)
+    subset = subset_options(every, limit, shuffle, seed)
     calibration, cal_rec = calibration_or_default(calibration, model)
-    structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
+    structs = read_inputs(structures, subset)
+    from calib.data.records import to_records
+    from calib.predictor import CalibratedPredictor
+
     m, art = model_and_artifact(model, device, calibration)
     predictor = CalibratedPredictor(m, art, trust=policy, correction=not raw)
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
@@ -132,9 +135,13 @@ def predict_cmd(
     all_records = to_records(ds, structs)
     records = [r for r in all_records if "error" not in r]
     skipped = [r for r in all_records if "error" in r]
+    doc = {"records": all_records, "n_predicted": len(records), "n_skipped": len(skipped),
+           "calibration": cal_rec, "model": model_record(m)}
+    if not records:  # nothing predicted: the records say why, and the document is an input error too
+        doc.update(error="no valid structure: " + "; ".join(f"structure {r['index']} ({r['name']}): {r['error']}"
+                                                           for r in skipped[:5]), kind="input")
     if as_json:
-        emit_json({"records": all_records, "n_predicted": len(records), "n_skipped": len(skipped),
-                   "calibration": cal_rec})
+        emit_json(doc)
     else:
         if skipped:
             typer.echo(f"skipped {len(skipped)} structure(s):", err=True)
@@ -171,10 +178,8 @@ def screen_cmd(
     """Screen structures: energy, σ, interval, Q score, (force σ), trusted or not and why, per structure.
 
     Run time: about the model's own energies and forces; --forces 2–3× slower."""
-    from calib.workflows.screen import check_options, screen
-
-    check_options(batch_size, force_tol, energy_tol)  # before a cluster starts or a model loads
-    device = common_options(None, device)
+    device = common_options(batch_size, device, model=model)
+    trust_policy(force_tol, energy_tol)  # before a cluster starts or a model loads
     check_workers(workers, scheduler)
     calibration, cal_rec = calibration_or_default(calibration, model)
     if not calibration.is_file():
@@ -183,6 +188,8 @@ def screen_cmd(
                   resumable=("-o",) if resume else ())
     if out.exists() and not (resume or overwrite):
         fail(f"-o {out} exists; pass --resume to continue it or --overwrite to replace it", "output")
+    from calib.workflows.screen import screen
+
     client = client_for(workers, scheduler)
     try:
         summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,

@@ -40,7 +40,8 @@ def calibration(s, alpha, out) -> list[str]:
 def evaluation(ev) -> list[str]:
     """``calib evaluate``: an :class:`calib.workflows.evaluation.Evaluation`, one row per target."""
     alpha = ev.alpha if ev.alpha is not None else 0.0
-    lines = [f"{ev.n_structures} held-out structures; intervals at α = {ev.alpha} (energies total eV, forces eV/Å)"]
+    lines = [f"{ev.n_structures} structures; intervals at α = {ev.alpha} (energies total eV, forces eV/Å)",
+             ev.held_out["note"]]
     if ev.force_components_zero_sigma:
         lines.append(f"{ev.force_components_zero_sigma} force component(s) with σ = 0 by symmetry left out")
     head = (f"{'target':<18} {'n':>6} {'coverage':>9} {'nominal':>8} {'width':>9} {'w/err':>6} {'1σ cov':>7} "

@@ -31,7 +31,7 @@ from calib.cli.app import (
     stage_outputs,
     subset_options,
 )
-from calib.errors import check_outputs, check_plot_folder, finite, fraction, non_negative_int, positive_int
+from calib.errors import check_outputs, check_plot_folder, fraction, non_negative_int, positive, positive_int
 
 
 def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> None:
@@ -70,10 +70,7 @@ def softening_cmd(
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE.
 
     One row per chemical system; a chemistry whose scale cannot be measured is reported with the reason."""
-    from calib.softening.correction import ScalarCorrection
-    from calib.workflows.softening import measure_softening
-
-    device = common_options(batch_size, device)
+    device = common_options(batch_size, device, model=model)
     positive_int("--n-bootstrap", n_bootstrap)
     fraction("--confidence", confidence)
     non_negative_int("--seed", seed)
@@ -81,8 +78,11 @@ def softening_cmd(
     _check_corrections_out(calibration, out)
     check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
     structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
-    m, art = model_and_artifact(model, device, calibration)
     from calib.predictor import CalibratedPredictor
+    from calib.softening.correction import ScalarCorrection
+    from calib.workflows.softening import measure_softening
+
+    m, art = model_and_artifact(model, device, calibration)
 
     # with an artifact, through its predictor: the corrections then record their domain (the structures' Q)
     predictor = CalibratedPredictor(m, calibrated(art, calibration, m)) if art is not None else None
@@ -140,13 +140,8 @@ def decide_cmd(
     """Per chemistry: accept, scale (one scalar on forces, stress and energy differences) or label.
 
     Target chemistries without labelled structures are decided 'label', with requests."""
-    from calib.softening.decide import Thresholds
-    from calib.workflows.decisions import decide, decision_corrections, write_requests
-
-    device = common_options(batch_size, device)
-    finite("--force-tol", force_tol, minimum=0.0, unit="eV/Å")
-    if force_tol == 0:
-        fail("--force-tol must be > 0 eV/Å", "usage")
+    device = common_options(batch_size, device, model=model)
+    positive("--force-tol", force_tol, unit="eV/Å")
     positive_int("--min-labels", min_labels)
     fraction("--max-untrusted", max_untrusted, closed=True)
     fraction("--confidence", confidence)
@@ -156,6 +151,9 @@ def decide_cmd(
     sub = subset_options(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
     lab = read_inputs(labelled, None if targets else sub)
     tgt = read_inputs(targets, sub) if targets else None
+    from calib.softening.decide import Thresholds
+    from calib.workflows.decisions import decide, decision_corrections, write_requests
+
     m, art = model_and_artifact(model, device, calibration)
     th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
                     max_untrusted=max_untrusted, n_requests=n_requests)

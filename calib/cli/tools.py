@@ -35,7 +35,7 @@ def demo(
     Run time: about 2 min on 2 cores. The --out folder is the demo's own: its files are replaced on every run."""
     from calib.cli.demo import run_demo
 
-    device = common_options(None, device)
+    device = common_options(None, device, model=model)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the demo writes a folder")
     result = run_demo(out, device=device, progress=not quiet, echo=None if as_json else typer.echo, model=model)
@@ -106,6 +106,19 @@ def bench_dask_cmd(
     device = common_options(batch_size, device)
     positive_int("--n-structures", n_structures)
     print_bench(bench_dask(n_structures=n_structures, batch_size=batch_size, device=device), as_json)
+
+
+@bench_app.command("limits")
+def bench_limits_cmd(
+    repeats: int = typer.Option(3, "--repeats", help="parameter-error timings are the best of this many processes"),
+    as_json: bool = JsonOpt,
+):
+    """What the error contract costs now: seconds of parameter errors (target < 1 s), of degenerate-structure
+    validation, and peak MB of predict on a structure with an atom 1e7 Å outside its cell (target < 2000)."""
+    positive_int("--repeats", repeats)
+    from calib.cli.bench_limits import bench_limits
+
+    print_bench(bench_limits(repeats=repeats), as_json)
 
 
 @bench_app.command("commands")

@@ -9,14 +9,22 @@ Every command and library entry point reads through :func:`iter_structures` with
 * ``"-"`` is extended XYZ on standard input, streamed, and may be given once;
 * ``ase.Atoms`` pass through and pymatgen ``Structure`` objects are converted.
 
-Each structure read from a file carries ``info["source"]`` (``file:frame``, or ``file.db:id=N``) and,
+Each structure read from a file carries ``info["source"]`` (``file:frame``, or ``file.db:id=N``: the file read
+now, whatever source the file itself recorded, which is kept as ``info["origin"]``) and,
 when the file gives it no name, ``info["name"]``: the file's stem for single-structure formats (CIF,
 POSCAR, ...), the source for database rows and multi-frame files keep the formula.
 
-What happens to input that cannot be read depends on ``strict``: the default raises
+What happens to input that cannot be read depends on ``strict``: ``strict=True`` raises
 :class:`calib.data.structures.StructureReadError` naming the file, the frame and the problem; with
-``strict=False`` (screening) one placeholder is yielded whose ``info["read_error"]`` says why, so that it
-becomes one failed row and the stream goes on.
+``strict=False`` one placeholder is yielded whose ``info["read_error"]`` says why, so that validation skips
+it as one reported structure and the stream goes on.
+
+**The skip rule** (every command and :meth:`calib.predictor.CalibratedPredictor.predict`): a file named by
+the caller must exist (:func:`check_named`: an input error before anything runs); everything else that
+cannot become a structure is skipped and reported with its file and frame, and the others go on: a file
+in a folder that holds no structures (a README), a broken CIF, a ``.gz`` cut short (its intact frames are
+kept), a disordered CIF or pymatgen ``Structure`` (partial occupancy), a pymatgen ``Molecule``, an object
+that is no structure. Commands read with :func:`read_skipping`.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from collections.abc import Iterable, Iterator
 
 from ase import Atoms
 
-from calib.data.structures import StructureFileNotFound, StructureReadError, to_atoms
+from calib.data.structures import StructureConversionError, StructureFileNotFound, StructureReadError, to_atoms
 
 #: formats that hold one structure per file: their structures are named after the file
 _SINGLE = (".cif", ".vasp", ".poscar", ".contcar", ".res", ".pdb", ".cell", ".in", ".json")
@@ -46,12 +54,40 @@ def iter_structures(sources, *, strict: bool = True, exclude: Iterable = ()) -> 
         elif isinstance(src, Atoms):
             yield src
         else:
-            yield to_atoms(src)
+            try:
+                yield to_atoms(src)
+            except StructureConversionError as exc:
+                if strict:
+                    raise
+                yield Atoms(info={"name": exc.name, "read_error": exc.problem})
 
 
-def read_structures(sources, *, exclude: Iterable = ()) -> list[Atoms]:
-    """All structures of ``sources`` in a list (:func:`iter_structures`, strict)."""
-    return list(iter_structures(sources, exclude=exclude))
+def read_structures(sources, *, exclude: Iterable = (), strict: bool = True) -> list[Atoms]:
+    """All structures of ``sources`` in a list (:func:`iter_structures`, strict by default)."""
+    return list(iter_structures(sources, exclude=exclude, strict=strict))
+
+
+def check_named(sources) -> None:
+    """Raise :class:`calib.data.structures.StructureFileNotFound` (a FileNotFoundError) naming every path of
+    ``sources`` that does not exist ("-", standard input, always does), and a StructureReadError when "-" is
+    given more than once."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not isinstance(sources, (list, tuple)):
+        return
+    if sum(isinstance(s, (str, os.PathLike)) and os.fspath(s) == "-" for s in sources) > 1:
+        raise StructureReadError("standard input (-) is given more than once; it can be read only once", "-")
+    missing = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike)) and os.fspath(s) != "-"
+               and not os.path.exists(s)]
+    if missing:
+        raise StructureFileNotFound(f"structure file not found: {', '.join(missing)}", missing[0])
+
+
+def read_skipping(sources, *, exclude: Iterable = ()) -> list[Atoms]:
+    """The skip rule (module doc): named paths checked (:func:`check_named`), then every structure read, a
+    placeholder with ``info["read_error"]`` standing for each thing that cannot be one."""
+    check_named(sources)
+    return read_structures(sources, exclude=exclude, strict=False)
 
 
 def _problem(strict: bool, path: str, frame: int | None, message: str, name: str) -> Iterator[Atoms]:
@@ -59,7 +95,7 @@ def _problem(strict: bool, path: str, frame: int | None, message: str, name: str
     if strict:
         cls = StructureFileNotFound if message.startswith("structure file not found") else StructureReadError
         raise cls(message, path, frame)
-    yield Atoms(info={"name": name, "read_error": message})
+    yield Atoms(info={"name": name, "read_error": message, "source": name})
 
 
 def _read_path(path: str, strict: bool, skip: set, state: dict) -> Iterator[Atoms]:
@@ -90,13 +126,22 @@ def _read_path(path: str, strict: bool, skip: set, state: dict) -> Iterator[Atom
     yield from _read_stream(path, strict)
 
 
+def _set_source(atoms: Atoms, source: str) -> None:
+    """Where ``atoms`` was read now (``file:frame``); a ``source`` the file itself carried (a structure written
+    by calib after it read it elsewhere) is kept as ``origin``, so that messages name the file being read."""
+    prev = atoms.info.get("source")
+    if prev and str(prev) != source:
+        atoms.info.setdefault("origin", str(prev))
+    atoms.info["source"] = source
+
+
 def _read_db(path: str) -> Iterator[Atoms]:
     from ase.db import connect
 
     for row in connect(path).select():
         atoms = row.toatoms(add_additional_information=True)
         atoms.info.update(atoms.info.pop("key_value_pairs", {}) or {})
-        atoms.info.setdefault("source", f"{os.path.basename(path)}:id={row.id}")
+        _set_source(atoms, f"{os.path.basename(path)}:id={row.id}")
         atoms.info.setdefault("name", atoms.info["source"])
         yield atoms
 
@@ -123,7 +168,7 @@ def _read_stream(path: str, strict: bool) -> Iterator[Atoms]:
     frames = _xyz_frames(handle) if handle is not None else ase.io.iread(path, index=":", format=fmt)
     try:
         for atoms in frames:
-            atoms.info.setdefault("source", f"{tag}:{k}")
+            _set_source(atoms, f"{tag}:{k}")
             if single:
                 atoms.info.setdefault("name", os.path.splitext(tag.removesuffix(".gz"))[0])
             k += 1

@@ -128,22 +128,70 @@ def _ordered(symbols: frozenset) -> str:
     return "-".join(sorted(symbols, key=key))
 
 
+#: the words of every partial-occupancy skip (a disordered CIF or pymatgen Structure)
+PARTIAL_OCCUPANCY = ("partial occupancy: order the structure first (pymatgen's "
+                     "OrderDisorderedStructureTransformation)")
+
+
+def partial_occupancy(atoms: Atoms) -> str:
+    """Why ``atoms`` is a disordered structure ("" when it is ordered): ASE's CIF reader keeps one species per
+    site (Cu0.5Au0.5 on fcc sites reads as pure Au) and records the occupancies in ``info["occupancy"]``; a site
+    shared by several species, or one species below full occupancy, is partial occupancy."""
+    occ = atoms.info.get("occupancy")
+    if not isinstance(occ, dict):
+        return ""
+    for site, species in occ.items():
+        if not isinstance(species, dict):
+            continue
+        values = {str(k): float(v) for k, v in species.items()}
+        if len(values) > 1 or abs(sum(values.values()) - 1.0) > 1e-3:
+            held = ", ".join(f"{el} {x:g}" for el, x in values.items())
+            return f"{PARTIAL_OCCUPANCY}; site {site} holds {held}"
+    return ""
+
+
 def to_atoms(obj) -> Atoms:
-    """Convert an ASE Atoms or pymatgen Structure to ASE Atoms (copy for Structure)."""
+    """Convert an ASE Atoms or pymatgen Structure to ASE Atoms (copy for Structure).
+
+    Raises :class:`StructureConversionError` (a ValueError) naming the problem for a disordered Structure,
+    a pymatgen Molecule (no periodic cell) or an object that is no structure at all."""
     if isinstance(obj, Atoms):
         return obj
     try:
-        from pymatgen.core import Structure
+        from pymatgen.core import Molecule, Structure
     except ImportError:  # pragma: no cover - pymatgen is a dependency
-        Structure = ()
+        Molecule = Structure = ()
     if Structure and isinstance(obj, Structure):
+        if not obj.is_ordered:
+            sites = [f"{site.species}" for site in obj if not site.is_ordered][:1]
+            raise StructureConversionError(f"{PARTIAL_OCCUPANCY}; a site holds {sites[0]}" if sites
+                                           else PARTIAL_OCCUPANCY, _formula(obj))
         from pymatgen.io.ase import AseAtomsAdaptor
 
         return AseAtomsAdaptor.get_atoms(obj)
-    raise TypeError(
+    if Molecule and isinstance(obj, Molecule):
+        raise StructureConversionError("is a pymatgen Molecule (no periodic cell): calib works with periodic "
+                                       "crystals; put it in a box first (Molecule.get_boxed_structure)",
+                                       _formula(obj))
+    raise StructureConversionError(
         f"cannot use an object of type {type(obj).__name__} as a structure; "
-        "pass ase.Atoms, pymatgen.core.Structure or a file path"
-    )
+        "pass ase.Atoms, pymatgen.core.Structure or a file path", type(obj).__name__)
+
+
+class StructureConversionError(ValueError, TypeError):
+    """An object that cannot become a structure (a ValueError, and a TypeError as calib 0.5 raised for a
+    foreign type): ``problem`` says why, ``name`` names the object (its formula)."""
+
+    def __init__(self, problem: str, name: str = ""):
+        self.problem, self.name = problem, name
+        super().__init__(f"{name}: {problem}" if name else problem)
+
+
+def _formula(obj) -> str:
+    try:
+        return str(obj.composition.reduced_formula)
+    except Exception:  # noqa: BLE001 - a name for a message only
+        return type(obj).__name__
 
 
 def take_subset(structures: Sequence[Atoms], every: int = 1, limit: int | None = None, shuffle: bool = False,
@@ -222,10 +270,14 @@ def check_structure(
     supported_elements: Iterable[int] | None = None,
     cutoff: float | None = None,
     require_labels: bool | str = False,
+    max_atoms: int | None = None,
 ) -> None:
     """Raise :class:`StructureError` naming the first problem with ``atoms``.
 
     ``require_labels``: True (energy and forces), "energy" or "forces" (that one only), False.
+    ``max_atoms``: the most atoms one structure may have (None: no limit); a differentiated pass (forces,
+    feature gradients) keeps a graph of about 1.1 MB per atom for CHGNet, so the model adapters set it on CPU
+    (:attr:`calib.models.base.ModelAdapter.max_atoms`).
 
     Checks, in order: non-empty; finite positions and cell; positive cell
     volume (calib works with periodic crystals); elements supported by the
@@ -243,6 +295,13 @@ def check_structure(
         fail(str(atoms.info["read_error"]))
     if len(atoms) == 0:
         fail("has no atoms")
+    if max_atoms is not None and len(atoms) > max_atoms:
+        fail(f"has {len(atoms)} atoms, more than the {max_atoms} calib differentiates in one pass here (forces "
+             f"need about 1.1 MB of memory per atom in one graph): split it, or raise the limit with "
+             f"CALIB_MAX_ATOMS=N")
+    occupancy = partial_occupancy(atoms)
+    if occupancy:
+        fail(occupancy)
     pos = atoms.get_positions()
     if not np.all(np.isfinite(pos)):
         bad = int(np.where(~np.isfinite(pos).all(axis=1))[0][0])
@@ -332,6 +391,7 @@ def validate(
     supported_elements: Iterable[int] | None = None,
     cutoff: float | None = None,
     require_labels: bool = False,
+    max_atoms: int | None = None,
 ) -> tuple[list[int], list[StructureIssue]]:
     """Check every structure; return (indices that passed, issues of those that did not).
 
@@ -349,6 +409,7 @@ def validate(
                 supported_elements=supported,
                 cutoff=cutoff,
                 require_labels=require_labels,
+                max_atoms=max_atoms,
             )
         except StructureError as err:
             issues.append(StructureIssue(i, err.name, err.problem, str(atoms.info.get("source", ""))))

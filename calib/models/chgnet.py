@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
-from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms, wrapped
 
 # chgnet's BatchedGraph builds its volume tensor from grad-tracking scalars; harmless, but noisy
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
@@ -37,22 +37,28 @@ def _quiet():
 FINETUNED_FORMAT = "calib-finetuned-chgnet"
 
 
-def read_chgnet_file(path: str):
-    """(CHGNet, calib provenance or {}) of a saved CHGNet file (``{"model": {"state_dict", "model_args"}}``, as
-    ``CHGNet.from_file`` reads; calib's fine-tuned files add ``"calib"``), or None when ``path`` is not one. The
-    file is a pickle: read only because the user named it."""
-    import torch
+def chgnet_from_state(state: dict):
+    """(CHGNet, calib provenance or {}) of a CHGNet file's contents (``{"model": {"state_dict", "model_args"}}``,
+    as ``CHGNet.from_file`` reads; calib's fine-tuned files add ``"calib"``)."""
     from chgnet.model import CHGNet
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - not a torch file: the caller tries other formats
-        return None
-    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_args" in state["model"]):
-        return None
     with _quiet():
         model = CHGNet.from_dict(state["model"])
     return model, dict(state.get("calib") or {})
+
+
+def read_chgnet_file(path: str):
+    """(CHGNet, calib provenance or {}) of a saved CHGNet file, or None when ``path`` is not one. Read with
+    ``torch.load(weights_only=True)``: tensors and plain data only, no code runs."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file of plain data: the caller tries other formats
+        return None
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_args" in state["model"]):
+        return None
+    return chgnet_from_state(state)
 
 
 class CHGNetAdapter(ModelAdapter):
@@ -126,7 +132,7 @@ class CHGNetAdapter(ModelAdapter):
         dev = self.device
         graphs = []
         for atoms in structures:
-            struct = AseAtomsAdaptor.get_structure(atoms)
+            struct = AseAtomsAdaptor.get_structure(wrapped(atoms))  # the neighbour search's cost is bounded
             with _quiet():
                 graphs.append(conv(struct).to(dev))
         return graphs

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms, wrapped
 
 
 class LinearReadoutAdapter(ModelAdapter):
@@ -66,7 +66,7 @@ class LinearReadoutAdapter(ModelAdapter):
         return linear_readout(self._readout)
 
     def _run(self, structures):
-        inputs, positions, batch = self._collate(structures, self.device, self.dtype)
+        inputs, positions, batch = self._collate([wrapped(a) for a in structures], self.device, self.dtype)
         captured = []
         handle = self._readout.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))
         try:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms, wrapped
 
 
 def _import_mace() -> None:
@@ -159,7 +159,7 @@ class MACEAdapter(ModelAdapter):
         torch.set_default_dtype(self.dtype)
         try:
             for atoms in structures:
-                config = mace_data.config_from_atoms(atoms, key_specification=keyspec, head_name=self.head)
+                config = mace_data.config_from_atoms(wrapped(atoms), key_specification=keyspec, head_name=self.head)
                 graphs.append(mace_data.AtomicData.from_config(config, z_table=table, cutoff=self.cutoff,
                                                                heads=self.heads))
         finally:

@@ -12,6 +12,15 @@ Trust: a MACE ``.model`` file is a pickle, and unpickling runs code. calib loads
 path the user gives (``--model PATH``, ``load_model(PATH)``, ``model=``). An artifact is data: when its
 provenance names a model file, calib refuses to load that path and asks for ``--model`` (the artifact's
 weights fingerprint is then checked against the model given).
+
+A model *file* is routed by its content, not its name (:func:`sniff_model_file`): calib's own fine-tuned
+CHGNet files carry the format tag ``calib-finetuned-chgnet`` and load with ``torch.load(weights_only=True)``
+(no code runs); a CHGNet file in ``CHGNet.from_file``'s format loads the same way; anything else is read
+as MACE when its pickle refers to mace's classes (found by reading the pickle's opcodes, without running
+them). The adapter's ``read_as`` says which (commands print it under ``model``).
+
+This module imports no torch at import time, so that a command can check ``--model`` before any model loads
+(:func:`check_model_name`).
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from calib.models.base import ModelAdapter
+if TYPE_CHECKING:  # pragma: no cover
+    from calib.models.base import ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,91 @@ class ModelSpec:
     def load(self, device: str = "cpu") -> ModelAdapter:
         """The adapter of this spec on ``device``."""
         return load_model(self.name, device=device, feature_set=self.feature_set)
+
+
+def check_model_name(spec) -> None:
+    """Raise ValueError unless ``spec`` (a ``--model`` value; None passes) names a model calib could load: a
+    registered name, ``chgnet:VERSION``, ``mace:NAME-OR-PATH`` or an existing file. Cheap (no torch, nothing
+    loaded), so that commands refuse a bogus ``--model`` with the other parameters."""
+    if spec is None or not isinstance(spec, (str, os.PathLike)):
+        return
+    spec = os.fspath(spec)
+    name, _, version = spec.partition(":")
+    if name in REGISTRY:
+        return
+    path = version if name == "mace" else spec
+    if path in REGISTRY or os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a model file")
+    if path.endswith((".model", ".pt", ".pth")) or os.sep in path:
+        raise ValueError(f"model file not found: {path}")
+    raise ValueError(f"unknown model {spec!r}: use {', '.join(repr(k) for k in REGISTRY)}, 'chgnet:VERSION' or a "
+                     "model file (a MACE .model, or a CHGNet file such as calib finetune writes)")
+
+
+def sniff_model_file(path: str) -> tuple[str, dict | None, str]:
+    """What the model file at ``path`` holds, read without running code: (kind, state, how it was told).
+
+    kind is ``"chgnet"`` (``state``: the loaded dict, ``{"model": {"state_dict", "model_args"}}`` with calib's
+    ``"calib"`` provenance for a fine-tuned file), ``"mace"`` (a pickled mace module: ``state`` None, it is
+    loaded only by :class:`calib.models.mace.MACEAdapter`) or ``"unknown"``."""
+    import pickle
+
+    import torch
+
+    from calib.models.chgnet import FINETUNED_FORMAT
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as exc:
+        state, why = None, f"{type(exc).__name__}"
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the model file: {exc}") from None
+    else:
+        why = ""
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_args" in state["model"]:
+        tag = (state.get("calib") or {}).get("format") if isinstance(state.get("calib"), dict) else None
+        how = (f"CHGNet (calib's format tag {tag!r})" if tag == FINETUNED_FORMAT
+               else "CHGNet (CHGNet.from_file's format)")
+        return "chgnet", state, how
+    modules = _pickle_modules(path)
+    if any(m == "mace" or m.startswith("mace.") for m in modules):
+        return "mace", None, "MACE (its pickle refers to mace's classes)"
+    found = "plain data" if state is not None else (why or "unreadable")
+    return "unknown", None, found
+
+
+def _pickle_modules(path: str) -> set[str]:
+    """The modules a torch file's pickle refers to (GLOBAL / STACK_GLOBAL opcodes), read with pickletools:
+    nothing is unpickled, no code runs."""
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return set()
+            data = z.read(name)
+    except (zipfile.BadZipFile, OSError):
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(1 << 24)
+        except OSError:
+            return set()
+    out, strings = set(), []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL":
+                out.add(str(arg).split(" ")[0])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                out.add(strings[-2])
+    except Exception:  # noqa: BLE001 - a damaged pickle: whatever was found so far
+        pass
+    return out
 
 
 def _chgnet(version: str, device: str, feature_set: str) -> ModelAdapter:
@@ -66,12 +162,18 @@ def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = 
 
     * ``"chgnet"`` (CHGNet 0.3.0, shipped in the chgnet wheel) or ``"chgnet:VERSION"`` (``0.2.0``, ``r2scan``);
     * ``"mace-small"``: the small distilled MACE shipped under datasets/models (tests, demo; not for science);
-    * a MACE ``.model`` file (MACE-MP-0 or a fine-tuned model), or ``"mace:PATH"``: a pickle, loaded
-      because you name it (load only files you trust);
+    * a model file, routed by its content whatever its suffix (:func:`sniff_model_file`): a CHGNet file
+      (``calib finetune``'s output, loaded without running code) or a MACE ``.model`` file (MACE-MP-0 or a
+      fine-tuned model; ``"mace:PATH"`` too): a pickle, loaded because you name it (load only files you trust);
     * a MACE ``torch.nn.Module``, or any :class:`ModelAdapter`, passed through.
 
     ``feature_set`` selects CHGNet's last-layer features (``"last"`` or ``"last2"``); MACE has one.
+    The adapter's ``read_as`` says how it was read (e.g. ``"CHGNet (calib's format tag ...)"``).
     """
+    from calib.models.base import ModelAdapter
+    from calib.models.threads import apply_pending
+
+    apply_pending()  # the CLI's thread choice, made only now that a model loads
     if isinstance(spec, ModelAdapter):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -92,13 +194,26 @@ def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = 
     if path.endswith(".model") or os.path.isfile(path):
         if not os.path.exists(path):
             raise ValueError(f"model file not found: {path}")
-        if not path.endswith(".model"):
-            chgnet = _chgnet_file(path, device, feature_set)
-            if chgnet is not None:
-                return chgnet
-        return _mace_file(path, os.path.abspath(path), device, feature_set)
+        kind, state, how = sniff_model_file(path)
+        if kind == "chgnet":
+            adapter = _chgnet_state(path, state, device, feature_set)
+        elif kind == "mace":
+            adapter = _mace_file(path, os.path.abspath(path), device, feature_set)
+        else:
+            raise ValueError(f"{path} is not a MACE model calib can read, nor a CHGNet file ({how}): calib reads "
+                             "CHGNet files ({'model': {'state_dict', 'model_args'}}, as calib finetune writes) and "
+                             "MACE .model files")
+        adapter.read_as = how
+        if (kind == "chgnet") == path.endswith(".model"):
+            import warnings
+
+            from calib.errors import CalibWarning
+
+            warnings.warn(f"{path} was read as {how} from its content, whatever its suffix suggests",
+                          CalibWarning, stacklevel=2)
+        return adapter
     raise ValueError(f"unknown model {spec!r}: use {', '.join(repr(k) for k in REGISTRY)}, 'chgnet:VERSION' "
-                     "or a MACE .model file")
+                     "or a model file (a MACE .model, or a CHGNet file such as calib finetune writes)")
 
 
 def _mace_file(path: str, version: str, device: str, feature_set: str) -> ModelAdapter:
@@ -115,14 +230,11 @@ def _mace_file(path: str, version: str, device: str, feature_set: str) -> ModelA
     return _with_spec(adapter, ModelSpec(os.path.abspath(path) if version != "mace-small" else "mace-small"))
 
 
-def _chgnet_file(path: str, device: str, feature_set: str) -> ModelAdapter | None:
-    """A CHGNet saved to a file (``calib finetune``'s output, or ``CHGNet.from_file``'s format), or None."""
-    from calib.models.chgnet import CHGNetAdapter, read_chgnet_file
+def _chgnet_state(path: str, state: dict, device: str, feature_set: str) -> ModelAdapter:
+    """The adapter of a CHGNet file's ``state`` (as :func:`sniff_model_file` read it)."""
+    from calib.models.chgnet import CHGNetAdapter, chgnet_from_state
 
-    read = read_chgnet_file(path)
-    if read is None:
-        return None
-    model, provenance = read
+    model, provenance = chgnet_from_state(state)
     adapter = CHGNetAdapter(model=model, device=device, feature_set=feature_set)
     adapter.version = os.path.abspath(path)  # the file names this model (the weights fingerprint identifies it)
     adapter.provenance = provenance
@@ -131,6 +243,9 @@ def _chgnet_file(path: str, device: str, feature_set: str) -> ModelAdapter | Non
 
 def _with_spec(adapter: ModelAdapter, spec: ModelSpec) -> ModelAdapter:
     adapter.spec = spec
+    if not getattr(adapter, "read_as", None):
+        adapter.read_as = {"chgnet": "CHGNet (registered name)", "mace-small": "MACE (shipped mace-small)",
+                           "mace-module": "MACE (a module passed in)"}.get(spec.name.partition(":")[0], spec.name)
     return adapter
 
 

@@ -80,6 +80,27 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
     return n, f"{cpus} usable CPU(s), {busy:.1f} busy with other processes"
 
 
+_PENDING: dict = {}
+
+
+def request_threads(requested: int | None = None) -> None:
+    """What the command line asks for (``--threads``), checked now, applied when a model loads
+    (:func:`apply_pending`): an explicit number or an environment variable is applied at once (it costs
+    nothing); the automatic choice samples /proc/stat for 0.2 s, so it waits until torch is needed, and a
+    command refused for its parameters never pays for it. Raises ValueError for a bad number."""
+    if requested is not None or any(os.environ.get(v, "").strip() for v in ("CALIB_THREADS", "OMP_NUM_THREADS")):
+        configure_threads(requested)
+        _PENDING.clear()
+    else:
+        _PENDING["auto"] = True
+
+
+def apply_pending() -> None:
+    """Apply a thread choice :func:`request_threads` deferred (once per process; nothing when none is)."""
+    if _PENDING.pop("auto", None):
+        configure_threads(None)
+
+
 def configure_threads(requested: int | None = None) -> tuple[int, str]:
     """Apply :func:`choose_threads` to torch (now if it is imported, else through OMP_NUM_THREADS)."""
     import sys

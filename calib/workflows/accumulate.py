@@ -59,7 +59,7 @@ def accumulate_hessian(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    good, issues = model.validate(structures)
+    good, issues = model.validate(structures, differentiated=force_weight > 0)
     kept = [structures[i] for i in good]
     fingerprint = structures_fingerprint(kept)
     acc = HessianAccumulator(model.n_features, device=model.device, force_weight=force_weight,

@@ -471,8 +471,11 @@ def calibrate(
         conformal_quantile={k: c.quantile_ for k, c in conformal.items()},
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)
+    from calib.data.labelers import structure_key
+
     art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
                            differences=diff.models, ood=ood, force_error=None, error_models=errors,
+                           calibration_keys=[structure_key(a) for a in structs],  # evaluate: held out or not
                            attrs={**artifact.attrs, "calibration_target": target,
                                   "calibration_n_structures": len(structs),
                                   "element_reference_note": "least squares on element counts of E_ref - E_model "

@@ -150,7 +150,8 @@ def distributed_hessian(client, spec, structures: Sequence, *, device: str = "cp
     spec = spec_for(spec)
     t0 = time.perf_counter()
     model = worker_model(spec, "cpu")  # here only for its elements, cutoff and feature count
-    good, issues = validate(structures, supported_elements=model.supported_elements, cutoff=model.cutoff)
+    good, issues = validate(structures, supported_elements=model.supported_elements, cutoff=model.cutoff,
+                            max_atoms=model.max_atoms if force_weight else None)
     kept = [structures[i] for i in good]
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     n_batches = -(-len(kept) // batch_size)

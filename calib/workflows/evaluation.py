@@ -51,7 +51,9 @@ class Evaluation:
     """The result of :func:`evaluate`: one :class:`TargetReport` per target, counts and skipped structures.
 
     ``n_without_interval`` counts structures whose element reference the calibration compositions do not
-    determine (no energy point); ``verdict`` measures the trust verdict against the labels
+    determine (no energy point); ``n_in_calibration`` how many of the evaluated structures the artifact was
+    calibrated on (by content fingerprint; None when the artifact does not record them: calibrated before
+    calib 0.6, as the shipped default is), so that "held-out" is measured, not assumed; ``verdict`` measures the trust verdict against the labels
     (:func:`calib.uq.metrics.verdict_quality`; with forces); ``points`` (with ``return_points``) holds per
     target the errors, σ, half-widths, classes and calibrator, for plots."""
 
@@ -63,13 +65,39 @@ class Evaluation:
     targets: dict = field(default_factory=dict)
     verdict: dict | None = None
     points: dict | None = None
+    n_in_calibration: int | None = None
+
+    @property
+    def held_out(self) -> dict:
+        """Whether the evaluated structures are held out: counts and a sentence (``calib evaluate`` prints it)."""
+        n, k = self.n_structures, self.n_in_calibration
+        if k is None:
+            note = ("cannot tell whether these structures are held out: the artifact does not record its "
+                    "calibration structures (calibrated before calib 0.6)")
+        elif k == 0:
+            note = f"all {n} structures are held out: none is a calibration structure of the artifact"
+        else:
+            note = (f"{k} of the {n} structures are calibration structures of the artifact: coverage on them is "
+                    "in-sample, not held-out")
+        return {"n_structures": n, "n_in_calibration": k, "n_held_out": None if k is None else n - k, "note": note}
 
     def as_dict(self) -> dict:
         """The JSON record of ``calib evaluate`` (keys as in calib 0.4)."""
         return {"alpha": self.alpha, "n_structures": self.n_structures, "n_without_interval": self.n_without_interval,
                 "force_components_zero_sigma": self.force_components_zero_sigma,
                 "skipped": [i.as_dict() for i in self.skipped], **{k: t.as_dict() for k, t in self.targets.items()},
-                **({"verdict": self.verdict} if self.verdict is not None else {})}
+                **({"verdict": self.verdict} if self.verdict is not None else {}), "held_out": self.held_out}
+
+
+def _in_calibration(artifact: Artifact, structures) -> int | None:
+    """How many of ``structures`` the artifact was calibrated on (content fingerprints), None when it does not
+    record them."""
+    if artifact.calibration_keys is None:
+        return None
+    from calib.data.labelers import structure_key
+
+    keys = set(artifact.calibration_keys)
+    return int(sum(structure_key(a) in keys for a in structures))
 
 
 def evaluate(
@@ -121,7 +149,8 @@ def evaluate(
     out = Evaluation(alpha=next((c.alpha for c in artifact.conformal.values()), None),
                      n_structures=len(lp.structures), n_without_interval=int(np.sum(~np.isfinite(shift))),
                      force_components_zero_sigma=dropped.get("forces", 0), skipped=list(lp.issues),
-                     points={} if return_points else None)
+                     points={} if return_points else None,
+                     n_in_calibration=_in_calibration(artifact, lp.structures))
     if forces and "trusted" in ok:
         owner = np.searchsorted(ok["structure"].values, ok["structure_index"].values)
         worst = np.zeros(len(lp.structures))

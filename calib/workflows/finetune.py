@@ -13,13 +13,28 @@ CHGNet is trained by ``chgnet.trainer.Trainer`` (calib writes no training loop).
 
 The result is one file, readable by ``CHGNet.from_file`` and by :func:`calib.models.load_model` (``--model
 FILE``), holding the weights and calib's provenance: the base model, the SHA-256 of the labels and of the
-replay set, the hyper-parameters, the training error before and after, and the element reference removed.
+replay set, the label files, the hyper-parameters, the training error before and after, the element reference
+removed, the calib, chgnet and torch versions and the time it was written (UTC). The file holds tensors and
+plain data only (``torch.load(weights_only=True)`` reads it) and carries calib's format tag
+(``calib["format"] == "calib-finetuned-chgnet"``), by which :func:`calib.models.load_model` recognises it
+whatever its suffix.
+
+**Units.** Labels in the wrong units (meV/Å for eV/Å) train a model that is wrong everywhere. Before any
+training, every labelled structure is checked (:func:`check_label_units`): a reference force above
+:data:`MAX_FORCE` (100 eV/Å), a per-structure force MAE against the base model above :data:`ERROR_FACTOR` (50)
+× :data:`TYPICAL_FORCE_ERROR` (0.1 eV/Å), or an energy per atom off the base model by more than 50 ×
+:data:`TYPICAL_ENERGY_ERROR` (0.03 eV/atom) after the element reference is refused, naming the structure
+(``check_units=False``, ``--allow-unphysical-labels``, trains anyway).
+
+The trainer's working folder is a temporary folder removed on every exit (an exception, SIGINT, SIGTERM);
+one left by a process that was killed outright (SIGKILL) is removed by the next fine-tuning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import hashlib
 import io
 import os
@@ -35,7 +50,20 @@ from ase import Atoms
 
 from calib.data.ncio import replace_atomically
 from calib.data.structures import get_energy, get_forces, get_stress, structures_fingerprint
+from calib.errors import InputError
 from calib.models.chgnet import FINETUNED_FORMAT as FORMAT
+#: no reference force is larger than this (eV/Å): the largest forces of the shipped high-energy states are ~10
+MAX_FORCE = 100.0
+#: the base model's typical errors against DFT (CHGNet 0.3.0 on MPtrj's test set: 0.06–0.08 eV/Å, 0.03 eV/atom)
+TYPICAL_FORCE_ERROR = 0.1  # eV/Å
+TYPICAL_ENERGY_ERROR = 0.03  # eV/atom
+#: a label further from the base model than this many typical errors is in other units, not a hard structure
+ERROR_FACTOR = 50.0
+_TMP_PREFIX = "calib-finetune-"
+
+
+class LabelUnitsError(InputError):
+    """Labels whose numbers cannot be in eV and eV/Å (kind ``input``, exit 1): the message names the structure."""
 
 
 @dataclass
@@ -75,9 +103,10 @@ def replay_set(model, n: int, seed: int = 0, batch_size: int = 32) -> list[Atoms
     return out
 
 
-def _errors(model, structs: Sequence[Atoms], shift: np.ndarray | None = None) -> dict:
-    """Force MAE (eV/Å) and energy MAE per atom (eV/atom, after ``shift``) of ``model`` on labelled structures."""
-    pred = model.predict(list(structs), forces=True, batch_size=16)
+def _errors(model, structs: Sequence[Atoms], shift: np.ndarray | None = None, pred=None) -> dict:
+    """Force MAE (eV/Å) and energy MAE per atom (eV/atom, after ``shift``) of ``model`` on labelled structures
+    (``pred``: the model's prediction of ``structs`` with forces, when already made)."""
+    pred = pred if pred is not None else model.predict(list(structs), forces=True, batch_size=16)
     f_err = np.concatenate([np.abs(pred.forces_of(k) - get_forces(structs[int(i)])).ravel()
                             for k, i in enumerate(pred.indices)])
     ref = np.array([get_energy(structs[int(i)]) for i in pred.indices])
@@ -92,8 +121,86 @@ def _sha(structs: Sequence[Atoms]) -> str:
     return hashlib.sha256(structures_fingerprint(list(structs)).encode()).hexdigest()
 
 
+def check_label_units(structs: Sequence[Atoms], pred, shift: np.ndarray) -> None:
+    """Raise :class:`LabelUnitsError` naming the first structure of ``structs`` whose labels cannot be in eV and
+    eV/Å (module doc): ``pred`` is the base model's prediction of ``structs`` with forces (eV, eV/Å), ``shift``
+    the element reference (eV) removed from each reference energy."""
+    from calib.data.structures import structure_name
+
+    def where(k):
+        a = structs[k]
+        src = str(a.info.get("source", ""))
+        return f"structure {k} ({structure_name(a)}{', ' + src if src else ''})"
+
+    hint = ("are the labels in eV and eV/Å (not meV, Hartree, kcal/mol)? pass --allow-unphysical-labels "
+            "(check_units=False) to train on them anyway")
+    for k, a in enumerate(structs):
+        f = get_forces(a)
+        big = float(np.abs(f).max()) if f.size else 0.0
+        if big > MAX_FORCE:
+            atom = int(np.unravel_index(np.argmax(np.abs(f)), f.shape)[0])
+            raise LabelUnitsError(f"{where(k)}: a reference force component of {big:.4g} eV/Å (atom {atom}), above "
+                                  f"{MAX_FORCE:g} eV/Å, which no physical structure reaches; {hint}")
+    for k in range(len(pred.indices)):
+        i = int(pred.indices[k])
+        mae = float(np.mean(np.abs(pred.forces_of(k) - get_forces(structs[i]))))
+        if mae > ERROR_FACTOR * TYPICAL_FORCE_ERROR:
+            raise LabelUnitsError(f"{where(i)}: the reference forces are {mae:.4g} eV/Å from the base model's on "
+                                  f"average, more than {ERROR_FACTOR:g}× its typical error ({TYPICAL_FORCE_ERROR} "
+                                  f"eV/Å); {hint}")
+        e = (get_energy(structs[i]) - shift[i] - pred.energy[k]) / pred.n_atoms[k]
+        if abs(e) > ERROR_FACTOR * TYPICAL_ENERGY_ERROR:
+            raise LabelUnitsError(f"{where(i)}: the reference energy is {e:+.4g} eV/atom from the base model's after "
+                                  f"the element reference, more than {ERROR_FACTOR:g}× its typical error "
+                                  f"({TYPICAL_ENERGY_ERROR} eV/atom); {hint}")
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import calib
+
+    out = {"calib_version": calib.__version__}
+    for pkg in ("chgnet", "torch"):
+        try:
+            out[f"{pkg}_version"] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover - both are dependencies
+            out[f"{pkg}_version"] = "unknown"
+    return out
+
+
+def _label_files(structs: Sequence[Atoms], given) -> list[str]:
+    """The files the labels came from: the paths given, else the files named by each structure's source."""
+    if given:
+        return [os.fspath(p) for p in given]
+    files = []
+    for a in structs:
+        src = str(a.info.get("source", "")).rsplit(":", 1)[0]
+        if src and src not in files:
+            files.append(src)
+    return files
+
+
+def _remove_stale_workdirs() -> None:
+    """Remove trainer folders left in the temporary folder by fine-tunings killed outright (their pid is gone)."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(_TMP_PREFIX):
+            continue
+        pid = name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay: int = 20, lr: float = 3e-4,
-             seed: int = 0, batch_size: int = 8, stress: bool = False, progress: bool = True) -> FinetuneResult:
+             seed: int = 0, batch_size: int = 8, stress: bool = False, progress: bool = True,
+             check_units: bool = True, label_files: Sequence | None = None) -> FinetuneResult:
     """Fine-tune a CHGNet ``model`` (a calib adapter) on ``labelled`` structures (energy eV, forces eV/Å, and
     with ``stress`` the stress eV/Å³) plus ``replay`` pseudo-labelled proxy structures, with chgnet's Trainer;
     write the model to ``out``. Returns a :class:`FinetuneResult` (training errors before and after, eV/Å and
@@ -101,7 +208,10 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
 
     Stress is off by default: on the ±3 % strained high-energy frames CHGNet's stress is soft by several GPa,
     and with chgnet's loss weights (stress 0.1 × MSE in GPa²) that term then dominates the forces (measured:
-    6 epochs on 5 Si frames took the force MAE from 0.388 to 0.434 eV/Å with stress, to 0.329 without)."""
+    6 epochs on 5 Si frames took the force MAE from 0.388 to 0.434 eV/Å with stress, to 0.329 without).
+
+    ``check_units``: refuse labels in the wrong units (:func:`check_label_units`, module doc) before training;
+    ``label_files``: the files the labels were read from, for the provenance (default: their sources)."""
     import torch
     from ase.units import GPa
     from chgnet.data.dataset import StructureData, get_train_val_test_loader
@@ -117,16 +227,16 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:
-        from calib.errors import InputError
-
         raise InputError("no valid labelled structure to fine-tune on: " + "; ".join(map(str, issues[:5])))
     t0 = time.perf_counter()
     # the DFT code's per-element energy zero is removed from the labels (fitted against the base model)
-    base = model.predict(structs, forces=False, batch_size=batch_size)
+    base = model.predict(structs, forces=True, batch_size=batch_size)
     numbers = [a.numbers for a in structs]
     delta = np.array([get_energy(a) for a in structs]) - base.energy
     reference = ElementReference().fit(numbers, delta)
     shift = reference.predict(numbers)
+    if check_units:
+        check_label_units(structs, base, shift)
     replayed = replay_set(model, replay, seed=seed)
     train = structs + replayed
     shifts = np.concatenate([shift, np.zeros(len(replayed))])
@@ -140,20 +250,24 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
             forces=[get_forces(a) for a in train], stresses=[s / GPa for s in stresses] if use_stress else None,
             shuffle=False)
     targets = "efs" if data.stresses is not None else "ef"
-    before = _errors(model, structs, shift)
+    before = _errors(model, structs, shift, pred=base)
     torch.manual_seed(seed)
-    work = tempfile.mkdtemp(prefix="calib-finetune-")
     n = len(train)
     val_ratio = max(1.0 / n, 0.1) if n >= 4 else 0.0
     loaders = get_train_val_test_loader(data, batch_size=batch_size, train_ratio=1.0 - val_ratio,
                                         val_ratio=val_ratio, return_test=False, pin_memory=False)
     train_loader, val_loader = loaders[0], loaders[1] if val_ratio else loaders[0]
-    trainer = Trainer(model=copy.deepcopy(model.model), targets=targets,  # the base model stays as it was optimizer="Adam", scheduler="CosLR", criterion="MSE",
+    trainer = Trainer(model=copy.deepcopy(model.model), targets=targets,  # the base model stays as it was
+                      optimizer="Adam", scheduler="CosLR", criterion="MSE",
                       epochs=int(epochs), learning_rate=float(lr), use_device=str(model.device), torch_seed=seed,
                       data_seed=seed, print_freq=10**9)
-    with contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr):
-        trainer.train(train_loader, val_loader, save_dir=work, train_composition_model=False)
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_stale_workdirs()
+    work = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    try:  # removed on any exit (the CLI turns SIGINT and SIGTERM into exceptions)
+        with contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr):
+            trainer.train(train_loader, val_loader, save_dir=work, train_composition_model=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     tuned = trainer.model.to(model.device).eval()
     after_model = CHGNetAdapter(model=tuned, device=model.device)
     after = _errors(after_model, structs, shift)
@@ -164,6 +278,8 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
         "epochs": int(epochs), "learning_rate": float(lr), "seed": int(seed), "batch_size": int(batch_size),
         "targets": targets, "trainer": "chgnet.trainer.Trainer (Adam, CosLR, MSE; composition model frozen)",
         "element_reference_removed": reference.as_dict(), "seconds": round(time.perf_counter() - t0, 1),
+        "label_files": _label_files(structs, label_files), "units_checked": bool(check_units),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **_versions(),
         "skipped": [i.as_dict() for i in issues]}
     out = os.fspath(out)
     replace_atomically(out, lambda tmp: torch.save({"model": tuned.as_dict(),

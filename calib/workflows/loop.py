@@ -14,7 +14,10 @@ first step whose output is missing:
 6. the decision (:func:`calib.workflows.decisions.decide`) for the start's chemical system, with the round's
    MD frames as targets. The loop stops at "accept" or "scale", or after ``rounds``.
 
-``report.json`` holds, per round, the current model's force MAE and softening scale on the round's fresh labels
+``report.json`` records the run it belongs to (``run``: a SHA-256 of the start structures, every setting but
+``rounds``, the labeller's settings, the base model and the SHA-256 of the first calibration): a loop is
+resumed only with the same start and settings (:func:`check_resume`; more ``rounds`` may be asked for), so
+that every round of one report was labelled with the same DFT settings. It also holds, per round, the current model's force MAE and softening scale on the round's fresh labels
 *before* it was trained on them (a held-out error: the model never saw these frames), the decision and its
 reasons, and the files; ``report.png`` plots MAE and s per round.
 """
@@ -48,6 +51,77 @@ class LoopSettings:
     seed: int = 0
     proxy_sample: int = 300
     shipped_sample: int = 40
+
+
+def _sha256_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _labeller_record(labeller) -> dict:
+    """The settings of a labeller that change a number: a dataclass factory's fields (GPAWFactory), else its
+    type and repr."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(labeller) and not isinstance(labeller, type):
+        return {"type": type(labeller).__name__, **json.loads(json.dumps(dataclasses.asdict(labeller),
+                                                                         default=str))}
+    return {"type": type(labeller).__name__, "repr": repr(labeller)}
+
+
+def run_record(start: Sequence[Atoms], settings: LoopSettings, labeller, model: str, calibration) -> dict:
+    """What identifies one loop (stored as ``report.json["run"]``): the start structures (SHA-256 over atoms,
+    positions, cells and names), every setting but ``rounds``, the labeller's settings, the base model (its
+    name or file) and the SHA-256 of the calibration of the first selection (None: none)."""
+    import dataclasses
+    import hashlib
+
+    from calib.data.structures import structures_fingerprint
+
+    start = list(start)
+    names = "\0".join(str(a.info.get("name", "")) for a in start)
+    return {"start_sha256": hashlib.sha256((structures_fingerprint(start) + names).encode()).hexdigest(),
+            "n_start": len(start),
+            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "rounds"},
+            "labeller": _labeller_record(labeller), "model": str(model),
+            "calibration_sha256": _sha256_file(calibration) if calibration else None}
+
+
+def check_resume(out_dir, record: dict) -> None:
+    """Refuse (:class:`calib.errors.InputError`) to resume the loop in ``out_dir`` with another start or other
+    settings than the ones its ``report.json`` records; nothing to check for a new folder."""
+    from calib.errors import InputError
+
+    path = os.path.join(os.fspath(out_dir), "report.json")
+    if not os.path.exists(path):
+        rounds = [d for d in os.listdir(out_dir) if d.startswith("round-")] if os.path.isdir(out_dir) else []
+        if rounds:
+            raise InputError(f"{out_dir} holds loop rounds but no report.json: it cannot be told which start and "
+                             "settings they were made with; write to a new folder")
+        return
+    with open(path) as fh:
+        stored = json.load(fh).get("run")
+    if stored is None:
+        raise InputError(f"{path} records no start or settings (written before calib 0.6): resuming it cannot be "
+                         "checked; write to a new folder")
+    diff = []
+    if stored.get("start_sha256") != record["start_sha256"]:
+        diff.append("the start structures")
+    for key in ("settings", "labeller"):
+        a, b = stored.get(key, {}), record[key]
+        diff += [f"{k} ({a.get(k)!r} recorded, {b.get(k)!r} now)" for k in sorted(set(a) | set(b))
+                 if a.get(k) != b.get(k)]
+    for key, what in (("model", "the base model"), ("calibration_sha256", "the calibration")):
+        if stored.get(key) != record[key]:
+            diff.append(what)
+    if diff:
+        raise InputError(f"the loop in {out_dir} was started with other inputs or settings: {'; '.join(diff)} "
+                         "differ; rerun with the recorded ones to resume it, or write to a new folder")
 
 
 class Stopped(RuntimeError):
@@ -143,15 +217,21 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
     settings = settings or LoopSettings()
     say = log or (lambda msg: None)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    base = load_model(model)
     labeller = labeller or GPAWFactory(cutoff=450.0, kdensity=2.0, spinpol=False)
     start = list(start)
-    chem = chemsys(start[0])  # an element set: a tag in another order names the same system
-    report_path = os.path.join(out_dir, "report.json")
-    report = json.load(open(report_path)) if os.path.exists(report_path) else {"chemsys": chem, "rounds": []}
+    if not start:
+        raise ValueError("the loop needs at least one start structure")
+    base = load_model(model)
     spec = getattr(base, "spec", None)
     cal_path = calibration or (default_calibration(spec.name) if spec is not None else None)
+    record = run_record(start, settings, labeller, spec.name if spec is not None else f"{base.name} {base.version}",
+                        cal_path)
+    check_resume(out_dir, record)  # before anything is written
+    os.makedirs(out_dir, exist_ok=True)
+    chem = chemsys(start[0])  # an element set: a tag in another order names the same system
+    report_path = os.path.join(out_dir, "report.json")
+    report = json.load(open(report_path)) if os.path.exists(report_path) else {"chemsys": chem, "run": record,
+                                                                                "rounds": []}
     current, artifact = base, (Artifact.load(cal_path) if cal_path else None)
     labels: list[Atoms] = []
 
@@ -166,6 +246,8 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
         if stop_after == step:
             save()
             raise Stopped(f"stopped after {step}")
+
+    save()  # the run's record first: a loop killed in its first round is still known by its start and settings
 
     for r in range(settings.rounds):
         rd = os.path.join(out_dir, f"round-{r}")

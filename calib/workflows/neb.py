@@ -122,7 +122,7 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     formulas = {a.get_chemical_formula() for a in structs}
     if len(formulas) != 1:
         raise ValueError(f"the images have different compositions ({', '.join(sorted(formulas))}): not one path")
-    ds = predictor.predict(structs, batch_size=batch_size, descriptors=True, progress=False)
+    ds = predictor.raw().predict(structs, batch_size=batch_size, descriptors=True, progress=False)
     bad = [f"image {k}: {e}" for k, e in enumerate(ds["error"].values) if e]
     if bad:
         raise ValueError("cannot evaluate the path: " + "; ".join(bad))

@@ -280,7 +280,7 @@ def check_options(batch_size: int, force_tol: float | None, energy_tol: float | 
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
            force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL, batch_size: int = 16,
            resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
-           stop_after: int | None = None) -> dict:
+           stop_after: int | None = None, on_commit=None) -> dict:
     """Screen every structure of ``sources`` and write one row each to ``out`` (netCDF).
 
     Parameters
@@ -297,6 +297,9 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     resume : bool — continue an interrupted run of the same input and settings.
     client : dask.distributed.Client or None — screen batches on its workers (calib.workflows.distributed).
     stop_after : int or None — stop after that many batches in this call (tests, time limits).
+    on_commit : callable(rows) or None — called after each batch is committed (the netCDF file synced and the
+        journal written) with the number of committed rows: a progress hook, and the deterministic point at
+        which a test kills a run (a signal sent from here always finds exactly ``rows`` committed).
 
     Returns a summary: ``n_total``, ``n_trusted``, ``n_untrusted``, ``n_failed``, per chemistry
     counts, the untrusted structures per failed check (``trust_checks_failed``, :data:`CHECK_WORDS`), the output path and
@@ -352,6 +355,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         done = 0
         for batch, rows in results:
             writer.write(rows, batch_fingerprint(batch))
+            if on_commit is not None:
+                on_commit(writer.rows)
             bar.update(len(batch))
             done += 1
             if stop_after is not None and done >= stop_after:
