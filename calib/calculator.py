@@ -83,18 +83,25 @@ class CalibratedCalculator(Calculator):
     force_mode : "exact" or "approx" (the directions kept at calibration).
     device : str
     predictor : CalibratedPredictor, optional — share one across calculators.
+    trust : calib.uq.trust.TrustPolicy, optional — what the verdict in ``results`` checks (default: the
+        predictor's, the domain and a force bound ≤ 0.3 eV/Å).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model="chgnet", calibration="default", *, correction: bool = True, uncertainties: bool = True,
                  force_mode: str = "exact", device: str = "cpu", predictor: CalibratedPredictor | None = None,
-                 **kwargs):
+                 trust=None, **kwargs):
         super().__init__(**kwargs)
         if predictor is not None:
             self.predictor = predictor if correction else predictor.raw()
         else:
             self.predictor = shared_predictor(model, calibration, device, correction)
+        if trust is not None:  # a TrustPolicy of its own: a copy of the shared predictor that holds it
+            import copy
+
+            self.predictor = copy.copy(self.predictor)
+            self.predictor.trust = trust
         has_artifact = self.predictor.artifact is not None
         self.uncalibrated_reason = ""
         if not has_artifact:

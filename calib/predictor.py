@@ -353,7 +353,6 @@ class CalibratedPredictor:
         bad = np.array([i.index for i in pred.issues], dtype=int)
         rows = np.sort(np.concatenate([ok, bad]).astype(int))
         at_ok, at_bad = np.searchsorted(rows, ok), np.searchsorted(rows, bad)
-        n_ok = len(ok)
 
         def s(values, fill=np.nan):
             """A structure variable: predicted rows from ``values``, skipped rows ``fill``."""

@@ -97,7 +97,7 @@ def main():
     for k in np.unique(kinds):
         sel = kinds == k
         st = ds["status"].values.astype(str)[sel]
-        ood = np.array(["out of the model's domain" in r for r in ds["reason"].values.astype(str)[sel]])
+        ood = np.array(["out of the model's domain" in r for r in ds["trust_reason"].values.astype(str)[sel]])
         # a missing element offset removes the absolute energy interval; it is not a trust reason
         noref = np.array([bool(r) for r in ds["energy_interval_reason"].values.astype(str)[sel]])
         table[k] = {"n": int(sel.sum()), "trusted": int((st == "trusted").sum()),

@@ -56,7 +56,7 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     assert s["n_total"] == n and s["n_failed"] == len(bad)
     assert s["n_trusted"] + s["n_untrusted"] + s["n_failed"] == n
     for k, text in bad.items():
-        assert ds["status"].values[k] == "failed" and text in ds["reason"].values[k], (k, ds["reason"].values[k])
+        assert ds["status"].values[k] == "failed" and text in ds["error"].values[k], (k, ds["error"].values[k])
     ok = ds["status"].values != "failed"
     # the verdict of calib.uq.trust: domain, force-error bound ≤ force_tol (0.5 here), energy half-width per
     # atom ≤ 0.1 eV/atom; a missing energy offset is not a reason
@@ -64,7 +64,7 @@ def test_rows_reasons_and_trust_rule(cal_file, stream_file, tmp_path, chgnet):
     expect = ok & (ds["q_score"].values <= 1) & (ds["force_error_bound"].values <= 0.5) & (per_atom <= 0.1)
     assert np.array_equal(ds["trusted"].values == 1, expect)
     assert set(ds["status"].values[ok]) <= {"trusted", "untrusted"}
-    assert all(r == "" for r in ds["reason"].values[expect])
+    assert all(r == "" for r in ds["trust_reason"].values[expect])
     # independent path: the predictor on the good frames alone
     frames = read_structures([path])
     good = [k for k in range(n) if k not in bad]
@@ -90,7 +90,7 @@ def test_folder_with_unreadable_file(cal_file, tmp_path, chgnet):
     screen([folder], cal_file, tmp_path / "f.nc", model=chgnet, progress=False)
     ds = read_results(tmp_path / "f.nc")
     assert len(ds["structure"]) == 4
-    assert ds["status"].values[2] == "failed" and "s1b.cif" in ds["reason"].values[2]
+    assert ds["status"].values[2] == "failed" and "s1b.cif" in ds["error"].values[2]
     assert (ds["status"].values[[0, 1, 3]] != "failed").all()
 
 
@@ -246,7 +246,7 @@ def test_last2_artifact_through_a_local_cluster(client, tmp_path):
     a, b = read_results(tmp_path / "s.nc"), read_results(tmp_path / "d.nc")
     assert (a["status"].values != "failed").all()
     np.testing.assert_allclose(a["energy_sigma"].values, b["energy_sigma"].values, **F32)
-    assert list(a["reason"].values) == list(b["reason"].values)
+    assert list(a["trust_reason"].values) == list(b["trust_reason"].values)
 
 
 def test_thread_choice_precedence(monkeypatch):

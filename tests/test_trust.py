@@ -294,8 +294,10 @@ def test_screen_and_decide_give_the_predictors_verdict(chgnet, cal, tmp_path):
     ds = CalibratedPredictor(chgnet, art).predict(targets, progress=False)
     screen(targets, path, tmp_path / "s.nc", model=chgnet, progress=False)
     rows = read_results(tmp_path / "s.nc")
-    np.testing.assert_array_equal(rows["trusted"].values == 1, ds["trusted"].values)
-    assert list(rows["reason"].values) == list(ds["trust_reason"].values)
+    assert rows["trusted"].dtype == bool  # one name, one type for one quantity: the predictor's
+    np.testing.assert_array_equal(rows["trusted"].values, ds["trusted"].values)
+    assert list(rows["trust_reason"].values) == list(ds["trust_reason"].values)
+    assert list(rows["trust_checks_failed"].values) == list(ds["trust_checks_failed"].values)
     lab = datasets.load("high-energy-states", chemsys="Li-F")[::2]
     decisions, _ = decide(art, chgnet, lab, targets, progress=False)
     by_chem = {d.chemsys: d for d in decisions}

@@ -17,7 +17,6 @@ from calib.cli.app import (
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
-    SeedOpt,
     app,
     common_options,
     echo,
@@ -42,7 +41,7 @@ def finetune_cmd(
     lr: float = typer.Option(3e-4, "--lr", help="learning rate of chgnet's Trainer (Adam, cosine schedule)"),
     stress: bool = Flag(False, "--stress", help="also train on the stress (off: soft stresses of strained frames "
                         "dominate chgnet's loss)"),
-    seed: int = SeedOpt,
+    seed: int = typer.Option(0, "--seed", help="seed of the training: replay sample, data order, initialisation"),
     batch_size: int = typer.Option(8, "--batch-size", help="structures per training step"),
     allow_unphysical: bool = Flag(False, "--allow-unphysical-labels", help="train on labels that fail the unit "
                                   "check (a force above 100 eV/Å, or a force MAE against the base model above 50× "
@@ -106,7 +105,7 @@ def loop_cmd(
     kdensity: float = typer.Option(2.0, "--kdensity", help="GPAW k-point density, points per Å⁻¹"),
     epochs: int = typer.Option(30, "--epochs", help="fine-tuning epochs per round (≥ 1)"),
     replay: int = typer.Option(20, "--replay", help="replay structures per fine-tuning (≥ 0)"),
-    seed: int = SeedOpt,
+    seed: int = typer.Option(0, "--seed", help="seed of the loop: MD velocities, proxy and replay samples, training"),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,

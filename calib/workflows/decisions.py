@@ -16,19 +16,20 @@ from calib.workflows.softening import _softening_run
 
 
 def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
-           targets: Sequence[Atoms] | None = None, *, thresholds=None, force_mode: str = "approx",
+           targets: Sequence[Atoms] | None = None, *, thresholds=None, force_mode: str = "none",
            batch_size: int = 16, n_bootstrap: int = 2000, seed: int = 0,
-           progress: bool = True) -> tuple[list, list]:
+           progress: bool = True, policy=None) -> tuple[list, list]:
     """Decide per chemistry (calib.softening.decide's rules): every chemistry of ``targets`` when they are given
     (those without labelled structures are decided "label"), else every chemistry of ``labelled``. Targets
     (default: the labelled structures) are judged by the predictor's trust verdict and, when given, for their
-    Q score against the model's domain (the artifact's one detector). Returns (decisions, skipped issues)."""
+    Q score against the model's domain (the artifact's one detector); ``policy`` (a calib.uq.trust.TrustPolicy)
+    sets what the targets' verdict checks. Returns (decisions, skipped issues)."""
     from calib.softening.decide import Thresholds, decide_chemistry, unmeasured
 
     t = thresholds or Thresholds()
     # the model's own predictions: the softening (and the correction to store) is measured on them, and the
     # verdict of the targets is that of the prediction the decision is about
-    predictor = CalibratedPredictor(model, artifact).raw()
+    predictor = CalibratedPredictor(model, artifact, trust=policy).raw()
     use_labelled = targets is None
     lp = predict_labelled(predictor, labelled, forces=True, force_mode=force_mode if use_labelled else "none",
                           batch_size=batch_size, descriptors=True, progress=progress)

@@ -8,29 +8,34 @@ variable (dim structure) meaning
 =======================  =====================================================================
 name, chemsys            ``info["name"]`` or the formula; elements by electronegativity
 status                   "trusted", "untrusted" or "failed"
-trusted                  1 when every trust check passed, else 0
-reason                   why a row is not trusted (" | "-joined), or why it failed
+error                    why a row failed ("" for a predicted one)
+trusted                  True when every trust check passed (bool; int8 on disk)
+trust_reason             why a row is not trusted (" | "-joined), "" when trusted
+trust_checks_failed      the failed checks, comma-joined (domain, forces, energy, element, not checked)
+trust_notes              elements in no calibration label, extrapolation (information, not reasons)
+prediction               "corrected" where the stored scalar correction applies, else "raw"
 n_atoms                  atoms (0 for a failed row)
-energy                   model total energy, eV
+energy                   total energy of the reported prediction, eV
 energy_per_atom          eV/atom
-energy_sigma             calibrated LLPR σ of the total energy, eV
+energy_sigma             σ of the total energy (energy error model), eV
 energy_sigma_per_atom    σ_E / N, eV/atom
 max_local_sigma          largest per-atom energy σ, eV
 energy_centre            energy + per-element shift: centre of the interval, eV (reference-code energy)
 energy_low, energy_high  conformal interval for the reference-code total energy, eV
-q_score                  largest atomic Q residual ÷ its calibration threshold (> 1: out of distribution)
+q_score, t2_score        largest atomic Q residual, Hotelling T² ÷ their thresholds on the Hessian's structures
+domain_score             the larger of the two (> 1: out of the model's domain)
 max_force                largest |force component|, eV/Å (model forces)
-max_force_sigma          largest force-component σ, eV/Å (``forces=True``, approximate mode)
+max_force_sigma          largest force-component σ (force error model), eV/Å (``forces=True``)
+force_error_bound        calibrated bound on the largest force-component error, eV/Å
 max_force_halfwidth      widest conformal force half-width, eV/Å (``forces=True``)
 correction               scalar correction c stored for the chemistry (NaN: none)
 energy_corrected         energy after the stored correction, eV
 =======================  =====================================================================
 
 The verdict of each row is the predictor's, the one trust rule of
-:mod:`calib.uq.trust`: inside the model's domain (Q score ≤ 1 against the
-Hessian's structures), the calibrated bound on the largest force error within
-``force_tol`` (eV/Å) and the energy half-width per atom within ``energy_tol``
-(eV/atom). A structure whose elements the energy reference does not determine
+:mod:`calib.uq.trust`: inside the model's domain (domain score ≤ 1 against the
+Hessian's structures) and the calibrated bound on the largest force error within
+``force_tol`` (eV/Å); with ``energy_tol`` also the energy half-width per atom (eV/atom). A structure whose elements the energy reference does not determine
 has no energy interval (``energy_interval_reason`` says why) and can still be
 trusted: the offset cancels in every energy difference.
 
@@ -58,20 +63,22 @@ from calib.data.readers import count_structures, iter_structures
 from calib.data.structures import structures_fingerprint
 from calib.uq.trust import ENERGY_TOL, FORCE_TOL, TrustPolicy
 
-#: (name, kind, units) of every column; kind "f" float64, "i" int32, "s" text
+#: (name, kind, units) of every column; kind "f" float64, "i" int32, "b" bool (int8 on disk, read back as bool),
+#: "s" text. The names are the prediction Dataset's (calib.predictor): one name for one quantity
 COLUMNS = [
-    ("name", "s", ""), ("chemsys", "s", ""), ("status", "s", ""), ("trusted", "i", "1"), ("reason", "s", ""),
+    ("name", "s", ""), ("chemsys", "s", ""), ("status", "s", ""), ("error", "s", ""), ("trusted", "b", ""),
+    ("trust_reason", "s", ""),
     ("n_atoms", "i", "1"), ("energy", "f", "eV"), ("energy_per_atom", "f", "eV/atom"),
     ("energy_sigma", "f", "eV"), ("energy_sigma_per_atom", "f", "eV/atom"), ("max_local_sigma", "f", "eV"),
     ("energy_centre", "f", "eV"), ("energy_low", "f", "eV"), ("energy_high", "f", "eV"), ("q_score", "f", "1"),
     ("max_force", "f", "eV/Å"), ("max_force_sigma", "f", "eV/Å"), ("max_force_halfwidth", "f", "eV/Å"),
     ("force_error_bound", "f", "eV/Å"), ("energy_halfwidth", "f", "eV"), ("trust_score", "f", "1"),
-    ("extrapolated", "i", "1"), ("energy_interval_reason", "s", ""), ("correction", "f", "1"),
+    ("extrapolated", "b", ""), ("energy_interval_reason", "s", ""), ("correction", "f", "1"),
     ("energy_corrected", "f", "eV"), ("t2_score", "f", "1"), ("domain_score", "f", "1"),
-    ("trust_checks_failed", "s", ""), ("trust_notes", "s", ""),
+    ("trust_checks_failed", "s", ""), ("trust_notes", "s", ""), ("prediction", "s", ""),
 ]
-_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "reason": 512, "energy_interval_reason": 256,
-             "trust_checks_failed": 64, "trust_notes": 256}
+_TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "error": 512, "trust_reason": 512,
+             "energy_interval_reason": 256, "trust_checks_failed": 64, "trust_notes": 256, "prediction": 16}
 STATUSES = ("trusted", "untrusted", "failed")
 REASON_SEP = " | "
 
@@ -86,13 +93,14 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
                            batch_size=batch_size, progress=False)
     n = len(structures)
     rows = {}
+    dtypes = {"f": float, "i": np.int32, "b": np.int8}
     for name, kind, _ in COLUMNS:
         if name in ds and kind != "s":
-            rows[name] = np.asarray(ds[name].values, dtype=float if kind == "f" else np.int32)
+            rows[name] = np.asarray(ds[name].values, dtype=dtypes[kind])
         else:
-            rows[name] = np.full(n, np.nan) if kind == "f" else (np.zeros(n, np.int32) if kind == "i"
+            rows[name] = np.full(n, np.nan) if kind == "f" else (np.zeros(n, dtypes[kind]) if kind in "ib"
                                                                    else np.array([""] * n, dtype=object))
-    for name in ("name", "chemsys", "energy_interval_reason", "trust_checks_failed", "trust_notes"):
+    for name in ("name", "chemsys", "energy_interval_reason", "trust_checks_failed", "trust_notes", "prediction"):
         if name in ds:
             rows[name] = np.asarray(ds[name].values, dtype=object)
     rows["n_atoms"] = np.asarray(ds["n_atoms"].values, dtype=np.int32)
@@ -101,10 +109,10 @@ def screen_batch(predictor, structures: list, start: int, *, forces: bool = Fals
     errors = ds["error"].values
     for k in range(n):
         if errors[k]:
-            rows["status"][k], rows["reason"][k], rows["trusted"][k] = "failed", str(errors[k]), 0
+            rows["status"][k], rows["error"][k], rows["trusted"][k] = "failed", str(errors[k]), 0
             continue
         rows["status"][k] = "trusted" if rows["trusted"][k] else "untrusted"
-        rows["reason"][k] = str(ds["trust_reason"].values[k])
+        rows["trust_reason"][k] = str(ds["trust_reason"].values[k])
     rows["structure"] = np.arange(start, start + n)
     return rows
 
@@ -171,9 +179,12 @@ class ResultsWriter:
                 v = self.nc.createVariable(name, "S1", ("structure", f"{name}_strlen"))
                 v._Encoding = "utf-8"
             else:
-                v = self.nc.createVariable(name, "f8" if kind == "f" else "i4", ("structure",),
+                v = self.nc.createVariable(name, {"f": "f8", "i": "i4", "b": "i1"}[kind], ("structure",),
                                            fill_value=np.nan if kind == "f" else None)
-                v.units = units
+                if kind == "b":
+                    v.setncattr("dtype", "bool")  # xarray decodes the int8 as bool
+                elif units:
+                    v.units = units
         self.nc.setncatts({k: (json.dumps(v) if isinstance(v, (dict, list, bool)) or v is None else v)
                            for k, v in settings.items()})
         self._commit()
@@ -280,7 +291,7 @@ def check_options(batch_size: int, force_tol: float | None, energy_tol: float | 
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
            force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL, batch_size: int = 16,
            resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
-           stop_after: int | None = None, on_commit=None) -> dict:
+           stop_after: int | None = None, on_commit=None, policy: TrustPolicy | None = None) -> dict:
     """Screen every structure of ``sources`` and write one row each to ``out`` (netCDF).
 
     Parameters
@@ -293,6 +304,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         need them.
     force_tol : float or None, eV/Å — largest calibrated force-error bound still trusted (None: not checked).
     energy_tol : float or None, eV/atom — largest energy half-width per atom still trusted (None: not checked).
+    policy : calib.uq.trust.TrustPolicy or None — the whole verdict policy (it replaces ``force_tol`` and
+        ``energy_tol``); part of the resume settings.
     batch_size : int — structures per batch (one row of the file is committed per batch).
     resume : bool — continue an interrupted run of the same input and settings.
     client : dask.distributed.Client or None — screen batches on its workers (calib.workflows.distributed).
@@ -308,7 +321,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     from tqdm.auto import tqdm
 
     calibration = os.fspath(calibration)
-    check_options(batch_size, force_tol, energy_tol)
+    check_options(batch_size, force_tol if policy is None else policy.force_tol,
+                  energy_tol if policy is None else policy.energy_tol)
     sources = [sources] if isinstance(sources, (str, os.PathLike, Atoms)) else list(sources)
     missing = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike)) and os.fspath(s) != "-"
                and not os.path.exists(s)]
@@ -316,13 +330,12 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         from calib.data.structures import StructureFileNotFound
 
         raise StructureFileNotFound(f"structure file not found: {', '.join(missing)}", missing[0])
+    policy = policy or TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
     settings = {"calibration_sha256": file_sha256(calibration), "forces": int(forces),
-                "force_tol": float("nan") if force_tol is None else float(force_tol),
-                "energy_tol": float("nan") if energy_tol is None else float(energy_tol),
+                **{f"policy_{k}": ("none" if v is None else float(v) if not isinstance(v, bool) else int(v))
+                   for k, v in policy.as_dict().items()},
                 "batch_size": int(batch_size), "model": str(model or "")}
-    settings = {k: (v if not (isinstance(v, float) and np.isnan(v)) else "none") for k, v in settings.items()}
     options = dict(forces=forces, batch_size=batch_size)
-    policy = TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
     writer = ResultsWriter(out, settings, resume=resume, overwrite=overwrite)
     resumed_from = writer.rows
     try:
@@ -344,6 +357,8 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
                    smoothing=0.1)
         if client is None:
             predictor = _predictor(calibration, model, device, policy)
+            if not model:  # the model the artifact names: say which
+                writer.nc.setncattr("model", f"{predictor.model.name} {os.path.basename(str(predictor.model.version))}")
             results = _serial(predictor, stream, writer, options)
         else:
             from calib.models import ModelAdapter, spec_of
