@@ -76,32 +76,43 @@ def test_correlated_barrier_sigma_is_smaller_than_the_independent_formula(chgnet
         assert float(one["barrier_sigma"]) < float(one["barrier_sigma_independent"])
 
 
-def test_path_verdict_judges_images_by_the_domain_only(chgnet):
-    """An interior image out of the model's domain makes the path untrusted and is named; images the structure
-    verdict flags for its force or energy tolerance do not (a barrier is judged by its own half-width)."""
+def test_path_verdict_judges_images_by_the_one_structure_verdict(chgnet):
+    """The path verdict judges its interior images by the one structure verdict: it names the images calib predict
+    untrusts, with the same reasons; the force tolerance acts (one below every interior bound untrusts them all);
+    an image pushed out of a shrunk domain is named."""
     import copy
 
     from calib import datasets
     from calib.artifact import Artifact
     from calib.data.datasets import default_calibration
     from calib.predictor import CalibratedPredictor
+    from calib.uq.trust import TrustPolicy
     from calib.workflows.neb import band
 
     art = Artifact.load(default_calibration("chgnet"), model=chgnet)
     images = ase.io.read(os.path.join(datasets.root(), "neb", "paths", "NaCl-vacancy-hop.extxyz"), ":")
-    per_image = CalibratedPredictor(chgnet, art).predict(images, progress=False)
-    q = per_image["q_score"].values
+    per_image = CalibratedPredictor(chgnet, art, correction=False).predict(images, progress=False)
     ds = band(CalibratedPredictor(chgnet, art), images)
-    assert list(ds.attrs["images_untrusted"]) == [k for k in range(1, 6) if q[k] > 1]
-    assert all("domain" in r for r in ds.attrs["reasons"] if r.startswith("image"))
-    # shrink the domain so that the interior images with the largest Q (a symmetric path has them in pairs) lie
-    # outside it and the others inside
+    want = [k for k in range(1, 6) if not per_image["trusted"].values[k]]
+    assert list(ds.attrs["images_untrusted"]) == want
+    assert [r for r in ds.attrs["reasons"] if r.startswith("image")] == \
+        [f"image {k}: {per_image['trust_reason'].values[k]}" for k in want]
+    tight = 0.9 * float(np.min(per_image["force_error_bound"].values[1:6]))
+    ds = band(CalibratedPredictor(chgnet, art, trust=TrustPolicy(force_tol=tight)), images)
+    assert list(ds.attrs["images_untrusted"]) == [1, 2, 3, 4, 5] and not ds.attrs["trusted"]
+    assert all("force error may reach" in r for r in ds.attrs["reasons"] if r.startswith("image"))
+    # shrink the domain so that the interior images with the largest score (a symmetric path has them in pairs)
+    # lie outside it and the others inside, with a tolerance that trusts every image's forces
+    loose = TrustPolicy(force_tol=10.0)
+    q = per_image["domain_score"].values if "domain_score" in per_image else per_image["q_score"].values
     levels = sorted({float(x) for x in q[1:6]}, reverse=True)
     cut = (levels[0] + levels[1]) / 2 if len(levels) > 1 else levels[0] / 2
     out = [j for j in range(1, 6) if q[j] > cut]
     narrow = copy.deepcopy(art.ood)
-    narrow.threshold_ *= cut  # Q scales as 1 / threshold
-    ds = band(CalibratedPredictor(chgnet, art.replace(ood=narrow)), images)
+    narrow.threshold_ *= cut  # the scores scale as 1 / threshold
+    if narrow.has_t2:
+        narrow.t2_threshold_ *= cut
+    ds = band(CalibratedPredictor(chgnet, art.replace(ood=narrow), trust=loose), images)
     assert 0 < len(out) < 5 and list(ds.attrs["images_untrusted"]) == out and not ds.attrs["trusted"]
     assert any(r.startswith(f"image {out[0]}: out of the model's domain") for r in ds.attrs["reasons"])
 

@@ -186,6 +186,8 @@ def neb(rec: dict, n_images: int, alpha, has_reference: bool) -> list[str]:
     if "trusted" in rec:
         lines.append("path " + ("trusted" if rec["trusted"] else "NOT trusted") + (
             ": " + "; ".join(rec["reasons"]) if rec["reasons"] else ""))
+        lines.append("  (the path is trusted when every interior image is trusted by the structure verdict, as "
+                     "calib predict judges it, and the barrier's band is narrow enough: docs/neb.md)")
         if rec.get("label_next") is not None:
             lines.append(f"label next: image {rec['label_next']}")
     return lines

@@ -21,10 +21,10 @@ correlated). Intervals are ± q σ with q the artifact's energy-difference confo
 conformal guarantee is for differences like the calibration pairs; for a barrier the same q is an
 approximation, measured on the shipped paths in docs/neb.md.
 
-The path verdict. The raw barrier is **trusted** unless an image between the end points lies outside the
-model's domain (the domain check of calib.uq.trust; the structure verdict's force and energy tolerances judge
-single structures, and a barrier is an energy difference with its own half-width), its forward barrier's
-calibrated half-width exceeds ``barrier_tol``
+The path verdict. The raw barrier is **trusted** unless an image between the end points is untrusted by the
+one structure verdict (calib.uq.trust, with the predictor's policy: its domain, its bound on the largest force
+error; ``images_untrusted`` names them with their reasons: the same answer ``calib predict`` gives for each
+image), its forward barrier's calibrated half-width exceeds ``barrier_tol``
 (0.5 eV: wider than CHGNet's typical barrier error, MAE 0.39 eV over 470 Mg-migration paths in Deng et al.),
 or the chemistry's stored softening moves the barrier by more than that half-width (|c − 1|·E_b > q σ_b:
 the raw barrier is biased beyond its own band). The corrected barrier is trusted only where the
@@ -189,11 +189,10 @@ def _path_verdict(ds, out, barrier_tol: float, uncovered: bool, q_path: float, d
     interior = list(range(1, M))
     # images judged by the domain only: the structure verdict's force and energy tolerances are about single
     # structures; a barrier is an energy difference, judged by its own calibrated half-width below
-    key = "domain_score" if "domain_score" in ds else "q_score"
-    q = ds[key].values if key in ds else np.full(M + 1, np.nan)
-    bad = [k for k in interior if np.isfinite(q[k]) and q[k] > 1.0]
-    reasons = [f"image {k}: out of the model's domain (score {q[k]:.3g} × the threshold of the Hessian's "
-               "structures)" for k in bad]
+    # images judged by the one structure verdict (the predictor's policy): what calib predict says of each
+    trusted = ds["trusted"].values if "trusted" in ds else np.ones(M + 1, dtype=bool)
+    bad = [k for k in interior if not trusted[k]]
+    reasons = [f"image {k}: {ds['trust_reason'].values[k]}" for k in bad]
     raw = out.sel(variant="raw", barrier="forward")
     height, half = float(raw["barrier_height"]), float(raw["barrier_high"] - raw["barrier_height"])
     if np.isfinite(half) and half > barrier_tol:
