@@ -398,6 +398,7 @@ class CalibratedPredictor:
             return out
         cols = _Columns(s, pred)
         cols.applied = corrected[1] if corrected is not None else np.zeros(len(pred), dtype=bool)
+        cols.seen = np.zeros(len(pred), dtype=bool)
         cols.raw_energy, cols.raw_forces = raw_energy, raw_forces
         cols.struct("prediction", np.where(cols.applied, "corrected", "raw").astype(object), fill="")
         if self.correction and len(art.corrections):  # every batch alike: results concatenate over batches
@@ -435,6 +436,11 @@ class CalibratedPredictor:
         f_sig = None
         if em is not None and em.forces is not None and pred.forces is not None:
             cols.force_sigma_all = em.forces.sigma(inputs)  # every structure: the bound needs it
+            cols.seen = np.isfinite(em.force_scale(pred.chemsys)) & ~cols.applied
+            if cols.seen.any():  # a calibrated chemistry: its own scale over the cross-chemistry model
+                r = np.nan_to_num(em.force_scale(pred.chemsys), nan=1.0)
+                cols.force_sigma_all = cols.force_sigma_all * np.sqrt(np.where(cols.seen, r, 1.0))[
+                    pred.atom_structure][:, None]
             if em.forces_corrected is not None and cols.applied.any():  # the corrected forces' own model
                 on = cols.applied[pred.atom_structure]
                 cols.force_sigma_all = np.where(on[:, None], em.forces_corrected.sigma(inputs), cols.force_sigma_all)
@@ -524,8 +530,8 @@ class CalibratedPredictor:
         bound = None
         em = art.error_models
         if em is not None and em.bound is not None and cols.force_sigma_all is not None:
-            bounds = [em.bound_corrected if cols.applied[k] and em.bound_corrected is not None else em.bound
-                      for k in range(n)]
+            bounds = [em.bound_corrected if cols.applied[k] and em.bound_corrected is not None
+                      else em.bound_seen if cols.seen[k] and em.bound_seen is not None else em.bound for k in range(n)]
             bound = np.array([b.bound(cols.force_sigma_all[sl]) for b, sl in zip(bounds, pred.atom_slices())])
         elif art.force_error is not None and pred.forces is not None:  # a calib 0.5 artifact
             bound = np.array([art.force_error.bound(pred.forces[sl]) for sl in pred.atom_slices()])
@@ -680,7 +686,7 @@ class _Columns:
         self._s, self.out = s, {}
         self.energy_sigma = self.force_sigma = self.force_sigma_all = self.energy_halfwidth = None
         self.energy_labels = None
-        self.applied = np.zeros(0, dtype=bool)
+        self.applied = self.seen = np.zeros(0, dtype=bool)
 
     def struct(self, name: str, values, fill=np.nan):
         self.out[name] = ("s", self._s(values, fill=fill))

@@ -187,6 +187,44 @@ def test_energy_variance_is_tau_sqrt_one_plus_leverage_and_leverage_is_the_hat_d
     np.testing.assert_allclose(model.sigma(inputs), 0.04 * np.sqrt(1 + h), rtol=0.06)
 
 
+def test_chemistry_scales_by_hand_and_in_the_predictor(chgnet, cal):
+    """r_c = (Σ e²/σ² + prior) / (N_c + prior) over a chemistry's structures, and without structure s for its
+    leave-one-out scale (written out here); the predictor multiplies a seen chemistry's σ by √r_c and bounds it
+    with the seen quantile."""
+    import dataclasses
+
+    from calib import CalibratedPredictor, datasets
+    from calib.uq.errormodel import SCALE_PRIOR, ForceBound, chemistry_scales
+
+    rng = np.random.default_rng(2)
+    sig = [np.full((4, 3), 0.1) for _ in range(5)]
+    err = [0.3 * rng.normal(size=(4, 3)) for _ in range(3)] + [0.1 * rng.normal(size=(4, 3)) for _ in range(2)]
+    groups = ["A", "A", "A", "B", "C"]
+    scales, loo = chemistry_scales(sig, err, groups)
+    z2 = [float(np.sum((e / s) ** 2)) for s, e in zip(sig, err)]
+    assert set(scales) == {"A"} and np.isnan(loo[3:]).all()  # B and C: one structure each
+    assert scales["A"] == pytest.approx((sum(z2[:3]) + SCALE_PRIOR) / (36 + SCALE_PRIOR))
+    assert loo[0] == pytest.approx((z2[1] + z2[2] + SCALE_PRIOR) / (24 + SCALE_PRIOR))
+    assert 4 < scales["A"] < 9  # errors 3× σ: r → 9, shrunk toward 1
+
+    art, _ = cal
+    probe = datasets.load("high-energy-states", chemsys="Si")[1:3]
+    plain = CalibratedPredictor(chgnet, art).predict(probe, forces=True, progress=False)
+    seen_bound = ForceBound(0.1).fit([s * 2.0 for s in sig], err)
+    em = dataclasses.replace(art.error_models, force_scales={"Si": 4.0}, bound_seen=seen_bound)
+    ds = CalibratedPredictor(chgnet, art.replace(error_models=em)).predict(probe, forces=True, progress=False)
+    np.testing.assert_allclose(ds["forces_sigma"].values, 2.0 * plain["forces_sigma"].values, rtol=1e-9)
+    g = np.array([ds["forces_sigma"].values[ds["structure_index"].values == k].max() for k in range(2)])
+    np.testing.assert_allclose(ds["force_error_bound"].values,
+                               seen_bound.quantile_ * np.array([norm_g(len(a) * 3) for a in probe]) * g, rtol=1e-9)
+
+
+def norm_g(n):
+    from scipy.stats import norm
+
+    return norm.ppf(1 - 1 / (4 * n))
+
+
 def test_verdict_by_hand():
     from calib.uq.trust import Check, TrustPolicy, verdict
 

@@ -593,6 +593,32 @@ def cross_fit(inputs: AtomInputs, force_errors=None, *, numbers: Sequence[np.nda
     return CrossFit(f_sig, e_sig, e_err, lev, len(folds))
 
 
+#: pseudo-count (force components) that shrinks a chemistry's own variance scale toward the cross-chemistry model:
+#: one 10-atom structure's worth
+SCALE_PRIOR = 30.0
+
+
+def chemistry_scales(sigma: Sequence[np.ndarray], errors: Sequence[np.ndarray], groups, *,
+                     prior: float = SCALE_PRIOR) -> tuple[dict, np.ndarray]:
+    """The "seen" chemistries' own force-variance scales r_c, and each structure's leave-one-out scale.
+
+    For the structures of chemistry c with σ_i from the cross-chemistry model, r_c = (Σ e_i²/σ_i² + prior) /
+    (N_c + prior), N_c their components: the factor by which that chemistry's errors exceed (or fall short of)
+    what its element properties predict, shrunk toward 1 with ``prior`` pseudo-components. Returns ({chemsys: r_c}
+    over chemistries with ≥ 2 structures, (S,) r_{c,−s} fitted without structure s, NaN for one alone)."""
+    groups = np.asarray(groups).astype(str)
+    z2 = np.array([float(np.sum((np.asarray(e) / np.asarray(s)) ** 2)) for s, e in zip(sigma, errors)])
+    n = np.array([np.size(e) for e in errors], dtype=float)
+    scales, loo = {}, np.full(len(groups), np.nan)
+    for g in set(groups.tolist()):
+        rows = np.flatnonzero(groups == g)
+        if len(rows) < 2:
+            continue
+        scales[g] = float((z2[rows].sum() + prior) / (n[rows].sum() + prior))
+        loo[rows] = (z2[rows].sum() - z2[rows] + prior) / (n[rows].sum() - n[rows] + prior)
+    return scales, loo
+
+
 @dataclass
 class ErrorModels:
     """The fitted error models a calibration holds: per-component force σ, the structure force bound, the energy
@@ -606,6 +632,8 @@ class ErrorModels:
     energy: EnergyVariance | None = None
     energy_seen: EnergyVariance | None = None
     compositions: np.ndarray | None = None
+    force_scales: dict | None = None  # chemsys → r_c: a calibrated chemistry's own force-variance scale
+    bound_seen: ForceBound | None = None  # the bound's quantile for those chemistries (leave-one-out scales)
     elements: np.ndarray | None = None
     force_groups: str = "chemical system"
     energy_groups: str = "chemical system"
@@ -620,6 +648,13 @@ class ErrorModels:
         seen = set((self.compositions if self.compositions is not None else np.zeros(0, str)).tolist())
         return np.array(["seen" if reduced_formula(n) in seen and self.energy_seen is not None else "new"
                          for n in numbers_per_structure], dtype=object)
+
+    def force_scale(self, chemsys) -> np.ndarray:
+        """(S,) the variance scale r_c of each structure's chemistry when calibrated on ("seen"), NaN otherwise."""
+        from calib.softening.correction import _key
+
+        table = self.force_scales or {}
+        return np.array([table.get(_key(c), np.nan) for c in chemsys], dtype=float)
 
     def energy_sigma(self, inputs: AtomInputs, numbers_per_structure) -> tuple[np.ndarray, np.ndarray]:
         """(σ of the energy per atom, eV/atom, and its class "seen" | "new") of every structure."""
@@ -649,6 +684,13 @@ class ErrorModels:
             out.update(self.bound_corrected.to_variables(f"{p}_bound_corrected"))
         if self.energy is not None:
             out.update(self.energy.to_variables(f"{p}_energy"))
+        if self.force_scales:
+            chems = sorted(self.force_scales)
+            out[f"{p}_scale_chemsys"] = ((f"{p}_scale",), np.array(chems, dtype=str), {})
+            out[f"{p}_force_scale"] = ((f"{p}_scale",), np.array([self.force_scales[c] for c in chems]), {
+                "units": "1", "prior": SCALE_PRIOR, "description": "a calibrated chemistry's own force-variance "
+                "scale r_c (sigma^2 x r_c for its structures)"})
+            out.update(self.bound_seen.to_variables(f"{p}_bound_seen"))
         if self.energy_seen is not None:
             out.update(self.energy_seen.to_variables(f"{p}_energy_seen"))
             out[f"{p}_compositions"] = ((f"{p}_composition",), np.asarray(self.compositions, dtype=str), {
@@ -680,6 +722,10 @@ class ErrorModels:
             energy_seen=EnergyVariance.from_variables(ds, f"{p}_energy_seen")
             if EnergyVariance.present(ds, f"{p}_energy_seen") else None,
             compositions=ds[f"{p}_compositions"].values.astype(str) if f"{p}_compositions" in ds else None,
+            force_scales=(dict(zip([str(c) for c in ds[f"{p}_scale_chemsys"].values],
+                                   ds[f"{p}_force_scale"].values.astype(float)))
+                          if f"{p}_force_scale" in ds else None),
+            bound_seen=ForceBound.from_variables(ds, f"{p}_bound_seen") if f"{p}_bound_seen_quantile" in ds else None,
             elements=None if el is None else el.values.astype(int),
             force_groups=str(el.attrs.get("force_groups", "chemical system")) if el is not None else "chemical system",
             energy_groups=str(el.attrs.get("energy_groups", "chemical system")) if el is not None else "chemical system")

@@ -228,7 +228,7 @@ MIN_ENERGY_POINTS = 10
 
 
 def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, chemsys, reference, *,
-                     alpha: float = 0.1, n_folds: int = 10) -> tuple[ErrorModels, CrossFit]:
+                     alpha: float = 0.1, n_folds: int = 10, chemistry_scale: bool = True) -> tuple[ErrorModels, CrossFit]:
     """The error models of :mod:`calib.uq.errormodel` and their grouped cross-fit on calibration structures.
 
     Groups are the chemical systems (every structure scored by models fitted without its chemistry), or the
@@ -258,6 +258,8 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
                          bound=ForceBound(alpha).fit(np.split(cf.force_sigma, ends), np.split(fe, ends)),
                          elements=np.array(sorted(set(inputs.numbers.tolist())), dtype=int),
                          force_groups="chemical system" if groups is chem else "structure")
+    if chemistry_scale and groups is chem:
+        _fit_chemistry_scales(models, inputs, fe, chem, alpha)
     corrected = _fit_corrected_forces(models, inputs, fe, chem, groups, alpha, n_folds)
     if corrected is not None:
         cf.corrected_force_sigma, cf.corrected_force_errors = corrected
@@ -268,6 +270,26 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
         models.energy_groups = energy_groups
         _fit_seen_energy(models, cf, inputs, numbers, delta_energy, structures, n_folds)
     return models, cf
+
+
+def _fit_chemistry_scales(models: ErrorModels, inputs: AtomInputs, force_errors, chem, alpha: float) -> None:
+    """A calibrated ("seen") chemistry's own force-variance scale over what the cross-chemistry model predicts
+    (:func:`calib.uq.errormodel.chemistry_scales`, σ of the model fitted on everything), and the bound's quantile
+    for such chemistries over leave-one-out scores: each structure judged with the scale of its chemistry's other
+    structures, as a new structure of a calibrated chemistry is."""
+    from calib.uq.errormodel import chemistry_scales
+
+    ends = np.cumsum(inputs.n_atoms)[:-1]
+    sig = np.split(models.forces.sigma(inputs), ends)
+    err = np.split(force_errors, ends)
+    scales, loo = chemistry_scales(sig, err, chem)
+    rows = np.flatnonzero(np.isfinite(loo))
+    if len(rows) < MIN_CORRECTED_STRUCTURES:
+        return
+    from calib.softening.correction import _key
+
+    models.force_scales = {_key(c): r for c, r in scales.items()}
+    models.bound_seen = ForceBound(alpha).fit([sig[i] * np.sqrt(loo[i]) for i in rows], [err[i] for i in rows])
 
 
 #: fewest structures with a leave-one-out correction that the corrected force model is fitted on
@@ -341,6 +363,7 @@ def calibrate(
     energy_folds: int | None = 5,
     difference_model: bool = True,
     error_folds: int = 10,
+    chemistry_scale: bool = True,
     progress: bool = True,
 ) -> CalibrationResult:
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles.
@@ -385,6 +408,11 @@ def calibrate(
     error_folds : int
         Folds of the grouped cross-fit of the error models (:func:`fit_error_models`): every calibration
         structure's conformal score comes from models fitted without its chemical system.
+    chemistry_scale : bool
+        Give each calibrated chemistry with ≥ 2 structures its own force-variance scale and bound quantile
+        (:func:`_fit_chemistry_scales`): a structure of that chemistry is then judged by its chemistry's own
+        errors. Leave it off when the calibration labels are the model's own training data (their errors are
+        in-sample: ``calib loop``).
     """
     artifact.check_model(model)
     if target not in ("energy", "forces", "both"):
@@ -429,7 +457,8 @@ def calibrate(
     inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, pred.atom_descriptors,
                         L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs))
     errors, cf = fit_error_models(inputs, f_res, numbers, e_delta if energies else None, pred.chemsys, ref,
-                                  alpha=alpha if alpha is not None else 0.1, n_folds=error_folds)
+                                  alpha=alpha if alpha is not None else 0.1, n_folds=error_folds,
+                                  chemistry_scale=chemistry_scale)
     conformal = {}
     if alpha is not None:
         # energy and force points carry the cross-fitted error-model σ and residuals: each calibration point is

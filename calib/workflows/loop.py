@@ -195,7 +195,9 @@ def _recalibrate(model, labels: list[Atoms], settings: LoopSettings, out: str) -
     shipped = datasets.load("high-energy-states") + datasets.load("near-equilibrium")
     extra = [shipped[int(i)] for i in rng.choice(len(shipped), min(settings.shipped_sample, len(shipped)),
                                                  replace=False)]
-    calibrate(hess, model, list(labels) + extra, progress=False).artifact.save(out)
+    # the labels are the tuned model's training data: their errors are in-sample, so no chemistry gets a scale of
+    # its own from them (calibrate's chemistry_scale)
+    calibrate(hess, model, list(labels) + extra, chemistry_scale=False, progress=False).artifact.save(out)
 
 
 def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=None, settings: LoopSettings | None = None,
