@@ -107,6 +107,28 @@ def test_force_error_model_recovers_a_known_per_element_scale():
     assert model.nll(probe, e_probe) < force_only.nll(probe, e_probe) - 0.2  # the held-out likelihood agrees
 
 
+def test_error_models_round_trip_through_netcdf_variables(tmp_path):
+    """Every form and term of the force model, and the energy model, give the same σ after to_variables →
+    netCDF → from_variables."""
+    import xarray as xr
+
+    from calib.uq.errormodel import EnergyVariance, ForceComponentVariance
+
+    rng = np.random.default_rng(4)
+    inputs, errors, _ = _synthetic_atoms(rng, 60, {11: 0.05, 14: 0.4})
+    inputs.descriptors = rng.normal(size=(len(inputs.numbers), 6))
+    inputs.local_sigma = rng.uniform(0.01, 0.1, len(inputs.numbers))
+    inputs.leverage = rng.uniform(0, 3, inputs.n_structures)
+    models = {"a": ForceComponentVariance(terms=("force", "chemistry", "element", "descriptor", "llpr")),
+              "b": ForceComponentVariance(form="two-part"), "e": EnergyVariance()}
+    for name, m in models.items():
+        m.fit(inputs, errors) if name != "e" else m.fit(inputs, rng.normal(0, 0.03, inputs.n_structures))
+        variables = {k: xr.Variable(d, v, attrs) for k, (d, v, attrs) in m.to_variables(f"m_{name}").items()}
+        xr.Dataset(variables).to_netcdf(tmp_path / f"{name}.nc")
+        back = type(m).from_variables(xr.open_dataset(tmp_path / f"{name}.nc"), f"m_{name}")
+        np.testing.assert_allclose(back.sigma(inputs), m.sigma(inputs), rtol=1e-12)
+
+
 def test_grouped_cross_fit_equals_brute_force_leave_one_chemistry_out():
     """With as many folds as chemical systems, every structure's cross-fitted force σ is that of a model fitted on
     the other chemistries alone, and its energy residual the one under an element reference fitted without its

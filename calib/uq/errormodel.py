@@ -172,9 +172,10 @@ class _LogLinearVariance:
     def _columns(self, inputs: AtomInputs) -> np.ndarray:
         raise NotImplementedError
 
-    def _fit_pca(self, inputs: AtomInputs) -> None:
-        if hasattr(self, "elements_"):
-            del self.elements_  # a refit takes the elements of its own data
+    def _fit_inputs(self, inputs: AtomInputs) -> None:
+        """What the design learns from the fit's own inputs: the elements of the ``element`` term, the PCA of the
+        ``descriptor`` term."""
+        self.elements_ = np.array(sorted(set(inputs.numbers.tolist())), dtype=int)
         self.pca_mean_ = np.zeros(0)
         self.pca_components_ = np.zeros((0, 0))
         self.pca_scale_ = np.zeros(0)
@@ -200,7 +201,7 @@ class _LogLinearVariance:
     def _fit(self, inputs: AtomInputs, e2: np.ndarray, weights=None) -> None:
         from sklearn.linear_model import GammaRegressor
 
-        self._fit_pca(inputs)
+        self._fit_inputs(inputs)
         cols = self._columns(inputs)
         self.center_ = cols.mean(axis=0)
         sd = cols.std(axis=0)
@@ -231,8 +232,9 @@ class _LogLinearVariance:
                  "n_fitted": int(getattr(self, "n_fitted_", 0)), "kind": self.kind,
                  "description": (self.__class__.__doc__ or "").split("\n")[0]}
         return {
-            f"{prefix}_coef": ((f"{prefix}_input",), self.coef_, {"units": "1", "description": "GLM coefficients of "
-                                                                   "log sigma^2 on the standardised inputs"}),
+            f"{prefix}_coef": ((f"{prefix}_coefficient",), self.coef_, {
+                "units": "1", "description": "coefficients of log sigma^2 on the standardised inputs (the two-part "
+                                            "form: those of the force scale, then of the floor, each with an intercept)"}),
             f"{prefix}_intercept": ((), self.intercept_, {"units": f"log of ({self.unit})^2", **attrs}),
             f"{prefix}_center": ((f"{prefix}_input",), self.center_, {"units": "1"}),
             f"{prefix}_scale": ((f"{prefix}_input",), self.scale_, {"units": "1"}),
@@ -298,8 +300,6 @@ class ForceComponentVariance(_LogLinearVariance):
         if "descriptor" in self.terms:
             atom.append(self._pcs(inputs.descriptors))
         if "element" in self.terms:  # one column per element of the fit (an unseen element: all zero)
-            if not hasattr(self, "elements_"):
-                self.elements_ = np.array(sorted(set(inputs.numbers.tolist())), dtype=int)
             atom.append((inputs.numbers[:, None] == self.elements_[None, :]).astype(float))
         atom = np.column_stack(atom) if atom else np.zeros((len(F), 0))
         comp = [_log_force(F.reshape(-1, 1))] if "force" in self.terms else []
@@ -330,7 +330,7 @@ class ForceComponentVariance(_LogLinearVariance):
         (the component's own log force left out), by weighted Gaussian NLL with an L2 penalty (scipy's L-BFGS)."""
         from scipy.optimize import minimize
 
-        self._fit_pca(inputs)
+        self._fit_inputs(inputs)
         cols = self._columns(inputs)
         self.center_ = cols.mean(axis=0)
         sd = cols.std(axis=0)
