@@ -15,11 +15,11 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import expected_decision
 from typer.testing import CliRunner
 
 from calib import datasets
 from calib.cli.main import app
-from conftest import expected_decision
 
 runner = CliRunner()
 

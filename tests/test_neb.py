@@ -161,13 +161,17 @@ def test_shipped_paths_against_gpaw(chgnet, tmp_path):
         assert rec["reference_barrier_forward"] == pytest.approx(gpaw, abs=5e-4)
         assert rec["barrier_forward"] == pytest.approx(raw, abs=5e-4)
         assert rec["barrier_forward_corrected"] == pytest.approx(corrected, abs=5e-4)
-        assert rec["barrier_forward_covers_reference"] == raw_in, name
-        assert rec["barrier_forward_corrected_covers_reference"] == corr_in, name
+        # a "covers" flag is pinned only where GPAW's barrier lies clearly inside or outside the interval (more
+        # than 10 meV from its edges): at an edge, float32 sums on another CPU may flip it
+        for sfx, want in (("", raw_in), ("_corrected", corr_in)):
+            lo, hi = rec[f"barrier_forward{sfx}_interval"]
+            if min(abs(gpaw - lo), abs(gpaw - hi)) > 0.01:
+                assert rec[f"barrier_forward{sfx}_covers_reference"] == want, (name, sfx)
         # the path verdict: Si (CHGNet 2.5x GPAW's barrier) is flagged with its reason; the three paths inside
         # their bands are not; Al, whose raw interval misses GPAW, passes (docs/neb.md: the verdict's miss)
         assert rec["trusted"] == (name != "Si"), (name, rec["reasons"])
-        assert bool(rec["reasons"]) == (not rec["trusted"])
-        assert rec["label_next"] in range(1, 6)
+        # the label that tells most: the interior image with the widest raw band
+        assert rec["label_next"] == 1 + int(np.argmax(rec["energy_sigmas"][1:-1]))
         if name == "Si":
             assert any("softening of Si" in r for r in rec["reasons"])
         if rec["trusted"]:

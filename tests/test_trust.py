@@ -391,5 +391,13 @@ def test_evaluate_reports_the_verdict_against_labels(chgnet, cal):
     assert v["n_trusted"] == ok.sum() and v["n_good"] == good.sum()
     if ok.any():
         assert v["precision"] == pytest.approx(np.mean(good[ok]))
+    # the AUROC written out (Mann–Whitney: the fraction of (bad, good) pairs the score orders, ties halved),
+    # not the library function that evaluate itself calls
+    def pairs(score):
+        bad, ok_ = score[~good], score[good]
+        return np.mean((bad[:, None] > ok_[None, :]) + 0.5 * (bad[:, None] == ok_[None, :]))
+
+    if 0 < good.sum() < len(good):
+        assert v["auroc"] == pytest.approx(pairs(np.asarray(ds["trust_score"].values, dtype=float)))
+        assert v["auroc_max_force"] == pytest.approx(pairs(Fmax), abs=1e-9)
     assert v["auroc"] == pytest.approx(auroc(~good, ds["trust_score"].values))
-    assert v["auroc_max_force"] == pytest.approx(auroc(~good, Fmax), abs=1e-9)

@@ -132,8 +132,8 @@ def loop_cmd(
     check_output_folder("-o", out, own=lambda p: (p / "report.json").exists() or any(p.glob("round-*")))
     if calibration is not None and not calibration.is_file():
         fail(f"calibration artifact {calibration} does not exist", "artifact")
-    from calib.data.labelers import GPAWFactory
     from calib.data.datasets import default_calibration
+    from calib.data.labelers import GPAWFactory
     from calib.workflows.loop import LoopSettings, check_resume, run_loop, run_record
 
     settings = LoopSettings(rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,

@@ -35,6 +35,13 @@ from calib.cli.app import (
 from calib.errors import check_outputs, positive
 
 
+def _barrier_default() -> float:
+    """The path verdict's default, read from calib.uq.trust (typed once, there)."""
+    from calib.uq.trust import BARRIER_TOL
+
+    return BARRIER_TOL
+
+
 @app.command("neb")
 def neb_cmd(
     images: List[Path] = typer.Argument(..., help="NEB images in path order (extxyz, ASE trajectory); "
@@ -43,7 +50,7 @@ def neb_cmd(
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="labelled images (same order) to compare with, e.g. DFT"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the profile with 1σ/2σ bands (PNG)"),
-    barrier_tol: float = typer.Option(0.5, "--barrier-tol", help="path verdict: largest calibrated half-width of "
+    barrier_tol: float = typer.Option(_barrier_default(), "--barrier-tol", help="path verdict: largest calibrated half-width of "
                                       "a trusted forward barrier, eV (> 0)"),
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,

@@ -15,11 +15,18 @@ from calib.data.structures import StructureIssue, get_energy, get_forces
 from calib.models.base import ModelAdapter
 from calib.models.gradients import gradients_in_batches
 from calib.uq.conformal import ConformalCalibrator, class_assigner
+from calib.uq.errormodel import (
+    AtomInputs,
+    CrossFit,
+    EnergyVariance,
+    ErrorModels,
+    ForceBound,
+    ForceComponentVariance,
+    cross_fit,
+)
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
 from calib.uq.targets import Points, build_points
-from calib.uq.errormodel import (AtomInputs, CrossFit, EnergyVariance, ErrorModels, ForceBound,
-                                  ForceComponentVariance, cross_fit)
 
 
 @dataclass

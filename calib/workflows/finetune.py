@@ -52,6 +52,7 @@ from calib.data.ncio import replace_atomically
 from calib.data.structures import get_energy, get_forces, get_stress, structures_fingerprint
 from calib.errors import InputError
 from calib.models.chgnet import FINETUNED_FORMAT as FORMAT
+
 #: no reference force is larger than this (eV/Å): the largest forces of the shipped high-energy states are ~10
 MAX_FORCE = 100.0
 #: the base model's typical errors against DFT (CHGNet 0.3.0 on MPtrj's test set: 0.06–0.08 eV/Å, 0.03 eV/atom)

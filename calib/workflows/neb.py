@@ -38,9 +38,9 @@ from __future__ import annotations
 import numpy as np
 
 from calib.predictor import CalibratedPredictor, as_structures
+from calib.uq.trust import BARRIER_TOL  # eV, largest calibrated half-width of a trusted forward barrier
 
 BARRIERS = ("forward", "reverse", "kra")
-BARRIER_TOL = 0.5  # eV, largest calibrated half-width of a trusted forward barrier
 
 
 def vacancy_hop(cell, species: str | None = None):
