@@ -28,7 +28,11 @@ def test_the_shipped_artifact_is_what_its_summary_says(shipped, chgnet):
     assert art.llpr.n_structures_ == summary["hessian_structures"] >= 2500
     assert art.attrs["calibration_n_structures"] == summary["calibration_structures"] >= 300
     assert len(summary["elements"]) >= 50 and len(summary["chemical_systems"]) >= 45
-    assert art.force_error is not None and art.ood is not None and "Hessian" in art.ood.reference_
+    em = art.error_models  # the error models of calib 0.6, cross-fitted by chemical system, and T² beside Q
+    assert em is not None and em.forces is not None and em.bound is not None and em.energy is not None
+    assert em.force_groups == em.energy_groups == "chemical system" and em.force_scales
+    assert art.ood is not None and "Hessian" in art.ood.reference_ and art.ood.has_t2
+    assert len(art.calibration_keys) == summary["calibration_structures"]
     assert len(art.corrections) >= 40 and all(np.isfinite(v) for v in art.corrections.domain.values())
 
 
