@@ -45,7 +45,7 @@ def test_llpr_sigma_and_conformal_forces(setup):
     f = model.predict(test, forces=False).features
     s = 1.0 if model.energy_convention == "total" else ok["n_atoms"].values
     sigma = np.sqrt(L.alpha2_ * s**2 * np.einsum("sd,de,se->s", f, L.covariance(), f))
-    np.testing.assert_allclose(ok["energy_sigma"].values, sigma, rtol=1e-8)
+    np.testing.assert_allclose(ok["energy_sigma_llpr"].values, sigma, rtol=1e-8)
     ref = np.concatenate([get_forces(a) for a in test])
     inside = (ok["forces_low"].values <= ref) & (ref <= ok["forces_high"].values)
     assert 0.75 <= inside.mean() <= 1.0, (name, inside.mean())  # nominal 0.9, 15 held-out structures

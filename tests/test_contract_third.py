@@ -30,6 +30,8 @@ from typer.testing import CliRunner
 from calib import datasets
 from calib.cli.main import app
 
+DATA = Path(__file__).parent / "data"
+
 runner = CliRunner()
 HERE = Path(__file__).parent
 
@@ -240,7 +242,11 @@ THIRD = [  # (id, argv, env, exit code, kind (None: success), words in the error
      _held_out(11, 11)),
     ("held-out", ["evaluate", "{t}/held.extxyz", "--calibration", "{t}/CAL.nc", "--no-forces"], None, 0, None, "",
      _held_out(6, 0)),
-    ("cannot-tell", ["evaluate", "{t}/held.extxyz", "--no-forces"], None, 0, None, "", _held_out(6, None)),
+    # the default calibration (built by calib 0.6) knows its 512 labels: these shipped frames are among them
+    ("in-default", ["evaluate", "{t}/held.extxyz", "--no-forces"], None, 0, None, "", _held_out(6, 6)),
+    # an artifact calibrated before calib 0.6 (the shipped calib 0.1 one) stored no fingerprints: cannot tell
+    ("cannot-tell", ["evaluate", "{t}/held.extxyz", "--calibration", str(DATA / "legacy_v1.nc"), "--no-forces"],
+     None, 0, None, "", _held_out(6, None)),
 ]
 if UNWRITABLE:
     THIRD.append(("loop-unwritable", ["loop", "{t}/start.extxyz", "-o", f"{UNWRITABLE}/calib-loop"], None, 2,

@@ -38,6 +38,17 @@ def test_streams_resumes_and_records_failures(tmp_path):
 
 
 
+def test_resumes_a_file_whatever_its_suffix(tmp_path):
+    # the dataset scripts label into <name>.extxyz.partial until a system is complete: a suffix ASE cannot guess
+    cu = bulk("Cu", "fcc", 3.6, cubic=True)
+    al = bulk("Al", "fcc", 4.05, cubic=True)
+    out = tmp_path / "Cu.extxyz.partial"
+    assert label([cu], out, EMT(), progress=False).n_labelled == 1
+    again = label([cu, al], out, EMT(), progress=False)
+    assert (again.n_labelled, again.n_done_before) == (1, 1)
+    assert len(ase.io.read(out, ":", format="extxyz")) == 2
+
+
 def test_resume_recognises_a_structure_read_back_from_text(tmp_path):
     # the first run labels the structure in memory; a resumed run reads it from an extxyz (8 decimals), where
     # this coordinate rounds to another 1e-6 Å key: it is the same structure and must not be labelled twice

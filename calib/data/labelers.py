@@ -315,7 +315,7 @@ def _done_keys(out: str) -> set[str]:
 
     # a stored key was taken from the input in memory; the same structure read back from a text file (8
     # decimals) can round to another 1e-6 Å key, so the key of the written frame counts as done too
-    return {key for a in ase.io.read(out, index=":") for key in (str(a.info.get("calib_key")), structure_key(a))}
+    return {key for a in ase.io.read(out, index=":", format="extxyz") for key in (str(a.info.get("calib_key")), structure_key(a))}
 
 
 def label(
