@@ -5,22 +5,22 @@ semiconductor have forces of the same size and errors 5× apart; the alkali hali
 sp³ semiconductors the softest (Deng et al. 2025). calib fits, post hoc and for any backend, log-linear variance
 models of the errors on calibration structures:
 
-    log σ²_ai = θ · x_ai        (force component i of atom a, eV²/Å²)
-    log σ²_s  = ϑ · x_s         (energy per atom of structure s, eV²/atom²)
+    log σ²_ai = θ · x_ai                 (force component i of atom a, eV²/Å²)
+    log σ²_s  = log(1 + h_s) + ϑ · x_s   (energy per atom of structure s, eV²/atom²)
 
 **Inputs.** x_ai: the log of the component's, the atom's and the structure's model force (squared, plus a
 floor), and the chemistry: the atom's element by its properties (Pauling electronegativity, period, group,
 atomic radius, metal or not, s/p/d block; :func:`element_properties`) and the structure's composition
-(electronegativity spread and mean, metal fraction). x_s: the log of the structure's RMS force, its
-composition, and the log of its *reference leverage* h (:meth:`calib.uq.reference.ElementReference.leverage`):
-how well the calibration compositions fix the per-element energy offsets of this composition. An energy
-error of a new compound is mostly its formation-energy error against the offsets, whose spread grows like
-1 + h (the prediction variance of a least-squares fit).
+(electronegativity spread and mean, metal fraction). x_s: the log of the structure's RMS force and its
+composition; h_s is its *reference leverage* (:meth:`calib.uq.reference.ElementReference.leverage`): how well
+the calibration compositions fix the per-element energy offsets of this composition. An energy error of a new
+compound is mostly its formation-energy error against the offsets, whose spread grows like 1 + h (the
+prediction variance of a least-squares fit): a fixed factor, not a fitted slope.
 
 **What the data chose.** On the shipped GPAW labels split by chemical system, element *properties* generalise
 to unseen chemistries and element identities do not: a one-hot element term (ridge-shrunk) lowers the held-out
 likelihood, and so do the principal components of the model's per-atom descriptors, which extrapolate badly to
-new chemistries (docs/conformal.md has the table). The descriptor and LLPR terms are kept as options
+new chemistries (docs/errormodel.md has the table). The descriptor and LLPR terms are kept as options
 (``terms``); the defaults are the measured best. Validity on new chemistries does not rest on the model being
 right: the conformal step scores every calibration structure with models fitted without its chemical system
 (:func:`grouped_folds`, calib.workflows.calibration).
