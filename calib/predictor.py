@@ -38,7 +38,9 @@ energy_reference_u      structure               elements whose GGA+U offset ("Fe
 energy_halfwidth        structure               conformal half-width of the total energy, eV (with or without
                                                 an interval: the element reference does not change it)
 energy_class            structure               class of the energy quantile: "seen" or "new" composition
-force_error_bound       structure               calibrated bound on the largest force error, eV/Å
+force_error_bound       structure               calibrated bound on the largest force error, eV/Å (at 1 − α)
+force_error_bound_trust structure               the same at the trust policy's confidence (what the verdict
+                                                holds to force_tol), eV/Å
 trusted, trust_reason   structure               the one trust verdict and why not (calib.uq.trust)
 trust_checks_failed     structure               the failed checks, comma-joined (domain, forces, energy, ...)
 trust_score             structure               ≤ 1 exactly when trusted (ranks structures)
@@ -88,7 +90,7 @@ from ase import Atoms
 from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
-from calib.uq.errormodel import AtomInputs
+from calib.uq.errormodel import AtomInputs, component_scale, structure_features
 from calib.uq.targets import Points, build_points
 from calib.uq.trust import Check, TrustPolicy, verdict
 
@@ -102,6 +104,7 @@ _UNITS = {
     "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
     "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
     "stress": "eV/Å^3", "q_score": "1", "energy_halfwidth": "eV", "force_error_bound": "eV/Å", "trust_score": "1",
+    "force_error_bound_trust": "eV/Å",
     "energy_sigma_llpr": "eV", "forces_sigma_llpr": "eV/Å", "energy_model": "eV", "forces_model": "eV/Å",
     "t2_score": "1", "domain_score": "1",
 }
@@ -133,7 +136,10 @@ _DESCRIPTIONS = {
     "forces_high": "upper end of the conformal interval for the reference force component",
     "forces_corrected": "c * forces (the uncorrected forces where no correction is stored)",
     "energy_halfwidth": "conformal half-width of the total energy (with or without an energy interval)",
-    "force_error_bound": "calibrated bound on the largest force-component error of the structure",
+    "force_error_bound": "calibrated bound on the largest force-component error of the structure, at the "
+                         "artifact's confidence 1 - alpha (0.9)",
+    "force_error_bound_trust": "the same bound at the trust policy's confidence (TrustPolicy.confidence): what "
+                               "the verdict holds to force_tol",
     "trusted": "the verdict of calib.uq.trust: in the model's domain, force bound and energy half-width within "
                "tolerance",
     "trust_reason": "why a structure is not trusted (' | '-joined), '' when trusted",
@@ -527,21 +533,19 @@ class CalibratedPredictor:
             cols.struct("domain_score", domain)
         else:
             missing[Check.DOMAIN] = "the calibration has no domain detector"
-        bound = None
+        bound = trust_bound = None
         em = art.error_models
         if em is not None and em.bound is not None and cols.force_sigma_all is not None:
-            bounds = [em.bound_corrected if cols.applied[k] and em.bound_corrected is not None
-                      else em.bound_seen if cols.seen[k] and em.bound_seen is not None else em.bound for k in range(n)]
-            bound = np.array([b.bound(cols.force_sigma_all[sl]) for b, sl in zip(bounds, pred.atom_slices())])
-        elif art.force_error is not None and pred.forces is not None:  # a calib 0.5 artifact
-            bound = np.array([art.force_error.bound(pred.forces[sl]) for sl in pred.atom_slices()])
+            bound, trust_bound = self._force_bounds(cols, pred, em)
+        elif art.force_error is not None and pred.forces is not None:  # a calib 0.5 artifact: one quantile
+            bound = trust_bound = np.array([art.force_error.bound(pred.forces[sl]) for sl in pred.atom_slices()])
         else:
             missing[Check.FORCES] = "the calibration has no force-error model"
         h = cols.energy_halfwidth
         if h is None:
             missing[Check.ENERGY] = "the calibration has no energy intervals"
         unlabelled = em.unlabelled(_split_numbers(pred)) if em is not None and em.elements is not None else None
-        v = verdict(self.trust, domain=domain, force_bound=bound,
+        v = verdict(self.trust, domain=domain, force_bound=trust_bound,
                     energy_halfwidth=None if h is None else h / pred.n_atoms, unlabelled=unlabelled, missing=missing)
         cols.struct("trusted", v.trusted, fill=False)
         cols.struct("trust_reason", v.reasons, fill="")
@@ -549,6 +553,7 @@ class CalibratedPredictor:
         cols.struct("trust_score", v.score)
         if bound is not None:
             cols.struct("force_error_bound", bound)
+            cols.struct("force_error_bound_trust", trust_bound)
         cal_max = getattr(art.ood, "calibration_max_", np.nan) if art.ood is not None else np.nan
         extrapolated = q > cal_max if q is not None and np.isfinite(cal_max) else np.zeros(n, dtype=bool)
         cols.struct("extrapolated", extrapolated, fill=False)
@@ -556,6 +561,28 @@ class CalibratedPredictor:
                                         "extrapolated: outside every calibration structure" if e else "") if x)
                  for u, e in zip(unlabelled or [""] * n, extrapolated)]
         cols.struct("trust_notes", np.array(notes, dtype=object), fill="")
+
+    def _force_bounds(self, cols, pred: Prediction, em) -> tuple[np.ndarray, np.ndarray]:
+        """(U at the artifact's 1 − α, U at the trust policy's confidence), eV/Å, per structure: a corrected
+        prediction by the corrected forces' bound, a calibrated chemistry by its scaled component bound, a new
+        chemistry by the structure model (the component bound where the artifact has none)."""
+        n = len(pred)
+        alpha_trust = 1.0 - self.trust.confidence
+        parts = [em.bound_corrected if cols.applied[k] and em.bound_corrected is not None
+                 else em.bound_seen if cols.seen[k] and em.bound_seen is not None
+                 else None if em.structure is not None else em.bound for k in range(n)]
+        slices = list(pred.atom_slices())
+        bound, trust = np.full(n, np.nan), np.full(n, np.nan)
+        for k, (b, sl) in enumerate(zip(parts, slices)):
+            if b is not None:
+                bound[k], trust[k] = b.bound(cols.force_sigma_all[sl]), b.bound(cols.force_sigma_all[sl], alpha_trust)
+        new = np.array([b is None for b in parts], dtype=bool)
+        if new.any():
+            inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, n_structures=n)
+            X = structure_features(inputs, component_scale(cols.force_sigma_all, pred.n_atoms))[new]
+            bound[new] = em.structure.bound(X, em.bound.alpha)
+            trust[new] = em.structure.bound(X, alpha_trust)
+        return bound, trust
 
     def _correct(self, pred: Prediction):
         """(the batch with the stored scalar correction applied where it applies, which structures) or None.

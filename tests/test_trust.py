@@ -186,6 +186,73 @@ def test_force_bound_covers_new_chemistries_by_simulation():
     assert 0.87 <= covered <= 0.96, covered
 
 
+def _structure_model_data(seed, n):
+    """Synthetic structures (four elements, errors σ² = κ_Z² F² + τ²), their component scale g(n) max σ from a
+    component model fitted on the first call's draws, the structure features and the largest errors."""
+    from calib.uq.errormodel import ForceComponentVariance, component_scale, structure_features
+
+    kappa = {11: 0.05, 14: 0.4, 17: 0.15, 12: 0.1}
+    inputs, errors, chem = _synthetic_atoms(np.random.default_rng(seed), n, kappa)
+    return inputs, errors, chem, ForceComponentVariance, component_scale, structure_features
+
+
+def test_structure_error_model_trees_are_sklearns_and_round_trip(tmp_path):
+    """The stored trees predict what scikit-learn's GradientBoostingRegressor, fitted here on the same data with
+    the same settings, predicts; the bound is exp(ŷ + q) − floor with q the conformal quantile of residuals from
+    trees fitted without each structure's group (recomputed here with GroupKFold); all survive netCDF."""
+    import xarray as xr
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.model_selection import GroupKFold
+
+    from calib.uq.conformal import conformal_quantile
+    from calib.uq.errormodel import WORST_FLOOR, StructureErrorModel
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(200, 5))
+    groups = np.array([f"g{i % 13}" for i in range(200)])
+    worst = np.exp(0.5 * X[:, 0] + np.where(X[:, 1] > 0, 0.8, -0.4) * X[:, 2] + rng.normal(0, 0.3, 200)) * 0.2
+    model = StructureErrorModel().fit(X, worst, groups)
+    y = np.log(worst + WORST_FLOOR)
+    gb = GradientBoostingRegressor(random_state=0, max_depth=3, n_estimators=150, learning_rate=0.05,
+                                   min_samples_leaf=15).fit(X, y)
+    probe = rng.normal(size=(50, 5)) * 1.5
+    np.testing.assert_allclose(model.predict(probe), gb.predict(probe), rtol=0, atol=1e-10)
+    oof = np.zeros(200)
+    for tr, te in GroupKFold(n_splits=10).split(X, groups=groups):
+        oof[te] = GradientBoostingRegressor(random_state=0, max_depth=3, n_estimators=150, learning_rate=0.05,
+                                            min_samples_leaf=15).fit(X[tr], y[tr]).predict(X[te])
+    np.testing.assert_allclose(model.scores_, np.sort(y - oof), atol=1e-10)
+    for alpha in (0.1, 0.25):
+        q = conformal_quantile(np.sort(y - oof), alpha)
+        np.testing.assert_allclose(model.bound(probe, alpha), np.maximum(np.exp(gb.predict(probe) + q) - WORST_FLOOR,
+                                                                         0), rtol=1e-9)
+    variables = {k: xr.Variable(d, v, a) for k, (d, v, a) in model.to_variables("m_s").items()}
+    xr.Dataset(variables).to_netcdf(tmp_path / "s.nc")
+    back = StructureErrorModel.from_variables(xr.open_dataset(tmp_path / "s.nc"), "m_s")
+    np.testing.assert_allclose(back.bound(probe, 0.1), model.bound(probe, 0.1), rtol=1e-12)
+    with pytest.raises(ValueError, match="≥ 30 structures"):
+        StructureErrorModel().fit(X[:20], worst[:20], groups[:20])
+
+
+def test_structure_bound_covers_new_chemistries_by_simulation():
+    """The structure bound, fitted on cross-fitted component scales as calibrate fits it, holds the largest force
+    error of new draws at ≥ 1 − α at α = 0.1 and near 1 − α at 0.25 (the trust verdict's default confidence)."""
+    from calib.uq.errormodel import StructureErrorModel, cross_fit
+
+    inputs, errors, chem, FCV, component_scale, structure_features = _structure_model_data(5, 300)
+    cf = cross_fit(inputs, errors, groups=chem, n_splits=10)
+    ends = np.cumsum(inputs.n_atoms)[:-1]
+    worst = np.array([np.abs(e).max() for e in np.split(errors, ends)])
+    model = StructureErrorModel().fit(structure_features(inputs, component_scale(cf.force_sigma, inputs.n_atoms)),
+                                      worst, chem)
+    comp = FCV().fit(inputs, errors)
+    new, e_new, _, *_ = _structure_model_data(6, 1500)
+    X = structure_features(new, component_scale(comp.sigma(new), new.n_atoms))
+    w_new = np.array([np.abs(e).max() for e in np.split(e_new, np.cumsum(new.n_atoms)[:-1])])
+    assert 0.87 <= np.mean(w_new <= model.bound(X, 0.1)) <= 0.96
+    assert 0.70 <= np.mean(w_new <= model.bound(X, 0.25)) <= 0.82
+
+
 def test_energy_variance_is_tau_sqrt_one_plus_leverage_and_leverage_is_the_hat_diagonal():
     """ElementReference.leverage equals xᵀ(XᵀX)⁻¹x over the distinct compositions (computed with numpy's inverse of
     a full-rank design); the energy model recovers τ from errors drawn with σ² = τ²(1 + h)."""
@@ -275,6 +342,10 @@ def test_verdict_by_hand():
     assert list(elements.trusted) == [True, False] and "element(s) U" in elements.reasons[1]
     with pytest.raises(ValueError, match="force_tol"):
         TrustPolicy(force_tol=-0.3)
+    assert "(calibrated 75% bound)" in why[2]  # the confidence the bound was held at
+    for c in (0, 1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="confidence"):
+            TrustPolicy(confidence=c)
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +398,10 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
         g = norm.ppf(1 - 1 / (4 * F.size))
         want = fb.quantile_ * g * sigma.max()
         assert ds["force_error_bound"].values[k] == pytest.approx(want, rel=1e-8)
-    score = np.maximum(ds["domain_score"].values, ds["force_error_bound"].values / 0.3)  # default: no energy check
+        q75 = fb.scores_[int(np.ceil((len(fb.scores_) + 1) * 0.75)) - 1]  # the verdict's confidence, 0.75
+        assert ds["force_error_bound_trust"].values[k] == pytest.approx(q75 * g * sigma.max(), rel=1e-8)
+    # default: no energy check; the force check at the policy's confidence
+    score = np.maximum(ds["domain_score"].values, ds["force_error_bound_trust"].values / 0.3)
     np.testing.assert_allclose(ds["trust_score"].values, score, rtol=1e-12)
     np.testing.assert_array_equal(ds["trusted"].values, score <= 1)
     nacl = np.array(["Na-Cl" == c for c in ds["chemsys"].values])

@@ -438,7 +438,7 @@ def _trust_defaults():
     """The verdict's defaults, read from calib.uq.trust (typed once, there)."""
     from calib.uq import trust
 
-    return trust.FORCE_TOL, trust.ENERGY_TOL
+    return trust.FORCE_TOL, trust.ENERGY_TOL, trust.TRUST_CONFIDENCE
 
 
 ForceTolOpt = typer.Option(_trust_defaults()[0], "--force-tol", help="trust verdict: largest calibrated bound on a "
@@ -449,14 +449,22 @@ EnergyTolOpt = typer.Option(_trust_defaults()[1], "--energy-tol", help="trust ve
                             "docs/screening.md says why)")
 
 
-def trust_policy(force_tol: float, energy_tol: Optional[float]):
-    """The verdict's tolerances, checked (before any model loads)."""
-    from calib.uq.trust import TrustPolicy
+TrustConfidenceOpt = typer.Option(_trust_defaults()[2], "--trust-confidence", help="trust verdict: the confidence "
+                                  "(0 < c < 1) at which the force bound must be within --force-tol (chosen on "
+                                  "held-out chemistries, docs/screening.md)")
+
+
+def trust_policy(force_tol: float, energy_tol: Optional[float], confidence: float | None = None):
+    """The verdict's tolerances and confidence, checked (before any model loads)."""
+    from calib.uq.trust import TRUST_CONFIDENCE, TrustPolicy
 
     positive("--force-tol", force_tol, unit="eV/Å")
     if energy_tol is not None:
         positive("--energy-tol", energy_tol, unit="eV/atom")
-    return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
+    confidence = TRUST_CONFIDENCE if confidence is None else confidence
+    if not (math.isfinite(confidence) and 0 < confidence < 1):
+        fail(f"--trust-confidence must lie strictly between 0 and 1, got {confidence:g}", "usage")
+    return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol, confidence=confidence)
 
 
 def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:

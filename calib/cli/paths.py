@@ -15,6 +15,7 @@ from calib.cli.app import (
     CalibrationOpt,
     DeviceOpt,
     EnergyTolOpt,
+    TrustConfidenceOpt,
     ForceTolOpt,
     JsonOpt,
     ModelOpt,
@@ -54,6 +55,7 @@ def neb_cmd(
                                       "a trusted forward barrier, eV (> 0)"),
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
+    trust_confidence: float = TrustConfidenceOpt,
     model: Optional[str] = ArtModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -67,7 +69,7 @@ def neb_cmd(
 
     device = common_options(batch_size, device, model=model)
     positive("--barrier-tol", barrier_tol, unit="eV")
-    policy = trust_policy(force_tol, energy_tol)
+    policy = trust_policy(force_tol, energy_tol, trust_confidence)
     calibration, cal_rec = calibration_or_default(calibration, model)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
     structs = read_inputs(images)

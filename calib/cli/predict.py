@@ -14,6 +14,7 @@ from calib.cli.app import (
     CalibrationOpt,
     DeviceOpt,
     EnergyTolOpt,
+    TrustConfidenceOpt,
     EveryOpt,
     Flag,
     ForceTolOpt,
@@ -107,6 +108,7 @@ def predict_cmd(
                      "would apply (default: the corrected prediction, judged by its own error model)"),
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
+    trust_confidence: float = TrustConfidenceOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -120,7 +122,7 @@ def predict_cmd(
     device = common_options(batch_size, device, model=model)
     if force_mode not in ("exact", "approx", "none"):
         fail(f"--force-mode must be exact, approx or none, got {force_mode!r}", "usage")
-    policy = trust_policy(force_tol, energy_tol)
+    policy = trust_policy(force_tol, energy_tol, trust_confidence)
     subset = subset_options(every, limit, shuffle, seed)
     calibration, cal_rec = calibration_or_default(calibration, model)
     structs = read_inputs(structures, subset)
@@ -164,6 +166,7 @@ def screen_cmd(
                                 "mode, ≈ 2–3× the cost of energies and forces alone); the verdict needs only forces"),
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
+    trust_confidence: float = TrustConfidenceOpt,
     batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
                                    "the results file"),
     resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),
@@ -179,7 +182,7 @@ def screen_cmd(
 
     Run time: about the model's own energies and forces; --forces 2–3× slower."""
     device = common_options(batch_size, device, model=model)
-    trust_policy(force_tol, energy_tol)  # before a cluster starts or a model loads
+    policy = trust_policy(force_tol, energy_tol, trust_confidence)  # before a cluster starts or a model loads
     check_workers(workers, scheduler)
     calibration, cal_rec = calibration_or_default(calibration, model)
     if not calibration.is_file():
@@ -193,7 +196,7 @@ def screen_cmd(
     client = client_for(workers, scheduler)
     try:
         summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,
-                         forces=forces, force_tol=force_tol, energy_tol=energy_tol, batch_size=batch_size,
+                         forces=forces, policy=policy, batch_size=batch_size,
                          resume=resume, overwrite=overwrite, client=client, progress=not quiet)
     finally:
         if client is not None:

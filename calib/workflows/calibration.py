@@ -22,7 +22,10 @@ from calib.uq.errormodel import (
     ErrorModels,
     ForceBound,
     ForceComponentVariance,
+    StructureErrorModel,
+    component_scale,
     cross_fit,
+    structure_features,
 )
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
@@ -265,6 +268,11 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
                          bound=ForceBound(alpha).fit(np.split(cf.force_sigma, ends), np.split(fe, ends)),
                          elements=np.array(sorted(set(inputs.numbers.tolist())), dtype=int),
                          force_groups="chemical system" if groups is chem else "structure")
+    if groups is chem and len(set(chem.tolist())) >= MIN_STRUCTURE_MODEL_GROUPS \
+            and len(chem) >= MIN_STRUCTURE_MODEL_STRUCTURES:
+        scale = component_scale(cf.force_sigma, inputs.n_atoms)  # cross-fitted: a new chemistry's scale
+        worst = np.array([np.abs(e).max() if e.size else np.nan for e in np.split(fe, ends)])
+        models.structure = StructureErrorModel().fit(structure_features(inputs, scale), worst, chem)
     if chemistry_scale and groups is chem:
         _fit_chemistry_scales(models, inputs, fe, chem, alpha)
     corrected = _fit_corrected_forces(models, inputs, fe, chem, groups, alpha, n_folds)
@@ -298,6 +306,11 @@ def _fit_chemistry_scales(models: ErrorModels, inputs: AtomInputs, force_errors,
     models.force_scales = {_key(c): r for c, r in scales.items()}
     models.bound_seen = ForceBound(alpha).fit([sig[i] * np.sqrt(loo[i]) for i in rows], [err[i] for i in rows])
 
+
+#: fewest chemical systems and structures the structure error model (the bound of a new chemistry) is fitted on;
+#: below, the component model's bound serves alone
+MIN_STRUCTURE_MODEL_GROUPS = 5
+MIN_STRUCTURE_MODEL_STRUCTURES = 60
 
 #: fewest structures with a leave-one-out correction that the corrected force model is fitted on
 MIN_CORRECTED_STRUCTURES = 20

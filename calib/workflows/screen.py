@@ -27,6 +27,7 @@ domain_score             the larger of the two (> 1: out of the model's domain)
 max_force                largest |force component|, eV/Å (model forces)
 max_force_sigma          largest force-component σ (force error model), eV/Å (``forces=True``)
 force_error_bound        calibrated bound on the largest force-component error, eV/Å
+force_error_bound_trust  the same bound at the trust policy's confidence (held to force_tol), eV/Å
 max_force_halfwidth      widest conformal force half-width, eV/Å (``forces=True``)
 correction               scalar correction c stored for the chemistry (NaN: none)
 energy_corrected         energy after the stored correction, eV
@@ -76,6 +77,7 @@ COLUMNS = [
     ("extrapolated", "b", ""), ("energy_interval_reason", "s", ""), ("correction", "f", "1"),
     ("energy_corrected", "f", "eV"), ("t2_score", "f", "1"), ("domain_score", "f", "1"),
     ("trust_checks_failed", "s", ""), ("trust_notes", "s", ""), ("prediction", "s", ""),
+    ("force_error_bound_trust", "f", "eV/Å"),
 ]
 _TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "error": 512, "trust_reason": 512,
              "energy_interval_reason": 256, "trust_checks_failed": 64, "trust_notes": 256, "prediction": 16}
