@@ -87,6 +87,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from ase import Atoms
 
+from calib import schema
 from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
@@ -95,59 +96,6 @@ from calib.uq.targets import Points, build_points
 from calib.uq.trust import Check, TrustPolicy, verdict
 
 FORCE_MODES = ("exact", "approx", "none")
-
-_UNITS = {
-    "energy": "eV", "energy_per_atom": "eV/atom", "energy_sigma": "eV", "local_energy_sigma": "eV",
-    "max_local_sigma": "eV", "energy_shift": "eV",
-    "energy_centre": "eV", "energy_low": "eV", "energy_high": "eV", "correction": "1",
-    "energy_corrected": "eV", "max_force": "eV/Å", "max_force_sigma": "eV/Å", "max_force_halfwidth": "eV/Å",
-    "max_force_corrected": "eV/Å", "forces": "eV/Å", "forces_sigma": "eV/Å", "forces_low": "eV/Å",
-    "forces_high": "eV/Å", "forces_corrected": "eV/Å", "features": "1", "atom_descriptors": "1",
-    "stress": "eV/Å^3", "q_score": "1", "energy_halfwidth": "eV", "force_error_bound": "eV/Å", "trust_score": "1",
-    "force_error_bound_trust": "eV/Å",
-    "energy_sigma_llpr": "eV", "forces_sigma_llpr": "eV/Å", "energy_model": "eV", "forces_model": "eV/Å",
-    "t2_score": "1", "domain_score": "1",
-}
-_DESCRIPTIONS = {
-    "energy": "total energy of the reported prediction (the model's, or scalar-corrected: see prediction)",
-    "energy_sigma": "sigma of the total energy from the energy error model (calib.uq.errormodel)",
-    "energy_sigma_llpr": "calibrated LLPR sigma of the total energy",
-    "forces_sigma_llpr": "calibrated LLPR sigma of each force component (force_mode exact or approx)",
-    "energy_model": "the model's own total energy (where the prediction is corrected)",
-    "forces_model": "the model's own forces (where the prediction is corrected)",
-    "prediction": "which prediction energy, forces, sigma, intervals and the verdict describe: raw or corrected",
-    "t2_score": "largest atomic Hotelling T^2 / threshold of the Hessian's structures",
-    "domain_score": "max(q_score, t2_score): > 1 out of the model's domain",
-    "trust_checks_failed": "the verdict's failed checks (domain, forces, energy, element, not checked), comma-joined",
-    "trust_notes": "information beside the verdict: elements no calibration label holds, extrapolation",
-    "energy_reference_u": "elements whose GGA+U offset the energy shift used (Materials Project's U on oxides and "
-                          "fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W), '' for none",
-    "local_energy_sigma": "LLPR sigma of the atom's energy contribution (local prediction rigidity)",
-    "max_local_sigma": "largest per-atom energy sigma of the structure",
-    "energy_shift": "per-element reference sum_el n_el mu_el fitted at calibration",
-    "q_score": "largest atomic Q residual / threshold of the Hessian's structures (> 1: out of the model's domain)",
-    "energy_centre": "energy + energy_shift: the model's estimate of the reference code's total energy",
-    "energy_low": "lower end of the conformal interval for the reference-code total energy",
-    "energy_high": "upper end of the conformal interval for the reference-code total energy",
-    "correction": "scalar correction c stored for the chemsys (NaN: none)",
-    "energy_corrected": "E_anchor + c (E - E_anchor) (NaN: no correction stored)",
-    "forces_sigma": "sigma of each force component from the force error model (calib.uq.errormodel)",
-    "forces_low": "lower end of the conformal interval for the reference force component",
-    "forces_high": "upper end of the conformal interval for the reference force component",
-    "forces_corrected": "c * forces (the uncorrected forces where no correction is stored)",
-    "energy_halfwidth": "conformal half-width of the total energy (with or without an energy interval)",
-    "force_error_bound": "calibrated bound on the largest force-component error of the structure, at the "
-                         "artifact's confidence 1 - alpha (0.9)",
-    "force_error_bound_trust": "the same bound at the trust policy's confidence (TrustPolicy.confidence): what "
-                               "the verdict holds to force_tol",
-    "trusted": "the verdict of calib.uq.trust: in the model's domain, force bound and energy half-width within "
-               "tolerance",
-    "trust_reason": "why a structure is not trusted (' | '-joined), '' when trusted",
-    "trust_score": "max(domain score, bound / force_tol[, half-width per atom / energy_tol]): <= 1 exactly when "
-                   "trusted, +inf where a check could not be made",
-    "extrapolated": "Q score above every calibration structure's: intervals extrapolated, not measured",
-}
-
 
 class CalibratedPredictor:
     """A model and its calibration artifact: structures → xarray.Dataset of predictions with σ.
@@ -645,12 +593,7 @@ class CalibratedPredictor:
             d = (dims[kind],)
             if values.ndim == 2:
                 d = d + ({"features": "feature", "atom_descriptors": "feature", "stress": "voigt"}.get(name, "component"),)
-            attrs = {}
-            if name in _UNITS:
-                attrs["units"] = _UNITS[name]
-            if name in _DESCRIPTIONS:
-                attrs["description"] = _DESCRIPTIONS[name]
-            ds[name] = (d, values, attrs)
+            ds[name] = (d, values, schema.attrs(name))  # units and description: calib.schema, one place
         info = {"energies": "total eV (every energy variable, unless its name says per atom)",
                 "model_energy_convention": self.model.energy_convention, "model_name": self.model.name,
                 "model_version": self.model.version,

@@ -60,25 +60,21 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from ase import Atoms
 
+from calib import schema
 from calib.data.readers import count_structures, iter_structures
 from calib.data.structures import structures_fingerprint
 from calib.uq.trust import ENERGY_TOL, FORCE_TOL, TrustPolicy
 
-#: (name, kind, units) of every column; kind "f" float64, "i" int32, "b" bool (int8 on disk, read back as bool),
-#: "s" text. The names are the prediction Dataset's (calib.predictor): one name for one quantity
-COLUMNS = [
-    ("name", "s", ""), ("chemsys", "s", ""), ("status", "s", ""), ("error", "s", ""), ("trusted", "b", ""),
-    ("trust_reason", "s", ""),
-    ("n_atoms", "i", "1"), ("energy", "f", "eV"), ("energy_per_atom", "f", "eV/atom"),
-    ("energy_sigma", "f", "eV"), ("energy_sigma_per_atom", "f", "eV/atom"), ("max_local_sigma", "f", "eV"),
-    ("energy_centre", "f", "eV"), ("energy_low", "f", "eV"), ("energy_high", "f", "eV"), ("q_score", "f", "1"),
-    ("max_force", "f", "eV/Å"), ("max_force_sigma", "f", "eV/Å"), ("max_force_halfwidth", "f", "eV/Å"),
-    ("force_error_bound", "f", "eV/Å"), ("energy_halfwidth", "f", "eV"), ("trust_score", "f", "1"),
-    ("extrapolated", "b", ""), ("energy_interval_reason", "s", ""), ("correction", "f", "1"),
-    ("energy_corrected", "f", "eV"), ("t2_score", "f", "1"), ("domain_score", "f", "1"),
-    ("trust_checks_failed", "s", ""), ("trust_notes", "s", ""), ("prediction", "s", ""),
-    ("force_error_bound_trust", "f", "eV/Å"),
-]
+#: the screen file's columns, in order. Their types and units are calib.schema's (one name for one quantity, as
+#: in the prediction Dataset); the file stores a bool as int8 and reads it back as bool
+SCREEN_COLUMNS = ("name", "chemsys", "status", "error", "trusted", "trust_reason", "n_atoms", "energy",
+                  "energy_per_atom", "energy_sigma", "energy_sigma_per_atom", "max_local_sigma", "energy_centre",
+                  "energy_low", "energy_high", "q_score", "max_force", "max_force_sigma", "max_force_halfwidth",
+                  "force_error_bound", "energy_halfwidth", "trust_score", "extrapolated", "energy_interval_reason",
+                  "correction", "energy_corrected", "t2_score", "domain_score", "trust_checks_failed",
+                  "trust_notes", "prediction", "force_error_bound_trust")
+#: (name, kind, units) of every column; kind "f" float64, "i" int32, "b" bool (int8 on disk), "s" text
+COLUMNS = [(c.name, c.dtype, c.units) for c in schema.columns(SCREEN_COLUMNS)]
 _TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "error": 512, "trust_reason": 512,
              "energy_interval_reason": 256, "trust_checks_failed": 64, "trust_notes": 256, "prediction": 16}
 STATUSES = ("trusted", "untrusted", "failed")
