@@ -47,7 +47,8 @@ def main(seeds, out: str) -> dict:
             tr, te = np.flatnonzero(fold), np.flatnonzero(~fold)
             sub = inputs.subset(tr)
             fe = np.concatenate([np.split(errors, ends)[i] for i in tr])
-            models, _ = fit_error_models(sub, fe, None, None, chem[tr], None, chemistry_scale=False)
+            models, _ = fit_error_models(sub, fe, None, None, chem[tr], None, chemistry_scale=False,
+                                         structure_model=True)
             test = inputs.subset(te)
             sig = models.forces.sigma(test)
             X = structure_features(test, component_scale(sig, test.n_atoms))

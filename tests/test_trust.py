@@ -342,7 +342,9 @@ def test_verdict_by_hand():
     assert list(elements.trusted) == [True, False] and "element(s) U" in elements.reasons[1]
     with pytest.raises(ValueError, match="force_tol"):
         TrustPolicy(force_tol=-0.3)
-    assert "(calibrated 75% bound)" in why[2]  # the confidence the bound was held at
+    assert "(calibrated 90% bound)" in why[2]  # the confidence the bound was held at
+    low = verdict(TrustPolicy(confidence=0.75), domain=q, force_bound=bound)
+    assert "(calibrated 75% bound)" in low.reasons[2]
     for c in (0, 1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="confidence"):
             TrustPolicy(confidence=c)
@@ -379,7 +381,10 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
     art, _ = cal
     structs = perturbed_set(names=["Si", "LiF", "NaCl"], n_variants=2, rattle=0.02, seed=8) + \
         datasets.load("high-energy-states", chemsys="Si")[1:3]
+    from calib.uq.trust import TrustPolicy
+
     ds = CalibratedPredictor(chgnet, art).predict(structs, forces=True, force_mode="none")
+    low = CalibratedPredictor(chgnet, art, trust=TrustPolicy(confidence=0.75)).predict(structs, progress=False)
     fm, fb = art.error_models.forces, art.error_models.bound
     floor = 0.05**2
     for k, a in enumerate(structs):
@@ -398,8 +403,12 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
         g = norm.ppf(1 - 1 / (4 * F.size))
         want = fb.quantile_ * g * sigma.max()
         assert ds["force_error_bound"].values[k] == pytest.approx(want, rel=1e-8)
-        q75 = fb.scores_[int(np.ceil((len(fb.scores_) + 1) * 0.75)) - 1]  # the verdict's confidence, 0.75
-        assert ds["force_error_bound_trust"].values[k] == pytest.approx(q75 * g * sigma.max(), rel=1e-8)
+        assert ds["force_error_bound_trust"].values[k] == pytest.approx(want, rel=1e-8)  # default confidence 0.9
+        q75 = fb.scores_[int(np.ceil((len(fb.scores_) + 1) * 0.75)) - 1]  # rank ⌈(n + 1)·0.75⌉ of the scores
+        assert low["force_error_bound_trust"].values[k] == pytest.approx(q75 * g * sigma.max(), rel=1e-8)
+        assert low["force_error_bound"].values[k] == pytest.approx(want, rel=1e-8)  # the report stays at 0.9
+    score_low = np.maximum(low["domain_score"].values, low["force_error_bound_trust"].values / 0.3)
+    np.testing.assert_array_equal(low["trusted"].values, score_low <= 1)
     # default: no energy check; the force check at the policy's confidence
     score = np.maximum(ds["domain_score"].values, ds["force_error_bound_trust"].values / 0.3)
     np.testing.assert_allclose(ds["trust_score"].values, score, rtol=1e-12)
@@ -410,8 +419,6 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
     assert all("Na,Cl" in r for r in ds["trust_notes"].values[nacl])  # named: no calibration label holds them
     # ten hot Si and LiF frames put the error model's floor near 0.3 eV/Å; at 0.5 eV/Å the NaCl crystals, which
     # no offset covers, are trusted: the missing offset is no reason
-    from calib.uq.trust import TrustPolicy
-
     loose = CalibratedPredictor(chgnet, art, trust=TrustPolicy(force_tol=0.5)).predict(structs[4:6], progress=False)
     assert loose["trusted"].values.all(), list(loose["trust_reason"].values)
 
@@ -475,3 +482,30 @@ def test_evaluate_reports_the_verdict_against_labels(chgnet, cal):
         assert v["auroc"] == pytest.approx(pairs(np.asarray(ds["trust_score"].values, dtype=float)))
         assert v["auroc_max_force"] == pytest.approx(pairs(Fmax), abs=1e-9)
     assert v["auroc"] == pytest.approx(auroc(~good, ds["trust_score"].values))
+
+
+def test_predictor_bounds_a_new_chemistry_by_the_structure_model_when_the_artifact_has_one(chgnet, cal):
+    """With a structure model in the artifact (calibrate(structure_model=True)), a chemistry the calibration has
+    not seen gets U = the model's bound on the features of its own forces and σ (recomputed here from the
+    predicted columns); the bound at the policy's confidence is the same model at 1 − confidence."""
+    import dataclasses
+
+    from calib import CalibratedPredictor
+    from calib.data.prototypes import perturbed_set
+    from calib.uq.errormodel import AtomInputs, StructureErrorModel, component_scale, structure_features
+    from calib.uq.trust import TrustPolicy
+
+    art, _ = cal
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(80, 22))
+    sm = StructureErrorModel().fit(X, np.exp(rng.normal(-1.5, 0.5, 80)), [f"g{i % 8}" for i in range(80)])
+    em = dataclasses.replace(art.error_models, structure=sm)
+    art2 = art.replace(error_models=em)
+    structs = perturbed_set(names=["NaCl", "MgO"], n_variants=2, rattle=0.05, seed=3)
+    ds = CalibratedPredictor(chgnet, art2, trust=TrustPolicy(confidence=0.8)).predict(structs, forces=True,
+                                                                                   progress=False)
+    owner = ds["structure_index"].values
+    inputs = AtomInputs(ds["numbers"].values, ds["forces"].values, owner, n_structures=len(structs))
+    feats = structure_features(inputs, component_scale(ds["forces_sigma"].values, inputs.n_atoms))
+    np.testing.assert_allclose(ds["force_error_bound"].values, sm.bound(feats, 0.1), rtol=1e-10)
+    np.testing.assert_allclose(ds["force_error_bound_trust"].values, sm.bound(feats, 0.2), rtol=1e-10)

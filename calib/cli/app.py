@@ -450,8 +450,8 @@ EnergyTolOpt = typer.Option(_trust_defaults()[1], "--energy-tol", help="trust ve
 
 
 TrustConfidenceOpt = typer.Option(_trust_defaults()[2], "--trust-confidence", help="trust verdict: the confidence "
-                                  "(0 < c < 1) at which the force bound must be within --force-tol (chosen on "
-                                  "held-out chemistries, docs/screening.md)")
+                                  "(0 < c < 1) at which the force bound must be within --force-tol (lower: more "
+                                  "structures trusted at a lower precision, docs/errormodel.md)")
 
 
 def trust_policy(force_tol: float, energy_tol: Optional[float], confidence: float | None = None):

@@ -506,7 +506,7 @@ class ForceBound:
 WORST_FLOOR = 0.01
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def element_extra_properties(z: int) -> tuple[float, ...]:
     """The further element descriptors of the structure model, from pymatgen's periodic table: Pettifor's
     Mendeleev number, the first ionisation energy (eV; 8 where unknown), the electron affinity (eV; 0.5 where

@@ -6,18 +6,18 @@ A structure is **trusted** when the model is expected to be right there, by the 
 1. **domain**: its largest atomic Q residual and T² are within the thresholds of the structures the Hessian was
    built from (:mod:`calib.uq.ood`), which stand in for the model's training set;
 2. **forces**: the calibrated bound on its largest force-component error, U (eV/Å), at the policy's
-   ``confidence`` (0.75 by default), is within ``force_tol``;
+   ``confidence`` (0.9 by default), is within ``force_tol``;
 3. **energy** (off by default): the calibrated energy half-width per atom (conformal, eV/atom) is within
    ``energy_tol``.
 
-The force bound comes from the error models of :mod:`calib.uq.errormodel`: for a chemistry the calibration has
-not seen, the structure model (:class:`~calib.uq.errormodel.StructureErrorModel`: gradient-boosted trees of the
-largest error on the chemistry and forces, with a conformal quantile of residuals cross-fitted by chemical
-system); for a calibrated chemistry, the component model scaled by the chemistry's own variance and its bound
-(:class:`~calib.uq.errormodel.ForceBound`); for a scalar-corrected prediction, the corrected forces' model. The
-reported ``force_error_bound`` is at the artifact's 1 − α (0.9); the verdict reads the same bound at its own
-confidence (``force_error_bound_trust``): a structure is trusted when its largest error is within the tolerance
-with that probability, which on held-out chemistries gives a precision well above it (docs/screening.md).
+The force bound comes from the error models of :mod:`calib.uq.errormodel`: the component model's bound
+(:class:`~calib.uq.errormodel.ForceBound`, cross-fitted by chemical system); for a calibrated chemistry, scaled
+by the chemistry's own variance; for a scalar-corrected prediction, the corrected forces' model; where the
+artifact holds one (``calibrate(structure_model=True)``), the structure model
+(:class:`~calib.uq.errormodel.StructureErrorModel`) for a chemistry the calibration has not seen. The reported
+``force_error_bound`` is at the artifact's 1 − α (0.9); the verdict reads the same bound at its own confidence
+(``force_error_bound_trust``; equal to it by default): a structure is trusted when its largest error is within
+the tolerance with that probability.
 
 Being outside the calibration structures (a Q score above the largest the calibration structures had) is
 reported as information: the intervals there are extrapolated, not measured; it is not a reason by itself.
@@ -43,9 +43,9 @@ FORCE_TOL = 0.3  # eV/Å, largest force error
 ENERGY_TOL = None
 BARRIER_TOL = 0.5  # eV, the NEB path verdict's largest barrier half-width
 #: the confidence of the force bound the verdict holds to ``force_tol``: a structure is trusted when its largest
-#: force error is within the tolerance with probability ≥ 0.75 (conformal). Chosen on the held-out split of
-#: docs/screening.md, where the verdict's precision at 0.75 is 0.95 (the reported bound stays at 0.9)
-TRUST_CONFIDENCE = 0.75
+#: force error is within the tolerance with probability ≥ 0.9 (conformal), the bound calib reports. Lower
+#: confidences trust more structures at a lower precision (docs/errormodel.md measures 0.7-0.9)
+TRUST_CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True)
