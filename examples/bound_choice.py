@@ -35,7 +35,8 @@ def main(seeds, out: str) -> dict:
     inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, n_structures=len(structs))
     ends = np.cumsum(inputs.n_atoms)[:-1]
     errors = np.concatenate([get_forces(a) for a in structs]) - pred.forces
-    worst = np.array([np.abs(e).max() for e in np.split(errors, ends)])
+    per_structure = np.split(errors, ends)
+    worst = np.array([np.abs(e).max() for e in per_structure])
     confidences = (0.9, 0.8, 0.75, 0.7)
     runs = {(b, c): [] for b in ("component", "structure") for c in confidences}
     for seed in seeds:
@@ -46,7 +47,7 @@ def main(seeds, out: str) -> dict:
         for fold in (in_a, ~in_a):
             tr, te = np.flatnonzero(fold), np.flatnonzero(~fold)
             sub = inputs.subset(tr)
-            fe = np.concatenate([np.split(errors, ends)[i] for i in tr])
+            fe = np.concatenate([per_structure[i] for i in tr])
             models, _ = fit_error_models(sub, fe, None, None, chem[tr], None, chemistry_scale=False,
                                          structure_model=True)
             test = inputs.subset(te)

@@ -65,11 +65,20 @@ def element_properties(z: int) -> tuple[float, ...]:
             float(block == "d"))
 
 
-def _property_table(numbers) -> np.ndarray:
+def _property_table(numbers, properties=element_properties, width: int = len(ELEMENT_PROPERTIES)) -> np.ndarray:
+    """(N, width): ``properties(z)`` of every atom, evaluated once per distinct element."""
     numbers = np.asarray(numbers, dtype=int)
     uniq, inv = np.unique(numbers, return_inverse=True)
-    table = np.array([element_properties(int(z)) for z in uniq]).reshape(len(uniq), len(ELEMENT_PROPERTIES))
+    table = np.array([properties(int(z)) for z in uniq], dtype=float).reshape(len(uniq), width)
     return table[inv.ravel()]
+
+
+def _structure_range(values: np.ndarray, structure: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(smallest, largest) of per-atom ``values`` over each structure's atoms (±inf for a structure of none)."""
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo, structure, values)
+    np.maximum.at(hi, structure, values)
+    return lo, hi
 
 
 @dataclass
@@ -134,14 +143,13 @@ def _log_force(x) -> np.ndarray:
     return np.log(np.asarray(x, dtype=float) ** 2 + FORCE_FLOOR**2)
 
 
-def _composition(inputs: AtomInputs) -> np.ndarray:
-    """(S, 3): electronegativity spread (max − min) and mean, and the metal fraction of each structure."""
-    P = _property_table(inputs.numbers)
+def _composition(inputs: AtomInputs, P: np.ndarray | None = None) -> np.ndarray:
+    """(S, 3): electronegativity spread (max − min) and mean, and the metal fraction of each structure (``P``: the
+    atoms' :func:`_property_table`, computed here when not given)."""
+    P = _property_table(inputs.numbers) if P is None else P
     S, owner = inputs.n_structures, inputs.structure
     en = P[:, 0]
-    hi, lo = np.full(S, -np.inf), np.full(S, np.inf)
-    np.maximum.at(hi, owner, en)
-    np.minimum.at(lo, owner, en)
+    lo, hi = _structure_range(en, owner, S)
     return np.column_stack([np.where(np.isfinite(hi - lo), hi - lo, 0.0), structure_mean(en, owner, S),
                             structure_mean(P[:, 4], owner, S)])
 
@@ -533,17 +541,16 @@ def structure_features(inputs: AtomInputs, scale) -> np.ndarray:
     largest model force component (squared, plus the floor, eV/Å), the log of the component model's scale
     g(n) max σ (eV/Å, ``scale`` (S,)) and the log of its number of atoms."""
     S, owner = inputs.n_structures, inputs.structure
-    P = structure_mean(_property_table(inputs.numbers), owner, S)
-    uniq, inv = np.unique(inputs.numbers, return_inverse=True)
-    extra = np.array([element_extra_properties(int(z)) for z in uniq]).reshape(len(uniq), 5)[inv.ravel()]
-    lo, hi, fmax = np.full(S, np.inf), np.full(S, -np.inf), np.zeros(S)
-    np.minimum.at(lo, owner, extra[:, 0])
-    np.maximum.at(hi, owner, extra[:, 0])
+    props = _property_table(inputs.numbers)
+    extra = _property_table(inputs.numbers, element_extra_properties, width=5)
+    lo, hi = _structure_range(extra[:, 0], owner, S)
+    fmax = np.zeros(S)
     np.maximum.at(fmax, owner, np.abs(inputs.forces).max(axis=1))
     scale = np.asarray(scale, dtype=float)
     if scale.shape != (S,):
         raise ValueError(f"structure_features: {S} structures but scale of shape {scale.shape}")
-    return np.column_stack([P, structure_mean(extra, owner, S), lo, hi, _composition(inputs),
+    return np.column_stack([structure_mean(props, owner, S), structure_mean(extra, owner, S), lo, hi,
+                            _composition(inputs, props),
                             _log_force(_rms_force(inputs)), _log_force(fmax), np.log(np.maximum(scale, 1e-12)),
                             np.log(np.maximum(inputs.n_atoms, 1))])
 

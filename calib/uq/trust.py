@@ -34,6 +34,8 @@ from enum import Enum
 
 import numpy as np
 
+from calib.uq.errormodel import largest_z
+
 #: default tolerances, chosen from the errors CHGNet makes on the shipped GPAW data (docs/screening.md)
 FORCE_TOL = 0.3  # eV/Å, largest force error
 #: eV/atom on the conformal energy half-width per atom; None: the energy interval is reported, not part of the
@@ -84,13 +86,6 @@ class TrustPolicy:
                 "confidence": self.confidence}
 
 
-def _g(n) -> np.ndarray:
-    """Φ⁻¹(1 − 1/(4n)): the typical largest |z| of n standard normals (size normalisation of the bound)."""
-    from scipy.stats import norm
-
-    return norm.ppf(1.0 - 1.0 / (4.0 * np.maximum(np.asarray(n, dtype=float), 1.0)))
-
-
 class ForceErrorModel:
     """σ_i² = κ₁² F_i² + κ₂² F_rms² + τ² per force component, and a conformal bound on a structure's largest
     force error (eV/Å). See the module docstring.
@@ -133,7 +128,7 @@ class ForceErrorModel:
         res = minimize(nll, np.array(min(grid, key=lambda x: nll(np.array(x)))), method="L-BFGS-B")
         self.kappa1_, self.kappa2_, self.tau_ = (float(np.sqrt(np.exp(x))) for x in res.x)
         self.nll_ = float(res.fun)
-        t = np.sort([np.max(np.abs(ei)) / (_g(fi.size) * np.max(self.sigma(fi))) for fi, ei in zip(f, e)])
+        t = np.sort([np.max(np.abs(ei)) / (largest_z(fi.size) * np.max(self.sigma(fi))) for fi, ei in zip(f, e)])
         self.quantile_ = conformal_quantile(t, self.alpha, what="force error bound")
         self.n_structures_ = len(f)
         return self
@@ -141,7 +136,7 @@ class ForceErrorModel:
     def bound(self, forces) -> float:
         """U (eV/Å): the bound on the largest force-component error of one structure (model forces (N, 3))."""
         f = np.asarray(forces, dtype=float)
-        return float(self.quantile_ * _g(f.size) * np.max(self.sigma(f))) if f.size else float("nan")
+        return float(self.quantile_ * largest_z(f.size) * np.max(self.sigma(f))) if f.size else float("nan")
 
     # -- persistence (calib.artifact)
     def to_variables(self, prefix: str = "force_error") -> dict:
