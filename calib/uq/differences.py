@@ -77,7 +77,7 @@ class DifferenceVarianceModel:
     def fit(self, llpr_variance, delta_model, errors, c=1.0, c_sigma=0.0) -> DifferenceVarianceModel:
         """Minimise the mean Gaussian NLL of ``errors`` (eV) under :meth:`variance` over log β, log κ²,
         log τ² (L-BFGS-B from the best point of a log grid); ``c``, ``c_sigma`` as in :meth:`variance`."""
-        from scipy.optimize import minimize
+        from calib.uq.variance import fit_log_variance
 
         d2 = np.asarray(delta_model, dtype=float) ** 2
         r2 = np.asarray(errors, dtype=float) ** 2
@@ -86,18 +86,11 @@ class DifferenceVarianceModel:
         if not (v.shape == d2.shape == r2.shape) or r2.size < 2:
             raise ValueError(f"need ≥ 2 pairs with matching shapes, got {v.shape}, {d2.shape}, {r2.shape}")
 
-        def nll(x):
-            var = np.maximum(np.exp(x[0]) * v + np.exp(x[1]) * d2 + np.exp(x[2]) + ex, 1e-300)
-            return 0.5 * float(np.mean(np.log(2 * np.pi * var) + r2 / var))
-
         scale = max(float(np.mean(r2)), 1e-30)  # the floor's grid spans the errors' own scale
-        grid = [(a, b, c) for a in np.linspace(-10, 14, 9) for b in np.linspace(-14, 4, 10)
-                for c in np.log(scale) + np.linspace(-14, 2, 9)]
-        start = min(grid, key=lambda x: nll(np.array(x)))
-        res = minimize(nll, np.array(start, dtype=float), method="L-BFGS-B",
-                       bounds=[(-40, 40), (-40, 10), (np.log(scale) - 40, np.log(scale) + 5)])
-        self.beta_, self.kappa2_, self.tau2_ = (float(np.exp(x)) for x in res.x)
-        self.nll_ = float(res.fun)
+        theta, self.nll_ = fit_log_variance(
+            [v, d2, 1.0], r2, [np.linspace(-10, 14, 9), np.linspace(-14, 4, 10), np.log(scale) + np.linspace(-14, 2, 9)],
+            known=ex, bounds=[(-40, 40), (-40, 10), (np.log(scale) - 40, np.log(scale) + 5)])
+        self.beta_, self.kappa2_, self.tau2_ = (float(np.exp(x)) for x in theta)
         self.n_pairs_ = int(r2.size)
         return self
 

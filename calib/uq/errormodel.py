@@ -40,6 +40,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from calib.uq.variance import gaussian_nll
+
 #: floor of the force magnitudes inside the logs, eV/Å (a relaxed cell has forces ~0)
 FORCE_FLOOR = 0.05
 #: floor of e² in the gamma fit (the GLM needs y > 0): (1e-4 eV/Å)² or (1e-4 eV/atom)², below any real error
@@ -232,7 +234,7 @@ class _LogLinearVariance:
         s = np.asarray(self.sigma(inputs), dtype=float).ravel()
         e = np.asarray(errors, dtype=float).ravel()
         ok = np.isfinite(e)
-        return float(np.mean(0.5 * np.log(2 * np.pi * s[ok] ** 2) + 0.5 * (e[ok] / s[ok]) ** 2))
+        return gaussian_nll(e[ok] ** 2, s[ok] ** 2)
 
     # -- persistence (calib.artifact): every learned array, with units
     def to_variables(self, prefix: str) -> dict:

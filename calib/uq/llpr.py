@@ -38,6 +38,7 @@ import numpy as np
 
 from calib.data.units import total_scale
 from calib.errors import CalibWarning
+from calib.uq.variance import VARIANCE_FLOOR, gaussian_nll
 
 # =========================================================================== posterior
 
@@ -267,9 +268,9 @@ class LLPR:
         lam_max = max(float(self.eigenvalues_[-1]), 1e-12)
 
         def profile(log_s2: float) -> tuple[float, float]:
-            v = np.maximum(P @ (1.0 / (self.eigenvalues_ + 10.0**log_s2)), 1e-300)
-            a2 = float(np.mean(r2 / v))
-            return a2, 0.5 * float(np.mean(np.log(2 * np.pi * a2 * v) + r2 / (a2 * v)))
+            v = np.maximum(P @ (1.0 / (self.eigenvalues_ + 10.0**log_s2)), VARIANCE_FLOOR)
+            a2 = float(np.mean(r2 / v))  # the closed-form α² at this ς²
+            return a2, gaussian_nll(r2, a2 * v)
 
         if self.sigma2 is not None:
             log_best, grid, nlls, note = np.log10(self.sigma2), [], [], "sigma2 fixed by the user; "
@@ -413,9 +414,7 @@ class LLPR:
         """Mean Gaussian NLL of residuals under the current α² (of ``observable``) and ς², nats per residual."""
         a2, w = (self.force_alpha2_, self._force_weights()) if observable == "forces" \
             else (self.alpha2_, self._weights())
-        v = np.maximum(a2 * np.asarray(rows) @ w, 1e-300)
-        r2 = np.asarray(residuals).reshape(-1) ** 2
-        return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))
+        return gaussian_nll(np.asarray(residuals).reshape(-1) ** 2, a2 * np.asarray(rows) @ w)
 
     # ------------------------------------------------------------------ persistence
     def to_variables(self) -> dict:

@@ -39,8 +39,11 @@ def mean_width(low, high) -> float:
 
 
 def gaussian_nll(errors, sigma) -> float:
+    """Mean Gaussian NLL (nats per error) of ``errors`` under ``sigma`` (same units; :mod:`calib.uq.variance`)."""
+    from calib.uq.variance import gaussian_nll as nll
+
     e, s = _arrays(errors, sigma)
-    return float(np.mean(0.5 * np.log(2 * np.pi * s**2) + 0.5 * (e / s) ** 2))
+    return nll(e**2, s**2)
 
 
 def ence(errors, sigma, n_bins: int = 10) -> float:

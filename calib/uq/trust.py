@@ -107,9 +107,8 @@ class ForceErrorModel:
     def fit(self, model_forces, errors) -> ForceErrorModel:
         """Fit on calibration structures: one (N_i, 3) array of model forces and of reference − model errors
         (eV/Å) per structure."""
-        from scipy.optimize import minimize
-
         from calib.uq.conformal import conformal_quantile
+        from calib.uq.variance import fit_log_variance
 
         f = [np.asarray(x, dtype=float).reshape(-1) for x in model_forces]
         e = [np.asarray(x, dtype=float).reshape(-1) for x in errors]
@@ -119,15 +118,9 @@ class ForceErrorModel:
         R = np.concatenate([np.full(x.size, np.mean(x**2)) for x in f])
         scale = max(float(np.mean(E**2)), 1e-30)
 
-        def nll(x):
-            v = np.maximum(np.exp(x[0]) * F**2 + np.exp(x[1]) * R + np.exp(x[2]), 1e-300)
-            return 0.5 * float(np.mean(np.log(2 * np.pi * v) + E**2 / v))
-
-        grid = [(a, b, c) for a in np.linspace(-9, 1, 6) for b in np.linspace(-9, 1, 6)
-                for c in np.log(scale) + np.linspace(-8, 0, 5)]
-        res = minimize(nll, np.array(min(grid, key=lambda x: nll(np.array(x)))), method="L-BFGS-B")
-        self.kappa1_, self.kappa2_, self.tau_ = (float(np.sqrt(np.exp(x))) for x in res.x)
-        self.nll_ = float(res.fun)
+        theta, self.nll_ = fit_log_variance(
+            [F**2, R, 1.0], E**2, [np.linspace(-9, 1, 6), np.linspace(-9, 1, 6), np.log(scale) + np.linspace(-8, 0, 5)])
+        self.kappa1_, self.kappa2_, self.tau_ = (float(np.sqrt(np.exp(x))) for x in theta)
         t = np.sort([np.max(np.abs(ei)) / (largest_z(fi.size) * np.max(self.sigma(fi))) for fi, ei in zip(f, e)])
         self.quantile_ = conformal_quantile(t, self.alpha, what="force error bound")
         self.n_structures_ = len(f)
