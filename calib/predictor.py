@@ -91,6 +91,7 @@ from calib import schema
 from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
+from calib.uq.differences import composition, difference_sigmas, reference_pairs
 from calib.uq.errormodel import AtomInputs, component_scale, structure_features
 from calib.uq.targets import Points, build_points
 from calib.uq.trust import Check, TrustPolicy, verdict
@@ -262,14 +263,17 @@ class CalibratedPredictor:
         v[ok] = L.energy_difference_sigma(f[ok], n[ok], np.repeat(f[[reference]], ok.sum(), 0),
                                           np.repeat(n[[reference]], ok.sum())) ** 2
         dE = e - e[reference]
-        comp = [a.get_chemical_formula() for a in structs]
-        reason = np.array(["" if ok[k] and comp[k] == comp[reference] else
+        comp = [composition(a) for a in structs]
+        paired = reference_pairs(comp, reference)
+        reason = np.array(["" if ok[k] and paired[k] else
                            (str(ds["error"].values[k]) or f"composition {comp[k]} differs from the reference "
                             f"structure's {comp[reference]}: the element reference does not cancel")
                            for k in range(len(e))], dtype=object)
         valid = reason == ""
+        chem = str(ds["chemsys"].values[reference])
+        c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
         raw = art.differences.get("raw")
-        sig = raw.sigma(v, dE) if raw is not None else np.sqrt(v)
+        sig, sig_c = difference_sigmas(art.differences, v, dE, c, sc)
         out = ds[["name", "chemsys", "error"]].copy()
         units = {"units": "eV"}
         out["energy_difference"] = ("structure", dE, {**units, "description": "E_i - E_reference (model)"})
@@ -281,11 +285,8 @@ class CalibratedPredictor:
             h = np.where(valid, cal.half_width(sig), np.nan)
             out["energy_difference_low"] = ("structure", dE - h, units)
             out["energy_difference_high"] = ("structure", dE + h, units)
-        chem = str(ds["chemsys"].values[reference])
-        cor, cal_c = art.differences.get("corrected"), art.conformal.get("energy_difference_corrected")
-        c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
-        if np.isfinite(c) and cor is not None:
-            sig_c = cor.sigma(v, dE, c, sc)
+        cal_c = art.conformal.get("energy_difference_corrected")
+        if sig_c is not None:
             out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
             out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
             if cal_c is not None:

@@ -91,3 +91,46 @@ def test_path_covariance_diagonal_is_the_pair_variance():
         np.testing.assert_allclose(np.diag(C), by_hand, rtol=1e-12)
         np.testing.assert_allclose(np.diag(C), m.variance(np.diag(L), d, c, sc), rtol=1e-12)
         assert C[0, 1] == pytest.approx(2.0 * c**2 * L[0, 1] + (0.03 + sc**2) * d[0] * d[1] + 0.002)
+
+
+def test_one_pair_definition_by_brute_force():
+    """Pairs share a composition (counts included), all pairs or disjoint ones, and reference pairs are the
+    reference's composition: enumerated here by hand from the formulas."""
+    from itertools import combinations
+
+    import ase.build
+
+    from calib.uq.differences import composition, difference_pairs, reference_pairs
+
+    structs = [ase.build.bulk("Si", cubic=True), ase.build.bulk("Si", cubic=True) * (2, 1, 1),
+               ase.build.bulk("Si", cubic=True), ase.build.bulk("NaCl", "rocksalt", 5.6),
+               ase.build.bulk("NaCl", "rocksalt", 5.7), ase.build.bulk("Si", cubic=True),
+               ase.build.bulk("NaCl", "rocksalt", 5.5)]
+    comps = [composition(a) for a in structs]
+    assert comps == [a.get_chemical_formula() for a in structs] == [composition(a.numbers) for a in structs]
+    assert comps[0] == "Si8" and comps[1] == "Si16"  # the element reference cancels only at equal counts
+    brute = {(i, j) for i, j in combinations(range(len(structs)), 2) if comps[i] == comps[j]}
+    assert set(zip(*difference_pairs(comps))) == brute and len(brute) == 6
+    for seed in range(5):
+        i, j = difference_pairs(comps, disjoint=True, seed=seed)
+        rows = np.concatenate([i, j])
+        assert len(set(rows.tolist())) == len(rows)  # each row in one pair at most
+        assert all((min(a, b), max(a, b)) in brute for a, b in zip(i, j))
+        assert len(i) == 1 + 1  # Si8 ×3 → one pair, NaCl ×3 → one pair
+    np.testing.assert_array_equal(reference_pairs(comps, 3), [c == "ClNa" for c in comps])
+
+
+def test_difference_sigmas_are_the_models_and_nan_without_a_correction():
+    from calib.uq.differences import DifferenceVarianceModel, difference_sigmas
+
+    raw, cor = DifferenceVarianceModel(2.0, 0.04, 1e-3), DifferenceVarianceModel(1.5, 0.01, 2e-3)
+    v, dE = np.array([1e-3, 4e-3, 2e-2]), np.array([0.1, -0.3, 0.5])
+    s, s_c = difference_sigmas({"raw": raw}, v, dE, 0.8, 0.05)
+    np.testing.assert_allclose(s, np.sqrt(2.0 * v + 0.04 * dE**2 + 1e-3), rtol=1e-12)
+    assert s_c is None  # no corrected model: no corrected σ
+    c = np.array([0.8, np.nan, 1.1])
+    s, s_c = difference_sigmas({"raw": raw, "corrected": cor}, v, dE, c, 0.05)
+    expect = np.sqrt(1.5 * c**2 * v + (0.01 + 0.05**2) * dE**2 + 2e-3)
+    np.testing.assert_allclose(s_c[[0, 2]], expect[[0, 2]], rtol=1e-12)
+    assert np.isnan(s_c[1])
+    np.testing.assert_allclose(difference_sigmas({}, v, dE)[0], np.sqrt(v), rtol=1e-12)

@@ -21,6 +21,13 @@ error r_c = ΔE_ref − c·ΔE_model, and its variance
 uses the uncertainty of c itself (σ_c from its bootstrap CI, calib.softening.correction.correction_sigma:
 a known term) and a residual κ_c² fitted on the corrected errors (:func:`corrected_errors`): what the
 one scalar does not fix.
+
+**One pair definition.** Two structures make an energy-difference pair exactly when they have the same
+composition (:func:`composition`: the formula with its counts, Si8 ≠ Si16), so that the per-element reference
+cancels. The variance model is fitted on all such pairs (:func:`difference_pairs`), the conformal target is
+scored on disjoint random ones (``disjoint=True``: independent scores), and the predictor and the NEB band
+serve the pairs of one reference structure (:func:`reference_pairs`); :func:`difference_sigmas` gives the raw
+and the corrected σ of any of them.
 """
 
 from __future__ import annotations
@@ -117,13 +124,50 @@ def corrected_errors(errors, delta_model, c) -> np.ndarray:
     return np.asarray(errors, dtype=float) + (1 - np.asarray(c, dtype=float)) * np.asarray(delta_model, dtype=float)
 
 
-def pairs_within(groups) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) of rows sharing a group label (e.g. composition within a chemistry)."""
-    g = np.asarray(groups)
+def composition(atoms_or_numbers) -> str:
+    """The key two structures of an energy-difference pair share: the Hill formula with counts ("O2Si", "Si8"),
+    of an ``ase.Atoms`` or of its atomic numbers."""
+    from ase.symbols import Symbols
+
+    if hasattr(atoms_or_numbers, "get_chemical_formula"):
+        return atoms_or_numbers.get_chemical_formula()
+    return Symbols(np.asarray(atoms_or_numbers, dtype=int)).get_chemical_formula()
+
+
+def difference_pairs(compositions, *, disjoint: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) of rows of one composition (:func:`composition`): all pairs i < j, or with ``disjoint``
+    disjoint random pairs (each row in at most one; seeded), whose conformal scores are independent."""
+    g = np.asarray(compositions, dtype=str)
+    rng = np.random.default_rng(seed)
     first, second = [], []
     for label in sorted(set(g.tolist())):
         idx = np.flatnonzero(g == label)
-        a, b = np.triu_indices(len(idx), k=1)
-        first.extend(idx[a])
-        second.extend(idx[b])
+        if disjoint:
+            idx = rng.permutation(idx)
+            first.extend(idx[0:len(idx) - 1:2])
+            second.extend(idx[1:len(idx):2])
+        else:
+            a, b = np.triu_indices(len(idx), k=1)
+            first.extend(idx[a])
+            second.extend(idx[b])
     return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
+
+
+def reference_pairs(compositions, reference: int) -> np.ndarray:
+    """(S,) bool: the rows that pair with row ``reference`` (its composition; the reference itself included,
+    with a difference of zero)."""
+    g = np.asarray(compositions, dtype=str)
+    return g == g[reference]
+
+
+def difference_sigmas(models: dict, llpr_variance, delta_model, c=np.nan, c_sigma=0.0):
+    """(σ raw, σ corrected or None) in eV of energy differences with LLPR variances (eV²) and model differences
+    ΔE (eV): the raw variance model (LLPR σ alone without one), and where ``models`` holds the corrected model
+    and the chemistry's correction ``c`` (per pair or scalar) is finite, the corrected one (NaN where c is not)."""
+    v = np.asarray(llpr_variance, dtype=float)
+    raw, cor = models.get("raw"), models.get("corrected")
+    sig = raw.sigma(v, delta_model) if raw is not None else np.sqrt(v)
+    c = np.asarray(c, dtype=float)
+    if cor is None or not np.isfinite(c).any():
+        return sig, None
+    return sig, np.where(np.isfinite(c), cor.sigma(v, delta_model, np.nan_to_num(c, nan=1.0), c_sigma), np.nan)

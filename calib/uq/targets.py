@@ -6,7 +6,7 @@ A *target* is a kind of quantity with an error and a σ in one unit:
 name                unit   one point
 =================== ====== ==============================================================
 energy              eV     total energy of a structure (after the element reference)
-energy_difference   eV     E_a − E_b for disjoint random pairs within a chemical system
+energy_difference   eV     E_a − E_b for disjoint random pairs of one composition (calib.uq.differences)
 energy_difference_  eV     c·(E_a − E_b) − (E_a − E_b)_ref with the chemistry's scalar correction c
 corrected
 forces              eV/Å   one Cartesian force component
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calib.uq.differences import corrected_errors
+from calib.uq.differences import composition, corrected_errors, difference_pairs, difference_sigmas
 
 #: name -> (unit, what one point is)
 TARGETS = {
@@ -91,18 +91,6 @@ class Points:
                       {k: pick(v) for k, v in self.labels.items()}, pick(self.structure), pick(self.errors))
 
 
-def difference_pairs(chemsys: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint random pairs (i, j) of structures within each chemical system (seeded)."""
-    rng = np.random.default_rng(seed)
-    first, second = [], []
-    labels = np.asarray(chemsys)
-    for c in sorted(set(labels.tolist())):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        first.extend(idx[0:len(idx) - 1:2])
-        second.extend(idx[1:len(idx):2])
-    return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
-
-
 def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structure=None, numbers=None,
                  atom_descriptors=None, force_sigma=None, energy_errors=None, force_errors=None,
                  pair_errors=None, energies=None, differences=None, correction=None,
@@ -114,7 +102,8 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
     llpr : calib.uq.llpr.LLPR — for σ of energy differences.
     features : (S, d) pooled features; n_atoms : (S,); chemsys : (S,) str
     energy_sigma : (S,) eV
-    atom_structure : (N,) row of each atom's structure; numbers : (N,) atomic numbers
+    atom_structure : (N,) row of each atom's structure; numbers : (N,) atomic numbers (they also give each
+        structure's composition, which energy-difference pairs share)
     atom_descriptors : (N, d) per-atom descriptors
     force_sigma : (N, 3) eV/Å — per-component σ (force targets only when given)
     energy_errors : (S,) eV, after the element reference (NaN: no energy point); force_errors : (N, 3) eV/Å
@@ -142,7 +131,9 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
             out["energy"] = out["energy"].subset(np.isfinite(energy_errors))
     pair = energy_errors if pair_errors is None else pair_errors
     if "energy_difference" in want and pair is not None:
-        out.update(difference_points(llpr, features, n_atoms, chem, pair, energies=energies,
+        owner = np.asarray(atom_structure, dtype=int)
+        comps = [composition(np.asarray(numbers)[owner == k]) for k in range(S)]
+        out.update(difference_points(llpr, features, n_atoms, chem, pair, compositions=comps, energies=energies,
                                      differences=differences, correction=correction,
                                      corrected="energy_difference_corrected" in want))
     if force_sigma is not None and ({"forces", "force_norm"} & want):
@@ -162,9 +153,10 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
     return out
 
 
-def difference_points(llpr, features, n_atoms, chemsys, errors, *, energies=None, differences=None,
+def difference_points(llpr, features, n_atoms, chemsys, errors, *, compositions, energies=None, differences=None,
                       correction=None, corrected: bool = True, seed: int = 0) -> dict[str, Points]:
-    """Points of the energy-difference targets for disjoint random pairs within each chemistry.
+    """Points of the energy-difference targets for disjoint random pairs of one composition
+    (:func:`calib.uq.differences.difference_pairs`; ``compositions`` (S,) str, e.g. "Si8").
 
     σ is the LLPR difference σ, or with ``differences["raw"]`` (and model ``energies``) the variance
     model of calib.uq.differences. With ``differences["corrected"]`` and ``correction`` = (c, σ_c) per
@@ -172,22 +164,24 @@ def difference_points(llpr, features, n_atoms, chemsys, errors, *, energies=None
     chemistry has a c, σ from the corrected model.
     """
     chem = np.asarray(chemsys, dtype=str)
-    i, j = difference_pairs(chem, seed=seed)
+    i, j = difference_pairs(compositions, disjoint=True, seed=seed)
     if not len(i):
         return {}
     f, n = np.asarray(features), np.asarray(n_atoms)
     v = llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]) ** 2
     r = np.asarray(errors)[i] - np.asarray(errors)[j]
     models = differences or {}
-    dE = None if energies is None else np.asarray(energies)[i] - np.asarray(energies)[j]
-    sigma = np.sqrt(v) if "raw" not in models or dE is None else models["raw"].sigma(v, dE)
+    if energies is None:
+        sigma, dE, models = np.sqrt(v), None, {}
+    else:
+        dE = np.asarray(energies)[i] - np.asarray(energies)[j]
+        c, sc = ((np.asarray(x, dtype=float)[i] for x in correction) if correction is not None and corrected
+                 else (np.nan, 0.0))
+        sigma, sig_c = difference_sigmas(models, v, dE, c, sc)
     labels = {"chemsys": chem[i], "element": chem[i]}
     out = {"energy_difference": Points("energy_difference", sigma, f[i] - f[j], labels, i, r)}
-    if corrected and "corrected" in models and correction is not None and dE is not None:
-        c, sc = (np.asarray(x, dtype=float)[i] for x in correction)
+    if dE is not None and sig_c is not None:
         has = np.isfinite(c)
-        if has.any():
-            sig_c = models["corrected"].sigma(v, dE, c, sc)
-            out["energy_difference_corrected"] = Points(
-                "energy_difference_corrected", sig_c, f[i] - f[j], labels, i, corrected_errors(r, dE, c)).subset(has)
+        out["energy_difference_corrected"] = Points(
+            "energy_difference_corrected", sig_c, f[i] - f[j], labels, i, corrected_errors(r, dE, c)).subset(has)
     return out

@@ -137,16 +137,15 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
                           confidence: float = 0.95) -> DifferenceFit:
     """The energy-difference variance models (:class:`DifferenceFit`).
 
-    Pairs: every pair of structures sharing chemsys and composition (the element reference cancels).
+    Pairs: every pair of structures of one composition (calib.uq.differences.difference_pairs).
     ``raw`` is fitted on r = ΔE_ref − ΔE_model; ``corrected`` on r + (1 − c) ΔE_model with c fitted on
     the forces of each chemistry's structures (calib.softening.scale, structure bootstrap for σ_c).
     """
     from calib.softening.correction import ScalarCorrection
     from calib.softening.scale import fit_softening_by_chemsys
-    from calib.uq.differences import DifferenceVarianceModel, corrected_errors, pairs_within
+    from calib.uq.differences import DifferenceVarianceModel, composition, corrected_errors, difference_pairs
 
-    comp = [f"{c}|{a.get_chemical_formula()}" for c, a in zip(pred.chemsys, structs)]
-    i, j = pairs_within(comp)
+    i, j = difference_pairs([composition(a) for a in structs])
     if len(i) < 2:
         return DifferenceFit(note=f"{len(i)} pair(s) share a composition: no difference model")
     f, n, e = pred.features, pred.n_atoms, pred.energy

@@ -11,6 +11,7 @@ from ase import Atoms
 from calib.artifact import Artifact
 from calib.models.base import ModelAdapter
 from calib.predictor import CalibratedPredictor
+from calib.uq.differences import composition
 from calib.uq.targets import TARGETS, difference_points
 from calib.workflows.calibration import drop_zero_sigma
 from calib.workflows.labelled import predict_labelled
@@ -141,6 +142,7 @@ def evaluate(
         points["forces"] = lp.points["forces"].with_errors(lp.force_errors)
         points["force_norm"] = lp.points["force_norm"].with_errors(np.linalg.norm(lp.force_errors, axis=1))
     points.update(difference_points(artifact.llpr, ok["features"].values, ok["n_atoms"].values, chem, e_err,
+                                    compositions=[composition(a) for a in lp.structures],
                                     energies=ok["energy"].values, differences=artifact.differences,
                                     correction=artifact.corrections.per_structure(chem)))
     points = {k: p.subset(np.isfinite(p.errors)) for k, p in points.items()}

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib.predictor import CalibratedPredictor, as_structures
+from calib.uq.differences import composition
 from calib.uq.trust import BARRIER_TOL  # eV, largest calibrated half-width of a trusted forward barrier
 
 BARRIERS = ("forward", "reverse", "kra")
@@ -119,7 +120,7 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     structs = list(as_structures(images))
     if len(structs) < 3:
         raise ValueError(f"an NEB path needs at least 3 images, got {len(structs)}")
-    formulas = {a.get_chemical_formula() for a in structs}
+    formulas = {composition(a) for a in structs}  # one path: one composition (the pairs of calib.uq.differences)
     if len(formulas) != 1:
         raise ValueError(f"the images have different compositions ({', '.join(sorted(formulas))}): not one path")
     ds = predictor.raw().predict(structs, batch_size=batch_size, descriptors=True, progress=False)
