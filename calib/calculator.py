@@ -39,6 +39,13 @@ import os
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from calib.schema import calculator_columns
+
+#: the columns left out of ``results`` with ``uncertainties=False`` (one model pass, as the plain model)
+_UNCERTAINTIES = frozenset({"energy_sigma", "forces_sigma", "energy_shift", "energy_centre"})
+#: the keys whose None is an answer (the element reference does not determine the shift), not an absence
+_NONE_MEANS = frozenset({"energy_shift", "energy_centre"})
+
 from calib.predictor import CalibratedPredictor
 
 _SHARED: dict = {}
@@ -131,34 +138,23 @@ class CalibratedCalculator(Calculator):
         err = str(ds["error"].values[0])
         if err:
             raise ValueError(f"calib cannot evaluate this structure: {err}")
-        energy = float(ds["energy"].values[0])  # the reported prediction: corrected where the correction applies
-        forces = ds["forces"].values.copy()
-        stress = ds["stress"].values[0].copy() if want_stress else None
         corrected = "prediction" in ds and str(ds["prediction"].values[0]) == "corrected"
-        c = float(ds["correction"].values[0]) if corrected else 1.0
-        results = {"corrected": bool(corrected), "correction": c, "calibration": self.calibration,
+        results = {"corrected": bool(corrected), "calibration": self.calibration,
+                   # the factor applied (1 for a raw prediction), not the Dataset's stored c (calib.schema)
+                   "correction": float(ds["correction"].values[0]) if corrected else 1.0,
                    "prediction": "corrected" if corrected else "raw"}
-        if corrected:
-            results["uncorrected_energy"] = float(ds["energy_model"].values[0])
-        results.update(energy=energy, free_energy=energy, forces=forces)
-        if stress is not None:
-            results["stress"] = stress
-        if self.uncertainties:
-            results["energy_uncertainty"] = float(ds["energy_sigma"].values[0])
-            if "forces_sigma" in ds:
-                results["forces_uncertainty"] = ds["forces_sigma"].values.copy()
-            if "energy_low" in ds:
-                lo, hi = float(ds["energy_low"].values[0]), float(ds["energy_high"].values[0])
-                results["energy_interval"] = (lo, hi) if np.isfinite(lo) else None
-                shift = float(ds["energy_shift"].values[0])
-                results["energy_shift"] = shift if np.isfinite(shift) else None
-                results["energy_centre"] = float(ds["energy_centre"].values[0]) if np.isfinite(lo) else None
-        if "trusted" in ds:
-            results["trusted"] = bool(ds["trusted"].values[0])
-            results["trust_reason"] = str(ds["trust_reason"].values[0])
-        if "force_error_bound" in ds:
-            results["force_error_bound"] = float(ds["force_error_bound"].values[0])
-        elif self.predictor.artifact is None:
+        skip = set() if self.uncertainties else _UNCERTAINTIES
+        skip |= (set() if want_stress else {"stress"}) | (set() if corrected else {"energy_model"})
+        for col in calculator_columns():  # the keys calib.schema names, the reported prediction's values
+            if col.name in ds and col.name not in skip:
+                value = col.value(ds[col.name].values, 0)
+                if value is not None or col.name in _NONE_MEANS:
+                    results[col.calculator] = value
+        results["free_energy"] = results["energy"]
+        if self.uncertainties and "energy_low" in ds:
+            lo, hi = float(ds["energy_low"].values[0]), float(ds["energy_high"].values[0])
+            results["energy_interval"] = (lo, hi) if np.isfinite(lo) else None
+        if self.predictor.artifact is None:
             results["trusted"] = None
             results["trust_reason"] = self.uncalibrated_reason or "no calibration: the plain model has no trust verdict"
         self.results = results

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Column:
     """One reported quantity. ``dims``: "structure" (one value per structure), "atom" (per atom) or "atom3" (per
     atom and Cartesian component); ``dtype``: "f" float, "i" integer, "b" bool, "s" text; ``units`` as above;
-    ``calculator``: its key in the ASE calculator's ``results`` (None: not there)."""
+    ``calculator``: its key in the ASE calculator's ``results`` (None: not there); ``record``: when it is a key of
+    the JSON records of ``calib predict`` (:func:`calib.data.records.to_records`): "always" where the Dataset has
+    it, "finite" where its value is finite, "text" where it is not empty, None: not a plain key (composite keys,
+    e.g. ``energy_interval``, are made in records.py)."""
 
     name: str
     dims: str
@@ -27,6 +32,25 @@ class Column:
     units: str
     description: str
     calculator: str | None = None
+    record: str | None = None
+
+    def value(self, values, k: int):
+        """Row ``k`` of ``values`` as a plain Python value (float, int, bool, str; an array per atom); None for
+        a float that is NaN (missing)."""
+        if self.dims != _S:
+            return np.asarray(values).copy()
+        x = values[k]
+        if np.ndim(x):  # a vector per structure (stress)
+            return np.asarray(x).copy()
+        if self.dtype == "f":
+            return None if np.isnan(x) else float(x)
+        return {"i": int, "b": bool, "s": str}[self.dtype](x)
+
+    def in_record(self, values, k: int) -> bool:
+        """Whether row ``k`` is a key of the JSON record (``record``)."""
+        if self.record == "finite":
+            return bool(np.isfinite(values[k]))
+        return self.record == "always" or (self.record == "text" and bool(str(values[k])))
 
 
 _S, _A, _A3 = "structure", "atom", "atom3"
@@ -37,36 +61,37 @@ COLUMNS: tuple[Column, ...] = (
     Column("chemsys", _S, "s", "", "elements, ordered by electronegativity"),
     Column("error", _S, "s", "", "why the structure could not be predicted ('' when it was)"),
     Column("status", _S, "s", "", "screen rows: trusted, untrusted or failed"),
-    Column("n_atoms", _S, "i", "1", "number of atoms"),
+    Column("n_atoms", _S, "i", "1", "number of atoms", record="always"),
     Column("prediction", _S, "s", "", "which prediction energy, forces, sigma, intervals and the verdict "
-           "describe: raw or corrected", calculator="prediction"),
+           "describe: raw or corrected", calculator="prediction", record="always"),
     # energies
     Column("energy", _S, "f", "eV", "total energy of the reported prediction (the model's, or scalar-corrected: "
-           "see prediction)", calculator="energy"),
-    Column("energy_per_atom", _S, "f", "eV/atom", "energy / n_atoms"),
+           "see prediction)", calculator="energy", record="always"),
+    Column("energy_per_atom", _S, "f", "eV/atom", "energy / n_atoms", record="always"),
     Column("energy_model", _S, "f", "eV", "the model's own total energy (where the prediction is corrected)",
-           calculator="uncorrected_energy"),
+           calculator="uncorrected_energy", record="finite"),
     Column("energy_sigma", _S, "f", "eV", "sigma of the total energy from the energy error model "
-           "(calib.uq.errormodel)", calculator="energy_uncertainty"),
+           "(calib.uq.errormodel)", calculator="energy_uncertainty", record="always"),
     Column("energy_sigma_per_atom", _S, "f", "eV/atom", "energy_sigma / n_atoms"),
-    Column("energy_sigma_llpr", _S, "f", "eV", "calibrated LLPR sigma of the total energy"),
+    Column("energy_sigma_llpr", _S, "f", "eV", "calibrated LLPR sigma of the total energy", record="finite"),
     Column("local_energy_sigma", _A, "f", "eV", "LLPR sigma of the atom's energy contribution (local prediction "
            "rigidity)"),
-    Column("max_local_sigma", _S, "f", "eV", "largest per-atom energy sigma of the structure"),
+    Column("max_local_sigma", _S, "f", "eV", "largest per-atom energy sigma of the structure", record="always"),
     Column("energy_shift", _S, "f", "eV", "per-element reference sum_el n_el mu_el fitted at calibration",
-           calculator="energy_shift"),
+           calculator="energy_shift", record="always"),
     Column("energy_centre", _S, "f", "eV", "energy + energy_shift: the model's estimate of the reference code's "
            "total energy", calculator="energy_centre"),
     Column("energy_reference_u", _S, "s", "", "elements whose GGA+U offset the energy shift used (Materials "
            "Project's U on oxides and fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W), '' for none"),
     Column("energy_halfwidth", _S, "f", "eV", "conformal half-width of the total energy (with or without an "
-           "energy interval)"),
+           "energy interval)", record="finite"),
     Column("energy_low", _S, "f", "eV", "lower end of the conformal interval for the reference-code total "
            "energy"),
     Column("energy_high", _S, "f", "eV", "upper end of the conformal interval for the reference-code total "
            "energy"),
-    Column("energy_interval_reason", _S, "s", "", "why there is no absolute energy interval ('' when there is)"),
-    Column("energy_class", _S, "s", "", "class of the energy quantile: 'seen' or 'new' composition"),
+    Column("energy_interval_reason", _S, "s", "", "why there is no absolute energy interval ('' when there is)",
+           record="text"),
+    Column("energy_class", _S, "s", "", "class of the energy quantile: 'seen' or 'new' composition", record="always"),
     # forces and stress
     Column("forces", _A3, "f", "eV/Å", "forces of the reported prediction", calculator="forces"),
     Column("forces_model", _A3, "f", "eV/Å", "the model's own forces (where the prediction is corrected)"),
@@ -78,31 +103,31 @@ COLUMNS: tuple[Column, ...] = (
            "component"),
     Column("forces_high", _A3, "f", "eV/Å", "upper end of the conformal interval for the reference force "
            "component"),
-    Column("max_force", _S, "f", "eV/Å", "largest |force component| of the reported prediction"),
-    Column("max_force_sigma", _S, "f", "eV/Å", "largest force-component sigma"),
-    Column("max_force_halfwidth", _S, "f", "eV/Å", "widest conformal force half-width"),
+    Column("max_force", _S, "f", "eV/Å", "largest |force component| of the reported prediction", record="always"),
+    Column("max_force_sigma", _S, "f", "eV/Å", "largest force-component sigma", record="always"),
+    Column("max_force_halfwidth", _S, "f", "eV/Å", "widest conformal force half-width", record="always"),
     Column("stress", _S, "f", "eV/Å^3", "stress, Voigt order xx yy zz yz xz xy", calculator="stress"),
     # domain and verdict
     Column("q_score", _S, "f", "1", "largest atomic Q residual / threshold of the Hessian's structures (> 1: out "
            "of the model's domain)"),
     Column("t2_score", _S, "f", "1", "largest atomic Hotelling T^2 / threshold of the Hessian's structures"),
-    Column("domain_score", _S, "f", "1", "max(q_score, t2_score): > 1 out of the model's domain"),
+    Column("domain_score", _S, "f", "1", "max(q_score, t2_score): > 1 out of the model's domain", record="finite"),
     Column("force_error_bound", _S, "f", "eV/Å", "calibrated bound on the largest force-component error of the "
-           "structure, at the artifact's confidence 1 - alpha (0.9)", calculator="force_error_bound"),
+           "structure, at the artifact's confidence 1 - alpha (0.9)", calculator="force_error_bound", record="finite"),
     Column("force_error_bound_trust", _S, "f", "eV/Å", "the same bound at the trust policy's confidence "
            "(TrustPolicy.confidence): what the verdict holds to force_tol"),
     Column("trusted", _S, "b", "", "the verdict of calib.uq.trust: every check of the trust policy passed",
-           calculator="trusted"),
+           calculator="trusted", record="always"),
     Column("trust_reason", _S, "s", "", "why a structure is not trusted (' | '-joined), '' when trusted",
-           calculator="trust_reason"),
+           calculator="trust_reason", record="always"),
     Column("trust_checks_failed", _S, "s", "", "the verdict's failed checks (domain, forces, energy, element, not "
            "checked), comma-joined"),
     Column("trust_score", _S, "f", "1", "max(domain score, bound / force_tol[, half-width per atom / "
-           "energy_tol]): <= 1 exactly when trusted, +inf where a check could not be made"),
+           "energy_tol]): <= 1 exactly when trusted, +inf where a check could not be made", record="finite"),
     Column("trust_notes", _S, "s", "", "information beside the verdict: elements no calibration label holds, "
-           "extrapolation"),
+           "extrapolation", record="text"),
     Column("extrapolated", _S, "b", "", "Q score above every calibration structure's: intervals extrapolated, "
-           "not measured"),
+           "not measured", record="always"),
     # scalar correction
     # (the calculator's results["correction"] is another quantity: the factor applied, 1 for a raw prediction)
     Column("correction", _S, "f", "1", "scalar correction c stored for the chemsys (NaN: none)"),
@@ -126,6 +151,16 @@ def attrs(name: str) -> dict:
     if col is None:
         return {}
     return {**({"units": col.units} if col.units else {}), "description": col.description}
+
+
+def record_columns() -> list[Column]:
+    """The per-structure columns that are plain keys of the JSON records, in schema order."""
+    return [c for c in COLUMNS if c.record is not None]
+
+
+def calculator_columns() -> list[Column]:
+    """The columns the ASE calculator copies into ``results`` (under ``Column.calculator``)."""
+    return [c for c in COLUMNS if c.calculator is not None]
 
 
 def columns(names) -> list[Column]:
