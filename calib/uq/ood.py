@@ -143,10 +143,12 @@ class QResidualDetector:
         self.variance = variance
         self.quantile = quantile
 
-    def fit_stats(self, stats: DescriptorStats, max_dims: int | None = None) -> QResidualDetector:
+    def fit_stats(self, stats: DescriptorStats, max_dims: int | None = None,
+                  reference: str = "calibration structures") -> QResidualDetector:
         """Fit from :class:`DescriptorStats`: the PCA of every atom seen (eigendecomposition of their
         covariance, the same subspace as :meth:`fit` on those atoms) and the threshold from the
-        ``quantile`` of the sampled structures' largest atomic Q."""
+        ``quantile`` of the sampled structures' largest atomic Q. ``reference`` says in words which structures
+        the statistics are of (stored, reported)."""
         if stats.n < 3 or len(stats.sample) < 2:
             raise ValueError(f"Q-residual reference: {stats.n} atoms in {len(stats.sample)} structures; need ≥ 3 "
                              "atoms in ≥ 2 structures")
@@ -166,11 +168,13 @@ class QResidualDetector:
         self.t2_threshold_ = float(max(np.quantile(per_t2, self.quantile), 1e-12))
         self.level_ = "structure"
         self.n_reference_atoms_, self.n_reference_sample_ = int(stats.n), len(per)
+        self.reference_ = str(reference)
         return self
 
-    def fit(self, descriptors, atom_structure=None) -> QResidualDetector:
+    def fit(self, descriptors, atom_structure=None, reference: str = "calibration structures") -> QResidualDetector:
         """Fit on reference per-atom descriptors (n_atoms, d); with ``atom_structure`` (the reference
-        structure of each atom) the threshold is the quantile of the structures' largest atomic Q."""
+        structure of each atom) the threshold is the quantile of the structures' largest atomic Q. ``reference``
+        says in words which structures they are."""
         X = np.asarray(descriptors, dtype=float)
         self.mean_, self.components_, ev = principal_subspace(X, self.variance, min_points=3,
                                                               what="Q-residual reference atoms")
@@ -186,6 +190,14 @@ class QResidualDetector:
         self.threshold_ = float(max(np.quantile(q, self.quantile), 1e-12 * (np.sum(X**2) / len(X) + 1e-300)))
         self.t2_threshold_ = float(max(np.quantile(t2, self.quantile), 1e-12))
         self.level_ = "structure" if atom_structure is not None else "atom"
+        self.reference_ = str(reference)
+        return self
+
+    def fit_calibration_max(self, descriptors, atom_structure, n_structures: int) -> QResidualDetector:
+        """Learn the largest score the calibration structures get (:attr:`calibration_max_`, 1): above it a
+        structure's intervals are extrapolated, not measured. Returns self."""
+        scores = self.structure_scores(descriptors, atom_structure, n_structures)
+        self.calibration_max_ = float(scores.max()) if len(scores) else float("nan")
         return self
 
     # ---- artifact round trip (calib.artifact)

@@ -55,8 +55,8 @@ def build_hessian(
     llpr = LLPR(energy_convention=model.energy_convention).fit(res.hessian, res.n_structures)
     ood = None
     if res.descriptor_stats is not None and len(res.descriptor_stats.sample) >= 2:
-        ood = QResidualDetector().fit_stats(res.descriptor_stats)
-        ood.reference_ = f"the {res.n_structures} structures of the Hessian" + (f" ({source})" if source else "")
+        ood = QResidualDetector().fit_stats(res.descriptor_stats, reference=f"the {res.n_structures} structures of "
+                                            "the Hessian" + (f" ({source})" if source else ""))
     w, _ = model.readout
     art = Artifact(llpr=llpr, model_info=model.describe(), readout_weight=w, stage="hessian", ood=ood,
                    attrs={"hessian_source": source, "force_weight": force_weight,
