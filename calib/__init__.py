@@ -13,7 +13,7 @@ The public API, imported lazily so that ``import calib`` does not pull in torch:
 - :func:`read_structures`, :func:`validate`, :func:`chemsys` (input)
 - :class:`ConformalCalibrator`, :class:`LabelClasses`, :class:`MixtureClasses` (conformal intervals)
 - :func:`fit_softening`, :class:`ScalarCorrection` (softening)
-- :class:`Thresholds`, :class:`QResidualDetector` (decisions)
+- :class:`DecisionRules`, :class:`QResidualDetector` (decisions)
 - :func:`run_eos` (dcdft curvature benchmark)
 - :mod:`calib.data.datasets` (shipped reference data), :func:`default_calibration` (the path of calib's
   default calibration for CHGNet 0.3.0), :func:`label` (reference labels)
@@ -52,6 +52,7 @@ _API = {
     "MixtureClasses": "calib.uq.conformal",
     "fit_softening": "calib.softening.scale",
     "ScalarCorrection": "calib.softening.correction",
+    "DecisionRules": "calib.softening.decide",
     "Thresholds": "calib.softening.decide",
     "QResidualDetector": "calib.uq.ood",
     "run_eos": "calib.workflows.eos",

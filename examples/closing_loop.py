@@ -18,7 +18,7 @@ import ase.io
 from calib import datasets
 from calib.data.labelers import GPAWFactory, label, structure_key
 from calib.models.chgnet import CHGNetAdapter
-from calib.softening.decide import Thresholds
+from calib.softening.decide import DecisionRules
 from calib.workflows.calibration import calibrate
 from calib.workflows.decisions import decide
 from calib.workflows.hessian import build_hessian
@@ -39,10 +39,10 @@ def main(chemsys: str = "Li-F", out: str = "closing-loop", max_rounds: int = 5) 
     frames = datasets.load("high-energy-states", chemsys=chemsys)
     labelled = [frames[0]]
     targets = [strip(a) for a in frames[1:]]
-    th = Thresholds(force_tol=0.1, n_requests=2)
+    rules = DecisionRules(mae_tol_ev_per_a=0.1, n_requests=2)
     rounds, settled = [], 0
     for rnd in range(1, max_rounds + 1):
-        (d,), _ = decide(cal, model, labelled, targets, thresholds=th)
+        (d,), _ = decide(cal, model, labelled, targets, rules=rules)
         rec = d.as_dict()
         rec["round"] = rnd
         rec["n_labelled"] = len(labelled)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from calib.softening.decide import Thresholds, decide_chemistry, farthest_point_ranking
+from calib.softening.decide import DecisionRules, decide_chemistry, farthest_point_ranking
 from calib.softening.scale import fit_softening
 from calib.uq.ood import QResidualDetector
 
@@ -19,7 +19,7 @@ def _forces(rng, s, noise, n_struct=12, n_atoms=8):
 
 def test_constructed_cases_give_each_decision():
     rng = np.random.default_rng(0)
-    th = Thresholds(force_tol=0.1)
+    th = DecisionRules(mae_tol_ev_per_a=0.1)
     exact = fit_softening(*_forces(rng, 1.0, 0.0), chemsys="exact")
     assert decide_chemistry(exact, th).decision == "accept"
     scaled = fit_softening(*_forces(rng, 0.7, 0.02), chemsys="scaled")

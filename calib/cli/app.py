@@ -37,7 +37,6 @@ from calib.errors import (
     UsageError,
     check_device,
     non_negative_int,
-    positive,
     positive_int,
 )
 
@@ -434,37 +433,33 @@ ShuffleOpt = Flag(False, "--shuffle", help="shuffle the structures (with --seed)
 SeedOpt = typer.Option(0, "--seed", help="seed of --shuffle")
 CalibrationOpt = typer.Option(None, "--calibration", help="calibrated artifact (calib calibrate); default: the "
                               "one calib ships for CHGNet 0.3.0 (GPAW PAW-PBE labels; the output says so)")
-def _trust_defaults():
-    """The verdict's defaults, read from calib.uq.trust (typed once, there)."""
-    from calib.uq import trust
+def option(cls, name: str, *flags: str):
+    """The typer option of setting ``name`` of the settings dataclass ``cls`` (calib.settings): its default,
+    flag and help (with unit) as the dataclass declares them, typed there once."""
+    from calib import settings
 
-    return trust.FORCE_TOL, trust.ENERGY_TOL, trust.TRUST_CONFIDENCE
-
-
-ForceTolOpt = typer.Option(_trust_defaults()[0], "--force-tol", help="trust verdict: largest calibrated bound on a "
-                           "structure's largest force error, eV/Å (> 0; chosen from CHGNet's errors on the shipped "
-                           "GPAW data, docs/screening.md)")
-EnergyTolOpt = typer.Option(_trust_defaults()[1], "--energy-tol", help="trust verdict: also require the conformal "
-                            "energy half-width per atom within this, eV/atom (> 0; default: not part of the verdict, "
-                            "docs/screening.md says why)")
+    s = settings.spec(cls, name)
+    return typer.Option(settings.default(cls, name), *(flags or (s.flag,)), help=s.describe())
 
 
-TrustConfidenceOpt = typer.Option(_trust_defaults()[2], "--trust-confidence", help="trust verdict: the confidence "
-                                  "(0 < c < 1) at which the force bound must be within --force-tol (lower: more "
-                                  "structures trusted at a lower precision, docs/errormodel.md)")
+def policy_option(name: str):
+    from calib.uq.trust import TrustPolicy
+
+    return option(TrustPolicy, name)
 
 
-def trust_policy(force_tol: float, energy_tol: Optional[float], confidence: float | None = None):
-    """The verdict's tolerances and confidence, checked (before any model loads)."""
-    from calib.uq.trust import TRUST_CONFIDENCE, TrustPolicy
+ForceTolOpt = policy_option("force_tol")
+EnergyTolOpt = policy_option("energy_tol")
+TrustConfidenceOpt = policy_option("confidence")
 
-    positive("--force-tol", force_tol, unit="eV/Å")
-    if energy_tol is not None:
-        positive("--energy-tol", energy_tol, unit="eV/atom")
-    confidence = TRUST_CONFIDENCE if confidence is None else confidence
-    if not (math.isfinite(confidence) and 0 < confidence < 1):
-        fail(f"--trust-confidence must lie strictly between 0 and 1, got {confidence:g}", "usage")
-    return TrustPolicy(force_tol=force_tol, energy_tol=energy_tol, confidence=confidence)
+
+def trust_policy(force_tol: float, energy_tol: Optional[float], confidence: float | None = None, **more):
+    """The verdict's policy from a command's options, checked under their flags (before any model loads)."""
+    from calib.settings import default, from_flags
+    from calib.uq.trust import TrustPolicy
+
+    confidence = default(TrustPolicy, "confidence") if confidence is None else confidence
+    return from_flags(TrustPolicy, force_tol=force_tol, energy_tol=energy_tol, confidence=confidence, **more)
 
 
 def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:

@@ -32,12 +32,15 @@ from calib.cli.app import (
     fail,
     load_model_for,
     model_and_artifact,
+    option,
     read_inputs,
     report_issues,
     subset_options,
     unreadable,
 )
-from calib.errors import OutputError, check_outputs, finite, fraction, non_negative_int, positive, positive_int
+from calib.errors import OutputError, check_outputs, finite, positive, positive_int
+from calib.settings import from_flags
+from calib.workflows.settings import CalibrationSettings
 
 
 @app.command()
@@ -112,18 +115,13 @@ def calibrate_cmd(
     shuffle: bool = ShuffleOpt,
     seed: int = SeedOpt,
     model: Optional[str] = ArtModelOpt,
-    target: str = typer.Option("both", "--target",
-                               help="residuals for the NLL: both ((α², ς²) per observable), energy or forces"),
-    alpha: float = typer.Option(0.1, "--alpha", help="conformal miscoverage level in (0, 1): intervals aim at "
-                                "1 − α coverage"),
+    target: str = option(CalibrationSettings, "target"),
+    alpha: float = option(CalibrationSettings, "alpha"),
     classes: str = typer.Option("none", "--classes",
                                 help="Mondrian classes: K (mixture of ≤K environment classes), element, chemsys "
                                      "or none"),
-    min_class_size: int = typer.Option(30, "--min-class-size", help="≥ 1: smaller classes use the global "
-                                       "quantile"),
-    energy_folds: int = typer.Option(5, "--energy-folds",
-                                     help="cross-fit the element reference over K ≥ 2 folds of structures for the "
-                                          "energy scores (0: in-sample, as calib 0.1.0)"),
+    min_class_size: int = option(CalibrationSettings, "min_class_size"),
+    energy_folds: int = option(CalibrationSettings, "energy_folds"),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -134,22 +132,15 @@ def calibrate_cmd(
 
     Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
     device = common_options(batch_size, device, model=model)
-    if target not in ("both", "energy", "forces"):
-        fail(f"--target must be both, energy or forces, got {target!r}", "usage")
-    fraction("--alpha", alpha)
-    positive_int("--min-class-size", min_class_size)
-    if non_negative_int("--energy-folds", energy_folds) == 1:
-        fail("--energy-folds must be 0 (in-sample) or ≥ 2", "usage")
-    parsed_classes = _parse_classes(classes)
+    settings = from_flags(CalibrationSettings, target=target, alpha=alpha, classes=_parse_classes(classes),
+                          min_class_size=min_class_size, energy_folds=energy_folds)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
     structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
     from calib.workflows.calibration import calibrate
 
     m, art = model_and_artifact(model, device, hessian_path)
     art.check_model(m)
-    res = calibrate(art, m, structs, target=target, batch_size=batch_size, progress=not quiet,
-                    alpha=alpha, classes=parsed_classes, min_class_size=min_class_size,
-                    energy_folds=energy_folds or None)
+    res = calibrate(art, m, structs, settings, batch_size=batch_size, progress=not quiet)
     res.artifact.save(out)
     summary = {"out": str(out), **res.summary.as_dict(), "skipped": [i.as_dict() for i in res.issues]}
     if as_json:

@@ -15,12 +15,12 @@ from calib.cli.app import (
     CalibrationOpt,
     DeviceOpt,
     EnergyTolOpt,
-    TrustConfidenceOpt,
     ForceTolOpt,
     JsonOpt,
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
+    TrustConfidenceOpt,
     app,
     calibration_or_default,
     common_options,
@@ -29,18 +29,12 @@ from calib.cli.app import (
     fail,
     load_model_for,
     model_and_artifact,
+    policy_option,
     read_inputs,
     say_calibration,
     trust_policy,
 )
-from calib.errors import check_outputs, positive
-
-
-def _barrier_default() -> float:
-    """The path verdict's default, read from calib.uq.trust (typed once, there)."""
-    from calib.uq.trust import BARRIER_TOL
-
-    return BARRIER_TOL
+from calib.errors import check_outputs
 
 
 @app.command("neb")
@@ -51,8 +45,7 @@ def neb_cmd(
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="labelled images (same order) to compare with, e.g. DFT"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the profile with 1σ/2σ bands (PNG)"),
-    barrier_tol: float = typer.Option(_barrier_default(), "--barrier-tol", help="path verdict: largest calibrated half-width of "
-                                      "a trusted forward barrier, eV (> 0)"),
+    barrier_tol: float = policy_option("barrier_tol"),
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
     trust_confidence: float = TrustConfidenceOpt,
@@ -68,8 +61,7 @@ def neb_cmd(
     from calib.data.structures import get_energy
 
     device = common_options(batch_size, device, model=model)
-    positive("--barrier-tol", barrier_tol, unit="eV")
-    policy = trust_policy(force_tol, energy_tol, trust_confidence)
+    policy = trust_policy(force_tol, energy_tol, trust_confidence, barrier_tol=barrier_tol)
     calibration, cal_rec = calibration_or_default(calibration, model)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
     structs = read_inputs(images)
@@ -91,7 +83,7 @@ def neb_cmd(
     from calib.workflows.neb import band, plot_band, summary
 
     m, art = model_and_artifact(model, device, calibration)
-    ds = band(CalibratedPredictor(m, art, trust=policy), structs, batch_size=batch_size, barrier_tol=barrier_tol)
+    ds = band(CalibratedPredictor(m, art, trust=policy), structs, batch_size=batch_size)
     rec = {**summary(ds, ref), "calibration": cal_rec}
     if plot is not None:
         plot_band(ds, plot, ref)

@@ -26,12 +26,15 @@ from calib.cli.app import (
     emit_json,
     fail,
     model_and_artifact,
+    option,
     read_inputs,
     report_issues,
     stage_outputs,
     subset_options,
 )
-from calib.errors import check_outputs, check_plot_folder, fraction, non_negative_int, positive, positive_int
+from calib.errors import check_outputs, check_plot_folder, fraction, non_negative_int, positive_int
+from calib.settings import from_flags
+from calib.softening.decide import DecisionRules
 
 
 def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> None:
@@ -117,12 +120,11 @@ def decide_cmd(
     calibration: Path = typer.Option(..., "--calibration", help="calibrated artifact from `calib calibrate`"),
     targets: Optional[List[Path]] = typer.Option(None, "--targets", help="structures you want to simulate "
                                                  "(repeatable; default: the labelled ones)"),
-    force_tol: float = typer.Option(0.1, "--force-tol", help="tolerated force error, eV/Å (> 0): MAE, cMAE_loo, σ"),
-    min_labels: int = typer.Option(3, "--min-labels", help="labelled structures needed per chemistry (≥ 1)"),
-    max_untrusted: float = typer.Option(0.1, "--max-untrusted", help="tolerated fraction of untrusted targets, "
-                                        "in [0, 1]"),
-    confidence: float = typer.Option(0.95, "--confidence", help="level of the CI of the softening scale, in (0, 1)"),
-    n_requests: int = typer.Option(5, "--n-requests", help="structures to request per 'label' chemistry (≥ 0)"),
+    force_tol: float = option(DecisionRules, "mae_tol_ev_per_a"),
+    min_labels: int = option(DecisionRules, "min_labels"),
+    max_untrusted: float = option(DecisionRules, "max_untrusted_fraction"),
+    confidence: float = option(DecisionRules, "ci_level"),
+    n_requests: int = option(DecisionRules, "n_requests"),
     request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out",
                                        help="write CALIBRATION with the corrections of the 'scale' chemistries"),
@@ -141,24 +143,18 @@ def decide_cmd(
 
     Target chemistries without labelled structures are decided 'label', with requests."""
     device = common_options(batch_size, device, model=model)
-    positive("--force-tol", force_tol, unit="eV/Å")
-    positive_int("--min-labels", min_labels)
-    fraction("--max-untrusted", max_untrusted, closed=True)
-    fraction("--confidence", confidence)
-    non_negative_int("--n-requests", n_requests)
+    rules = from_flags(DecisionRules, mae_tol_ev_per_a=force_tol, ci_level=confidence, min_labels=min_labels,
+                       max_untrusted_fraction=max_untrusted, n_requests=n_requests)
     check_outputs({"-o": out, "--request-out": request_out}, inputs=[*labelled, *(targets or []), calibration],
                   overwrite=overwrite)
     sub = subset_options(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
     lab = read_inputs(labelled, None if targets else sub)
     tgt = read_inputs(targets, sub) if targets else None
-    from calib.softening.decide import Thresholds
     from calib.workflows.decisions import decide, decision_corrections, write_requests
 
     m, art = model_and_artifact(model, device, calibration)
-    th = Thresholds(force_tol=force_tol, confidence=confidence, min_labels=min_labels,
-                    max_untrusted=max_untrusted, n_requests=n_requests)
     art = calibrated(art, calibration, m)
-    decisions, issues = decide(art, m, lab, tgt, thresholds=th, batch_size=batch_size, progress=not quiet)
+    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=batch_size, progress=not quiet)
     if not decisions:
         fail("nothing to decide: no valid labelled or target structure; " + "; ".join(map(str, issues[:5])))
     requested = [i for d in decisions for i in d.label_requests]
@@ -173,7 +169,7 @@ def decide_cmd(
     records = [d.as_dict() for d in decisions]
     into = "--targets" if tgt is not None else "the labelled structures"
     if as_json:
-        emit_json({"records": records, "thresholds": th.__dict__, "request_out": str(request_out or ""),
+        emit_json({"records": records, "rules": rules.as_dict(), "request_out": str(request_out or ""),
                    "requests_index_into": "TARGETS" if tgt is not None else "LABELLED",
                    "skipped": [i.as_dict() for i in issues]})
         return

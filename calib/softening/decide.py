@@ -1,18 +1,18 @@
 """Per-chemistry decision: accept the model, apply the scalar correction, or request DFT labels.
 
 Rules, evaluated per chemical system with explicit thresholds
-(:class:`Thresholds`, defaults in brackets):
+(:class:`DecisionRules`, defaults in brackets):
 
 1. fewer than ``min_labels`` [3] labelled structures → **label** ("too few labels");
 2. **accept** when the CI of the softening scale contains 1 (no systematic
-   softening), the labelled force MAE ≤ ``force_tol`` [0.1 eV/Å], and at most
-   ``max_untrusted`` [10 %] of the targets are out of tolerance: out of the model's
-   domain, or with an expected force MAE above ``force_tol`` under the calibrated error
+   softening), the labelled force MAE ≤ ``mae_tol_ev_per_a`` [0.1 eV/Å], and at most
+   ``max_untrusted_fraction`` [10 %] of the targets are out of tolerance: out of the model's
+   domain, or with an expected force MAE above ``mae_tol_ev_per_a`` under the calibrated error
    model (√(2/π) × the mean σ of its force components, calib.uq.errormodel: the same
    measure as the labelled MAE, for structures without labels). Without an error model
    (a calib 0.5 artifact), the trust verdict decides instead;
 3. **scale** when the CI excludes 1, the leave-one-structure-out corrected
-   error cMAE_loo ≤ ``force_tol``, and at most ``max_untrusted`` of the
+   error cMAE_loo ≤ ``mae_tol_ev_per_a``, and at most ``max_untrusted_fraction`` of the
    targets are out of the model's domain (the correction was fitted inside it);
 4. **label** otherwise, naming why: error not systematic (cMAE_loo above
    tolerance), targets out of the domain, or targets untrusted. A chemistry whose
@@ -32,23 +32,43 @@ labelled and target structures and applies them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from calib.errors import non_negative_int, positive, positive_int
+from calib.settings import closed_fraction, open_fraction, setting, validate
 from calib.softening.scale import SofteningResult
 
 
-@dataclass
-class Thresholds:
-    """Decision thresholds (units in the names)."""
+@dataclass(frozen=True)
+class DecisionRules:
+    """The rules' tolerances (module docstring), validated on construction; each field declares its default,
+    unit and constraint once (:mod:`calib.settings`), and ``calib decide`` builds its options from them.
 
-    force_tol: float = 0.1  # eV/Å, on MAE, cMAE_loo and the calibrated error scale
-    confidence: float = 0.95  # level of the CI of s
-    min_labels: int = 3  # labelled structures per chemistry
-    max_untrusted: float = 0.1  # tolerated fraction of untrusted targets
-    n_requests: int = 5  # structures to name when the decision is "label"
+    ``mae_tol_ev_per_a`` is a tolerance on a mean absolute force error (eV/Å: the labelled MAE, cMAE_loo and the
+    error model's expected MAE), not the trust verdict's bound on a structure's *largest* error
+    (:attr:`calib.uq.trust.TrustPolicy.force_tol`)."""
+
+    mae_tol_ev_per_a: float = setting(0.1, "tolerated force MAE (> 0): labelled MAE, cMAE_loo, expected MAE",
+                                      unit="eV/Å", check=positive, flag="--force-tol")
+    ci_level: float = setting(0.95, "level of the CI of the softening scale, in (0, 1)", check=open_fraction,
+                              flag="--confidence")
+    min_labels: int = setting(3, "labelled structures needed per chemistry (≥ 1)", check=positive_int,
+                              flag="--min-labels")
+    max_untrusted_fraction: float = setting(0.1, "tolerated fraction of untrusted targets, in [0, 1]",
+                                            check=closed_fraction, flag="--max-untrusted")
+    n_requests: int = setting(5, "structures to request per 'label' chemistry (≥ 0)", check=non_negative_int,
+                              flag="--n-requests")
+
+    def __post_init__(self):
+        validate(self)
+
+    def as_dict(self) -> dict:
+        """The rules as plain values (the ``rules`` of ``calib decide --json``)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -102,7 +122,7 @@ def farthest_point_ranking(features: np.ndarray, uncertainty: np.ndarray, n: int
     return picked
 
 
-def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None, target_score=None,
+def decide_chemistry(softening, rules: DecisionRules, *, target_features=None, target_score=None,
                      target_trusted=None, target_ood=None, target_mae=None,
                      target_indices: Sequence[int] = ()) -> Decision:
     """Apply the rules to one chemistry.
@@ -117,9 +137,9 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
     target_mae : (T,) expected force MAE of each target under the error model, eV/Å (None: the verdict decides).
     target_indices : (T,) positions of the targets in the caller's list.
     """
-    t = thresholds
+    t = rules
     s = softening
-    tol = t.force_tol
+    tol = t.mae_tol_ev_per_a
     n_t = len(target_indices)
     ood = np.asarray(target_ood if target_ood is not None else np.zeros(n_t)) > 1
     untrusted = ~np.asarray(target_trusted if target_trusted is not None else np.ones(n_t, dtype=bool), dtype=bool)
@@ -134,38 +154,38 @@ def decide_chemistry(softening, thresholds: Thresholds, *, target_features=None,
     if s.n_structures < t.min_labels:
         reasons.append(f"too few labels: {s.n_structures} labelled structure(s) < min_labels {t.min_labels}")
     elif contains_one:
-        if s.mae <= tol and f_untrusted <= t.max_untrusted:
+        if s.mae <= tol and f_untrusted <= t.max_untrusted_fraction:
             decision = "accept"
             reasons.append(f"no systematic softening ({ci_txt} contains 1) and force MAE {s.mae:.3f} ≤ "
                            f"{tol} eV/Å; {100 * f_untrusted:.0f} % of {n_t} targets "
                            f"{'out of tolerance' if target_mae is not None else 'untrusted'} ≤ "
-                           f"{100 * t.max_untrusted:.0f} %")
+                           f"{100 * t.max_untrusted_fraction:.0f} %")
         else:
             if s.mae > tol:
                 reasons.append(f"no systematic softening ({ci_txt} contains 1) but force MAE {s.mae:.3f} > "
                                f"{tol} eV/Å: a scalar cannot fix it")
-            if f_untrusted > t.max_untrusted:
+            if f_untrusted > t.max_untrusted_fraction:
                 what = (f"with an expected force MAE above {tol} eV/Å or out of the model's domain"
                         if target_mae is not None else "untrusted")
                 reasons.append(f"{100 * f_untrusted:.0f} % of {n_t} targets {what} ({100 * f_ood:.0f} % out of the "
-                               f"model's domain) > {100 * t.max_untrusted:.0f} %")
+                               f"model's domain) > {100 * t.max_untrusted_fraction:.0f} %")
     else:
         loo = s.cmae_loo if s.cmae_loo is not None else np.inf
-        if loo <= tol and f_ood <= t.max_untrusted:
+        if loo <= tol and f_ood <= t.max_untrusted_fraction:
             decision = "scale"
             reasons.append(f"systematic softening: s = {s.softening_scale:.3f}, {ci_txt} excludes 1; "
                            f"corrected error cMAE_loo {loo:.3f} ≤ {tol} eV/Å (MAE {s.mae:.3f} before); "
                            f"multiply forces by c = {s.correction:.3f}")
             if target_ood is not None and n_t:
                 reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of the model's domain ≤ "
-                               f"{100 * t.max_untrusted:.0f} %")
+                               f"{100 * t.max_untrusted_fraction:.0f} %")
         else:
             if loo > tol:
                 reasons.append(f"softening is systematic (s = {s.softening_scale:.3f}, {ci_txt}) but the error "
                                f"is not only a scale: cMAE_loo {loo:.3f} > {tol} eV/Å after correction")
-            if f_ood > t.max_untrusted:
+            if f_ood > t.max_untrusted_fraction:
                 reasons.append(f"{100 * f_ood:.0f} % of {n_t} targets out of the model's domain (Q residual) > "
-                               f"{100 * t.max_untrusted:.0f} %: the correction was fitted elsewhere")
+                               f"{100 * t.max_untrusted_fraction:.0f} %: the correction was fitted elsewhere")
     dec = Decision(chemsys=s.chemsys, decision=decision, reasons=reasons, softening=s, n_structures=s.n_structures,
                    n_targets=n_t, fraction_out_of_distribution=f_ood if n_t else None,
                    fraction_untrusted=f_untrusted if n_t else None)
@@ -186,7 +206,7 @@ def _requests(u: np.ndarray, features, indices: Sequence[int], n: int) -> list[i
     return [int(indices[k]) for k in order]
 
 
-def unmeasured(chemsys: str, reason: str, thresholds: Thresholds, *, n_structures: int = 0, target_features=None,
+def unmeasured(chemsys: str, reason: str, rules: DecisionRules, *, n_structures: int = 0, target_features=None,
                target_score=None, target_trusted=None, target_mae=None, target_indices: Sequence[int] = ()) -> Decision:
     """The decision for a chemistry whose softening cannot be measured (no labelled structure of it, or
     labels that determine no scale): always **label**, with ``reason``, and requests ranked as for rule 4
@@ -196,5 +216,19 @@ def unmeasured(chemsys: str, reason: str, thresholds: Thresholds, *, n_structure
     dec = Decision(chemsys=chemsys, decision="label", reasons=[reason],
                    softening=None, n_structures=int(n_structures), n_targets=n_t,
                    fraction_untrusted=float(np.mean(~trusted)) if n_t else None)
-    dec.label_requests = _requests(_score(target_score, n_t), target_features, target_indices, thresholds.n_requests)
+    dec.label_requests = _requests(_score(target_score, n_t), target_features, target_indices, rules.n_requests)
     return dec
+
+
+_OLD_NAMES = {"force_tol": "mae_tol_ev_per_a", "confidence": "ci_level", "max_untrusted": "max_untrusted_fraction"}
+
+
+def Thresholds(**kwargs) -> DecisionRules:  # noqa: N802 - the class name of calib ≤ 0.6
+    """Deprecated (calib ≤ 0.6): :class:`DecisionRules`, with the old field names mapped
+    (``force_tol`` → ``mae_tol_ev_per_a``, ``confidence`` → ``ci_level``, ``max_untrusted`` →
+    ``max_untrusted_fraction``)."""
+    import warnings
+
+    warnings.warn("calib.softening.decide.Thresholds is now DecisionRules (force_tol → mae_tol_ev_per_a, "
+                  "confidence → ci_level, max_untrusted → max_untrusted_fraction)", DeprecationWarning, stacklevel=2)
+    return DecisionRules(**{_OLD_NAMES.get(k, k): v for k, v in kwargs.items()})

@@ -34,6 +34,8 @@ from enum import Enum
 
 import numpy as np
 
+from calib.errors import positive
+from calib.settings import open_fraction, setting, validate
 from calib.uq.errormodel import largest_z
 
 #: default tolerances, chosen from the errors CHGNet makes on the shipped GPAW data (docs/screening.md)
@@ -52,7 +54,8 @@ TRUST_CONFIDENCE = 0.9
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """What the verdict checks, and the tolerances, validated on construction.
+    """What the verdict checks, and the tolerances, validated on construction (each field declares its default,
+    unit and constraint once, :mod:`calib.settings`; the CLI's options are built from them).
 
     ``force_tol`` (eV/Å): the largest allowed bound U on a structure's largest force-component error;
     ``energy_tol`` (eV/atom): the largest allowed conformal energy half-width per atom; ``domain``: whether a
@@ -63,21 +66,27 @@ class TrustPolicy:
     half-width; ``confidence``: the confidence (0 < c < 1) of the force bound that must be within ``force_tol``.
     None leaves a check out; a check the policy makes whose input is missing is not passed."""
 
-    force_tol: float | None = FORCE_TOL
-    energy_tol: float | None = ENERGY_TOL
-    domain: bool = True
-    unlabelled_elements: bool = False
-    barrier_tol: float | None = BARRIER_TOL
-    confidence: float = TRUST_CONFIDENCE
+    force_tol: float | None = setting(
+        FORCE_TOL, "trust verdict: largest calibrated bound on a structure's largest force error (> 0; chosen "
+        "from CHGNet's errors on the shipped GPAW data, docs/screening.md)", unit="eV/Å", check=positive,
+        flag="--force-tol", optional=True)
+    energy_tol: float | None = setting(
+        ENERGY_TOL, "trust verdict: also require the conformal energy half-width per atom within this (> 0; "
+        "default: not part of the verdict, docs/screening.md says why)", unit="eV/atom", check=positive,
+        flag="--energy-tol", optional=True)
+    domain: bool = setting(True, "trust verdict: untrust a structure out of the model's domain")
+    unlabelled_elements: bool = setting(False, "trust verdict: untrust a structure with an element no "
+                                        "calibration label contains")
+    barrier_tol: float | None = setting(
+        BARRIER_TOL, "path verdict: largest calibrated half-width of a trusted forward barrier (> 0)", unit="eV",
+        check=positive, flag="--barrier-tol", optional=True)
+    confidence: float = setting(
+        TRUST_CONFIDENCE, "trust verdict: the confidence (0 < c < 1) at which the force bound must be within "
+        "--force-tol (lower: more structures trusted at a lower precision, docs/errormodel.md)",
+        check=open_fraction, flag="--trust-confidence")
 
     def __post_init__(self):
-        c = self.confidence
-        if not (isinstance(c, (int, float)) and np.isfinite(c) and 0 < c < 1):
-            raise ValueError(f"TrustPolicy.confidence must be a number in (0, 1), got {c!r}")
-        for name in ("force_tol", "energy_tol", "barrier_tol"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-                raise ValueError(f"TrustPolicy.{name} must be a finite number > 0 or None, got {v!r}")
+        validate(self)
 
     def as_dict(self) -> dict:
         """The policy as plain values (for JSON output and screen's resume settings)."""

@@ -4,6 +4,7 @@ variance models and the conformal quantiles on labelled structures, into a new a
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from calib.uq.errormodel import (
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
 from calib.uq.targets import Points, build_points
+from calib.workflows.settings import CalibrationSettings
 
 
 @dataclass
@@ -225,11 +227,9 @@ def _domain_detector(artifact: Artifact, pred):
     if artifact.ood is not None:
         ood = copy.deepcopy(artifact.ood)
     else:
-        ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure)
-        ood.reference_ = "the calibration structures (a Hessian artifact from before calib 0.5)"
-    scores = ood.structure_scores(pred.atom_descriptors, pred.atom_structure, len(pred))
-    ood.calibration_max_ = float(scores.max()) if len(scores) else float("nan")
-    return ood
+        ood = QResidualDetector().fit(pred.atom_descriptors, pred.atom_structure,
+                                      reference="the calibration structures (a Hessian artifact from before calib 0.5)")
+    return ood.fit_calibration_max(pred.atom_descriptors, pred.atom_structure, len(pred))
 
 
 #: fewest cross-fitted energy residuals the energy error model and its conformal quantile are fitted on
@@ -368,83 +368,29 @@ def _fit_seen_energy(models: ErrorModels, cf: CrossFit, inputs: AtomInputs, numb
     cf.seen_energy_errors = errors
 
 
-def calibrate(
-    artifact: Artifact,
-    model: ModelAdapter,
-    labelled: Sequence[Atoms],
-    *,
-    target: str = "both",
-    batch_size: int = 16,
-    approx_coverage: float = 0.95,
-    with_forces: bool = True,
-    alpha: float | None = 0.1,
-    classes: int | str | None = None,
-    min_class_size: int = 30,
-    energy_folds: int | None = 5,
-    difference_model: bool = True,
-    error_folds: int = 10,
-    chemistry_scale: bool = True,
-    structure_model: bool = False,
-    progress: bool = True,
-) -> CalibrationResult:
-    """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles.
+@dataclass
+class _Labelled:
+    """The valid labelled structures of a calibration, the model's prediction of them and their errors: total
+    energies (eV; ``e_delta`` reference − model, ``e_res`` after the in-sample element reference ``ref``,
+    ``e_cf`` cross-fitted, valid where ``e_ok``) and force components (``f_res``, eV/Å, (N, 3))."""
 
-    Returns a new artifact of stage "calibrated"; ``artifact`` is not changed.
+    structs: list
+    issues: list
+    pred: object
+    numbers: list
+    energies: bool
+    e_delta: np.ndarray
+    f_res: np.ndarray
+    ref: ElementReference | None
+    e_res: np.ndarray
+    e_cf: np.ndarray
+    e_ok: np.ndarray
 
-    Parameters
-    ----------
-    target : "energy" | "forces" | "both"
-        Which residuals the NLL is taken over. Energies use total eV after the
-        per-element reference; forces use every component (eV/Å). "both"
-        (the default) fits (α², ς²) for each separately: measured on the
-        shipped GPAW data, one pair cannot serve both (docs/llpr.md).
-    approx_coverage : float
-        Fraction of the summed force variance the approximate force σ keeps
-        (directions chosen by measured contribution on these structures).
-    with_forces : bool
-        Compute exact force gradients on the labelled set (d backward passes
-        per batch) for the force diagnostics and the approximate-σ truncation.
-        Only ``target="energy"`` can do without.
-    alpha : float or None
-        Miscoverage level of the conformal intervals fitted on the same set
-        (None: no conformal state). The conformal scores |error|/σ depend on
-        this set only through ς² (α² cancels in q·σ), see docs/conformal.md.
-    classes : int, "element", "chemsys" or None
-        Mondrian classes for the conformal quantiles: a mixture of up to K
-        environment classes on the per-atom descriptors, or labels.
-    min_class_size : int
-        Classes with fewer calibration points use the global quantile.
-    energy_folds : int or None
-        Energy residuals for the (α², ς²) fit and the energy conformal scores are
-        cross-fitted: each structure's residual uses an element reference fitted
-        on the other folds (K folds of structures), so they are not shrunk by the
-        fit as in-sample residuals are. Structures whose shift the other folds do
-        not determine are left out (``energy_cross_fit_excluded``). The stored
-        reference is the fit on all structures. None: in-sample (calib 0.1.0).
-    difference_model : bool
-        Fit the energy-difference variance model (calib.uq.differences) on all pairs of
-        structures that share a composition, raw and after the scalar correction each
-        chemistry's forces give; the energy-difference conformal targets then use it.
-        False: LLPR difference σ alone (calib 0.1.0).
-    error_folds : int
-        Folds of the grouped cross-fit of the error models (:func:`fit_error_models`): every calibration
-        structure's conformal score comes from models fitted without its chemical system.
-    chemistry_scale : bool
-        Give each calibrated chemistry with ≥ 2 structures its own force-variance scale and bound quantile
-        (:func:`_fit_chemistry_scales`): a structure of that chemistry is then judged by its chemistry's own
-        errors. Leave it off when the calibration labels are the model's own training data (their errors are
-        in-sample: ``calib loop``).
-    structure_model : bool
-        Also fit the structure error model (calib.uq.errormodel.StructureErrorModel: boosted trees of a
-        structure's largest force error, conformalised), which then bounds a new chemistry's largest force error
-        in place of the component bound. Off by default: on the shipped labels it was the better bound on one
-        version of the data and the worse after one more chemistry was added (docs/errormodel.md).
-    """
-    artifact.check_model(model)
-    if target not in ("energy", "forces", "both"):
-        raise ValueError(f"target must be 'energy', 'forces' or 'both', got {target!r}")
-    if target != "energy" and not with_forces:
-        raise ValueError(f"target={target!r} needs force gradients (with_forces=True)")
+
+def _labelled_residuals(model, labelled, *, target: str, batch_size: int, progress: bool,
+                        energy_folds: int | None) -> _Labelled:
+    """Validate and predict the labelled structures and take their errors (:class:`_Labelled`); InputError
+    for fewer than 2 valid ones, ValueError when the energies cannot determine an energy fit."""
     # forces alone calibrate the forces: energies are then optional (without them: no element reference, no
     # energy conformal, no difference model)
     good, issues = model.validate(labelled, require_labels="forces" if target == "forces" else True)
@@ -466,75 +412,104 @@ def calibrate(
         e_cf, e_ok = e_res, np.isfinite(e_res)
     if target in ("energy", "both"):
         _check_energy_residuals(structs, e_cf, e_ok, energy_folds)  # before the costly force gradients
+    return _Labelled(structs, issues, pred, numbers, energies, e_delta, f_res, ref, e_res, e_cf, e_ok)
 
+
+def _calibration_points(L, lab: _Labelled, fit, errors, cf, diff) -> dict:
+    """The conformal points of every target. Energy and force points carry the cross-fitted error-model σ and
+    residuals: each calibration point is scored as a new chemistry's would be (calib.uq.errormodel); the energy
+    adds the "seen" class (Mondrian over seen / new compositions) and the corrected forces their own target."""
+    pred, structs = lab.pred, lab.structs
+    e_pts = cf.energy_errors is not None and errors.energy is not None
+    n_at = pred.n_atoms.astype(float)
+    points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
+                          energy_sigma=cf.energy_sigma * n_at if e_pts else fit.energy_sigma,
+                          atom_structure=pred.atom_structure, numbers=pred.numbers,
+                          atom_descriptors=pred.atom_descriptors, force_sigma=cf.force_sigma,
+                          energy_errors=(np.where(np.isfinite(cf.energy_sigma), cf.energy_errors, np.nan) * n_at
+                                         if e_pts else lab.e_cf),
+                          pair_errors=lab.e_res, force_errors=lab.f_res, energies=pred.energy,
+                          differences=diff.models, correction=diff.correction,
+                          targets=None if lab.energies else ("forces", "force_norm"),
+                          energy_labels={"composition": np.full(len(structs), "new")})
+    if e_pts and cf.seen_energy_sigma is not None:
+        seen = np.isfinite(cf.seen_energy_sigma) & np.isfinite(cf.seen_energy_errors)
+        chem = np.asarray(pred.chemsys, dtype=str)[seen]
+        points["energy"] = Points.concat([points["energy"], Points(
+            "energy", cf.seen_energy_sigma[seen] * n_at[seen], pred.features[seen],
+            {"chemsys": chem, "element": chem, "composition": np.full(int(seen.sum()), "seen")},
+            np.flatnonzero(seen), cf.seen_energy_errors[seen] * n_at[seen])])
+    if cf.corrected_force_sigma is not None:
+        sig = cf.corrected_force_sigma.ravel()
+        points["forces_corrected"] = Points("forces_corrected", sig, np.zeros((sig.size, 0)), {}, None,
+                                            cf.corrected_force_errors.ravel())
+    return points
+
+
+def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
+              settings: CalibrationSettings | None = None, *, batch_size: int = 16, progress: bool = True,
+              **options) -> CalibrationResult:
+    """Fit α², ς² (Gaussian NLL), the per-element energy reference, the error models and the conformal
+    quantiles on labelled structures (energies eV, forces eV/Å).
+
+    ``settings`` (:class:`CalibrationSettings`, every field documented there) or any of its fields as keywords
+    (``calibrate(art, model, structs, alpha=0.05)``). Returns a :class:`CalibrationResult` whose artifact has
+    stage "calibrated"; ``artifact`` is not changed.
+    """
+    s = dataclasses.replace(settings or CalibrationSettings(), **options)
+    target, alpha, with_forces, energy_folds = s.target, s.alpha, s.with_forces, s.energy_folds or None
+    artifact.check_model(model)
+    lab = _labelled_residuals(model, labelled, target=target, batch_size=batch_size, progress=progress,
+                              energy_folds=energy_folds)
+    structs, pred, energies, ref = lab.structs, lab.pred, lab.energies, lab.ref
     L = copy.deepcopy(artifact.llpr)  # the input artifact stays as it was
     # exact force gradients on the calibration set: for force calibration and the approx truncation
     grads = gradients_in_batches(model, structs, L.eigenvectors_.T, batch_size=batch_size, progress=progress,
                                  desc="force gradients") if with_forces else None
     fit = L.fit_residuals(features=pred.features, n_atoms=pred.n_atoms,
-                          energy_residuals=np.where(e_ok, e_cf, np.nan) if energies else None, gradients=grads,
-                          force_n_atoms=pred.n_atoms if with_forces else None,
-                          force_residuals=f_res if with_forces else None, target=target,
-                          approx_coverage=approx_coverage)
+                          energy_residuals=np.where(lab.e_ok, lab.e_cf, np.nan) if energies else None,
+                          gradients=grads, force_n_atoms=pred.n_atoms if with_forces else None,
+                          force_residuals=lab.f_res if with_forces else None, target=target,
+                          approx_coverage=s.approx_coverage)
     if fit.energy_sigma is None:  # forces only: energy σ under the force-fitted (α², ς²)
         fit.energy_sigma = L.energy_sigma(pred.features, pred.n_atoms)
-    diff = (fit_difference_models(L, structs, pred, e_res) if difference_model and energies
+    diff = (fit_difference_models(L, structs, pred, lab.e_res) if s.difference_model and energies
             else DifferenceFit(note="not fitted" if energies else "no reference energies"))
     inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, pred.atom_descriptors,
                         L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs))
-    errors, cf = fit_error_models(inputs, f_res, numbers, e_delta if energies else None, pred.chemsys, ref,
-                                  alpha=alpha if alpha is not None else 0.1, n_folds=error_folds,
-                                  chemistry_scale=chemistry_scale, structure_model=structure_model)
+    errors, cf = fit_error_models(inputs, lab.f_res, lab.numbers, lab.e_delta if energies else None, pred.chemsys,
+                                  ref, alpha=alpha if alpha is not None else 0.1, n_folds=s.error_folds,
+                                  chemistry_scale=s.chemistry_scale, structure_model=s.structure_model)
     conformal = {}
     if alpha is not None:
-        # energy and force points carry the cross-fitted error-model σ and residuals: each calibration point is
-        # scored as a new chemistry's would be (calib.uq.errormodel)
-        e_pts = cf.energy_errors is not None and errors.energy is not None
-        n_at = pred.n_atoms.astype(float)
-        points = build_points(L, features=pred.features, n_atoms=pred.n_atoms, chemsys=pred.chemsys,
-                              energy_sigma=cf.energy_sigma * n_at if e_pts else fit.energy_sigma,
-                              atom_structure=pred.atom_structure, numbers=pred.numbers,
-                              atom_descriptors=pred.atom_descriptors, force_sigma=cf.force_sigma,
-                              energy_errors=(np.where(np.isfinite(cf.energy_sigma), cf.energy_errors, np.nan) * n_at
-                                             if e_pts else e_cf),
-                              pair_errors=e_res, force_errors=f_res, energies=pred.energy,
-                              differences=diff.models, correction=diff.correction,
-                              targets=None if energies else ("forces", "force_norm"),
-                              energy_labels={"composition": np.full(len(structs), "new")})
-        if e_pts and cf.seen_energy_sigma is not None:  # the "seen" class: Mondrian over seen / new compositions
-            seen = np.isfinite(cf.seen_energy_sigma) & np.isfinite(cf.seen_energy_errors)
-            new = points["energy"]
-            points["energy"] = Points.concat([new, Points(
-                "energy", cf.seen_energy_sigma[seen] * n_at[seen], pred.features[seen],
-                {"chemsys": np.asarray(pred.chemsys, dtype=str)[seen], "element": np.asarray(pred.chemsys, dtype=str)[seen],
-                 "composition": np.full(int(seen.sum()), "seen")}, np.flatnonzero(seen),
-                cf.seen_energy_errors[seen] * n_at[seen])])
-        if cf.corrected_force_sigma is not None:
-            sig = cf.corrected_force_sigma.ravel()
-            points["forces_corrected"] = Points("forces_corrected", sig, np.zeros((sig.size, 0)), {}, None,
-                                                cf.corrected_force_errors.ravel())
-        conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, classes, min_class_size)
+        points = _calibration_points(L, lab, fit, errors, cf, diff)
+        conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, s.classes, s.min_class_size)
     ood = _domain_detector(artifact, pred)
     energy_scores = (f"cross-fitted element reference ({energy_folds} folds)" if energy_folds
                      else "in-sample element reference")
     summary = CalibrationSummary(
         target=target, n_structures=len(structs), n_features=L.n_features, rank=L.rank_, alpha2=L.alpha2_,
         sigma2=L.sigma2_, regularisation_note=L.regularisation_note_, fit=fit, energy_scores=energy_scores,
-        force_mae=float(np.mean(np.abs(f_res))), force_alpha2=L.force_alpha2_ if with_forces else None,
+        force_mae=float(np.mean(np.abs(lab.f_res))), force_alpha2=L.force_alpha2_ if with_forces else None,
         force_sigma2=L.force_sigma2_ if with_forces else None, differences=diff,
-        element_reference=ref.as_dict() if ref is not None else {}, alpha=alpha, classes=classes,
+        element_reference=ref.as_dict() if ref is not None else {}, alpha=alpha, classes=s.classes,
         conformal_quantile={k: c.quantile_ for k, c in conformal.items()},
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)
+    art = _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores)
+    return CalibrationResult(artifact=art, issues=lab.issues, n_structures=len(structs),
+                             energy_residual=lab.e_cf, energy_sigma=fit.energy_sigma, summary=summary)
+
+
+def _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores) -> Artifact:
+    """The new artifact of stage "calibrated" from the fitted pieces (``artifact`` is not changed)."""
     from calib.data.labelers import structure_key
 
-    art = artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
-                           differences=diff.models, ood=ood, force_error=None, error_models=errors,
-                           calibration_keys=[structure_key(a) for a in structs],  # evaluate: held out or not
-                           attrs={**artifact.attrs, "calibration_target": target,
-                                  "calibration_n_structures": len(structs),
-                                  "element_reference_note": "least squares on element counts of E_ref - E_model "
-                                                            "over the calibration set (eV/atom)",
-                                  "energy_scores": energy_scores})
-    return CalibrationResult(artifact=art, issues=issues, n_structures=len(structs),
-                             energy_residual=e_cf, energy_sigma=fit.energy_sigma, summary=summary)
+    return artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
+                            differences=diff.models, ood=ood, force_error=None, error_models=errors,
+                            calibration_keys=[structure_key(a) for a in structs],  # evaluate: held out or not
+                            attrs={**artifact.attrs, "calibration_target": target,
+                                   "calibration_n_structures": len(structs),
+                                   "element_reference_note": "least squares on element counts of E_ref - E_model "
+                                                             "over the calibration set (eV/atom)",
+                                   "energy_scores": energy_scores})

@@ -16,17 +16,18 @@ from calib.workflows.softening import _softening_run
 
 
 def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
-           targets: Sequence[Atoms] | None = None, *, thresholds=None, force_mode: str = "none",
+           targets: Sequence[Atoms] | None = None, *, rules=None, force_mode: str = "none",
            batch_size: int = 16, n_bootstrap: int = 2000, seed: int = 0,
            progress: bool = True, policy=None) -> tuple[list, list]:
     """Decide per chemistry (calib.softening.decide's rules): every chemistry of ``targets`` when they are given
     (those without labelled structures are decided "label"), else every chemistry of ``labelled``. Targets
     (default: the labelled structures) are judged by the predictor's trust verdict and, when given, for their
-    Q score against the model's domain (the artifact's one detector); ``policy`` (a calib.uq.trust.TrustPolicy)
+    Q score against the model's domain (the artifact's one detector); ``rules`` (a calib.softening.decide.DecisionRules) sets the rules'
+    tolerances, ``policy`` (a calib.uq.trust.TrustPolicy)
     sets what the targets' verdict checks. Returns (decisions, skipped issues)."""
-    from calib.softening.decide import Thresholds, decide_chemistry, unmeasured
+    from calib.softening.decide import DecisionRules, decide_chemistry, unmeasured
 
-    t = thresholds or Thresholds()
+    t = rules or DecisionRules()
     # the model's own predictions: the softening (and the correction to store) is measured on them, and the
     # verdict of the targets is that of the prediction the decision is about
     predictor = CalibratedPredictor(model, artifact, trust=policy).raw()
@@ -37,7 +38,7 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
         from calib.errors import InputError
 
         raise InputError("no valid labelled structure to decide from: " + "; ".join(str(i) for i in lp.issues[:5]))
-    run = _softening_run(lp, n_bootstrap=n_bootstrap, confidence=t.confidence, seed=seed)
+    run = _softening_run(lp, n_bootstrap=n_bootstrap, confidence=t.ci_level, seed=seed)
     soft = run.results
     issues = list(lp.issues)
     lab = lp.ok

@@ -39,7 +39,6 @@ import numpy as np
 
 from calib.predictor import CalibratedPredictor, as_structures
 from calib.uq.differences import composition
-from calib.uq.trust import BARRIER_TOL  # eV, largest calibrated half-width of a trusted forward barrier
 
 BARRIERS = ("forward", "reverse", "kra")
 
@@ -84,7 +83,7 @@ def barrier_weights(m: int, M: int) -> dict:
     return out
 
 
-def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrier_tol: float = BARRIER_TOL):
+def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrier_tol: float | None = None):
     """An xarray Dataset for one NEB path: relative energies, their covariance, barriers and intervals.
 
     Dimensions: ``image`` (0 … M), ``image_a``/``image_b`` (1 … M: image 0 is exact by definition),
@@ -109,10 +108,13 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``, and the path verdict
     (module docstring): ``trusted``, ``reasons``, ``images_untrusted``, ``label_next`` (the interior image with
     the widest band: the label that would tell most), ``corrected_trusted``, ``corrected_reasons``. Raises
-    ValueError for a skipped image or one of another composition.
+    ValueError for a skipped image or one of another composition. ``barrier_tol`` (eV) defaults to the
+    predictor's policy's (``predictor.trust.barrier_tol``, calib.uq.trust.TrustPolicy).
     """
     import xarray as xr
 
+    if barrier_tol is None:
+        barrier_tol = predictor.trust.barrier_tol if predictor.trust.barrier_tol is not None else np.inf
     art = predictor.artifact
     if art is None or "raw" not in art.differences:
         raise ValueError("NEB error bars need an artifact calibrated with the energy-difference model "

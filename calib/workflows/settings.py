@@ -1,0 +1,54 @@
+"""The settings dataclasses of the workflows, light to import: the CLI builds its options from them when it
+starts (:mod:`calib.settings`), before any model or heavy library loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from calib.errors import UsageError, positive_int
+from calib.settings import folds, one_of, open_fraction, setting, validate
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What :func:`calibrate` fits and how, validated on construction; each field declares its default, unit,
+    help and constraint once (:mod:`calib.settings`), and ``calib calibrate`` builds its options from them."""
+
+    target: str = setting(
+        "both", "residuals for the NLL: both ((α², ς²) per observable: on the shipped GPAW data one pair cannot "
+        "serve both, docs/llpr.md), energy (total eV after the element reference) or forces (every component, "
+        "eV/Å)", check=one_of("both", "energy", "forces"), flag="--target")
+    alpha: float | None = setting(
+        0.1, "conformal miscoverage level in (0, 1): intervals aim at 1 − α coverage (None: no conformal state; "
+        "the scores |error|/σ depend on this set only through ς², docs/conformal.md)", check=open_fraction,
+        flag="--alpha", optional=True)
+    classes: int | str | None = setting(
+        None, "Mondrian classes of the conformal quantiles: K (a mixture of ≤ K environment classes on the "
+        "per-atom descriptors), 'element', 'chemsys' or None")
+    min_class_size: int = setting(30, "≥ 1: smaller classes use the global quantile", check=positive_int,
+                                  flag="--min-class-size")
+    energy_folds: int | None = setting(
+        5, "cross-fit the element reference over K ≥ 2 folds of structures for the energy residuals and scores "
+        "(they are then not shrunk by the fit; structures whose shift the other folds do not determine are left "
+        "out); 0 or None: in-sample, as calib 0.1.0", check=folds, flag="--energy-folds", optional=True)
+    approx_coverage: float = setting(0.95, "fraction of the summed force variance the approximate force σ keeps "
+                                     "(directions chosen by their contribution on these structures)",
+                                     check=open_fraction)
+    with_forces: bool = setting(True, "exact force gradients on the labelled set (d backward passes per batch) "
+                                "for the force fit and the approximate-σ truncation; only target 'energy' can do "
+                                "without")
+    difference_model: bool = setting(True, "fit the energy-difference variance model (calib.uq.differences), raw "
+                                     "and after each chemistry's scalar correction; False: LLPR difference σ alone")
+    error_folds: int = setting(10, "folds of the grouped cross-fit of the error models: each structure's score "
+                               "comes from models fitted without its chemical system", check=positive_int)
+    chemistry_scale: bool = setting(True, "give each calibrated chemistry with ≥ 2 structures its own "
+                                    "force-variance scale and bound quantile; off when the labels are the model's "
+                                    "own training data (calib loop)")
+    structure_model: bool = setting(False, "also fit the structure error model (boosted trees of a structure's "
+                                    "largest force error, conformalised) to bound a new chemistry's largest error; "
+                                    "off by default (docs/errormodel.md)")
+
+    def __post_init__(self):
+        validate(self)
+        if self.target != "energy" and not self.with_forces:
+            raise UsageError(f"target={self.target!r} needs force gradients (with_forces=True)")
