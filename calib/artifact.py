@@ -1,10 +1,11 @@
 """The calib artifact: every fitted piece in one versioned netCDF file (via xarray).
 
 The artifact only assembles: each piece writes and reads its own variables
-(``to_variables`` / ``from_variables``): :class:`calib.uq.llpr.LLPR`,
-:class:`calib.uq.reference.ElementReference`,
-:class:`calib.uq.conformal.ConformalCalibrator` (one per target, prefixed
-``cp_<target>``) and :class:`calib.softening.correction.ScalarCorrection`.
+(``to_variables`` / ``from_variables``), and :data:`PIECES` lists them once (one :class:`Piece` each: the
+field, the class, the prefix, how to tell the file holds it): :class:`calib.uq.llpr.LLPR` (always),
+:class:`calib.uq.reference.ElementReference`, :class:`calib.uq.conformal.ConformalCalibrator` (one per
+target, prefixed ``cp_<target>``), the difference models, :class:`calib.softening.correction.ScalarCorrection`,
+the domain detector and the error models.
 
 Variables (units in each variable's ``units`` attribute):
 
@@ -86,6 +87,59 @@ SCHEMA_VERSION = 2
 CHECKSUM_SCHEME = 2  # 1 (calib 0.4): data variables; 2: and every global attribute but the creation time
 STAGES = ("hessian", "calibrated")
 _MODEL_KEYS = ("model_name", "model_version", "model_fingerprint", "energy_convention", "n_features", "feature_set")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One fitted piece the artifact holds, as its registry entry (like xarray's backend entrypoints): the
+    :class:`Artifact` field it fills, the class that writes and reads its variables (``to_variables`` /
+    ``from_variables``), the variable ``prefix``, the variable whose presence says the file holds it
+    (``marker``; None: always read) and, for a piece that is a dict of named parts (a conformal calibrator per
+    target), the global attribute that lists the names (``names_attr``; each part's prefix is
+    ``prefix + "_" + name``). ``prefixed``: the class's methods take the prefix."""
+
+    field: str
+    cls: type
+    prefix: str = ""
+    marker: str | None = None
+    names_attr: str = ""
+    prefixed: bool = True
+
+    def present(self, ds) -> bool:
+        """Whether the dataset ``ds`` holds this piece."""
+        if self.names_attr:
+            return bool(str(ds.attrs.get(self.names_attr, "")))
+        if hasattr(self.cls, "present"):
+            return bool(self.cls.present(ds))
+        return self.marker is None or self.marker in ds
+
+    def _args(self, name: str = "") -> tuple:
+        return ((f"{self.prefix}_{name}" if name else self.prefix),) if self.prefixed else ()
+
+    def to_variables(self, value) -> dict:
+        """netCDF variables (name -> (dims, values, attrs)) of the piece's fitted ``value``."""
+        if self.names_attr:
+            return {k: v for name, part in value.items() for k, v in part.to_variables(*self._args(name)).items()}
+        return value.to_variables(*self._args())
+
+    def from_variables(self, ds):
+        """The piece read back from ``ds`` (a dict of parts for a named piece)."""
+        if self.names_attr:
+            names = filter(None, str(ds.attrs.get(self.names_attr, "")).split(","))
+            return {name: self.cls.from_variables(ds, *self._args(name)) for name in names}
+        return self.cls.from_variables(ds, *self._args())
+
+
+#: every fitted piece besides the LLPR posterior, in the order the file holds them; a new piece is one entry here
+PIECES: tuple[Piece, ...] = (
+    Piece("element_reference", ElementReference, marker="element_reference", prefixed=False),
+    Piece("conformal", ConformalCalibrator, "cp", names_attr="conformal_targets"),
+    Piece("differences", DifferenceVarianceModel, "difference", names_attr="difference_models"),
+    Piece("corrections", ScalarCorrection, prefixed=False),
+    Piece("ood", QResidualDetector, "ood", marker="ood_threshold"),
+    Piece("force_error", ForceErrorModel, "force_error", marker="force_error_quantile"),
+    Piece("error_models", ErrorModels, prefixed=False),
+)
 
 
 @dataclass
@@ -172,19 +226,10 @@ class Artifact:
         variables["readout_weight"] = (("feature",), np.asarray(self.readout_weight, dtype=float), {
             "units": "eV/atom per feature unit" if self.model_info.get("energy_convention") == "per_atom"
             else "eV per feature unit"})
-        if self.element_reference is not None:
-            variables.update(self.element_reference.to_variables())
-        for name, cal in self.conformal.items():
-            variables.update(cal.to_variables(f"cp_{name}"))
-        for name, model in self.differences.items():
-            variables.update(model.to_variables(f"difference_{name}"))
-        variables.update(self.corrections.to_variables())
-        if self.ood is not None:
-            variables.update(self.ood.to_variables("ood"))
-        if self.force_error is not None:
-            variables.update(self.force_error.to_variables("force_error"))
-        if self.error_models is not None:
-            variables.update(self.error_models.to_variables())
+        for piece in PIECES:
+            value = getattr(self, piece.field)
+            if value is not None:
+                variables.update(piece.to_variables(value))
         if self.calibration_keys is not None:
             variables["calibration_structure_key"] = (
                 ("calibration_structure",), np.array([str(k) for k in self.calibration_keys], dtype=object),
@@ -222,26 +267,22 @@ class Artifact:
             llpr = LLPR.from_variables(ds)
         except KeyError as exc:
             raise ArtifactError(f"artifact lacks the attribute {exc}: not a calib artifact?") from exc
-        ref = ElementReference.from_variables(ds) if "element_reference" in ds else None
-        conformal = {}
-        for name in filter(None, str(attrs.pop("conformal_targets", "")).split(",")):
+        pieces = {}
+        for piece in PIECES:
+            if not piece.present(ds):
+                continue
             try:
-                conformal[name] = ConformalCalibrator.from_variables(ds, f"cp_{name}")
+                pieces[piece.field] = piece.from_variables(ds)
             except KeyError as exc:
-                raise ArtifactError(f"artifact's conformal state for {name!r} is incomplete: missing {exc}") from exc
-        differences = {name: DifferenceVarianceModel.from_variables(ds, f"difference_{name}")
-                       for name in filter(None, str(attrs.pop("difference_models", "")).split(","))}
+                raise ArtifactError(f"artifact's {piece.field} state is incomplete: missing {exc}") from exc
+        for piece in PIECES:
+            attrs.pop(piece.names_attr, None)
         model_info = {k: attrs.pop(k) for k in _MODEL_KEYS if k in attrs}
         for k in ("n_structures", "rank", "regularisation_note", "schema_version", "calib_version", "data_sha256",
                   "checksum_scheme"):
             attrs.pop(k, None)
         return cls(llpr=llpr, model_info=model_info, readout_weight=ds["readout_weight"].values.astype(float),
-                   stage=str(attrs.pop("stage")), element_reference=ref, conformal=conformal, differences=differences,
-                   corrections=ScalarCorrection.from_variables(ds),
-                   ood=QResidualDetector.from_variables(ds, "ood") if "ood_threshold" in ds else None,
-                   force_error=ForceErrorModel.from_variables(ds) if "force_error_quantile" in ds else None,
-                   error_models=ErrorModels.from_variables(ds) if ErrorModels.present(ds) else None,
-                   attrs=attrs,
+                   stage=str(attrs.pop("stage")), **pieces, attrs=attrs,
                    calibration_keys=([str(k) for k in ds["calibration_structure_key"].values]
                                      if "calibration_structure_key" in ds else None))
 

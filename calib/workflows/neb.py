@@ -111,8 +111,6 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     ValueError for a skipped image or one of another composition. ``barrier_tol`` (eV) defaults to the
     predictor's policy's (``predictor.trust.barrier_tol``, calib.uq.trust.TrustPolicy).
     """
-    import xarray as xr
-
     if barrier_tol is None:
         barrier_tol = predictor.trust.barrier_tol if predictor.trust.barrier_tol is not None else np.inf
     art = predictor.artifact
@@ -141,11 +139,23 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     if np.isfinite(c) and "corrected" in art.differences:
         variants.append(("corrected", c, sc, art.differences["corrected"],
                          art.conformal.get("energy_difference_corrected")))
-    rows = {k: [] for k in ("energy", "energy_sigma", "covariance", "barrier", "barrier_sigma",
-                            "barrier_sigma_independent", "quantile", "correction")}
     q_img = ds["q_score"].values if "q_score" in ds else np.zeros(M + 1)
     domain = art.corrections.domain.get(chem) if len(variants) > 1 else None
     uncovered = domain is not None and bool(np.max(q_img[1:M]) > domain) if M > 1 else False
+    rows = _band_rows(variants, L, D, weights, uncovered)
+    out = _band_dataset(rows, [v[0] for v in variants], ds["name"].values, M)
+    out.attrs.update(chemsys=chem, highest_image=m, alpha=float(variants[0][4].alpha) if variants[0][4] else np.nan)
+    out.attrs.update(_path_verdict(ds, out, barrier_tol, uncovered, float(np.max(q_img[1:M])) if M > 1 else 0.0,
+                                   domain))
+    return out
+
+
+def _band_rows(variants, L, D, weights, uncovered: bool) -> dict:
+    """Per variant (raw, corrected): the image energies E_i − E_0 (eV), their σ and covariance (eV, eV²), the
+    barriers (eV) with their σ, the quantile and the factor c. The corrected band is never narrower than the raw
+    one where the path leaves the correction's domain (``uncovered``)."""
+    rows = {k: [] for k in ("energy", "energy_sigma", "covariance", "barrier", "barrier_sigma",
+                            "barrier_sigma_independent", "quantile", "correction")}
     for name, c, sc, model, cal in variants:
         C = model.covariance(L, D, c, sc)
         if name == "corrected" and uncovered:  # never narrower than the raw band (same q scale: see above)
@@ -160,12 +170,19 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
         rows["barrier_sigma_independent"].append(np.sqrt(weights**2 @ np.diag(C)))
         rows["quantile"].append(cal.quantile_ if cal is not None else np.nan)
         rows["correction"].append(c)
+    return rows
+
+
+def _band_dataset(rows: dict, variants: list, names, M: int):
+    """The band's Dataset (:func:`band`'s table) from :func:`_band_rows`."""
+    import xarray as xr
+
     q = np.array(rows["quantile"])
     eV = {"units": "eV"}
-    out = xr.Dataset(coords={"variant": [v[0] for v in variants], "image": np.arange(M + 1),
+    out = xr.Dataset(coords={"variant": variants, "image": np.arange(M + 1),
                              "image_a": np.arange(1, M + 1), "image_b": np.arange(1, M + 1),
                              "barrier": list(BARRIERS)})
-    out["name"] = ("image", ds["name"].values)
+    out["name"] = ("image", names)
     energy, sig = np.array(rows["energy"]), np.array(rows["energy_sigma"])
     out["energy"] = (("variant", "image"), energy, {**eV, "description": "E_i - E_0 (corrected: c (E_i - E_0))"})
     out["energy_sigma"] = (("variant", "image"), sig, eV)
@@ -180,9 +197,6 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     out["barrier_high"] = (("variant", "barrier"), bar + q[:, None] * bsig, eV)
     out["quantile"] = ("variant", q, {"units": "1", "description": "conformal quantile of the difference target"})
     out["correction"] = ("variant", np.array(rows["correction"]), {"units": "1"})
-    out.attrs.update(chemsys=chem, highest_image=m, alpha=float(variants[0][4].alpha) if variants[0][4] else np.nan)
-    out.attrs.update(_path_verdict(ds, out, barrier_tol, uncovered, float(np.max(q_img[1:M])) if M > 1 else 0.0,
-                                   domain))
     return out
 
 

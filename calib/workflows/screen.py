@@ -339,17 +339,7 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     try:
         own = (out, writer.journal, writer.lockfile)  # a folder holding the results: not read as candidates
         stream = _batched(iter_structures(sources, strict=False, exclude=own), batch_size)
-        chain, skipped = "", 0
-        while skipped < writer.rows:  # the committed rows: re-read (not predicted) to check the input
-            batch = next(stream, None)
-            if batch is None:
-                raise ValueError(f"the input has fewer structures ({skipped}) than {out} has committed rows "
-                                 f"({writer.rows}): not the same input")
-            chain = chain_hash(chain, batch_fingerprint(batch))
-            skipped += len(batch)
-        if skipped != writer.rows or chain != writer.chain:
-            raise ValueError(f"the input differs from the one {out} was started on (its first {writer.rows} "
-                             "structures do not match); pass the same files or write to another file")
+        _skip_committed(stream, writer, out)
         total = count_structures(sources, exclude=own)
         bar = tqdm(total=total, initial=writer.rows, desc="screen", unit="structure", disable=not progress,
                    smoothing=0.1)
@@ -365,22 +355,43 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
             on_workers = spec_of(model) if isinstance(model, ModelAdapter) else model  # a spec travels, not weights
             results = ordered_batches(client, _screen_on_worker, stream, writer.rows,
                                       os.path.abspath(calibration), on_workers, device, policy, options)
-        done = 0
-        for batch, rows in results:
-            writer.write(rows, batch_fingerprint(batch))
-            if on_commit is not None:
-                on_commit(writer.rows)
-            bar.update(len(batch))
-            done += 1
-            if stop_after is not None and done >= stop_after:
-                break
-        else:
-            writer.finish()
+        _commit(results, writer, bar, on_commit, stop_after)
         bar.close()
     finally:
         writer.close()
     done = summarize(out) if writer.complete else {"output": os.fspath(out), "complete": False, "rows": writer.rows}
     return {**done, "resumed_from": resumed_from}
+
+
+def _skip_committed(stream, writer, out) -> None:
+    """Re-read (not predict) the input's structures that ``writer`` has committed, and raise ValueError when
+    they are not the ones the file was started on (a resume must continue the same input)."""
+    chain, skipped = "", 0
+    while skipped < writer.rows:
+        batch = next(stream, None)
+        if batch is None:
+            raise ValueError(f"the input has fewer structures ({skipped}) than {out} has committed rows "
+                             f"({writer.rows}): not the same input")
+        chain = chain_hash(chain, batch_fingerprint(batch))
+        skipped += len(batch)
+    if skipped != writer.rows or chain != writer.chain:
+        raise ValueError(f"the input differs from the one {out} was started on (its first {writer.rows} "
+                         "structures do not match); pass the same files or write to another file")
+
+
+def _commit(results, writer, bar, on_commit, stop_after: int | None) -> None:
+    """Write each (batch, rows) of ``results`` as it arrives, in order; finish the file unless ``stop_after``
+    batches stopped the run first."""
+    done = 0
+    for batch, rows in results:
+        writer.write(rows, batch_fingerprint(batch))
+        if on_commit is not None:
+            on_commit(writer.rows)
+        bar.update(len(batch))
+        done += 1
+        if stop_after is not None and done >= stop_after:
+            return
+    writer.finish()
 
 
 def _serial(predictor, stream, writer, options):
