@@ -11,60 +11,10 @@ caller's input, skipped ones included), ``atom`` (the atoms of the predicted
 structures, concatenated; ``structure_index`` says whose), ``component``
 (x, y, z) and, with ``descriptors=True``, ``feature``.
 
-======================= ======================= ==========================================================
-variable                dims                    meaning
-======================= ======================= ==========================================================
-name, chemsys           structure               ``info["name"]`` or the formula; elements by electronegativity
-source                  structure               ``file:frame`` the structure was read from ("" for objects)
-error                   structure               why a structure was skipped ("" when predicted)
-n_atoms                 structure               atoms predicted (0 for a skipped structure)
-prediction              structure               "corrected" (the stored scalar correction applies) or "raw"
-energy                  structure               total energy of the reported prediction, eV
-energy_model            structure               the model's own energy where corrected, eV
-energy_per_atom         structure               eV/atom
-energy_sigma            structure               σ of the total energy (energy error model), eV
-energy_sigma_llpr       structure               calibrated LLPR σ of the total energy, eV
-max_local_sigma         structure               largest per-atom LLPR energy σ, eV
-q_score, t2_score       structure               largest atomic Q residual, Hotelling T² ÷ their thresholds on
-                                                the Hessian's structures
-domain_score            structure               max of the two (> 1: out of the model's domain)
-energy_shift            structure               per-element reference Σ n_el μ_el fitted at calibration, eV
-energy_centre           structure               energy + energy_shift: the estimate of the reference code's
-                                                total energy, eV (the centre of the interval)
-energy_low/high         structure               conformal interval for the reference-code total energy, eV
-                                                (NaN where the element reference does not determine the shift)
-energy_interval_reason  structure               why a structure has no energy interval ("" when it has one)
-energy_reference_u      structure               elements whose GGA+U offset ("Fe (U)") the shift used, or ""
-energy_halfwidth        structure               conformal half-width of the total energy, eV (with or without
-                                                an interval: the element reference does not change it)
-energy_class            structure               class of the energy quantile: "seen" or "new" composition
-force_error_bound       structure               calibrated bound on the largest force error, eV/Å (at 1 − α)
-force_error_bound_trust structure               the same at the trust policy's confidence (what the verdict
-                                                holds to force_tol), eV/Å
-trusted, trust_reason   structure               the one trust verdict and why not (calib.uq.trust)
-trust_checks_failed     structure               the failed checks, comma-joined (domain, forces, energy, ...)
-trust_score             structure               ≤ 1 exactly when trusted (ranks structures)
-trust_notes             structure               elements in no calibration label, extrapolation (information)
-extrapolated            structure               outside every calibration structure (Q): intervals extrapolated
-correction              structure               scalar correction c stored for the chemsys (NaN: none)
-energy_corrected        structure               E_anchor + c (E − E_anchor) of the model's energy, eV (NaN: none)
-max_force               structure               largest |force component| of the reported prediction, eV/Å
-max_force_sigma         structure               largest force-component σ, eV/Å
-max_force_halfwidth     structure               widest force-component conformal half-width, eV/Å
-max_force_corrected     structure               c · the model's largest |force component|, eV/Å
-stress                  (structure, voigt)      eV/Å³, ASE sign convention (``stress=True``)
-structure_index         atom                    the ``structure`` coordinate of each atom
-numbers                 atom                    atomic numbers
-local_energy_sigma      atom                    LLPR σ of the atom's energy contribution w·φ_a + b, eV
-forces                  (atom, component)       of the reported prediction, eV/Å
-forces_model            (atom, component)       the model's own forces where corrected, eV/Å
-forces_sigma            (atom, component)       σ of each component (force error model), eV/Å
-forces_sigma_llpr       (atom, component)       calibrated LLPR σ (``force_mode`` exact or approx), eV/Å
-forces_low/high         (atom, component)       conformal interval for the reference force, eV/Å
-forces_corrected        (atom, component)       c · the model's forces, eV/Å (the model's where no c)
-features                (structure, feature)    pooled last-layer features (``descriptors=True``)
-atom_descriptors        (atom, feature)         per-atom last-layer features (``descriptors=True``)
-======================= ======================= ==========================================================
+{variables}
+
+(per variable, as :mod:`calib.schema` holds them: energies are totals unless the name says per atom;
+``energy_low/high`` and ``forces_low/high`` are NaN where no interval applies)
 
 Attributes: ``energies`` ("total eV" unless a name says per atom), ``model_name``, ``model_version``,
 ``model_read_as``, ``model_energy_convention`` (what the *model* predicts internally: CHGNet "per_atom";
@@ -95,6 +45,9 @@ from calib.uq.differences import composition, difference_sigmas, reference_pairs
 from calib.uq.errormodel import AtomInputs, component_scale, structure_features
 from calib.uq.targets import Points, build_points
 from calib.uq.trust import Check, TrustPolicy, verdict
+
+if __doc__:  # the table of the variables, from the one schema (python -OO strips docstrings)
+    __doc__ = __doc__.replace("{variables}", schema.table(schema.PREDICTION))
 
 FORCE_MODES = ("exact", "approx", "none")
 

@@ -33,6 +33,7 @@ class Column:
     description: str
     calculator: str | None = None
     record: str | None = None
+    extra_dim: str = ""  # a further dimension of the variable (stress: voigt; features: feature)
 
     def value(self, values, k: int):
         """Row ``k`` of ``values`` as a plain Python value (float, int, bool, str; an array per atom); None for
@@ -60,6 +61,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("name", _S, "s", "", "info['name'] or the formula"),
     Column("chemsys", _S, "s", "", "elements, ordered by electronegativity"),
     Column("error", _S, "s", "", "why the structure could not be predicted ('' when it was)"),
+    Column("source", _S, "s", "", "file:frame the structure was read from ('' for objects)"),
     Column("status", _S, "s", "", "screen rows: trusted, untrusted or failed"),
     Column("n_atoms", _S, "i", "1", "number of atoms", record="always"),
     Column("prediction", _S, "s", "", "which prediction energy, forces, sigma, intervals and the verdict "
@@ -106,7 +108,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("max_force", _S, "f", "eV/Å", "largest |force component| of the reported prediction", record="always"),
     Column("max_force_sigma", _S, "f", "eV/Å", "largest force-component sigma", record="always"),
     Column("max_force_halfwidth", _S, "f", "eV/Å", "widest conformal force half-width", record="always"),
-    Column("stress", _S, "f", "eV/Å^3", "stress, Voigt order xx yy zz yz xz xy", calculator="stress"),
+    Column("stress", _S, "f", "eV/Å^3", "stress (ASE sign convention), Voigt order xx yy zz yz xz xy",
+           calculator="stress", extra_dim="voigt"),
     # domain and verdict
     Column("q_score", _S, "f", "1", "largest atomic Q residual / threshold of the Hessian's structures (> 1: out "
            "of the model's domain)"),
@@ -137,11 +140,17 @@ COLUMNS: tuple[Column, ...] = (
            "stored)"),
     Column("max_force_corrected", _S, "f", "eV/Å", "c * the model's largest |force component|"),
     # model internals
-    Column("features", _S, "f", "1", "the model's last-layer features of the structure"),
-    Column("atom_descriptors", _A, "f", "1", "the model's per-atom last-layer descriptors"),
+    Column("features", _S, "f", "1", "the model's pooled last-layer features of the structure",
+           extra_dim="feature"),
+    Column("atom_descriptors", _A, "f", "1", "the model's per-atom last-layer descriptors", extra_dim="feature"),
+    Column("structure_index", _A, "i", "", "the structure coordinate of each atom"),
+    Column("numbers", _A, "i", "", "atomic numbers"),
 )
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+#: the columns only the screen file has (calib.workflows.screen); every other one is a prediction variable
+SCREEN_ONLY = ("status", "energy_sigma_per_atom")
+PREDICTION = tuple(c.name for c in COLUMNS if c.name not in SCREEN_ONLY)
 
 
 def attrs(name: str) -> dict:
@@ -151,6 +160,19 @@ def attrs(name: str) -> dict:
     if col is None:
         return {}
     return {**({"units": col.units} if col.units else {}), "description": col.description}
+
+
+def table(names) -> str:
+    """An RST table (name, dims, units, meaning) of the columns ``names``: what the predictor's and the screen
+    file's docstrings show, so that units and meanings are written here only."""
+    dims = {_S: "structure", _A: "atom", _A3: "(atom, component)"}
+    rows = [(c.name, dims[c.dims] if not c.extra_dim else f"({dims[c.dims]}, {c.extra_dim})", c.units or "-",
+             c.description) for c in columns(names)]
+    widths = [max(len(r[i]) for r in [("variable", "dims", "units", "meaning"), *rows]) for i in range(4)]
+    rule = "  ".join("=" * w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:3]) + "  {}"
+    return "\n".join([rule, fmt.format("variable", "dims", "units", "meaning"), rule,
+                      *(fmt.format(*r) for r in rows), rule])
 
 
 def record_columns() -> list[Column]:

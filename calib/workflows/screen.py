@@ -3,35 +3,9 @@
 One row per input structure, written to a netCDF file that grows batch by
 batch, so that neither the input nor the results are ever held whole:
 
-=======================  =====================================================================
-variable (dim structure) meaning
-=======================  =====================================================================
-name, chemsys            ``info["name"]`` or the formula; elements by electronegativity
-status                   "trusted", "untrusted" or "failed"
-error                    why a row failed ("" for a predicted one)
-trusted                  True when every trust check passed (bool; int8 on disk)
-trust_reason             why a row is not trusted (" | "-joined), "" when trusted
-trust_checks_failed      the failed checks, comma-joined (domain, forces, energy, element, not checked)
-trust_notes              elements in no calibration label, extrapolation (information, not reasons)
-prediction               "corrected" where the stored scalar correction applies, else "raw"
-n_atoms                  atoms (0 for a failed row)
-energy                   total energy of the reported prediction, eV
-energy_per_atom          eV/atom
-energy_sigma             σ of the total energy (energy error model), eV
-energy_sigma_per_atom    σ_E / N, eV/atom
-max_local_sigma          largest per-atom energy σ, eV
-energy_centre            energy + per-element shift: centre of the interval, eV (reference-code energy)
-energy_low, energy_high  conformal interval for the reference-code total energy, eV
-q_score, t2_score        largest atomic Q residual, Hotelling T² ÷ their thresholds on the Hessian's structures
-domain_score             the larger of the two (> 1: out of the model's domain)
-max_force                largest |force component|, eV/Å (model forces)
-max_force_sigma          largest force-component σ (force error model), eV/Å (``forces=True``)
-force_error_bound        calibrated bound on the largest force-component error, eV/Å
-force_error_bound_trust  the same bound at the trust policy's confidence (held to force_tol), eV/Å
-max_force_halfwidth      widest conformal force half-width, eV/Å (``forces=True``)
-correction               scalar correction c stored for the chemistry (NaN: none)
-energy_corrected         energy after the stored correction, eV
-=======================  =====================================================================
+{columns}
+
+(every variable has the dimension ``structure``; ``trusted`` is int8 on disk, a bool when read back)
 
 The verdict of each row is the predictor's, the one trust rule of
 :mod:`calib.uq.trust`: inside the model's domain (domain score ≤ 1 against the
@@ -75,6 +49,8 @@ SCREEN_COLUMNS = ("name", "chemsys", "status", "error", "trusted", "trust_reason
                   "trust_notes", "prediction", "force_error_bound_trust")
 #: (name, kind, units) of every column; kind "f" float64, "i" int32, "b" bool (int8 on disk), "s" text
 COLUMNS = [(c.name, c.dtype, c.units) for c in schema.columns(SCREEN_COLUMNS)]
+if __doc__:  # the columns of the file, from the one schema
+    __doc__ = __doc__.replace("{columns}", schema.table(SCREEN_COLUMNS))
 _TEXT_LEN = {"name": 128, "chemsys": 64, "status": 16, "error": 512, "trust_reason": 512,
              "energy_interval_reason": 256, "trust_checks_failed": 64, "trust_notes": 256, "prediction": 16}
 STATUSES = ("trusted", "untrusted", "failed")
