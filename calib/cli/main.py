@@ -15,6 +15,7 @@ import calib.cli.predict  # noqa: F401
 import calib.cli.softening  # noqa: F401
 import calib.cli.paths  # noqa: F401
 import calib.cli.tools  # noqa: F401
+import calib.cli.pages  # noqa: F401
 # isort: on
 from calib.cli.app import app
 

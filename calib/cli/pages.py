@@ -1,0 +1,78 @@
+"""The ``report`` command: one self-contained HTML page about a calibration (calib.cli.htmlreport)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from calib.cli.app import (
+    ArtModelOpt,
+    BatchOpt,
+    CalibrationOpt,
+    DeviceOpt,
+    EveryOpt,
+    JsonOpt,
+    LimitOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    ShuffleOpt,
+    app,
+    calibrated,
+    calibration_or_default,
+    common_options,
+    emit_json,
+    fail,
+    model_and_artifact,
+    read_inputs,
+    say_calibration,
+    subset_options,
+)
+from calib.errors import check_outputs
+
+
+@app.command("report")
+def report_cmd(
+    out: Path = typer.Option(..., "-o", "--out", help="the HTML page to write (self-contained: figures embedded)"),
+    calibration: Optional[Path] = CalibrationOpt,
+    labelled: Optional[List[Path]] = typer.Option(None, "--labelled", help="labelled structures (energy eV, forces "
+                                                  "eV/Å; repeatable), best held out: adds coverage, widths, the "
+                                                  "softening table and the verdict's quality"),
+    screen: Optional[Path] = typer.Option(None, "--screen", help="a results file of `calib screen`: adds its counts"),
+    every: int = EveryOpt,
+    limit: Optional[int] = LimitOpt,
+    shuffle: bool = ShuffleOpt,
+    seed: int = SeedOpt,
+    model: Optional[str] = ArtModelOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+):
+    """One HTML page: coverage of the calibration, its quantiles and corrections; with --labelled, held-out
+    coverage, widths, softening and the verdict; with --screen, a screen's counts."""
+    device = common_options(batch_size, device, model=model)
+    if out.suffix.lower() not in (".html", ".htm"):
+        fail(f"-o must name an .html file, got {str(out)!r}", "usage")
+    if screen is not None and not screen.is_file():
+        fail(f"--screen: no such results file: {screen}")
+    calibration, cal_rec = calibration_or_default(calibration, model)
+    check_outputs({"-o": out}, inputs=[*(labelled or []), calibration, *([screen] if screen else [])],
+                  overwrite=overwrite)
+    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed)) if labelled else None
+    from calib.cli import htmlreport
+
+    m, art = model_and_artifact(model, device, calibration)
+    art = calibrated(art, calibration, m)
+    ctx = htmlreport.build(art, model=m, labelled=structs, screen=screen, progress=not quiet)
+    htmlreport.render(ctx, out)
+    sections = ["provenance", "coverage", "quantiles", "corrections"] + [k for k in ("heldout", "screen")
+                                                                         if ctx[k] is not None]
+    if as_json:
+        emit_json({"out": str(out), "sections": sections, "calibration": cal_rec})
+        return
+    say_calibration(cal_rec)
+    typer.echo(f"report ({', '.join(sections)}) written to {out}")
