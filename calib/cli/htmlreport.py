@@ -123,8 +123,12 @@ def width_figure(points: dict) -> str:
     from calib.uq.targets import TARGETS
 
     names = [n for n, p in points.items() if p["half_width"] is not None]
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = min(max(len(names), 1), 2)
+    rows = -(-max(len(names), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.ravel(), names):
         p = points[name]
         e, h = np.abs(np.asarray(p["errors"])), np.asarray(p["half_width"])
         lo = max(min(np.min(e[e > 0]) if np.any(e > 0) else 1e-6, np.min(h[h > 0])), 1e-8)
