@@ -10,6 +10,11 @@ key                     meaning
 energy_uncertainty      σ of the total energy (the energy error model, calib.uq.errormodel), eV
 forces_uncertainty      σ of each force component (the force error model), eV/Å, shape (N, 3)
 force_error_bound       calibrated bound on the structure's largest force-component error, eV/Å
+forces_error_bound      per atom (N,): the atom's share of that bound, U × its largest component σ ÷ the
+                        structure's largest, eV/Å (the largest atom's is U; colour atoms by it in ASE's GUI or
+                        OVITO)
+energies_uncertainty    per atom (N,): LLPR σ of the atom's energy contribution (local prediction rigidity), eV;
+                        ASE's per-atom ``energies`` naming
 energy_interval         conformal interval (low, high) for the reference-code total energy, eV,
                         or None where the element reference does not determine it
 energy_centre           its centre: the model energy + energy_shift, eV (None without an interval)
@@ -42,7 +47,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from calib.schema import calculator_columns
 
 #: the columns left out of ``results`` with ``uncertainties=False`` (one model pass, as the plain model)
-_UNCERTAINTIES = frozenset({"energy_sigma", "forces_sigma", "energy_shift", "energy_centre"})
+_UNCERTAINTIES = frozenset({"energy_sigma", "forces_sigma", "energy_shift", "energy_centre", "local_energy_sigma"})
 #: the keys whose None is an answer (the element reference does not determine the shift), not an absence
 _NONE_MEANS = frozenset({"energy_shift", "energy_centre"})
 

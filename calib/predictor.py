@@ -456,6 +456,10 @@ class CalibratedPredictor:
         if bound is not None:
             cols.struct("force_error_bound", bound)
             cols.struct("force_error_bound_trust", trust_bound)
+            if cols.force_sigma_all is not None:  # each atom's share: U × its largest σ ÷ the structure's largest
+                atom_max = cols.force_sigma_all.max(axis=1)
+                top = _per_structure_max(atom_max[:, None], pred)[pred.atom_structure]
+                cols.atom("atom_force_error_bound", bound[pred.atom_structure] * atom_max / np.where(top > 0, top, np.nan))
         cal_max = getattr(art.ood, "calibration_max_", np.nan) if art.ood is not None else np.nan
         extrapolated = q > cal_max if q is not None and np.isfinite(cal_max) else np.zeros(n, dtype=bool)
         cols.struct("extrapolated", extrapolated, fill=False)

@@ -77,7 +77,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("energy_sigma_per_atom", _S, "f", "eV/atom", "energy_sigma / n_atoms"),
     Column("energy_sigma_llpr", _S, "f", "eV", "calibrated LLPR sigma of the total energy", record="finite"),
     Column("local_energy_sigma", _A, "f", "eV", "LLPR sigma of the atom's energy contribution (local prediction "
-           "rigidity)"),
+           "rigidity)", calculator="energies_uncertainty"),
+    Column("atom_force_error_bound", _A, "f", "eV/Å", "the atom's share of force_error_bound: the bound times "
+           "the atom's largest force-component sigma over the structure's largest (its largest is the bound)",
+           calculator="forces_error_bound"),
     Column("max_local_sigma", _S, "f", "eV", "largest per-atom energy sigma of the structure", record="always"),
     Column("energy_shift", _S, "f", "eV", "per-element reference sum_el n_el mu_el fitted at calibration",
            calculator="energy_shift", record="always"),

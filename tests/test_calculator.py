@@ -114,3 +114,29 @@ def test_runs_in_ase_md_with_sigma_in_results(chgnet):
     VelocityVerlet(atoms, 1.0 * units.fs).run(5)
     assert abs(atoms.get_total_energy() - e0) < 0.02 * len(atoms)  # energy is conserved over 5 fs
     assert atoms.calc.results["energy_uncertainty"] > 0 and atoms.calc.results["forces_uncertainty"].shape == (8, 3)
+
+
+def test_per_atom_keys_are_the_prediction_s_by_a_second_path(chgnet):
+    """``energies_uncertainty`` is the predictor's per-atom LLPR σ and ``forces_error_bound`` each atom's share of
+    the structure bound, recomputed here from ``calib predict``'s columns: U × max_c σ_ac ÷ max σ."""
+    from calib import CalibratedCalculator
+    from calib.predictor import CalibratedPredictor
+
+    predictor = CalibratedPredictor.default(model=chgnet)
+    atoms = bulk("GaAs", "zincblende", 5.75, cubic=True)
+    atoms.positions += np.random.default_rng(1).normal(0, 0.08, atoms.positions.shape)
+    a = atoms.copy()
+    a.calc = CalibratedCalculator(predictor=predictor)
+    a.get_potential_energy()
+    res = a.calc.results
+    ds = predictor.predict(atoms, forces=True, force_mode="none")
+    np.testing.assert_allclose(res["energies_uncertainty"], ds["local_energy_sigma"].values, rtol=1e-12)
+    sig = ds["forces_sigma"].values.max(axis=1)
+    expect = float(ds["force_error_bound"][0]) * sig / sig.max()
+    np.testing.assert_allclose(res["forces_error_bound"], expect, rtol=1e-10)
+    assert res["forces_error_bound"].shape == (len(atoms),)
+    assert res["forces_error_bound"].max() == pytest.approx(res["force_error_bound"], rel=1e-12)
+    b = atoms.copy()
+    b.calc = CalibratedCalculator(predictor=predictor, uncertainties=False)
+    b.get_potential_energy()
+    assert "energies_uncertainty" not in b.calc.results and "forces_error_bound" in b.calc.results  # the verdict's
