@@ -137,7 +137,7 @@ def width_figure(points: dict) -> str:
         ax.hist(h, bins=bins, alpha=0.6, label="half-width")
         ax.set_xscale("log")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel(TARGETS[name][0])
+        ax.set_xlabel(TARGETS[name].unit)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _fig(fig)

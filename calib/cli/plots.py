@@ -108,7 +108,7 @@ def evaluation_plots(points: dict, folder, alpha: float | None) -> list[str]:
         cal = p["calibrator"]
         if cal is None:
             continue
-        unit = TARGETS[name][0]
+        unit = TARGETS[name].unit
         curves[name] = observed_coverage_curve(cal, p["errors"], p["sigma"])
         path = os.path.join(folder, f"error_vs_sigma_{name}.png")
         error_sigma_plot(p["errors"], p["sigma"], cal, path, unit, title=f"{name}: |error| vs σ (held out)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -71,6 +72,14 @@ class DecisionRules:
         return dataclasses.asdict(self)
 
 
+class Action(str, Enum):
+    """What a chemistry's decision is (a ``str``: ``Action.SCALE == "scale"``; JSON gives the word)."""
+
+    ACCEPT = "accept"
+    SCALE = "scale"
+    LABEL = "label"
+
+
 @dataclass
 class Decision:
     """One chemistry's decision with its reasons (words and numbers) and label requests.
@@ -79,7 +88,7 @@ class Decision:
     when it could not be measured; ``n_structures`` counts those labelled structures."""
 
     chemsys: str
-    decision: str
+    decision: Action
     reasons: list
     softening: SofteningResult | None
     n_structures: int = 0
@@ -93,7 +102,7 @@ class Decision:
         keys = ("softening_scale", "softening_ci", "correction", "mae", "cmae", "cmae_loo")
         out = {"chemsys": self.chemsys, "n_structures": self.n_structures,
                **{k: getattr(s, k) if s is not None else None for k in keys}}
-        out.update(decision=self.decision, reasons=self.reasons, label_requests=self.label_requests,
+        out.update(decision=Action(self.decision).value, reasons=self.reasons, label_requests=self.label_requests,
                    n_targets=self.n_targets, fraction_out_of_distribution=self.fraction_out_of_distribution,
                    fraction_untrusted=self.fraction_untrusted,
                    correction_ci=s.correction_ci if s is not None else None)
@@ -149,13 +158,13 @@ def decide_chemistry(softening, rules: DecisionRules, *, target_features=None, t
     f_untrusted = float(untrusted.mean()) if n_t else 0.0
     lo, hi = s.softening_ci
     contains_one = lo <= 1.0 <= hi
-    reasons, decision = [], "label"
+    reasons, decision = [], Action.LABEL
     ci_txt = f"{int(100 * s.confidence)} % CI of s [{lo:.3f}, {hi:.3f}]"
     if s.n_structures < t.min_labels:
         reasons.append(f"too few labels: {s.n_structures} labelled structure(s) < min_labels {t.min_labels}")
     elif contains_one:
         if s.mae <= tol and f_untrusted <= t.max_untrusted_fraction:
-            decision = "accept"
+            decision = Action.ACCEPT
             reasons.append(f"no systematic softening ({ci_txt} contains 1) and force MAE {s.mae:.3f} ≤ "
                            f"{tol} eV/Å; {100 * f_untrusted:.0f} % of {n_t} targets "
                            f"{'out of tolerance' if target_mae is not None else 'untrusted'} ≤ "
@@ -172,7 +181,7 @@ def decide_chemistry(softening, rules: DecisionRules, *, target_features=None, t
     else:
         loo = s.cmae_loo if s.cmae_loo is not None else np.inf
         if loo <= tol and f_ood <= t.max_untrusted_fraction:
-            decision = "scale"
+            decision = Action.SCALE
             reasons.append(f"systematic softening: s = {s.softening_scale:.3f}, {ci_txt} excludes 1; "
                            f"corrected error cMAE_loo {loo:.3f} ≤ {tol} eV/Å (MAE {s.mae:.3f} before); "
                            f"multiply forces by c = {s.correction:.3f}")
@@ -189,7 +198,7 @@ def decide_chemistry(softening, rules: DecisionRules, *, target_features=None, t
     dec = Decision(chemsys=s.chemsys, decision=decision, reasons=reasons, softening=s, n_structures=s.n_structures,
                    n_targets=n_t, fraction_out_of_distribution=f_ood if n_t else None,
                    fraction_untrusted=f_untrusted if n_t else None)
-    if decision == "label" and n_t:
+    if decision is Action.LABEL and n_t:
         dec.label_requests = _requests(_score(target_score, n_t), target_features, target_indices, t.n_requests)
     return dec
 
@@ -213,7 +222,7 @@ def unmeasured(chemsys: str, reason: str, rules: DecisionRules, *, n_structures:
     among its targets (by the verdict's score, diversified)."""
     n_t = len(target_indices)
     trusted = np.asarray(target_trusted if target_trusted is not None else np.ones(n_t, dtype=bool), dtype=bool)
-    dec = Decision(chemsys=chemsys, decision="label", reasons=[reason],
+    dec = Decision(chemsys=chemsys, decision=Action.LABEL, reasons=[reason],
                    softening=None, n_structures=int(n_structures), n_targets=n_t,
                    fraction_untrusted=float(np.mean(~trusted)) if n_t else None)
     dec.label_requests = _requests(_score(target_score, n_t), target_features, target_indices, rules.n_requests)

@@ -24,19 +24,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from calib.uq.differences import composition, corrected_errors, difference_pairs, difference_sigmas
 
-#: name -> (unit, what one point is)
+
+#: name -> its Target (unit, what one point is, quantile kind, atomic or not)
+class Target(NamedTuple):
+    """One conformal target: its ``unit``, what one point is, whether its quantile may be Mondrian over classes
+    (``classes``: False for the pair targets and the corrected forces, which always use the global quantile) and
+    whether its points are atoms' force components (``atomic``: a component whose σ is zero by symmetry is left
+    out, its score undefined)."""
+
+    unit: str
+    description: str
+    classes: bool = True
+    atomic: bool = False
+
+
 TARGETS = {
-    "energy": ("eV", "total energy of a structure (after the element reference)"),
-    "energy_difference": ("eV", "E_a - E_b for disjoint random pairs within a chemical system"),
-    "energy_difference_corrected": ("eV", "c (E_a - E_b) for the same pairs, c the chemistry's scalar correction"),
-    "forces": ("eV/Å", "one Cartesian force component"),
-    "forces_corrected": ("eV/Å", "one Cartesian component of the scalar-corrected force c·F"),
-    "force_norm": ("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)"),
+    "energy": Target("eV", "total energy of a structure (after the element reference)"),
+    "energy_difference": Target("eV", "E_a - E_b for disjoint random pairs of one composition", classes=False),
+    "energy_difference_corrected": Target("eV", "c (E_a - E_b) for the same pairs, c the chemistry's scalar "
+                                          "correction", classes=False),
+    "forces": Target("eV/Å", "one Cartesian force component", atomic=True),
+    "forces_corrected": Target("eV/Å", "one Cartesian component of the scalar-corrected force c·F", classes=False,
+                               atomic=True),
+    "force_norm": Target("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)", atomic=True),
 }
 
 
@@ -64,7 +80,7 @@ class Points:
 
     @property
     def unit(self) -> str:
-        return TARGETS[self.target][0]
+        return TARGETS[self.target].unit
 
     def __len__(self) -> int:
         return int(np.asarray(self.sigma).size)

@@ -30,7 +30,7 @@ from calib.uq.errormodel import (
 )
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
-from calib.uq.targets import Points, build_points
+from calib.uq.targets import TARGETS, Points, build_points
 from calib.workflows.settings import CalibrationSettings
 
 
@@ -178,7 +178,7 @@ def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int 
     from calib.uq.conformal import LabelClasses
 
     for name, p in points.items():
-        plain = name.startswith("energy_difference") or name == "forces_corrected"
+        plain = not TARGETS[name].classes
         assigner = None if plain else class_assigner(classes, random_state=seed)
         if name == "energy" and "composition" in p.labels and (np.asarray(p.labels["composition"]) == "seen").any():
             assigner = LabelClasses("composition")  # seen / new compositions (fit_error_models), whatever ``classes``
@@ -193,7 +193,7 @@ def drop_zero_sigma(points: dict) -> tuple[dict, dict]:
     out, dropped = {}, {}
     for name, p in points.items():
         keep = np.asarray(p.sigma) > 0
-        if name.startswith("force") and not keep.all():
+        if TARGETS[name].atomic and not keep.all():
             dropped[name] = int((~keep).sum())
             p = p.subset(keep)
         out[name] = p

@@ -11,6 +11,7 @@ from ase import Atoms
 from calib.artifact import Artifact
 from calib.models.base import ModelAdapter
 from calib.predictor import CalibratedPredictor
+from calib.softening.decide import Action
 from calib.workflows.labelled import predict_labelled
 from calib.workflows.softening import _softening_run
 
@@ -86,7 +87,7 @@ def decision_corrections(decisions):
     """The :class:`~calib.softening.correction.ScalarCorrection` of the chemistries decided "scale"."""
     from calib.softening.correction import ScalarCorrection
 
-    scaled = [d for d in decisions if d.decision == "scale"]
+    scaled = [d for d in decisions if d.decision == Action.SCALE]
     return ScalarCorrection.from_results({d.chemsys: d.softening for d in scaled})
 
 

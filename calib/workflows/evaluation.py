@@ -167,7 +167,7 @@ def evaluate(
         block = metrics.report(p.errors, p.sigma, p.sigma if h is None else h, cls)
         z = p.errors / p.sigma
         out.targets[name] = TargetReport(
-            unit=TARGETS[name][0], n=block["n"], mae=block["mae"], nll=block["nll"], ence=block["ence"],
+            unit=TARGETS[name].unit, n=block["n"], mae=block["mae"], nll=block["nll"], ence=block["ence"],
             miscalibration_area=block["miscalibration_area"], spearman=block["spearman"],
             coverage_1sigma=float(np.mean(np.abs(z) <= 1)), coverage_2sigma=float(np.mean(np.abs(z) <= 2)),
             z_rms=float(np.sqrt(np.mean(z**2))), coverage=block["coverage"] if cal is not None else None,
