@@ -26,7 +26,7 @@ from calib.cli.app import (
     read_inputs,
     unreadable,
 )
-from calib.errors import check_output_folder, check_outputs, finite, non_negative_int, positive, positive_int
+from calib.errors import check_output_folder, check_outputs, finite, named_as, non_negative_int, positive, positive_int
 
 
 @app.command("finetune")
@@ -70,9 +70,10 @@ def finetune_cmd(
     if m.name != "chgnet":
         fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet models "
              "(chgnet's Trainer); fine-tune a MACE model with mace_run_train --foundation_model", "usage")
-    res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
-                   stress=stress, progress=not quiet, check_units=not allow_unphysical,
-                   label_files=[str(p) for p in labelled])
+    with named_as(check_units="--allow-unphysical-labels"):
+        res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
+                       stress=stress, progress=not quiet, check_units=not allow_unphysical,
+                       label_files=[str(p) for p in labelled])
     if as_json:
         emit_json(res.as_dict())
         return

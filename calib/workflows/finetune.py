@@ -133,8 +133,8 @@ def check_label_units(structs: Sequence[Atoms], pred, shift: np.ndarray) -> None
         src = str(a.info.get("source", ""))
         return f"structure {k} ({structure_name(a)}{', ' + src if src else ''})"
 
-    hint = ("are the labels in eV and eV/Å (not meV, Hartree, kcal/mol)? pass --allow-unphysical-labels "
-            "(check_units=False) to train on them anyway")
+    hint = ("are the labels in eV and eV/Å (not meV, Hartree, kcal/mol)? pass check_units=False to train on them "
+            "anyway")
     for k, a in enumerate(structs):
         f = get_forces(a)
         big = float(np.abs(f).max()) if f.size else 0.0
@@ -223,8 +223,8 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     from calib.uq.reference import ElementReference
 
     if not isinstance(model, CHGNetAdapter):
-        raise ValueError(f"calib finetune trains CHGNet models (chgnet's Trainer); got {model.name}: fine-tune a MACE "
-                         "model with mace_run_train --foundation_model and pass the result with --model")
+        raise ValueError(f"finetune trains CHGNet models (chgnet's Trainer); got {model.name}: fine-tune a MACE model "
+                         "with mace_run_train --foundation_model and load the result with load_model")
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:
