@@ -3,7 +3,6 @@ periodic fine-tuning loop: MD with the current model, select, label, fine-tune, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -118,14 +117,12 @@ def loop_cmd(
     A resumed loop must have the start and settings it was started with (more --rounds may be asked for)."""
     device = common_options(None, device, model=model)
     _chgnet_only(model)
-    for name, value in (("--rounds", rounds), ("--frames", frames), ("--epochs", epochs)):
-        positive_int(name, value)
-    positive_int("--md-steps", md_steps)
-    if md_steps < 4:
-        fail("--md-steps must be ≥ 4", "usage")
-    non_negative_int("--replay", replay)
-    non_negative_int("--seed", seed)
-    positive("--temperature", temperature, unit="K")
+    from calib.workflows.loop import LoopSettings, check_run, run_loop
+
+    with named_as(rounds="--rounds", frames="--frames", temperature="--temperature", md_steps="--md-steps",
+                  epochs="--epochs", replay="--replay", seed="--seed"):
+        settings = LoopSettings(rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
+                                epochs=epochs, replay=replay, seed=seed)
     finite("--cutoff", cutoff, minimum=50.0, unit="eV")
     positive("--kdensity", kdensity, unit="Å⁻¹")
     if labeller != "gpaw":
@@ -133,21 +130,15 @@ def loop_cmd(
     check_output_folder("-o", out, own=lambda p: (p / "report.json").exists() or any(p.glob("round-*")))
     if calibration is not None and not calibration.is_file():
         fail(f"calibration artifact {calibration} does not exist", "artifact")
-    from calib.data.datasets import default_calibration
     from calib.data.labelers import GPAWFactory
-    from calib.workflows.loop import LoopSettings, check_resume, run_loop, run_record
 
-    settings = LoopSettings(rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
-                            epochs=epochs, replay=replay, seed=seed)
     factory = GPAWFactory(cutoff=cutoff, kdensity=kdensity, spinpol=False)
     structs = read_inputs(start)
     skipped = unreadable(structs)
     structs = [a for a in structs if not a.info.get("read_error")]
     if not structs:
         fail("no valid start structure: " + "; ".join(map(str, skipped[:5])))
-    spec = os.path.abspath(model) if os.path.isfile(model) else model
-    cal_path = str(calibration) if calibration else default_calibration(spec)
-    check_resume(out, run_record(structs, settings, factory, spec, cal_path))  # before GPAW or a model
+    check_run(out, structs, settings, factory, model, calibration)  # before GPAW or a model
     try:
         import gpaw  # noqa: F401
     except ImportError:
