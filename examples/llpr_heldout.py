@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from calib import datasets
-from calib.cli.demo import split_by_chemsys
+from calib.workflows.demo import split_by_chemsys
 from calib.data.prototypes import perturbed_set
 from calib.models.chgnet import CHGNetAdapter
 from calib.workflows.calibration import calibrate

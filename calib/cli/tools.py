@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from calib.cli import report
 from calib.cli.app import (
     DeviceOpt,
     JsonOpt,
@@ -16,6 +17,7 @@ from calib.cli.app import (
     app,
     bench_app,
     common_options,
+    echo,
     emit_json,
     print_bench,
 )
@@ -33,14 +35,16 @@ def demo(
     """The main job on the embedded default: CHGNet 0.3.0 + the shipped data (or another --model).
 
     Run time: about 2 min on 2 cores. The --out folder is the demo's own: its files are replaced on every run."""
-    from calib.cli.demo import run_demo
-
     device = common_options(None, device, model=model)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the demo writes a folder")
-    result = run_demo(out, device=device, progress=not quiet, echo=None if as_json else typer.echo, model=model)
+    from calib.workflows.demo import run_demo
+
+    run = run_demo(out, device=device, progress=not quiet, log=None if as_json else typer.echo, model=model)
     if as_json:
-        emit_json(result)
+        emit_json(run.as_dict())
+    else:
+        echo(report.demo(run))
 
 
 @bench_app.command("llpr")
