@@ -247,16 +247,17 @@ def demo(run) -> list[str]:
         return lines
     c, alpha = h.coverage, h.alpha
     return lines + [
-        f"\nheld-out energies within 1σ / 2σ / 3σ: {c[1]:.0%} / {c[2]:.0%} / {c[3]:.0%} "
-        f"(Gaussian: 68% / 95% / 99.7%) over {len(run.records)} structures",
-        f"held-out conformal coverage at α = {alpha} (nominal {1 - alpha:.0%}): energies {h.energy_coverage:.0%} "
-        f"({h.n_with_interval} structures, {h.n_without_interval} without an interval), force components "
-        f"{h.force_coverage:.0%} ({h.n_force_components})",
-        f"\nsummary: {run.model_label} calibrated on {run.summary.n_structures} GPAW-labelled structures "
-        f"({run.n_chemistries} chemistries) in {run.seconds / 60:.1f} min; held-out conformal coverage "
-        f"{h.energy_coverage:.0%} (energies) and {h.force_coverage:.0%} (force components) at nominal "
-        f"{1 - alpha:.0%}.\nartifact: {run.artifact_path}\nnext: calib predict YOUR.extxyz --calibration "
-        f"{run.artifact_path} --forces | calib screen CANDIDATES.extxyz --calibration {run.artifact_path} -o screen.nc"]
+        (f"\nheld-out energies within 1σ / 2σ / 3σ: {c[1]:.0%} / {c[2]:.0%} / {c[3]:.0%} "
+         f"(Gaussian: 68% / 95% / 99.7%) over {len(run.records)} structures"),
+        (f"held-out conformal coverage at α = {alpha} (nominal {1 - alpha:.0%}): energies {h.energy_coverage:.0%} "
+         f"({h.n_with_interval} structures, {h.n_without_interval} without an interval), force components "
+         f"{h.force_coverage:.0%} ({h.n_force_components})"),
+        (f"\nsummary: {run.model_label} calibrated on {run.summary.n_structures} GPAW-labelled structures "
+         f"({run.n_chemistries} chemistries) in {run.seconds / 60:.1f} min; held-out conformal coverage "
+         f"{h.energy_coverage:.0%} (energies) and {h.force_coverage:.0%} (force components) at nominal "
+         f"{1 - alpha:.0%}.\nartifact: {run.artifact_path}\nnext: calib predict YOUR.extxyz --calibration "
+         f"{run.artifact_path} --forces | calib screen CANDIDATES.extxyz --calibration {run.artifact_path} -o "
+         "screen.nc")]
 
 
 def _demo_table(records, forces: bool) -> list[str]:

@@ -22,6 +22,7 @@ from calib.cli.app import (
     print_bench,
 )
 from calib.errors import OutputError, check_plot_folder, positive_int
+from calib.workflows.bench import CONFORMAL, DASK, LLPR, SCREEN
 
 
 @app.command()
@@ -50,13 +51,14 @@ def demo(
 @bench_app.command("llpr")
 def bench_llpr(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(16, "--n-structures", help="structures timed (perturbed prototypes)"),
-    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
-    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    n_structures: int = typer.Option(LLPR.n_structures, "--n-structures", help="structures timed (perturbed "
+                                     "prototypes)"),
+    batch_size: int = typer.Option(LLPR.batch_size, "--batch-size", help="structures per model call"),
+    repeats: int = typer.Option(LLPR.repeats, "--repeats", help="timings are the best of this many runs"),
     as_json: bool = JsonOpt,
 ):
     """Cost ratios of LLPR accumulation and σ against plain CHGNet inference, measured now."""
-    from calib.cli.bench import bench_llpr as run
+    from calib.workflows.bench import bench_llpr as run
 
     device = common_options(batch_size, device)
     positive_int("--n-structures", n_structures)
@@ -68,13 +70,13 @@ def bench_llpr(
 @bench_app.command("screen")
 def bench_screen_cmd(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(64, "--n-structures", help="perturbed prototypes screened"),
-    batch_size: int = typer.Option(16, "--batch-size", help="structures per model call"),
-    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    n_structures: int = typer.Option(SCREEN.n_structures, "--n-structures", help="perturbed prototypes screened"),
+    batch_size: int = typer.Option(SCREEN.batch_size, "--batch-size", help="structures per model call"),
+    repeats: int = typer.Option(SCREEN.repeats, "--repeats", help="timings are the best of this many runs"),
     as_json: bool = JsonOpt,
 ):
     """Throughput of calib screen ÷ CHGNet's own batched energies + forces (target ≥ 0.8), measured now."""
-    from calib.cli.bench import bench_screen
+    from calib.workflows.bench import bench_screen
 
     device = common_options(batch_size, device)
     positive_int("--n-structures", n_structures)
@@ -85,12 +87,13 @@ def bench_screen_cmd(
 
 @bench_app.command("conformal")
 def bench_conformal_cmd(
-    n_scores: int = typer.Option(1_000_000, "--n-scores", help="conformal scores fitted and intervals given"),
-    n_classes: int = typer.Option(16, "--n-classes", help="Mondrian classes"),
+    n_scores: int = typer.Option(CONFORMAL.n_scores, "--n-scores", help="conformal scores fitted and intervals "
+                                 "given"),
+    n_classes: int = typer.Option(CONFORMAL.n_classes, "--n-classes", help="Mondrian classes"),
     as_json: bool = JsonOpt,
 ):
     """Seconds to fit split and Mondrian conformal on N scores and give N intervals (target ≤ 1 s)."""
-    from calib.cli.bench import bench_conformal
+    from calib.workflows.bench import bench_conformal
 
     positive_int("--n-scores", n_scores)
     positive_int("--n-classes", n_classes)
@@ -100,12 +103,13 @@ def bench_conformal_cmd(
 @bench_app.command("dask")
 def bench_dask_cmd(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(96, "--n-structures", help="structures whose Hessian is accumulated"),
-    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
+    n_structures: int = typer.Option(DASK.n_structures, "--n-structures", help="structures whose Hessian is "
+                                     "accumulated"),
+    batch_size: int = typer.Option(DASK.batch_size, "--batch-size", help="structures per model call"),
     as_json: bool = JsonOpt,
 ):
     """The same Hessian work on 1 and 2 dask workers: seconds and speed-up, measured now."""
-    from calib.cli.bench import bench_dask
+    from calib.workflows.bench import bench_dask
 
     device = common_options(batch_size, device)
     positive_int("--n-structures", n_structures)

@@ -195,7 +195,7 @@ def run_demo(out, device: str = "cpu", progress: bool = True, log: Callable | No
     res.artifact.save(run.artifact_path)
     run.heldout = _heldout(CalibratedPredictor(model, res.artifact), test, progress)
     run.records, run.summary = run.heldout.records, s
-    run.n_chemistries = len(set(a.info.get("chemsys", "") for a in cal)) or "several"
+    run.n_chemistries = len({a.info.get("chemsys", "") for a in cal}) or "several"
     run.seconds, run.threads, run.probe_seconds, run.estimated_seconds = (time.perf_counter() - t_start, threads,
                                                                           probe, estimate)
     with open(os.path.join(out, "records.json"), "w") as fh:
