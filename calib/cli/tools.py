@@ -48,6 +48,14 @@ def demo(
         echo(report.demo(run))
 
 
+def _checked_size(device: str, n_structures: int, batch_size: int, repeats: int = 1) -> str:
+    """Check a benchmark's size options before any model loads; returns the normalised device."""
+    device = common_options(batch_size, device)
+    positive_int("--n-structures", n_structures)
+    positive_int("--repeats", repeats)
+    return device
+
+
 @bench_app.command("llpr")
 def bench_llpr(
     device: str = DeviceOpt,
@@ -60,9 +68,7 @@ def bench_llpr(
     """Cost ratios of LLPR accumulation and σ against plain CHGNet inference, measured now."""
     from calib.workflows.bench import bench_llpr as run
 
-    device = common_options(batch_size, device)
-    positive_int("--n-structures", n_structures)
-    positive_int("--repeats", repeats)
+    device = _checked_size(device, n_structures, batch_size, repeats)
     print_bench(run(device=device, n_structures=n_structures, batch_size=batch_size, repeats=repeats,
                      progress=not as_json), as_json)
 
@@ -78,9 +84,7 @@ def bench_screen_cmd(
     """Throughput of calib screen ÷ CHGNet's own batched energies + forces (target ≥ 0.8), measured now."""
     from calib.workflows.bench import bench_screen
 
-    device = common_options(batch_size, device)
-    positive_int("--n-structures", n_structures)
-    positive_int("--repeats", repeats)
+    device = _checked_size(device, n_structures, batch_size, repeats)
     print_bench(bench_screen(device=device, n_structures=n_structures, batch_size=batch_size,
                               repeats=repeats), as_json)
 
@@ -111,8 +115,7 @@ def bench_dask_cmd(
     """The same Hessian work on 1 and 2 dask workers: seconds and speed-up, measured now."""
     from calib.workflows.bench import bench_dask
 
-    device = common_options(batch_size, device)
-    positive_int("--n-structures", n_structures)
+    device = _checked_size(device, n_structures, batch_size)
     print_bench(bench_dask(n_structures=n_structures, batch_size=batch_size, device=device), as_json)
 
 
