@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["CalibError", "UsageError", "InputError", "OutputError", "CalibWarning", "check_device",
-           "check_outputs", "check_output_folder", "check_plot_folder", "finite", "fraction", "positive",
+           "check_outputs", "check_output_folder", "check_plot_folder", "finite", "fraction", "named_as", "positive",
            "positive_int", "non_negative_int"]
 
 
@@ -59,6 +61,22 @@ class InputError(CalibError, ValueError):
 class CalibWarning(UserWarning):
     """A condition of calib's own that the user should know about; the CLI reports each once
     (stderr, and ``warnings`` under ``--json``)."""
+
+
+@contextmanager
+def named_as(**names: str):
+    """Errors raised inside, reworded with the caller's names of the parameters: the library names a parameter
+    by its keyword (``md_steps``, ``overwrite=True``), a front-end by its own name for it, so
+    ``named_as(md_steps="--md-steps", overwrite="--overwrite")`` makes the CLI's message of a library error.
+    A :class:`CalibError` or ``FileExistsError`` keeps its type and kind; only its words change."""
+    try:
+        yield
+    except (CalibError, FileExistsError) as exc:
+        message = str(exc)
+        for keyword, name in names.items():
+            message = re.sub(rf"(?<![\w-]){re.escape(keyword)}(?:=(?:True|False))?(?!\w)", name, message)
+        exc.args = (message,)
+        raise
 
 
 # --------------------------------------------------------------------------- parameter checks

@@ -67,8 +67,8 @@ def main():
     import matplotlib.pyplot as plt
 
     from calib import datasets
-    from calib.cli.demo import split_by_chemsys
     from calib.data.structures import get_energy, get_forces
+    from calib.workflows.demo import split_by_chemsys
     from calib.workflows.screen import read_results, screen
 
     os.makedirs(args.out, exist_ok=True)

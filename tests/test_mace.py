@@ -96,10 +96,10 @@ def test_energy_is_linear_in_the_features(adapter):
 
 
 def test_exact_force_sigma_equals_per_feature_loop(adapter):
-    from calib.cli.bench import mace_style_force_variance
     from calib.models.gradients import force_variance
     from calib.uq.llpr import LLPR
     from calib.workflows.accumulate import accumulate_hessian
+    from calib.workflows.bench import mace_style_force_variance
 
     H = accumulate_hessian(adapter, structures(8, seed=1), batch_size=4, progress=False)
     L = LLPR(energy_convention="total").fit(H.hessian, H.n_structures)
@@ -219,11 +219,11 @@ class PairPotential:
 
 def test_generic_linear_readout_adapter():
     """Energy rebuilt from features and weights; forces by finite differences; exact force σ = per-feature loop."""
-    from calib.cli.bench import mace_style_force_variance
     from calib.models.generic import LinearReadoutAdapter
     from calib.models.gradients import force_variance
     from calib.uq.llpr import LLPR
     from calib.workflows.accumulate import accumulate_hessian
+    from calib.workflows.bench import mace_style_force_variance
 
     net = PairPotential.build()
     m = LinearReadoutAdapter(net, net.out, PairPotential.collate, lambda out: out, elements=ELEMENTS, cutoff=4.0)

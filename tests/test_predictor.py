@@ -1,6 +1,6 @@
-"""The spine: CalibratedPredictor, the artifact upgrade path, accumulator merge, import layering."""
+"""The spine: CalibratedPredictor, the artifact upgrade path, accumulator merge (the import layering is
+tests/test_layers.py)."""
 
-import ast
 import json
 import pathlib
 
@@ -10,51 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 DATA = pathlib.Path(__file__).parent / "data"
-PACKAGE = pathlib.Path(__file__).parent.parent / "calib"
-
-
-def _imports(path: pathlib.Path) -> set[str]:
-    """calib modules imported by one file (absolute and relative, at any depth of the file)."""
-    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("calib")}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                name = ".".join(base + ([node.module] if node.module else []))
-                out |= {name} if node.module else {f"{name}.{a.name}" for a in node.names}
-            elif node.module and node.module.startswith("calib"):
-                out.add(node.module)
-    return out
-
-
-def test_no_import_cycles_in_calib():
-    files = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in PACKAGE.rglob("*.py")}
-    graph = {m: {i for i in _imports(p) if i in files and i != m} for m, p in files.items()}
-    # the package's own __init__ only re-exports lazily (by strings), so it is not an edge source
-    graph["calib"] = set()
-    state: dict = {}
-
-    def visit(m, stack):
-        state[m] = "open"
-        for n in graph[m]:
-            if state.get(n) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [m, n]))
-            if n not in state:
-                visit(n, stack + [m])
-        state[m] = "done"
-
-    for m in graph:
-        if m not in state:
-            visit(m, [])
-    # and the layering the architecture promises: the maths modules import nothing above them
-    for low in ("calib.uq.llpr", "calib.uq.hessian", "calib.uq.conformal", "calib.softening.scale", "calib.uq.reference"):
-        above = {m for m in graph if m.startswith(("calib.workflows", "calib.cli"))} | {"calib.artifact", "calib.predictor"}
-        assert not graph[low] & above, low
 
 
 def test_schema1_artifact_loads_and_predicts_as_calib_010(chgnet):

@@ -100,7 +100,7 @@ def test_existing_output_is_not_overwritten(cal_file, stream_file, tmp_path, chg
 
     out = tmp_path / "r.nc"
     out.write_text("precious")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # the library names its keyword
         screen([stream_file[0]], cal_file, out, model=chgnet, progress=False)
     assert out.read_text() == "precious"
 

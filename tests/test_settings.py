@@ -12,9 +12,9 @@ from calib.cli.main import app
 from calib.errors import UsageError
 from calib.softening.decide import DecisionRules, Thresholds
 from calib.uq.trust import TrustPolicy
-from calib.workflows.settings import CalibrationSettings
+from calib.workflows.settings import CalibrationSettings, LoopSettings
 
-SETTINGS = (TrustPolicy, DecisionRules, CalibrationSettings)
+SETTINGS = (TrustPolicy, DecisionRules, CalibrationSettings, LoopSettings)
 
 
 def _commands():
@@ -31,23 +31,25 @@ def _commands():
     yield from walk(group, [])
 
 
+#: the commands whose options each settings dataclass declares
+COMMANDS = {TrustPolicy: ("predict", "screen", "neb"), DecisionRules: ("decide",),
+            CalibrationSettings: ("calibrate",), LoopSettings: ("loop",)}
+
+
 def test_every_cli_option_of_a_setting_has_the_dataclass_default_and_help():
-    by_flag = {}
-    for cls in SETTINGS:
-        for f in dataclasses.fields(cls):
-            s = settings.spec(cls, f.name)
-            if s.flag:
-                by_flag.setdefault(s.flag, []).append((cls, f))
+    commands = dict(_commands())
     seen = set()
-    for name, cmd in _commands():
-        for p in cmd.params:
-            for opt in getattr(p, "opts", []):
-                for cls, f in by_flag.get(opt, []):
-                    if name == "decide" and cls is TrustPolicy or name != "decide" and cls is DecisionRules:
-                        continue  # decide's --force-tol is the rules' MAE tolerance, elsewhere the verdict's bound
-                    assert p.default == f.default, (name, opt, p.default, f.default)
-                    assert settings.spec(cls, f.name).help in (p.help or ""), (name, opt)
-                    seen.add((cls.__name__, f.name))
+    for cls, names in COMMANDS.items():
+        for name in names:
+            params = {o: p for p in commands[name].params for o in getattr(p, "opts", [])}
+            for f in dataclasses.fields(cls):
+                s = settings.spec(cls, f.name)
+                if not s.flag or (cls is TrustPolicy and f.name == "barrier_tol" and name != "neb"):
+                    continue
+                p = params[s.flag]
+                assert p.default == f.default, (name, s.flag, p.default, f.default)
+                assert s.help in (p.help or ""), (name, s.flag)
+                seen.add((cls.__name__, f.name))
     # every setting with a flag is some command's option
     assert seen == {(c.__name__, f.name) for c in SETTINGS for f in dataclasses.fields(c)
                     if settings.spec(c, f.name).flag}
@@ -63,6 +65,8 @@ def test_every_cli_option_of_a_setting_has_the_dataclass_default_and_help():
     (CalibrationSettings, "target", "stress", "must be both, energy or forces"),
     (CalibrationSettings, "energy_folds", 1, "0 (in-sample) or ≥ 2"),
     (CalibrationSettings, "alpha", 0.0, "strictly between 0 and 1"),
+    (LoopSettings, "md_steps", 3, "whole number ≥ 4"),
+    (LoopSettings, "temperature", -5.0, "finite number > 0 K"),
 ])
 def test_library_and_flags_refuse_the_same_values(cls, field, bad, words):
     with pytest.raises(UsageError, match=rf"^{re.escape(cls.__name__ + '.' + field)} .*{re.escape(words)}"):

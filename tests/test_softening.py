@@ -40,6 +40,19 @@ def test_slope_and_correction_recovered():
     assert r.cmae_loo == pytest.approx(np.mean(np.concatenate(loo)))
 
 
+def test_the_fit_sets_the_correction_domain():
+    """domain_q_max is learned by the fit, per chemistry: the largest domain score of its own structures."""
+    from calib.softening.scale import fit_softening_by_chemsys
+
+    rng = np.random.default_rng(3)
+    model, ref = _synthetic(rng, 0.8, n_struct=6)
+    scores = np.array([0.1, 0.7, 0.2, 0.4, 0.9, 0.3])
+    assert fit_softening(model, ref, n_bootstrap=10).domain_q_max is None
+    assert fit_softening(model, ref, n_bootstrap=10, domain_scores=scores).domain_q_max == 0.9
+    by = fit_softening_by_chemsys(["A", "A", "A", "B", "B", "B"], model, ref, n_bootstrap=10, domain_scores=scores)
+    assert by["A"].domain_q_max == 0.7 and by["B"].domain_q_max == 0.9
+
+
 def test_bootstrap_ci_covers_true_slope_about_95_percent():
     hits, repeats = 0, 300
     for seed in range(repeats):

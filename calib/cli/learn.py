@@ -3,7 +3,6 @@ periodic fine-tuning loop: MD with the current model, select, label, fine-tune, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,10 +22,13 @@ from calib.cli.app import (
     emit_json,
     fail,
     load_model_for,
+    option,
     read_inputs,
     unreadable,
 )
-from calib.errors import check_output_folder, check_outputs, finite, non_negative_int, positive, positive_int
+from calib.errors import check_output_folder, check_outputs, finite, named_as, non_negative_int, positive, positive_int
+from calib.settings import from_flags
+from calib.workflows.settings import LoopSettings
 
 
 @app.command("finetune")
@@ -70,9 +72,10 @@ def finetune_cmd(
     if m.name != "chgnet":
         fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet models "
              "(chgnet's Trainer); fine-tune a MACE model with mace_run_train --foundation_model", "usage")
-    res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
-                   stress=stress, progress=not quiet, check_units=not allow_unphysical,
-                   label_files=[str(p) for p in labelled])
+    with named_as(check_units="--allow-unphysical-labels"):
+        res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
+                       stress=stress, progress=not quiet, check_units=not allow_unphysical,
+                       label_files=[str(p) for p in labelled])
     if as_json:
         emit_json(res.as_dict())
         return
@@ -95,17 +98,17 @@ def loop_cmd(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="artifact of the base model for the "
                                                "first selection (default: calib's own for CHGNet 0.3.0)"),
     model: str = ModelOpt,
-    rounds: int = typer.Option(3, "--rounds", help="at most this many rounds (≥ 1)"),
-    frames: int = typer.Option(4, "--frames", help="frames labelled per round (≥ 1)"),
-    temperature: float = typer.Option(1000.0, "--temperature", help="MD temperature, K (> 0)"),
-    md_steps: int = typer.Option(400, "--md-steps", help="MD steps of 1 fs per round and start structure (≥ 4)"),
+    rounds: int = option(LoopSettings, "rounds"),
+    frames: int = option(LoopSettings, "frames"),
+    temperature: float = option(LoopSettings, "temperature"),
+    md_steps: int = option(LoopSettings, "md_steps"),
     labeller: str = typer.Option("gpaw", "--labeller", help="reference code: gpaw (PAW-PBE, the shipped data's "
                                  "settings)"),
     cutoff: float = typer.Option(450.0, "--cutoff", help="GPAW plane-wave cutoff, eV"),
     kdensity: float = typer.Option(2.0, "--kdensity", help="GPAW k-point density, points per Å⁻¹"),
-    epochs: int = typer.Option(30, "--epochs", help="fine-tuning epochs per round (≥ 1)"),
-    replay: int = typer.Option(20, "--replay", help="replay structures per fine-tuning (≥ 0)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the loop: MD velocities, proxy and replay samples, training"),
+    epochs: int = option(LoopSettings, "epochs"),
+    replay: int = option(LoopSettings, "replay"),
+    seed: int = option(LoopSettings, "seed"),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -117,14 +120,10 @@ def loop_cmd(
     A resumed loop must have the start and settings it was started with (more --rounds may be asked for)."""
     device = common_options(None, device, model=model)
     _chgnet_only(model)
-    for name, value in (("--rounds", rounds), ("--frames", frames), ("--epochs", epochs)):
-        positive_int(name, value)
-    positive_int("--md-steps", md_steps)
-    if md_steps < 4:
-        fail("--md-steps must be ≥ 4", "usage")
-    non_negative_int("--replay", replay)
-    non_negative_int("--seed", seed)
-    positive("--temperature", temperature, unit="K")
+    from calib.workflows.loop import check_run, run_loop
+
+    settings = from_flags(LoopSettings, rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
+                          epochs=epochs, replay=replay, seed=seed)
     finite("--cutoff", cutoff, minimum=50.0, unit="eV")
     positive("--kdensity", kdensity, unit="Å⁻¹")
     if labeller != "gpaw":
@@ -132,21 +131,15 @@ def loop_cmd(
     check_output_folder("-o", out, own=lambda p: (p / "report.json").exists() or any(p.glob("round-*")))
     if calibration is not None and not calibration.is_file():
         fail(f"calibration artifact {calibration} does not exist", "artifact")
-    from calib.data.datasets import default_calibration
     from calib.data.labelers import GPAWFactory
-    from calib.workflows.loop import LoopSettings, check_resume, run_loop, run_record
 
-    settings = LoopSettings(rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
-                            epochs=epochs, replay=replay, seed=seed)
     factory = GPAWFactory(cutoff=cutoff, kdensity=kdensity, spinpol=False)
     structs = read_inputs(start)
     skipped = unreadable(structs)
     structs = [a for a in structs if not a.info.get("read_error")]
     if not structs:
         fail("no valid start structure: " + "; ".join(map(str, skipped[:5])))
-    spec = os.path.abspath(model) if os.path.isfile(model) else model
-    cal_path = str(calibration) if calibration else default_calibration(spec)
-    check_resume(out, run_record(structs, settings, factory, spec, cal_path))  # before GPAW or a model
+    check_run(out, structs, settings, factory, model, calibration)  # before GPAW or a model
     try:
         import gpaw  # noqa: F401
     except ImportError:

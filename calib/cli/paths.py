@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 import calib.cli.report as report
@@ -26,7 +25,6 @@ from calib.cli.app import (
     common_options,
     echo,
     emit_json,
-    fail,
     load_model_for,
     model_and_artifact,
     policy_option,
@@ -34,7 +32,7 @@ from calib.cli.app import (
     say_calibration,
     trust_policy,
 )
-from calib.errors import check_outputs
+from calib.errors import check_outputs, named_as
 
 
 @app.command("neb")
@@ -58,8 +56,6 @@ def neb_cmd(
 ):
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
     calibrated intervals, raw and with the stored scalar correction."""
-    from calib.data.structures import get_energy
-
     device = common_options(batch_size, device, model=model)
     policy = trust_policy(force_tol, energy_tol, trust_confidence, barrier_tol=barrier_tol)
     calibration, cal_rec = calibration_or_default(calibration, model)
@@ -67,18 +63,10 @@ def neb_cmd(
     structs = read_inputs(images)
     ref = None
     if reference is not None:
-        labelled = read_inputs([reference])
-        ref = [get_energy(a) for a in labelled]
-        if len(ref) != len(structs) or any(e is None for e in ref):
-            fail(f"--reference must hold one labelled image per image ({len(structs)}), got {len(ref)} "
-                  f"with {sum(e is None for e in ref)} unlabelled")
-        for k, (img, lab) in enumerate(zip(structs, labelled)):
-            if len(img) != len(lab) or not np.array_equal(img.numbers, lab.numbers):
-                fail(f"--reference image {k} ({lab.get_chemical_formula()}, {len(lab)} atoms) is not image {k} of "
-                     f"the path ({img.get_chemical_formula()}, {len(img)} atoms): the atoms and their order must match")
-            if not np.allclose(img.cell[:], lab.cell[:], atol=1e-3):
-                fail(f"--reference image {k} has another cell than image {k} of the path (max difference "
-                     f"{np.abs(img.cell[:] - lab.cell[:]).max():.3g} Å): not the same system")
+        from calib.workflows.labelled import reference_energies
+
+        with named_as(reference="--reference"):
+            ref = reference_energies(structs, read_inputs([reference]))
     from calib.predictor import CalibratedPredictor
     from calib.workflows.neb import band, plot_band, summary
 
@@ -111,16 +99,10 @@ def eos_cmd(
     """Bulk moduli (GPa) of ASE's dcdft crystals: Birch–Murnaghan fits of the model vs WIEN2k PBE."""
     device = common_options(batch_size, device, model=model)
     check_outputs({"--plot": plot}, overwrite=overwrite)
-    if elements:
-        from ase.collections import dcdft
+    from calib.workflows.eos import check_elements, plot_eos, run_eos
 
-        known = set(dcdft.names)
-        unknown = [e for e in elements if e not in known]
-        if unknown:
-            fail(f"--element {', '.join(unknown)}: not among the {len(known)} elemental crystals of ASE's dcdft set",
-                 "usage")
-    from calib.workflows.eos import plot_eos, run_eos
-
+    with named_as(elements="--element"):
+        check_elements(elements)
     m = load_model_for(model, device)
     records, summary = run_eos(m, elements, batch_size=batch_size, progress=not quiet)
     if plot is not None:

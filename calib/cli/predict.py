@@ -41,7 +41,7 @@ from calib.cli.app import (
     subset_options,
     trust_policy,
 )
-from calib.errors import check_outputs, check_plot_folder
+from calib.errors import check_outputs, check_plot_folder, named_as
 
 
 @app.command("evaluate")
@@ -195,9 +195,10 @@ def screen_cmd(
 
     client = client_for(workers, scheduler)
     try:
-        summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,
-                         forces=forces, policy=policy, batch_size=batch_size,
-                         resume=resume, overwrite=overwrite, client=client, progress=not quiet)
+        with named_as(resume="--resume", overwrite="--overwrite"):
+            summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,
+                             forces=forces, policy=policy, batch_size=batch_size,
+                             resume=resume, overwrite=overwrite, client=client, progress=not quiet)
     finally:
         if client is not None:
             from calib.workflows.distributed import close_client

@@ -237,3 +237,42 @@ def loop(rep: dict, out) -> list[str]:
     lines.append(f"final model: {rep.get('final_model')} (load it with --model), calibration: "
                  f"{rep.get('final_calibration')}; figure: {out}/report.png")
     return lines
+
+
+def demo(run) -> list[str]:
+    """``calib demo``: a :class:`calib.workflows.demo.DemoRun` (the plan and each step were logged as it ran)."""
+    h = run.heldout
+    lines = _demo_table(run.records, forces=h is not None)
+    if h is None:
+        return lines
+    c, alpha = h.coverage, h.alpha
+    return lines + [
+        (f"\nheld-out energies within 1σ / 2σ / 3σ: {c[1]:.0%} / {c[2]:.0%} / {c[3]:.0%} "
+         f"(Gaussian: 68% / 95% / 99.7%) over {len(run.records)} structures"),
+        (f"held-out conformal coverage at α = {alpha} (nominal {1 - alpha:.0%}): energies {h.energy_coverage:.0%} "
+         f"({h.n_with_interval} structures, {h.n_without_interval} without an interval), force components "
+         f"{h.force_coverage:.0%} ({h.n_force_components})"),
+        (f"\nsummary: {run.model_label} calibrated on {run.summary.n_structures} GPAW-labelled structures "
+         f"({run.n_chemistries} chemistries) in {run.seconds / 60:.1f} min; held-out conformal coverage "
+         f"{h.energy_coverage:.0%} (energies) and {h.force_coverage:.0%} (force components) at nominal "
+         f"{1 - alpha:.0%}.\nartifact: {run.artifact_path}\nnext: calib predict YOUR.extxyz --calibration "
+         f"{run.artifact_path} --forces | calib screen CANDIDATES.extxyz --calibration {run.artifact_path} -o "
+         "screen.nc")]
+
+
+def _demo_table(records, forces: bool) -> list[str]:
+    head = f"{'name':<14} {'chemsys':<9} {'N':>3} {'E/N (eV)':>9} {'σ_E/N (meV)':>11}"
+    if records and "energy_error" in records[0]:
+        head += f" {'err/N (meV)':>11} {'z':>6}"
+    if forces:
+        head += f" {'max σ_F':>8} {'max|ΔF|':>8}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        line = (f"{r['name'][:14]:<14} {r['chemsys'][:9]:<9} {r['n_atoms']:>3} {r['energy_per_atom']:>9.4f} "
+                f"{1000 * r['energy_sigma'] / r['n_atoms']:>11.2f}")
+        if "energy_error" in r:
+            line += f" {1000 * r['energy_error'] / r['n_atoms']:>11.2f} {r['energy_z']:>6.2f}"
+        if forces:
+            line += f" {r['max_force_sigma']:>8.4f} {r.get('max_force_error', float('nan')):>8.4f}"
+        lines.append(line)
+    return lines

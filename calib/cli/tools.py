@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from calib.cli import report
 from calib.cli.app import (
     DeviceOpt,
     JsonOpt,
@@ -16,10 +17,12 @@ from calib.cli.app import (
     app,
     bench_app,
     common_options,
+    echo,
     emit_json,
     print_bench,
 )
 from calib.errors import OutputError, check_plot_folder, positive_int
+from calib.workflows.bench import CONFORMAL, DASK, LLPR, SCREEN
 
 
 @app.command()
@@ -33,30 +36,39 @@ def demo(
     """The main job on the embedded default: CHGNet 0.3.0 + the shipped data (or another --model).
 
     Run time: about 2 min on 2 cores. The --out folder is the demo's own: its files are replaced on every run."""
-    from calib.cli.demo import run_demo
-
     device = common_options(None, device, model=model)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the demo writes a folder")
-    result = run_demo(out, device=device, progress=not quiet, echo=None if as_json else typer.echo, model=model)
+    from calib.workflows.demo import run_demo
+
+    run = run_demo(out, device=device, progress=not quiet, log=None if as_json else typer.echo, model=model)
     if as_json:
-        emit_json(result)
+        emit_json(run.as_dict())
+    else:
+        echo(report.demo(run))
+
+
+def _checked_size(device: str, n_structures: int, batch_size: int, repeats: int = 1) -> str:
+    """Check a benchmark's size options before any model loads; returns the normalised device."""
+    device = common_options(batch_size, device)
+    positive_int("--n-structures", n_structures)
+    positive_int("--repeats", repeats)
+    return device
 
 
 @bench_app.command("llpr")
 def bench_llpr(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(16, "--n-structures", help="structures timed (perturbed prototypes)"),
-    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
-    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    n_structures: int = typer.Option(LLPR.n_structures, "--n-structures", help="structures timed (perturbed "
+                                     "prototypes)"),
+    batch_size: int = typer.Option(LLPR.batch_size, "--batch-size", help="structures per model call"),
+    repeats: int = typer.Option(LLPR.repeats, "--repeats", help="timings are the best of this many runs"),
     as_json: bool = JsonOpt,
 ):
     """Cost ratios of LLPR accumulation and σ against plain CHGNet inference, measured now."""
-    from calib.cli.bench import bench_llpr as run
+    from calib.workflows.bench import bench_llpr as run
 
-    device = common_options(batch_size, device)
-    positive_int("--n-structures", n_structures)
-    positive_int("--repeats", repeats)
+    device = _checked_size(device, n_structures, batch_size, repeats)
     print_bench(run(device=device, n_structures=n_structures, batch_size=batch_size, repeats=repeats,
                      progress=not as_json), as_json)
 
@@ -64,29 +76,28 @@ def bench_llpr(
 @bench_app.command("screen")
 def bench_screen_cmd(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(64, "--n-structures", help="perturbed prototypes screened"),
-    batch_size: int = typer.Option(16, "--batch-size", help="structures per model call"),
-    repeats: int = typer.Option(2, "--repeats", help="timings are the best of this many runs"),
+    n_structures: int = typer.Option(SCREEN.n_structures, "--n-structures", help="perturbed prototypes screened"),
+    batch_size: int = typer.Option(SCREEN.batch_size, "--batch-size", help="structures per model call"),
+    repeats: int = typer.Option(SCREEN.repeats, "--repeats", help="timings are the best of this many runs"),
     as_json: bool = JsonOpt,
 ):
     """Throughput of calib screen ÷ CHGNet's own batched energies + forces (target ≥ 0.8), measured now."""
-    from calib.cli.bench import bench_screen
+    from calib.workflows.bench import bench_screen
 
-    device = common_options(batch_size, device)
-    positive_int("--n-structures", n_structures)
-    positive_int("--repeats", repeats)
+    device = _checked_size(device, n_structures, batch_size, repeats)
     print_bench(bench_screen(device=device, n_structures=n_structures, batch_size=batch_size,
                               repeats=repeats), as_json)
 
 
 @bench_app.command("conformal")
 def bench_conformal_cmd(
-    n_scores: int = typer.Option(1_000_000, "--n-scores", help="conformal scores fitted and intervals given"),
-    n_classes: int = typer.Option(16, "--n-classes", help="Mondrian classes"),
+    n_scores: int = typer.Option(CONFORMAL.n_scores, "--n-scores", help="conformal scores fitted and intervals "
+                                 "given"),
+    n_classes: int = typer.Option(CONFORMAL.n_classes, "--n-classes", help="Mondrian classes"),
     as_json: bool = JsonOpt,
 ):
     """Seconds to fit split and Mondrian conformal on N scores and give N intervals (target ≤ 1 s)."""
-    from calib.cli.bench import bench_conformal
+    from calib.workflows.bench import bench_conformal
 
     positive_int("--n-scores", n_scores)
     positive_int("--n-classes", n_classes)
@@ -96,15 +107,15 @@ def bench_conformal_cmd(
 @bench_app.command("dask")
 def bench_dask_cmd(
     device: str = DeviceOpt,
-    n_structures: int = typer.Option(96, "--n-structures", help="structures whose Hessian is accumulated"),
-    batch_size: int = typer.Option(8, "--batch-size", help="structures per model call"),
+    n_structures: int = typer.Option(DASK.n_structures, "--n-structures", help="structures whose Hessian is "
+                                     "accumulated"),
+    batch_size: int = typer.Option(DASK.batch_size, "--batch-size", help="structures per model call"),
     as_json: bool = JsonOpt,
 ):
     """The same Hessian work on 1 and 2 dask workers: seconds and speed-up, measured now."""
-    from calib.cli.bench import bench_dask
+    from calib.workflows.bench import bench_dask
 
-    device = common_options(batch_size, device)
-    positive_int("--n-structures", n_structures)
+    device = _checked_size(device, n_structures, batch_size)
     print_bench(bench_dask(n_structures=n_structures, batch_size=batch_size, device=device), as_json)
 
 

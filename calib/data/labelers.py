@@ -359,22 +359,9 @@ def label(
     errors_path = out + ".errors.jsonl"
     if calculator is None:
         calculator = GPAWFactory()
-    if os.path.exists(out):
-        if overwrite:
-            for path in (out, errors_path):
-                if os.path.exists(path):
-                    os.remove(path)
-        else:
-            check_own_output(out)
-    repaired = repair_torn_tail(out) if os.path.exists(out) else ""
+    repaired = _prepare_output(out, errors_path, overwrite)
     done = _done_keys(out)
-    old_failures: dict = {}
-    if os.path.exists(errors_path):
-        with open(errors_path) as fh:
-            for line in fh:
-                if line.strip():
-                    rec = json.loads(line)
-                    old_failures[rec["key"]] = rec
+    old_failures = _read_failures(errors_path)
     failed_before = set() if retry_failed else set(old_failures)
     report = LabelReport(out=out, n_input=len(structures), repaired=repaired)
     t_start = time.perf_counter()
@@ -386,48 +373,16 @@ def label(
         else:
             todo.append((i, key))
     for i, key in tqdm(todo, desc="labelling", unit="structure", disable=not progress):
-        atoms = structures[i].copy()
-        atoms.calc = None
         t0 = time.perf_counter()
         attempts: list[str] = []
         try:
-            current = calculator
-            while True:
-                try:
-                    results, info = _compute(atoms, current, properties)
-                    break
-                except Exception as exc:  # a factory may know a safer setting (GPAWFactory.fallback)
-                    attempts.append(f"{type(exc).__name__}: {exc or 'not converged'} ({_settings_word(current)})")
-                    fallback = getattr(current, "fallback", None)
-                    current = fallback(exc) if fallback is not None else None
-                    if current is None or len(attempts) > 3:
-                        raise
-                    atoms = structures[i].copy()
+            results, info = _compute_with_retries(structures[i], calculator, properties, attempts)
         except Exception as exc:  # any SCF/IO failure: record it and go on
-            record = {
-                "index": i,
-                "key": key,
-                "name": structure_name(structures[i]),
-                "error": f"{type(exc).__name__}: {exc}",
-                "attempts": attempts,
-            }
-            report.failures.append(record)
-            if key in old_failures:  # a retried structure that fails again keeps one line, its latest error
-                old_failures[key] = record
-                _rewrite_errors(errors_path, old_failures.values(), report.failures)
-            else:
-                with open(errors_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+            _record_failure(errors_path, old_failures, report, {
+                "index": i, "key": key, "name": structure_name(structures[i]),
+                "error": f"{type(exc).__name__}: {exc}", "attempts": attempts})
             continue
-        labelled = structures[i].copy()
-        labelled.info.update(info)
-        labelled.info["calib_key"] = key
-        labelled.info["label_seconds"] = round(time.perf_counter() - t0, 2)
-        if attempts:  # what failed before the settings this label was made with
-            labelled.info["label_retried"] = " || ".join(a.replace("\n", " ")[:200] for a in attempts)
-        if "magmoms" in results:  # final moments per atom (μB), beside the cell's total in info
-            labelled.arrays["final_magmoms"] = results.pop("magmoms")
-        labelled.calc = SinglePointCalculator(labelled, **results)
+        labelled = _labelled(structures[i], key, results, info, attempts, time.perf_counter() - t0)
         ase.io.write(out, labelled, format="extxyz", append=True)
         report.n_labelled += 1
         if key in old_failures:  # labelled on retry: no longer a failure
@@ -435,6 +390,73 @@ def label(
             _rewrite_errors(errors_path, old_failures.values(), report.failures)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _prepare_output(out: str, errors_path: str, overwrite: bool) -> str:
+    """Make ``out`` ready to append to: removed with its errors file (``overwrite``), else checked to be
+    :func:`label`'s own and its torn last frame cut off; returns what was cut ("" if nothing)."""
+    if os.path.exists(out):
+        if overwrite:
+            for path in (out, errors_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        else:
+            check_own_output(out)
+    return repair_torn_tail(out) if os.path.exists(out) else ""
+
+
+def _read_failures(errors_path: str) -> dict:
+    """The failures an earlier run recorded, by structure key (the latest record of each)."""
+    failures: dict = {}
+    if os.path.exists(errors_path):
+        with open(errors_path) as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    failures[rec["key"]] = rec
+    return failures
+
+
+def _compute_with_retries(structure: Atoms, calculator, properties, attempts: list) -> tuple[dict, dict]:
+    """:func:`_compute` on a copy of ``structure``, again with the factory's ``fallback`` settings after a
+    failure (at most three retries); ``attempts`` gets one line per failed attempt, the last failure is raised."""
+    current = calculator
+    while True:
+        try:
+            return _compute(structure.copy(), current, properties)
+        except Exception as exc:  # a factory may know a safer setting (GPAWFactory.fallback)
+            attempts.append(f"{type(exc).__name__}: {exc or 'not converged'} ({_settings_word(current)})")
+            fallback = getattr(current, "fallback", None)
+            current = fallback(exc) if fallback is not None else None
+            if current is None or len(attempts) > 3:
+                raise
+
+
+def _record_failure(errors_path: str, old_failures: dict, report: LabelReport, record: dict) -> None:
+    """Report a structure that failed and keep its record: appended to the errors file, or, for a structure
+    retried, in place of its earlier line (one line per failing structure, its latest error)."""
+    report.failures.append(record)
+    if record["key"] in old_failures:
+        old_failures[record["key"]] = record
+        _rewrite_errors(errors_path, old_failures.values(), report.failures)
+    else:
+        with open(errors_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _labelled(structure: Atoms, key: str, results: dict, info: dict, attempts: list, seconds: float) -> Atoms:
+    """A copy of ``structure`` carrying its labels (a single-point calculator), how they were made (``info``,
+    ``calib_key``, ``label_seconds``, the failed attempts before) and the final magnetic moments (μB)."""
+    labelled = structure.copy()
+    labelled.info.update(info)
+    labelled.info["calib_key"] = key
+    labelled.info["label_seconds"] = round(seconds, 2)
+    if attempts:  # what failed before the settings this label was made with
+        labelled.info["label_retried"] = " || ".join(a.replace("\n", " ")[:200] for a in attempts)
+    if "magmoms" in results:  # final moments per atom (μB), beside the cell's total in info
+        labelled.arrays["final_magmoms"] = results.pop("magmoms")
+    labelled.calc = SinglePointCalculator(labelled, **results)
+    return labelled
 
 
 def _settings_word(calculator) -> str:

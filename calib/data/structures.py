@@ -287,83 +287,106 @@ def check_structure(
     (n_atoms, 3).
     """
     name = structure_name(atoms) if len(atoms) or atoms.info.get("name") else "empty"
-
-    def fail(problem: str):
+    # each check may assume the ones before it passed (finite positions and cell before the neighbour search)
+    problem = (_contents_problem(atoms, max_atoms) or _cell_problem(atoms)
+               or _elements_problem(atoms, supported_elements) or _distance_problem(atoms, cutoff)
+               or _labels_problem(atoms, require_labels))
+    if problem:
         raise StructureError(index, problem, name)
 
+
+def _contents_problem(atoms: Atoms, max_atoms: int | None) -> str:
+    """Why the atoms themselves cannot be used (unreadable, none, too many, partial occupancy, a non-finite
+    position), or ""."""
     if atoms.info.get("read_error"):
-        fail(str(atoms.info["read_error"]))
+        return str(atoms.info["read_error"])
     if len(atoms) == 0:
-        fail("has no atoms")
+        return "has no atoms"
     if max_atoms is not None and len(atoms) > max_atoms:
-        fail(f"has {len(atoms)} atoms, more than the {max_atoms} calib differentiates in one pass here (forces "
-             f"need about 1.1 MB of memory per atom in one graph): split it, or raise the limit with "
-             f"CALIB_MAX_ATOMS=N")
+        return (f"has {len(atoms)} atoms, more than the {max_atoms} calib differentiates in one pass here (forces "
+                f"need about 1.1 MB of memory per atom in one graph): split it, or raise the limit with "
+                f"CALIB_MAX_ATOMS=N")
     occupancy = partial_occupancy(atoms)
     if occupancy:
-        fail(occupancy)
+        return occupancy
     pos = atoms.get_positions()
     if not np.all(np.isfinite(pos)):
         bad = int(np.where(~np.isfinite(pos).all(axis=1))[0][0])
-        fail(f"non-finite position for atom {bad}")
+        return f"non-finite position for atom {bad}"
+    return ""
+
+
+def _cell_problem(atoms: Atoms) -> str:
+    """Why the cell is not a periodic crystal's (non-finite, zero or negative volume, not periodic), or ""."""
     cell = np.asarray(atoms.cell[:], dtype=float)
     if not np.all(np.isfinite(cell)):
-        fail("non-finite cell vectors")
+        return "non-finite cell vectors"
     volume = float(np.linalg.det(cell))
     if volume <= 1e-8:
-        fail(
-            f"cell volume is {volume:.4g} Å³ (zero or negative): calib needs a "
-            "periodic cell with right-handed, linearly independent vectors"
-        )
+        return (f"cell volume is {volume:.4g} Å³ (zero or negative): calib needs a "
+                "periodic cell with right-handed, linearly independent vectors")
     if not all(atoms.pbc):
-        fail("is not periodic in all three directions; set atoms.pbc = True with a cell")
-    if supported_elements is not None:
-        allowed = set(int(z) for z in supported_elements)
-        bad = sorted(set(int(z) for z in atoms.numbers) - allowed)
-        if bad:
-            names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in bad)
-            fail(f"contains elements the model does not support: {names}")
+        return "is not periodic in all three directions; set atoms.pbc = True with a cell"
+    return ""
+
+
+def _elements_problem(atoms: Atoms, supported_elements: Iterable[int] | None) -> str:
+    """The elements of ``atoms`` the model does not support, in words, or ""."""
+    if supported_elements is None:
+        return ""
+    bad = sorted({int(z) for z in atoms.numbers} - {int(z) for z in supported_elements})
+    if not bad:
+        return ""
+    names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in bad)
+    return f"contains elements the model does not support: {names}"
+
+
+def _distance_problem(atoms: Atoms, cutoff: float | None) -> str:
+    """Atoms closer than MIN_DISTANCE Å (periodic images included), or an atom without a neighbour within the
+    model's ``cutoff`` (Å), in words, or ""."""
     # bounded cost for any input: a cell narrower than the closest allowed distance puts every atom that
     # close to its own image (refused with no search); the close-pair search runs at MIN_DISTANCE, so the
     # cutoff search below only ever sees physical densities
-    widths = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    widths = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
     if widths.min() < MIN_DISTANCE:
         k = int(np.argmin(widths))
-        fail(f"the cell is {widths[k]:.3g} Å wide across lattice vector {k}: every atom is closer than "
-             f"{MIN_DISTANCE} Å to its own periodic image")
+        return (f"the cell is {widths[k]:.3g} Å wide across lattice vector {k}: every atom is closer than "
+                f"{MIN_DISTANCE} Å to its own periodic image")
     i, j, d = _neighbors(atoms, MIN_DISTANCE)
     if len(d):
         k = int(np.argmin(d))
-        fail(
-            f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart "
-            f"(closer than {MIN_DISTANCE} Å)"
-        )
+        return f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart (closer than {MIN_DISTANCE} Å)"
     if cutoff is not None:
         i, j, d = _neighbors(atoms, max(MIN_DISTANCE, cutoff))
-        counts = np.bincount(i, minlength=len(atoms))
-        lonely = np.where(counts == 0)[0]
+        lonely = np.where(np.bincount(i, minlength=len(atoms)) == 0)[0]
         if len(lonely):
-            fail(
-                f"atom {int(lonely[0])} ({atoms.get_chemical_symbols()[lonely[0]]}) has no "
-                f"neighbour within the model cutoff of {cutoff} Å (isolated atom)"
-            )
+            return (f"atom {int(lonely[0])} ({atoms.get_chemical_symbols()[lonely[0]]}) has no "
+                    f"neighbour within the model cutoff of {cutoff} Å (isolated atom)")
+    return ""
+
+
+def _labels_problem(atoms: Atoms, require_labels: bool | str) -> str:
+    """A required label that is missing, or a label present that is not finite or has the wrong shape (energy
+    eV, forces eV/Å, stress eV/Å³), in words, or ""."""
     energy = get_energy(atoms)
     forces = get_forces(atoms)
     need = {True: ("energy", "forces"), "energy": ("energy",), "forces": ("forces",)}.get(require_labels, ())
     missing = [k for k, v in (("energy", energy), ("forces", forces)) if k in need and v is None]
     if missing:
         what = {"energy": "total energy in eV", "forces": "forces in eV/Å"}
-        fail(f"has no reference {missing[0]} (this needs {' and '.join(what[k] for k in need)})")
+        return f"has no reference {missing[0]} (this needs {' and '.join(what[k] for k in need)})"
     if energy is not None and not np.isfinite(energy):
-        fail(f"reference energy is not finite ({energy})")
+        return f"reference energy is not finite ({energy})"
     if forces is not None:
         if forces.shape != (len(atoms), 3):
-            fail(f"reference forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+            return f"reference forces have shape {forces.shape}, expected ({len(atoms)}, 3)"
         if not np.all(np.isfinite(forces)):
-            fail("reference forces contain non-finite values")
+            return "reference forces contain non-finite values"
     stress = get_stress(atoms)
     if stress is not None and not np.all(np.isfinite(stress)):
-        fail("reference stress contains non-finite values")
+        return "reference stress contains non-finite values"
+    return ""
 
 
 def _neighbors(atoms: Atoms, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

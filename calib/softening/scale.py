@@ -69,7 +69,7 @@ def _ci(values: np.ndarray, confidence: float) -> list:
 def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence[np.ndarray], *,
                   chemsys: str = "", model_energies=None, reference_energies=None, n_atoms=None,
                   same_composition: bool = True, n_bootstrap: int = 2000, confidence: float = 0.95,
-                  seed: int = 0) -> SofteningResult:
+                  seed: int = 0, domain_scores=None) -> SofteningResult:
     """Softening statistics of one chemical system from per-structure force arrays (eV/Å).
 
     Parameters
@@ -78,6 +78,8 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
     model_energies, reference_energies, n_atoms : optional totals (eV) for the energy variant
         and the correction anchor.
     same_composition : whether all structures share one composition (needed for the energy slope).
+    domain_scores : optional per-structure domain (or Q) scores of the predictor (dimensionless); their largest
+        is the domain of the correction fitted here (``domain_q_max``).
     """
     f_parts = [np.asarray(f, dtype=float).ravel() for f in model_forces]
     g_parts = [np.asarray(g, dtype=float).ravel() for g in reference_forces]
@@ -118,7 +120,8 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
         correction=float(c), correction_ci=_ci(c_boot[np.isfinite(c_boot)], confidence),
         slope_with_intercept=float(slope), intercept=float(intercept), r2=float(r2),
         mae=float(np.mean(np.abs(f - g))), cmae=float(np.mean(np.abs(c * f - g))), cmae_loo=cmae_loo,
-        confidence=confidence, notes=notes)
+        confidence=confidence, notes=notes,
+        domain_q_max=None if domain_scores is None else float(np.max(np.asarray(domain_scores, dtype=float))))
     if model_energies is not None and n_atoms is not None:
         em = np.asarray(model_energies, dtype=float)
         na = np.asarray(n_atoms, dtype=float)
@@ -134,7 +137,8 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
 
 def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_forces, *, model_energies=None,
                              reference_energies=None, n_atoms=None, compositions=None, n_bootstrap: int = 2000,
-                             confidence: float = 0.95, seed: int = 0, failures: dict | None = None) -> dict:
+                             confidence: float = 0.95, seed: int = 0, failures: dict | None = None,
+                             domain_scores=None) -> dict:
     """:func:`fit_softening` for each chemical system of a list of structures.
 
     Parameters
@@ -142,6 +146,7 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
     chemsys : (S,) str; model_forces, reference_forces : S arrays (N_i, 3), eV/Å
     model_energies, reference_energies : (S,) total eV; n_atoms : (S,)
     compositions : (S,) reduced formulas (the energy slope needs one composition)
+    domain_scores : (S,) domain scores; each chemistry's largest is its correction's domain
 
     Returns a dict chemsys → :class:`SofteningResult`. A chemistry whose
     statistics cannot be computed (all reference forces zero) raises ValueError
@@ -160,7 +165,7 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
             out[c] = fit_softening([model_forces[j] for j in idx], [reference_forces[j] for j in idx], chemsys=c,
                                    model_energies=pick(model_energies), reference_energies=pick(reference_energies),
                                    n_atoms=pick(n_atoms), same_composition=same, n_bootstrap=n_bootstrap,
-                                   confidence=confidence, seed=seed)
+                                   confidence=confidence, seed=seed, domain_scores=pick(domain_scores))
         except ValueError as exc:
             if failures is None:
                 raise

@@ -79,7 +79,7 @@ def accumulate_hessian(
             problems.append("it predates calib 0.5 (no descriptor statistics for the domain detector)")
         if problems:
             raise ValueError(f"checkpoint {checkpoint} does not belong to this run: {', '.join(problems)}; "
-                             "delete it or pass another --checkpoint")
+                             "delete it or pass another checkpoint path")
     start_batch = acc.n_batches
     all_batches = list(batches(len(kept), batch_size))
     done_here = 0

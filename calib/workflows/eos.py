@@ -52,14 +52,24 @@ class EOSRecord:
         return dict(self.__dict__)
 
 
+def check_elements(elements: Sequence[str] | None) -> None:
+    """Refuse (:class:`calib.errors.UsageError`) symbols that name no crystal of ASE's dcdft set (None: all)."""
+    from ase.collections import dcdft
+
+    from calib.errors import UsageError
+
+    unknown = [e for e in elements or () if e not in dcdft.names]
+    if unknown:
+        raise UsageError(f"elements {', '.join(unknown)}: not among the {len(dcdft.names)} elemental crystals of "
+                         "ASE's dcdft set")
+
+
 def dcdft_structures(elements: Sequence[str] | None = None) -> list[tuple[str, Atoms, dict]]:
     """(element, crystal at the WIEN2k volume, WIEN2k parameters) from ASE's dcdft collection."""
     from ase.collections import dcdft
 
+    check_elements(elements)
     names = list(dcdft.names) if elements is None else list(elements)
-    unknown = [e for e in names if e not in dcdft.names]
-    if unknown:
-        raise ValueError(f"not in ase.collections.dcdft: {', '.join(unknown)}")
     return [(e, dcdft[e], dict(dcdft.data[e])) for e in names]
 
 

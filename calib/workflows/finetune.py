@@ -133,8 +133,8 @@ def check_label_units(structs: Sequence[Atoms], pred, shift: np.ndarray) -> None
         src = str(a.info.get("source", ""))
         return f"structure {k} ({structure_name(a)}{', ' + src if src else ''})"
 
-    hint = ("are the labels in eV and eV/Å (not meV, Hartree, kcal/mol)? pass --allow-unphysical-labels "
-            "(check_units=False) to train on them anyway")
+    hint = ("are the labels in eV and eV/Å (not meV, Hartree, kcal/mol)? pass check_units=False to train on them "
+            "anyway")
     for k, a in enumerate(structs):
         f = get_forces(a)
         big = float(np.abs(f).max()) if f.size else 0.0
@@ -199,6 +199,50 @@ def _remove_stale_workdirs() -> None:
             pass
 
 
+def _training_data(train: Sequence[Atoms], shifts: np.ndarray, stress: bool, progress: bool):
+    """chgnet's StructureData of the training structures: energies per atom after the element reference
+    ``shifts`` (eV, as CHGNet predicts), forces (eV/Å) and, with ``stress`` when every structure has one, stresses
+    (GPa with ASE's sign, as CHGNet's own stress head: calib.models.chgnet)."""
+    from ase.units import GPa
+    from chgnet.data.dataset import StructureData
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    energies = [(get_energy(a) - s) / len(a) for a, s in zip(train, shifts)]
+    stresses = [get_stress(a) for a in train] if stress else [None]
+    use_stress = all(s is not None for s in stresses)
+    with contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr):  # chgnet prints; --json owns stdout
+        return StructureData(structures=[AseAtomsAdaptor.get_structure(a) for a in train], energies=energies,
+                             forces=[get_forces(a) for a in train],
+                             stresses=[s / GPa for s in stresses] if use_stress else None, shuffle=False)
+
+
+def _train(model, data, targets: str, n: int, *, epochs: int, lr: float, seed: int, batch_size: int,
+           progress: bool):
+    """A copy of ``model``'s CHGNet trained on ``data`` (``n`` structures, a tenth held for validation from 4 on)
+    by chgnet's Trainer in a temporary folder that is removed on any exit; the base model stays as it was."""
+    import torch
+    from chgnet.data.dataset import get_train_val_test_loader
+    from chgnet.trainer import Trainer
+
+    torch.manual_seed(seed)
+    val_ratio = max(1.0 / n, 0.1) if n >= 4 else 0.0
+    loaders = get_train_val_test_loader(data, batch_size=batch_size, train_ratio=1.0 - val_ratio,
+                                        val_ratio=val_ratio, return_test=False, pin_memory=False)
+    train_loader, val_loader = loaders[0], loaders[1] if val_ratio else loaders[0]
+    trainer = Trainer(model=copy.deepcopy(model.model), targets=targets,
+                      optimizer="Adam", scheduler="CosLR", criterion="MSE",
+                      epochs=int(epochs), learning_rate=float(lr), use_device=str(model.device), torch_seed=seed,
+                      data_seed=seed, print_freq=10**9)
+    _remove_stale_workdirs()
+    work = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    try:  # removed on any exit (the CLI turns SIGINT and SIGTERM into exceptions)
+        with contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr):
+            trainer.train(train_loader, val_loader, save_dir=work, train_composition_model=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return trainer.model.to(model.device).eval()
+
+
 def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay: int = 20, lr: float = 3e-4,
              seed: int = 0, batch_size: int = 8, stress: bool = False, progress: bool = True,
              check_units: bool = True, label_files: Sequence | None = None) -> FinetuneResult:
@@ -214,17 +258,13 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     ``check_units``: refuse labels in the wrong units (:func:`check_label_units`, module doc) before training;
     ``label_files``: the files the labels were read from, for the provenance (default: their sources)."""
     import torch
-    from ase.units import GPa
-    from chgnet.data.dataset import StructureData, get_train_val_test_loader
-    from chgnet.trainer import Trainer
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     from calib.models.chgnet import CHGNetAdapter
     from calib.uq.reference import ElementReference
 
     if not isinstance(model, CHGNetAdapter):
-        raise ValueError(f"calib finetune trains CHGNet models (chgnet's Trainer); got {model.name}: fine-tune a MACE "
-                         "model with mace_run_train --foundation_model and pass the result with --model")
+        raise ValueError(f"finetune trains CHGNet models (chgnet's Trainer); got {model.name}: fine-tune a MACE model "
+                         "with mace_run_train --foundation_model and load the result with load_model")
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:
@@ -233,45 +273,17 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     # the DFT code's per-element energy zero is removed from the labels (fitted against the base model)
     base = model.predict(structs, forces=True, batch_size=batch_size)
     numbers = [a.numbers for a in structs]
-    delta = np.array([get_energy(a) for a in structs]) - base.energy
-    reference = ElementReference().fit(numbers, delta)
+    reference = ElementReference().fit(numbers, np.array([get_energy(a) for a in structs]) - base.energy)
     shift = reference.predict(numbers)
     if check_units:
         check_label_units(structs, base, shift)
     replayed = replay_set(model, replay, seed=seed)
-    train = structs + replayed
-    shifts = np.concatenate([shift, np.zeros(len(replayed))])
-    energies = [(get_energy(a) - s) / len(a) for a, s in zip(train, shifts)]  # eV/atom, as CHGNet predicts
-    stresses = [get_stress(a) for a in train] if stress else [None]
-    use_stress = all(s is not None for s in stresses)
-    quiet = contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr)  # chgnet prints; --json owns stdout
-    with quiet:
-        data = StructureData(  # stresses in GPa with ASE's sign, as CHGNet's own stress head (calib.models.chgnet)
-            structures=[AseAtomsAdaptor.get_structure(a) for a in train], energies=energies,
-            forces=[get_forces(a) for a in train], stresses=[s / GPa for s in stresses] if use_stress else None,
-            shuffle=False)
+    data = _training_data(structs + replayed, np.concatenate([shift, np.zeros(len(replayed))]), stress, progress)
     targets = "efs" if data.stresses is not None else "ef"
     before = _errors(model, structs, shift, pred=base)
-    torch.manual_seed(seed)
-    n = len(train)
-    val_ratio = max(1.0 / n, 0.1) if n >= 4 else 0.0
-    loaders = get_train_val_test_loader(data, batch_size=batch_size, train_ratio=1.0 - val_ratio,
-                                        val_ratio=val_ratio, return_test=False, pin_memory=False)
-    train_loader, val_loader = loaders[0], loaders[1] if val_ratio else loaders[0]
-    trainer = Trainer(model=copy.deepcopy(model.model), targets=targets,  # the base model stays as it was
-                      optimizer="Adam", scheduler="CosLR", criterion="MSE",
-                      epochs=int(epochs), learning_rate=float(lr), use_device=str(model.device), torch_seed=seed,
-                      data_seed=seed, print_freq=10**9)
-    _remove_stale_workdirs()
-    work = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
-    try:  # removed on any exit (the CLI turns SIGINT and SIGTERM into exceptions)
-        with contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr):
-            trainer.train(train_loader, val_loader, save_dir=work, train_composition_model=False)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    tuned = trainer.model.to(model.device).eval()
-    after_model = CHGNetAdapter(model=tuned, device=model.device)
-    after = _errors(after_model, structs, shift)
+    tuned = _train(model, data, targets, len(structs) + len(replayed), epochs=epochs, lr=lr, seed=seed,
+                   batch_size=batch_size, progress=progress)
+    after = _errors(CHGNetAdapter(model=tuned, device=model.device), structs, shift)
     provenance = {
         "format": FORMAT, "base_model": f"{model.name} {model.version}", "base_fingerprint": model.fingerprint(),
         "labels_sha256": _sha(structs), "n_labels": len(structs), "replay_sha256": _sha(replayed),

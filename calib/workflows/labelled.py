@@ -63,3 +63,25 @@ def predict_labelled(predictor: CalibratedPredictor, labelled: Sequence[Atoms], 
               for k in np.flatnonzero(err != "")]
     e_err, f_err = label_errors(structs, ds["energy"].values[ok_rows], ds["forces"].values if forces else None)
     return LabelledPrediction(ds, structs, issues, e_err, f_err, pts)
+
+
+def reference_energies(images: Sequence[Atoms], reference: Sequence[Atoms]) -> list[float]:
+    """The total energies (eV) of ``reference``, labelled copies of a path's ``images`` in the same order (an NEB
+    path's DFT images), refused (:class:`calib.errors.InputError`) unless each one is its image: the same atoms in
+    the same order, the same cell within 1e-3 Å, and an energy."""
+    from calib.data.structures import get_energy
+    from calib.errors import InputError
+
+    energies = [get_energy(a) for a in reference]
+    if len(energies) != len(images) or any(e is None for e in energies):
+        raise InputError(f"reference must hold one labelled image per image ({len(images)}), got {len(energies)} "
+                         f"with {sum(e is None for e in energies)} unlabelled")
+    for k, (img, lab) in enumerate(zip(images, reference)):
+        if len(img) != len(lab) or not np.array_equal(img.numbers, lab.numbers):
+            raise InputError(f"reference image {k} ({lab.get_chemical_formula()}, {len(lab)} atoms) is not image {k} "
+                             f"of the path ({img.get_chemical_formula()}, {len(img)} atoms): the atoms and their "
+                             "order must match")
+        if not np.allclose(img.cell[:], lab.cell[:], atol=1e-3):
+            raise InputError(f"reference image {k} has another cell than image {k} of the path (max difference "
+                             f"{np.abs(img.cell[:] - lab.cell[:]).max():.3g} Å): not the same system")
+    return energies

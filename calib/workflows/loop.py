@@ -27,40 +27,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
 
 from calib.data.ncio import replace_atomically
 from calib.data.structures import chemsys
-
-
-@dataclass
-class LoopSettings:
-    """Settings of :func:`run_loop` (temperature K, steps of 1 fs, learning rate of chgnet's Trainer)."""
-
-    rounds: int = 3
-    frames: int = 4
-    temperature: float = 1000.0
-    md_steps: int = 400
-    epochs: int = 30
-    replay: int = 20
-    lr: float = 3e-4
-    seed: int = 0
-    proxy_sample: int = 300
-    shipped_sample: int = 40
-
-
-def _sha256_file(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from calib.workflows.settings import LoopSettings  # noqa: F401 - defined with the other settings, used here
 
 
 def _labeller_record(labeller) -> dict:
@@ -82,6 +57,7 @@ def run_record(start: Sequence[Atoms], settings: LoopSettings, labeller, model: 
     import hashlib
 
     from calib.data.structures import structures_fingerprint
+    from calib.workflows.screen import file_sha256
 
     start = list(start)
     names = "\0".join(str(a.info.get("name", "")) for a in start)
@@ -89,7 +65,39 @@ def run_record(start: Sequence[Atoms], settings: LoopSettings, labeller, model: 
             "n_start": len(start),
             "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "rounds"},
             "labeller": _labeller_record(labeller), "model": str(model),
-            "calibration_sha256": _sha256_file(calibration) if calibration else None}
+            "calibration_sha256": file_sha256(calibration) if calibration else None}
+
+
+def base_model_name(model) -> str:
+    """The name a loop records for its base model, the same before and after the model loads: a registered
+    name as given, a model file by its absolute path, an adapter by the name it was loaded by (else its name
+    and version)."""
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        return os.path.abspath(name) if os.path.isfile(name) else name
+    spec = getattr(model, "spec", None)
+    return spec.name if spec is not None else f"{model.name} {model.version}"
+
+
+def loop_calibration(model, calibration=None) -> str | None:
+    """The artifact the first round selects with: ``calibration``, else calib's default for the base model
+    ``model`` (a name, a file or an adapter; None when calib ships none for it)."""
+    from calib.data.datasets import default_calibration
+
+    if calibration:
+        return os.fspath(calibration)
+    if isinstance(model, (str, os.PathLike)) or getattr(model, "spec", None) is not None:
+        return default_calibration(base_model_name(model))
+    return None
+
+
+def check_run(out_dir, start: Sequence[Atoms], settings: LoopSettings, labeller, model, calibration=None) -> dict:
+    """The record of the loop :func:`run_loop` runs with these arguments (:func:`run_record`), refused by
+    :func:`check_resume` when ``out_dir`` holds a loop of another start or other settings. ``model`` may be a
+    name or a file, so that a command checks a resumed loop before GPAW or a model loads."""
+    record = run_record(start, settings, labeller, base_model_name(model), loop_calibration(model, calibration))
+    check_resume(out_dir, record)
+    return record
 
 
 def check_resume(out_dir, record: dict) -> None:
@@ -209,99 +217,165 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
     ``labeller``: an ASE calculator or factory (default :class:`calib.data.labelers.GPAWFactory` with the
     shipped data's settings)."""
     from calib.artifact import Artifact
-    from calib.data.datasets import default_calibration
-    from calib.data.labelers import GPAWFactory, label
-    from calib.data.readers import read_structures
+    from calib.data.labelers import GPAWFactory
     from calib.models import load_model
-    from calib.workflows.decisions import decide
-    from calib.workflows.finetune import finetune
 
     settings = settings or LoopSettings()
-    say = log or (lambda msg: None)
     out_dir = os.fspath(out_dir)
     labeller = labeller or GPAWFactory(cutoff=450.0, kdensity=2.0, spinpol=False)
     start = list(start)
     if not start:
         raise ValueError("the loop needs at least one start structure")
     base = load_model(model)
-    spec = getattr(base, "spec", None)
-    cal_path = calibration or (default_calibration(spec.name) if spec is not None else None)
-    record = run_record(start, settings, labeller, spec.name if spec is not None else f"{base.name} {base.version}",
-                        cal_path)
-    check_resume(out_dir, record)  # before anything is written
+    cal_path = loop_calibration(base, calibration)
+    record = check_run(out_dir, start, settings, labeller, base, cal_path)  # before anything is written
     os.makedirs(out_dir, exist_ok=True)
-    chem = chemsys(start[0])  # an element set: a tag in another order names the same system
-    report_path = os.path.join(out_dir, "report.json")
-    report = json.load(open(report_path)) if os.path.exists(report_path) else {"chemsys": chem, "run": record,
-                                                                                "rounds": []}
-    current, artifact = base, (Artifact.load(cal_path) if cal_path else None)
-    labels: list[Atoms] = []
+    run = _Run(out_dir, start, settings, labeller, base, _report(out_dir, start, record),
+               Artifact.load(cal_path) if cal_path else None, say=log or (lambda msg: None), progress=progress,
+               stop_after=stop_after)
+    run.save()  # the run's record first: a loop killed in its first round is still known by its start and settings
+    for r in range(settings.rounds):
+        if run.round(r) in ("accept", "scale"):
+            break
+    return run.finish()
 
-    def write_report(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=1, default=float)
 
-    def save():
-        replace_atomically(report_path, write_report)
+#: the file of each step of a round, in the round's folder
+ROUND_FILES = (("md", "md.extxyz"), ("selected", "selected.extxyz"), ("labels", "labels.extxyz"),
+               ("model", "model.pt"), ("calibration", "calibration.nc"))
 
-    def stop(step):
-        if stop_after == step:
-            save()
+
+def _report(out_dir: str, start: Sequence[Atoms], record: dict) -> dict:
+    """The report of the loop in ``out_dir`` (resumed), else a new one for this start and run record."""
+    path = os.path.join(out_dir, "report.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            return json.load(fh)
+    return {"chemsys": chemsys(start[0]), "run": record, "rounds": []}  # an element set: any order of the tag
+
+
+@dataclass
+class _Run:
+    """One loop between its steps: the current model and calibration, every label so far, and the report.
+    Each step is skipped when its file exists, so a killed loop resumes at its first missing file."""
+
+    out_dir: str
+    start: list
+    settings: LoopSettings
+    labeller: object
+    base: object
+    report: dict
+    artifact: object
+    say: Callable
+    progress: bool
+    stop_after: str | None
+    current: object = None
+    labels: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.current is None:
+            self.current = self.base
+
+    def save(self) -> None:
+        """``report.json``, whole or not at all."""
+        def write(tmp):
+            with open(tmp, "w") as fh:
+                json.dump(self.report, fh, indent=1, default=float)
+
+        replace_atomically(os.path.join(self.out_dir, "report.json"), write)
+
+    def stop(self, step: str) -> None:
+        """Save and raise :class:`Stopped` when ``stop_after`` names this step."""
+        if self.stop_after == step:
+            self.save()
             raise Stopped(f"stopped after {step}")
 
-    save()  # the run's record first: a loop killed in its first round is still known by its start and settings
-
-    for r in range(settings.rounds):
-        rd = os.path.join(out_dir, f"round-{r}")
+    def round(self, r: int) -> str:
+        """Round ``r`` (MD, selection, labels, fine-tuning, calibration, decision); returns the decision."""
+        rd = os.path.join(self.out_dir, f"round-{r}")
         os.makedirs(rd, exist_ok=True)
-        entry = report["rounds"][r] if r < len(report["rounds"]) else {"round": r}
-        if r == len(report["rounds"]):
-            report["rounds"].append(entry)
+        rounds = self.report["rounds"]
+        entry = rounds[r] if r < len(rounds) else {"round": r}
+        if r == len(rounds):
+            rounds.append(entry)
         t0 = time.perf_counter()
-        paths = {k: os.path.join(rd, f) for k, f in (("md", "md.extxyz"), ("selected", "selected.extxyz"),
-                                                     ("labels", "labels.extxyz"), ("model", "model.pt"),
-                                                     ("calibration", "calibration.nc"))}
-        if not os.path.exists(paths["md"]):
-            say(f"round {r}: MD at {settings.temperature:g} K with {current.name} {os.path.basename(current.version)}")
-            _write(paths["md"], _md(current, start, settings, seed=settings.seed + r))
-        stop("md")
-        if not os.path.exists(paths["selected"]):
-            _write(paths["selected"], _select(current, artifact, read_structures(paths["md"]), settings.frames))
-        stop("select")
-        selected = read_structures(paths["selected"])
-        say(f"round {r}: labelling {len(selected)} frame(s)")
-        rep = label(selected, paths["labels"], labeller, progress=progress)
-        entry["label_failures"] = len(rep.failures)
-        stop("label")
-        fresh = read_structures(paths["labels"])
-        labels += fresh
-        if "before" not in entry:  # the current model on frames it never saw
-            entry["before"] = _fresh_errors(current, fresh)
-        if not os.path.exists(paths["model"]):
-            say(f"round {r}: fine-tuning on {len(labels)} label(s) + {settings.replay} replay")
-            res = finetune(base, labels, paths["model"], epochs=settings.epochs, replay=settings.replay,
-                           lr=settings.lr, seed=settings.seed, progress=False)
-            entry["finetune"] = {"before": res.before, "after": res.after}
-        current = load_model(paths["model"])
-        stop("finetune")
-        if not os.path.exists(paths["calibration"]):
-            say(f"round {r}: recalibrating the fine-tuned model")
-            _recalibrate(current, labels, settings, paths["calibration"])
-        artifact = Artifact.load(paths["calibration"], model=current)
-        stop("calibrate")
-        decisions, _ = decide(artifact, current, labels, read_structures(paths["md"]), progress=False)
-        mine = next((d for d in decisions if d.chemsys == chem), decisions[0])
-        entry.update(decision=mine.decision, reasons=mine.reasons, n_labels=len(labels), files=paths,
+        paths = {k: os.path.join(rd, f) for k, f in ROUND_FILES}
+        self._sample(r, paths)
+        self._label(r, paths, entry)
+        self._train(r, paths, entry)
+        mine = self._decide(paths)
+        entry.update(decision=mine.decision, reasons=mine.reasons, n_labels=len(self.labels), files=paths,
                      seconds=round(entry.get("seconds", 0.0) + time.perf_counter() - t0, 1))
-        save()
-        say(f"round {r}: {mine.decision} ({'; '.join(mine.reasons)})")
-        if mine.decision in ("accept", "scale"):
-            break
-    report["final_model"] = report["rounds"][-1]["files"]["model"]
-    report["final_calibration"] = report["rounds"][-1]["files"]["calibration"]
-    save()
-    _plot(report, os.path.join(out_dir, "report.png"))
-    return report
+        self.save()
+        self.say(f"round {r}: {mine.decision} ({'; '.join(mine.reasons)})")
+        return mine.decision
+
+    def _sample(self, r: int, paths: dict) -> None:
+        """MD with the current model from the start structures, and the frames selected from it."""
+        from calib.data.readers import read_structures
+
+        if not os.path.exists(paths["md"]):
+            self.say(f"round {r}: MD at {self.settings.temperature:g} K with {self.current.name} "
+                     f"{os.path.basename(self.current.version)}")
+            _write(paths["md"], _md(self.current, self.start, self.settings, seed=self.settings.seed + r))
+        self.stop("md")
+        if not os.path.exists(paths["selected"]):
+            _write(paths["selected"], _select(self.current, self.artifact, read_structures(paths["md"]),
+                                              self.settings.frames))
+        self.stop("select")
+
+    def _label(self, r: int, paths: dict, entry: dict) -> None:
+        """Reference labels of the selected frames (resumable), and the current model's errors on them before
+        it is trained on them."""
+        from calib.data.labelers import label
+        from calib.data.readers import read_structures
+
+        selected = read_structures(paths["selected"])
+        self.say(f"round {r}: labelling {len(selected)} frame(s)")
+        rep = label(selected, paths["labels"], self.labeller, progress=self.progress)
+        entry["label_failures"] = len(rep.failures)
+        self.stop("label")
+        fresh = read_structures(paths["labels"])
+        self.labels += fresh
+        if "before" not in entry:  # the current model on frames it never saw
+            entry["before"] = _fresh_errors(self.current, fresh)
+
+    def _train(self, r: int, paths: dict, entry: dict) -> None:
+        """The base model fine-tuned on every label so far, and a calibration of it: the new current ones."""
+        from calib.artifact import Artifact
+        from calib.models import load_model
+        from calib.workflows.finetune import finetune
+
+        s = self.settings
+        if not os.path.exists(paths["model"]):
+            self.say(f"round {r}: fine-tuning on {len(self.labels)} label(s) + {s.replay} replay")
+            res = finetune(self.base, self.labels, paths["model"], epochs=s.epochs, replay=s.replay, lr=s.lr,
+                           seed=s.seed, progress=False)
+            entry["finetune"] = {"before": res.before, "after": res.after}
+        self.current = load_model(paths["model"])
+        self.stop("finetune")
+        if not os.path.exists(paths["calibration"]):
+            self.say(f"round {r}: recalibrating the fine-tuned model")
+            _recalibrate(self.current, self.labels, s, paths["calibration"])
+        self.artifact = Artifact.load(paths["calibration"], model=self.current)
+        self.stop("calibrate")
+
+    def _decide(self, paths: dict):
+        """The decision for the start's chemical system, with the round's MD frames as targets."""
+        from calib.data.readers import read_structures
+        from calib.workflows.decisions import decide
+
+        decisions, _ = decide(self.artifact, self.current, self.labels, read_structures(paths["md"]), progress=False)
+        chem = chemsys(self.start[0])
+        return next((d for d in decisions if d.chemsys == chem), decisions[0])
+
+    def finish(self) -> dict:
+        """The report, naming the last round's model and calibration, saved and plotted."""
+        self.report["final_model"] = self.report["rounds"][-1]["files"]["model"]
+        self.report["final_calibration"] = self.report["rounds"][-1]["files"]["calibration"]
+        self.save()
+        _plot(self.report, os.path.join(self.out_dir, "report.png"))
+        return self.report
 
 
 def _write(path: str, structs: list[Atoms]) -> None:

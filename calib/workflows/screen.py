@@ -139,8 +139,8 @@ class ResultsWriter:
             self.nc = netCDF4.Dataset(self.path, "a")
             return
         if os.path.exists(self.path) and not overwrite:
-            hint = "pass --resume to continue it or --overwrite to replace it" if os.path.exists(self.journal) \
-                else "pass --overwrite to replace it"
+            hint = "pass resume=True to continue it or overwrite=True to replace it" if os.path.exists(self.journal) \
+                else "pass overwrite=True to replace it"
             raise FileExistsError(f"{self.path} exists; {hint}")
         self.nc = netCDF4.Dataset(self.path, "w", format="NETCDF3_64BIT_OFFSET")
         self.nc.createDimension("structure", None)
@@ -255,11 +255,11 @@ def check_options(batch_size: int, force_tol: float | None, energy_tol: float | 
     (eV/Å, eV/atom) that is not a positive number."""
     from calib.errors import UsageError, positive_int
 
-    positive_int("--batch-size", batch_size)
+    positive_int("batch_size", batch_size)
     if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
-        raise UsageError(f"--force-tol must be a positive number of eV/Å, got {force_tol}")
+        raise UsageError(f"force_tol must be a positive number of eV/Å, got {force_tol}")
     if energy_tol is not None and not (np.isfinite(energy_tol) and energy_tol > 0):
-        raise UsageError(f"--energy-tol must be a positive number of eV/atom, got {energy_tol}")
+        raise UsageError(f"energy_tol must be a positive number of eV/atom, got {energy_tol}")
 
 
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,

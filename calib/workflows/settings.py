@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from calib.errors import UsageError, positive_int
+from calib.errors import UsageError, non_negative_int, positive, positive_int
 from calib.settings import folds, one_of, open_fraction, setting, validate
 
 
@@ -52,3 +52,33 @@ class CalibrationSettings:
         validate(self)
         if self.target != "energy" and not self.with_forces:
             raise UsageError(f"target={self.target!r} needs force gradients (with_forces=True)")
+
+
+def _md_steps(name: str, value) -> int:
+    """At least 4 MD steps: the loop keeps a frame every md_steps // 4 steps."""
+    if positive_int(name, value) < 4:
+        raise UsageError(f"{name} must be a whole number ≥ 4 (the MD keeps a frame every md_steps // 4 steps), got "
+                         f"{value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Settings of :func:`calib.workflows.loop.run_loop`, validated on construction (``calib loop`` builds its
+    options from them)."""
+
+    rounds: int = setting(3, "at most this many rounds (≥ 1)", check=positive_int, flag="--rounds")
+    frames: int = setting(4, "frames labelled per round (≥ 1)", check=positive_int, flag="--frames")
+    temperature: float = setting(1000.0, "MD temperature (> 0)", unit="K", check=positive, flag="--temperature")
+    md_steps: int = setting(400, "MD steps of 1 fs per round and start structure (≥ 4)", check=_md_steps,
+                            flag="--md-steps")
+    epochs: int = setting(30, "fine-tuning epochs per round (≥ 1)", check=positive_int, flag="--epochs")
+    replay: int = setting(20, "replay structures per fine-tuning (≥ 0)", check=non_negative_int, flag="--replay")
+    lr: float = setting(3e-4, "learning rate of chgnet's Trainer (Adam, cosine schedule)", check=positive)
+    seed: int = setting(0, "seed of the loop: MD velocities, proxy and replay samples, training",
+                        check=non_negative_int, flag="--seed")
+    proxy_sample: int = setting(300, "equilibrium-proxy structures of each round's Hessian", check=non_negative_int)
+    shipped_sample: int = setting(40, "shipped labels added to each recalibration", check=non_negative_int)
+
+    def __post_init__(self):
+        validate(self)

@@ -57,16 +57,13 @@ def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
     if not lp.structures:
         return SofteningRun({}, lp.issues, lp)
     failures: dict = {}
+    key = "domain_score" if "domain_score" in ok else "q_score"  # the correction's domain: the largest score
     results = fit_softening_by_chemsys(
         ok["chemsys"].values, [lp.forces_of(k) for k in range(len(lp.structures))],
         [get_forces(a) for a in lp.structures], model_energies=ok["energy"].values,
         reference_energies=[get_energy(a) for a in lp.structures], n_atoms=ok["n_atoms"].values,
-        compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], failures=failures, **kw)
-    key = "domain_score" if "domain_score" in ok else "q_score"
-    if key in ok:  # the correction's domain: the largest domain score of the structures it is fitted on
-        q, chem = ok[key].values, ok["chemsys"].values
-        for c, r in results.items():
-            r.domain_q_max = float(np.max(q[chem == c]))
+        compositions=[a.get_chemical_formula(empirical=True) for a in lp.structures], failures=failures,
+        domain_scores=ok[key].values if key in ok else None, **kw)
     return SofteningRun(results, lp.issues, lp, failures)
 
 
