@@ -122,9 +122,9 @@ class CalibratedCalculator(Calculator):
 
                 from calib.errors import CalibWarning
 
-                self.uncalibrated_reason = (f"no calibration: calib ships a default calibration for CHGNet 0.3.0 only, "
-                                            f"not for {model!r}; pass calibration=PATH (calib calibrate) for σ and "
-                                            "the trust verdict")
+                self.uncalibrated_reason = (f"no calibration: calib ships default calibrations for CHGNet 0.3.0 and "
+                                            f"SevenNet-0 only, not for {model!r}; pass calibration=PATH (calib "
+                                            "calibrate) for σ and the trust verdict")
                 warnings.warn(f"CalibratedCalculator: {self.uncalibrated_reason}; running the plain model",
                               CalibWarning, stacklevel=2)
             else:

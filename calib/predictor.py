@@ -134,16 +134,18 @@ class CalibratedPredictor:
 
     @classmethod
     def default(cls, model=None, *, device: str = "cpu", trust: TrustPolicy | None = None):
-        """The predictor of calib's default calibration (CHGNet 0.3.0, shipped GPAW PAW-PBE labels), as
-        ``calib predict`` without ``--calibration``. ``model``: None, ``"chgnet"``/``"chgnet:0.3.0"`` or an
-        adapter (ArtifactError unless its weights are CHGNet 0.3.0's); ValueError for another model name."""
+        """The predictor of calib's default calibration (CHGNet 0.3.0, or SevenNet-0 with ``model="sevennet"``;
+        shipped GPAW PAW-PBE labels), as ``calib predict`` without ``--calibration``. ``model``: None,
+        ``"chgnet"``/``"chgnet:0.3.0"``, ``"sevennet"`` or an adapter (ArtifactError unless its weights are
+        CHGNet 0.3.0's); ValueError for another model name."""
         from calib.data.datasets import default_calibration
         from calib.models import resolve_model
 
         name = model if isinstance(model, (str, os.PathLike)) else "chgnet"
         path = default_calibration(os.fspath(name))
         if path is None:
-            raise ValueError(f"calib ships a default calibration for CHGNet 0.3.0 only, not for {name!r}: calibrate "
+            raise ValueError(f"calib ships default calibrations for CHGNet 0.3.0 and SevenNet-0 only, not for "
+                             f"{name!r}: calibrate "
                              "your own (calib hessian, calib calibrate) and use CalibratedPredictor.from_file(path)")
         art = Artifact.load(path)
         return cls(resolve_model(model, artifact=art, device=device), art, trust=trust, calibration="default")

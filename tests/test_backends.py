@@ -1,4 +1,4 @@
-"""The same pipeline on both backends (CHGNet 0.3.0 and the shipped small MACE): LLPR, conformal,
+"""The same pipeline on every backend (CHGNet 0.3.0, the shipped small MACE, SevenNet-0): LLPR, conformal,
 softening, decisions and screening, each checked against an independent computation."""
 
 import numpy as np
@@ -8,7 +8,11 @@ from conftest import expected_decision
 from calib.models import shipped_mace_path
 
 BACKENDS = ["chgnet", pytest.param("mace-small", marks=pytest.mark.skipif(
-    not __import__("os").path.exists(shipped_mace_path()), reason="shipped MACE model missing"))]
+    not __import__("os").path.exists(shipped_mace_path()), reason="shipped MACE model missing")),
+    pytest.param("sevennet", marks=pytest.mark.sevennet)]
+#: the --model an artifact of each backend asks for
+HINTS = {"chgnet": "--model chgnet:0.3.0", "mace-small": "--model mace:mace-small",
+         "sevennet": "--model sevennet:SevenNet_0__11Jul2024"}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -21,7 +25,9 @@ def setup(request, tmp_path_factory, chgnet):
 
     if request.param == "mace-small":
         pytest.importorskip("mace")
-    model = chgnet if request.param == "chgnet" else load_model("mace-small")
+    if request.param == "sevennet":
+        pytest.importorskip("sevenn")
+    model = chgnet if request.param == "chgnet" else load_model(request.param)
     lab = {c: datasets.load("high-energy-states", chemsys=c) for c in ("Si", "Li-F", "Al")}
     cal = [a for v in lab.values() for a in v[::2]]
     test = [a for v in lab.values() for a in v[1::2]]
@@ -127,5 +133,5 @@ def test_cli_takes_the_artifacts_model_by_default(setup, tmp_path):
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "probe.extxyz"), "--calibration", str(path), "--json",
                                  "--model", other])
     doc = json.loads(r.stdout)
-    want = "--model chgnet:0.3.0" if name == "chgnet" else "--model mace:mace-small"
+    want = HINTS[name]
     assert r.exit_code == 1 and doc["kind"] == "artifact" and want in doc["error"], doc

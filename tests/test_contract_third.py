@@ -356,7 +356,7 @@ def test_the_default_predictor_from_python_is_the_cli_default(t3, chgnet):
     np.testing.assert_allclose([r["energy_sigma"] for r in doc["records"]], ds["energy_sigma"].values, rtol=1e-12)
     path = CalibratedPredictor.from_file(t3 / "CAL.nc", model=chgnet).predict(structs, progress=False)
     assert path.attrs["calibration"] == str(t3 / "CAL.nc")
-    with pytest.raises(ValueError, match="default calibration for CHGNet 0.3.0 only"):
+    with pytest.raises(ValueError, match="default calibrations for CHGNet 0.3.0 and SevenNet-0 only"):
         CalibratedPredictor.default("mace-small")
 
 

@@ -463,8 +463,9 @@ def trust_policy(force_tol: float, energy_tol: Optional[float], confidence: floa
 
 
 def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:
-    """The ``--calibration`` given or, without one, calib's default artifact for the model (CHGNet 0.3.0):
-    (path, the ``calibration`` record every such command reports: path and whether it is the default)."""
+    """The ``--calibration`` given or, without one, calib's default artifact for the model (CHGNet 0.3.0, or
+    SevenNet-0 with ``--model sevennet``): (path, the ``calibration`` record every such command reports: path
+    and whether it is the default)."""
     check_model(model)
     if calibration is not None:
         return calibration, {"path": str(calibration), "default": False}
@@ -472,10 +473,12 @@ def calibration_or_default(calibration: Optional[Path], model: Optional[str]) ->
 
     path = default_calibration(model or "chgnet")
     if path is None:
-        raise UsageError(f"--calibration is required with --model {model}: calib ships a default calibration "
-                         "for CHGNet 0.3.0 only (calibrate your own with `calib hessian` and `calib calibrate`)")
+        raise UsageError(f"--calibration is required with --model {model}: calib ships default calibrations "
+                         "for CHGNet 0.3.0 (--model chgnet) and SevenNet-0 (--model sevennet) only (calibrate your "
+                         "own with `calib hessian` and `calib calibrate`)")
+    which = "SevenNet-0" if os.path.basename(path).startswith("sevennet") else "CHGNet 0.3.0"
     return Path(path), {"path": path, "default": True,
-                        "note": "calib's default calibration for CHGNet 0.3.0 (GPAW PAW-PBE labels shipped in "
+                        "note": f"calib's default calibration for {which} (GPAW PAW-PBE labels shipped in "
                                 "datasets/; calib/data/artifacts/README.md): energy intervals are for GPAW's "
                                 "PAW-PBE energies; calibrate your own for other DFT settings"}
 

@@ -83,7 +83,8 @@ def load(name: str, chemsys: str | None = None) -> list[Atoms]:
 def default_calibration(model: str = "chgnet") -> str | None:
     """Path of the calibration artifact shipped with calib for ``model`` (package data, built by
     ``datasets/default-calibration/build.py``), or None when there is none for it."""
-    name = {"chgnet": "chgnet-0.3.0", "chgnet:0.3.0": "chgnet-0.3.0"}.get(str(model))
+    name = {"chgnet": "chgnet-0.3.0", "chgnet:0.3.0": "chgnet-0.3.0", "sevennet": "sevennet-0",
+            "sevennet:SevenNet_0__11Jul2024": "sevennet-0"}.get(str(model))
     if name is None:
         return None
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts", f"{name}.nc")

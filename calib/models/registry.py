@@ -64,7 +64,7 @@ def check_model_name(spec) -> None:
     if path.endswith((".model", ".pt", ".pth")) or os.sep in path:
         raise ValueError(f"model file not found: {path}")
     raise ValueError(f"unknown model {spec!r}: use {', '.join(repr(k) for k in REGISTRY)}, 'chgnet:VERSION' or a "
-                     "model file (a MACE .model, or a CHGNet file such as calib finetune writes)")
+                     "model file (a MACE .model, a sevenn checkpoint, or a CHGNet file such as calib finetune writes)")
 
 
 def sniff_model_file(path: str) -> tuple[str, dict | None, str]:
@@ -92,16 +92,18 @@ def sniff_model_file(path: str) -> tuple[str, dict | None, str]:
         how = (f"CHGNet (calib's format tag {tag!r})" if tag == FINETUNED_FORMAT
                else "CHGNet (CHGNet.from_file's format)")
         return "chgnet", state, how
-    modules = _pickle_modules(path)
+    modules, strings = _pickle_scan(path)
     if any(m == "mace" or m.startswith("mace.") for m in modules):
         return "mace", None, "MACE (its pickle refers to mace's classes)"
+    if "model_state_dict" in strings and "reduce_hidden_to_energy.linear.weight" in strings:
+        return "sevennet", None, "SevenNet (a sevenn checkpoint: model_state_dict with SevenNet's readout)"
     found = "plain data" if state is not None else (why or "unreadable")
     return "unknown", None, found
 
 
-def _pickle_modules(path: str) -> set[str]:
-    """The modules a torch file's pickle refers to (GLOBAL / STACK_GLOBAL opcodes), read with pickletools:
-    nothing is unpickled, no code runs."""
+def _pickle_scan(path: str) -> tuple[set[str], set[str]]:
+    """(the modules a torch file's pickle refers to (GLOBAL / STACK_GLOBAL opcodes), the strings it holds),
+    read with pickletools: nothing is unpickled, no code runs."""
     import pickletools
     import zipfile
 
@@ -109,14 +111,14 @@ def _pickle_modules(path: str) -> set[str]:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
             if name is None:
-                return set()
+                return set(), set()
             data = z.read(name)
     except (zipfile.BadZipFile, OSError):
         try:
             with open(path, "rb") as fh:
                 data = fh.read(1 << 24)
         except OSError:
-            return set()
+            return set(), set()
     out, strings = set(), []
     try:
         for op, arg, _ in pickletools.genops(data):
@@ -128,13 +130,30 @@ def _pickle_modules(path: str) -> set[str]:
                 out.add(strings[-2])
     except Exception:  # noqa: BLE001 - a damaged pickle: whatever was found so far
         pass
-    return out
+    return out, set(strings)
 
 
 def _chgnet(version: str, device: str, feature_set: str) -> ModelAdapter:
     from calib.models.chgnet import CHGNetAdapter
 
     return CHGNetAdapter(version=version or "0.3.0", device=device, feature_set=feature_set)
+
+
+def _sevennet(version: str, device: str, feature_set: str) -> ModelAdapter:
+    if feature_set != "last":
+        raise ValueError(f"feature_set={feature_set!r}: SevenNet models have one feature set, 'last'")
+    from calib.models.sevennet import PRETRAINED, SevenNetAdapter, pretrained_path
+
+    return SevenNetAdapter(pretrained_path(version), device=device, version=version or PRETRAINED[0])
+
+
+def _sevennet_file(path: str, device: str, feature_set: str) -> ModelAdapter:
+    if feature_set != "last":
+        raise ValueError(f"feature_set={feature_set!r}: SevenNet models have one feature set, 'last'")
+    from calib.models.sevennet import SevenNetAdapter
+
+    adapter = SevenNetAdapter(path, device=device, version=os.path.abspath(path))
+    return _with_spec(adapter, ModelSpec(os.path.abspath(path)))
 
 
 def _mace_small(version: str, device: str, feature_set: str) -> ModelAdapter:
@@ -146,7 +165,8 @@ def _mace_small(version: str, device: str, feature_set: str) -> ModelAdapter:
 
 #: name -> loader(version, device, feature_set): the models calib loads without a path from outside
 #: (weights inside a wheel or shipped with calib). "chgnet:VERSION" passes VERSION to the loader.
-REGISTRY: dict[str, Callable[[str, str, str], ModelAdapter]] = {"chgnet": _chgnet, "mace-small": _mace_small}
+REGISTRY: dict[str, Callable[[str, str, str], ModelAdapter]] = {"chgnet": _chgnet, "mace-small": _mace_small,
+                                                                 "sevennet": _sevennet}
 
 
 def shipped_mace_path() -> str:
@@ -162,9 +182,12 @@ def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = 
 
     * ``"chgnet"`` (CHGNet 0.3.0, shipped in the chgnet wheel) or ``"chgnet:VERSION"`` (``0.2.0``, ``r2scan``);
     * ``"mace-small"``: the small distilled MACE shipped under datasets/models (tests, demo; not for science);
+    * ``"sevennet"`` (SevenNet-0 of 11 July 2024, shipped in the sevenn wheel; the ``sevennet`` extra) or
+      ``"sevennet:NAME"`` (``SevenNet_0__22May2024``);
     * a model file, routed by its content whatever its suffix (:func:`sniff_model_file`): a CHGNet file
       (``calib finetune``'s output, loaded without running code) or a MACE ``.model`` file (MACE-MP-0 or a
-      fine-tuned model; ``"mace:PATH"`` too): a pickle, loaded because you name it (load only files you trust);
+      fine-tuned model; ``"mace:PATH"`` too) or a sevenn checkpoint: pickles, loaded because you name them
+      (load only files you trust);
     * a MACE ``torch.nn.Module``, or any :class:`ModelAdapter`, passed through.
 
     ``feature_set`` selects CHGNet's last-layer features (``"last"`` or ``"last2"``); MACE has one.
@@ -199,6 +222,8 @@ def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = 
             adapter = _chgnet_state(path, state, device, feature_set)
         elif kind == "mace":
             adapter = _mace_file(path, os.path.abspath(path), device, feature_set)
+        elif kind == "sevennet":
+            adapter = _sevennet_file(path, device, feature_set)
         else:
             raise ValueError(f"{path} is not a MACE model calib can read, nor a CHGNet file ({how}): calib reads "
                              "CHGNet files ({'model': {'state_dict', 'model_args'}}, as calib finetune writes) and "
@@ -213,7 +238,8 @@ def load_model(spec: str | os.PathLike | ModelAdapter = "chgnet", device: str = 
                           CalibWarning, stacklevel=2)
         return adapter
     raise ValueError(f"unknown model {spec!r}: use {', '.join(repr(k) for k in REGISTRY)}, 'chgnet:VERSION' "
-                     "or a model file (a MACE .model, or a CHGNet file such as calib finetune writes)")
+                     "or a model file (a MACE .model, a sevenn checkpoint, or a CHGNet file such as calib finetune "
+                     "writes)")
 
 
 def _mace_file(path: str, version: str, device: str, feature_set: str) -> ModelAdapter:
@@ -245,6 +271,7 @@ def _with_spec(adapter: ModelAdapter, spec: ModelSpec) -> ModelAdapter:
     adapter.spec = spec
     if not getattr(adapter, "read_as", None):
         adapter.read_as = {"chgnet": "CHGNet (registered name)", "mace-small": "MACE (shipped mace-small)",
+                           "sevennet": "SevenNet (registered name, weights from the sevenn wheel)",
                            "mace-module": "MACE (a module passed in)"}.get(spec.name.partition(":")[0], spec.name)
     return adapter
 
@@ -271,6 +298,14 @@ def spec_from_provenance(model_info: dict, what: str = "the artifact") -> ModelS
                          f"{version} (model=... in Python) if you trust that file")
     if name == "chgnet":
         return ModelSpec(f"chgnet:{version}" if version else "chgnet", feature_set)
+    if name == "sevennet":
+        from calib.models.sevennet import PRETRAINED
+
+        if version in ("", *PRETRAINED):
+            return ModelSpec(f"sevennet:{version}" if version else "sevennet", feature_set)
+        raise ValueError(f"{what} was fitted with the SevenNet checkpoint {version}; calib does not load a model "
+                         "file that an artifact names (a checkpoint is a pickle: loading it runs code): pass "
+                         f"--model {version} (model=... in Python) if you trust that file")
     if name == "mace" and version == "mace-small":
         return ModelSpec("mace-small", feature_set)
     if name == "mace":

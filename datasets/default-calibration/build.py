@@ -1,8 +1,10 @@
-"""Build the default calibration artifact that ships with calib (``calib/data/artifacts/chgnet-0.3.0.nc``).
+"""Build a default calibration artifact that ships with calib: ``calib/data/artifacts/chgnet-0.3.0.nc`` for
+CHGNet 0.3.0 (``--model chgnet``, the default) and ``calib/data/artifacts/sevennet-0.nc`` for SevenNet-0
+(``--model sevennet``, in an environment with the ``sevennet`` extra).
 
 Inputs, all shipped in this repository:
 
-* the Hessian: CHGNet 0.3.0 over the equilibrium proxy (``datasets/equilibrium-proxy``, 2530 unlabelled
+* the Hessian: the model over the equilibrium proxy (``datasets/equilibrium-proxy``, 2530 unlabelled
   near-equilibrium structures standing in for MPtrj); it also fits the domain detector;
 * the calibration set: every GPAW PAW-PBE label of ``datasets/high-energy-states`` (1000 K MD frames,
   ±3 % strains) and ``datasets/near-equilibrium`` (relaxed, mid-relaxation and perturbed proxy structures):
@@ -13,9 +15,9 @@ Inputs, all shipped in this repository:
 The NEB paths are kept out: they are the held-out check of docs/neb.md. Run from the repository root
 (about 15 min on 2 cores)::
 
-    OMP_NUM_THREADS=1 python datasets/default-calibration/build.py [--out PATH] [--hessian H.nc]
+    OMP_NUM_THREADS=1 python datasets/default-calibration/build.py [--model sevennet] [--out PATH] [--hessian H.nc]
 
-It prints a JSON summary, also written beside the artifact as ``chgnet-0.3.0.json``.
+It prints a JSON summary, also written beside the artifact as ``chgnet-0.3.0.json`` (``sevennet-0.json``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-OUT = os.path.join(ROOT, "calib", "data", "artifacts", "chgnet-0.3.0.nc")
+ARTIFACTS = os.path.join(ROOT, "calib", "data", "artifacts")
+#: --model -> the file name of its shipped artifact (calib.data.datasets.default_calibration reads the same map)
+NAMES = {"chgnet": "chgnet-0.3.0", "sevennet": "sevennet-0"}
+OUT = os.path.join(ARTIFACTS, "chgnet-0.3.0.nc")
 ALPHA = 0.1
 
 
@@ -38,7 +43,7 @@ def labelled_sets():
             "near-equilibrium": datasets.load("near-equilibrium")}
 
 
-def build(out: str = OUT, progress: bool = True, hessian: str | None = None) -> dict:
+def build(out: str = OUT, progress: bool = True, hessian: str | None = None, model_name: str = "chgnet") -> dict:
     from calib import datasets
     from calib.artifact import Artifact
     from calib.models import load_model
@@ -48,7 +53,7 @@ def build(out: str = OUT, progress: bool = True, hessian: str | None = None) -> 
     from calib.workflows.softening import measure_softening, store_corrections
 
     t0 = time.perf_counter()
-    model = load_model("chgnet")
+    model = load_model(model_name)
     if hessian and os.path.exists(hessian):  # a proxy Hessian built before by this script (or calib hessian)
         hess, skipped = Artifact.load(hessian), []
     else:
@@ -84,9 +89,11 @@ def build(out: str = OUT, progress: bool = True, hessian: str | None = None) -> 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--model", default="chgnet", choices=sorted(NAMES))
+    parser.add_argument("--out", default=None, help="default: calib/data/artifacts/<model's artifact>.nc")
     parser.add_argument("--hessian", default=None,
                         help="reuse the proxy Hessian artifact at this path (written there when absent)")
     args = parser.parse_args()
-    s = build(args.out, hessian=args.hessian)
+    out = args.out or os.path.join(ARTIFACTS, NAMES[args.model] + ".nc")
+    s = build(out, hessian=args.hessian, model_name=args.model)
     print(json.dumps({k: s[k] for k in ("artifact", "seconds", "calibration_structures", "corrections")}, indent=1))

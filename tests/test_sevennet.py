@@ -1,0 +1,131 @@
+"""SevenNet-0 backend, checked against sevenn's own ASE calculator and against autograd through sevenn's
+force module (two code paths calib does not share); the shipped default calibration of SevenNet-0 through
+the commands. Runs in an environment with the ``sevennet`` extra (CI's second environment, without mace)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.sevennet
+sevenn = pytest.importorskip("sevenn")
+
+
+@pytest.fixture(scope="module")
+def sevennet():
+    from calib.models import load_model
+
+    return load_model("sevennet")
+
+
+@pytest.fixture(scope="module")
+def cells():
+    from ase.build import bulk
+
+    si = bulk("Si", "diamond", 5.43, cubic=True)
+    si.rattle(0.1, seed=1)
+    nacl = bulk("NaCl", "rocksalt", 5.6) * (2, 1, 1)
+    nacl.rattle(0.1, seed=2)
+    cu = bulk("Cu", "fcc", 3.6) * (2, 2, 2)
+    cu.rattle(0.05, seed=3)
+    return [si, nacl, cu]
+
+
+def test_energy_forces_stress_equal_sevenns_calculator(sevennet, cells):
+    """calib's batched pass equals sevenn's own calculator, one structure at a time (float32 model)."""
+    from sevenn.calculator import SevenNetCalculator
+
+    from calib.models.sevennet import pretrained_path
+
+    pred = sevennet.predict(cells, forces=True, stress=True)
+    calc = SevenNetCalculator(pretrained_path(), device="cpu")
+    for i, atoms in enumerate(cells):
+        a = atoms.copy()
+        a.calc = calc
+        assert pred.energy[i] == pytest.approx(a.get_potential_energy(), abs=2e-5 * len(a))
+        np.testing.assert_allclose(pred.forces_of(i), a.get_forces(), atol=5e-5)
+        np.testing.assert_allclose(pred.stress[i], a.get_stress(voigt=False), atol=1e-6)
+
+
+def test_energy_is_linear_in_the_readout(sevennet, cells):
+    """E = w·f + offset with f = Σ_a s(Z_a) h_a, to float32 tolerance (the LLPR premise)."""
+    pred = sevennet.predict(cells, forces=False)
+    w, b = sevennet.readout
+    assert b == 0.0 and pred.energy_convention == "total" and pred.features.shape == (3, 64)
+    np.testing.assert_allclose(pred.features @ w + pred.energy_offset, pred.energy, atol=1e-5 * pred.n_atoms.max())
+    # the offset is the species-wise shift alone (SevenNet-0 has no readout bias): Σ_a t(Z_a)
+    shift = sevennet.model._modules["rescale_atomic_energy"].shift.detach().double().numpy()
+    for i, atoms in enumerate(cells):
+        want = sum(shift[sevennet.type_map[int(z)]] for z in atoms.numbers)
+        assert pred.energy_offset[i] == pytest.approx(want, rel=1e-10)
+
+
+def test_feature_gradients_give_sevenns_forces(sevennet, cells):
+    """−∂(w·f)/∂r through calib's feature graph (positions → edge vectors → features) equals the forces
+    sevenn takes by its own route (∂E/∂edge vectors), so the force σ differentiates the right features."""
+    import torch
+
+    g = sevennet.feature_graph(cells)
+    w = torch.as_tensor(sevennet.readout[0])
+    forces = sevennet.predict(cells, forces=True)
+    for i in range(len(cells)):
+        (grad,) = torch.autograd.grad(g.features[i].double() @ w, g.positions[i], retain_graph=True)
+        np.testing.assert_allclose(-grad.numpy(), forces.forces_of(i), atol=2e-5)
+
+
+def test_resolver_names_files_and_provenance(sevennet, tmp_path):
+    import shutil
+
+    from calib.models import check_model_name, load_model, sniff_model_file, spec_from_provenance
+    from calib.models.sevennet import pretrained_path
+
+    info = sevennet.describe()
+    assert info["model_name"] == "sevennet" and info["model_version"] == "SevenNet_0__11Jul2024"
+    assert spec_from_provenance(info).name == "sevennet:SevenNet_0__11Jul2024"
+    check_model_name("sevennet:SevenNet_0__11Jul2024")
+    # a checkpoint file is routed by its content, and its weights are SevenNet-0's
+    path = tmp_path / "my-potential.pth"
+    shutil.copy(pretrained_path(), path)
+    assert sniff_model_file(str(path))[0] == "sevennet"
+    from_file = load_model(str(path))
+    assert from_file.fingerprint() == sevennet.fingerprint()
+    assert from_file.spec.name == str(path)
+    with pytest.raises(ValueError, match="does not load a model file that an artifact names"):
+        spec_from_provenance(from_file.describe())
+    with pytest.raises(ValueError, match="unknown SevenNet potential"):
+        load_model("sevennet:SevenNet_9")
+
+
+def test_default_calibration_through_the_commands(tmp_path):
+    """``--model sevennet`` without ``--calibration`` uses the shipped SevenNet-0 artifact: predict, screen,
+    neb and decide run on shipped data, and predict's energies are SevenNet's."""
+    import ase.io
+    from typer.testing import CliRunner
+
+    from calib import datasets
+    from calib.cli.main import app
+    from calib.data.datasets import default_calibration
+    from calib.models import load_model
+
+    assert default_calibration("sevennet") is not None
+    structs = datasets.load("near-equilibrium")[:3]
+    probe = tmp_path / "probe.extxyz"
+    ase.io.write(probe, structs, format="extxyz")
+    run = CliRunner()
+    r = run.invoke(app, ["predict", str(probe), "--model", "sevennet", "--forces", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    got = [rec["energy"] for rec in doc["records"]]
+    np.testing.assert_allclose(got, load_model("sevennet").predict(structs, forces=False).energy, rtol=1e-6)
+    assert all(np.isfinite(rec["force_error_bound"]) for rec in doc["records"])
+    r = run.invoke(app, ["screen", str(probe), "-o", str(tmp_path / "s.nc"), "--model", "sevennet", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    neb = tmp_path / "neb.extxyz"
+    ase.io.write(neb, datasets.load("neb")[:5], format="extxyz")
+    r = run.invoke(app, ["neb", str(neb), "--model", "sevennet", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    hot = tmp_path / "hot.extxyz"
+    ase.io.write(hot, datasets.load("high-energy-states", chemsys="Si"), format="extxyz")
+    r = run.invoke(app, ["decide", str(hot), "--model", "sevennet", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["decisions"][0]["chemsys"] == "Si"
