@@ -15,6 +15,7 @@ The calibrations fit the energy LLPR only (``target="energy"``, no feature gradi
 verdict come from the error models (docs/errormodel.md), which read the model's forces alone.
 
     OMP_NUM_THREADS=1 python examples/default_heldout.py --hessian H_proxy.nc [--out default_heldout.json]
+        [--model sevennet]
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def _merge(per_el, more):
         acc[1] += k
 
 
-def main(hessian: str, out: str) -> dict:
+def main(hessian: str, out: str, model_name: str = "chgnet") -> dict:
     from calib import datasets
     from calib.artifact import Artifact
     from calib.models import load_model
     from calib.workflows.calibration import calibrate
     from calib.workflows.hessian import build_hessian
 
-    model = load_model("chgnet")
+    model = load_model(model_name)
     if os.path.exists(hessian):
         hess = Artifact.load(hessian)
     else:
@@ -165,5 +166,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--hessian", default="H_proxy.nc")
     p.add_argument("--out", default="default_heldout.json")
+    p.add_argument("--model", default="chgnet", help="chgnet (default) or sevennet (the sevennet extra)")
     a = p.parse_args()
-    print(json.dumps(main(a.hessian, a.out), indent=1))
+    print(json.dumps(main(a.hessian, a.out, a.model), indent=1))

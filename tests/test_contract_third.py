@@ -220,7 +220,7 @@ THIRD = [  # (id, argv, env, exit code, kind (None: success), words in the error
     ("loop-missing-parent", ["loop", "{t}/start.extxyz", "-o", "{t}/missing/dir"], None, 2, "output",
      "does not exist", _no_file("missing")),
     ("finetune-mace", ["finetune", "{t}/lab.extxyz", "-o", "{t}/m.pt", "--model", "mace-small"], None, 2, "usage",
-     "calib finetune trains CHGNet models", _no_file("m.pt")),
+     "calib finetune trains CHGNet and SevenNet models", _no_file("m.pt")),
     ("model-bogus", ["predict", "{t}/eq.extxyz", "--model", "bogus"], None, 2, "usage", "unknown model 'bogus'",
      None),
     ("lr-negative", ["finetune", "{t}/lab.extxyz", "-o", "{t}/m.pt", "--lr", "-1e-3"], None, 2, "usage",

@@ -129,3 +129,35 @@ def test_default_calibration_through_the_commands(tmp_path):
     r = run.invoke(app, ["decide", str(hot), "--model", "sevennet", "--json", "-q"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["decisions"][0]["chemsys"] == "Si"
+
+
+@pytest.mark.slow
+def test_finetune_through_sevenns_trainer(sevennet, tmp_path):
+    """calib finetune --model sevennet: sevenn's Trainer lowers the training error; the checkpoint it writes
+    loads with --model FILE, and its forces against the labels give the recorded error (a second computation)."""
+    import ase.io
+    from typer.testing import CliRunner
+
+    from calib import datasets
+    from calib.cli.main import app
+    from calib.data.structures import get_forces
+    from calib.models import load_model, sniff_model_file
+
+    si = datasets.load("high-energy-states", chemsys="Si")[:3]
+    ase.io.write(tmp_path / "si.extxyz", si, format="extxyz")
+    before = sevennet.fingerprint()
+    out = tmp_path / "si-sevennet.pth"
+    r = CliRunner().invoke(app, ["finetune", str(tmp_path / "si.extxyz"), "-o", str(out), "--model", "sevennet",
+                                 "--epochs", "6", "--replay", "2", "--lr", "1e-3", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["after"]["force_mae"] < doc["before"]["force_mae"], doc
+    assert sevennet.fingerprint() == before  # the base model is not trained in place
+    assert sniff_model_file(str(out))[0] == "sevennet"
+    tuned = load_model(str(out))
+    assert tuned.name == "sevennet" and tuned.version == str(out) and tuned.fingerprint() != before
+    pred = tuned.predict(si, forces=True)
+    mae = np.mean(np.concatenate([np.abs(pred.forces_of(k) - get_forces(a)).ravel() for k, a in enumerate(si)]))
+    assert mae == pytest.approx(doc["after"]["force_mae"], rel=1e-5)
+    r = CliRunner().invoke(app, ["softening", str(tmp_path / "si.extxyz"), "--model", str(out), "--json", "-q"])
+    assert r.exit_code == 0, r.output

@@ -40,7 +40,8 @@ def finetune_cmd(
     epochs: int = typer.Option(30, "--epochs", help="training epochs (≥ 1)"),
     replay: int = typer.Option(20, "--replay", help="proxy structures pseudo-labelled by the base model mixed into "
                                "the training set (≥ 0): what keeps the model's behaviour elsewhere"),
-    lr: float = typer.Option(3e-4, "--lr", help="learning rate of chgnet's Trainer (Adam, cosine schedule)"),
+    lr: float = typer.Option(3e-4, "--lr", help="learning rate of the model's trainer (Adam; chgnet: cosine "
+                             "schedule, sevenn: linear decay)"),
     stress: bool = Flag(False, "--stress", help="also train on the stress (off: soft stresses of strained frames "
                         "dominate chgnet's loss)"),
     seed: int = typer.Option(0, "--seed", help="seed of the training: replay sample, data order, initialisation"),
@@ -53,7 +54,8 @@ def finetune_cmd(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
-    """Fine-tune CHGNet on new labels with replay, through chgnet's own Trainer; the output loads with --model.
+    """Fine-tune CHGNet or SevenNet on new labels with replay, through the model's own trainer (chgnet's Trainer,
+    sevenn's Trainer); the output loads with --model.
 
     The DFT code's per-element energy zero is removed from the labels first (only energy differences, forces
     and, with --stress, stresses teach the model). Run time: about 1 min for 5 structures + 20 replay, 30
@@ -69,9 +71,10 @@ def finetune_cmd(
     from calib.workflows.finetune import finetune
 
     m = load_model_for(model, device)
-    if m.name != "chgnet":
-        fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet models "
-             "(chgnet's Trainer); fine-tune a MACE model with mace_run_train --foundation_model", "usage")
+    if m.name not in ("chgnet", "sevennet"):
+        fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet and "
+             "SevenNet models (their own trainers); fine-tune a MACE model with mace_run_train --foundation_model",
+             "usage")
     with named_as(check_units="--allow-unphysical-labels"):
         res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
                        stress=stress, progress=not quiet, check_units=not allow_unphysical,
@@ -83,11 +86,11 @@ def finetune_cmd(
 
 
 def _chgnet_only(model: Optional[str]) -> None:
-    """Refuse, before anything loads, a --model that names a MACE model (finetune trains CHGNet only)."""
+    """Refuse, before anything loads, a --model that names a MACE model (finetune trains CHGNet and SevenNet)."""
     name = str(model or "chgnet")
     if name == "mace-small" or name.startswith("mace:"):
-        fail(f"--model {name}: calib finetune trains CHGNet models (chgnet's Trainer); fine-tune a MACE model with "
-             "mace_run_train --foundation_model and pass the result with --model", "usage")
+        fail(f"--model {name}: calib finetune trains CHGNet and SevenNet models (their own trainers); fine-tune a "
+             "MACE model with mace_run_train --foundation_model and pass the result with --model", "usage")
 
 
 @app.command("loop")

@@ -119,6 +119,7 @@ class SevenNetAdapter(ModelAdapter):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.config = cp.config
+        self.checkpoint_path = os.path.abspath(path)  # calib finetune builds its trainee from this file
         self.name = name
         self.version = version or (os.path.basename(os.path.dirname(path)) if checkpoint is None else path)
         self.sevenn_version = sevenn.__version__

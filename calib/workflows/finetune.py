@@ -262,9 +262,11 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     from calib.models.chgnet import CHGNetAdapter
     from calib.uq.reference import ElementReference
 
-    if not isinstance(model, CHGNetAdapter):
-        raise ValueError(f"finetune trains CHGNet models (chgnet's Trainer); got {model.name}: fine-tune a MACE model "
-                         "with mace_run_train --foundation_model and load the result with load_model")
+    sevennet = type(model).__name__ == "SevenNetAdapter"
+    if not isinstance(model, CHGNetAdapter) and not sevennet:
+        raise ValueError(f"finetune trains CHGNet models (chgnet's Trainer) and SevenNet models (sevenn's Trainer); "
+                         f"got {model.name}: fine-tune a MACE model with mace_run_train --foundation_model and load "
+                         "the result with load_model")
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:
@@ -278,23 +280,63 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     if check_units:
         check_label_units(structs, base, shift)
     replayed = replay_set(model, replay, seed=seed)
-    data = _training_data(structs + replayed, np.concatenate([shift, np.zeros(len(replayed))]), stress, progress)
-    targets = "efs" if data.stresses is not None else "ef"
+    shifts = np.concatenate([shift, np.zeros(len(replayed))])
     before = _errors(model, structs, shift, pred=base)
+    if sevennet:
+        return _finetune_sevennet(model, structs, replayed, shifts, reference, before, out, t0=t0, epochs=epochs,
+                                  lr=lr, seed=seed, batch_size=batch_size, stress=stress, progress=progress,
+                                  check_units=check_units, label_files=label_files, issues=issues)
+    data = _training_data(structs + replayed, shifts, stress, progress)
+    targets = "efs" if data.stresses is not None else "ef"
     tuned = _train(model, data, targets, len(structs) + len(replayed), epochs=epochs, lr=lr, seed=seed,
                    batch_size=batch_size, progress=progress)
     after = _errors(CHGNetAdapter(model=tuned, device=model.device), structs, shift)
-    provenance = {
+    provenance = _provenance(model, structs, replayed, reference, t0, epochs=epochs, lr=lr, seed=seed,
+                             batch_size=batch_size, targets=targets,
+                             trainer="chgnet.trainer.Trainer (Adam, CosLR, MSE; composition model frozen)",
+                             label_files=label_files, check_units=check_units, issues=issues)
+    out = os.fspath(out)
+    replace_atomically(out, lambda tmp: torch.save({"model": tuned.as_dict(),
+                                                    "calib": {**provenance, "before": before, "after": after}}, tmp))
+    return FinetuneResult(out, provenance, before, after)
+
+
+def _provenance(model, structs, replayed, reference, t0, *, epochs, lr, seed, batch_size, targets, trainer,
+                label_files, check_units, issues) -> dict:
+    """calib's record of a fine-tuning (module doc), the same for every backend."""
+    return {
         "format": FORMAT, "base_model": f"{model.name} {model.version}", "base_fingerprint": model.fingerprint(),
         "labels_sha256": _sha(structs), "n_labels": len(structs), "replay_sha256": _sha(replayed),
         "n_replay": len(replayed), "replay_source": "datasets/equilibrium-proxy, pseudo-labelled by the base model",
         "epochs": int(epochs), "learning_rate": float(lr), "seed": int(seed), "batch_size": int(batch_size),
-        "targets": targets, "trainer": "chgnet.trainer.Trainer (Adam, CosLR, MSE; composition model frozen)",
+        "targets": targets, "trainer": trainer,
         "element_reference_removed": reference.as_dict(), "seconds": round(time.perf_counter() - t0, 1),
         "label_files": _label_files(structs, label_files), "units_checked": bool(check_units),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **_versions(),
         "skipped": [i.as_dict() for i in issues]}
+
+
+def _finetune_sevennet(model, structs, replayed, shifts, reference, before, out, *, t0, epochs, lr, seed,
+                       batch_size, stress, progress, check_units, label_files, issues) -> FinetuneResult:
+    """The SevenNet branch of :func:`finetune`: sevenn's Trainer (calib.workflows.finetune_sevennet), a sevenn
+    checkpoint with calib's record under "calib"."""
+    from calib.workflows import finetune_sevennet as sv
+
+    net, config, targets = sv.train_sevennet(model, list(structs) + list(replayed), shifts, stress=stress,
+                                             epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
+                                             progress=progress)
+    provenance = {**_provenance(model, structs, replayed, reference, t0, epochs=epochs, lr=lr, seed=seed,
+                                batch_size=batch_size, targets=targets, trainer=sv.TRAINER, label_files=label_files,
+                                check_units=check_units, issues=issues), **sv.sevenn_version(),
+                  "format": "calib-finetuned-sevennet"}
+    work = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    try:  # the trained network's errors, read back as --model FILE will read it
+        probe = os.path.join(work, "trained.pth")
+        sv.save_checkpoint(probe, net, config, provenance)
+        after = _errors(sv.adapter_of(probe, model.device), structs, reference.predict([a.numbers for a in structs]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     out = os.fspath(out)
-    replace_atomically(out, lambda tmp: torch.save({"model": tuned.as_dict(),
-                                                    "calib": {**provenance, "before": before, "after": after}}, tmp))
+    replace_atomically(out, lambda tmp: sv.save_checkpoint(tmp, net, config,
+                                                           {**provenance, "before": before, "after": after}))
     return FinetuneResult(out, provenance, before, after)
