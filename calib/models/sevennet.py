@@ -150,10 +150,6 @@ class SevenNetAdapter(ModelAdapter):
         return self.model
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
     def readout(self) -> tuple[np.ndarray, float]:
         return self._w.copy(), 0.0
 
