@@ -132,7 +132,7 @@ def _run(argv: list[str], work: str, progress: bool) -> None:
     with open(os.path.join(work, "mace.log"), "w") as log:
         proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace",
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                preexec_fn=_die_with_parent())
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -149,14 +149,21 @@ def _run(argv: list[str], work: str, progress: bool) -> None:
         raise TrainerError(f"mace_run_train failed (exit {rc}); the end of its log:\n" + "\n".join(tail))
 
 
-def _die_with_parent() -> None:
-    """In the trainer's process (Linux): be sent SIGTERM when calib dies, even by SIGKILL, so that no orphaned
-    trainer writes into a folder the next fine-tuning removes."""
+def _die_with_parent():
+    """On Linux, the function the trainer's process runs before mace: it asks to be sent SIGTERM when calib dies,
+    even by SIGKILL, so that no orphaned trainer writes into a folder the next fine-tuning removes (None
+    elsewhere). prctl is looked up here, in calib's process, so that the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
     import signal
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    PR_SET_PDEATHSIG, sigterm = ctypes.c_int(1), ctypes.c_ulong(int(signal.SIGTERM))
+    return lambda: prctl(PR_SET_PDEATHSIG, sigterm)
 
 
 def read_module(path: str):
