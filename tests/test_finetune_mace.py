@@ -116,3 +116,23 @@ def test_the_mace_file_round_trips_through_model(tuned):
                                load_model(str(out)).predict(si[3:5], forces=False).energy, rtol=1e-9)
     r = CliRunner().invoke(app, ["predict", str(tmp / "probe.extxyz"), "--calibration", str(tmp / "C.nc"), "--json"])
     assert r.exit_code == 2 and "does not load a model file" in json.loads(r.stdout)["error"]
+
+
+def test_a_failing_mace_trainer_ends_with_the_tail_of_its_log(tmp_path, monkeypatch):
+    """mace_run_train exits non-zero: a TrainerError (kind trainer) quoting its log; nothing written, no folder
+    left behind."""
+    import tempfile
+
+    from calib import datasets
+    from calib.models import load_model
+    from calib.workflows import finetune_mace as fm
+    from calib.workflows.finetune import finetune
+
+    arguments = fm.mace_arguments
+    monkeypatch.setattr(fm, "mace_arguments", lambda *a, **k: [*arguments(*a, **k), "--no_such_option"])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    si = datasets.load("high-energy-states", chemsys="Si")[:2]
+    with pytest.raises(fm.TrainerError, match="unrecognized arguments: --no_such_option") as err:
+        finetune(load_model(shipped_mace_path()), si, tmp_path / "x.model", epochs=1, replay=0, progress=False)
+    assert err.value.kind == "trainer" and "mace_run_train failed (exit 2)" in str(err.value)
+    assert not list(tmp_path.glob("calib-finetune-*")) and not list(tmp_path.glob("x.model*"))
