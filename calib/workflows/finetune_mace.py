@@ -21,7 +21,8 @@ What calib passes to mace, and why:
 * ``--loss weighted`` (energy per atom and forces; ``stress`` with ``stress=True``) with mace's default weights
   (energy 1, forces 100, stress 1), Adam (AMSGrad) at ``lr``, mace's default scheduler (ReduceLROnPlateau,
   which does not act within a few epochs), no EMA; ``--max_num_epochs``, ``--batch_size`` (at most the number
-  of training structures: mace drops an incomplete last batch), ``--seed`` from calib's options; ``--default_dtype`` the adapter's (float64 by default); the adapter's device.
+  of training structures: mace drops an incomplete last batch), ``--seed`` from calib's options;
+  ``--default_dtype`` the adapter's (float64 by default); the adapter's device.
 * ``--valid_file`` = the training file: a fine-tuning on a few labels cannot spare some for validation. mace
   keeps the epoch with the lowest loss on it, i.e. on the training set (with a falling loss, the last one).
 
