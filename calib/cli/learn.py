@@ -1,4 +1,4 @@
-"""Commands that act on a "label" decision: ``finetune`` (chgnet's Trainer, with replay) and ``loop`` (the
+"""Commands that act on a "label" decision: ``finetune`` (the model's own trainer, with replay) and ``loop`` (the
 periodic fine-tuning loop: MD with the current model, select, label, fine-tune, recalibrate, decide)."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def finetune_cmd(
     replay: int = typer.Option(20, "--replay", help="proxy structures pseudo-labelled by the base model mixed into "
                                "the training set (≥ 0): what keeps the model's behaviour elsewhere"),
     lr: float = typer.Option(3e-4, "--lr", help="learning rate of the model's trainer (Adam; chgnet: cosine "
-                             "schedule, sevenn: linear decay)"),
+                             "schedule, sevenn: linear decay, mace: AMSGrad, mace's ReduceLROnPlateau)"),
     stress: bool = Flag(False, "--stress", help="also train on the stress (off: soft stresses of strained frames "
                         "dominate chgnet's loss)"),
     seed: int = typer.Option(0, "--seed", help="seed of the training: replay sample, data order, initialisation"),
@@ -54,14 +54,13 @@ def finetune_cmd(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
-    """Fine-tune CHGNet or SevenNet on new labels with replay, through the model's own trainer (chgnet's Trainer,
-    sevenn's Trainer); the output loads with --model.
+    """Fine-tune CHGNet, SevenNet or a MACE model on new labels with replay, through the model's own trainer
+    (chgnet's Trainer, sevenn's Trainer, mace_run_train --foundation_model); the output loads with --model.
 
     The DFT code's per-element energy zero is removed from the labels first (only energy differences, forces
     and, with --stress, stresses teach the model). Run time: about 1 min for 5 structures + 20 replay, 30
     epochs, on 2 cores. Labels whose units look wrong are refused (--allow-unphysical-labels)."""
     device = common_options(batch_size, device, model=model)
-    _chgnet_only(model)
     positive_int("--epochs", epochs)
     non_negative_int("--replay", replay)
     non_negative_int("--seed", seed)
@@ -71,10 +70,9 @@ def finetune_cmd(
     from calib.workflows.finetune import finetune
 
     m = load_model_for(model, device)
-    if m.name not in ("chgnet", "sevennet"):
-        fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet and "
-             "SevenNet models (their own trainers); fine-tune a MACE model with mace_run_train --foundation_model",
-             "usage")
+    if m.name not in ("chgnet", "sevennet", "mace"):
+        fail(f"--model {model} was read as {getattr(m, 'read_as', m.name)}: calib finetune trains CHGNet, SevenNet "
+             "and MACE models (their own trainers)", "usage")
     with named_as(check_units="--allow-unphysical-labels"):
         res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
                        stress=stress, progress=not quiet, check_units=not allow_unphysical,
@@ -86,11 +84,11 @@ def finetune_cmd(
 
 
 def _chgnet_only(model: Optional[str]) -> None:
-    """Refuse, before anything loads, a --model that names a MACE model (finetune trains CHGNet and SevenNet)."""
+    """Refuse, before anything loads, a --model that names a MACE model (the loop runs CHGNet and SevenNet)."""
     name = str(model or "chgnet")
     if name == "mace-small" or name.startswith("mace:"):
-        fail(f"--model {name}: calib finetune trains CHGNet and SevenNet models (their own trainers); fine-tune a "
-             "MACE model with mace_run_train --foundation_model and pass the result with --model", "usage")
+        fail(f"--model {name}: calib loop runs CHGNet and SevenNet models; fine-tune a MACE model with calib "
+             "finetune --model FILE.model (mace_run_train) and pass the result with --model", "usage")
 
 
 @app.command("loop")

@@ -32,6 +32,11 @@ from ase import Atoms
 
 from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms, wrapped
 
+#: the format tag of the MACE files ``calib finetune`` writes (calib.workflows.finetune_mace), and the attribute
+#: of the saved module that holds calib's provenance record (plain data): ``adapter.provenance`` reads it back
+FINETUNED_FORMAT = "calib-finetuned-mace"
+PROVENANCE_ATTRIBUTE = "calib_provenance"
+
 
 def _import_mace() -> None:
     """Import mace (before e3nn) with its import-time notices kept off stdout (``--json`` owns stdout)."""
@@ -96,6 +101,7 @@ class MACEAdapter(ModelAdapter):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.name, self.version = name, version or type(model).__name__
+        self.provenance = dict(getattr(model, PROVENANCE_ATTRIBUTE, None) or {})  # calib finetune's record
         self.heads = list(getattr(model, "heads", None) or ["Default"])
         if head is None:
             head = next((h for h in self.heads if h.lower() == "default"), self.heads[-1])

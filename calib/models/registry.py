@@ -72,7 +72,8 @@ def sniff_model_file(path: str) -> tuple[str, dict | None, str]:
 
     kind is ``"chgnet"`` (``state``: the loaded dict, ``{"model": {"state_dict", "model_args"}}`` with calib's
     ``"calib"`` provenance for a fine-tuned file), ``"mace"`` (a pickled mace module: ``state`` None, it is
-    loaded only by :class:`calib.models.mace.MACEAdapter`) or ``"unknown"``."""
+    loaded only by :class:`calib.models.mace.MACEAdapter`; ``calib finetune``'s carry the format tag
+    ``calib-finetuned-mace`` in their ``calib_provenance`` attribute), ``"sevennet"`` or ``"unknown"``."""
     import pickle
 
     import torch
@@ -94,6 +95,10 @@ def sniff_model_file(path: str) -> tuple[str, dict | None, str]:
         return "chgnet", state, how
     modules, strings = _pickle_scan(path)
     if any(m == "mace" or m.startswith("mace.") for m in modules):
+        from calib.models.mace import FINETUNED_FORMAT as MACE_FORMAT
+
+        if MACE_FORMAT in strings:
+            return "mace", None, f"MACE (its pickle refers to mace's classes; calib's format tag {MACE_FORMAT!r})"
         return "mace", None, "MACE (its pickle refers to mace's classes)"
     if "model_state_dict" in strings and "reduce_hidden_to_energy.linear.weight" in strings:
         return "sevennet", None, "SevenNet (a sevenn checkpoint: model_state_dict with SevenNet's readout)"

@@ -61,6 +61,8 @@ TYPICAL_ENERGY_ERROR = 0.03  # eV/atom
 #: a label further from the base model than this many typical errors is in other units, not a hard structure
 ERROR_FACTOR = 50.0
 _TMP_PREFIX = "calib-finetune-"
+#: the adapters trained by a backend module calib.workflows.finetune_<name> (CHGNet is trained here)
+BACKENDS = {"SevenNetAdapter": "sevennet", "MACEAdapter": "mace"}
 
 
 class LabelUnitsError(InputError):
@@ -156,17 +158,19 @@ def check_label_units(structs: Sequence[Atoms], pred, shift: np.ndarray) -> None
                                   f"({TYPICAL_ENERGY_ERROR} eV/atom); {hint}")
 
 
-def _versions() -> dict:
+def _versions(**backend) -> dict:
+    """The versions of calib, chgnet, torch and of ``backend``'s packages (key -> distribution name, e.g.
+    ``mace="mace-torch"`` gives ``mace_version``)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import calib
 
     out = {"calib_version": calib.__version__}
-    for pkg in ("chgnet", "torch"):
+    for key, pkg in {"chgnet": "chgnet", "torch": "torch", **backend}.items():
         try:
-            out[f"{pkg}_version"] = version(pkg)
-        except PackageNotFoundError:  # pragma: no cover - both are dependencies
-            out[f"{pkg}_version"] = "unknown"
+            out[f"{key}_version"] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover - dependencies, or the backend's own that it imported
+            out[f"{key}_version"] = "unknown"
     return out
 
 
@@ -180,6 +184,13 @@ def _label_files(structs: Sequence[Atoms], given) -> list[str]:
         if src and src not in files:
             files.append(src)
     return files
+
+
+def _workdir() -> str:
+    """A new trainer folder in the temporary folder, named by this process (the caller removes it on any exit;
+    the CLI turns SIGINT and SIGTERM into exceptions), after removing those of fine-tunings killed outright."""
+    _remove_stale_workdirs()
+    return tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
 
 
 def _remove_stale_workdirs() -> None:
@@ -233,9 +244,8 @@ def _train(model, data, targets: str, n: int, *, epochs: int, lr: float, seed: i
                       optimizer="Adam", scheduler="CosLR", criterion="MSE",
                       epochs=int(epochs), learning_rate=float(lr), use_device=str(model.device), torch_seed=seed,
                       data_seed=seed, print_freq=10**9)
-    _remove_stale_workdirs()
-    work = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
-    try:  # removed on any exit (the CLI turns SIGINT and SIGTERM into exceptions)
+    work = _workdir()
+    try:
         with contextlib.redirect_stdout(io.StringIO() if not progress else sys.stderr):
             trainer.train(train_loader, val_loader, save_dir=work, train_composition_model=False)
     finally:
@@ -262,11 +272,10 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     from calib.models.chgnet import CHGNetAdapter
     from calib.uq.reference import ElementReference
 
-    sevennet = type(model).__name__ == "SevenNetAdapter"
-    if not isinstance(model, CHGNetAdapter) and not sevennet:
-        raise ValueError(f"finetune trains CHGNet models (chgnet's Trainer) and SevenNet models (sevenn's Trainer); "
-                         f"got {model.name}: fine-tune a MACE model with mace_run_train --foundation_model and load "
-                         "the result with load_model")
+    backend = "chgnet" if isinstance(model, CHGNetAdapter) else BACKENDS.get(type(model).__name__)
+    if backend is None:
+        raise ValueError(f"finetune trains CHGNet (chgnet's Trainer), SevenNet (sevenn's Trainer) and MACE models "
+                         f"(mace_run_train --foundation_model); got {model.name} ({type(model).__name__})")
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:
@@ -282,10 +291,10 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     replayed = replay_set(model, replay, seed=seed)
     shifts = np.concatenate([shift, np.zeros(len(replayed))])
     before = _errors(model, structs, shift, pred=base)
-    if sevennet:
-        return _finetune_sevennet(model, structs, replayed, shifts, reference, before, out, t0=t0, epochs=epochs,
-                                  lr=lr, seed=seed, batch_size=batch_size, stress=stress, progress=progress,
-                                  check_units=check_units, label_files=label_files, issues=issues)
+    if backend != "chgnet":
+        return _finetune_backend(backend, model, structs, replayed, shifts, reference, before, out, t0=t0,
+                                 epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, stress=stress,
+                                 progress=progress, check_units=check_units, label_files=label_files, issues=issues)
     data = _training_data(structs + replayed, shifts, stress, progress)
     targets = "efs" if data.stresses is not None else "ef"
     tuned = _train(model, data, targets, len(structs) + len(replayed), epochs=epochs, lr=lr, seed=seed,
@@ -316,27 +325,41 @@ def _provenance(model, structs, replayed, reference, t0, *, epochs, lr, seed, ba
         "skipped": [i.as_dict() for i in issues]}
 
 
-def _finetune_sevennet(model, structs, replayed, shifts, reference, before, out, *, t0, epochs, lr, seed,
-                       batch_size, stress, progress, check_units, label_files, issues) -> FinetuneResult:
-    """The SevenNet branch of :func:`finetune`: sevenn's Trainer (calib.workflows.finetune_sevennet), a sevenn
-    checkpoint with calib's record under "calib"."""
-    from calib.workflows import finetune_sevennet as sv
+def _finetune_backend(backend, model, structs, replayed, shifts, reference, before, out, *, t0, epochs, lr, seed,
+                      batch_size, stress, progress, check_units, label_files, issues) -> FinetuneResult:
+    """The SevenNet and MACE branches of :func:`finetune`: the backend's own trainer (calib.workflows.finetune_sevennet:
+    sevenn's Trainer, a sevenn checkpoint with calib's record under "calib"; calib.workflows.finetune_mace:
+    mace_run_train, a mace ``.model`` file with calib's record in its ``calib_provenance`` attribute), in a
+    temporary folder removed on any exit; the training error after is that of the file read back as ``--model
+    FILE`` reads it."""
+    import importlib
 
-    net, config, targets = sv.train_sevennet(model, list(structs) + list(replayed), shifts, stress=stress,
-                                             epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
-                                             progress=progress)
-    provenance = {**_provenance(model, structs, replayed, reference, t0, epochs=epochs, lr=lr, seed=seed,
-                                batch_size=batch_size, targets=targets, trainer=sv.TRAINER, label_files=label_files,
-                                check_units=check_units, issues=issues), **sv.sevenn_version(),
-                  "format": "calib-finetuned-sevennet"}
-    work = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
-    try:  # the trained network's errors, read back as --model FILE will read it
-        probe = os.path.join(work, "trained.pth")
-        sv.save_checkpoint(probe, net, config, provenance)
-        after = _errors(sv.adapter_of(probe, model.device), structs, reference.predict([a.numbers for a in structs]))
+    be = importlib.import_module(f"calib.workflows.finetune_{backend}")
+    train = list(structs) + list(replayed)
+    hyper = dict(stress=stress, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, progress=progress)
+    work = _workdir()
+    try:
+        if backend == "sevennet":
+            net, config, targets = be.train_sevennet(model, train, shifts, **hyper)
+            extra, suffix = {}, ".pth"
+
+            def save(path, record):
+                be.save_checkpoint(path, net, config, record)
+        else:
+            module, targets, args = be.train_mace(model, train, shifts, work, **hyper)
+            extra, suffix = {"mace_arguments": args}, ".model"
+
+            def save(path, record):
+                be.save_model(path, module, record)
+        provenance = {**_provenance(model, structs, replayed, reference, t0, epochs=epochs, lr=lr, seed=seed,
+                                    batch_size=batch_size, targets=targets, trainer=be.TRAINER,
+                                    label_files=label_files, check_units=check_units, issues=issues),
+                      **_versions(**be.PACKAGES), **extra, "format": be.FORMAT}
+        probe = os.path.join(work, "trained" + suffix)
+        save(probe, provenance)
+        after = _errors(be.adapter_of(probe, model.device), structs, reference.predict([a.numbers for a in structs]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = os.fspath(out)
-    replace_atomically(out, lambda tmp: sv.save_checkpoint(tmp, net, config,
-                                                           {**provenance, "before": before, "after": after}))
+    replace_atomically(out, lambda tmp: save(tmp, {**provenance, "before": before, "after": after}))
     return FinetuneResult(out, provenance, before, after)

@@ -26,6 +26,9 @@ from ase import Atoms
 from calib.data.structures import get_energy, get_forces, get_stress
 
 TRAINER = "sevenn.train.trainer.Trainer (Adam, linear LR decay to 1 %, the base model's loss)"
+FORMAT = "calib-finetuned-sevennet"
+#: the packages whose versions the provenance records (key -> distribution)
+PACKAGES = {"sevenn": "sevenn"}
 
 
 def _graphs(structs: Sequence[Atoms], shifts: np.ndarray, cutoff: float, stress: bool) -> list:
@@ -95,15 +98,6 @@ def save_checkpoint(path: str, net, config: dict, calib_record: dict) -> None:
     torch.save({"model_state_dict": net.state_dict(), "config": config, "calib": calib_record,
                 "time": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "hash": uuid.uuid4().hex,
                 "epoch": int(calib_record.get("epochs", 0))}, path)
-
-
-def sevenn_version() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return {"sevenn_version": version("sevenn")}
-    except PackageNotFoundError:  # pragma: no cover - the adapter imported it
-        return {"sevenn_version": "unknown"}
 
 
 def adapter_of(path: str, device):
