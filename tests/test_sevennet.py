@@ -166,3 +166,12 @@ def test_finetune_through_sevenns_trainer(sevennet, tmp_path):
     assert mae == pytest.approx(doc["after"]["force_mae"], rel=1e-5)
     r = CliRunner().invoke(app, ["softening", str(tmp_path / "si.extxyz"), "--model", str(out), "--json", "-q"])
     assert r.exit_code == 0, r.output
+
+
+def test_stress_label_in_sevenns_order():
+    """sevenn trains on −σ in the order xx yy zz xy yz zx (its calculator maps that order back to ASE's
+    xx yy zz yz xz xy); a full 3×3 stress with distinct entries checks every component lands in its slot."""
+    from calib.workflows.finetune_sevennet import sevenn_stress
+
+    s = np.array([[1.0, 6.0, 5.0], [6.0, 2.0, 4.0], [5.0, 4.0, 3.0]])  # xy 6, yz 4, zx 5
+    np.testing.assert_array_equal(sevenn_stress(s), -np.array([1.0, 2.0, 3.0, 6.0, 4.0, 5.0]))

@@ -31,6 +31,14 @@ FORMAT = "calib-finetuned-sevennet"
 PACKAGES = {"sevenn": "sevenn"}
 
 
+def sevenn_stress(sigma) -> np.ndarray:
+    """sevenn's stress label from a 3×3 stress (eV/Å³, ASE sign): −σ in the order xx yy zz xy yz zx. (ASE's Voigt
+    order is xx yy zz yz xz xy; get_stress returns the full matrix.)"""
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    return -full_3x3_to_voigt_6_stress(np.asarray(sigma, dtype=float).reshape(3, 3))[[0, 1, 2, 5, 3, 4]]
+
+
 def _graphs(structs: Sequence[Atoms], shifts: np.ndarray, cutoff: float, stress: bool) -> list:
     """sevenn's labelled graphs: total energy after the element reference ``shifts`` (eV), forces (eV/Å) and,
     with ``stress`` when every structure has one, the stress in sevenn's convention (−σ, eV/Å³, order xx yy zz
@@ -44,8 +52,8 @@ def _graphs(structs: Sequence[Atoms], shifts: np.ndarray, cutoff: float, stress:
         b.info["y_energy"] = float(get_energy(a) - s)
         b.arrays["y_force"] = np.asarray(get_forces(a), dtype=float)
         sigma = get_stress(a) if stress else None
-        if sigma is not None:  # ASE Voigt (xx yy zz yz xz xy), eV/Å³ -> sevenn's
-            b.info["y_stress"] = -np.asarray(sigma, dtype=float).reshape(-1)[[0, 1, 2, 5, 3, 4]]
+        if sigma is not None:
+            b.info["y_stress"] = sevenn_stress(sigma)
         out.append(AtomGraphData.from_numpy_dict(atoms_to_graph(b, cutoff, transfer_info=False)))
     return out
 
