@@ -12,6 +12,7 @@ from calib.cli.app import (
     ArtModelOpt,
     BatchOpt,
     DeviceOpt,
+    EnergyTolOpt,
     EveryOpt,
     JsonOpt,
     LimitOpt,
@@ -19,6 +20,7 @@ from calib.cli.app import (
     QuietOpt,
     SeedOpt,
     ShuffleOpt,
+    TrustConfidenceOpt,
     app,
     calibrated,
     common_options,
@@ -35,6 +37,7 @@ from calib.cli.app import (
 from calib.errors import check_outputs, check_plot_folder, fraction, non_negative_int, positive_int
 from calib.settings import from_flags
 from calib.softening.decide import DecisionRules
+from calib.uq.trust import TrustPolicy
 
 
 def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> None:
@@ -125,6 +128,8 @@ def decide_cmd(
     max_untrusted: float = option(DecisionRules, "max_untrusted_fraction"),
     confidence: float = option(DecisionRules, "ci_level"),
     n_requests: int = option(DecisionRules, "n_requests"),
+    energy_tol: Optional[float] = EnergyTolOpt,
+    trust_confidence: float = TrustConfidenceOpt,
     request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out",
                                        help="write CALIBRATION with the corrections of the 'scale' chemistries"),
@@ -145,6 +150,8 @@ def decide_cmd(
     device = common_options(batch_size, device, model=model)
     rules = from_flags(DecisionRules, mae_tol_ev_per_a=force_tol, ci_level=confidence, min_labels=min_labels,
                        max_untrusted_fraction=max_untrusted, n_requests=n_requests)
+    # the targets' verdict (--force-tol here is the rules' MAE tolerance: the verdict keeps its own force bound)
+    policy = from_flags(TrustPolicy, energy_tol=energy_tol, confidence=trust_confidence)
     check_outputs({"-o": out, "--request-out": request_out}, inputs=[*labelled, *(targets or []), calibration],
                   overwrite=overwrite)
     sub = subset_options(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
@@ -154,7 +161,8 @@ def decide_cmd(
 
     m, art = model_and_artifact(model, device, calibration)
     art = calibrated(art, calibration, m)
-    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=batch_size, progress=not quiet)
+    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=batch_size, progress=not quiet,
+                               policy=policy)
     if not decisions:
         fail("nothing to decide: no valid labelled or target structure; " + "; ".join(map(str, issues[:5])))
     requested = [i for d in decisions for i in d.label_requests]
