@@ -38,9 +38,10 @@ from calib.cli.app import (
     subset_options,
     unreadable,
 )
-from calib.errors import OutputError, check_outputs, finite, positive, positive_int
+from calib.data.dft import GPAWSettings
+from calib.errors import OutputError, check_outputs
 from calib.settings import from_flags
-from calib.workflows.settings import CalibrationSettings
+from calib.workflows.settings import CalibrationSettings, HessianSettings
 
 
 @app.command()
@@ -58,9 +59,8 @@ def hessian(
     device: str = DeviceOpt,
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="resume file (netCDF), saved every "
                                               "--checkpoint-every batches; rerun with it to continue"),
-    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="batches between checkpoint saves"),
-    force_weight: float = typer.Option(0.0, "--force-weight", help="≥ 0: add force rows Σ JᵀJ with this weight "
-                                       "(d backward passes per batch: several times slower)"),
+    checkpoint_every: int = option(HessianSettings, "checkpoint_every"),
+    force_weight: float = option(HessianSettings, "force_weight"),
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
     overwrite: bool = OverwriteOpt,
@@ -71,8 +71,7 @@ def hessian(
 
     Run time: about 20 structures of 10 atoms per second per core (energies only)."""
     device = common_options(batch_size, device, model=model)
-    positive_int("--checkpoint-every", checkpoint_every)
-    finite("--force-weight", force_weight, minimum=0.0)
+    from_flags(HessianSettings, checkpoint_every=checkpoint_every, force_weight=force_weight)
     check_workers(workers, scheduler)
     if (workers is not None or scheduler) and checkpoint is not None:
         fail("--checkpoint is for serial runs; drop it with --workers/--scheduler", "usage")
@@ -167,9 +166,9 @@ def label_cmd(
                                             "'-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="labelled extxyz, appended to as each structure finishes; "
                              "rerun with the same -o to resume"),
-    cutoff: float = typer.Option(450.0, "--cutoff", help="plane-wave cutoff (eV)"),
-    kdensity: float = typer.Option(3.0, "--kdensity", help="k-point density (points per Å⁻¹)"),
-    xc: str = typer.Option("PBE", "--xc", help="exchange-correlation functional"),
+    cutoff: float = option(GPAWSettings, "cutoff"),
+    kdensity: float = option(GPAWSettings, "kdensity"),
+    xc: str = option(GPAWSettings, "xc"),
     retry_failed: bool = Flag(False, "--retry-failed", help="retry structures in OUT.errors.jsonl"),
     overwrite: bool = Flag(False, "--overwrite", help="replace OUT instead of resuming it (an OUT that calib "
                            "label did not write is never resumed)"),
@@ -182,8 +181,7 @@ def label_cmd(
     structures (a torn last frame is dropped and reported); an OUT that calib label did not write is refused,
     never truncated. Failures go to OUT.errors.jsonl and the run goes on.
     """
-    finite("--cutoff", cutoff, minimum=50.0, unit="eV")
-    positive("--kdensity", kdensity, unit="Å⁻¹")
+    from_flags(GPAWSettings, cutoff=cutoff, kdensity=kdensity, xc=xc)
     check_outputs({"-o": out}, inputs=structures, resumable=("-o",))
     if out.exists() and not overwrite:
         from calib.data.labelers import check_own_output

@@ -27,12 +27,14 @@ from calib.cli.app import (
     emit_json,
     load_model_for,
     model_and_artifact,
+    option,
     policy_option,
     read_inputs,
     say_calibration,
     trust_policy,
 )
 from calib.errors import check_outputs, named_as
+from calib.workflows.settings import EOSSettings
 
 
 @app.command("neb")
@@ -90,7 +92,7 @@ def eos_cmd(
     model: str = ModelOpt,
     elements: Optional[List[str]] = typer.Option(None, "--element", help="only these elements (repeatable)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write B_model/B_WIEN2k vs Z to this image"),
-    batch_size: int = typer.Option(32, "--batch-size", help="strained cells per model call"),
+    batch_size: int = option(EOSSettings, "batch_size"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,

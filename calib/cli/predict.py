@@ -36,12 +36,14 @@ from calib.cli.app import (
     fail,
     model_and_artifact,
     model_record,
+    option,
     read_inputs,
     say_calibration,
     subset_options,
     trust_policy,
 )
 from calib.errors import check_outputs, check_plot_folder, named_as
+from calib.workflows.settings import ScreenSettings
 
 
 @app.command("evaluate")
@@ -167,8 +169,7 @@ def screen_cmd(
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
     trust_confidence: float = TrustConfidenceOpt,
-    batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
-                                   "the results file"),
+    batch_size: int = option(ScreenSettings, "batch_size"),
     resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),
     overwrite: bool = Flag(False, "--overwrite", help="replace an existing -o (and --csv)"),
     workers: Optional[int] = WorkersOpt,

@@ -34,9 +34,10 @@ from calib.cli.app import (
     stage_outputs,
     subset_options,
 )
-from calib.errors import check_outputs, check_plot_folder, fraction, non_negative_int, positive_int
+from calib.errors import check_outputs, check_plot_folder, non_negative_int
 from calib.settings import from_flags
 from calib.softening.decide import DecisionRules
+from calib.softening.scale import SofteningSettings
 from calib.uq.trust import TrustPolicy
 
 
@@ -59,8 +60,8 @@ def softening_cmd(
     limit: Optional[int] = LimitOpt,
     shuffle: bool = ShuffleOpt,
     model: Optional[str] = ArtModelOpt,
-    n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="≥ 1 bootstrap resamples of structures"),
-    confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals, in (0, 1)"),
+    n_bootstrap: int = option(SofteningSettings, "n_bootstrap"),
+    confidence: float = option(SofteningSettings, "confidence"),
     seed: int = typer.Option(0, "--seed", help="seed of the bootstrap and of --shuffle (≥ 0)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for force parity plots (PNG; files in it "
                                         "with the same names are replaced)"),
@@ -77,8 +78,7 @@ def softening_cmd(
 
     One row per chemical system; a chemistry whose scale cannot be measured is reported with the reason."""
     device = common_options(batch_size, device, model=model)
-    positive_int("--n-bootstrap", n_bootstrap)
-    fraction("--confidence", confidence)
+    from_flags(SofteningSettings, n_bootstrap=n_bootstrap, confidence=confidence)
     non_negative_int("--seed", seed)
     check_plot_folder("--plot", plot)
     _check_corrections_out(calibration, out)

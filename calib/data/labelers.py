@@ -26,6 +26,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, kptdensity2monkhorstpack
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from calib.data.dft import GPAW
 from calib.data.ncio import replace_atomically
 from calib.data.structures import structure_name
 
@@ -109,9 +110,9 @@ class GPAWFactory:
     :meth:`from_info` rebuilds the factory from it.
     """
 
-    cutoff: float = 450.0
-    kdensity: float = 3.0
-    xc: str = "PBE"
+    cutoff: float = GPAW.cutoff
+    kdensity: float = GPAW.kdensity
+    xc: str = GPAW.xc
     smearing: float = 0.05
     spinpol: bool | None = None
     magmoms: dict | None = None

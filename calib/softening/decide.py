@@ -41,7 +41,7 @@ import numpy as np
 
 from calib.errors import non_negative_int, positive, positive_int
 from calib.settings import closed_fraction, open_fraction, setting, validate
-from calib.softening.scale import SofteningResult
+from calib.softening.scale import SOFTENING, SofteningResult
 from calib.uq.trust import out_of_domain
 
 
@@ -56,8 +56,8 @@ class DecisionRules:
 
     mae_tol_ev_per_a: float = setting(0.1, "tolerated force MAE (> 0): labelled MAE, cMAE_loo, expected MAE",
                                       unit="eV/Å", check=positive, flag="--force-tol")
-    ci_level: float = setting(0.95, "level of the CI of the softening scale, in (0, 1)", check=open_fraction,
-                              flag="--confidence")
+    ci_level: float = setting(SOFTENING.confidence, "level of the CI of the softening scale, in (0, 1)",
+                              check=open_fraction, flag="--confidence")
     min_labels: int = setting(3, "labelled structures needed per chemistry (≥ 1)", check=positive_int,
                               flag="--min-labels")
     max_untrusted_fraction: float = setting(0.1, "tolerated fraction of untrusted targets, in [0, 1]",

@@ -36,7 +36,7 @@ from ase import Atoms
 
 from calib.data.ncio import replace_atomically
 from calib.data.structures import chemsys
-from calib.workflows.settings import LoopSettings  # noqa: F401 - defined with the other settings, used here
+from calib.workflows.settings import LOOP_GPAW, LoopSettings  # noqa: F401 - LoopSettings: re-exported
 
 if TYPE_CHECKING:
     from calib.uq.trust import TrustPolicy
@@ -237,7 +237,7 @@ def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=Non
 
     settings = settings or LoopSettings()
     out_dir = os.fspath(out_dir)
-    labeller = labeller or GPAWFactory(cutoff=450.0, kdensity=2.0, spinpol=False)
+    labeller = labeller or GPAWFactory(cutoff=LOOP_GPAW.cutoff, kdensity=LOOP_GPAW.kdensity, spinpol=False)
     start = list(start)
     if not start:
         raise ValueError("the loop needs at least one start structure")

@@ -38,6 +38,7 @@ from calib import schema
 from calib.data.readers import count_structures, iter_structures
 from calib.data.structures import structures_fingerprint
 from calib.uq.trust import ENERGY_TOL, FORCE_TOL, Check, TrustPolicy
+from calib.workflows.settings import SCREEN
 
 #: the screen file's columns, in order. Their types and units are calib.schema's (one name for one quantity, as
 #: in the prediction Dataset); the file stores a bool as int8 and reads it back as bool
@@ -251,9 +252,10 @@ def _batched(stream: Iterable, size: int) -> Iterator[list]:
 
 
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
-           force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL, batch_size: int = 16,
-           resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
-           stop_after: int | None = None, on_commit=None, policy: TrustPolicy | None = None) -> dict:
+           force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL,
+           batch_size: int = SCREEN.batch_size, resume: bool = False, overwrite: bool = False, client=None,
+           progress: bool = True, stop_after: int | None = None, on_commit=None,
+           policy: TrustPolicy | None = None) -> dict:
     """Screen every structure of ``sources`` and write one row each to ``out`` (netCDF).
 
     Parameters
