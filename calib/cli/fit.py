@@ -9,24 +9,16 @@ import typer
 
 import calib.cli.report as report
 from calib.cli.app import (
-    ArtModelOpt,
-    BatchOpt,
-    DeviceOpt,
-    EveryOpt,
     Flag,
     JsonOpt,
-    LimitOpt,
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
     SchedulerOpt,
-    SeedOpt,
-    ShuffleOpt,
     WorkersOpt,
     app,
     check_workers,
     client_for,
-    common_options,
     echo,
     emit_json,
     fail,
@@ -35,9 +27,9 @@ from calib.cli.app import (
     option,
     read_inputs,
     report_issues,
-    subset_options,
     unreadable,
 )
+from calib.cli.options import GROUPED, ModelRun, Subset, grouped
 from calib.data.dft import GPAWSettings
 from calib.errors import OutputError, check_outputs
 from calib.settings import from_flags
@@ -45,18 +37,14 @@ from calib.workflows.settings import CalibrationSettings, HessianSettings
 
 
 @app.command()
+@grouped(model=ModelOpt)
 def hessian(
     structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db), "
                                             "e.g. near-equilibrium structures like the model's training set; "
                                             "'-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: str = ModelOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="resume file (netCDF), saved every "
                                               "--checkpoint-every batches; rerun with it to continue"),
     checkpoint_every: int = option(HessianSettings, "checkpoint_every"),
@@ -70,20 +58,20 @@ def hessian(
     """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures.
 
     Run time: about 20 structures of 10 atoms per second per core (energies only)."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     from_flags(HessianSettings, checkpoint_every=checkpoint_every, force_weight=force_weight)
     check_workers(workers, scheduler)
     if (workers is not None or scheduler) and checkpoint is not None:
         fail("--checkpoint is for serial runs; drop it with --workers/--scheduler", "usage")
     check_outputs({"-o": out, "--checkpoint": checkpoint}, inputs=structures, overwrite=overwrite,
                   resumable=("--checkpoint",))
-    structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
+    structs = read_inputs(structures, subset.checked())
     from calib.workflows.hessian import build_hessian
 
-    m = load_model_for(model, device)
+    m = load_model_for(run.model, device)
     client = client_for(workers, scheduler)
     try:
-        art, issues = build_hessian(m, structs, batch_size=batch_size, force_weight=force_weight,
+        art, issues = build_hessian(m, structs, batch_size=run.batch_size, force_weight=force_weight,
                                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                     progress=not quiet, source=",".join(map(str, structures)), client=client)
     finally:
@@ -104,16 +92,14 @@ def hessian(
 
 
 @app.command("calibrate")
+@grouped()
 def calibrate_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å); "
                                           "'-': extxyz on stdin"),
     hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: Optional[str] = ArtModelOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     target: str = option(CalibrationSettings, "target"),
     alpha: float = option(CalibrationSettings, "alpha"),
     classes: str = typer.Option("none", "--classes",
@@ -121,8 +107,6 @@ def calibrate_cmd(
                                      "or none"),
     min_class_size: int = option(CalibrationSettings, "min_class_size"),
     energy_folds: int = option(CalibrationSettings, "energy_folds"),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -130,16 +114,16 @@ def calibrate_cmd(
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data.
 
     Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     settings = from_flags(CalibrationSettings, target=target, alpha=alpha, classes=_parse_classes(classes),
                           min_class_size=min_class_size, energy_folds=energy_folds)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
-    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    structs = read_inputs(labelled, subset.checked())
     from calib.workflows.calibration import calibrate
 
-    m, art = model_and_artifact(model, device, hessian_path)
+    m, art = model_and_artifact(run.model, device, hessian_path)
     art.check_model(m)
-    res = calibrate(art, m, structs, settings, batch_size=batch_size, progress=not quiet)
+    res = calibrate(art, m, structs, settings, batch_size=run.batch_size, progress=not quiet)
     res.artifact.save(out)
     summary = {"out": str(out), **res.summary.as_dict(), "skipped": [i.as_dict() for i in res.issues]}
     if as_json:
