@@ -31,7 +31,7 @@ from calib.cli.app import (
 )
 from calib.cli.options import GROUPED, ModelRun, Subset, grouped
 from calib.data.dft import GPAWSettings
-from calib.errors import OutputError, check_outputs
+from calib.errors import OutputError, check_outputs, named_as
 from calib.settings import from_flags
 from calib.workflows.settings import CalibrationSettings, HessianSettings
 
@@ -123,7 +123,8 @@ def calibrate_cmd(
 
     m, art = model_and_artifact(run.model, device, hessian_path)
     art.check_model(m)
-    res = calibrate(art, m, structs, settings, batch_size=run.batch_size, progress=not quiet)
+    with named_as(target="--target"):
+        res = calibrate(art, m, structs, settings, batch_size=run.batch_size, progress=not quiet)
     res.artifact.save(out)
     summary = {"out": str(out), **res.summary.as_dict(), "skipped": [i.as_dict() for i in res.issues]}
     if as_json:
@@ -171,7 +172,8 @@ def label_cmd(
         from calib.data.labelers import check_own_output
 
         try:
-            check_own_output(str(out))
+            with named_as(overwrite="--overwrite"):
+                check_own_output(str(out))
         except FileExistsError as exc:
             raise OutputError(str(exc)) from None
     try:

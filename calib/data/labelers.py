@@ -306,7 +306,7 @@ def check_own_output(path: str) -> None:
     foreign = not comments or any(b"calib_key=" not in comment for comment in comments)
     if foreign:
         raise FileExistsError(f"{path} exists and was not written by calib label (its frames carry no calib_key): "
-                              "label into a new file, or pass --overwrite (overwrite=True) to replace it")
+                              "label into a new file, or pass overwrite=True to replace it")
 
 
 def _done_keys(out: str) -> set[str]:

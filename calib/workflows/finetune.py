@@ -267,8 +267,8 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = FINETUNE.ep
     sevennet = type(model).__name__ == "SevenNetAdapter"
     if not isinstance(model, CHGNetAdapter) and not sevennet:
         raise ValueError(f"finetune trains CHGNet models (chgnet's Trainer) and SevenNet models (sevenn's Trainer); "
-                         f"got {model.name}: fine-tune a MACE model with mace_run_train --foundation_model and load "
-                         "the result with load_model")
+                         f"got {model.name}: fine-tune a MACE model with MACE's own mace_run_train (from a foundation "
+                         "model) and load the result with load_model")
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:
