@@ -22,7 +22,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["CalibError", "UsageError", "InputError", "OutputError", "CalibWarning", "check_device",
+__all__ = ["CalibError", "UsageError", "InputError", "DataError", "OutputError", "CalibWarning", "check_device",
            "check_outputs", "check_output_folder", "check_plot_folder", "finite", "fraction", "named_as", "positive",
            "positive_int", "non_negative_int"]
 
@@ -58,6 +58,14 @@ class InputError(CalibError, ValueError):
     kind = "input"
 
 
+class DataError(CalibError, ValueError):
+    """Data that cannot determine what is asked of it (e.g. an energy fit whose residuals the element reference
+    absorbs) (exit 1): the kind a plain ValueError gets from the CLI, as a CalibError so that the CLI can word it
+    with its option names (:func:`named_as`)."""
+
+    kind = "data"
+
+
 class CalibWarning(UserWarning):
     """A condition of calib's own that the user should know about; the CLI reports each once
     (stderr, and ``warnings`` under ``--json``)."""
@@ -66,17 +74,24 @@ class CalibWarning(UserWarning):
 @contextmanager
 def named_as(**names: str):
     """Errors raised inside, reworded with the caller's names of the parameters: the library names a parameter
-    by its keyword (``md_steps``, ``overwrite=True``), a front-end by its own name for it, so
-    ``named_as(md_steps="--md-steps", overwrite="--overwrite")`` makes the CLI's message of a library error.
-    A :class:`CalibError` or ``FileExistsError`` keeps its type and kind; only its words change."""
+    by its keyword (``md_steps``, ``overwrite=True``, ``target="forces"``), a front-end by its own name for it,
+    so ``named_as(md_steps="--md-steps", overwrite="--overwrite", target="--target")`` makes the CLI's message
+    of a library error ("--overwrite", "--target forces"). A :class:`CalibError` or ``FileExistsError`` keeps
+    its type and kind; only its words change."""
     try:
         yield
     except (CalibError, FileExistsError) as exc:
         message = str(exc)
         for keyword, name in names.items():
-            message = re.sub(rf"(?<![\w-]){re.escape(keyword)}(?:=(?:True|False))?(?!\w)", name, message)
+            message = re.sub(rf"""(?<![\w-]){re.escape(keyword)}(?:=(True|False|"[^"]*"|'[^']*'))?(?!\w)""",
+                             lambda m, name=name: _flag_words(name, m.group(1)), message)
         exc.args = (message,)
         raise
+
+
+def _flag_words(name: str, value: str | None) -> str:
+    """A keyword's words as an option: a bool or none is the flag alone, a quoted value follows the flag."""
+    return name if value is None or value in ("True", "False") else f"{name} {value[1:-1]}"
 
 
 # --------------------------------------------------------------------------- parameter checks

@@ -44,7 +44,7 @@ from calib.models.gradients import force_variance
 from calib.uq.differences import composition, difference_sigmas, reference_pairs
 from calib.uq.errormodel import AtomInputs, component_scale, structure_features
 from calib.uq.targets import Points, build_points
-from calib.uq.trust import Check, TrustPolicy, verdict
+from calib.uq.trust import Check, TrustPolicy, extrapolated, notes, verdict
 
 if __doc__:  # the table of the variables, from the one schema (python -OO strips docstrings)
     __doc__ = __doc__.replace("{variables}", schema.table(schema.PREDICTION))
@@ -463,12 +463,9 @@ class CalibratedPredictor:
                 top = _per_structure_max(atom_max[:, None], pred)[pred.atom_structure]
                 cols.atom("atom_force_error_bound", bound[pred.atom_structure] * atom_max / np.where(top > 0, top, np.nan))
         cal_max = getattr(art.ood, "calibration_max_", np.nan) if art.ood is not None else np.nan
-        extrapolated = q > cal_max if q is not None and np.isfinite(cal_max) else np.zeros(n, dtype=bool)
-        cols.struct("extrapolated", extrapolated, fill=False)
-        notes = [" | ".join(x for x in (f"element(s) {u} in no calibration label" if u else "",
-                                        "extrapolated: outside every calibration structure" if e else "") if x)
-                 for u, e in zip(unlabelled or [""] * n, extrapolated)]
-        cols.struct("trust_notes", np.array(notes, dtype=object), fill="")
+        beyond = extrapolated(q, cal_max, n)
+        cols.struct("extrapolated", beyond, fill=False)
+        cols.struct("trust_notes", notes(unlabelled, beyond), fill="")
 
     def _force_bounds(self, cols, pred: Prediction, em) -> tuple[np.ndarray, np.ndarray]:
         """(U at the artifact's 1 − α, U at the trust policy's confidence), eV/Å, per structure: a corrected

@@ -4,7 +4,10 @@ A field made with :func:`setting` holds what the library checks and what the CLI
 is typed in one place: the dataclass validates itself on construction (:func:`validate`, called from
 ``__post_init__``), and the CLI builds the option of a field from it (``calib.cli.app.option``) and reports a
 bad value under the option's flag. Used by :class:`calib.uq.trust.TrustPolicy`,
-:class:`calib.softening.decide.DecisionRules` and :class:`calib.workflows.loop.LoopSettings`.
+:class:`calib.softening.decide.DecisionRules`, :class:`calib.softening.scale.SofteningSettings`,
+:class:`calib.data.dft.GPAWSettings` and the settings of :mod:`calib.workflows.settings` (calibration, loop,
+Hessian, fine-tuning, screening, EOS). A default instance (``LOOP_GPAW = GPAWSettings(kdensity=2.0)``) declares
+another default of the same fields once: :func:`default` and the CLI read it like a class.
 
 The constraints are the parameter checks of :mod:`calib.errors` (``positive``, ``fraction``, ...), so a
 library call and a command reject the same values with the same words.
@@ -54,7 +57,9 @@ def spec(cls, name: str) -> Spec:
 
 
 def default(cls, name: str):
-    """The default of field ``name`` of ``cls`` (what the CLI option shows)."""
+    """The default of field ``name`` of ``cls`` (what the CLI option shows); of an instance, its value."""
+    if not isinstance(cls, type):
+        return getattr(cls, name)
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
@@ -93,6 +98,11 @@ def open_fraction(name: str, value) -> float:
 def closed_fraction(name: str, value) -> float:
     """A number in [0, 1] (:func:`calib.errors.fraction` with ``closed``)."""
     return errors.fraction(name, value, closed=True)
+
+
+def non_negative(name: str, value) -> float:
+    """A finite number ≥ 0 (:func:`calib.errors.finite` with ``minimum`` 0)."""
+    return errors.finite(name, value, minimum=0.0)
 
 
 def one_of(*choices: str) -> Callable[[str, Any], Any]:

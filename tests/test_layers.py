@@ -3,7 +3,8 @@
 Every module of calib/ sits in one layer of LAYERS; every import in it, function-local ones included (calib
 imports lazily so that a parameter check never loads torch), points to its own layer or a lower one. Besides:
 calib/errors.py imports nothing of calib; uq/ and softening/ import no model adapter and no CLI; there is no
-import cycle; no module is over MAX_MODULE_LINES lines and no function over MAX_FUNCTION_LINES.
+import cycle; no module is over MAX_MODULE_LINES lines and no function over MAX_FUNCTION_LINES; no error raised in
+workflows/ or data/ names a command-line flag (the library names its keywords, the CLI maps them to its flags).
 
 Names taken from a package that re-exports lazily (``calib``'s ``_API``, ``calib.models``' ``_LAZY``: dicts of
 name → module) count as imports of the module that defines them, so ``from calib import calibrate`` inside
@@ -12,6 +13,7 @@ uq/ is caught like ``from calib.workflows.calibration import calibrate``.
 
 import ast
 import pathlib
+import re
 import textwrap
 
 PACKAGE = pathlib.Path(__file__).parent.parent / "calib"
@@ -31,6 +33,10 @@ RANK = {name: k for k, (name, _) in enumerate(LAYERS)}
 #: the maths packages, and what they never import although it shares their layer or lies above it
 MATHS = ("calib.uq", "calib.softening")
 NOT_FROM_MATHS = ("calib.models", "calib.cli")
+
+#: the library packages whose errors speak in keywords, never in command-line flags
+LIBRARY_WORDED = ("calib.workflows", "calib.data")
+FLAG = re.compile(r"--[A-Za-z]")
 
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
@@ -143,6 +149,17 @@ def long_functions(tree: ast.Module, module: str, limit: int = MAX_FUNCTION_LINE
     return out
 
 
+def flags_in_raises(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, text) of every string literal (f-string parts included) inside a ``raise`` that names a flag
+    (``--`` followed by a letter)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            found += [(node.lineno, c.value) for c in ast.walk(node.exc)
+                      if isinstance(c, ast.Constant) and isinstance(c.value, str) and FLAG.search(c.value)]
+    return found
+
+
 def find_cycle(graph: dict[str, set]) -> list[str] | None:
     """One import cycle of ``graph`` (module → the modules it imports) as a path, or None."""
     state: dict = {}
@@ -192,6 +209,13 @@ def test_imports_keep_the_layers():
 
 def test_errors_imports_nothing_of_calib():
     assert EDGES["calib.errors"] == []
+
+
+def test_library_errors_name_no_command_line_flag():
+    library = [m for m in FILES if any(m == pkg or m.startswith(pkg + ".") for pkg in LIBRARY_WORDED)]
+    bad = [f"{m}:{line}: {text!r}" for m in library for line, text in flags_in_raises(FILES[m][1])]
+    assert bad == [], "word these in the library's keywords (the CLI maps them, calib.errors.named_as):\n" + \
+        "\n".join(bad)
 
 
 def test_no_import_cycles_in_calib():
@@ -262,3 +286,14 @@ def test_the_checker_counts_function_lines_and_finds_cycles():
     assert found == {"calib.fake.A.long": 81, "calib.fake.outer": 83, "calib.fake.outer.inner": 81}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_checker_finds_flags_in_raised_messages():
+    src = textwrap.dedent("""
+        def f(x):
+            if x:
+                raise ValueError(f"bad {x}: pass --overwrite")
+            raise KeyError("overwrite=True, x-y, a -- b, --1")
+        msg = "--not-in-a-raise"
+    """)
+    assert flags_in_raises(ast.parse(src)) == [(4, ": pass --overwrite")]

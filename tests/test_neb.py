@@ -103,7 +103,7 @@ def test_path_verdict_judges_images_by_the_one_structure_verdict(chgnet):
     tight = 0.9 * float(min(np.min(per_image["force_error_bound_trust"].values[1:6]),
                             np.min(corrected["force_error_bound_trust"].values[1:6])))
     ds = band(CalibratedPredictor(chgnet, art, trust=TrustPolicy(force_tol=tight)), images)
-    assert list(ds.attrs["images_untrusted"]) == [1, 2, 3, 4, 5] and not ds.attrs["trusted"]
+    assert list(ds.attrs["images_untrusted"]) == [1, 2, 3, 4, 5] and ds.attrs["trusted"] is False
     assert all("force error may reach" in r for r in ds.attrs["reasons"] if r.startswith("image"))
     # shrink the domain so that the interior images with the largest score (a symmetric path has them in pairs)
     # lie outside it and the others inside, with a tolerance that trusts every image's forces
@@ -117,7 +117,7 @@ def test_path_verdict_judges_images_by_the_one_structure_verdict(chgnet):
     if narrow.has_t2:
         narrow.t2_threshold_ *= cut
     ds = band(CalibratedPredictor(chgnet, art.replace(ood=narrow), trust=loose), images)
-    assert 0 < len(out) < 5 and list(ds.attrs["images_untrusted"]) == out and not ds.attrs["trusted"]
+    assert 0 < len(out) < 5 and list(ds.attrs["images_untrusted"]) == out and ds.attrs["trusted"] is False
     assert any(r.startswith(f"image {out[0]}: out of the model's domain") for r in ds.attrs["reasons"])
 
 

@@ -9,24 +9,16 @@ import typer
 
 import calib.cli.report as report
 from calib.cli.app import (
-    ArtModelOpt,
-    BatchOpt,
-    DeviceOpt,
-    EveryOpt,
     Flag,
     JsonOpt,
-    LimitOpt,
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
     SchedulerOpt,
-    SeedOpt,
-    ShuffleOpt,
     WorkersOpt,
     app,
     check_workers,
     client_for,
-    common_options,
     echo,
     emit_json,
     fail,
@@ -35,32 +27,28 @@ from calib.cli.app import (
     option,
     read_inputs,
     report_issues,
-    subset_options,
     unreadable,
 )
-from calib.errors import OutputError, check_outputs, finite, positive, positive_int
+from calib.cli.options import GROUPED, ModelRun, Subset, grouped
+from calib.data.dft import GPAWSettings
+from calib.errors import OutputError, check_outputs, named_as
 from calib.settings import from_flags
-from calib.workflows.settings import CalibrationSettings
+from calib.workflows.settings import CalibrationSettings, HessianSettings
 
 
 @app.command()
+@grouped(model=ModelOpt)
 def hessian(
     structures: List[Path] = typer.Argument(..., help="unlabelled structure files (extxyz, CIF, POSCAR, ASE db), "
                                             "e.g. near-equilibrium structures like the model's training set; "
                                             "'-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="artifact to write (netCDF)"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: str = ModelOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="resume file (netCDF), saved every "
                                               "--checkpoint-every batches; rerun with it to continue"),
-    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="batches between checkpoint saves"),
-    force_weight: float = typer.Option(0.0, "--force-weight", help="≥ 0: add force rows Σ JᵀJ with this weight "
-                                       "(d backward passes per batch: several times slower)"),
+    checkpoint_every: int = option(HessianSettings, "checkpoint_every"),
+    force_weight: float = option(HessianSettings, "force_weight"),
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
     overwrite: bool = OverwriteOpt,
@@ -70,21 +58,20 @@ def hessian(
     """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures.
 
     Run time: about 20 structures of 10 atoms per second per core (energies only)."""
-    device = common_options(batch_size, device, model=model)
-    positive_int("--checkpoint-every", checkpoint_every)
-    finite("--force-weight", force_weight, minimum=0.0)
+    device = run.checked()
+    from_flags(HessianSettings, checkpoint_every=checkpoint_every, force_weight=force_weight)
     check_workers(workers, scheduler)
     if (workers is not None or scheduler) and checkpoint is not None:
         fail("--checkpoint is for serial runs; drop it with --workers/--scheduler", "usage")
     check_outputs({"-o": out, "--checkpoint": checkpoint}, inputs=structures, overwrite=overwrite,
                   resumable=("--checkpoint",))
-    structs = read_inputs(structures, subset_options(every, limit, shuffle, seed))
+    structs = read_inputs(structures, subset.checked())
     from calib.workflows.hessian import build_hessian
 
-    m = load_model_for(model, device)
+    m = load_model_for(run.model, device)
     client = client_for(workers, scheduler)
     try:
-        art, issues = build_hessian(m, structs, batch_size=batch_size, force_weight=force_weight,
+        art, issues = build_hessian(m, structs, batch_size=run.batch_size, force_weight=force_weight,
                                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                     progress=not quiet, source=",".join(map(str, structures)), client=client)
     finally:
@@ -105,16 +92,14 @@ def hessian(
 
 
 @app.command("calibrate")
+@grouped()
 def calibrate_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (extxyz/ASE db: energy eV, forces eV/Å); "
                                           "'-': extxyz on stdin"),
     hessian_path: Path = typer.Option(..., "--hessian", help="artifact from `calib hessian`"),
     out: Path = typer.Option(..., "-o", "--out", help="calibrated artifact to write (netCDF)"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: Optional[str] = ArtModelOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     target: str = option(CalibrationSettings, "target"),
     alpha: float = option(CalibrationSettings, "alpha"),
     classes: str = typer.Option("none", "--classes",
@@ -122,8 +107,6 @@ def calibrate_cmd(
                                      "or none"),
     min_class_size: int = option(CalibrationSettings, "min_class_size"),
     energy_folds: int = option(CalibrationSettings, "energy_folds"),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -131,16 +114,17 @@ def calibrate_cmd(
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data.
 
     Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     settings = from_flags(CalibrationSettings, target=target, alpha=alpha, classes=_parse_classes(classes),
                           min_class_size=min_class_size, energy_folds=energy_folds)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
-    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    structs = read_inputs(labelled, subset.checked())
     from calib.workflows.calibration import calibrate
 
-    m, art = model_and_artifact(model, device, hessian_path)
+    m, art = model_and_artifact(run.model, device, hessian_path)
     art.check_model(m)
-    res = calibrate(art, m, structs, settings, batch_size=batch_size, progress=not quiet)
+    with named_as(target="--target"):
+        res = calibrate(art, m, structs, settings, batch_size=run.batch_size, progress=not quiet)
     res.artifact.save(out)
     summary = {"out": str(out), **res.summary.as_dict(), "skipped": [i.as_dict() for i in res.issues]}
     if as_json:
@@ -167,9 +151,9 @@ def label_cmd(
                                             "'-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="labelled extxyz, appended to as each structure finishes; "
                              "rerun with the same -o to resume"),
-    cutoff: float = typer.Option(450.0, "--cutoff", help="plane-wave cutoff (eV)"),
-    kdensity: float = typer.Option(3.0, "--kdensity", help="k-point density (points per Å⁻¹)"),
-    xc: str = typer.Option("PBE", "--xc", help="exchange-correlation functional"),
+    cutoff: float = option(GPAWSettings, "cutoff"),
+    kdensity: float = option(GPAWSettings, "kdensity"),
+    xc: str = option(GPAWSettings, "xc"),
     retry_failed: bool = Flag(False, "--retry-failed", help="retry structures in OUT.errors.jsonl"),
     overwrite: bool = Flag(False, "--overwrite", help="replace OUT instead of resuming it (an OUT that calib "
                            "label did not write is never resumed)"),
@@ -182,14 +166,14 @@ def label_cmd(
     structures (a torn last frame is dropped and reported); an OUT that calib label did not write is refused,
     never truncated. Failures go to OUT.errors.jsonl and the run goes on.
     """
-    finite("--cutoff", cutoff, minimum=50.0, unit="eV")
-    positive("--kdensity", kdensity, unit="Å⁻¹")
+    from_flags(GPAWSettings, cutoff=cutoff, kdensity=kdensity, xc=xc)
     check_outputs({"-o": out}, inputs=structures, resumable=("-o",))
     if out.exists() and not overwrite:
         from calib.data.labelers import check_own_output
 
         try:
-            check_own_output(str(out))
+            with named_as(overwrite="--overwrite"):
+                check_own_output(str(out))
         except FileExistsError as exc:
             raise OutputError(str(exc)) from None
     try:

@@ -26,9 +26,10 @@ from calib.cli.app import (
     read_inputs,
     unreadable,
 )
-from calib.errors import check_output_folder, check_outputs, finite, named_as, non_negative_int, positive, positive_int
+from calib.data.dft import GPAWSettings
+from calib.errors import check_output_folder, check_outputs, named_as
 from calib.settings import from_flags
-from calib.workflows.settings import LoopSettings
+from calib.workflows.settings import LOOP_GPAW, FinetuneSettings, LoopSettings
 
 
 @app.command("finetune")
@@ -37,15 +38,13 @@ def finetune_cmd(
                                           "`calib label`; '-': extxyz on stdin"),
     out: Path = typer.Option(..., "-o", "--out", help="fine-tuned model file (load it with --model FILE)"),
     model: str = ModelOpt,
-    epochs: int = typer.Option(30, "--epochs", help="training epochs (≥ 1)"),
-    replay: int = typer.Option(20, "--replay", help="proxy structures pseudo-labelled by the base model mixed into "
-                               "the training set (≥ 0): what keeps the model's behaviour elsewhere"),
-    lr: float = typer.Option(3e-4, "--lr", help="learning rate of the model's trainer (Adam; chgnet: cosine "
-                             "schedule, sevenn: linear decay, mace: AMSGrad, mace's ReduceLROnPlateau)"),
+    epochs: int = option(FinetuneSettings, "epochs"),
+    replay: int = option(FinetuneSettings, "replay"),
+    lr: float = option(FinetuneSettings, "lr"),
     stress: bool = Flag(False, "--stress", help="also train on the stress (off: soft stresses of strained frames "
                         "dominate chgnet's loss)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the training: replay sample, data order, initialisation"),
-    batch_size: int = typer.Option(8, "--batch-size", help="structures per training step"),
+    seed: int = option(FinetuneSettings, "seed"),
+    batch_size: int = option(FinetuneSettings, "batch_size"),
     allow_unphysical: bool = Flag(False, "--allow-unphysical-labels", help="train on labels that fail the unit "
                                   "check (a force above 100 eV/Å, or a force MAE against the base model above 50× "
                                   "its typical error): only when you know the labels are right"),
@@ -61,10 +60,7 @@ def finetune_cmd(
     and, with --stress, stresses teach the model). Run time: about 1 min for 5 structures + 20 replay, 30
     epochs, on 2 cores. Labels whose units look wrong are refused (--allow-unphysical-labels)."""
     device = common_options(batch_size, device, model=model)
-    positive_int("--epochs", epochs)
-    non_negative_int("--replay", replay)
-    non_negative_int("--seed", seed)
-    positive("--lr", lr)
+    from_flags(FinetuneSettings, epochs=epochs, replay=replay, seed=seed, lr=lr)
     check_outputs({"-o": out}, inputs=labelled, overwrite=overwrite)
     structs = read_inputs(labelled)
     from calib.workflows.finetune import finetune
@@ -105,8 +101,8 @@ def loop_cmd(
     md_steps: int = option(LoopSettings, "md_steps"),
     labeller: str = typer.Option("gpaw", "--labeller", help="reference code: gpaw (PAW-PBE, the shipped data's "
                                  "settings)"),
-    cutoff: float = typer.Option(450.0, "--cutoff", help="GPAW plane-wave cutoff, eV"),
-    kdensity: float = typer.Option(2.0, "--kdensity", help="GPAW k-point density, points per Å⁻¹"),
+    cutoff: float = option(LOOP_GPAW, "cutoff"),
+    kdensity: float = option(LOOP_GPAW, "kdensity"),
     epochs: int = option(LoopSettings, "epochs"),
     replay: int = option(LoopSettings, "replay"),
     seed: int = option(LoopSettings, "seed"),
@@ -125,8 +121,7 @@ def loop_cmd(
 
     settings = from_flags(LoopSettings, rounds=rounds, frames=frames, temperature=temperature, md_steps=md_steps,
                           epochs=epochs, replay=replay, seed=seed)
-    finite("--cutoff", cutoff, minimum=50.0, unit="eV")
-    positive("--kdensity", kdensity, unit="Å⁻¹")
+    from_flags(GPAWSettings, cutoff=cutoff, kdensity=kdensity)
     if labeller != "gpaw":
         fail(f"--labeller must be gpaw, got {labeller!r} (from Python, run_loop takes any ASE calculator)", "usage")
     check_output_folder("-o", out, own=lambda p: (p / "report.json").exists() or any(p.glob("round-*")))

@@ -8,32 +8,25 @@ from typing import List, Optional
 import typer
 
 from calib.cli.app import (
-    ArtModelOpt,
-    BatchOpt,
     CalibrationOpt,
-    DeviceOpt,
-    EveryOpt,
     JsonOpt,
-    LimitOpt,
     OverwriteOpt,
     QuietOpt,
-    SeedOpt,
-    ShuffleOpt,
     app,
     calibrated,
     calibration_or_default,
-    common_options,
     emit_json,
     fail,
     model_and_artifact,
     read_inputs,
     say_calibration,
-    subset_options,
 )
+from calib.cli.options import GROUPED, ModelRun, Subset, grouped
 from calib.errors import check_outputs
 
 
 @app.command("report")
+@grouped()
 def report_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="the HTML page to write (self-contained: figures embedded)"),
     calibration: Optional[Path] = CalibrationOpt,
@@ -41,31 +34,26 @@ def report_cmd(
                                                   "eV/Å; repeatable), best held out: adds coverage, widths, the "
                                                   "softening table and the verdict's quality"),
     screen: Optional[Path] = typer.Option(None, "--screen", help="a results file of `calib screen`: adds its counts"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: Optional[str] = ArtModelOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """One HTML page: coverage of the calibration, its quantiles and corrections; with --labelled, held-out
     coverage, widths, softening and the verdict; with --screen, a screen's counts."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     if out.suffix.lower() not in (".html", ".htm"):
         fail(f"-o must name an .html file, got {str(out)!r}", "usage")
     if screen is not None and not screen.is_file():
         fail(f"--screen: no such results file: {screen}")
-    calibration, cal_rec = calibration_or_default(calibration, model)
+    calibration, cal_rec = calibration_or_default(calibration, run.model)
     check_outputs({"-o": out}, inputs=[*(labelled or []), calibration, *([screen] if screen else [])],
                   overwrite=overwrite)
-    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed)) if labelled else None
+    structs = read_inputs(labelled, subset.checked()) if labelled else None
     from calib.cli import htmlreport
 
-    m, art = model_and_artifact(model, device, calibration)
+    m, art = model_and_artifact(run.model, device, calibration)
     art = calibrated(art, calibration, m)
     ctx = htmlreport.build(art, model=m, labelled=structs, screen=screen, progress=not quiet)
     htmlreport.render(ctx, out)

@@ -9,10 +9,7 @@ import typer
 
 import calib.cli.report as report
 from calib.cli.app import (
-    ArtModelOpt,
-    BatchOpt,
     CalibrationOpt,
-    DeviceOpt,
     EnergyTolOpt,
     ForceTolOpt,
     JsonOpt,
@@ -22,20 +19,23 @@ from calib.cli.app import (
     TrustConfidenceOpt,
     app,
     calibration_or_default,
-    common_options,
     echo,
     emit_json,
     load_model_for,
     model_and_artifact,
+    option,
     policy_option,
     read_inputs,
     say_calibration,
     trust_policy,
 )
+from calib.cli.options import GROUPED, ModelRun, grouped
 from calib.errors import check_outputs, named_as
+from calib.workflows.settings import EOSSettings
 
 
 @app.command("neb")
+@grouped()
 def neb_cmd(
     images: List[Path] = typer.Argument(..., help="NEB images in path order (extxyz, ASE trajectory); "
                                         "'-': extxyz on stdin"),
@@ -47,18 +47,16 @@ def neb_cmd(
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
     trust_confidence: float = TrustConfidenceOpt,
-    model: Optional[str] = ArtModelOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
+    run: ModelRun = GROUPED,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
     calibrated intervals, raw and with the stored scalar correction."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     policy = trust_policy(force_tol, energy_tol, trust_confidence, barrier_tol=barrier_tol)
-    calibration, cal_rec = calibration_or_default(calibration, model)
+    calibration, cal_rec = calibration_or_default(calibration, run.model)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
     structs = read_inputs(images)
     ref = None
@@ -70,8 +68,8 @@ def neb_cmd(
     from calib.predictor import CalibratedPredictor
     from calib.workflows.neb import band, plot_band, summary
 
-    m, art = model_and_artifact(model, device, calibration)
-    ds = band(CalibratedPredictor(m, art, trust=policy), structs, batch_size=batch_size)
+    m, art = model_and_artifact(run.model, device, calibration)
+    ds = band(CalibratedPredictor(m, art, trust=policy), structs, batch_size=run.batch_size)
     rec = {**summary(ds, ref), "calibration": cal_rec}
     if plot is not None:
         plot_band(ds, plot, ref)
@@ -86,25 +84,24 @@ def neb_cmd(
 
 
 @app.command("eos")
+@grouped(model=ModelOpt, batch_size=option(EOSSettings, "batch_size"))
 def eos_cmd(
-    model: str = ModelOpt,
+    run: ModelRun = GROUPED,
     elements: Optional[List[str]] = typer.Option(None, "--element", help="only these elements (repeatable)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write B_model/B_WIEN2k vs Z to this image"),
-    batch_size: int = typer.Option(32, "--batch-size", help="strained cells per model call"),
-    device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Bulk moduli (GPa) of ASE's dcdft crystals: Birch–Murnaghan fits of the model vs WIEN2k PBE."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     check_outputs({"--plot": plot}, overwrite=overwrite)
     from calib.workflows.eos import check_elements, plot_eos, run_eos
 
     with named_as(elements="--element"):
         check_elements(elements)
-    m = load_model_for(model, device)
-    records, summary = run_eos(m, elements, batch_size=batch_size, progress=not quiet)
+    m = load_model_for(run.model, device)
+    records, summary = run_eos(m, elements, batch_size=run.batch_size, progress=not quiet)
     if plot is not None:
         plot_eos(records, plot, title=f"{m.name} {m.version}: bulk modulus vs WIEN2k PBE (dcdft)")
         summary["plot"] = str(plot)

@@ -9,21 +9,15 @@ import typer
 
 import calib.cli.report as report
 from calib.cli.app import (
-    ArtModelOpt,
-    BatchOpt,
     CalibrationOpt,
     DeviceOpt,
     EnergyTolOpt,
     TrustConfidenceOpt,
-    EveryOpt,
     Flag,
     ForceTolOpt,
     JsonOpt,
-    LimitOpt,
     QuietOpt,
     SchedulerOpt,
-    SeedOpt,
-    ShuffleOpt,
     WorkersOpt,
     app,
     calibrated,
@@ -36,43 +30,41 @@ from calib.cli.app import (
     fail,
     model_and_artifact,
     model_record,
+    option,
     read_inputs,
     say_calibration,
-    subset_options,
     trust_policy,
 )
+from calib.cli.options import GROUPED, ModelRun, Subset, grouped
 from calib.errors import check_outputs, check_plot_folder, named_as
+from calib.workflows.settings import ScreenSettings
 
 
 @app.command("evaluate")
+@grouped()
 def evaluate_cmd(
     labelled: List[Path] = typer.Argument(..., help="held-out labelled structures (energy eV, forces eV/Å); "
                                           "'-': extxyz on stdin"),
     calibration: Optional[Path] = CalibrationOpt,
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: Optional[str] = ArtModelOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG; files in it "
                                         "with the same names are replaced)"),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
     """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     check_plot_folder("--plot", plot)
-    subset = subset_options(every, limit, shuffle, seed)
-    calibration, cal_rec = calibration_or_default(calibration, model)
-    structs = read_inputs(labelled, subset)
+    chosen = subset.checked()
+    calibration, cal_rec = calibration_or_default(calibration, run.model)
+    structs = read_inputs(labelled, chosen)
     from calib.workflows.evaluation import evaluate
 
-    m, art = model_and_artifact(model, device, calibration)
+    m, art = model_and_artifact(run.model, device, calibration)
     art = calibrated(art, calibration, m)
-    ev = evaluate(art, m, structs, batch_size=batch_size, forces=forces, progress=not quiet,
+    ev = evaluate(art, m, structs, batch_size=run.batch_size, forces=forces, progress=not quiet,
                   return_points=plot is not None)
     doc = {**ev.as_dict(), "calibration": cal_rec}
     if plot is not None:
@@ -91,14 +83,12 @@ def evaluate_cmd(
 
 
 @app.command("predict")
+@grouped()
 def predict_cmd(
     structures: List[Path] = typer.Argument(..., help="structure files; '-': extxyz on stdin"),
     calibration: Optional[Path] = CalibrationOpt,
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: Optional[str] = ArtModelOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     forces: bool = Flag(False, "--forces", help="also per-component force σ and intervals (eV/Å), from the force "
                         "error model: no cost beyond the model's forces"),
     force_mode: str = typer.Option("none", "--force-mode", help="also the LLPR force σ (forces_sigma_llpr): "
@@ -109,8 +99,6 @@ def predict_cmd(
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
     trust_confidence: float = TrustConfidenceOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ):
@@ -119,19 +107,19 @@ def predict_cmd(
     The interval bounds E + shift, the energy the reference code (e.g. DFT) would give, where the shift comes
     from the artifact's per-element reference; the table prints that centre next to its interval. With
     --forces also the largest force σ (eV/Å)."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     if force_mode not in ("exact", "approx", "none"):
         fail(f"--force-mode must be exact, approx or none, got {force_mode!r}", "usage")
     policy = trust_policy(force_tol, energy_tol, trust_confidence)
-    subset = subset_options(every, limit, shuffle, seed)
-    calibration, cal_rec = calibration_or_default(calibration, model)
-    structs = read_inputs(structures, subset)
+    chosen = subset.checked()
+    calibration, cal_rec = calibration_or_default(calibration, run.model)
+    structs = read_inputs(structures, chosen)
     from calib.data.records import to_records
     from calib.predictor import CalibratedPredictor
 
-    m, art = model_and_artifact(model, device, calibration)
+    m, art = model_and_artifact(run.model, device, calibration)
     predictor = CalibratedPredictor(m, art, trust=policy, correction=not raw)
-    ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=batch_size,
+    ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=run.batch_size,
                            progress=not quiet)
     # one record per input structure, in input order; a skipped one carries `error` instead of numbers
     all_records = to_records(ds, structs)
@@ -167,8 +155,7 @@ def screen_cmd(
     force_tol: float = ForceTolOpt,
     energy_tol: Optional[float] = EnergyTolOpt,
     trust_confidence: float = TrustConfidenceOpt,
-    batch_size: int = typer.Option(16, "--batch-size", help="structures per batch; each batch is committed to "
-                                   "the results file"),
+    batch_size: int = option(ScreenSettings, "batch_size"),
     resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),
     overwrite: bool = Flag(False, "--overwrite", help="replace an existing -o (and --csv)"),
     workers: Optional[int] = WorkersOpt,

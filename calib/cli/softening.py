@@ -9,19 +9,13 @@ import typer
 
 import calib.cli.report as report
 from calib.cli.app import (
-    ArtModelOpt,
-    BatchOpt,
-    DeviceOpt,
-    EveryOpt,
+    EnergyTolOpt,
     JsonOpt,
-    LimitOpt,
     OverwriteOpt,
     QuietOpt,
-    SeedOpt,
-    ShuffleOpt,
+    TrustConfidenceOpt,
     app,
     calibrated,
-    common_options,
     echo,
     emit_json,
     fail,
@@ -30,11 +24,13 @@ from calib.cli.app import (
     read_inputs,
     report_issues,
     stage_outputs,
-    subset_options,
 )
-from calib.errors import check_outputs, check_plot_folder, fraction, non_negative_int, positive_int
+from calib.cli.options import GROUPED, ModelRun, Subset, grouped
+from calib.errors import check_outputs, check_plot_folder, non_negative_int
 from calib.settings import from_flags
 from calib.softening.decide import DecisionRules
+from calib.softening.scale import SofteningSettings
+from calib.uq.trust import TrustPolicy
 
 
 def _check_corrections_out(calibration: Optional[Path], out: Optional[Path]) -> None:
@@ -49,23 +45,19 @@ def _with_corrections(art, calibration: Path, model, corrections):
 
 
 @app.command("softening")
+@grouped(seed=typer.Option(0, "--seed", help="seed of the bootstrap and of --shuffle (≥ 0)"))
 def softening_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å); "
                                           "'-': extxyz on stdin"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    model: Optional[str] = ArtModelOpt,
-    n_bootstrap: int = typer.Option(2000, "--n-bootstrap", help="≥ 1 bootstrap resamples of structures"),
-    confidence: float = typer.Option(0.95, "--confidence", help="level of the confidence intervals, in (0, 1)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the bootstrap and of --shuffle (≥ 0)"),
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
+    n_bootstrap: int = option(SofteningSettings, "n_bootstrap"),
+    confidence: float = option(SofteningSettings, "confidence"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for force parity plots (PNG; files in it "
                                         "with the same names are replaced)"),
     calibration: Optional[Path] = typer.Option(None, "--calibration",
                                                help="artifact to which the corrections are added (with -o)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write CALIBRATION with every correction"),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -73,24 +65,23 @@ def softening_cmd(
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE.
 
     One row per chemical system; a chemistry whose scale cannot be measured is reported with the reason."""
-    device = common_options(batch_size, device, model=model)
-    positive_int("--n-bootstrap", n_bootstrap)
-    fraction("--confidence", confidence)
-    non_negative_int("--seed", seed)
+    device = run.checked()
+    from_flags(SofteningSettings, n_bootstrap=n_bootstrap, confidence=confidence)
+    non_negative_int("--seed", subset.seed)
     check_plot_folder("--plot", plot)
     _check_corrections_out(calibration, out)
     check_outputs({"-o": out}, inputs=[*labelled, calibration], overwrite=overwrite)
-    structs = read_inputs(labelled, subset_options(every, limit, shuffle, seed))
+    structs = read_inputs(labelled, subset.checked())
     from calib.predictor import CalibratedPredictor
     from calib.softening.correction import ScalarCorrection
     from calib.workflows.softening import measure_softening
 
-    m, art = model_and_artifact(model, device, calibration)
+    m, art = model_and_artifact(run.model, device, calibration)
 
     # with an artifact, through its predictor: the corrections then record their domain (the structures' Q)
     predictor = CalibratedPredictor(m, calibrated(art, calibration, m)) if art is not None else None
-    run_ = measure_softening(m, structs, batch_size=batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
-                             seed=seed, progress=not quiet, predictor=predictor)
+    run_ = measure_softening(m, structs, batch_size=run.batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
+                             seed=subset.seed, progress=not quiet, predictor=predictor)
     results, issues, failed = run_.results, run_.issues, run_.failures
     if not results:
         why = [f"{c}: {f['reason']}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
@@ -114,6 +105,7 @@ def softening_cmd(
 
 
 @app.command("decide")
+@grouped()
 def decide_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å), one or more "
                                           "files; '-': extxyz on stdin"),
@@ -125,16 +117,13 @@ def decide_cmd(
     max_untrusted: float = option(DecisionRules, "max_untrusted_fraction"),
     confidence: float = option(DecisionRules, "ci_level"),
     n_requests: int = option(DecisionRules, "n_requests"),
+    energy_tol: Optional[float] = EnergyTolOpt,
+    trust_confidence: float = TrustConfidenceOpt,
     request_out: Optional[Path] = typer.Option(None, "--request-out", help="write requested structures (extxyz)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out",
                                        help="write CALIBRATION with the corrections of the 'scale' chemistries"),
-    every: int = EveryOpt,
-    limit: Optional[int] = LimitOpt,
-    shuffle: bool = ShuffleOpt,
-    seed: int = SeedOpt,
-    model: Optional[str] = ArtModelOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
+    subset: Subset = GROUPED,
+    run: ModelRun = GROUPED,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -142,19 +131,22 @@ def decide_cmd(
     """Per chemistry: accept, scale (one scalar on forces, stress and energy differences) or label.
 
     Target chemistries without labelled structures are decided 'label', with requests."""
-    device = common_options(batch_size, device, model=model)
+    device = run.checked()
     rules = from_flags(DecisionRules, mae_tol_ev_per_a=force_tol, ci_level=confidence, min_labels=min_labels,
                        max_untrusted_fraction=max_untrusted, n_requests=n_requests)
+    # the targets' verdict (--force-tol here is the rules' MAE tolerance: the verdict keeps its own force bound)
+    policy = from_flags(TrustPolicy, energy_tol=energy_tol, confidence=trust_confidence)
     check_outputs({"-o": out, "--request-out": request_out}, inputs=[*labelled, *(targets or []), calibration],
                   overwrite=overwrite)
-    sub = subset_options(every, limit, shuffle, seed)  # of the targets, or of the labelled structures without them
+    sub = subset.checked()  # of the targets, or of the labelled structures without them
     lab = read_inputs(labelled, None if targets else sub)
     tgt = read_inputs(targets, sub) if targets else None
     from calib.workflows.decisions import decide, decision_corrections, write_requests
 
-    m, art = model_and_artifact(model, device, calibration)
+    m, art = model_and_artifact(run.model, device, calibration)
     art = calibrated(art, calibration, m)
-    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=batch_size, progress=not quiet)
+    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=run.batch_size, progress=not quiet,
+                               policy=policy)
     if not decisions:
         fail("nothing to decide: no valid labelled or target structure; " + "; ".join(map(str, issues[:5])))
     requested = [i for d in decisions for i in d.label_requests]

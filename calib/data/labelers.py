@@ -26,6 +26,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, kptdensity2monkhorstpack
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from calib.data.dft import GPAW
 from calib.data.ncio import replace_atomically
 from calib.data.structures import structure_name
 
@@ -109,9 +110,9 @@ class GPAWFactory:
     :meth:`from_info` rebuilds the factory from it.
     """
 
-    cutoff: float = 450.0
-    kdensity: float = 3.0
-    xc: str = "PBE"
+    cutoff: float = GPAW.cutoff
+    kdensity: float = GPAW.kdensity
+    xc: str = GPAW.xc
     smearing: float = 0.05
     spinpol: bool | None = None
     magmoms: dict | None = None
@@ -305,7 +306,7 @@ def check_own_output(path: str) -> None:
     foreign = not comments or any(b"calib_key=" not in comment for comment in comments)
     if foreign:
         raise FileExistsError(f"{path} exists and was not written by calib label (its frames carry no calib_key): "
-                              "label into a new file, or pass --overwrite (overwrite=True) to replace it")
+                              "label into a new file, or pass overwrite=True to replace it")
 
 
 def _done_keys(out: str) -> set[str]:

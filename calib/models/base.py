@@ -157,28 +157,6 @@ class Prediction:
                    energy_convention=first.energy_convention, forces=cat("forces"), stress=cat("stress"),
                    issues=[i for p in parts for i in p.issues])
 
-    def to_dataset(self):
-        """This record as an xarray Dataset with labelled dims and units."""
-        import xarray as xr
-
-        ds = xr.Dataset(
-            {
-                "index": ("structure", self.indices, {"description": "position in the input list"}),
-                "chemsys": ("structure", np.array(self.chemsys, dtype=object)),
-                "n_atoms": ("structure", self.n_atoms),
-                "energy": ("structure", self.energy, {"units": "eV", "description": "total energy"}),
-                "features": (("structure", "feature"), self.features, {"units": "1"}),
-                "atom_structure": ("atom", self.atom_structure),
-                "atom_descriptors": (("atom", "feature"), self.atom_descriptors, {"units": "1"}),
-            },
-            attrs={"energy_convention": self.energy_convention},
-        )
-        if self.forces is not None:
-            ds["forces"] = (("atom", "component"), self.forces, {"units": "eV/Å"})
-        if self.stress is not None:
-            ds["stress"] = (("structure", "component", "component2"), self.stress, {"units": "eV/Å^3"})
-        return ds
-
 
 def pool_atoms(phi: torch.Tensor, owners: torch.Tensor, n_structures: int,
                energy_convention: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,8 @@ import numpy as np
 
 from calib.errors import non_negative_int, positive, positive_int
 from calib.settings import closed_fraction, open_fraction, setting, validate
-from calib.softening.scale import SofteningResult
+from calib.softening.scale import SOFTENING, SofteningResult
+from calib.uq.trust import out_of_domain
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class DecisionRules:
 
     mae_tol_ev_per_a: float = setting(0.1, "tolerated force MAE (> 0): labelled MAE, cMAE_loo, expected MAE",
                                       unit="eV/Å", check=positive, flag="--force-tol")
-    ci_level: float = setting(0.95, "level of the CI of the softening scale, in (0, 1)", check=open_fraction,
-                              flag="--confidence")
+    ci_level: float = setting(SOFTENING.confidence, "level of the CI of the softening scale, in (0, 1)",
+                              check=open_fraction, flag="--confidence")
     min_labels: int = setting(3, "labelled structures needed per chemistry (≥ 1)", check=positive_int,
                               flag="--min-labels")
     max_untrusted_fraction: float = setting(0.1, "tolerated fraction of untrusted targets, in [0, 1]",
@@ -142,7 +143,8 @@ def decide_chemistry(softening, rules: DecisionRules, *, target_features=None, t
     target_features : (T, d) pooled features of the targets (for diversity).
     target_score : (T,) the trust verdict's score of each target (> 1: untrusted; ranks requests).
     target_trusted : (T,) bool, the verdict (default: all trusted).
-    target_ood : (T,) Q scores against the model's domain (> 1: out of it).
+    target_ood : (T,) domain scores against the model's domain (out of it by the verdict's rule,
+        :func:`calib.uq.trust.out_of_domain`: > 1).
     target_mae : (T,) expected force MAE of each target under the error model, eV/Å (None: the verdict decides).
     target_indices : (T,) positions of the targets in the caller's list.
     """
@@ -150,7 +152,7 @@ def decide_chemistry(softening, rules: DecisionRules, *, target_features=None, t
     s = softening
     tol = t.mae_tol_ev_per_a
     n_t = len(target_indices)
-    ood = np.asarray(target_ood if target_ood is not None else np.zeros(n_t)) > 1
+    ood = out_of_domain(target_ood) if target_ood is not None else np.zeros(n_t, dtype=bool)
     untrusted = ~np.asarray(target_trusted if target_trusted is not None else np.ones(n_t, dtype=bool), dtype=bool)
     if target_mae is not None:  # out of tolerance: out of the domain, or an expected MAE above the tolerance
         untrusted = ood | ~(np.asarray(target_mae, dtype=float) <= tol)

@@ -28,6 +28,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calib.errors import positive_int
+from calib.settings import open_fraction, setting, validate
+
+
+@dataclass(frozen=True)
+class SofteningSettings:
+    """The bootstrap of the softening scale, validated on construction (each field declares its default and check
+    once, :mod:`calib.settings`; ``calib softening`` builds its options from them, the library reads
+    :data:`SOFTENING`): ``n_bootstrap`` resamples of structures, the CIs at ``confidence``."""
+
+    n_bootstrap: int = setting(2000, "≥ 1 bootstrap resamples of structures", check=positive_int,
+                               flag="--n-bootstrap")
+    confidence: float = setting(0.95, "level of the confidence intervals, in (0, 1)", check=open_fraction,
+                                flag="--confidence")
+
+    def __post_init__(self):
+        validate(self)
+
+
+#: the defaults of :func:`fit_softening` and of every workflow that measures the softening
+SOFTENING = SofteningSettings()
+
 
 @dataclass
 class SofteningResult:
@@ -48,7 +70,7 @@ class SofteningResult:
     cmae_loo: float | None
     energy_scale: float | None = None
     energy_anchor_per_atom: float | None = None
-    confidence: float = 0.95
+    confidence: float = SOFTENING.confidence
     domain_q_max: float | None = None  # largest Q score of these structures (the correction's domain), if known
     notes: list = field(default_factory=list)
 
@@ -68,7 +90,8 @@ def _ci(values: np.ndarray, confidence: float) -> list:
 
 def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence[np.ndarray], *,
                   chemsys: str = "", model_energies=None, reference_energies=None, n_atoms=None,
-                  same_composition: bool = True, n_bootstrap: int = 2000, confidence: float = 0.95,
+                  same_composition: bool = True, n_bootstrap: int = SOFTENING.n_bootstrap,
+                  confidence: float = SOFTENING.confidence,
                   seed: int = 0, domain_scores=None) -> SofteningResult:
     """Softening statistics of one chemical system from per-structure force arrays (eV/Å).
 
@@ -136,8 +159,9 @@ def fit_softening(model_forces: Sequence[np.ndarray], reference_forces: Sequence
 
 
 def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_forces, *, model_energies=None,
-                             reference_energies=None, n_atoms=None, compositions=None, n_bootstrap: int = 2000,
-                             confidence: float = 0.95, seed: int = 0, failures: dict | None = None,
+                             reference_energies=None, n_atoms=None, compositions=None,
+                             n_bootstrap: int = SOFTENING.n_bootstrap,
+                             confidence: float = SOFTENING.confidence, seed: int = 0, failures: dict | None = None,
                              domain_scores=None) -> dict:
     """:func:`fit_softening` for each chemical system of a list of structures.
 

@@ -338,8 +338,9 @@ class ForceComponentVariance(_LogLinearVariance):
 
     def _fit_two_part(self, inputs: AtomInputs, e2: np.ndarray, w: np.ndarray) -> None:
         """σ² = exp(a·x) F_i² + exp(b·x): a scale of the force and a floor, each log-linear in the atom's inputs x
-        (the component's own log force left out), by weighted Gaussian NLL with an L2 penalty (scipy's L-BFGS)."""
-        from scipy.optimize import minimize
+        (the component's own log force left out), by weighted Gaussian NLL with an L2 penalty on the slopes
+        (:func:`calib.uq.variance.minimize_nll`)."""
+        from calib.uq.variance import minimize_nll
 
         self._fit_inputs(inputs)
         cols = self._columns(inputs)
@@ -348,24 +349,20 @@ class ForceComponentVariance(_LogLinearVariance):
         self.scale_ = np.where(sd > 1e-12, sd, 1.0)
         X = np.column_stack([np.ones(len(e2)), self.design(inputs)[:, 1:]])
         F2 = inputs.forces.reshape(-1) ** 2
-        k, wsum = X.shape[1], w.sum()
+        k = X.shape[1]
 
-        def loss(p):
+        def variance(p):
             A, T = np.exp(np.clip(X @ p[:k], -60, 60)), np.exp(np.clip(X @ p[k:], -60, 60))
-            v = A * F2 + T
-            g = w * 0.5 * (1.0 / v - e2 / v**2) / wsum
-            ga, gb = X.T @ (g * A * F2), X.T @ (g * T)
-            ga[1:] += self.ridge * p[1:k]
-            gb[1:] += self.ridge * p[k + 1:]
-            value = np.sum(w * 0.5 * (np.log(v) + e2 / v)) / wsum + 0.5 * self.ridge * (
-                np.sum(p[1:k] ** 2) + np.sum(p[k + 1:] ** 2))
-            return value, np.concatenate([ga, gb])
+            return A * F2 + T, lambda g: np.concatenate([X.T @ (g * A * F2), X.T @ (g * T)])
 
         p0 = np.zeros(2 * k)
         p0[0] = np.log(max(np.average(e2, weights=w) / max(np.average(F2, weights=w), 1e-12), 1e-12))
         p0[k] = np.log(max(0.1 * np.average(e2, weights=w), ERROR2_FLOOR))
-        res = minimize(loss, p0, jac=True, method="L-BFGS-B", options={"maxiter": 5 * self.max_iter})
-        self.coef_, self.intercept_ = res.x.astype(float), 0.0
+        penalized = np.ones(2 * k, dtype=bool)
+        penalized[[0, k]] = False  # the two intercepts
+        self.coef_ = minimize_nll(variance, e2, p0, weights=w, ridge=self.ridge, penalized=penalized,
+                                  maxiter=5 * self.max_iter)[0]
+        self.intercept_ = 0.0
         self.n_fitted_ = int(len(e2))
 
     def sigma(self, inputs: AtomInputs) -> np.ndarray:

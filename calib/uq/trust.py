@@ -50,6 +50,9 @@ BARRIER_TOL = 0.5  # eV, the NEB path verdict's largest barrier half-width
 #: force error is within the tolerance with probability ≥ 0.9 (conformal), the bound calib reports. Lower
 #: confidences trust more structures at a lower precision (docs/errormodel.md measures 0.7-0.9)
 TRUST_CONFIDENCE = 0.9
+#: the domain rule: a structure whose domain score (1: its largest atomic Q residual or T² at the threshold of the
+#: Hessian's structures) is above this is out of the model's domain
+DOMAIN_LIMIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,18 @@ class Check(str, Enum):
     BARRIER = "barrier"
     NOT_CHECKED = "not checked"
 
+    @property
+    def words(self) -> str:
+        """What a failure of this check means, in a few words (the counts of ``calib screen``'s summary)."""
+        return _CHECK_WORDS[self]
+
+
+_CHECK_WORDS = {Check.DOMAIN: "out of the model's domain", Check.FORCES: "calibrated force-error bound above tolerance",
+                Check.ENERGY: "calibrated energy error above tolerance",
+                Check.ELEMENT: "an element in no calibration label",
+                Check.BARRIER: "calibrated barrier half-width above tolerance",
+                Check.NOT_CHECKED: "a check could not be made"}
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -236,7 +251,7 @@ def verdict(policy: TrustPolicy, *, domain=None, force_bound=None, energy_halfwi
     arrays = [np.asarray(x) for x in (domain, force_bound, energy_halfwidth, unlabelled) if x is not None]
     n = len(arrays[0]) if arrays else 0
     missing = missing or {}
-    checks = [(Check.DOMAIN, domain, 1.0 if policy.domain else None, "the domain score"),
+    checks = [(Check.DOMAIN, domain, DOMAIN_LIMIT if policy.domain else None, "the domain score"),
               (Check.FORCES, force_bound, policy.force_tol, "the force-error bound"),
               (Check.ENERGY, energy_halfwidth, policy.energy_tol, "the energy half-width")]
     score = np.zeros(n)
@@ -267,3 +282,28 @@ def verdict(policy: TrustPolicy, *, domain=None, force_bound=None, energy_halfwi
                 score[k] = max(score[k], np.inf)
     trusted = np.array([not fs for fs in failures], dtype=bool)
     return Verdict(trusted, score, [tuple(fs) for fs in failures])
+
+
+def out_of_domain(domain_score) -> np.ndarray:
+    """(S,) bool: the domain rule of the verdict, a domain score (1) above :data:`DOMAIN_LIMIT` (NaN: False)."""
+    return np.asarray(domain_score, dtype=float) > DOMAIN_LIMIT
+
+
+def extrapolated(q_score, calibration_max: float, n: int) -> np.ndarray:
+    """(S,) bool: a Q score (1) above ``calibration_max``, the largest the calibration structures had (the intervals
+    there are extrapolated, not measured: information, not a reason); all False without a Q score (None) or a
+    recorded maximum (NaN)."""
+    if q_score is None or not np.isfinite(calibration_max):
+        return np.zeros(n, dtype=bool)
+    return np.asarray(q_score) > calibration_max
+
+
+def notes(unlabelled, extrapolated) -> np.ndarray:
+    """(S,) str: the ``trust_notes`` beside the verdict (information, not reasons), joined by " | ": the elements no
+    calibration label contains (``unlabelled``: (S,) comma-joined symbols, "" for none, or None) and
+    ``extrapolated`` ((S,) bool, :func:`extrapolated`)."""
+    unlabelled = [""] * len(extrapolated) if unlabelled is None else unlabelled
+    out = [" | ".join(x for x in (f"element(s) {u} in no calibration label" if u else "",
+                                  "extrapolated: outside every calibration structure" if e else "") if x)
+           for u, e in zip(unlabelled, extrapolated)]
+    return np.array(out, dtype=object)

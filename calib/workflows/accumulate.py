@@ -20,6 +20,7 @@ from calib.models.base import ModelAdapter, batches
 from calib.models.gradients import feature_gradients
 from calib.uq.hessian import HessianAccumulator, HessianResult, Interrupted
 from calib.uq.ood import structure_key
+from calib.workflows.settings import HESSIAN
 
 
 def add_batch(acc: HessianAccumulator, model: ModelAdapter, structures: Sequence[Atoms]) -> HessianAccumulator:
@@ -42,9 +43,9 @@ def accumulate_hessian(
     structures: Sequence[Atoms],
     *,
     batch_size: int = 16,
-    force_weight: float = 0.0,
+    force_weight: float = HESSIAN.force_weight,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
+    checkpoint_every: int = HESSIAN.checkpoint_every,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> HessianResult:

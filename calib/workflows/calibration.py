@@ -13,6 +13,7 @@ from ase import Atoms
 
 from calib.artifact import Artifact
 from calib.data.structures import StructureIssue, get_energy, get_forces
+from calib.errors import DataError
 from calib.models.base import ModelAdapter
 from calib.models.gradients import gradients_in_batches
 from calib.uq.conformal import ConformalCalibrator, class_assigner
@@ -211,11 +212,11 @@ def _check_energy_residuals(structs, e_cf, e_ok, energy_folds) -> None:
         return
     why = (f"{n_ok} of {len(structs)} structures keep a cross-fitted energy residual ({energy_folds} folds)"
            if energy_folds else f"{len(structs)} in-sample residuals")
-    raise ValueError(
+    raise DataError(
         f"energy α² and ς² cannot be determined: {why}, and they are all below 1e-6 eV or too few; "
         f"{len(comps)} composition(s) over {len(structs)} structures ({sum(v == 1 for v in comps.values())} "
         "seen once), so the per-element reference absorbs the energy errors. Add structures that share a "
-        "composition (rattled or strained copies), or calibrate with --target forces")
+        "composition (rattled or strained copies), or calibrate the forces only (target=\"forces\")")
 
 
 def _domain_detector(artifact: Artifact, pred):

@@ -12,13 +12,14 @@ from calib.artifact import Artifact
 from calib.models.base import ModelAdapter
 from calib.predictor import CalibratedPredictor
 from calib.softening.decide import Action
+from calib.softening.scale import SOFTENING
 from calib.workflows.labelled import predict_labelled
 from calib.workflows.softening import _softening_run
 
 
 def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
            targets: Sequence[Atoms] | None = None, *, rules=None, force_mode: str = "none",
-           batch_size: int = 16, n_bootstrap: int = 2000, seed: int = 0,
+           batch_size: int = 16, n_bootstrap: int = SOFTENING.n_bootstrap, seed: int = 0,
            progress: bool = True, policy=None) -> tuple[list, list]:
     """Decide per chemistry (calib.softening.decide's rules): every chemistry of ``targets`` when they are given
     (those without labelled structures are decided "label"), else every chemistry of ``labelled``. Targets

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from calib.workflows.settings import HESSIAN
+
 _CACHE: dict = {}
 
 
@@ -112,7 +114,8 @@ def worker_predictor(calibration: str, model, device: str = "cpu", trust=None):
 # --------------------------------------------------------------------------- Hessian
 
 
-def partial_hessian(spec, device: str, structures: Sequence, batch_size: int, force_weight: float = 0.0):
+def partial_hessian(spec, device: str, structures: Sequence, batch_size: int,
+                    force_weight: float = HESSIAN.force_weight):
     """(H as float64 array, number of structures, batches, descriptor statistics) of one shard of
     already-validated structures."""
     from calib.models.base import batches
@@ -128,7 +131,7 @@ def partial_hessian(spec, device: str, structures: Sequence, batch_size: int, fo
 
 
 def distributed_hessian(client, spec, structures: Sequence, *, device: str = "cpu", batch_size: int = 16,
-                        force_weight: float = 0.0, n_shards: int | None = None, progress: bool = True):
+                        force_weight: float = HESSIAN.force_weight, n_shards: int | None = None, progress: bool = True):
     """H over ``structures`` accumulated on the cluster: a :class:`calib.uq.hessian.HessianResult`.
 
     Structures are validated here (bad ones skipped and reported) and cut into

@@ -25,6 +25,8 @@ from ase import Atoms
 from ase.data import atomic_numbers
 from ase.units import GPa
 
+from calib.workflows.settings import EOS
+
 #: relative volume offsets of the scan around the centre volume
 VOLUME_OFFSETS = np.linspace(-0.06, 0.06, 7)
 
@@ -105,7 +107,7 @@ def _energies(model, structures: list[Atoms], batch_size: int, progress: bool) -
     return out
 
 
-def run_eos(model, elements: Sequence[str] | None = None, *, batch_size: int = 32,
+def run_eos(model, elements: Sequence[str] | None = None, *, batch_size: int = EOS.batch_size,
             progress: bool = True) -> tuple[list[EOSRecord], dict]:
     """Bulk moduli of the dcdft crystals with ``model`` against WIEN2k PBE.
 

@@ -52,6 +52,7 @@ from calib.data.ncio import replace_atomically
 from calib.data.structures import get_energy, get_forces, get_stress, structures_fingerprint
 from calib.errors import InputError
 from calib.models.chgnet import FINETUNED_FORMAT as FORMAT
+from calib.workflows.settings import FINETUNE
 
 #: no reference force is larger than this (eV/Å): the largest forces of the shipped high-energy states are ~10
 MAX_FORCE = 100.0
@@ -253,9 +254,10 @@ def _train(model, data, targets: str, n: int, *, epochs: int, lr: float, seed: i
     return trainer.model.to(model.device).eval()
 
 
-def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay: int = 20, lr: float = 3e-4,
-             seed: int = 0, batch_size: int = 8, stress: bool = False, progress: bool = True,
-             check_units: bool = True, label_files: Sequence | None = None) -> FinetuneResult:
+def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = FINETUNE.epochs, replay: int = FINETUNE.replay,
+             lr: float = FINETUNE.lr, seed: int = FINETUNE.seed, batch_size: int = FINETUNE.batch_size,
+             stress: bool = False, progress: bool = True, check_units: bool = True,
+             label_files: Sequence | None = None) -> FinetuneResult:
     """Fine-tune a CHGNet ``model`` (a calib adapter) on ``labelled`` structures (energy eV, forces eV/Å, and
     with ``stress`` the stress eV/Å³) plus ``replay`` pseudo-labelled proxy structures, with chgnet's Trainer;
     write the model to ``out``. Returns a :class:`FinetuneResult` (training errors before and after, eV/Å and
@@ -275,7 +277,7 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = 30, replay:
     backend = "chgnet" if isinstance(model, CHGNetAdapter) else BACKENDS.get(type(model).__name__)
     if backend is None:
         raise ValueError(f"finetune trains CHGNet (chgnet's Trainer), SevenNet (sevenn's Trainer) and MACE models "
-                         f"(mace_run_train --foundation_model); got {model.name} ({type(model).__name__})")
+                         f"(mace_run_train from a foundation model); got {model.name} ({type(model).__name__})")
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:

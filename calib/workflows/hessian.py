@@ -16,6 +16,7 @@ from calib.models.base import ModelAdapter
 from calib.uq.llpr import LLPR
 from calib.uq.ood import QResidualDetector
 from calib.workflows.accumulate import accumulate_hessian
+from calib.workflows.settings import HESSIAN
 
 
 def build_hessian(
@@ -23,9 +24,9 @@ def build_hessian(
     structures: Sequence[Atoms],
     *,
     batch_size: int = 16,
-    force_weight: float = 0.0,
+    force_weight: float = HESSIAN.force_weight,
     checkpoint=None,
-    checkpoint_every: int = 10,
+    checkpoint_every: int = HESSIAN.checkpoint_every,
     progress: bool = True,
     source: str = "",
     client=None,

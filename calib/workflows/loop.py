@@ -29,13 +29,17 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
 
 from calib.data.ncio import replace_atomically
 from calib.data.structures import chemsys
-from calib.workflows.settings import LoopSettings  # noqa: F401 - defined with the other settings, used here
+from calib.workflows.settings import LOOP_GPAW, LoopSettings  # noqa: F401 - LoopSettings: re-exported
+
+if TYPE_CHECKING:
+    from calib.uq.trust import TrustPolicy
 
 
 def _labeller_record(labeller) -> dict:
@@ -49,10 +53,12 @@ def _labeller_record(labeller) -> dict:
     return {"type": type(labeller).__name__, "repr": repr(labeller)}
 
 
-def run_record(start: Sequence[Atoms], settings: LoopSettings, labeller, model: str, calibration) -> dict:
+def run_record(start: Sequence[Atoms], settings: LoopSettings, labeller, model: str, calibration,
+               policy=None) -> dict:
     """What identifies one loop (stored as ``report.json["run"]``): the start structures (SHA-256 over atoms,
     positions, cells and names), every setting but ``rounds``, the labeller's settings, the base model (its
-    name or file) and the SHA-256 of the calibration of the first selection (None: none)."""
+    name or file), the SHA-256 of the calibration of the first selection (None: none) and, when one is given,
+    the trust policy (:class:`calib.uq.trust.TrustPolicy`) of the selection and the decision."""
     import dataclasses
     import hashlib
 
@@ -61,11 +67,14 @@ def run_record(start: Sequence[Atoms], settings: LoopSettings, labeller, model: 
 
     start = list(start)
     names = "\0".join(str(a.info.get("name", "")) for a in start)
-    return {"start_sha256": hashlib.sha256((structures_fingerprint(start) + names).encode()).hexdigest(),
-            "n_start": len(start),
-            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "rounds"},
-            "labeller": _labeller_record(labeller), "model": str(model),
-            "calibration_sha256": file_sha256(calibration) if calibration else None}
+    record = {"start_sha256": hashlib.sha256((structures_fingerprint(start) + names).encode()).hexdigest(),
+              "n_start": len(start),
+              "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "rounds"},
+              "labeller": _labeller_record(labeller), "model": str(model),
+              "calibration_sha256": file_sha256(calibration) if calibration else None}
+    if policy is not None:
+        record["policy"] = policy.as_dict()
+    return record
 
 
 def base_model_name(model) -> str:
@@ -91,11 +100,13 @@ def loop_calibration(model, calibration=None) -> str | None:
     return None
 
 
-def check_run(out_dir, start: Sequence[Atoms], settings: LoopSettings, labeller, model, calibration=None) -> dict:
+def check_run(out_dir, start: Sequence[Atoms], settings: LoopSettings, labeller, model, calibration=None,
+              policy=None) -> dict:
     """The record of the loop :func:`run_loop` runs with these arguments (:func:`run_record`), refused by
     :func:`check_resume` when ``out_dir`` holds a loop of another start or other settings. ``model`` may be a
     name or a file, so that a command checks a resumed loop before GPAW or a model loads."""
-    record = run_record(start, settings, labeller, base_model_name(model), loop_calibration(model, calibration))
+    record = run_record(start, settings, labeller, base_model_name(model), loop_calibration(model, calibration),
+                        policy)
     check_resume(out_dir, record)
     return record
 
@@ -124,8 +135,9 @@ def check_resume(out_dir, record: dict) -> None:
         a, b = stored.get(key, {}), record[key]
         diff += [f"{k} ({a.get(k)!r} recorded, {b.get(k)!r} now)" for k in sorted(set(a) | set(b))
                  if a.get(k) != b.get(k)]
-    for key, what in (("model", "the base model"), ("calibration_sha256", "the calibration")):
-        if stored.get(key) != record[key]:
+    for key, what in (("model", "the base model"), ("calibration_sha256", "the calibration"),
+                      ("policy", "the trust policy")):
+        if stored.get(key) != record.get(key):
             diff.append(what)
     if diff:
         raise InputError(f"the loop in {out_dir} was started with other inputs or settings: {'; '.join(diff)} "
@@ -163,13 +175,14 @@ def _md(model, start: Sequence[Atoms], settings: LoopSettings, seed: int) -> lis
     return frames
 
 
-def _select(model, artifact, frames: list[Atoms], n: int) -> list[Atoms]:
-    """``n`` frames: the least trusted first (the verdict's score, or the model's largest |F| without a
-    calibration), spread by farthest-point ranking on the pooled features."""
+def _select(model, artifact, frames: list[Atoms], n: int, policy=None) -> list[Atoms]:
+    """``n`` frames: the least trusted first (the verdict's score under ``policy``, a TrustPolicy or None for the
+    default, or the model's largest |F| without a calibration), spread by farthest-point ranking on the pooled
+    features."""
     from calib.predictor import CalibratedPredictor
     from calib.softening.decide import farthest_point_ranking
 
-    ds = CalibratedPredictor(model, artifact).predict(frames, forces=True, force_mode="none", descriptors=True,
+    ds = CalibratedPredictor(model, artifact, trust=policy).predict(frames, forces=True, force_mode="none", descriptors=True,
                                                       progress=False)
     u = ds["trust_score"].values if "trust_score" in ds else ds["max_force"].values
     picked = farthest_point_ranking(ds["features"].values, np.nan_to_num(u) + 1e-12, n)
@@ -209,30 +222,32 @@ def _recalibrate(model, labels: list[Atoms], settings: LoopSettings, out: str) -
 
 
 def run_loop(start: Sequence[Atoms], out_dir, *, model="chgnet", calibration=None, settings: LoopSettings | None = None,
-             labeller=None, progress: bool = True, stop_after: str | None = None, log=None) -> dict:
+             labeller=None, progress: bool = True, stop_after: str | None = None, log=None,
+             policy: TrustPolicy | None = None) -> dict:
     """Run (or resume) the loop in ``out_dir``; returns the report (also ``out_dir/report.json``).
 
     ``model``: the base model (a name or an adapter; CHGNet: chgnet's Trainer fine-tunes it); ``calibration``:
     an artifact of the base model for the first round's selection (None: calib's default for CHGNet 0.3.0);
     ``labeller``: an ASE calculator or factory (default :class:`calib.data.labelers.GPAWFactory` with the
-    shipped data's settings)."""
+    shipped data's settings); ``policy``: the trust verdict's policy of the selection and the decision (None: the
+    default :class:`~calib.uq.trust.TrustPolicy`; recorded with the run when given)."""
     from calib.artifact import Artifact
     from calib.data.labelers import GPAWFactory
     from calib.models import load_model
 
     settings = settings or LoopSettings()
     out_dir = os.fspath(out_dir)
-    labeller = labeller or GPAWFactory(cutoff=450.0, kdensity=2.0, spinpol=False)
+    labeller = labeller or GPAWFactory(cutoff=LOOP_GPAW.cutoff, kdensity=LOOP_GPAW.kdensity, spinpol=False)
     start = list(start)
     if not start:
         raise ValueError("the loop needs at least one start structure")
     base = load_model(model)
     cal_path = loop_calibration(base, calibration)
-    record = check_run(out_dir, start, settings, labeller, base, cal_path)  # before anything is written
+    record = check_run(out_dir, start, settings, labeller, base, cal_path, policy)  # before anything is written
     os.makedirs(out_dir, exist_ok=True)
     run = _Run(out_dir, start, settings, labeller, base, _report(out_dir, start, record),
                Artifact.load(cal_path) if cal_path else None, say=log or (lambda msg: None), progress=progress,
-               stop_after=stop_after)
+               stop_after=stop_after, policy=policy)
     run.save()  # the run's record first: a loop killed in its first round is still known by its start and settings
     for r in range(settings.rounds):
         if run.round(r) in ("accept", "scale"):
@@ -269,6 +284,7 @@ class _Run:
     say: Callable
     progress: bool
     stop_after: str | None
+    policy: TrustPolicy | None = None
     current: object = None
     labels: list = field(default_factory=list)
 
@@ -321,7 +337,7 @@ class _Run:
         self.stop("md")
         if not os.path.exists(paths["selected"]):
             _write(paths["selected"], _select(self.current, self.artifact, read_structures(paths["md"]),
-                                              self.settings.frames))
+                                              self.settings.frames, self.policy))
         self.stop("select")
 
     def _label(self, r: int, paths: dict, entry: dict) -> None:
@@ -365,7 +381,8 @@ class _Run:
         from calib.data.readers import read_structures
         from calib.workflows.decisions import decide
 
-        decisions, _ = decide(self.artifact, self.current, self.labels, read_structures(paths["md"]), progress=False)
+        decisions, _ = decide(self.artifact, self.current, self.labels, read_structures(paths["md"]), progress=False,
+                              policy=self.policy)
         chem = chemsys(self.start[0])
         return next((d for d in decisions if d.chemsys == chem), decisions[0])
 

@@ -106,9 +106,9 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     ========================== ===================== ===============================================
 
     Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``, and the path verdict
-    (module docstring): ``trusted``, ``reasons``, ``images_untrusted``, ``label_next`` (the interior image with
-    the widest band: the label that would tell most), ``corrected_trusted``, ``corrected_reasons``. Raises
-    ValueError for a skipped image or one of another composition. ``barrier_tol`` (eV) defaults to the
+    (module docstring): ``trusted`` (bool), ``reasons``, ``images_untrusted``, ``label_next`` (the interior image
+    with the widest band: the label that would tell most), ``corrected_trusted`` (bool), ``corrected_reasons``.
+    Raises ValueError for a skipped image or one of another composition. ``barrier_tol`` (eV) defaults to the
     predictor's policy's (``predictor.trust.barrier_tol``, calib.uq.trust.TrustPolicy).
     """
     if barrier_tol is None:
@@ -229,8 +229,8 @@ def _path_verdict(ds, out, barrier_tol: float, uncovered: bool, q_path: float, d
                                      "structures c was fitted on): its band is kept at least as wide as the raw one")
     sig = out["energy_sigma"].sel(variant="raw").values
     label_next = int(interior[int(np.argmax(sig[interior]))]) if interior else None
-    return {"trusted": int(not reasons), "reasons": reasons, "images_untrusted": bad, "label_next": label_next,
-            "corrected_trusted": int(not reasons and not corrected_reasons), "corrected_reasons": corrected_reasons}
+    return {"trusted": not reasons, "reasons": reasons, "images_untrusted": bad, "label_next": label_next,
+            "corrected_trusted": not reasons and not corrected_reasons, "corrected_reasons": corrected_reasons}
 
 
 def summary(ds, reference_energies=None) -> dict:
@@ -240,11 +240,11 @@ def summary(ds, reference_energies=None) -> dict:
     ``barrier_<b>_interval`` and, with a correction, the same with ``_corrected``; with a reference,
     ``reference_barrier_<b>``, ``barrier_<b>[_corrected]_covers_reference`` and ``n_inside[_corrected]``."""
     m = int(ds.attrs["highest_image"])
-    rec = {"chemsys": ds.attrs["chemsys"], "highest_image": m, "trusted": bool(ds.attrs["trusted"]),
+    rec = {"chemsys": ds.attrs["chemsys"], "highest_image": m, "trusted": ds.attrs["trusted"],
            "reasons": list(ds.attrs["reasons"]), "images_untrusted": list(ds.attrs["images_untrusted"]),
            "label_next": ds.attrs["label_next"]}
     if "corrected" in ds["variant"].values:
-        rec.update(corrected_trusted=bool(ds.attrs["corrected_trusted"]),
+        rec.update(corrected_trusted=ds.attrs["corrected_trusted"],
                    corrected_reasons=list(ds.attrs["corrected_reasons"]))
     variants = [str(v) for v in ds["variant"].values]
     for v in variants:

@@ -37,7 +37,8 @@ from ase import Atoms
 from calib import schema
 from calib.data.readers import count_structures, iter_structures
 from calib.data.structures import structures_fingerprint
-from calib.uq.trust import ENERGY_TOL, FORCE_TOL, TrustPolicy
+from calib.uq.trust import ENERGY_TOL, FORCE_TOL, Check, TrustPolicy
+from calib.workflows.settings import SCREEN
 
 #: the screen file's columns, in order. Their types and units are calib.schema's (one name for one quantity, as
 #: in the prediction Dataset); the file stores a bool as int8 and reads it back as bool
@@ -250,22 +251,11 @@ def _batched(stream: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def check_options(batch_size: int, force_tol: float | None, energy_tol: float | None) -> None:
-    """Raise :class:`calib.errors.UsageError` (a ValueError) for a batch size < 1 or a tolerance
-    (eV/Å, eV/atom) that is not a positive number."""
-    from calib.errors import UsageError, positive_int
-
-    positive_int("batch_size", batch_size)
-    if force_tol is not None and not (np.isfinite(force_tol) and force_tol > 0):
-        raise UsageError(f"force_tol must be a positive number of eV/Å, got {force_tol}")
-    if energy_tol is not None and not (np.isfinite(energy_tol) and energy_tol > 0):
-        raise UsageError(f"energy_tol must be a positive number of eV/atom, got {energy_tol}")
-
-
 def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces: bool = False,
-           force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL, batch_size: int = 16,
-           resume: bool = False, overwrite: bool = False, client=None, progress: bool = True,
-           stop_after: int | None = None, on_commit=None, policy: TrustPolicy | None = None) -> dict:
+           force_tol: float | None = FORCE_TOL, energy_tol: float | None = ENERGY_TOL,
+           batch_size: int = SCREEN.batch_size, resume: bool = False, overwrite: bool = False, client=None,
+           progress: bool = True, stop_after: int | None = None, on_commit=None,
+           policy: TrustPolicy | None = None) -> dict:
     """Screen every structure of ``sources`` and write one row each to ``out`` (netCDF).
 
     Parameters
@@ -276,10 +266,10 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     model : model spec or adapter; None: the one named in the artifact.
     forces : bool — also the LLPR force σ and conformal half-widths (approximate mode); the verdict does not
         need them.
-    force_tol : float or None, eV/Å — largest calibrated force-error bound still trusted (None: not checked).
-    energy_tol : float or None, eV/atom — largest energy half-width per atom still trusted (None: not checked).
-    policy : calib.uq.trust.TrustPolicy or None — the whole verdict policy (it replaces ``force_tol`` and
-        ``energy_tol``); part of the resume settings.
+    policy : calib.uq.trust.TrustPolicy or None — the verdict's policy, validated by TrustPolicy itself (None:
+        ``TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)``); part of the resume settings.
+    force_tol, energy_tol : float or None, eV/Å and eV/atom — a short way to a default policy with these two
+        tolerances (kept for callers of calib ≤ 0.5); ignored when ``policy`` is given.
     batch_size : int — structures per batch (one row of the file is committed per batch).
     resume : bool — continue an interrupted run of the same input and settings.
     client : dask.distributed.Client or None — screen batches on its workers (calib.workflows.distributed).
@@ -294,9 +284,11 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
     """
     from tqdm.auto import tqdm
 
+    from calib.errors import positive_int
+
     calibration = os.fspath(calibration)
-    check_options(batch_size, force_tol if policy is None else policy.force_tol,
-                  energy_tol if policy is None else policy.energy_tol)
+    positive_int("batch_size", batch_size)
+    policy = policy or TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)  # the one validation of tolerances
     sources = [sources] if isinstance(sources, (str, os.PathLike, Atoms)) else list(sources)
     missing = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike)) and os.fspath(s) != "-"
                and not os.path.exists(s)]
@@ -304,7 +296,6 @@ def screen(sources, calibration, out, *, model=None, device: str = "cpu", forces
         from calib.data.structures import StructureFileNotFound
 
         raise StructureFileNotFound(f"structure file not found: {', '.join(missing)}", missing[0])
-    policy = policy or TrustPolicy(force_tol=force_tol, energy_tol=energy_tol)
     settings = {"calibration_sha256": file_sha256(calibration), "forces": int(forces),
                 **{f"policy_{k}": ("none" if v is None else float(v) if not isinstance(v, bool) else int(v))
                    for k, v in policy.as_dict().items()},
@@ -390,10 +381,8 @@ def _predictor(calibration, model, device, policy):
     return CalibratedPredictor.from_file(calibration, model=model, device=device, trust=policy)
 
 
-#: the words of each failed check (calib.uq.trust.Check) in the summary's counts
-CHECK_WORDS = {"domain": "out of the model's domain", "forces": "calibrated force-error bound above tolerance",
-               "energy": "calibrated energy error above tolerance",
-               "element": "an element in no calibration label", "not checked": "a check could not be made"}
+#: the words of each failed check in the summary's counts (calib.uq.trust.Check.words)
+CHECK_WORDS = {c.value: c.words for c in Check}
 
 
 def summarize(path) -> dict:

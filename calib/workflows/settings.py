@@ -1,12 +1,15 @@
 """The settings dataclasses of the workflows, light to import: the CLI builds its options from them when it
-starts (:mod:`calib.settings`), before any model or heavy library loads."""
+starts (:mod:`calib.settings`), before any model or heavy library loads. Where a workflow function takes a
+setting as a keyword, its default is read from the module's default instance (:data:`HESSIAN`,
+:data:`FINETUNE`, :data:`SCREEN`, :data:`EOS`), so that it is typed once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from calib.data.dft import GPAWSettings
 from calib.errors import UsageError, non_negative_int, positive, positive_int
-from calib.settings import folds, one_of, open_fraction, setting, validate
+from calib.settings import folds, non_negative, one_of, open_fraction, setting, validate
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,67 @@ class CalibrationSettings:
             raise UsageError(f"target={self.target!r} needs force gradients (with_forces=True)")
 
 
+@dataclass(frozen=True)
+class HessianSettings:
+    """How ``calib hessian`` / :func:`calib.workflows.hessian.build_hessian` accumulate H, validated on
+    construction."""
+
+    checkpoint_every: int = setting(10, "batches between checkpoint saves", check=positive_int,
+                                    flag="--checkpoint-every")
+    force_weight: float = setting(0.0, "≥ 0: add force rows Σ JᵀJ with this weight (d backward passes per batch: "
+                                  "several times slower)", check=non_negative, flag="--force-weight")
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """How :func:`calib.workflows.finetune.finetune` trains (``calib finetune``'s options; the loop's fine-tuning
+    starts from the same defaults), validated on construction."""
+
+    epochs: int = setting(30, "training epochs (≥ 1)", check=positive_int, flag="--epochs")
+    replay: int = setting(20, "proxy structures pseudo-labelled by the base model mixed into the training set (≥ 0): "
+                          "what keeps the model's behaviour elsewhere", check=non_negative_int, flag="--replay")
+    seed: int = setting(0, "seed of the training: replay sample, data order, initialisation", check=non_negative_int,
+                        flag="--seed")
+    lr: float = setting(3e-4, "learning rate of the model's trainer (Adam; chgnet: cosine schedule, sevenn: linear "
+                        "decay, mace: AMSGrad, mace's ReduceLROnPlateau)", check=positive, flag="--lr")
+    batch_size: int = setting(8, "structures per training step", check=positive_int, flag="--batch-size")
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    """How :func:`calib.workflows.screen.screen` batches (``calib screen``'s option)."""
+
+    batch_size: int = setting(16, "structures per batch; each batch is committed to the results file",
+                              check=positive_int, flag="--batch-size")
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class EOSSettings:
+    """How :func:`calib.workflows.eos.run_eos` batches (``calib eos``'s option)."""
+
+    batch_size: int = setting(32, "strained cells per model call", check=positive_int, flag="--batch-size")
+
+    def __post_init__(self):
+        validate(self)
+
+
+HESSIAN = HessianSettings()
+FINETUNE = FinetuneSettings()
+SCREEN = ScreenSettings()
+EOS = EOSSettings()
+#: the loop's labeller: the shipped data's GPAW settings (k-point density 2.0 Å⁻¹, not calib label's 3.0)
+LOOP_GPAW = GPAWSettings(kdensity=2.0)
+
+
 def _md_steps(name: str, value) -> int:
     """At least 4 MD steps: the loop keeps a frame every md_steps // 4 steps."""
     if positive_int(name, value) < 4:
@@ -72,9 +136,10 @@ class LoopSettings:
     temperature: float = setting(1000.0, "MD temperature (> 0)", unit="K", check=positive, flag="--temperature")
     md_steps: int = setting(400, "MD steps of 1 fs per round and start structure (≥ 4)", check=_md_steps,
                             flag="--md-steps")
-    epochs: int = setting(30, "fine-tuning epochs per round (≥ 1)", check=positive_int, flag="--epochs")
-    replay: int = setting(20, "replay structures per fine-tuning (≥ 0)", check=non_negative_int, flag="--replay")
-    lr: float = setting(3e-4, "learning rate of chgnet's Trainer (Adam, cosine schedule)", check=positive)
+    epochs: int = setting(FINETUNE.epochs, "fine-tuning epochs per round (≥ 1)", check=positive_int, flag="--epochs")
+    replay: int = setting(FINETUNE.replay, "replay structures per fine-tuning (≥ 0)", check=non_negative_int,
+                          flag="--replay")
+    lr: float = setting(FINETUNE.lr, "learning rate of chgnet's Trainer (Adam, cosine schedule)", check=positive)
     seed: int = setting(0, "seed of the loop: MD velocities, proxy and replay samples, training",
                         check=non_negative_int, flag="--seed")
     proxy_sample: int = setting(300, "equilibrium-proxy structures of each round's Hessian", check=non_negative_int)

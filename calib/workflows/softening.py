@@ -12,6 +12,7 @@ from calib.artifact import Artifact
 from calib.data.structures import get_energy, get_forces
 from calib.models.base import ModelAdapter
 from calib.predictor import CalibratedPredictor
+from calib.softening.scale import SOFTENING
 from calib.workflows.labelled import LabelledPrediction, predict_labelled
 
 
@@ -42,8 +43,8 @@ class SofteningRun:
 
 
 def measure_softening(model: ModelAdapter, labelled: Sequence[Atoms], *, batch_size: int = 16,
-                      n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0,
-                      progress: bool = True, predictor: CalibratedPredictor | None = None) -> SofteningRun:
+                      n_bootstrap: int = SOFTENING.n_bootstrap, confidence: float = SOFTENING.confidence,
+                      seed: int = 0, progress: bool = True, predictor: CalibratedPredictor | None = None) -> SofteningRun:
     """Softening scale, correction and cMAE per chemical system of ``labelled`` (docs/softening.md)."""
     lp = predict_labelled((predictor or CalibratedPredictor(model)).raw(), labelled, forces=True,
                           batch_size=batch_size, progress=progress, require="forces")

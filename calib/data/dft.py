@@ -1,0 +1,45 @@
+"""The reference code's settings that commands take as options, declared once and light to import (no ASE), so
+that the CLI builds its options from them when it starts (:mod:`calib.settings`).
+
+:class:`calib.data.labelers.GPAWFactory` reads its defaults from :data:`GPAW`; ``calib label`` builds its
+``--cutoff``, ``--kdensity`` and ``--xc`` from :class:`GPAWSettings`, and ``calib loop`` from the loop's own instance
+(:data:`calib.workflows.settings.LOOP_GPAW`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from calib.errors import finite, positive
+from calib.settings import setting, validate
+
+#: the lowest plane-wave cutoff calib accepts, eV
+MIN_CUTOFF = 50.0
+
+
+def _cutoff(name: str, value) -> float:
+    """A finite cutoff ≥ :data:`MIN_CUTOFF` eV."""
+    return finite(name, value, minimum=MIN_CUTOFF, unit="eV")
+
+
+def _kdensity(name: str, value) -> float:
+    """A finite k-point density > 0, points per Å⁻¹."""
+    return positive(name, value, unit="Å⁻¹")
+
+
+@dataclass(frozen=True)
+class GPAWSettings:
+    """GPAW's basis settings that a command takes as options, validated on construction: ``cutoff`` (eV, the
+    plane-wave cutoff), ``kdensity`` (k-points per Å⁻¹, ASE's convention) and ``xc`` (the functional)."""
+
+    cutoff: float = setting(450.0, "GPAW plane-wave cutoff", unit="eV", check=_cutoff, flag="--cutoff")
+    kdensity: float = setting(3.0, "GPAW k-point density", unit="points per Å⁻¹", check=_kdensity,
+                              flag="--kdensity")
+    xc: str = setting("PBE", "exchange-correlation functional", flag="--xc")
+
+    def __post_init__(self):
+        validate(self)
+
+
+#: the defaults of :class:`calib.data.labelers.GPAWFactory` and ``calib label``
+GPAW = GPAWSettings()
