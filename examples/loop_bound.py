@@ -45,7 +45,7 @@ def main(out: str) -> dict:
     from calib.workflows.calibration import calibrate
     from calib.workflows.finetune import finetune
     from calib.workflows.hessian import build_hessian
-    from calib.workflows.loop import LoopSettings
+    from calib.workflows.loop import LoopSettings, shipped_sample
 
     frames = datasets.load("high-energy-states", chemsys="Si")
     train, labels, targets = frames[0::3], frames[1::3], frames[2::3]
@@ -53,9 +53,7 @@ def main(out: str) -> dict:
     rng = np.random.default_rng(settings.seed)
     proxy = datasets.load("equilibrium-proxy")
     sample = [proxy[int(i)] for i in rng.choice(len(proxy), settings.proxy_sample, replace=False)]
-    shipped = [a for a in datasets.load("high-energy-states") + datasets.load("near-equilibrium")
-               if a.info["chemsys"] != "Si"]
-    extra = [shipped[int(i)] for i in rng.choice(len(shipped), settings.shipped_sample, replace=False)]
+    extra = shipped_sample(settings.shipped_sample, rng, exclude=["Si"])
 
     def calibration(model):
         hess, _ = build_hessian(model, sample + list(labels), progress=False)

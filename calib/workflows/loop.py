@@ -202,6 +202,29 @@ def _fresh_errors(model, labels: Sequence[Atoms]) -> dict:
             "n_labels": len(f)}
 
 
+def shipped_sample(n: int, rng: np.random.Generator, exclude: Sequence[str] = ()) -> list[Atoms]:
+    """About ``n`` shipped GPAW labels (high-energy states and near-equilibrium structures) for a recalibration, drawn
+    as whole chemical systems in a random order until ``n`` structures are reached, leaving out the chemical
+    systems ``exclude`` (canonical spellings, :func:`calib.data.structures.chemsys`): chemistries with several structures are what the quantile of a calibrated chemistry's
+    own bound is taken over (calibrate's ``chemistry_scale``), which single structures of many chemistries
+    never give."""
+    from calib import datasets
+
+    shipped = datasets.load("high-energy-states") + datasets.load("near-equilibrium")
+    skip = set(exclude)
+    by_chem: dict[str, list[Atoms]] = {}
+    for a in shipped:
+        c = chemsys(a)
+        if c not in skip:
+            by_chem.setdefault(c, []).append(a)
+    out: list[Atoms] = []
+    for c in rng.permutation(sorted(by_chem)):
+        if len(out) >= n:
+            break
+        out.extend(by_chem[str(c)])
+    return out
+
+
 def _recalibrate(model, labels: list[Atoms], settings: LoopSettings, out: str) -> None:
     """A calibration of ``model``: H over a proxy sample and the labels, calibrated on the labels and a sample of
     the shipped GPAW labels (both regimes)."""
@@ -213,9 +236,7 @@ def _recalibrate(model, labels: list[Atoms], settings: LoopSettings, out: str) -
     proxy = datasets.load("equilibrium-proxy")
     sample = [proxy[int(i)] for i in rng.choice(len(proxy), min(settings.proxy_sample, len(proxy)), replace=False)]
     hess, _ = build_hessian(model, sample + list(labels), progress=False)
-    shipped = datasets.load("high-energy-states") + datasets.load("near-equilibrium")
-    extra = [shipped[int(i)] for i in rng.choice(len(shipped), min(settings.shipped_sample, len(shipped)),
-                                                 replace=False)]
+    extra = shipped_sample(settings.shipped_sample, rng, exclude=[chemsys(a) for a in labels])
     # the labels are the tuned model's training data: their errors are in-sample, so no chemistry gets a scale of
     # its own from them (calibrate's chemistry_scale)
     calibrate(hess, model, list(labels) + extra, chemistry_scale=False, progress=False).artifact.save(out)
