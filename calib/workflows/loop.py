@@ -182,8 +182,8 @@ def _select(model, artifact, frames: list[Atoms], n: int, policy=None) -> list[A
     from calib.predictor import CalibratedPredictor
     from calib.softening.decide import farthest_point_ranking
 
-    ds = CalibratedPredictor(model, artifact, trust=policy).predict(frames, forces=True, force_mode="none", descriptors=True,
-                                                      progress=False)
+    ds = CalibratedPredictor(model, artifact, trust=policy).predict(frames, forces=True, force_mode="none",
+                                                                    descriptors=True, progress=False)
     u = ds["trust_score"].values if "trust_score" in ds else ds["max_force"].values
     picked = farthest_point_ranking(ds["features"].values, np.nan_to_num(u) + 1e-12, n)
     return [frames[i] for i in picked]
@@ -203,11 +203,11 @@ def _fresh_errors(model, labels: Sequence[Atoms]) -> dict:
 
 
 def shipped_sample(n: int, rng: np.random.Generator, exclude: Sequence[str] = ()) -> list[Atoms]:
-    """About ``n`` shipped GPAW labels (high-energy states and near-equilibrium structures) for a recalibration, drawn
-    as whole chemical systems in a random order until ``n`` structures are reached, leaving out the chemical
-    systems ``exclude`` (canonical spellings, :func:`calib.data.structures.chemsys`): chemistries with several structures are what the quantile of a calibrated chemistry's
-    own bound is taken over (calibrate's ``chemistry_scale``), which single structures of many chemistries
-    never give."""
+    """About ``n`` shipped GPAW labels (high-energy states and near-equilibrium structures) for a recalibration,
+    drawn as whole chemical systems in a random order until ``n`` structures are reached, leaving out the chemical
+    systems ``exclude`` (canonical spellings, :func:`calib.data.structures.chemsys`). Chemistries with several
+    structures are what the quantile of a calibrated chemistry's own bound is taken over (calibrate's
+    ``chemistry_scale``); single structures of many chemistries never give it."""
     from calib import datasets
 
     shipped = datasets.load("high-energy-states") + datasets.load("near-equilibrium")
