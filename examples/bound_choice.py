@@ -27,9 +27,7 @@ def main(seeds, out: str) -> dict:
     from calib.uq.errormodel import AtomInputs, component_scale, structure_features
     from calib.workflows.calibration import fit_error_models
 
-    hot, near = datasets.load("high-energy-states"), datasets.load("near-equilibrium")
-    structs = hot + near
-    regime = np.array(["hot"] * len(hot) + ["near"] * len(near))
+    structs, regime = datasets.labelled()
     pred = load_model("chgnet").predict(structs, forces=True, progress=False)
     chem = np.array(pred.chemsys)
     inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, n_structures=len(structs))

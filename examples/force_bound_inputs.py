@@ -55,9 +55,7 @@ def main(hessian: str | None, seeds, llpr: bool, out: str) -> dict:
     model = load_model("chgnet")
     hess = Artifact.load(hessian) if hessian else build_hessian(model, datasets.load("equilibrium-proxy"),
                                                                batch_size=32, progress=False)[0]
-    hot, near = datasets.load("high-energy-states"), datasets.load("near-equilibrium")
-    structs = hot + near
-    regime = np.array(["hot"] * len(hot) + ["near"] * len(near))
+    structs, regime = datasets.labelled()
     pred = model.predict(structs, forces=True, progress=False)
     chem = np.array(pred.chemsys)
     S = len(structs)

@@ -56,9 +56,7 @@ def main(out: str, plot: str | None, hessian: str | None, seed: int = 0, model_n
         hess, _ = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32)
         if hessian:
             hess.save(hessian)
-    data = {"hot": datasets.load("high-energy-states"), "near": datasets.load("near-equilibrium")}
-    structs = data["hot"] + data["near"]
-    regime = np.array(["hot"] * len(data["hot"]) + ["near"] * len(data["near"]))
+    structs, regime = datasets.labelled()
     chem = np.array([a.info["chemsys"] for a in structs])
     fold_of = split(chem, seed, folds)
     cols = {k: np.full(len(structs), np.nan) for k in ("worst", "fmax", "bound", "bound_trust", "halfwidth", "score", "q",

@@ -117,3 +117,13 @@ def test_more_neb_paths(name):
     assert d.max() > 2.0 and np.sort(d)[-2] < 0.3
     e = [a.info["chgnet_energy"] for a in images]
     assert 0 < int(np.argmax(e)) < 6
+
+
+def test_labelled_is_both_label_sets_with_their_regime():
+    from calib import datasets
+
+    structs, regime = datasets.labelled()
+    hot, near = datasets.load("high-energy-states"), datasets.load("near-equilibrium")
+    assert len(structs) == len(hot) + len(near) == len(regime)
+    assert list(regime).count("hot") == len(hot) and set(regime[len(hot):]) == {"near"}
+    assert [a.info["name"] for a in structs[:len(hot)]] == [a.info["name"] for a in hot]

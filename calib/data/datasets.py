@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import os
 
+import numpy as np
 from ase import Atoms
 
 #: name -> folder below the datasets root
@@ -78,6 +79,13 @@ def load(name: str, chemsys: str | None = None) -> list[Atoms]:
         if want is None or atoms.info["chemsys"] == want:
             out.append(atoms)
     return out
+
+
+def labelled() -> tuple[list[Atoms], np.ndarray]:
+    """Every shipped GPAW label and its regime: the high-energy states ("hot": 1000 K MD frames, ±3 % strains)
+    then the near-equilibrium structures ("near"), as the held-out studies of ``examples/`` split them."""
+    hot, near = load("high-energy-states"), load("near-equilibrium")
+    return hot + near, np.array(["hot"] * len(hot) + ["near"] * len(near))
 
 
 def default_calibration(model: str = "chgnet") -> str | None:
