@@ -214,7 +214,8 @@ def _heldout(artifact, model, labelled, progress: bool) -> dict:
             "reliability": reliability_figure(ev.points), "widths": width_figure(ev.points),
             "force_coverage": force_coverage(pred, labelled), "verdict": ev.verdict,
             "softening": [r.as_dict() for r in soft.results.values()], "parity": parity,
-            "softening_failed": soft.failures}
+            "softening_failed": {c: {"n_structures": f.n_structures, "reason": f.reason}
+                                 for c, f in soft.failures.items()}}
 
 
 def _parity(soft, chem: str) -> str:

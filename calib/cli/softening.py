@@ -84,14 +84,14 @@ def softening_cmd(
                              seed=subset.seed, progress=not quiet, predictor=predictor)
     results, issues, failed = run_.results, run_.issues, run_.failures
     if not results:
-        why = [f"{c}: {f['reason']}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
+        why = [f"{c}: {f.reason}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
         fail("no chemistry could be measured: " + "; ".join(why), "input")
     art = _with_corrections(art, calibration, m, ScalarCorrection.from_results(results)) if out is not None \
         else None
     plots = run_.parity_plots(plot) if plot is not None else []
     if art is not None:
         art.save(out)
-    records = [r.as_dict() for r in results.values()] + [{"chemsys": c, **f} for c, f in failed.items()]
+    records = [r.as_dict() for r in results.values()] + [f.as_dict() for f in failed.values()]
     if as_json:
         emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots,
                    "out": str(out or "")})
