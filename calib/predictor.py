@@ -227,7 +227,7 @@ class CalibratedPredictor:
         valid = reason == ""
         chem = str(ds["chemsys"].values[reference])
         c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
-        raw = art.differences.get("raw")
+        raw = art.differences.raw
         sig, sig_c = difference_sigmas(art.differences, v, dE, c, sc)
         out = ds[["name", "chemsys", "error"]].copy()
         units = {"units": "eV"}
@@ -235,12 +235,12 @@ class CalibratedPredictor:
         out["energy_difference_sigma_llpr"] = ("structure", np.sqrt(v), units)
         out["energy_difference_sigma"] = ("structure", sig, {**units, "description": "with the softening term"
                                                              if raw is not None else "LLPR alone"})
-        cal = art.conformal.get("energy_difference")
+        cal = art.conformal.energy_difference
         if cal is not None:
             h = np.where(valid, cal.half_width(sig), np.nan)
             out["energy_difference_low"] = ("structure", dE - h, units)
             out["energy_difference_high"] = ("structure", dE + h, units)
-        cal_c = art.conformal.get("energy_difference_corrected")
+        cal_c = art.conformal.energy_difference_corrected
         if sig_c is not None:
             out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
             out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
@@ -394,15 +394,15 @@ class CalibratedPredictor:
         if len(pred):
             points_out.append({k: Points(p.target, p.sigma, p.descriptors, p.labels, ok[p.structure])
                                for k, p in points.items()})
-        if art.element_reference is not None or "energy" in art.conformal:
+        if art.element_reference is not None or art.conformal.energy is not None:
             cols.struct("energy_shift", shift)
             cols.struct("energy_centre", pred.energy + shift)
         if art.element_reference is not None:  # which offsets: an element under GGA+U has its own, "Fe (U)"
             ref = art.element_reference
             cols.struct("energy_reference_u", np.array([", ".join(ref.species(n)) for n in _split_numbers(pred)],
                                                        dtype=object), fill="")
-        if "energy" in art.conformal:
-            h, cls = art.conformal["energy"].half_width_points(points["energy"])
+        if art.conformal.energy is not None:
+            h, cls = art.conformal.energy.half_width_points(points["energy"])
             cols.energy_halfwidth = h
             cols.struct("energy_halfwidth", h)
             cols.struct("energy_low", pred.energy + shift - h)
@@ -410,12 +410,12 @@ class CalibratedPredictor:
             cols.struct("energy_interval_reason", np.array(why, dtype=object), fill="")
             if cls is not None:
                 cols.struct("energy_class", np.asarray(cls, dtype=object), fill="")
-        if cols.force_sigma is not None and "forces" in art.conformal:
-            h, _ = art.conformal["forces"].half_width_points(points["forces"])
+        if cols.force_sigma is not None and art.conformal.forces is not None:
+            h, _ = art.conformal.forces.half_width_points(points["forces"])
             h = h.reshape(-1, 3)
-            if "forces_corrected" in art.conformal and cols.applied.any():
+            if art.conformal.forces_corrected is not None and cols.applied.any():
                 on = cols.applied[pred.atom_structure]
-                h = np.where(on[:, None], art.conformal["forces_corrected"].half_width(cols.force_sigma), h)
+                h = np.where(on[:, None], art.conformal.forces_corrected.half_width(cols.force_sigma), h)
             cols.atom("forces_low", pred.forces - h)
             cols.atom("forces_high", pred.forces + h)
             cols.struct("max_force_halfwidth", _per_structure_max(h, pred))
@@ -493,7 +493,7 @@ class CalibratedPredictor:
         """(the batch with the stored scalar correction applied where it applies, which structures) or None.
 
         It applies to a structure whose chemistry has a correction and whose domain score is within the
-        largest score of the structures the correction was fitted on (``ScalarCorrection.domain``; no recorded
+        largest score of the structures the correction was fitted on (``ChemistryCorrection.domain``; no recorded
         domain: it applies)."""
         import dataclasses
 
@@ -504,7 +504,7 @@ class CalibratedPredictor:
         applied = np.isfinite(c)
         if self.artifact.ood is not None and applied.any():
             score = self.artifact.ood.domain_scores(pred.atom_descriptors, pred.atom_structure, len(pred))
-            limit = np.array([corr.domain.get(_canonical(ch), np.inf) for ch in pred.chemsys])
+            limit = np.array([np.inf if (d := corr.domain(ch)) is None else d for ch in pred.chemsys])
             applied &= ~(score > limit)
         if not applied.any():
             return None
@@ -559,7 +559,7 @@ class CalibratedPredictor:
         art = self.artifact
         if art is not None:
             info["stage"] = art.stage
-            alpha = next((c.alpha for c in art.conformal.values()), None)
+            alpha = art.conformal.alpha
             if alpha is not None:
                 info["alpha"] = alpha
         ds.attrs = info
@@ -582,12 +582,6 @@ def as_structures(obj) -> Iterable[Atoms]:
     if isinstance(obj, Sequence):
         return read_skipping(list(obj))
     return iter_structures(obj, strict=False)
-
-
-def _canonical(chemsys: str) -> str:
-    from calib.softening.correction import _key
-
-    return _key(chemsys)
 
 
 def _name(atoms) -> str:

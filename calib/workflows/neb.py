@@ -114,7 +114,7 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     if barrier_tol is None:
         barrier_tol = predictor.trust.barrier_tol if predictor.trust.barrier_tol is not None else np.inf
     art = predictor.artifact
-    if art is None or "raw" not in art.differences:
+    if art is None or art.differences.raw is None:
         raise ValueError("NEB error bars need an artifact calibrated with the energy-difference model "
                          "(calib calibrate, calib 0.2 or later)")
     structs = list(as_structures(images))
@@ -134,13 +134,12 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     m = int(np.argmax(E))
     weights = np.array(list(barrier_weights(m, M).values()))  # (barrier, M)
     chem = str(ds["chemsys"].values[0])
-    variants = [("raw", 1.0, 0.0, art.differences["raw"], art.conformal.get("energy_difference"))]
+    variants = [("raw", 1.0, 0.0, art.differences.raw, art.conformal.energy_difference)]
     c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
-    if np.isfinite(c) and "corrected" in art.differences:
-        variants.append(("corrected", c, sc, art.differences["corrected"],
-                         art.conformal.get("energy_difference_corrected")))
+    if np.isfinite(c) and art.differences.corrected is not None:
+        variants.append(("corrected", c, sc, art.differences.corrected, art.conformal.energy_difference_corrected))
     q_img = ds["q_score"].values if "q_score" in ds else np.zeros(M + 1)
-    domain = art.corrections.domain.get(chem) if len(variants) > 1 else None
+    domain = art.corrections.domain(chem) if len(variants) > 1 else None
     uncovered = domain is not None and bool(np.max(q_img[1:M]) > domain) if M > 1 else False
     rows = _band_rows(variants, L, D, weights, uncovered)
     out = _band_dataset(rows, [v[0] for v in variants], ds["name"].values, M)
