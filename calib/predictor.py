@@ -198,12 +198,11 @@ class CalibratedPredictor:
         """Energies relative to one structure of the list (e.g. NEB images relative to image 0), with σ and
         conformal intervals, raw and, where a scalar correction is stored for the chemistry, corrected.
 
-        Returns an xarray Dataset over ``structure``: ``energy_difference`` (E_i − E_ref, eV),
-        ``energy_difference_sigma_llpr`` (LLPR alone), ``energy_difference_sigma`` (with the softening
-        term of calib.uq.differences when the artifact has it), ``energy_difference_low/high`` (conformal,
-        for the reference-code difference), and with a correction ``energy_difference_corrected``
-        (c·ΔE), ``energy_difference_corrected_sigma``, ``..._corrected_low/high``; ``difference_reason``
-        says why a row has no interval (another composition than the reference structure, skipped).
+        Returns an xarray Dataset over ``structure`` (``name``, ``chemsys``, ``error`` as in :meth:`predict`); the
+        intervals where the artifact has the difference quantiles, the corrected variables where a correction is
+        stored for the reference structure's chemistry (calib.schema.DIFFERENCES):
+
+        {differences}
         """
         if self.artifact is None:
             raise ValueError("energy differences with σ need a calibration artifact")
@@ -227,28 +226,11 @@ class CalibratedPredictor:
         valid = reason == ""
         chem = str(ds["chemsys"].values[reference])
         c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
-        raw = art.differences.raw
         sig, sig_c = difference_sigmas(art.differences, v, dE, c, sc)
         out = ds[["name", "chemsys", "error"]].copy()
-        units = {"units": "eV"}
-        out["energy_difference"] = ("structure", dE, {**units, "description": "E_i - E_reference (model)"})
-        out["energy_difference_sigma_llpr"] = ("structure", np.sqrt(v), units)
-        out["energy_difference_sigma"] = ("structure", sig, {**units, "description": "with the softening term"
-                                                             if raw is not None else "LLPR alone"})
-        cal = art.conformal.energy_difference
-        if cal is not None:
-            h = np.where(valid, cal.half_width(sig), np.nan)
-            out["energy_difference_low"] = ("structure", dE - h, units)
-            out["energy_difference_high"] = ("structure", dE + h, units)
-        cal_c = art.conformal.energy_difference_corrected
-        if sig_c is not None:
-            out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
-            out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
-            if cal_c is not None:
-                h = np.where(valid, cal_c.half_width(sig_c), np.nan)
-                out["energy_difference_corrected_low"] = ("structure", c * dE - h, units)
-                out["energy_difference_corrected_high"] = ("structure", c * dE + h, units)
-        out["difference_reason"] = ("structure", reason.astype(str))
+        for name, values, more in _difference_columns(art, dE, np.sqrt(v), sig, sig_c, c, valid):
+            out[name] = ("structure", values, {**schema.attrs(name), **more})
+        out["difference_reason"] = ("structure", reason.astype(str), schema.attrs("difference_reason"))
         out.attrs = {**ds.attrs, "reference": int(reference)}
         return out
 
@@ -569,6 +551,11 @@ class CalibratedPredictor:
 # --------------------------------------------------------------------------- helpers
 
 
+if CalibratedPredictor.energy_differences.__doc__:  # its variables' table, from the one schema
+    CalibratedPredictor.energy_differences.__doc__ = CalibratedPredictor.energy_differences.__doc__.replace(
+        "{differences}", schema.table([c.name for c in schema.DIFFERENCES]).replace("\n", "\n        "))
+
+
 def as_structures(obj) -> Iterable[Atoms]:
     """One structure or file, a list of them (read now), or any other iterable (converted lazily), under the
     skip rule of :mod:`calib.data.readers`: a named file must exist; whatever cannot become a structure (an
@@ -582,6 +569,26 @@ def as_structures(obj) -> Iterable[Atoms]:
     if isinstance(obj, Sequence):
         return read_skipping(list(obj))
     return iter_structures(obj, strict=False)
+
+
+def _difference_columns(art: Artifact, dE, sigma_llpr, sigma, sigma_c, c: float, valid) -> list[tuple]:
+    """(name, values, attributes beside the schema's) of :meth:`CalibratedPredictor.energy_differences`'s numbers
+    (eV): the differences and their σ, the conformal intervals where the artifact has the quantile (NaN where
+    not ``valid``), and the corrected ones where ``sigma_c`` is given (c the chemistry's correction)."""
+
+    def interval(name, d, s, cal):
+        h = np.where(valid, cal.half_width(s), np.nan) if cal is not None else None
+        return [] if h is None else [(f"{name}_low", d - h, {}), (f"{name}_high", d + h, {})]
+
+    model = "with the softening term" if art.differences.raw is not None else "LLPR alone"
+    rows = [("energy_difference", dE, {}), ("energy_difference_sigma_llpr", sigma_llpr, {}),
+            ("energy_difference_sigma", sigma, {"description": model}),
+            *interval("energy_difference", dE, sigma, art.conformal.energy_difference)]
+    if sigma_c is not None:
+        rows += [("energy_difference_corrected", c * dE, {"correction": c}),
+                 ("energy_difference_corrected_sigma", sigma_c, {}),
+                 *interval("energy_difference_corrected", c * dE, sigma_c, art.conformal.energy_difference_corrected)]
+    return rows
 
 
 def _name(atoms) -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calib import schema
 from calib.predictor import CalibratedPredictor, as_structures
 from calib.uq.differences import composition
 
@@ -88,22 +89,10 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
 
     Dimensions: ``image`` (0 … M), ``image_a``/``image_b`` (1 … M: image 0 is exact by definition),
     ``barrier`` (forward, reverse, kra) and ``variant`` (raw, and corrected when a scalar correction is
-    stored for the path's chemistry). Variables (eV, eV² for the covariance):
+    stored for the path's chemistry). Variables besides ``name`` (the images' names), declared in calib.schema
+    (``BAND``; C the band covariance, a a barrier's weights on the images, q the conformal quantile):
 
-    ========================== ===================== ===============================================
-    name                       dims                  meaning
-    ========================== ===================== ===============================================
-    name                       image                 the images' names
-    energy                     (variant, image)      E_i − E_0 (corrected: c · (E_i − E_0))
-    energy_sigma               (variant, image)      its σ (difference model)
-    energy_low, energy_high    (variant, image)      conformal interval
-    covariance                 (variant, a, b)       covariance of E_a − E_0 and E_b − E_0
-    barrier_height             (variant, barrier)    forward E_m − E_0, reverse E_m − E_M, KRA E_m − (E_0 + E_M)/2
-    barrier_sigma              (variant, barrier)    √(aᵀ C a) with the band covariance
-    barrier_sigma_independent  (variant, barrier)    the σ that ignores correlations (for comparison)
-    barrier_low, barrier_high  (variant, barrier)    ± q σ
-    quantile, correction       variant               conformal quantile q (1), factor c (1 for raw)
-    ========================== ===================== ===============================================
+    {variables}
 
     Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``, and the path verdict
     (module docstring): ``trusted`` (bool), ``reasons``, ``images_untrusted``, ``label_next`` (the interior image
@@ -149,6 +138,11 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     return out
 
 
+if band.__doc__:  # the band's table, from the one schema (python -OO strips docstrings)
+    band.__doc__ = band.__doc__.replace("{variables}", schema.table([c.name for c in schema.BAND], schema.BAND_BY_NAME)
+                                        .replace("\n", "\n    "))
+
+
 def _band_rows(variants, L, D, weights, uncovered: bool) -> dict:
     """Per variant (raw, corrected): the image energies E_i − E_0 (eV), their σ and covariance (eV, eV²), the
     barriers (eV) with their σ, the quantile and the factor c. The corrected band is never narrower than the raw
@@ -177,25 +171,20 @@ def _band_dataset(rows: dict, variants: list, names, M: int):
     import xarray as xr
 
     q = np.array(rows["quantile"])
-    eV = {"units": "eV"}
     out = xr.Dataset(coords={"variant": variants, "image": np.arange(M + 1),
                              "image_a": np.arange(1, M + 1), "image_b": np.arange(1, M + 1),
                              "barrier": list(BARRIERS)})
     out["name"] = ("image", names)
     energy, sig = np.array(rows["energy"]), np.array(rows["energy_sigma"])
-    out["energy"] = (("variant", "image"), energy, {**eV, "description": "E_i - E_0 (corrected: c (E_i - E_0))"})
-    out["energy_sigma"] = (("variant", "image"), sig, eV)
-    out["energy_low"] = (("variant", "image"), energy - q[:, None] * sig, eV)
-    out["energy_high"] = (("variant", "image"), energy + q[:, None] * sig, eV)
-    out["covariance"] = (("variant", "image_a", "image_b"), np.array(rows["covariance"]), {"units": "eV^2"})
     bar, bsig = np.array(rows["barrier"]), np.array(rows["barrier_sigma"])
-    out["barrier_height"] = (("variant", "barrier"), bar, eV)
-    out["barrier_sigma"] = (("variant", "barrier"), bsig, eV)
-    out["barrier_sigma_independent"] = (("variant", "barrier"), np.array(rows["barrier_sigma_independent"]), eV)
-    out["barrier_low"] = (("variant", "barrier"), bar - q[:, None] * bsig, eV)
-    out["barrier_high"] = (("variant", "barrier"), bar + q[:, None] * bsig, eV)
-    out["quantile"] = ("variant", q, {"units": "1", "description": "conformal quantile of the difference target"})
-    out["correction"] = ("variant", np.array(rows["correction"]), {"units": "1"})
+    values = {"energy": energy, "energy_sigma": sig, "energy_low": energy - q[:, None] * sig,
+              "energy_high": energy + q[:, None] * sig, "covariance": np.array(rows["covariance"]),
+              "barrier_height": bar, "barrier_sigma": bsig,
+              "barrier_sigma_independent": np.array(rows["barrier_sigma_independent"]),
+              "barrier_low": bar - q[:, None] * bsig, "barrier_high": bar + q[:, None] * bsig, "quantile": q,
+              "correction": np.array(rows["correction"])}
+    for col in schema.BAND:  # dims, units and meaning declared in calib.schema
+        out[col.name] = (tuple(col.dims.split(",")), values[col.name], schema.attrs(col.name, schema.BAND_BY_NAME))
     return out
 
 
