@@ -214,10 +214,9 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
 def parity_plot(model_forces, reference_forces, result: SofteningResult, path, corrected: bool = True) -> None:
     """Force parity plot: model vs reference with the fitted slope, its CI band and the diagonal;
     with ``corrected`` a second panel after multiplying by c."""
-    import matplotlib
+    from calib.data.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     f = np.concatenate([np.ravel(x) for x in model_forces])
     g = np.concatenate([np.ravel(x) for x in reference_forces])
@@ -243,6 +242,4 @@ def parity_plot(model_forces, reference_forces, result: SofteningResult, path, c
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result.chemsys}: {result.n_structures} structures")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)

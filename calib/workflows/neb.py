@@ -263,10 +263,9 @@ def summary(ds, reference_energies=None) -> dict:
 
 def plot_band(ds, path, reference_energies=None, title: str = "") -> None:
     """Profile with 1σ and 2σ bands (raw and corrected) and the reference points, as a PNG."""
-    import matplotlib
+    from calib.data.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = ds["image"].values
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
@@ -285,6 +284,4 @@ def plot_band(ds, path, reference_energies=None, title: str = "") -> None:
     ax.set_title(title or f"{ds.attrs['chemsys']}: NEB profile")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
