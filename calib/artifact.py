@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,11 +75,12 @@ import numpy as np
 from calib.data.ncio import ArtifactError, read, write_atomic
 from calib.softening.correction import ScalarCorrection
 from calib.uq.conformal import ConformalCalibrator
-from calib.uq.differences import DifferenceVarianceModel
+from calib.uq.differences import DifferenceModels, DifferenceVarianceModel
 from calib.uq.errormodel import ErrorModels
 from calib.uq.llpr import LLPR
 from calib.uq.ood import QResidualDetector
 from calib.uq.reference import ElementReference
+from calib.uq.targets import ConformalSet
 from calib.uq.trust import ForceErrorModel
 
 __all__ = ["Artifact", "ArtifactError", "SCHEMA_VERSION", "STAGES", "upgrade"]
@@ -94,9 +96,10 @@ class Piece:
     """One fitted piece the artifact holds, as its registry entry (like xarray's backend entrypoints): the
     :class:`Artifact` field it fills, the class that writes and reads its variables (``to_variables`` /
     ``from_variables``), the variable ``prefix``, the variable whose presence says the file holds it
-    (``marker``; None: always read) and, for a piece that is a dict of named parts (a conformal calibrator per
-    target), the global attribute that lists the names (``names_attr``; each part's prefix is
-    ``prefix + "_" + name``). ``prefixed``: the class's methods take the prefix."""
+    (``marker``; None: always read) and, for a piece of named parts (a conformal calibrator per target), the
+    global attribute that lists the names (``names_attr``; each part's prefix is ``prefix + "_" + name``) and the
+    typed container the parts make (``parts``: built from a dict name → part, with ``items()``). ``prefixed``:
+    the class's methods take the prefix."""
 
     field: str
     cls: type
@@ -104,6 +107,7 @@ class Piece:
     marker: str | None = None
     names_attr: str = ""
     prefixed: bool = True
+    parts: Callable | None = None
 
     def present(self, ds) -> bool:
         """Whether the dataset ``ds`` holds this piece."""
@@ -122,19 +126,24 @@ class Piece:
             return {k: v for name, part in value.items() for k, v in part.to_variables(*self._args(name)).items()}
         return value.to_variables(*self._args())
 
+    def names(self, value) -> dict:
+        """The global attribute that lists a named piece's parts (``names_attr`` → "name,name"); {} for another."""
+        return {self.names_attr: ",".join(name for name, _ in value.items())} if self.names_attr else {}
+
     def from_variables(self, ds):
-        """The piece read back from ``ds`` (a dict of parts for a named piece)."""
+        """The piece read back from ``ds`` (its ``parts`` container for a named piece)."""
         if self.names_attr:
             names = filter(None, str(ds.attrs.get(self.names_attr, "")).split(","))
-            return {name: self.cls.from_variables(ds, *self._args(name)) for name in names}
+            return self.parts({name: self.cls.from_variables(ds, *self._args(name)) for name in names})
         return self.cls.from_variables(ds, *self._args())
 
 
 #: every fitted piece besides the LLPR posterior, in the order the file holds them; a new piece is one entry here
 PIECES: tuple[Piece, ...] = (
     Piece("element_reference", ElementReference, marker="element_reference", prefixed=False),
-    Piece("conformal", ConformalCalibrator, "cp", names_attr="conformal_targets"),
-    Piece("differences", DifferenceVarianceModel, "difference", names_attr="difference_models"),
+    Piece("conformal", ConformalCalibrator, "cp", names_attr="conformal_targets", parts=ConformalSet),
+    Piece("differences", DifferenceVarianceModel, "difference", names_attr="difference_models",
+          parts=DifferenceModels.from_parts),
     Piece("corrections", ScalarCorrection, prefixed=False),
     Piece("ood", QResidualDetector, "ood", marker="ood_threshold"),
     Piece("force_error", ForceErrorModel, "force_error", marker="force_error_quantile"),
@@ -154,8 +163,10 @@ class Artifact:
     readout_weight : (d,) array — w of the final linear layer
     stage : "hessian" | "calibrated"
     element_reference : calib.uq.reference.ElementReference or None
-    conformal : dict target → calib.uq.conformal.ConformalCalibrator
-    differences : dict "raw" | "corrected" → calib.uq.differences.DifferenceVarianceModel
+    conformal : calib.uq.targets.ConformalSet — one calib.uq.conformal.ConformalCalibrator per target
+        (``conformal.forces``, ...; a dict target → calibrator given here is made one)
+    differences : calib.uq.differences.DifferenceModels — the ``raw`` and ``corrected`` energy-difference
+        variance models (a dict "raw" | "corrected" → model given here is made one)
     corrections : calib.softening.correction.ScalarCorrection (per chemsys c, its CI, anchor)
     ood : calib.uq.ood.QResidualDetector or None — the domain detector (the Hessian's structures)
     force_error : calib.uq.trust.ForceErrorModel or None — the force bound of a calib 0.5 artifact
@@ -170,8 +181,8 @@ class Artifact:
     readout_weight: np.ndarray
     stage: str = "hessian"
     element_reference: ElementReference | None = None
-    conformal: dict = field(default_factory=dict)
-    differences: dict = field(default_factory=dict)
+    conformal: ConformalSet = field(default_factory=ConformalSet)
+    differences: DifferenceModels = field(default_factory=DifferenceModels)
     corrections: ScalarCorrection = field(default_factory=ScalarCorrection)
     ood: QResidualDetector | None = None
     force_error: ForceErrorModel | None = None
@@ -182,6 +193,10 @@ class Artifact:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ArtifactError(f"unknown artifact stage {self.stage!r}; expected one of {STAGES}")
+        if not isinstance(self.conformal, ConformalSet):
+            self.conformal = ConformalSet(self.conformal)
+        if not isinstance(self.differences, DifferenceModels):
+            self.differences = DifferenceModels.from_parts(self.differences)
 
     @property
     def calibrated(self) -> bool:
@@ -240,7 +255,7 @@ class Artifact:
         ds = xr.Dataset(variables, coords={"feature": np.arange(d), "eig": np.arange(d), **coords})
         attrs = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.attrs,
                  **self.llpr.to_attrs(), **{k: v for k, v in self.model_info.items() if v is not None},
-                 "conformal_targets": ",".join(self.conformal), "difference_models": ",".join(self.differences),
+                 **{k: v for piece in PIECES for k, v in piece.names(getattr(self, piece.field)).items()},
                  "stage": self.stage,
                  "schema_version": SCHEMA_VERSION, "calib_version": calib.__version__}
         ds.attrs = {k: (int(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in attrs.items()}
@@ -275,6 +290,8 @@ class Artifact:
                 pieces[piece.field] = piece.from_variables(ds)
             except KeyError as exc:
                 raise ArtifactError(f"artifact's {piece.field} state is incomplete: missing {exc}") from exc
+            except ValueError as exc:  # a part this calib does not know (a named piece)
+                raise ArtifactError(f"artifact's {piece.field} state: {exc}") from exc
         for piece in PIECES:
             attrs.pop(piece.names_attr, None)
         model_info = {k: attrs.pop(k) for k in _MODEL_KEYS if k in attrs}

@@ -198,12 +198,11 @@ class CalibratedPredictor:
         """Energies relative to one structure of the list (e.g. NEB images relative to image 0), with σ and
         conformal intervals, raw and, where a scalar correction is stored for the chemistry, corrected.
 
-        Returns an xarray Dataset over ``structure``: ``energy_difference`` (E_i − E_ref, eV),
-        ``energy_difference_sigma_llpr`` (LLPR alone), ``energy_difference_sigma`` (with the softening
-        term of calib.uq.differences when the artifact has it), ``energy_difference_low/high`` (conformal,
-        for the reference-code difference), and with a correction ``energy_difference_corrected``
-        (c·ΔE), ``energy_difference_corrected_sigma``, ``..._corrected_low/high``; ``difference_reason``
-        says why a row has no interval (another composition than the reference structure, skipped).
+        Returns an xarray Dataset over ``structure`` (``name``, ``chemsys``, ``error`` as in :meth:`predict`); the
+        intervals where the artifact has the difference quantiles, the corrected variables where a correction is
+        stored for the reference structure's chemistry (calib.schema.DIFFERENCES):
+
+        {differences}
         """
         if self.artifact is None:
             raise ValueError("energy differences with σ need a calibration artifact")
@@ -227,28 +226,11 @@ class CalibratedPredictor:
         valid = reason == ""
         chem = str(ds["chemsys"].values[reference])
         c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
-        raw = art.differences.get("raw")
         sig, sig_c = difference_sigmas(art.differences, v, dE, c, sc)
         out = ds[["name", "chemsys", "error"]].copy()
-        units = {"units": "eV"}
-        out["energy_difference"] = ("structure", dE, {**units, "description": "E_i - E_reference (model)"})
-        out["energy_difference_sigma_llpr"] = ("structure", np.sqrt(v), units)
-        out["energy_difference_sigma"] = ("structure", sig, {**units, "description": "with the softening term"
-                                                             if raw is not None else "LLPR alone"})
-        cal = art.conformal.get("energy_difference")
-        if cal is not None:
-            h = np.where(valid, cal.half_width(sig), np.nan)
-            out["energy_difference_low"] = ("structure", dE - h, units)
-            out["energy_difference_high"] = ("structure", dE + h, units)
-        cal_c = art.conformal.get("energy_difference_corrected")
-        if sig_c is not None:
-            out["energy_difference_corrected"] = ("structure", c * dE, {**units, "correction": c})
-            out["energy_difference_corrected_sigma"] = ("structure", sig_c, units)
-            if cal_c is not None:
-                h = np.where(valid, cal_c.half_width(sig_c), np.nan)
-                out["energy_difference_corrected_low"] = ("structure", c * dE - h, units)
-                out["energy_difference_corrected_high"] = ("structure", c * dE + h, units)
-        out["difference_reason"] = ("structure", reason.astype(str))
+        for name, values, more in _difference_columns(art, dE, np.sqrt(v), sig, sig_c, c, valid):
+            out[name] = ("structure", values, {**schema.attrs(name), **more})
+        out["difference_reason"] = ("structure", reason.astype(str), schema.attrs("difference_reason"))
         out.attrs = {**ds.attrs, "reference": int(reference)}
         return out
 
@@ -394,15 +376,15 @@ class CalibratedPredictor:
         if len(pred):
             points_out.append({k: Points(p.target, p.sigma, p.descriptors, p.labels, ok[p.structure])
                                for k, p in points.items()})
-        if art.element_reference is not None or "energy" in art.conformal:
+        if art.element_reference is not None or art.conformal.energy is not None:
             cols.struct("energy_shift", shift)
             cols.struct("energy_centre", pred.energy + shift)
         if art.element_reference is not None:  # which offsets: an element under GGA+U has its own, "Fe (U)"
             ref = art.element_reference
             cols.struct("energy_reference_u", np.array([", ".join(ref.species(n)) for n in _split_numbers(pred)],
                                                        dtype=object), fill="")
-        if "energy" in art.conformal:
-            h, cls = art.conformal["energy"].half_width_points(points["energy"])
+        if art.conformal.energy is not None:
+            h, cls = art.conformal.energy.half_width_points(points["energy"])
             cols.energy_halfwidth = h
             cols.struct("energy_halfwidth", h)
             cols.struct("energy_low", pred.energy + shift - h)
@@ -410,12 +392,12 @@ class CalibratedPredictor:
             cols.struct("energy_interval_reason", np.array(why, dtype=object), fill="")
             if cls is not None:
                 cols.struct("energy_class", np.asarray(cls, dtype=object), fill="")
-        if cols.force_sigma is not None and "forces" in art.conformal:
-            h, _ = art.conformal["forces"].half_width_points(points["forces"])
+        if cols.force_sigma is not None and art.conformal.forces is not None:
+            h, _ = art.conformal.forces.half_width_points(points["forces"])
             h = h.reshape(-1, 3)
-            if "forces_corrected" in art.conformal and cols.applied.any():
+            if art.conformal.forces_corrected is not None and cols.applied.any():
                 on = cols.applied[pred.atom_structure]
-                h = np.where(on[:, None], art.conformal["forces_corrected"].half_width(cols.force_sigma), h)
+                h = np.where(on[:, None], art.conformal.forces_corrected.half_width(cols.force_sigma), h)
             cols.atom("forces_low", pred.forces - h)
             cols.atom("forces_high", pred.forces + h)
             cols.struct("max_force_halfwidth", _per_structure_max(h, pred))
@@ -493,7 +475,7 @@ class CalibratedPredictor:
         """(the batch with the stored scalar correction applied where it applies, which structures) or None.
 
         It applies to a structure whose chemistry has a correction and whose domain score is within the
-        largest score of the structures the correction was fitted on (``ScalarCorrection.domain``; no recorded
+        largest score of the structures the correction was fitted on (``ChemistryCorrection.domain``; no recorded
         domain: it applies)."""
         import dataclasses
 
@@ -504,7 +486,7 @@ class CalibratedPredictor:
         applied = np.isfinite(c)
         if self.artifact.ood is not None and applied.any():
             score = self.artifact.ood.domain_scores(pred.atom_descriptors, pred.atom_structure, len(pred))
-            limit = np.array([corr.domain.get(_canonical(ch), np.inf) for ch in pred.chemsys])
+            limit = np.array([np.inf if (d := corr.domain(ch)) is None else d for ch in pred.chemsys])
             applied &= ~(score > limit)
         if not applied.any():
             return None
@@ -559,7 +541,7 @@ class CalibratedPredictor:
         art = self.artifact
         if art is not None:
             info["stage"] = art.stage
-            alpha = next((c.alpha for c in art.conformal.values()), None)
+            alpha = art.conformal.alpha
             if alpha is not None:
                 info["alpha"] = alpha
         ds.attrs = info
@@ -567,6 +549,11 @@ class CalibratedPredictor:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+if CalibratedPredictor.energy_differences.__doc__:  # its variables' table, from the one schema
+    CalibratedPredictor.energy_differences.__doc__ = CalibratedPredictor.energy_differences.__doc__.replace(
+        "{differences}", schema.table([c.name for c in schema.DIFFERENCES]).replace("\n", "\n        "))
 
 
 def as_structures(obj) -> Iterable[Atoms]:
@@ -584,10 +571,24 @@ def as_structures(obj) -> Iterable[Atoms]:
     return iter_structures(obj, strict=False)
 
 
-def _canonical(chemsys: str) -> str:
-    from calib.softening.correction import _key
+def _difference_columns(art: Artifact, dE, sigma_llpr, sigma, sigma_c, c: float, valid) -> list[tuple]:
+    """(name, values, attributes beside the schema's) of :meth:`CalibratedPredictor.energy_differences`'s numbers
+    (eV): the differences and their σ, the conformal intervals where the artifact has the quantile (NaN where
+    not ``valid``), and the corrected ones where ``sigma_c`` is given (c the chemistry's correction)."""
 
-    return _key(chemsys)
+    def interval(name, d, s, cal):
+        h = np.where(valid, cal.half_width(s), np.nan) if cal is not None else None
+        return [] if h is None else [(f"{name}_low", d - h, {}), (f"{name}_high", d + h, {})]
+
+    model = "with the softening term" if art.differences.raw is not None else "LLPR alone"
+    rows = [("energy_difference", dE, {}), ("energy_difference_sigma_llpr", sigma_llpr, {}),
+            ("energy_difference_sigma", sigma, {"description": model}),
+            *interval("energy_difference", dE, sigma, art.conformal.energy_difference)]
+    if sigma_c is not None:
+        rows += [("energy_difference_corrected", c * dE, {"correction": c}),
+                 ("energy_difference_corrected_sigma", sigma_c, {}),
+                 *interval("energy_difference_corrected", c * dE, sigma_c, art.conformal.energy_difference_corrected)]
+    return rows
 
 
 def _name(atoms) -> str:

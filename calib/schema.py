@@ -4,7 +4,10 @@ The prediction Dataset (:class:`calib.predictor.CalibratedPredictor`) takes its 
 ``description`` attributes from here, the screen file (:mod:`calib.workflows.screen`) its columns, their types and
 units, and the ASE calculator (:mod:`calib.calculator`) the ``results`` keys it fills from the Dataset
 (``calculator``: the key, where it differs from the name or where the ecosystem has a convention). One name is one
-quantity in every output: ``trusted`` is a bool and ``trust_reason`` its reason wherever they appear.
+quantity in every output: ``trusted`` is a bool and ``trust_reason`` its reason wherever they appear. Two more
+tables declare the variables of the energy differences against one structure (:data:`DIFFERENCES`,
+:meth:`calib.predictor.CalibratedPredictor.energy_differences`) and of an NEB band (:data:`BAND`,
+:func:`calib.workflows.neb.band`, whose ``energy`` is E_i − E_0 along the path: its own table, its own names).
 
 Energies are total (eV) unless the name says per atom; forces eV/Å; stress eV/Å³; scores and ratios "1"; ""
 for text and booleans.
@@ -20,11 +23,12 @@ import numpy as np
 @dataclass(frozen=True)
 class Column:
     """One reported quantity. ``dims``: "structure" (one value per structure), "atom" (per atom) or "atom3" (per
-    atom and Cartesian component); ``dtype``: "f" float, "i" integer, "b" bool, "s" text; ``units`` as above;
-    ``calculator``: its key in the ASE calculator's ``results`` (None: not there); ``record``: when it is a key of
-    the JSON records of ``calib predict`` (:func:`calib.data.records.to_records`): "always" where the Dataset has
-    it, "finite" where its value is finite, "text" where it is not empty, None: not a plain key (composite keys,
-    e.g. ``energy_interval``, are made in records.py)."""
+    atom and Cartesian component); in :data:`BAND`, the band's dimensions joined by commas ("variant,image");
+    ``dtype``: "f" float, "i" integer, "b" bool, "s" text; ``units`` as above; ``calculator``: its key in the ASE
+    calculator's ``results`` (None: not there); ``record``: when it is a key of the JSON records of ``calib
+    predict`` (:func:`calib.data.records.to_records`): "always" where the Dataset has it, "finite" where its value
+    is finite, "text" where it is not empty, None: not a plain key (composite keys, e.g. ``energy_interval``, are
+    made in records.py)."""
 
     name: str
     dims: str
@@ -150,27 +154,73 @@ COLUMNS: tuple[Column, ...] = (
     Column("numbers", _A, "i", "", "atomic numbers"),
 )
 
-BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+#: the energy differences against one reference structure (CalibratedPredictor.energy_differences), per structure
+DIFFERENCES: tuple[Column, ...] = (
+    Column("energy_difference", _S, "f", "eV", "E_i - E_reference (model)"),
+    Column("energy_difference_sigma_llpr", _S, "f", "eV", "calibrated LLPR sigma of the difference"),
+    Column("energy_difference_sigma", _S, "f", "eV", "sigma of the difference: the variance model of "
+           "calib.uq.differences (with the softening term) where the artifact has one, else LLPR alone"),
+    Column("energy_difference_low", _S, "f", "eV", "lower end of the conformal interval for the reference-code "
+           "difference"),
+    Column("energy_difference_high", _S, "f", "eV", "upper end of the conformal interval for the reference-code "
+           "difference"),
+    Column("energy_difference_corrected", _S, "f", "eV", "c (E_i - E_reference), c the chemistry's scalar "
+           "correction (attribute correction)"),
+    Column("energy_difference_corrected_sigma", _S, "f", "eV", "sigma of the corrected difference (the corrected "
+           "variance model, with the uncertainty of c)"),
+    Column("energy_difference_corrected_low", _S, "f", "eV", "lower end of the conformal interval of the corrected "
+           "difference"),
+    Column("energy_difference_corrected_high", _S, "f", "eV", "upper end of the conformal interval of the corrected "
+           "difference"),
+    Column("difference_reason", _S, "s", "", "why a row has no interval (another composition than the reference "
+           "structure's, skipped; '' when it has one)"),
+)
+
+_VI, _VB = "variant,image", "variant,barrier"
+#: the NEB band (calib.workflows.neb.band): variants raw and corrected, images 0 … M, barriers forward, reverse, kra
+BAND: tuple[Column, ...] = (
+    Column("energy", _VI, "f", "eV", "E_i - E_0 (corrected: c (E_i - E_0))"),
+    Column("energy_sigma", _VI, "f", "eV", "sigma of E_i - E_0 (the difference model; 0 for image 0)"),
+    Column("energy_low", _VI, "f", "eV", "lower end of the conformal interval: energy - q energy_sigma"),
+    Column("energy_high", _VI, "f", "eV", "upper end of the conformal interval: energy + q energy_sigma"),
+    Column("covariance", "variant,image_a,image_b", "f", "eV^2", "covariance of E_a - E_0 and E_b - E_0"),
+    Column("barrier_height", _VB, "f", "eV", "forward E_m - E_0, reverse E_m - E_M, KRA E_m - (E_0 + E_M)/2 (m the "
+           "highest model image)"),
+    Column("barrier_sigma", _VB, "f", "eV", "sqrt(a^T C a): the barrier's sigma with the band covariance"),
+    Column("barrier_sigma_independent", _VB, "f", "eV", "the barrier's sigma that ignores correlations (for "
+           "comparison)"),
+    Column("barrier_low", _VB, "f", "eV", "lower end of the barrier's interval: barrier_height - q barrier_sigma"),
+    Column("barrier_high", _VB, "f", "eV", "upper end of the barrier's interval: barrier_height + q barrier_sigma"),
+    Column("quantile", "variant", "f", "1", "conformal quantile of the difference target"),
+    Column("correction", "variant", "f", "1", "scalar correction c of the variant (1 for raw)"),
+)
+
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS + DIFFERENCES}
+BAND_BY_NAME: dict[str, Column] = {c.name: c for c in BAND}
 #: the columns only the screen file has (calib.workflows.screen); every other one is a prediction variable
 SCREEN_ONLY = ("status", "energy_sigma_per_atom")
 PREDICTION = tuple(c.name for c in COLUMNS if c.name not in SCREEN_ONLY)
 
 
-def attrs(name: str) -> dict:
+def attrs(name: str, table: dict | None = None) -> dict:
     """The netCDF/xarray attributes of a variable: ``units`` (where it has one) and ``description``; {} for a
-    name the schema does not hold (coordinates, bookkeeping)."""
-    col = BY_NAME.get(name)
+    name the schema does not hold (coordinates, bookkeeping). ``table``: :data:`BY_NAME` (the default: the
+    prediction and the energy differences) or :data:`BAND_BY_NAME`."""
+    col = (BY_NAME if table is None else table).get(name)
     if col is None:
         return {}
     return {**({"units": col.units} if col.units else {}), "description": col.description}
 
 
-def table(names) -> str:
-    """An RST table (name, dims, units, meaning) of the columns ``names``: what the predictor's and the screen
-    file's docstrings show, so that units and meanings are written here only."""
+def table(names, table: dict | None = None) -> str:
+    """An RST table (name, dims, units, meaning) of the columns ``names`` (of ``table``, as in :func:`attrs`):
+    what the predictor's, the screen file's and the NEB band's docstrings show, so that units and meanings are
+    written here only."""
     dims = {_S: "structure", _A: "atom", _A3: "(atom, component)"}
-    rows = [(c.name, dims[c.dims] if not c.extra_dim else f"({dims[c.dims]}, {c.extra_dim})", c.units or "-",
-             c.description) for c in columns(names)]
+    dims_of = (lambda c: dims.get(c.dims) or (f"({c.dims.replace(',', ', ')})" if "," in c.dims  # noqa: E731
+                                              else c.dims))
+    rows = [(c.name, dims_of(c) if not c.extra_dim else f"({dims_of(c)}, {c.extra_dim})", c.units or "-",
+             c.description) for c in columns(names, table)]
     widths = [max(len(r[i]) for r in [("variable", "dims", "units", "meaning"), *rows]) for i in range(4)]
     rule = "  ".join("=" * w for w in widths)
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:3]) + "  {}"
@@ -188,9 +238,11 @@ def calculator_columns() -> list[Column]:
     return [c for c in COLUMNS if c.calculator is not None]
 
 
-def columns(names) -> list[Column]:
-    """The schema's columns of ``names``, in that order (KeyError naming any the schema lacks)."""
-    missing = [n for n in names if n not in BY_NAME]
+def columns(names, table: dict | None = None) -> list[Column]:
+    """The schema's columns of ``names`` (of ``table``, as in :func:`attrs`), in that order (KeyError naming any
+    the schema lacks)."""
+    table = BY_NAME if table is None else table
+    missing = [n for n in names if n not in table]
     if missing:
         raise KeyError(f"not in calib.schema: {missing}")
-    return [BY_NAME[n] for n in names]
+    return [table[n] for n in names]

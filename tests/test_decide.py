@@ -112,10 +112,10 @@ def test_cli_decide_on_shipped_data(calibrated, chgnet):
     from calib.artifact import Artifact
 
     art = Artifact.load(d / "SCALED.nc")
-    assert set(art.corrections.factors) == {"Li-F"}
+    assert set(art.corrections) == {"Li-F"}
     c, anchor = art.corrections.factor("Li-F")
     assert c == pytest.approx(recs["Li-F"]["correction"])
-    lo, hi = art.corrections.ci["Li-F"]
+    lo, hi = art.corrections["Li-F"].ci
     assert lo <= c <= hi
     lif = [a for a in lab if a.info["chemsys"] == "Li-F"]
     ase.io.write(d / "lif.extxyz", lif[:3], format="extxyz")

@@ -38,17 +38,19 @@ def test_predictor_difference_sigma_by_brute_force(chgnet):
     c² and the correction's own variance, and the intervals are q·σ about ΔE and c·ΔE."""
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
-    from calib.softening.correction import ScalarCorrection, correction_sigma
+    from calib.softening.correction import ChemistryCorrection, ScalarCorrection, correction_sigma
     from calib.uq.conformal import ConformalCalibrator
-    from calib.uq.differences import DifferenceVarianceModel
+    from calib.uq.differences import DifferenceModels, DifferenceVarianceModel
+    from calib.uq.targets import ConformalSet
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     raw, cor = DifferenceVarianceModel(3.0, 0.05, 0.002), DifferenceVarianceModel(1.5, 0.01, 0.001)
     cal = ConformalCalibrator(0.1).fit(np.linspace(-2, 2, 99), np.ones(99))
     cal_c = ConformalCalibrator(0.2).fit(np.linspace(-2, 2, 99), np.ones(99))
-    art = art.replace(differences={"raw": raw, "corrected": cor},
-                      conformal={**art.conformal, "energy_difference": cal, "energy_difference_corrected": cal_c},
-                      corrections=ScalarCorrection({"Si": (1.3, -5.2)}, {"Si": (1.2, 1.4)}))
+    art = art.replace(differences=DifferenceModels(raw, cor),
+                      conformal=ConformalSet({**art.conformal, "energy_difference": cal,
+                                              "energy_difference_corrected": cal_c}),
+                      corrections=ScalarCorrection({"Si": ChemistryCorrection(1.3, -5.2, (1.2, 1.4))}))
     images = datasets.load("high-energy-states", chemsys="Si")[:4]
     images[2] = images[2][[1, 0, 2, 3, 4, 5, 6, 7]]  # same composition, atoms in another order
     ds = CalibratedPredictor(chgnet, art).energy_differences(images)
@@ -121,16 +123,16 @@ def test_one_pair_definition_by_brute_force():
 
 
 def test_difference_sigmas_are_the_models_and_nan_without_a_correction():
-    from calib.uq.differences import DifferenceVarianceModel, difference_sigmas
+    from calib.uq.differences import DifferenceModels, DifferenceVarianceModel, difference_sigmas
 
     raw, cor = DifferenceVarianceModel(2.0, 0.04, 1e-3), DifferenceVarianceModel(1.5, 0.01, 2e-3)
     v, dE = np.array([1e-3, 4e-3, 2e-2]), np.array([0.1, -0.3, 0.5])
-    s, s_c = difference_sigmas({"raw": raw}, v, dE, 0.8, 0.05)
+    s, s_c = difference_sigmas(DifferenceModels(raw=raw), v, dE, 0.8, 0.05)
     np.testing.assert_allclose(s, np.sqrt(2.0 * v + 0.04 * dE**2 + 1e-3), rtol=1e-12)
     assert s_c is None  # no corrected model: no corrected σ
     c = np.array([0.8, np.nan, 1.1])
-    s, s_c = difference_sigmas({"raw": raw, "corrected": cor}, v, dE, c, 0.05)
+    s, s_c = difference_sigmas(DifferenceModels(raw, cor), v, dE, c, 0.05)
     expect = np.sqrt(1.5 * c**2 * v + (0.01 + 0.05**2) * dE**2 + 2e-3)
     np.testing.assert_allclose(s_c[[0, 2]], expect[[0, 2]], rtol=1e-12)
     assert np.isnan(s_c[1])
-    np.testing.assert_allclose(difference_sigmas({}, v, dE)[0], np.sqrt(v), rtol=1e-12)
+    np.testing.assert_allclose(difference_sigmas(DifferenceModels(), v, dE)[0], np.sqrt(v), rtol=1e-12)

@@ -15,12 +15,13 @@ DATA = pathlib.Path(__file__).parent / "data"
 def hand_artifact(chgnet):
     from calib.artifact import Artifact
     from calib.uq.conformal import ConformalCalibrator
-    from calib.uq.differences import DifferenceVarianceModel
+    from calib.uq.differences import DifferenceModels, DifferenceVarianceModel
+    from calib.uq.targets import ConformalSet
 
     art = Artifact.load(DATA / "legacy_v1.nc", model=chgnet)
     cal = ConformalCalibrator(0.1).fit(np.linspace(-2, 2, 99), np.ones(99))
-    return art.replace(differences={"raw": DifferenceVarianceModel(5.0, 0.04, 0.003)},
-                       conformal={**art.conformal, "energy_difference": cal})
+    return art.replace(differences=DifferenceModels(raw=DifferenceVarianceModel(5.0, 0.04, 0.003)),
+                       conformal=ConformalSet({**art.conformal, "energy_difference": cal}))
 
 
 def test_band_covariance_and_barriers_against_monte_carlo(chgnet, hand_artifact):
@@ -35,7 +36,7 @@ def test_band_covariance_and_barriers_against_monte_carlo(chgnet, hand_artifact)
     ds = band(CalibratedPredictor(chgnet, hand_artifact), images)
     pred = chgnet.predict(images, forces=False)
     L = hand_artifact.llpr
-    model = hand_artifact.differences["raw"]
+    model = hand_artifact.differences.raw
     cov_w = L.alpha2_ * np.linalg.inv(L.hessian_ + L.sigma2_ * np.eye(L.n_features))
     rng = np.random.default_rng(0)
     n = 400_000
@@ -54,7 +55,7 @@ def test_band_covariance_and_barriers_against_monte_carlo(chgnet, hand_artifact)
     draws = {"forward": full[:, m], "reverse": full[:, m] - full[:, M], "kra": full[:, m] - full[:, M] / 2}
     for name, x in draws.items():
         assert float(raw["barrier_sigma"].sel(barrier=name)) == pytest.approx(x.std(), rel=0.02), name
-    q = hand_artifact.conformal["energy_difference"].quantile_
+    q = hand_artifact.conformal.energy_difference.quantile_
     fwd = raw.sel(barrier="forward")
     assert float(fwd["barrier_high"]) == pytest.approx(D[m] + q * float(fwd["barrier_sigma"]))
 

@@ -78,3 +78,29 @@ def test_screen_rows_and_calculator_results_are_the_predictions(default_predicto
         owner = ds["structure_index"].values == k
         np.testing.assert_allclose(res["forces"], ds["forces"].values[owner], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(res["forces_uncertainty"], ds["forces_sigma"].values[owner], rtol=1e-4)
+
+
+def test_energy_differences_and_the_neb_band_take_units_and_meanings_from_the_schema(default_predictor):
+    """The energy differences against one structure and the NEB band declare their variables in calib.schema
+    (DIFFERENCES, BAND) like the prediction: every variable is there, with its unit, its meaning and its dims."""
+    from calib import schema
+    from calib.workflows.neb import band
+
+    images = []
+    for k in range(3):
+        si = bulk("Si", "diamond", 5.43)
+        si.rattle(0.02 * (k + 1), seed=k)
+        images.append(si)
+    ds = default_predictor.energy_differences(images, progress=False)
+    names = set(ds.data_vars) - {"name", "chemsys", "error"}
+    assert {"energy_difference", "energy_difference_sigma", "energy_difference_low", "difference_reason"} <= names
+    for name in names:
+        col = next(c for c in schema.DIFFERENCES if c.name == name)  # StopIteration: not declared
+        assert ds[name].attrs.get("units", "") == col.units, name
+        if name != "energy_difference_sigma":  # says which model gave it (the difference model or LLPR alone)
+            assert ds[name].attrs["description"] == col.description, name
+    out = band(default_predictor, images)
+    assert set(out.data_vars) - {"name"} == {c.name for c in schema.BAND}
+    for col in schema.BAND:
+        assert out[col.name].dims == tuple(col.dims.split(",")), col.name
+        assert out[col.name].attrs == {"units": col.units, "description": col.description}, col.name

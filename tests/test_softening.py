@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from calib import datasets
-from calib.softening.correction import ScalarCorrection, corrected_calculator
+from calib.softening.correction import ChemistryCorrection, ScalarCorrection, corrected_calculator
 from calib.softening.scale import fit_softening
 
 
@@ -65,7 +65,7 @@ def test_bootstrap_ci_covers_true_slope_about_95_percent():
 
 
 def test_correction_scales_energy_differences_like_forces():
-    corr = ScalarCorrection({"Si": (1.5, -5.0)})
+    corr = ScalarCorrection({"Si": ChemistryCorrection(1.5, -5.0)})
     e_a, _, _ = corr.apply("Si", 8, energy=-38.0)
     e_b, f, s = corr.apply("Si", 8, energy=-39.0, forces=np.ones((8, 3)), stress=np.ones(6))
     assert e_a - e_b == pytest.approx(1.5 * 1.0)
@@ -83,7 +83,7 @@ def test_ase_calculator_wrapper(chgnet):
     atoms.rattle(0.05, seed=1)
     ref = atoms.copy()
     ref.calc = base
-    corr = ScalarCorrection({"Si": (1.4, -5.3)})
+    corr = ScalarCorrection({"Si": ChemistryCorrection(1.4, -5.3)})
     atoms.calc = corrected_calculator(base, corr)
     np.testing.assert_allclose(atoms.get_forces(), 1.4 * ref.get_forces(), rtol=1e-6)
     assert atoms.get_potential_energy() == pytest.approx(-5.3 * 8 + 1.4 * (ref.get_potential_energy() + 5.3 * 8))
@@ -166,10 +166,10 @@ def test_correction_found_in_either_spelling_and_never_pooled_by_a_wrong_tag(chg
     import warnings
 
     from calib import datasets
-    from calib.softening.correction import ScalarCorrection
+    from calib.softening.correction import ChemistryCorrection, ScalarCorrection
     from calib.workflows.softening import measure_softening
 
-    corr = ScalarCorrection({"F-Li": (1.2, -4.0)}, {"F-Li": (1.1, 1.3)})
+    corr = ScalarCorrection({"F-Li": ChemistryCorrection(1.2, -4.0, (1.1, 1.3))})
     assert "Li-F" in corr and corr.factor("Li-F") == (1.2, -4.0)
     c, sc = corr.per_structure(["Li-F", "F-Li", "Na-Cl"])
     assert c[0] == c[1] == 1.2 and np.isnan(c[2]) and sc[0] == sc[1] > 0 and np.isnan(sc[2])

@@ -295,6 +295,18 @@ def unreadable(structs) -> list:
             for k, a in enumerate(structs) if a.info.get("read_error")]
 
 
+def read_readable(paths: List[Path], what: str) -> tuple[list, list]:
+    """(the structures of ``paths`` that could be read, the issues of those that could not: :func:`unreadable`), for
+    commands that hand structures to code that does not validate them; an input error naming ``what`` ("structure
+    to label") when none could be read."""
+    structs = read_inputs(paths)
+    skipped = unreadable(structs)
+    structs = [a for a in structs if not a.info.get("read_error")]
+    if not structs:
+        fail(f"no valid {what}: " + "; ".join(map(str, skipped[:5])))
+    return structs, skipped
+
+
 def subset_options(every: int, limit: Optional[int], shuffle: bool, seed: int) -> dict:
     """Check the subset options (before any model loads)."""
     positive_int("--every", every)
@@ -451,15 +463,6 @@ def policy_option(name: str):
 ForceTolOpt = policy_option("force_tol")
 EnergyTolOpt = policy_option("energy_tol")
 TrustConfidenceOpt = policy_option("confidence")
-
-
-def trust_policy(force_tol: float, energy_tol: Optional[float], confidence: float | None = None, **more):
-    """The verdict's policy from a command's options, checked under their flags (before any model loads)."""
-    from calib.settings import default, from_flags
-    from calib.uq.trust import TrustPolicy
-
-    confidence = default(TrustPolicy, "confidence") if confidence is None else confidence
-    return from_flags(TrustPolicy, force_tol=force_tol, energy_tol=energy_tol, confidence=confidence, **more)
 
 
 def calibration_or_default(calibration: Optional[Path], model: Optional[str]) -> tuple[Path, dict]:

@@ -10,10 +10,8 @@ import typer
 import calib.cli.report as report
 from calib.cli.app import (
     Flag,
-    JsonOpt,
     ModelOpt,
     OverwriteOpt,
-    QuietOpt,
     SchedulerOpt,
     WorkersOpt,
     app,
@@ -26,10 +24,10 @@ from calib.cli.app import (
     model_and_artifact,
     option,
     read_inputs,
+    read_readable,
     report_issues,
-    unreadable,
 )
-from calib.cli.options import GROUPED, ModelRun, Subset, grouped
+from calib.cli.options import GROUPED, ModelRun, Output, Subset, grouped
 from calib.data.dft import GPAWSettings
 from calib.errors import OutputError, check_outputs, named_as
 from calib.settings import from_flags
@@ -52,8 +50,7 @@ def hessian(
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Accumulate the LLPR pseudo-Hessian H = Σ f fᵀ over unlabelled structures.
 
@@ -73,7 +70,7 @@ def hessian(
     try:
         art, issues = build_hessian(m, structs, batch_size=run.batch_size, force_weight=force_weight,
                                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                    progress=not quiet, source=",".join(map(str, structures)), client=client)
+                                    progress=output.progress, source=",".join(map(str, structures)), client=client)
     finally:
         if client is not None:
             from calib.workflows.distributed import close_client
@@ -84,10 +81,10 @@ def hessian(
     summary = {"out": str(out), "n_structures": L.n_structures_, "n_features": L.n_features, "rank": L.rank_,
                "largest_eigenvalue": float(L.eigenvalues_[-1]), "seconds": art.attrs["hessian_seconds"],
                "skipped": [i.as_dict() for i in issues]}
-    if as_json:
+    if output.as_json:
         emit_json(summary)
     else:
-        report_issues(issues, as_json)
+        report_issues(issues, output.as_json)
         echo(report.hessian(L, out))
 
 
@@ -108,8 +105,7 @@ def calibrate_cmd(
     min_class_size: int = option(CalibrationSettings, "min_class_size"),
     energy_folds: int = option(CalibrationSettings, "energy_folds"),
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Fit α², ς² (Gaussian NLL), the per-element energy reference and conformal quantiles on labelled data.
 
@@ -124,13 +120,13 @@ def calibrate_cmd(
     m, art = model_and_artifact(run.model, device, hessian_path)
     art.check_model(m)
     with named_as(target="--target"):
-        res = calibrate(art, m, structs, settings, batch_size=run.batch_size, progress=not quiet)
+        res = calibrate(art, m, structs, settings, batch_size=run.batch_size, progress=output.progress)
     res.artifact.save(out)
     summary = {"out": str(out), **res.summary.as_dict(), "skipped": [i.as_dict() for i in res.issues]}
-    if as_json:
+    if output.as_json:
         emit_json(summary)
     else:
-        report_issues(res.issues, as_json)
+        report_issues(res.issues, output.as_json)
         echo(report.calibration(res.summary, alpha, out))
 
 
@@ -146,6 +142,7 @@ def _parse_classes(classes: str):
 
 
 @app.command("label")
+@grouped()
 def label_cmd(
     structures: List[Path] = typer.Argument(..., help="structures to label (extxyz, CIF, POSCAR, ASE db); "
                                             "'-': extxyz on stdin"),
@@ -157,8 +154,7 @@ def label_cmd(
     retry_failed: bool = Flag(False, "--retry-failed", help="retry structures in OUT.errors.jsonl"),
     overwrite: bool = Flag(False, "--overwrite", help="replace OUT instead of resuming it (an OUT that calib "
                            "label did not write is never resumed)"),
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Reference energies (eV), forces (eV/Å) and stress (eV/Å³) with GPAW PAW (plane waves).
 
@@ -181,19 +177,15 @@ def label_cmd(
     except ImportError:
         fail("GPAW is not installed: CC=g++ pip install -e '.[dft]' (or pass an ASE calculator "
               "to calib.data.labelers.label from Python)", "usage")
-    structs = read_inputs(structures)
-    skipped = unreadable(structs)
-    structs = [a for a in structs if not a.info.get("read_error")]
-    if not structs:
-        fail("no valid structure to label: " + "; ".join(map(str, skipped[:5])))
+    structs, skipped = read_readable(structures, "structure to label")
     from calib.data.labelers import GPAWFactory, label
 
     report = label(structs, out, GPAWFactory(cutoff=cutoff, kdensity=kdensity, xc=xc),
-                   progress=not quiet, retry_failed=retry_failed, overwrite=overwrite)
-    if as_json:
+                   progress=output.progress, retry_failed=retry_failed, overwrite=overwrite)
+    if output.as_json:
         emit_json({**report.as_dict(), "skipped": [i.as_dict() for i in skipped]})
     else:
-        report_issues(skipped, as_json)
+        report_issues(skipped, output.as_json)
         typer.echo(f"{report.n_labelled} labelled, {report.n_done_before} already done, "
                    f"{len(report.failures)} failed in {report.seconds:.0f} s; written to {out}")
         if getattr(report, "repaired", None):

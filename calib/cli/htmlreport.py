@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from calib.cli import plots
+from calib.data.figures import pyplot, save
 
 #: chemistries whose parity plot the page shows (the table lists them all)
 MAX_PARITY_PLOTS = 12
@@ -37,10 +38,7 @@ def _png(draw) -> str:
 
 
 def _fig(fig) -> str:
-    plt = plots._plt()
-    uri = _png(lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return uri
+    return _png(lambda f: save(fig, f, dpi=110, tight=False, format="png"))
 
 
 def element_counts(artifact) -> dict[str, int]:
@@ -63,7 +61,7 @@ def periodic_table_figure(counts: dict[str, int]) -> str:
     """The periodic table (pymatgen's rows and groups), elements coloured by ``counts`` (grey: none)."""
     from pymatgen.core import Element
 
-    plt = plots._plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.2))
     cmap = plt.get_cmap("viridis")
     top = max(counts.values(), default=1)
@@ -119,7 +117,7 @@ def force_coverage(ds, structures) -> dict:
 
 def width_figure(points: dict) -> str:
     """Per target: the conformal half-widths against the |errors| they should cover (histograms, log scale)."""
-    plt = plots._plt()
+    plt = pyplot()
     from calib.uq.targets import TARGETS
 
     names = [n for n, p in points.items() if p["half_width"] is not None]
@@ -150,7 +148,7 @@ def reliability_figure(points: dict) -> str:
 
 
 def screen_figure(summary: dict) -> str:
-    plt = plots._plt()
+    plt = pyplot()
     reasons = summary.get("reasons", {})
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * max(len(reasons), 1)))
     ax.barh(list(reasons)[::-1] or ["(none)"], list(reasons.values())[::-1] or [0], color="tab:red")
@@ -214,7 +212,8 @@ def _heldout(artifact, model, labelled, progress: bool) -> dict:
             "reliability": reliability_figure(ev.points), "widths": width_figure(ev.points),
             "force_coverage": force_coverage(pred, labelled), "verdict": ev.verdict,
             "softening": [r.as_dict() for r in soft.results.values()], "parity": parity,
-            "softening_failed": soft.failures}
+            "softening_failed": {c: {"n_structures": f.n_structures, "reason": f.reason}
+                                 for c, f in soft.failures.items()}}
 
 
 def _parity(soft, chem: str) -> str:

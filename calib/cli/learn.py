@@ -12,10 +12,8 @@ import calib.cli.report as report
 from calib.cli.app import (
     DeviceOpt,
     Flag,
-    JsonOpt,
     ModelOpt,
     OverwriteOpt,
-    QuietOpt,
     app,
     common_options,
     echo,
@@ -24,8 +22,9 @@ from calib.cli.app import (
     load_model_for,
     option,
     read_inputs,
-    unreadable,
+    read_readable,
 )
+from calib.cli.options import GROUPED, Output, grouped
 from calib.data.dft import GPAWSettings
 from calib.errors import check_output_folder, check_outputs, named_as
 from calib.settings import from_flags
@@ -33,6 +32,7 @@ from calib.workflows.settings import LOOP_GPAW, FinetuneSettings, LoopSettings
 
 
 @app.command("finetune")
+@grouped()
 def finetune_cmd(
     labelled: List[Path] = typer.Argument(..., help="labelled structures (energy eV, forces eV/Å), e.g. from "
                                           "`calib label`; '-': extxyz on stdin"),
@@ -50,8 +50,7 @@ def finetune_cmd(
                                   "its typical error): only when you know the labels are right"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Fine-tune CHGNet, SevenNet or a MACE model on new labels with replay, through the model's own trainer
     (chgnet's Trainer, sevenn's Trainer, mace_run_train --foundation_model); the output loads with --model.
@@ -71,9 +70,9 @@ def finetune_cmd(
              "and MACE models (their own trainers)", "usage")
     with named_as(check_units="--allow-unphysical-labels"):
         res = finetune(m, structs, out, epochs=epochs, replay=replay, lr=lr, seed=seed, batch_size=batch_size,
-                       stress=stress, progress=not quiet, check_units=not allow_unphysical,
+                       stress=stress, progress=output.progress, check_units=not allow_unphysical,
                        label_files=[str(p) for p in labelled])
-    if as_json:
+    if output.as_json:
         emit_json(res.as_dict())
         return
     echo(report.finetune(res))
@@ -88,6 +87,7 @@ def _chgnet_only(model: Optional[str]) -> None:
 
 
 @app.command("loop")
+@grouped()
 def loop_cmd(
     start: List[Path] = typer.Argument(..., help="start structure(s) of the MD (extxyz, CIF, POSCAR, ...)"),
     out: Path = typer.Option(..., "-o", "--out", help="folder of the loop: round-N/ (frames, labels, model, "
@@ -107,8 +107,7 @@ def loop_cmd(
     replay: int = option(LoopSettings, "replay"),
     seed: int = option(LoopSettings, "seed"),
     device: str = DeviceOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Periodic fine-tuning (Wong & Yang): MD with the current model, label where it goes, fine-tune, recalibrate,
     decide; until the decision is accept or scale, or the rounds run out. A killed loop resumes with the same -o.
@@ -130,11 +129,7 @@ def loop_cmd(
     from calib.data.labelers import GPAWFactory
 
     factory = GPAWFactory(cutoff=cutoff, kdensity=kdensity, spinpol=False)
-    structs = read_inputs(start)
-    skipped = unreadable(structs)
-    structs = [a for a in structs if not a.info.get("read_error")]
-    if not structs:
-        fail("no valid start structure: " + "; ".join(map(str, skipped[:5])))
+    structs, _ = read_readable(start, "start structure")
     check_run(out, structs, settings, factory, model, calibration)  # before GPAW or a model
     try:
         import gpaw  # noqa: F401
@@ -142,9 +137,9 @@ def loop_cmd(
         fail("GPAW is not installed: CC=g++ pip install -e '.[dft]'", "usage")
     m = load_model_for(model, device)
     rep = run_loop(structs, out, model=m, calibration=str(calibration) if calibration else None, settings=settings,
-                   labeller=factory, progress=not quiet,
-                   log=None if (quiet or as_json) else (lambda msg: typer.echo(msg, err=True)))
-    if as_json:
+                   labeller=factory, progress=output.progress,
+                   log=None if (output.quiet or output.as_json) else (lambda msg: typer.echo(msg, err=True)))
+    if output.as_json:
         emit_json(rep)
         return
     echo(report.loop(rep, out))

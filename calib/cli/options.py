@@ -1,9 +1,10 @@
 """Option groups that several commands share, declared once.
 
 A command takes one parameter annotated with a group (``subset: Subset = GROUPED``, ``run: ModelRun =
-GROUPED``) and is decorated with :func:`grouped`: typer then sees the group's options (``--every --limit
---shuffle --seed``; ``--model --batch-size --device``) in that parameter's place, and the command receives them
-as one value. A command whose option differs from the group's (``calib hessian`` loads CHGNet by default, not
+GROUPED``, ``trust: Trust = GROUPED``, ``output: Output = GROUPED``) and is decorated with :func:`grouped`: typer
+then sees the group's options (``--every --limit --shuffle --seed``; ``--model --batch-size --device``;
+``--force-tol --energy-tol --trust-confidence``; ``--quiet --json``) in that parameter's place, and the command
+receives them as one value. A command whose option differs from the group's (``calib hessian`` loads CHGNet by default, not
 the artifact's model) passes its own as a keyword of :func:`grouped`.
 """
 
@@ -20,10 +21,15 @@ from calib.cli.app import (
     ArtModelOpt,
     BatchOpt,
     DeviceOpt,
+    EnergyTolOpt,
     EveryOpt,
+    ForceTolOpt,
+    JsonOpt,
     LimitOpt,
+    QuietOpt,
     SeedOpt,
     ShuffleOpt,
+    TrustConfidenceOpt,
     common_options,
     subset_options,
 )
@@ -63,7 +69,46 @@ class ModelRun:
         return common_options(self.batch_size, self.device, model=self.model)
 
 
-GROUPS = (Subset, ModelRun)
+@dataclass(frozen=True)
+class Trust:
+    """The verdict's options (:class:`calib.uq.trust.TrustPolicy`): ``force_tol`` (eV/Å), ``energy_tol`` (eV/atom;
+    None: not part of the verdict) and ``trust_confidence`` (the confidence of the force bound it reads)."""
+
+    force_tol: float
+    energy_tol: Optional[float]
+    trust_confidence: float
+
+    OPTIONS: ClassVar[dict] = {"force_tol": ForceTolOpt, "energy_tol": EnergyTolOpt,
+                               "trust_confidence": TrustConfidenceOpt}
+
+    def policy(self, **more):
+        """The :class:`~calib.uq.trust.TrustPolicy` of these options and ``more`` of its fields, checked under their
+        flags before any model loads."""
+        from calib.settings import default, from_flags
+        from calib.uq.trust import TrustPolicy
+
+        confidence = default(TrustPolicy, "confidence") if self.trust_confidence is None else self.trust_confidence
+        return from_flags(TrustPolicy, force_tol=self.force_tol, energy_tol=self.energy_tol, confidence=confidence,
+                          **more)
+
+
+@dataclass(frozen=True)
+class Output:
+    """How a command reports: ``quiet`` (no progress bars on stderr) and ``as_json`` (exactly one JSON document on
+    stdout, errors too)."""
+
+    quiet: bool
+    as_json: bool
+
+    OPTIONS: ClassVar[dict] = {"quiet": QuietOpt, "as_json": JsonOpt}
+
+    @property
+    def progress(self) -> bool:
+        """Whether progress bars are shown (not ``quiet``)."""
+        return not self.quiet
+
+
+GROUPS = (Subset, ModelRun, Trust, Output)
 #: the default of a command's group parameter in its source (:func:`grouped` puts the group's options there)
 GROUPED = None
 

@@ -9,9 +9,7 @@ import typer
 
 from calib.cli.app import (
     CalibrationOpt,
-    JsonOpt,
     OverwriteOpt,
-    QuietOpt,
     app,
     calibrated,
     calibration_or_default,
@@ -21,7 +19,7 @@ from calib.cli.app import (
     read_inputs,
     say_calibration,
 )
-from calib.cli.options import GROUPED, ModelRun, Subset, grouped
+from calib.cli.options import GROUPED, ModelRun, Output, Subset, grouped
 from calib.errors import check_outputs
 
 
@@ -37,8 +35,7 @@ def report_cmd(
     subset: Subset = GROUPED,
     run: ModelRun = GROUPED,
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """One HTML page: coverage of the calibration, its quantiles and corrections; with --labelled, held-out
     coverage, widths, softening and the verdict; with --screen, a screen's counts."""
@@ -55,11 +52,11 @@ def report_cmd(
 
     m, art = model_and_artifact(run.model, device, calibration)
     art = calibrated(art, calibration, m)
-    ctx = htmlreport.build(art, model=m, labelled=structs, screen=screen, progress=not quiet)
+    ctx = htmlreport.build(art, model=m, labelled=structs, screen=screen, progress=output.progress)
     htmlreport.render(ctx, out)
     sections = ["provenance", "coverage", "quantiles", "corrections"] + [k for k in ("heldout", "screen")
                                                                          if ctx[k] is not None]
-    if as_json:
+    if output.as_json:
         emit_json({"out": str(out), "sections": sections, "calibration": cal_rec})
         return
     say_calibration(cal_rec)

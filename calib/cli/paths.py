@@ -10,13 +10,8 @@ import typer
 import calib.cli.report as report
 from calib.cli.app import (
     CalibrationOpt,
-    EnergyTolOpt,
-    ForceTolOpt,
-    JsonOpt,
     ModelOpt,
     OverwriteOpt,
-    QuietOpt,
-    TrustConfidenceOpt,
     app,
     calibration_or_default,
     echo,
@@ -27,9 +22,8 @@ from calib.cli.app import (
     policy_option,
     read_inputs,
     say_calibration,
-    trust_policy,
 )
-from calib.cli.options import GROUPED, ModelRun, grouped
+from calib.cli.options import GROUPED, ModelRun, Output, Trust, grouped
 from calib.errors import check_outputs, named_as
 from calib.workflows.settings import EOSSettings
 
@@ -44,18 +38,15 @@ def neb_cmd(
                                              help="labelled images (same order) to compare with, e.g. DFT"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the profile with 1σ/2σ bands (PNG)"),
     barrier_tol: float = policy_option("barrier_tol"),
-    force_tol: float = ForceTolOpt,
-    energy_tol: Optional[float] = EnergyTolOpt,
-    trust_confidence: float = TrustConfidenceOpt,
+    trust: Trust = GROUPED,
     run: ModelRun = GROUPED,
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Image energies relative to image 0 (eV) with their covariance; forward, reverse and KRA barriers with
     calibrated intervals, raw and with the stored scalar correction."""
     device = run.checked()
-    policy = trust_policy(force_tol, energy_tol, trust_confidence, barrier_tol=barrier_tol)
+    policy = trust.policy(barrier_tol=barrier_tol)
     calibration, cal_rec = calibration_or_default(calibration, run.model)
     check_outputs({"--plot": plot}, inputs=[*images, calibration, reference], overwrite=overwrite)
     structs = read_inputs(images)
@@ -74,7 +65,7 @@ def neb_cmd(
     if plot is not None:
         plot_band(ds, plot, ref)
         rec["plot"] = str(plot)
-    if as_json:
+    if output.as_json:
         emit_json(rec)
         return
     say_calibration(cal_rec)
@@ -90,8 +81,7 @@ def eos_cmd(
     elements: Optional[List[str]] = typer.Option(None, "--element", help="only these elements (repeatable)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write B_model/B_WIEN2k vs Z to this image"),
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Bulk moduli (GPa) of ASE's dcdft crystals: Birch–Murnaghan fits of the model vs WIEN2k PBE."""
     device = run.checked()
@@ -101,11 +91,11 @@ def eos_cmd(
     with named_as(elements="--element"):
         check_elements(elements)
     m = load_model_for(run.model, device)
-    records, summary = run_eos(m, elements, batch_size=run.batch_size, progress=not quiet)
+    records, summary = run_eos(m, elements, batch_size=run.batch_size, progress=output.progress)
     if plot is not None:
         plot_eos(records, plot, title=f"{m.name} {m.version}: bulk modulus vs WIEN2k PBE (dcdft)")
         summary["plot"] = str(plot)
-    if as_json:
+    if output.as_json:
         emit_json({"records": [r.as_dict() for r in records], "summary": summary})
         return
     echo(report.eos(records, summary))

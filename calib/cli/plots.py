@@ -15,14 +15,7 @@ import os
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from calib.data.figures import pyplot, save
 
 
 def observed_coverage_curve(calibrator, errors, sigma, alphas=None) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +28,7 @@ def observed_coverage_curve(calibrator, errors, sigma, alphas=None) -> tuple[np.
 
 def calibration_curve_plot(curves: dict, path, title: str = "") -> None:
     """curves: name → (expected, observed)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot([0, 1], [0, 1], color="k", lw=0.8, label="ideal")
     for name, (exp, obs) in curves.items():
@@ -47,14 +40,12 @@ def calibration_curve_plot(curves: dict, path, title: str = "") -> None:
     ax.set_title(title or "Conformal calibration curve")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
 def error_sigma_plot(errors, sigma, calibrator, path, unit: str, title: str = "") -> None:
     """|error| vs σ with the conformal 68/95/99 % lines."""
-    plt = _plt()
+    plt = pyplot()
     e = np.abs(np.asarray(errors, dtype=float))
     s = np.asarray(sigma, dtype=float)
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
@@ -71,14 +62,12 @@ def error_sigma_plot(errors, sigma, calibrator, path, unit: str, title: str = ""
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
 def class_coverage_plot(per_class: dict, alpha: float, path, title: str = "") -> None:
     """Bars of held-out coverage per class, nominal level as a line, class sizes on the bars."""
-    plt = _plt()
+    plt = pyplot()
     names = list(per_class)
     cov = [per_class[c]["coverage"] for c in names]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 1.5), 3.6))
@@ -92,9 +81,7 @@ def class_coverage_plot(per_class: dict, alpha: float, path, title: str = "") ->
     ax.set_ylabel("coverage (held out)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
 def evaluation_plots(points: dict, folder, alpha: float | None) -> list[str]:

@@ -11,12 +11,7 @@ import calib.cli.report as report
 from calib.cli.app import (
     CalibrationOpt,
     DeviceOpt,
-    EnergyTolOpt,
-    TrustConfidenceOpt,
     Flag,
-    ForceTolOpt,
-    JsonOpt,
-    QuietOpt,
     SchedulerOpt,
     WorkersOpt,
     app,
@@ -33,9 +28,8 @@ from calib.cli.app import (
     option,
     read_inputs,
     say_calibration,
-    trust_policy,
 )
-from calib.cli.options import GROUPED, ModelRun, Subset, grouped
+from calib.cli.options import GROUPED, ModelRun, Output, Subset, Trust, grouped
 from calib.errors import check_outputs, check_plot_folder, named_as
 from calib.workflows.settings import ScreenSettings
 
@@ -51,8 +45,7 @@ def evaluate_cmd(
     forces: bool = typer.Option(True, "--forces/--no-forces", help="force targets (exact force σ: slower)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="folder for calibration plots (PNG; files in it "
                                         "with the same names are replaced)"),
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Coverage, width, NLL, ENCE, miscalibration area and Spearman of σ on held-out labelled data."""
     device = run.checked()
@@ -64,14 +57,14 @@ def evaluate_cmd(
 
     m, art = model_and_artifact(run.model, device, calibration)
     art = calibrated(art, calibration, m)
-    ev = evaluate(art, m, structs, batch_size=run.batch_size, forces=forces, progress=not quiet,
+    ev = evaluate(art, m, structs, batch_size=run.batch_size, forces=forces, progress=output.progress,
                   return_points=plot is not None)
     doc = {**ev.as_dict(), "calibration": cal_rec}
     if plot is not None:
         from calib.cli.plots import evaluation_plots
 
         doc["plots"] = evaluation_plots(ev.points, plot, alpha=ev.alpha)
-    if as_json:
+    if output.as_json:
         emit_json(doc)
         return
     for s in ev.skipped:
@@ -96,11 +89,8 @@ def predict_cmd(
                                    "directions carrying 95 % of the variance, a few passes) or none"),
     raw: bool = Flag(False, "--raw", help="report the model's own prediction where a stored scalar correction "
                      "would apply (default: the corrected prediction, judged by its own error model)"),
-    force_tol: float = ForceTolOpt,
-    energy_tol: Optional[float] = EnergyTolOpt,
-    trust_confidence: float = TrustConfidenceOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    trust: Trust = GROUPED,
+    output: Output = GROUPED,
 ):
     """Energies (total eV) with σ (eV) and the conformal interval of the reference-code energy, per structure.
 
@@ -110,7 +100,7 @@ def predict_cmd(
     device = run.checked()
     if force_mode not in ("exact", "approx", "none"):
         fail(f"--force-mode must be exact, approx or none, got {force_mode!r}", "usage")
-    policy = trust_policy(force_tol, energy_tol, trust_confidence)
+    policy = trust.policy()
     chosen = subset.checked()
     calibration, cal_rec = calibration_or_default(calibration, run.model)
     structs = read_inputs(structures, chosen)
@@ -120,7 +110,7 @@ def predict_cmd(
     m, art = model_and_artifact(run.model, device, calibration)
     predictor = CalibratedPredictor(m, art, trust=policy, correction=not raw)
     ds = predictor.predict(structs, forces=forces, force_mode=force_mode, batch_size=run.batch_size,
-                           progress=not quiet)
+                           progress=output.progress)
     # one record per input structure, in input order; a skipped one carries `error` instead of numbers
     all_records = to_records(ds, structs)
     records = [r for r in all_records if "error" not in r]
@@ -130,7 +120,7 @@ def predict_cmd(
     if not records:  # nothing predicted: the records say why, and the document is an input error too
         doc.update(error="no valid structure: " + "; ".join(f"structure {r['index']} ({r['name']}): {r['error']}"
                                                            for r in skipped[:5]), kind="input")
-    if as_json:
+    if output.as_json:
         emit_json(doc)
     else:
         if skipped:
@@ -144,6 +134,7 @@ def predict_cmd(
 
 
 @app.command("screen")
+@grouped()
 def screen_cmd(
     structures: List[Path] = typer.Argument(..., help="structure files (extxyz, ASE .db, any ASE format) or "
                                             "folders of CIF/POSCAR/... files; streamed, never held whole"),
@@ -152,9 +143,7 @@ def screen_cmd(
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write the rows as CSV at the end"),
     forces: bool = Flag(False, "--forces", help="also the LLPR force σ and conformal half-widths (approximate "
                                 "mode, ≈ 2–3× the cost of energies and forces alone); the verdict needs only forces"),
-    force_tol: float = ForceTolOpt,
-    energy_tol: Optional[float] = EnergyTolOpt,
-    trust_confidence: float = TrustConfidenceOpt,
+    trust: Trust = GROUPED,
     batch_size: int = option(ScreenSettings, "batch_size"),
     resume: bool = Flag(False, "--resume", help="continue an interrupted run into the same -o"),
     overwrite: bool = Flag(False, "--overwrite", help="replace an existing -o (and --csv)"),
@@ -162,14 +151,13 @@ def screen_cmd(
     scheduler: Optional[str] = SchedulerOpt,
     model: Optional[str] = typer.Option(None, "--model", help="default: the model named in the artifact"),
     device: str = DeviceOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Screen structures: energy, σ, interval, Q score, (force σ), trusted or not and why, per structure.
 
     Run time: about the model's own energies and forces; --forces 2–3× slower."""
     device = common_options(batch_size, device, model=model)
-    policy = trust_policy(force_tol, energy_tol, trust_confidence)  # before a cluster starts or a model loads
+    policy = trust.policy()  # before a cluster starts or a model loads
     check_workers(workers, scheduler)
     calibration, cal_rec = calibration_or_default(calibration, model)
     if not calibration.is_file():
@@ -185,7 +173,7 @@ def screen_cmd(
         with named_as(resume="--resume", overwrite="--overwrite"):
             summary = screen([str(p) for p in structures], calibration, out, model=model, device=device,
                              forces=forces, policy=policy, batch_size=batch_size,
-                             resume=resume, overwrite=overwrite, client=client, progress=not quiet)
+                             resume=resume, overwrite=overwrite, client=client, progress=output.progress)
     finally:
         if client is not None:
             from calib.workflows.distributed import close_client
@@ -197,7 +185,7 @@ def screen_cmd(
         read_results(out).to_dataframe().to_csv(csv)
         summary["csv"] = str(csv)
     summary["calibration"] = cal_rec
-    if as_json:
+    if output.as_json:
         emit_json(summary)
     else:
         say_calibration(cal_rec)

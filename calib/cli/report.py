@@ -123,7 +123,8 @@ def screening(summary: dict, out, csv) -> list[str]:
 
 
 def softening(results: dict, failed: dict) -> list[str]:
-    """``calib softening``: one row per chemical system (SofteningResult), then the ones not measured."""
+    """``calib softening``: one row per chemical system (SofteningResult), then the ones not measured
+    (SofteningFailure)."""
     head = (f"{'chemsys':<10} {'N':>3} {'s':>6} {'CI of s':>15} {'c':>6} {'R²':>5} {'MAE':>6} {'cMAE':>6} "
             f"{'cMAE_loo':>8}  (forces, eV/Å)")
     lines = [head, "-" * len(head)]
@@ -132,7 +133,7 @@ def softening(results: dict, failed: dict) -> list[str]:
                      f"[{r.softening_ci[0]:.3f}, {r.softening_ci[1]:.3f}] {r.correction:>6.3f} {r.r2:>5.2f} "
                      f"{r.mae:>6.3f} {r.cmae:>6.3f} {_num(r.cmae_loo, 8)}")
     for c, f in failed.items():
-        lines.append(f"{c:<10} {f['n_structures']:>3}  not measured: {f['reason']}")
+        lines.append(f"{c:<10} {f.n_structures:>3}  not measured: {f.reason}")
     return lines
 
 

@@ -10,9 +10,7 @@ import typer
 import calib.cli.report as report
 from calib.cli.app import (
     EnergyTolOpt,
-    JsonOpt,
     OverwriteOpt,
-    QuietOpt,
     TrustConfidenceOpt,
     app,
     calibrated,
@@ -25,7 +23,7 @@ from calib.cli.app import (
     report_issues,
     stage_outputs,
 )
-from calib.cli.options import GROUPED, ModelRun, Subset, grouped
+from calib.cli.options import GROUPED, ModelRun, Output, Subset, grouped
 from calib.errors import check_outputs, check_plot_folder, non_negative_int
 from calib.settings import from_flags
 from calib.softening.decide import DecisionRules
@@ -59,8 +57,7 @@ def softening_cmd(
                                                help="artifact to which the corrections are added (with -o)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write CALIBRATION with every correction"),
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Softening scale s (slope of model vs reference forces) with a bootstrap CI, correction c, MAE, cMAE.
 
@@ -81,22 +78,22 @@ def softening_cmd(
     # with an artifact, through its predictor: the corrections then record their domain (the structures' Q)
     predictor = CalibratedPredictor(m, calibrated(art, calibration, m)) if art is not None else None
     run_ = measure_softening(m, structs, batch_size=run.batch_size, n_bootstrap=n_bootstrap, confidence=confidence,
-                             seed=subset.seed, progress=not quiet, predictor=predictor)
+                             seed=subset.seed, progress=output.progress, predictor=predictor)
     results, issues, failed = run_.results, run_.issues, run_.failures
     if not results:
-        why = [f"{c}: {f['reason']}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
+        why = [f"{c}: {f.reason}" for c, f in failed.items()] or [str(i) for i in issues[:5]]
         fail("no chemistry could be measured: " + "; ".join(why), "input")
     art = _with_corrections(art, calibration, m, ScalarCorrection.from_results(results)) if out is not None \
         else None
     plots = run_.parity_plots(plot) if plot is not None else []
     if art is not None:
         art.save(out)
-    records = [r.as_dict() for r in results.values()] + [{"chemsys": c, **f} for c, f in failed.items()]
-    if as_json:
+    records = [r.as_dict() for r in results.values()] + [f.as_dict() for f in failed.values()]
+    if output.as_json:
         emit_json({"records": records, "skipped": [i.as_dict() for i in issues], "plots": plots,
                    "out": str(out or "")})
         return
-    report_issues(issues, as_json)
+    report_issues(issues, output.as_json)
     echo(report.softening(results, failed))
     if plots:
         typer.echo(f"parity plots in {plot}")
@@ -125,8 +122,7 @@ def decide_cmd(
     subset: Subset = GROUPED,
     run: ModelRun = GROUPED,
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Per chemistry: accept, scale (one scalar on forces, stress and energy differences) or label.
 
@@ -145,7 +141,7 @@ def decide_cmd(
 
     m, art = model_and_artifact(run.model, device, calibration)
     art = calibrated(art, calibration, m)
-    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=run.batch_size, progress=not quiet,
+    decisions, issues = decide(art, m, lab, tgt, rules=rules, batch_size=run.batch_size, progress=output.progress,
                                policy=policy)
     if not decisions:
         fail("nothing to decide: no valid labelled or target structure; " + "; ".join(map(str, issues[:5])))
@@ -160,12 +156,12 @@ def decide_cmd(
     stage_outputs(writers)  # both outputs or neither
     records = [d.as_dict() for d in decisions]
     into = "--targets" if tgt is not None else "the labelled structures"
-    if as_json:
+    if output.as_json:
         emit_json({"records": records, "rules": rules.as_dict(), "request_out": str(request_out or ""),
                    "requests_index_into": "TARGETS" if tgt is not None else "LABELLED",
                    "skipped": [i.as_dict() for i in issues]})
         return
-    report_issues(issues, as_json)
+    report_issues(issues, output.as_json)
     echo(report.decisions(decisions, force_tol, into))
     if request_out is not None:
         typer.echo(f"{len(requested)} requested structure(s) written to {request_out}")

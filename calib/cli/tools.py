@@ -13,7 +13,6 @@ from calib.cli.app import (
     JsonOpt,
     ModelOpt,
     OverwriteOpt,
-    QuietOpt,
     app,
     bench_app,
     common_options,
@@ -21,17 +20,18 @@ from calib.cli.app import (
     emit_json,
     print_bench,
 )
+from calib.cli.options import GROUPED, Output, grouped
 from calib.errors import OutputError, check_plot_folder, positive_int
 from calib.workflows.bench import CONFORMAL, DASK, LLPR, SCREEN
 
 
 @app.command()
+@grouped()
 def demo(
     out: Path = typer.Option(Path("calib-demo"), "--out", help="folder for the artifact and records"),
     model: str = ModelOpt,
     device: str = DeviceOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """The main job on the embedded default: CHGNet 0.3.0 + the shipped data (or another --model).
 
@@ -41,8 +41,9 @@ def demo(
         raise OutputError(f"--out {out} is a file; the demo writes a folder")
     from calib.workflows.demo import run_demo
 
-    run = run_demo(out, device=device, progress=not quiet, log=None if as_json else typer.echo, model=model)
-    if as_json:
+    run = run_demo(out, device=device, progress=output.progress, log=None if output.as_json else typer.echo,
+                   model=model)
+    if output.as_json:
         emit_json(run.as_dict())
     else:
         echo(report.demo(run))
@@ -133,6 +134,7 @@ def bench_limits_cmd(
 
 
 @bench_app.command("commands")
+@grouped()
 def bench_commands_cmd(
     only: Optional[List[str]] = typer.Option(None, "--only", help="only this command (repeatable), e.g. "
                                              "'softening'; the artifact it needs is built first"),
@@ -140,8 +142,7 @@ def bench_commands_cmd(
                                            "(created if absent; default: a new temporary folder); files in it "
                                            "that an earlier bench did not write are never replaced"),
     overwrite: bool = OverwriteOpt,
-    quiet: bool = QuietOpt,
-    as_json: bool = JsonOpt,
+    output: Output = GROUPED,
 ):
     """Wall time (s) and peak memory (MB) of every command on the shipped data, each in its own process."""
     from calib.cli.bench import BENCH_FILES, bench_commands
@@ -155,4 +156,5 @@ def bench_commands_cmd(
                               "pass another folder, or --overwrite to replace them")
         workdir.mkdir(exist_ok=True)
         marker.touch()
-    print_bench(bench_commands(only=only, workdir=str(workdir) if workdir else None, progress=not quiet), as_json)
+    print_bench(bench_commands(only=only, workdir=str(workdir) if workdir else None, progress=output.progress),
+                output.as_json)

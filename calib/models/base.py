@@ -17,6 +17,7 @@ feature-space quantity into a *total*-energy quantity in eV.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from abc import ABC, abstractmethod
@@ -177,6 +178,23 @@ def linear_readout(layer: torch.nn.Linear) -> tuple[np.ndarray, float]:
     return w, b
 
 
+@contextlib.contextmanager
+def layer_calls(*layers: torch.nn.Module, once: bool = False):
+    """What each of ``layers`` is called with while the block runs, by forward hooks removed on exit: yields one
+    list per layer of (first input, output) per call (how the adapters read the last-layer features φ_a). With
+    ``once``, a RuntimeError at the end of the block unless the first layer (the readout) ran exactly once."""
+    calls: list[list] = [[] for _ in layers]
+    handles = [layer.register_forward_hook(lambda mod, inp, out, seen=seen: seen.append((inp[0], out)))
+               for layer, seen in zip(layers, calls)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+    if once and len(calls[0]) != 1:
+        raise RuntimeError(f"expected one call of the readout layer, saw {len(calls[0])}")
+
+
 GRADIENT_ATOMS = 24  # atoms per differentiated pass on CPU (see atom_chunks)
 #: the most atoms one structure may have for a differentiated pass on CPU (ModelAdapter.max_atoms): CHGNet's
 #: forces keep a graph of ~1.1 MB per atom (measured: predict on a 1024-atom Si cell peaks at 1.6 GB RSS with
@@ -243,8 +261,8 @@ def batches(n: int, batch_size: int):
 class ModelAdapter(ABC):
     """One interatomic potential with a linear last layer.
 
-    Subclasses implement :meth:`forward_batch` and :meth:`feature_graph` and
-    set the attributes below. Everything else (validation, batching,
+    Subclasses implement :meth:`forward_batch` and :meth:`feature_graph`, hold their torch module as
+    ``model`` (or override :attr:`module`) and set the attributes below. Everything else (validation, batching,
     progress, the Prediction record) lives here.
 
     Attributes
@@ -267,11 +285,6 @@ class ModelAdapter(ABC):
     # ---- to implement
     @property
     @abstractmethod
-    def module(self) -> torch.nn.Module:
-        """The underlying torch module (used for the weights fingerprint)."""
-
-    @property
-    @abstractmethod
     def readout(self) -> tuple[np.ndarray, float]:
         """(w, b) of the final linear layer as float64."""
 
@@ -284,6 +297,11 @@ class ModelAdapter(ABC):
         """Pooled features with the autograd graph back to the positions."""
 
     # ---- shared
+    @property
+    def module(self) -> torch.nn.Module:
+        """The underlying torch module (used for the weights fingerprint): the adapter's ``model``."""
+        return self.model
+
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device

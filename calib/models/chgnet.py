@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 
-from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms, wrapped
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, layer_calls, linear_readout, pool_atoms, wrapped
 
 # chgnet's BatchedGraph builds its volume tensor from grad-tracking scalars; harmless, but noisy
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
@@ -116,10 +116,6 @@ class CHGNetAdapter(ModelAdapter):
         self.supported_elements = frozenset(range(1, n_elements + 1))
 
     @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @property
     def readout(self) -> tuple[np.ndarray, float]:
         w, b = linear_readout(self._last)
         return np.concatenate([w, np.zeros(self.n_features - w.size)]), b
@@ -143,12 +139,8 @@ class CHGNetAdapter(ModelAdapter):
         from chgnet.model.model import BatchedGraph
 
         graphs = self._graphs(structures)
-        captured: list[torch.Tensor] = []
-        pen: list[tuple[torch.Tensor, torch.Tensor]] = []
-        handles = [self._last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))]
-        if self.feature_set == "last2":
-            handles.append(self._pen.register_forward_hook(lambda mod, inp, out: pen.append((inp[0], out))))
-        try:
+        hooked = (self._last, self._pen) if self.feature_set == "last2" else (self._last,)
+        with layer_calls(*hooked, once=True) as calls:
             comp = self.model.composition_model(graphs) if self.model.composition_model is not None else 0.0
             bg = BatchedGraph.from_graphs(
                 graphs,
@@ -157,14 +149,9 @@ class CHGNetAdapter(ModelAdapter):
                 compute_stress=stress or strains,
             )
             pred = self.model._compute(bg, compute_force=forces, compute_stress=stress)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if len(captured) != 1:
-            raise RuntimeError(f"expected one call of the readout layer, saw {len(captured)}")
-        phi = captured[0]
+        phi, _ = calls[0][0]  # the readout's one call: (its input φ_a, its output)
         if self.feature_set == "last2":
-            h, z = pen[0]
+            h, z = calls[1][0]
             sig = torch.sigmoid(z)
             g = self._last.weight.reshape(1, -1) * sig * (1 + z * (1 - sig))  # w ⊙ silu'(z), (N, 64)
             phi = torch.cat([phi, g, (g.unsqueeze(2) * h.unsqueeze(1)).reshape(len(h), -1)], dim=1)

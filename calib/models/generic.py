@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, linear_readout, pool_atoms, wrapped
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, layer_calls, linear_readout, pool_atoms, wrapped
 
 
 class LinearReadoutAdapter(ModelAdapter):
@@ -58,24 +58,14 @@ class LinearReadoutAdapter(ModelAdapter):
         self.feature_set = "last"
 
     @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @property
     def readout(self) -> tuple[np.ndarray, float]:
         return linear_readout(self._readout)
 
     def _run(self, structures):
         inputs, positions, batch = self._collate([wrapped(a) for a in structures], self.device, self.dtype)
-        captured = []
-        handle = self._readout.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))
-        try:
+        with layer_calls(self._readout, once=True) as (calls,):
             energy = self._energy(self.model(**inputs))
-        finally:
-            handle.remove()
-        if len(captured) != 1:
-            raise RuntimeError(f"expected one call of the readout layer, saw {len(captured)}")
-        phi = captured[0]
+        phi, _ = calls[0]  # the readout's one call: (its input φ_a, its output)
         feats, n_atoms = pool_atoms(phi, batch, len(structures), self.energy_convention)
         return energy, phi, feats, n_atoms, positions
 

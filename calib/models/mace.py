@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms, wrapped
+from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, layer_calls, pool_atoms, wrapped
 
 #: the format tag of the MACE files ``calib finetune`` writes (calib.workflows.finetune_mace), and the attribute
 #: of the saved module that holds calib's provenance record (plain data): ``adapter.provenance`` reads it back
@@ -141,14 +141,6 @@ class MACEAdapter(ModelAdapter):
         return cols, w[cols].detach().to("cpu", torch.float64).numpy()
 
     @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
     def readout(self) -> tuple[np.ndarray, float]:
         return self._w.copy(), 0.0
 
@@ -174,19 +166,9 @@ class MACEAdapter(ModelAdapter):
 
     def _run(self, data: dict, *, forces: bool, stress: bool):
         """Model outputs and the per-atom features (N, d), hooked from the readouts' final linears."""
-        captured: list = [None] * len(self._finals)
-
-        def hook(k):
-            def fn(mod, inp, out):
-                captured[k] = inp[0]
-            return fn
-
-        handles = [lin.register_forward_hook(hook(k)) for k, lin in enumerate(self._finals)]
-        try:
+        with layer_calls(*self._finals) as calls:
             out = self.model(data, training=False, compute_force=forces, compute_stress=stress)
-        finally:
-            for h in handles:
-                h.remove()
+        captured = [c[-1][0] if c else None for c in calls]  # each readout's last call
         if any(c is None for c in captured):
             raise RuntimeError("a MACE readout was not called; cannot take last-layer features")
         phi = torch.cat([c[:, cols] for c, cols in zip(captured, self._columns)], dim=1)

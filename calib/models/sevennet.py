@@ -146,10 +146,6 @@ class SevenNetAdapter(ModelAdapter):
         self.feature_set = "last"
 
     @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @property
     def readout(self) -> tuple[np.ndarray, float]:
         return self._w.copy(), 0.0
 

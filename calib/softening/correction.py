@@ -32,67 +32,90 @@ def correction_sigma(ci, confidence: float = 0.95) -> float:
     return float((hi - lo) / (2 * norm.ppf(0.5 + confidence / 2)))
 
 
+@dataclass(frozen=True)
+class ChemistryCorrection:
+    """The scalar correction of one chemical system: forces × ``c``, stress × ``c``, E_anchor + c (E − E_anchor)
+    with ``anchor`` in eV/atom (model energy); ``ci`` = (low, high), the bootstrap CI of c (dimensionless) at
+    ``confidence`` (None: not known); ``domain``, the largest Q score (calib.uq.ood, dimensionless) of the
+    structures c was fitted on (None: not recorded): a structure scoring above it lies in environments the
+    correction has not seen."""
+
+    c: float
+    anchor: float = 0.0
+    ci: tuple[float, float] | None = None
+    confidence: float = 0.95
+    domain: float | None = None
+
+    @property
+    def sigma(self) -> float:
+        """σ_c from the CI (:func:`correction_sigma`), dimensionless; 0 without a CI."""
+        return correction_sigma(self.ci, self.confidence) if self.ci is not None else 0.0
+
+
 @dataclass
 class ScalarCorrection:
     """Per-chemistry scalar correction: forces × c, stress × c, E_anchor + c (E − E_anchor).
 
-    ``factors[chemsys] = (c, anchor)`` with the anchor in eV/atom (model energy);
-    ``ci[chemsys] = (low, high)``, the bootstrap CI of c at ``confidence[chemsys]`` (0.95 unless
-    given); ``domain[chemsys]``, the largest Q score (calib.uq.ood) of the structures c was fitted on:
-    a structure scoring above it lies in environments the correction has not seen. Chemistries without a factor are left unchanged. Chemical systems are element sets: keys
-    are kept in the canonical spelling (:func:`calib.data.structures.canonical_chemsys`), so ``F-Na``
-    and ``Na-F`` find the same correction.
+    ``by_chemsys[chemsys]`` is the chemistry's :class:`ChemistryCorrection` (c, anchor in eV/atom, the CI of c,
+    its domain). Chemistries without one are left unchanged. Chemical systems are element sets: keys are kept in
+    the canonical spelling (:func:`calib.data.structures.canonical_chemsys`), so ``F-Na`` and ``Na-F`` find the
+    same correction; ``corrections["Na-F"]``, ``"Na-F" in corrections``, ``len`` and iteration (chemical
+    systems) read it like a mapping.
     """
 
-    factors: dict = field(default_factory=dict)
-    ci: dict = field(default_factory=dict)
-    confidence: dict = field(default_factory=dict)
-    domain: dict = field(default_factory=dict)
+    by_chemsys: dict[str, ChemistryCorrection] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.factors = {_key(k): v for k, v in self.factors.items()}
-        self.ci = {_key(k): v for k, v in self.ci.items()}
-        self.confidence = {_key(k): float(v) for k, v in self.confidence.items()}
-        self.domain = {_key(k): float(v) for k, v in self.domain.items() if v is not None}
+        self.by_chemsys = {_key(k): v for k, v in self.by_chemsys.items()}
 
     @classmethod
     def from_results(cls, results: dict, only=None) -> ScalarCorrection:
         """From :class:`SofteningResult` per chemsys (those in ``only`` when given)."""
-        keep = {k: r for k, r in results.items() if only is None or k in only}
-        return cls({k: (float(r.correction), float(r.energy_anchor_per_atom or 0.0)) for k, r in keep.items()},
-                   {k: (float(r.correction_ci[0]), float(r.correction_ci[1])) for k, r in keep.items()},
-                   {k: float(r.confidence) for k, r in keep.items()},
-                   {k: r.domain_q_max for k, r in keep.items() if r.domain_q_max is not None})
+        return cls({k: ChemistryCorrection(float(r.correction), float(r.energy_anchor_per_atom or 0.0),
+                                           (float(r.correction_ci[0]), float(r.correction_ci[1])),
+                                           float(r.confidence),
+                                           None if r.domain_q_max is None else float(r.domain_q_max))
+                    for k, r in results.items() if only is None or k in only})
 
     def merged(self, other: ScalarCorrection) -> ScalarCorrection:
         """A new correction with ``other``'s chemistries added (replacing the same chemsys)."""
-        return ScalarCorrection({**self.factors, **other.factors}, {**self.ci, **other.ci},
-                                {**self.confidence, **other.confidence}, {**self.domain, **other.domain})
+        return ScalarCorrection({**self.by_chemsys, **other.by_chemsys})
 
     def __contains__(self, chemsys) -> bool:
-        return _key(chemsys) in self.factors
+        return _key(chemsys) in self.by_chemsys
+
+    def __getitem__(self, chemsys) -> ChemistryCorrection:
+        return self.by_chemsys[_key(chemsys)]
+
+    def __iter__(self):
+        return iter(self.by_chemsys)
 
     def __len__(self) -> int:
-        return len(self.factors)
+        return len(self.by_chemsys)
 
     def factor(self, chemsys: str) -> tuple[float, float]:
         """(c, anchor eV/atom); (1, 0) for a chemistry without a correction."""
-        return self.factors.get(_key(chemsys), (1.0, 0.0))
+        one = self.by_chemsys.get(_key(chemsys))
+        return (one.c, one.anchor) if one is not None else (1.0, 0.0)
 
     def sigma(self, chemsys: str) -> float:
         """σ_c of the chemistry's factor from its stored CI (:func:`correction_sigma`); 0 without a CI, NaN
         for a chemistry without a correction."""
-        key = _key(chemsys)
-        if key not in self.factors:
-            return float("nan")
-        return correction_sigma(self.ci[key], self.confidence.get(key, 0.95)) if key in self.ci else 0.0
+        one = self.by_chemsys.get(_key(chemsys))
+        return one.sigma if one is not None else float("nan")
+
+    def domain(self, chemsys: str) -> float | None:
+        """The largest Q score of the structures the chemistry's c was fitted on (1); None where no correction
+        or no domain is stored."""
+        one = self.by_chemsys.get(_key(chemsys))
+        return None if one is None else one.domain
 
     def per_structure(self, chemsys) -> tuple[np.ndarray, np.ndarray]:
         """(c, σ_c) for each structure's chemical system (arrays, dimensionless; NaN where no correction
         is stored): the one lookup the predictor, evaluation, NEB and calibration share."""
-        keys = [_key(ch) for ch in chemsys]
-        c = np.array([self.factors[k][0] if k in self.factors else np.nan for k in keys], dtype=float)
-        return c, np.array([self.sigma(k) for k in keys], dtype=float)
+        ones = [self.by_chemsys.get(_key(ch)) for ch in chemsys]
+        return (np.array([np.nan if one is None else one.c for one in ones], dtype=float),
+                np.array([np.nan if one is None else one.sigma for one in ones], dtype=float))
 
     def apply(self, chemsys: str, n_atoms: int, energy=None, forces=None, stress=None):
         """Corrected (energy eV, forces eV/Å, stress eV/Å³); None passes through."""
@@ -104,27 +127,27 @@ class ScalarCorrection:
 
     def as_dict(self) -> dict:
         """chemsys → {"c", "ci", "anchor"} (anchor eV/atom)."""
-        return {k: {"c": c, "ci": list(self.ci.get(k, (np.nan, np.nan))), "anchor": a}
-                for k, (c, a) in self.factors.items()}
+        return {k: {"c": one.c, "ci": list(one.ci if one.ci is not None else (np.nan, np.nan)), "anchor": one.anchor}
+                for k, one in self.by_chemsys.items()}
 
     # -- persistence (see calib.artifact)
     def to_variables(self) -> dict:
-        if not self.factors:
+        if not self.by_chemsys:
             return {}
-        chems = list(self.factors)
+        chems, ones = list(self.by_chemsys), list(self.by_chemsys.values())
         dim = ("correction_chemsys",)
-        ci = np.array([self.ci.get(k, (np.nan, np.nan)) for k in chems], dtype=float).reshape(-1, 2)
+        ci = np.array([one.ci if one.ci is not None else (np.nan, np.nan) for one in ones], dtype=float).reshape(-1, 2)
         return {
             "correction_chemsys": (dim, np.array(chems, dtype=str), {}),
-            "correction_factor": (dim, np.array([self.factors[k][0] for k in chems]),
+            "correction_factor": (dim, np.array([one.c for one in ones]),
                                   {"units": "1", "description": "forces and stress x c"}),
             "correction_ci_low": (dim, ci[:, 0], {"units": "1"}),
             "correction_ci_high": (dim, ci[:, 1], {"units": "1"}),
-            "correction_anchor": (dim, np.array([self.factors[k][1] for k in chems]),
+            "correction_anchor": (dim, np.array([one.anchor for one in ones]),
                                   {"units": "eV/atom", "description": "E = N*anchor + c*(E - N*anchor)"}),
-            "correction_confidence": (dim, np.array([self.confidence.get(k, 0.95) for k in chems]),
+            "correction_confidence": (dim, np.array([one.confidence for one in ones]),
                                       {"units": "1", "description": "level of the CI of c"}),
-            "correction_domain_q": (dim, np.array([self.domain.get(k, np.nan) for k in chems]),
+            "correction_domain_q": (dim, np.array([np.nan if one.domain is None else one.domain for one in ones]),
                                     {"units": "1", "description": "largest Q score of the structures c was "
                                                                   "fitted on (NaN: unknown)"}),
         }
@@ -138,10 +161,9 @@ class ScalarCorrection:
         lo, hi = ds["correction_ci_low"].values, ds["correction_ci_high"].values
         conf = ds["correction_confidence"].values if "correction_confidence" in ds else np.full(len(chems), 0.95)
         dom = ds["correction_domain_q"].values if "correction_domain_q" in ds else np.full(len(chems), np.nan)
-        return cls({k: (float(c[i]), float(a[i])) for i, k in enumerate(chems)},
-                   {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(chems)},
-                   {k: float(conf[i]) for i, k in enumerate(chems)},
-                   {k: float(dom[i]) for i, k in enumerate(chems) if np.isfinite(dom[i])})
+        return cls({k: ChemistryCorrection(float(c[i]), float(a[i]), (float(lo[i]), float(hi[i])), float(conf[i]),
+                                           float(dom[i]) if np.isfinite(dom[i]) else None)
+                    for i, k in enumerate(chems)})
 
 
 def corrected_calculator(base, correction: ScalarCorrection, chemsys: str | None = None):

@@ -83,6 +83,20 @@ class SofteningResult:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class SofteningFailure:
+    """A chemical system whose softening could not be measured: its ``n_structures`` labelled structures and the
+    ``reason`` (e.g. every reference force component is zero)."""
+
+    chemsys: str
+    n_structures: int
+    reason: str
+
+    def as_dict(self) -> dict:
+        """The JSON record: chemsys, n_structures, reason."""
+        return {"chemsys": self.chemsys, "n_structures": self.n_structures, "reason": self.reason}
+
+
 def _ci(values: np.ndarray, confidence: float) -> list:
     lo, hi = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
     return [float(lo), float(hi)]
@@ -175,7 +189,7 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
     Returns a dict chemsys → :class:`SofteningResult`. A chemistry whose
     statistics cannot be computed (all reference forces zero) raises ValueError
     naming it, unless ``failures`` is a dict: then it is recorded there
-    (chemsys → {"n_structures", "reason"}) and the other chemistries go on.
+    (chemsys → :class:`SofteningFailure`) and the other chemistries go on.
     """
     chem = np.asarray(chemsys, dtype=str)
     out = {}
@@ -193,17 +207,16 @@ def fit_softening_by_chemsys(chemsys: Sequence[str], model_forces, reference_for
         except ValueError as exc:
             if failures is None:
                 raise
-            failures[c] = {"n_structures": int(len(idx)), "reason": str(exc).removeprefix(f"{c}: ")}
+            failures[c] = SofteningFailure(c, int(len(idx)), str(exc).removeprefix(f"{c}: "))
     return out
 
 
 def parity_plot(model_forces, reference_forces, result: SofteningResult, path, corrected: bool = True) -> None:
     """Force parity plot: model vs reference with the fitted slope, its CI band and the diagonal;
     with ``corrected`` a second panel after multiplying by c."""
-    import matplotlib
+    from calib.data.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     f = np.concatenate([np.ravel(x) for x in model_forces])
     g = np.concatenate([np.ravel(x) for x in reference_forces])
@@ -229,6 +242,4 @@ def parity_plot(model_forces, reference_forces, result: SofteningResult, path, c
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result.chemsys}: {result.n_structures} structures")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)

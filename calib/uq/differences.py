@@ -32,6 +32,8 @@ and the corrected σ of any of them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 
@@ -118,6 +120,33 @@ class DifferenceVarianceModel:
         return self
 
 
+@dataclasses.dataclass(frozen=True)
+class DifferenceModels:
+    """The energy-difference variance models of an artifact: ``raw`` (fitted on r = ΔE_ref − ΔE_model) and
+    ``corrected`` (on the errors of the scalar-corrected differences c·ΔE_model), each a
+    :class:`DifferenceVarianceModel` (variances in eV²) or None where it was not fitted."""
+
+    raw: DifferenceVarianceModel | None = None
+    corrected: DifferenceVarianceModel | None = None
+
+    @classmethod
+    def from_parts(cls, parts) -> DifferenceModels:
+        """From a mapping name ("raw", "corrected") → model (ValueError naming any other name)."""
+        parts = dict(parts)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in parts if k not in known]
+        if unknown:
+            raise ValueError(f"unknown difference model(s) {unknown}; expected {known}")
+        return cls(**parts)
+
+    def items(self) -> list[tuple[str, DifferenceVarianceModel]]:
+        """(name, model) of the fitted models, raw first: the parts an artifact stores."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.items())
+
+
 def corrected_errors(errors, delta_model, c) -> np.ndarray:
     """Errors of the corrected differences c·ΔE_model against the reference: r + (1 − c) ΔE_model (eV),
     for errors r = ΔE_ref − ΔE_model."""
@@ -160,12 +189,12 @@ def reference_pairs(compositions, reference: int) -> np.ndarray:
     return g == g[reference]
 
 
-def difference_sigmas(models: dict, llpr_variance, delta_model, c=np.nan, c_sigma=0.0):
+def difference_sigmas(models: DifferenceModels, llpr_variance, delta_model, c=np.nan, c_sigma=0.0):
     """(σ raw, σ corrected or None) in eV of energy differences with LLPR variances (eV²) and model differences
     ΔE (eV): the raw variance model (LLPR σ alone without one), and where ``models`` holds the corrected model
     and the chemistry's correction ``c`` (per pair or scalar) is finite, the corrected one (NaN where c is not)."""
     v = np.asarray(llpr_variance, dtype=float)
-    raw, cor = models.get("raw"), models.get("corrected")
+    raw, cor = models.raw, models.corrected
     sig = raw.sigma(v, delta_model) if raw is not None else np.sqrt(v)
     c = np.asarray(c, dtype=float)
     if cor is None or not np.isfinite(c).any():

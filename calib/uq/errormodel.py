@@ -200,6 +200,16 @@ class _LogLinearVariance:
             self.pca_mean_, self.pca_components_ = pca.mean_, pca.components_
             self.pca_scale_ = np.sqrt(np.maximum(pca.explained_variance_, 1e-300))
 
+    def _fit_design(self, inputs: AtomInputs) -> np.ndarray:
+        """Fit what the design learns (:meth:`_fit_inputs`) and the standardisation of its columns (a constant
+        column keeps scale 1); the unstandardised columns."""
+        self._fit_inputs(inputs)
+        cols = self._columns(inputs)
+        self.center_ = cols.mean(axis=0)
+        sd = cols.std(axis=0)
+        self.scale_ = np.where(sd > 1e-12, sd, 1.0)
+        return cols
+
     def _pcs(self, descriptors) -> np.ndarray:
         """Principal-component scores, clipped to ±3 reference standard deviations (no extrapolation)."""
         t = (np.asarray(descriptors, dtype=float) - self.pca_mean_) @ self.pca_components_.T
@@ -212,11 +222,7 @@ class _LogLinearVariance:
     def _fit(self, inputs: AtomInputs, e2: np.ndarray, weights=None) -> None:
         from sklearn.linear_model import GammaRegressor
 
-        self._fit_inputs(inputs)
-        cols = self._columns(inputs)
-        self.center_ = cols.mean(axis=0)
-        sd = cols.std(axis=0)
-        self.scale_ = np.where(sd > 1e-12, sd, 1.0)
+        cols = self._fit_design(inputs)
         y = np.maximum(e2, ERROR2_FLOOR)
         if cols.shape[1] == 0:  # the intercept alone: the gamma MLE of a constant mean is the (weighted) mean
             self.coef_, self.intercept_ = np.zeros(0), float(np.log(np.average(y, weights=weights)))
@@ -342,11 +348,7 @@ class ForceComponentVariance(_LogLinearVariance):
         (:func:`calib.uq.variance.minimize_nll`)."""
         from calib.uq.variance import minimize_nll
 
-        self._fit_inputs(inputs)
-        cols = self._columns(inputs)
-        self.center_ = cols.mean(axis=0)
-        sd = cols.std(axis=0)
-        self.scale_ = np.where(sd > 1e-12, sd, 1.0)
+        self._fit_design(inputs)
         X = np.column_stack([np.ones(len(e2)), self.design(inputs)[:, 1:]])
         F2 = inputs.forces.reshape(-1) ** 2
         k = X.shape[1]
@@ -907,25 +909,25 @@ class ErrorModels:
     def from_variables(cls, ds) -> ErrorModels:
         p = cls.PREFIX
         el = ds[f"{p}_elements"] if f"{p}_elements" in ds else None
+
+        def part(kind, name: str, marker: str = ""):
+            """The part ``name`` read by ``kind`` where the file holds it (the variable ``marker`` of its prefix,
+            or ``kind.present``), else None."""
+            prefix = f"{p}_{name}"
+            held = f"{prefix}_{marker}" in ds if marker else kind.present(ds, prefix)
+            return kind.from_variables(ds, prefix) if held else None
+
         return cls(
-            forces=ForceComponentVariance.from_variables(ds, f"{p}_forces")
-            if ForceComponentVariance.present(ds, f"{p}_forces") else None,
-            bound=ForceBound.from_variables(ds, f"{p}_bound") if f"{p}_bound_quantile" in ds else None,
-            structure=StructureErrorModel.from_variables(ds, f"{p}_structure")
-            if f"{p}_structure_baseline" in ds else None,
-            forces_corrected=ForceComponentVariance.from_variables(ds, f"{p}_forces_corrected")
-            if ForceComponentVariance.present(ds, f"{p}_forces_corrected") else None,
-            bound_corrected=ForceBound.from_variables(ds, f"{p}_bound_corrected")
-            if f"{p}_bound_corrected_quantile" in ds else None,
-            energy=EnergyVariance.from_variables(ds, f"{p}_energy")
-            if EnergyVariance.present(ds, f"{p}_energy") else None,
-            energy_seen=EnergyVariance.from_variables(ds, f"{p}_energy_seen")
-            if EnergyVariance.present(ds, f"{p}_energy_seen") else None,
+            forces=part(ForceComponentVariance, "forces"), bound=part(ForceBound, "bound", "quantile"),
+            structure=part(StructureErrorModel, "structure", "baseline"),
+            forces_corrected=part(ForceComponentVariance, "forces_corrected"),
+            bound_corrected=part(ForceBound, "bound_corrected", "quantile"),
+            energy=part(EnergyVariance, "energy"), energy_seen=part(EnergyVariance, "energy_seen"),
             compositions=ds[f"{p}_compositions"].values.astype(str) if f"{p}_compositions" in ds else None,
             force_scales=(dict(zip([str(c) for c in ds[f"{p}_scale_chemsys"].values],
                                    ds[f"{p}_force_scale"].values.astype(float)))
                           if f"{p}_force_scale" in ds else None),
-            bound_seen=ForceBound.from_variables(ds, f"{p}_bound_seen") if f"{p}_bound_seen_quantile" in ds else None,
+            bound_seen=part(ForceBound, "bound_seen", "quantile"),
             elements=None if el is None else el.values.astype(int),
             force_groups=str(el.attrs.get("force_groups", "chemical system")) if el is not None else "chemical system",
             energy_groups=str(el.attrs.get("energy_groups", "chemical system")) if el is not None else "chemical system")

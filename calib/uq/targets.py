@@ -18,17 +18,18 @@ None at prediction time), σ, the descriptors the environment classes are
 fitted on, the labels (element, chemsys) label classes use, and the structure
 each point belongs to. :func:`build_points` makes all targets from one
 prediction, so calibration, evaluation and prediction share one definition.
+:class:`ConformalSet` holds an artifact's calibrators, one per target.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from calib.uq.differences import composition, corrected_errors, difference_pairs, difference_sigmas
+from calib.uq.differences import DifferenceModels, composition, corrected_errors, difference_pairs, difference_sigmas
 
 
 #: name -> its Target (unit, what one point is, quantile kind, atomic or not)
@@ -54,6 +55,49 @@ TARGETS = {
                                atomic=True),
     "force_norm": Target("eV/Å", "|F_ref - F_model| of one atom against sqrt(σx² + σy² + σz²)", atomic=True),
 }
+
+
+def _calibrator(name: str) -> property:
+    return property(lambda self: self._parts.get(name),
+                    doc=f"the :class:`~calib.uq.conformal.ConformalCalibrator` of {name!r} (None: not fitted)")
+
+
+class ConformalSet(Mapping):
+    """The conformal calibrators of an artifact, one per target of :data:`TARGETS`, in the order they were fitted
+    (the order the artifact stores them in). The known targets are attributes (``cal.energy``, ``cal.forces``,
+    ...: None where not fitted); as a read-only mapping target name → calibrator, ``"forces" in cal`` and
+    ``cal.items()`` serve the code that goes over every target. A name not in :data:`TARGETS` is a ValueError."""
+
+    def __init__(self, calibrators: Mapping | None = None):
+        parts = dict(calibrators or {})
+        unknown = [k for k in parts if k not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown conformal target(s) {unknown}; expected some of {list(TARGETS)}")
+        self._parts = parts
+
+    energy = _calibrator("energy")
+    energy_difference = _calibrator("energy_difference")
+    energy_difference_corrected = _calibrator("energy_difference_corrected")
+    forces = _calibrator("forces")
+    forces_corrected = _calibrator("forces_corrected")
+    force_norm = _calibrator("force_norm")
+
+    def __getitem__(self, name: str):
+        return self._parts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __repr__(self) -> str:
+        return f"ConformalSet({list(self._parts)})"
+
+    @property
+    def alpha(self) -> float | None:
+        """The miscoverage α the calibrators were fitted at (1 − the intervals' coverage); None without one."""
+        return next((c.alpha for c in self._parts.values()), None)
 
 
 @dataclass
@@ -126,8 +170,8 @@ def build_points(llpr, *, features, n_atoms, chemsys, energy_sigma, atom_structu
     pair_errors : (S,) eV — the errors whose differences make the energy-difference points
         (default ``energy_errors``; calibration passes in-sample residuals here, whose reference
         cancels within a composition, and cross-fitted ones as ``energy_errors``)
-    energies : (S,) model total energies, eV; differences : dict "raw" / "corrected" of
-        calib.uq.differences.DifferenceVarianceModel; correction : (c, σ_c) arrays per structure
+    energies : (S,) model total energies, eV; differences : calib.uq.differences.DifferenceModels (the raw
+        and corrected variance models); correction : (c, σ_c) arrays per structure
         (NaN where none) — see :func:`difference_points`
     targets : which targets to build (default: all the inputs allow; energy
         differences only with energy errors, since their pairs are drawn at random)
@@ -174,8 +218,8 @@ def difference_points(llpr, features, n_atoms, chemsys, errors, *, compositions,
     """Points of the energy-difference targets for disjoint random pairs of one composition
     (:func:`calib.uq.differences.difference_pairs`; ``compositions`` (S,) str, e.g. "Si8").
 
-    σ is the LLPR difference σ, or with ``differences["raw"]`` (and model ``energies``) the variance
-    model of calib.uq.differences. With ``differences["corrected"]`` and ``correction`` = (c, σ_c) per
+    σ is the LLPR difference σ, or with ``differences.raw`` (and model ``energies``) the variance
+    model of calib.uq.differences. With ``differences.corrected`` and ``correction`` = (c, σ_c) per
     structure, also ``energy_difference_corrected``: errors r + (1 − c)·ΔE_model for the pairs whose
     chemistry has a c, σ from the corrected model.
     """
@@ -186,9 +230,9 @@ def difference_points(llpr, features, n_atoms, chemsys, errors, *, compositions,
     f, n = np.asarray(features), np.asarray(n_atoms)
     v = llpr.energy_difference_sigma(f[i], n[i], f[j], n[j]) ** 2
     r = np.asarray(errors)[i] - np.asarray(errors)[j]
-    models = differences or {}
+    models = differences or DifferenceModels()
     if energies is None:
-        sigma, dE, models = np.sqrt(v), None, {}
+        sigma, dE = np.sqrt(v), None
     else:
         dE = np.asarray(energies)[i] - np.asarray(energies)[j]
         c, sc = ((np.asarray(x, dtype=float)[i] for x in correction) if correction is not None and corrected

@@ -17,6 +17,7 @@ from calib.errors import DataError
 from calib.models.base import ModelAdapter
 from calib.models.gradients import gradients_in_batches
 from calib.uq.conformal import ConformalCalibrator, class_assigner
+from calib.uq.differences import DifferenceModels
 from calib.uq.errormodel import (
     AtomInputs,
     CrossFit,
@@ -31,7 +32,7 @@ from calib.uq.errormodel import (
 )
 from calib.uq.llpr import LLPRFit
 from calib.uq.reference import ElementReference, cross_fitted_residuals
-from calib.uq.targets import TARGETS, Points, build_points
+from calib.uq.targets import TARGETS, ConformalSet, Points, build_points
 from calib.workflows.settings import CalibrationSettings
 
 
@@ -55,10 +56,10 @@ class CalibrationResult:
 @dataclass
 class DifferenceFit:
     """The energy-difference variance models fitted on the pairs of calibration structures that share a
-    composition: ``models`` ("raw", "corrected"), the (c, σ_c) of each structure's chemistry, and why
+    composition: ``models`` (:class:`calib.uq.differences.DifferenceModels`: raw, corrected), the (c, σ_c) of each structure's chemistry, and why
     there are none when too few pairs exist."""
 
-    models: dict = field(default_factory=dict)
+    models: DifferenceModels = field(default_factory=DifferenceModels)
     correction: tuple | None = None
     n_pairs: int = 0
     note: str = ""
@@ -67,10 +68,9 @@ class DifferenceFit:
         if not self.models:
             return {"difference_note": self.note}
         out = {"difference_pairs": self.n_pairs}
-        for name, key in (("raw", "difference"), ("corrected", "difference_corrected")):
-            if name not in self.models:
+        for m, key in ((self.models.raw, "difference"), (self.models.corrected, "difference_corrected")):
+            if m is None:
                 continue
-            m = self.models[name]
             out.update({f"{key}_beta": m.beta_, f"{key}_kappa2": m.kappa2_, f"{key}_tau2": m.tau2_,
                         f"{key}_nll": m.nll_})
         return out
@@ -161,16 +161,14 @@ def fit_difference_models(llpr, structs, pred, energy_residuals, n_bootstrap: in
                                     [get_forces(a) for a in structs], n_bootstrap=n_bootstrap,
                                     confidence=confidence, failures={})
     c, sc = ScalarCorrection.from_results(soft).per_structure(pred.chemsys)
-    models = {"raw": raw}
     has = np.isfinite(c[i])
-    if has.sum() >= 2:
-        models["corrected"] = DifferenceVarianceModel().fit(v[has], dE[has], corrected_errors(r[has], dE[has], c[i][has]),
-                                                            c=c[i][has], c_sigma=sc[i][has])
-    return DifferenceFit(models, (c, sc), int(len(i)))
+    corrected = (DifferenceVarianceModel().fit(v[has], dE[has], corrected_errors(r[has], dE[has], c[i][has]),
+                                               c=c[i][has], c_sigma=sc[i][has]) if has.sum() >= 2 else None)
+    return DifferenceFit(DifferenceModels(raw, corrected), (c, sc), int(len(i)))
 
 
 def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int = 30,
-                  seed: int = 0) -> dict:
+                  seed: int = 0) -> ConformalSet:
     """One calibrator per target of ``points``: split conformal, or Mondrian when ``classes`` is
     given (an int K for a mixture of ≤ K environment classes, "element" or "chemsys").
     Energy differences and corrected forces always use the global quantile; the energy is Mondrian over seen / new
@@ -184,7 +182,7 @@ def fit_conformal(points: dict, alpha: float, classes=None, min_class_size: int 
         if name == "energy" and "composition" in p.labels and (np.asarray(p.labels["composition"]) == "seen").any():
             assigner = LabelClasses("composition")  # seen / new compositions (fit_error_models), whatever ``classes``
         out[name] = ConformalCalibrator(alpha, classes=assigner, min_class_size=min_class_size).fit_points(p)
-    return out
+    return ConformalSet(out)
 
 
 def drop_zero_sigma(points: dict) -> tuple[dict, dict]:
@@ -481,7 +479,7 @@ def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms]
     errors, cf = fit_error_models(inputs, lab.f_res, lab.numbers, lab.e_delta if energies else None, pred.chemsys,
                                   ref, alpha=alpha if alpha is not None else 0.1, n_folds=s.error_folds,
                                   chemistry_scale=s.chemistry_scale, structure_model=s.structure_model)
-    conformal = {}
+    conformal = ConformalSet()
     if alpha is not None:
         points = _calibration_points(L, lab, fit, errors, cf, diff)
         conformal = fit_conformal(drop_zero_sigma(points)[0], alpha, s.classes, s.min_class_size)

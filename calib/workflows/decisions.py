@@ -73,9 +73,10 @@ def decide(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms],
         common = dict(target_features=tds["features"].values[rows] if len(rows) else None,
                       target_indices=[int(t_index[r]) for r in rows], **{k: v[rows] for k, v in verdict.items()})
         if chem not in soft:  # not measurable: label, with requests among its targets
-            why = (f"softening not measured: {run.failures[chem]['reason']}" if chem in run.failures
+            failed = run.failures.get(chem)
+            why = (f"softening not measured: {failed.reason}" if failed is not None
                    else "no labelled structure of this chemistry: the model's error here is unknown")
-            decisions.append(unmeasured(chem, why, t, n_structures=run.failures.get(chem, {}).get("n_structures", 0),
+            decisions.append(unmeasured(chem, why, t, n_structures=failed.n_structures if failed is not None else 0,
                                         **common))
             continue
         # the labelled structures are the correction's own domain: only real targets are tested against it

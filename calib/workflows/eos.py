@@ -194,10 +194,9 @@ def _store(rec: EOSRecord, v0: float, b: float, bp: float, v: np.ndarray) -> Non
 
 def plot_eos(records: Sequence[EOSRecord], path, title: str = "") -> None:
     """B_model / B_WIEN2k against atomic number (log scale), one labelled point per element."""
-    import matplotlib
+    from calib.data.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in records if r.ratio is not None]
     fig, ax = plt.subplots(figsize=(11, 4.2))
@@ -217,6 +216,4 @@ def plot_eos(records: Sequence[EOSRecord], path, title: str = "") -> None:
     ax.set_ylabel("B_model / B_WIEN2k (PBE)")
     ax.set_title(title or "Bulk-modulus ratio on the dcdft elemental crystals")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)

@@ -148,7 +148,7 @@ def evaluate(
     points = {k: p.subset(np.isfinite(p.errors)) for k, p in points.items()}
     points, dropped = drop_zero_sigma(points)
     points = {k: p for k, p in points.items() if len(p)}
-    out = Evaluation(alpha=next((c.alpha for c in artifact.conformal.values()), None),
+    out = Evaluation(alpha=artifact.conformal.alpha,
                      n_structures=len(lp.structures), n_without_interval=int(np.sum(~np.isfinite(shift))),
                      force_components_zero_sigma=dropped.get("forces", 0), skipped=list(lp.issues),
                      points={} if return_points else None,

@@ -424,10 +424,9 @@ def _write(path: str, structs: list[Atoms]) -> None:
 
 def _plot(report: dict, path: str) -> None:
     """Force MAE and softening scale of the current model on each round's fresh labels."""
-    import matplotlib
+    from calib.data.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rounds = [e for e in report["rounds"] if "before" in e]
     if not rounds:
@@ -442,6 +441,4 @@ def _plot(report: dict, path: str) -> None:
     ax2.axhline(1.0, color="tab:orange", lw=0.6, ls=":")
     ax2.set_ylabel("softening scale s", color="tab:orange")
     ax.set_title(f"{report['chemsys']}: calib loop")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calib import schema
 from calib.predictor import CalibratedPredictor, as_structures
 from calib.uq.differences import composition
 
@@ -88,22 +89,10 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
 
     Dimensions: ``image`` (0 … M), ``image_a``/``image_b`` (1 … M: image 0 is exact by definition),
     ``barrier`` (forward, reverse, kra) and ``variant`` (raw, and corrected when a scalar correction is
-    stored for the path's chemistry). Variables (eV, eV² for the covariance):
+    stored for the path's chemistry). Variables besides ``name`` (the images' names), declared in calib.schema
+    (``BAND``; C the band covariance, a a barrier's weights on the images, q the conformal quantile):
 
-    ========================== ===================== ===============================================
-    name                       dims                  meaning
-    ========================== ===================== ===============================================
-    name                       image                 the images' names
-    energy                     (variant, image)      E_i − E_0 (corrected: c · (E_i − E_0))
-    energy_sigma               (variant, image)      its σ (difference model)
-    energy_low, energy_high    (variant, image)      conformal interval
-    covariance                 (variant, a, b)       covariance of E_a − E_0 and E_b − E_0
-    barrier_height             (variant, barrier)    forward E_m − E_0, reverse E_m − E_M, KRA E_m − (E_0 + E_M)/2
-    barrier_sigma              (variant, barrier)    √(aᵀ C a) with the band covariance
-    barrier_sigma_independent  (variant, barrier)    the σ that ignores correlations (for comparison)
-    barrier_low, barrier_high  (variant, barrier)    ± q σ
-    quantile, correction       variant               conformal quantile q (1), factor c (1 for raw)
-    ========================== ===================== ===============================================
+    {variables}
 
     Attributes: ``chemsys``, ``highest_image`` (m, the highest model image), ``alpha``, and the path verdict
     (module docstring): ``trusted`` (bool), ``reasons``, ``images_untrusted``, ``label_next`` (the interior image
@@ -114,7 +103,7 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     if barrier_tol is None:
         barrier_tol = predictor.trust.barrier_tol if predictor.trust.barrier_tol is not None else np.inf
     art = predictor.artifact
-    if art is None or "raw" not in art.differences:
+    if art is None or art.differences.raw is None:
         raise ValueError("NEB error bars need an artifact calibrated with the energy-difference model "
                          "(calib calibrate, calib 0.2 or later)")
     structs = list(as_structures(images))
@@ -134,13 +123,12 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     m = int(np.argmax(E))
     weights = np.array(list(barrier_weights(m, M).values()))  # (barrier, M)
     chem = str(ds["chemsys"].values[0])
-    variants = [("raw", 1.0, 0.0, art.differences["raw"], art.conformal.get("energy_difference"))]
+    variants = [("raw", 1.0, 0.0, art.differences.raw, art.conformal.energy_difference)]
     c, sc = (float(x[0]) for x in art.corrections.per_structure([chem]))
-    if np.isfinite(c) and "corrected" in art.differences:
-        variants.append(("corrected", c, sc, art.differences["corrected"],
-                         art.conformal.get("energy_difference_corrected")))
+    if np.isfinite(c) and art.differences.corrected is not None:
+        variants.append(("corrected", c, sc, art.differences.corrected, art.conformal.energy_difference_corrected))
     q_img = ds["q_score"].values if "q_score" in ds else np.zeros(M + 1)
-    domain = art.corrections.domain.get(chem) if len(variants) > 1 else None
+    domain = art.corrections.domain(chem) if len(variants) > 1 else None
     uncovered = domain is not None and bool(np.max(q_img[1:M]) > domain) if M > 1 else False
     rows = _band_rows(variants, L, D, weights, uncovered)
     out = _band_dataset(rows, [v[0] for v in variants], ds["name"].values, M)
@@ -148,6 +136,11 @@ def band(predictor: CalibratedPredictor, images, *, batch_size: int = 16, barrie
     out.attrs.update(_path_verdict(ds, out, barrier_tol, uncovered, float(np.max(q_img[1:M])) if M > 1 else 0.0,
                                    domain))
     return out
+
+
+if band.__doc__:  # the band's table, from the one schema (python -OO strips docstrings)
+    band.__doc__ = band.__doc__.replace("{variables}", schema.table([c.name for c in schema.BAND], schema.BAND_BY_NAME)
+                                        .replace("\n", "\n    "))
 
 
 def _band_rows(variants, L, D, weights, uncovered: bool) -> dict:
@@ -178,25 +171,20 @@ def _band_dataset(rows: dict, variants: list, names, M: int):
     import xarray as xr
 
     q = np.array(rows["quantile"])
-    eV = {"units": "eV"}
     out = xr.Dataset(coords={"variant": variants, "image": np.arange(M + 1),
                              "image_a": np.arange(1, M + 1), "image_b": np.arange(1, M + 1),
                              "barrier": list(BARRIERS)})
     out["name"] = ("image", names)
     energy, sig = np.array(rows["energy"]), np.array(rows["energy_sigma"])
-    out["energy"] = (("variant", "image"), energy, {**eV, "description": "E_i - E_0 (corrected: c (E_i - E_0))"})
-    out["energy_sigma"] = (("variant", "image"), sig, eV)
-    out["energy_low"] = (("variant", "image"), energy - q[:, None] * sig, eV)
-    out["energy_high"] = (("variant", "image"), energy + q[:, None] * sig, eV)
-    out["covariance"] = (("variant", "image_a", "image_b"), np.array(rows["covariance"]), {"units": "eV^2"})
     bar, bsig = np.array(rows["barrier"]), np.array(rows["barrier_sigma"])
-    out["barrier_height"] = (("variant", "barrier"), bar, eV)
-    out["barrier_sigma"] = (("variant", "barrier"), bsig, eV)
-    out["barrier_sigma_independent"] = (("variant", "barrier"), np.array(rows["barrier_sigma_independent"]), eV)
-    out["barrier_low"] = (("variant", "barrier"), bar - q[:, None] * bsig, eV)
-    out["barrier_high"] = (("variant", "barrier"), bar + q[:, None] * bsig, eV)
-    out["quantile"] = ("variant", q, {"units": "1", "description": "conformal quantile of the difference target"})
-    out["correction"] = ("variant", np.array(rows["correction"]), {"units": "1"})
+    values = {"energy": energy, "energy_sigma": sig, "energy_low": energy - q[:, None] * sig,
+              "energy_high": energy + q[:, None] * sig, "covariance": np.array(rows["covariance"]),
+              "barrier_height": bar, "barrier_sigma": bsig,
+              "barrier_sigma_independent": np.array(rows["barrier_sigma_independent"]),
+              "barrier_low": bar - q[:, None] * bsig, "barrier_high": bar + q[:, None] * bsig, "quantile": q,
+              "correction": np.array(rows["correction"])}
+    for col in schema.BAND:  # dims, units and meaning declared in calib.schema
+        out[col.name] = (tuple(col.dims.split(",")), values[col.name], schema.attrs(col.name, schema.BAND_BY_NAME))
     return out
 
 
@@ -275,10 +263,9 @@ def summary(ds, reference_energies=None) -> dict:
 
 def plot_band(ds, path, reference_energies=None, title: str = "") -> None:
     """Profile with 1σ and 2σ bands (raw and corrected) and the reference points, as a PNG."""
-    import matplotlib
+    from calib.data.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = ds["image"].values
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
@@ -297,6 +284,4 @@ def plot_band(ds, path, reference_energies=None, title: str = "") -> None:
     ax.set_title(title or f"{ds.attrs['chemsys']}: NEB profile")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)

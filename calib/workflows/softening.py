@@ -12,7 +12,7 @@ from calib.artifact import Artifact
 from calib.data.structures import get_energy, get_forces
 from calib.models.base import ModelAdapter
 from calib.predictor import CalibratedPredictor
-from calib.softening.scale import SOFTENING
+from calib.softening.scale import SOFTENING, SofteningFailure
 from calib.workflows.labelled import LabelledPrediction, predict_labelled
 
 
@@ -23,7 +23,7 @@ class SofteningRun:
     results: dict
     issues: list
     labelled: LabelledPrediction | None = None
-    failures: dict = field(default_factory=dict)  # chemsys → {"n_structures", "reason"}: not measurable
+    failures: dict[str, SofteningFailure] = field(default_factory=dict)  # chemsys → why it was not measurable
 
     def parity_plots(self, folder) -> list[str]:
         """One force parity plot per chemistry in ``folder`` (PNG); the paths written."""
@@ -57,7 +57,7 @@ def _softening_run(lp: LabelledPrediction, **kw) -> SofteningRun:
     ok = lp.ok
     if not lp.structures:
         return SofteningRun({}, lp.issues, lp)
-    failures: dict = {}
+    failures: dict[str, SofteningFailure] = {}
     key = "domain_score" if "domain_score" in ok else "q_score"  # the correction's domain: the largest score
     results = fit_softening_by_chemsys(
         ok["chemsys"].values, [lp.forces_of(k) for k in range(len(lp.structures))],
