@@ -24,7 +24,7 @@ default's inputs plus):
   inputs, in place of the linear model;
 * ``llpr`` (with ``--llpr``, slow: a backward pass per LLPR direction): the atom's LLPR force σ.
 
-    OMP_NUM_THREADS=1 python examples/force_bound_inputs.py [--hessian H.nc] [--seeds 0 1 2 3] [--llpr]
+    OMP_NUM_THREADS=1 python examples/force_bound_inputs.py [--hessian H.nc] [--seeds 0 1 2 3] [--llpr] [--only llpr]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 TOL = 0.3
 
 
-def main(hessian: str | None, seeds, llpr: bool, out: str) -> dict:
+def main(hessian: str | None, seeds, llpr: bool, out: str, only=()) -> dict:
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
     from sklearn.decomposition import PCA
@@ -86,7 +86,7 @@ def main(hessian: str | None, seeds, llpr: bool, out: str) -> dict:
         from calib.models.gradients import force_variance
 
         var = np.concatenate(force_variance(model, structs, hess.llpr, batch_size=8))
-        fixed["llpr"] = np.log(np.sqrt(var.sum(axis=1)))[:, None]
+        fixed["llpr"] = 0.5 * np.log(np.maximum(var.sum(axis=1), 1e-18))[:, None]  # a round-off negative: the floor
 
     def atoms(rows):
         return np.concatenate([np.arange(starts[i], starts[i + 1]) for i in rows])
@@ -161,6 +161,8 @@ def main(hessian: str | None, seeds, llpr: bool, out: str) -> dict:
                   ("knn", "linear"), ("interaction", "linear"), ("boosted", "boosted")]
     if llpr:
         candidates.append(("llpr", "linear"))
+    if only:
+        candidates = [c for c in candidates if c[0] in only]
     good = worst <= TOL
     res = {"n_structures": S, "n_chemsys": len(set(chem)), "seeds": list(seeds), "candidates": {}}
     for extra, learner in candidates:
@@ -200,6 +202,7 @@ if __name__ == "__main__":
     p.add_argument("--hessian", default=None, help="a proxy Hessian artifact (domain and LLPR inputs); built if absent")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3])
     p.add_argument("--llpr", action="store_true", help="also the LLPR force σ input (slow: feature gradients)")
+    p.add_argument("--only", nargs="*", default=(), help="run these candidates only (default, domain, ..., llpr)")
     p.add_argument("--out", default="force_bound_inputs.json")
     a = p.parse_args()
-    print(json.dumps(main(a.hessian, a.seeds, a.llpr, a.out), indent=1))
+    print(json.dumps(main(a.hessian, a.seeds, a.llpr, a.out, a.only), indent=1))
