@@ -65,6 +65,7 @@ def main(out: str, plot: str | None, hessian: str | None, seed: int = 0, model_n
     for k in ("eerr", "t2", "domain", "cov1", "covq", "n_comp"):
         cols[k] = np.full(len(structs), np.nan)
     cols["unlabelled"] = np.zeros(len(structs), dtype=bool)
+    comp_sigma, comp_error = [], []  # every force component's σ and |error| (eV/Å): does σ rank the errors?
     for fold in (fold_of != j for j in range(folds)):
         # the verdict, the intervals and σ need no LLPR force gradients (the error models read the model's forces):
         # the energy-only LLPR fit keeps each fold a few minutes
@@ -81,6 +82,8 @@ def main(out: str, plot: str | None, hessian: str | None, seed: int = 0, model_n
             cols["fmax"][i] = np.abs(F).max()
             cols["frms"][i] = np.sqrt(np.mean(F**2))
             z = np.abs(err) / ds["forces_sigma"].values[owner == k]
+            comp_sigma.append(ds["forces_sigma"].values[owner == k].ravel())
+            comp_error.append(np.abs(err).ravel())
             h = (ds["forces_high"].values - ds["forces_low"].values)[owner == k] / 2
             cols["cov1"][i], cols["covq"][i], cols["n_comp"][i] = np.sum(z <= 1), np.sum(np.abs(err) <= h), z.size
             cols["eerr"][i] = (get_energy(structs[i]) - ds["energy_centre"].values[k]) / len(structs[i])
@@ -114,6 +117,8 @@ def main(out: str, plot: str | None, hessian: str | None, seed: int = 0, model_n
                                         "lowest": dict(sorted(by_chem.items(), key=lambda kv: kv[1])[:5])}
     res["force_coverage_1sigma"] = float(np.nansum(cols["cov1"]) / np.nansum(cols["n_comp"]))
     res["force_coverage"] = float(np.nansum(cols["covq"]) / np.nansum(cols["n_comp"]))
+    res["force_spearman_sigma_error"] = float(spearmanr(np.concatenate(comp_sigma),
+                                                        np.concatenate(comp_error)).statistic)
     e_ok = np.isfinite(cols["eerr"]) & np.isfinite(cols["halfwidth"])
     ae = np.abs(cols["eerr"][e_ok])
     res["energy"] = {"n_with_interval": int(e_ok.sum()), "coverage": float(np.mean(ae <= cols["halfwidth"][e_ok])),
@@ -179,7 +184,7 @@ def over_seeds(out: str, hessian: str | None, seeds, model_name: str = "chgnet",
             ("verdict", "all", "auroc"), ("verdict", "hot MD frames", "naive_precision"),
             ("verdict", "all", "auroc_max_force"), ("verdict", "hot MD frames", "precision"),
             ("verdict", "hot MD frames", "recall"), ("verdict", "near-equilibrium", "recall"), ("bound_coverage",),
-            ("force_coverage",), ("force_coverage_1sigma",), ("energy", "coverage"),
+            ("force_coverage",), ("force_coverage_1sigma",), ("force_spearman_sigma_error",), ("energy", "coverage"),
             ("energy", "spearman_halfwidth_error"), ("energy", "median_ratio")]
     runs = [main(out.removesuffix(".json") + f"_seed{s}.json", None, hessian, seed=s, model_name=model_name,
                  folds=folds) for s in seeds]
