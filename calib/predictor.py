@@ -89,7 +89,8 @@ class CalibratedPredictor:
                 raise ArtifactError("this artifact holds a Hessian only; run `calib calibrate` on labelled data first")
         self.model = model
         self.artifact = artifact
-        self.trust = trust or TrustPolicy()
+        #: the trust policy, its confidence decided against the calibration (TrustPolicy.resolved)
+        self.trust = (trust or TrustPolicy()).resolved(artifact)
         if artifact is None:
             calibration = "none"
         elif calibration is None:
@@ -541,6 +542,7 @@ class CalibratedPredictor:
         art = self.artifact
         if art is not None:
             info["stage"] = art.stage
+            info["trust_confidence"] = self.trust.confidence
             alpha = art.conformal.alpha
             if alpha is not None:
                 info["alpha"] = alpha

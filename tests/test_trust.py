@@ -423,6 +423,31 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
     assert loose["trusted"].values.all(), list(loose["trust_reason"].values)
 
 
+def test_the_calibration_may_name_the_verdicts_confidence(chgnet, cal):
+    """A calibration that carries ``trust_confidence`` (the default calibration of SevenNet-0 does) sets the
+    confidence of the bound the verdict reads when the policy names none; a policy's own confidence wins; the
+    prediction says which it used. The bound at confidence c is rank ⌈(n + 1)c⌉ of the stored scores."""
+    from calib import CalibratedPredictor
+    from calib.data.prototypes import perturbed_set
+    from calib.uq.trust import TrustPolicy
+
+    art, _ = cal
+    own = art.replace(attrs={**art.attrs, "trust_confidence": 0.8})
+    structs = perturbed_set(names=["Si", "LiF"], n_variants=1, rattle=0.02, seed=3)
+    base = CalibratedPredictor(chgnet, art).predict(structs, progress=False)
+    by_art = CalibratedPredictor(chgnet, own).predict(structs, progress=False)
+    by_policy = CalibratedPredictor(chgnet, own, trust=TrustPolicy(confidence=0.9)).predict(structs, progress=False)
+    assert (base.attrs["trust_confidence"], by_art.attrs["trust_confidence"]) == (0.9, 0.8)
+    assert by_policy.attrs["trust_confidence"] == 0.9
+    scores = art.error_models.bound.scores_
+    q = {c: scores[int(np.ceil((len(scores) + 1) * c)) - 1] for c in (0.8, 0.9)}
+    np.testing.assert_allclose(by_art["force_error_bound_trust"].values,
+                               base["force_error_bound_trust"].values * q[0.8] / q[0.9], rtol=1e-10)
+    np.testing.assert_allclose(by_policy["force_error_bound_trust"].values, base["force_error_bound_trust"].values,
+                               rtol=1e-12)
+    np.testing.assert_allclose(by_art["force_error_bound"].values, base["force_error_bound"].values, rtol=1e-12)
+
+
 def test_screen_and_decide_give_the_predictors_verdict(chgnet, cal, tmp_path):
     from calib import CalibratedPredictor, datasets
     from calib.data.prototypes import perturbed_set

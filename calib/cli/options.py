@@ -84,12 +84,11 @@ class Trust:
     def policy(self, **more):
         """The :class:`~calib.uq.trust.TrustPolicy` of these options and ``more`` of its fields, checked under their
         flags before any model loads."""
-        from calib.settings import default, from_flags
+        from calib.settings import from_flags
         from calib.uq.trust import TrustPolicy
 
-        confidence = default(TrustPolicy, "confidence") if self.trust_confidence is None else self.trust_confidence
-        return from_flags(TrustPolicy, force_tol=self.force_tol, energy_tol=self.energy_tol, confidence=confidence,
-                          **more)
+        return from_flags(TrustPolicy, force_tol=self.force_tol, energy_tol=self.energy_tol,
+                          confidence=self.trust_confidence, **more)
 
 
 @dataclass(frozen=True)

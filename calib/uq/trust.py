@@ -6,7 +6,8 @@ A structure is **trusted** when the model is expected to be right there, by the 
 1. **domain**: its largest atomic Q residual and T² are within the thresholds of the structures the Hessian was
    built from (:mod:`calib.uq.ood`), which stand in for the model's training set;
 2. **forces**: the calibrated bound on its largest force-component error, U (eV/Å), at the policy's
-   ``confidence`` (0.9 by default), is within ``force_tol``;
+   ``confidence`` (by default the calibration's own: 0.9 unless the artifact names another,
+   :meth:`TrustPolicy.resolved`), is within ``force_tol``;
 3. **energy** (off by default): the calibrated energy half-width per atom (conformal, eV/atom) is within
    ``energy_tol``.
 
@@ -29,7 +30,7 @@ them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -46,9 +47,11 @@ FORCE_TOL = 0.3  # eV/Å, largest force error
 #: against the per-element offsets, whatever its forces
 ENERGY_TOL = None
 BARRIER_TOL = 0.5  # eV, the NEB path verdict's largest barrier half-width
-#: the confidence of the force bound the verdict holds to ``force_tol``: a structure is trusted when its largest
-#: force error is within the tolerance with probability ≥ 0.9 (conformal), the bound calib reports. Lower
-#: confidences trust more structures at a lower precision (docs/errormodel.md measures 0.7-0.9)
+#: the confidence of the force bound the verdict holds to ``force_tol`` when neither the policy nor the calibration
+#: names one: a structure is trusted when its largest force error is within the tolerance with probability ≥ 0.9
+#: (conformal), the bound calib reports. Lower confidences trust more structures at a lower precision
+#: (docs/errormodel.md measures 0.7-0.9). A calibration may carry its own (artifact attribute
+#: ``trust_confidence``: the default calibration of SevenNet-0 holds 0.93, docs/screening.md)
 TRUST_CONFIDENCE = 0.9
 #: the domain rule: a structure whose domain score (1: its largest atomic Q residual or T² at the threshold of the
 #: Hessian's structures) is above this is out of the model's domain
@@ -66,8 +69,9 @@ class TrustPolicy:
     ``unlabelled_elements``: whether an element that no calibration label contains untrusts (off by default:
     the held-out data in docs/screening.md show the model right on most of them near equilibrium; the element
     is always named in ``trust_notes``); ``barrier_tol`` (eV): the NEB path verdict's largest barrier
-    half-width; ``confidence``: the confidence (0 < c < 1) of the force bound that must be within ``force_tol``.
-    None leaves a check out; a check the policy makes whose input is missing is not passed."""
+    half-width; ``confidence``: the confidence (0 < c < 1) of the force bound that must be within ``force_tol``
+    (None: the calibration's own, :meth:`resolved`). None leaves a check out; a check the policy makes whose
+    input is missing is not passed."""
 
     force_tol: float | None = setting(
         FORCE_TOL, "trust verdict: largest calibrated bound on a structure's largest force error (> 0; chosen "
@@ -83,13 +87,22 @@ class TrustPolicy:
     barrier_tol: float | None = setting(
         BARRIER_TOL, "path verdict: largest calibrated half-width of a trusted forward barrier (> 0)", unit="eV",
         check=positive, flag="--barrier-tol", optional=True)
-    confidence: float = setting(
-        TRUST_CONFIDENCE, "trust verdict: the confidence (0 < c < 1) at which the force bound must be within "
-        "--force-tol (lower: more structures trusted at a lower precision, docs/errormodel.md)",
-        check=open_fraction, flag="--trust-confidence")
+    confidence: float | None = setting(
+        None, "trust verdict: the confidence (0 < c < 1) at which the force bound must be within --force-tol "
+        "(lower: more structures trusted at a lower precision, docs/errormodel.md; default: the calibration's "
+        "own, 0.9 unless it names another)", check=open_fraction, flag="--trust-confidence", optional=True)
 
     def __post_init__(self):
         validate(self)
+
+    def resolved(self, artifact=None) -> TrustPolicy:
+        """The policy with its confidence decided: its own, else the calibration's (``artifact.attrs
+        ["trust_confidence"]``, chosen when the artifact was built from held-out measurements of its model),
+        else :data:`TRUST_CONFIDENCE`."""
+        if self.confidence is not None:
+            return self
+        own = (getattr(artifact, "attrs", None) or {}).get("trust_confidence")
+        return replace(self, confidence=float(own) if own is not None else TRUST_CONFIDENCE)
 
     def as_dict(self) -> dict:
         """The policy as plain values (for JSON output and screen's resume settings)."""
@@ -274,7 +287,8 @@ def verdict(policy: TrustPolicy, *, domain=None, force_bound=None, energy_halfwi
                 failures[k].append(Failure(Check.NOT_CHECKED, missing=f"{check.value} ({missing.get(check, what + ' could not be computed for this structure')})"))
             elif v[k] > limit:
                 failures[k].append(Failure(check, float(v[k]), float(limit), detail=detail[k] if check is Check.DOMAIN
-                                           else f"{policy.confidence:.0%} bound" if check is Check.FORCES else ""))
+                                           else f"{policy.resolved().confidence:.0%} bound" if check is Check.FORCES
+                                           else ""))
     if unlabelled is not None and policy.unlabelled_elements:
         for k, els in enumerate(np.asarray(unlabelled, dtype=object)):
             if els:
