@@ -62,7 +62,9 @@ def build(out: str = OUT, progress: bool = True, hessian: str | None = None, mod
     t0 = time.perf_counter()
     model = load_model(model_name)
     if hessian and os.path.exists(hessian):  # a proxy Hessian built before by this script (or calib hessian)
-        hess, skipped = Artifact.load(hessian), []
+        hess = Artifact.load(hessian)
+        # what the build that wrote it skipped: the proxy structures it does not hold
+        skipped = [None] * (len(datasets.load("equilibrium-proxy")) - hess.llpr.n_structures_)
     else:
         hess, skipped = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32, progress=progress,
                                       source="datasets/equilibrium-proxy/proxy.extxyz.gz")
