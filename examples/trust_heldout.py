@@ -179,17 +179,17 @@ def plot_bounds(cols: dict, regime, path: str) -> None:
 
 
 def over_seeds(out: str, hessian: str | None, seeds, model_name: str = "chgnet", folds: int = 2,
-               confidence: float | None = None) -> dict:
+               confidence: float | None = None, plot: str | None = None) -> dict:
     """The headline figures for several seeded splits (mean and standard deviation): one split of ~100
-    chemistries moves them by a few hundredths, which a single seed hides."""
+    chemistries moves them by a few hundredths, which a single seed hides. ``plot``: the first seed's figure."""
     keys = [("verdict", "all", "precision"), ("verdict", "all", "naive_precision"), ("verdict", "all", "recall"),
             ("verdict", "all", "auroc"), ("verdict", "hot MD frames", "naive_precision"),
             ("verdict", "all", "auroc_max_force"), ("verdict", "hot MD frames", "precision"),
             ("verdict", "hot MD frames", "recall"), ("verdict", "near-equilibrium", "recall"), ("bound_coverage",),
             ("force_coverage",), ("force_coverage_1sigma",), ("force_spearman_sigma_error",), ("energy", "coverage"),
             ("energy", "spearman_halfwidth_error"), ("energy", "median_ratio")]
-    runs = [main(out.removesuffix(".json") + f"_seed{s}.json", None, hessian, seed=s, model_name=model_name,
-                 folds=folds, confidence=confidence) for s in seeds]
+    runs = [main(out.removesuffix(".json") + f"_seed{s}.json", plot if i == 0 else None, hessian, seed=s,
+                 model_name=model_name, folds=folds, confidence=confidence) for i, s in enumerate(seeds)]
 
     def get(r, k):
         for part in k:
@@ -217,7 +217,7 @@ if __name__ == "__main__":
                    help="also repeat the halving with these seeds and print the mean and spread of the figures")
     a = p.parse_args()
     if a.seeds:
-        print(json.dumps(over_seeds(a.out, a.hessian, a.seeds, a.model, a.folds, a.trust_confidence), indent=1))
+        print(json.dumps(over_seeds(a.out, a.hessian, a.seeds, a.model, a.folds, a.trust_confidence, a.plot), indent=1))
     else:
         print(json.dumps(main(a.out, a.plot, a.hessian, model_name=a.model, folds=a.folds,
                               confidence=a.trust_confidence), indent=1))
