@@ -394,11 +394,8 @@ class CalibratedPredictor:
             if cls is not None:
                 cols.struct("energy_class", np.asarray(cls, dtype=object), fill="")
         if cols.force_sigma is not None and art.conformal.forces is not None:
-            h, _ = art.conformal.forces.half_width_points(points["forces"])
-            h = h.reshape(-1, 3)
-            if art.conformal.forces_corrected is not None and cols.applied.any():
-                on = cols.applied[pred.atom_structure]
-                h = np.where(on[:, None], art.conformal.forces_corrected.half_width(cols.force_sigma), h)
+            on = np.repeat(cols.applied[pred.atom_structure], 3)  # components of corrected structures
+            h = art.conformal.force_half_width(points["forces"], on).reshape(-1, 3)
             cols.atom("forces_low", pred.forces - h)
             cols.atom("forces_high", pred.forces + h)
             cols.struct("max_force_halfwidth", _per_structure_max(h, pred))

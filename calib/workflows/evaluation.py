@@ -161,9 +161,13 @@ def evaluate(
                                               ok["max_force"].values, predictor.trust.force_tol or np.inf)
         if "force_error_bound" in ok:
             out.verdict.update(metrics.bound_coverage(worst, ok["force_error_bound"].values, chem))
+    corrected = ok["prediction"].values == "corrected" if "prediction" in ok else np.zeros(len(ok["structure"]), bool)
     for name, p in points.items():
         cal = artifact.conformal.get(name)
         h, cls = cal.half_width_points(p) if cal is not None else (None, None)
+        if name == "forces" and cal is not None:  # the intervals the predictor reports (corrected ones included)
+            h = artifact.conformal.force_half_width(p, corrected[np.searchsorted(ok["structure"].values,
+                                                                                  p.structure)])
         block = metrics.report(p.errors, p.sigma, p.sigma if h is None else h, cls)
         z = p.errors / p.sigma
         out.targets[name] = TargetReport(
