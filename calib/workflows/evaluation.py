@@ -101,6 +101,16 @@ def _in_calibration(artifact: Artifact, structures) -> int | None:
     return int(sum(structure_key(a) in keys for a in structures))
 
 
+def _half_widths(artifact: Artifact, name: str, p, ok) -> tuple[np.ndarray, np.ndarray | None]:
+    """(half-width per point, class per point or None) of target ``name``'s intervals as the predictor reports
+    them: force components of a structure whose prediction is corrected by the corrected forces' quantile."""
+    h, cls = artifact.conformal[name].half_width_points(p)
+    if name == "forces" and "prediction" in ok:
+        corrected = (ok["prediction"].values == "corrected")[np.searchsorted(ok["structure"].values, p.structure)]
+        h = artifact.conformal.force_half_width(p, corrected)
+    return h, cls
+
+
 def evaluate(
     artifact: Artifact,
     model: ModelAdapter,
@@ -161,13 +171,9 @@ def evaluate(
                                               ok["max_force"].values, predictor.trust.force_tol or np.inf)
         if "force_error_bound" in ok:
             out.verdict.update(metrics.bound_coverage(worst, ok["force_error_bound"].values, chem))
-    corrected = ok["prediction"].values == "corrected" if "prediction" in ok else np.zeros(len(ok["structure"]), bool)
     for name, p in points.items():
         cal = artifact.conformal.get(name)
-        h, cls = cal.half_width_points(p) if cal is not None else (None, None)
-        if name == "forces" and cal is not None:  # the intervals the predictor reports (corrected ones included)
-            h = artifact.conformal.force_half_width(p, corrected[np.searchsorted(ok["structure"].values,
-                                                                                  p.structure)])
+        h, cls = _half_widths(artifact, name, p, ok) if cal is not None else (None, None)
         block = metrics.report(p.errors, p.sigma, p.sigma if h is None else h, cls)
         z = p.errors / p.sigma
         out.targets[name] = TargetReport(
