@@ -395,7 +395,7 @@ class CalibratedPredictor:
                 cols.struct("energy_class", np.asarray(cls, dtype=object), fill="")
         if cols.force_sigma is not None and art.conformal.forces is not None:
             on = np.repeat(cols.applied[pred.atom_structure], 3)  # components of corrected structures
-            h = art.conformal.force_half_width(points["forces"], on).reshape(-1, 3)
+            h = art.conformal.force_half_width(points["forces"], on)[0].reshape(-1, 3)
             cols.atom("forces_low", pred.forces - h)
             cols.atom("forces_high", pred.forces + h)
             cols.struct("max_force_halfwidth", _per_structure_max(h, pred))

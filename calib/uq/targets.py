@@ -99,15 +99,15 @@ class ConformalSet(Mapping):
         """The miscoverage α the calibrators were fitted at (1 − the intervals' coverage); None without one."""
         return next((c.alpha for c in self._parts.values()), None)
 
-    def force_half_width(self, points: Points, corrected=None) -> np.ndarray:
-        """(P,) half-widths (eV/Å) of the force-component intervals at ``points`` (target "forces"): q·σ with the
-        forces' quantile, and with the corrected forces' own where ``corrected`` (P,) bool marks a component of a
-        structure whose prediction carries the scalar correction. The one rule the predictor reports and
-        ``evaluate`` checks."""
-        h, _ = self.forces.half_width_points(points)
+    def force_half_width(self, points: Points, corrected=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """((P,) half-widths in eV/Å, (P,) class per point or None) of the force-component intervals at ``points``
+        (target "forces"), as ``half_width_points`` gives them: q·σ with the forces' quantile, and with the corrected
+        forces' own where ``corrected`` (P,) bool marks a component of a structure whose prediction carries the
+        scalar correction. The one rule the predictor reports and ``evaluate`` checks."""
+        h, cls = self.forces.half_width_points(points)
         if corrected is not None and self.forces_corrected is not None and np.any(corrected):
             h = np.where(corrected, self.forces_corrected.half_width(np.asarray(points.sigma, float).ravel()), h)
-        return h
+        return h, cls
 
 
 @dataclass

@@ -104,11 +104,10 @@ def _in_calibration(artifact: Artifact, structures) -> int | None:
 def _half_widths(artifact: Artifact, name: str, p, ok) -> tuple[np.ndarray, np.ndarray | None]:
     """(half-width per point, class per point or None) of target ``name``'s intervals as the predictor reports
     them: force components of a structure whose prediction is corrected by the corrected forces' quantile."""
-    h, cls = artifact.conformal[name].half_width_points(p)
     if name == "forces" and "prediction" in ok:
         corrected = (ok["prediction"].values == "corrected")[np.searchsorted(ok["structure"].values, p.structure)]
-        h = artifact.conformal.force_half_width(p, corrected)
-    return h, cls
+        return artifact.conformal.force_half_width(p, corrected)
+    return artifact.conformal[name].half_width_points(p)
 
 
 def evaluate(

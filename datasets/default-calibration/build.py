@@ -64,10 +64,11 @@ def build(out: str = OUT, progress: bool = True, hessian: str | None = None, mod
     if hessian and os.path.exists(hessian):  # a proxy Hessian built before by this script (or calib hessian)
         hess = Artifact.load(hessian)
         # what the build that wrote it skipped: the proxy structures it does not hold
-        skipped = [None] * (len(datasets.load("equilibrium-proxy")) - hess.llpr.n_structures_)
+        n_skipped = len(datasets.load("equilibrium-proxy")) - hess.llpr.n_structures_
     else:
         hess, skipped = build_hessian(model, datasets.load("equilibrium-proxy"), batch_size=32, progress=progress,
                                       source="datasets/equilibrium-proxy/proxy.extxyz.gz")
+        n_skipped = len(skipped)
         if hessian:
             hess.save(hessian)
     sets = labelled_sets()
@@ -86,7 +87,7 @@ def build(out: str = OUT, progress: bool = True, hessian: str | None = None, mod
     os.makedirs(os.path.dirname(out), exist_ok=True)
     art.save(out)
     summary = {"artifact": os.path.relpath(out, ROOT), "seconds": round(time.perf_counter() - t0, 1),
-               "hessian_structures": hess.llpr.n_structures_, "hessian_skipped": len(skipped),
+               "hessian_structures": hess.llpr.n_structures_, "hessian_skipped": n_skipped,
                "calibration_structures": res.n_structures,
                "calibration_skipped": [i.as_dict() for i in res.issues],
                "sets": {k: len(v) for k, v in sets.items()},
