@@ -98,6 +98,7 @@ class CalibratedPredictor:
         #: which calibration produced the predictions: a path, "default", "in memory" or "none"
         self.calibration = str(calibration)
         self.correction = bool(correction)
+        self._second = None  # the committee model, loaded at the first prediction that needs it
 
     def raw(self) -> CalibratedPredictor:
         """The same model and artifact reporting the model's own prediction everywhere (no scalar correction):
@@ -315,7 +316,7 @@ class CalibratedPredictor:
         local = L.local_energy_sigma(pred.atom_descriptors)
         cols.atom("local_energy_sigma", local)
         cols.struct("max_local_sigma", _per_structure_max(local[:, None], pred))
-        inputs = self._error_inputs(pred, local)
+        inputs = self._error_inputs(pred, local, kept, batch_size)
         em = art.error_models
         e_sig = e_llpr
         cols.energy_labels = None
@@ -351,12 +352,28 @@ class CalibratedPredictor:
             cols.struct("max_force_sigma", _per_structure_max(f_sig, pred))
         cols.force_sigma = f_sig
 
-    def _error_inputs(self, pred: Prediction, local) -> AtomInputs:
-        """The error models' inputs for one batch (with each structure's reference leverage)."""
+    def _error_inputs(self, pred: Prediction, local, kept, batch_size: int) -> AtomInputs:
+        """The error models' inputs for one batch (with each structure's reference leverage, and the committee
+        model's forces where the calibration has one: NaN for a structure it cannot predict, whose σ and bound
+        are then NaN and its force check "not checked")."""
         ref = self.artifact.element_reference
         lev = ref.leverage(_split_numbers(pred)) if ref is not None else np.full(len(pred), np.nan)
+        second = None
+        spec = self.artifact.attrs.get("committee_model")
+        if spec and pred.forces is not None:
+            from calib.models.base import second_forces
+
+            if self._second is None:
+                from calib.models import load_model
+
+                try:
+                    self._second = load_model(str(spec))
+                except (ImportError, ValueError, FileNotFoundError) as exc:
+                    raise ArtifactError(f"this calibration's error model reads the forces of a second model, "
+                                        f"{spec}, which cannot be loaded here ({exc}); docs/errormodel.md") from None
+            second = second_forces(self._second, kept, batch_size)[0]
         return AtomInputs(pred.numbers, pred.forces if pred.forces is not None else np.zeros((len(pred.numbers), 3)),
-                          pred.atom_structure, pred.atom_descriptors, local, lev, len(pred))
+                          pred.atom_structure, pred.atom_descriptors, local, lev, len(pred), second)
 
     def _shift(self, pred: Prediction):
         """(per-element shift to the reference code's zero (eV; NaN where undetermined), why not) per structure."""

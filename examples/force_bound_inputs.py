@@ -22,9 +22,14 @@ default's inputs plus):
 * ``interaction``: the component's log force times every chemistry input (a softening slope per chemistry);
 * ``boosted``: scikit-learn's HistGradientBoostingRegressor with the gamma loss (the same NLL) on the default
   inputs, in place of the linear model;
-* ``llpr`` (with ``--llpr``, slow: a backward pass per LLPR direction): the atom's LLPR force σ.
+* ``llpr`` (with ``--llpr``, slow: a backward pass per LLPR direction): the atom's LLPR force σ;
+* ``committee`` (with ``--committee FILE.npy``): the disagreement of a second universal potential's forces with
+  the model's (component, atom and structure: log of the squared difference plus (0.05 eV/Å)²). FILE holds the
+  second model's forces (N atoms × 3, eV/Å) on ``datasets.labelled()`` in order, e.g. SevenNet-0's from its own
+  environment (``np.save(FILE, load_model("sevennet").predict(datasets.labelled()[0]).forces)``).
 
-    OMP_NUM_THREADS=1 python examples/force_bound_inputs.py [--hessian H.nc] [--seeds 0 1 2 3] [--llpr] [--only llpr]
+    OMP_NUM_THREADS=1 python examples/force_bound_inputs.py [--hessian H.nc] [--seeds 0 1 2 3] [--llpr]
+        [--committee FILE.npy] [--only llpr]
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 TOL = 0.3
 
 
-def main(hessian: str | None, seeds, llpr: bool, out: str, only=()) -> dict:
+def main(hessian: str | None, seeds, llpr: bool, out: str, only=(), committee: str | None = None) -> dict:
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
     from sklearn.decomposition import PCA
@@ -88,6 +93,12 @@ def main(hessian: str | None, seeds, llpr: bool, out: str, only=()) -> dict:
         var = np.concatenate(force_variance(model, structs, hess.llpr, batch_size=8))
         fixed["llpr"] = 0.5 * np.log(np.maximum(var.sum(axis=1), 1e-18))[:, None]  # a round-off negative: the floor
 
+    if committee:
+        second = np.load(committee)
+        if second.shape != pred.forces.shape:
+            raise SystemExit(f"{committee}: {second.shape} forces, the labels have {pred.forces.shape}")
+        fixed["committee"] = second - pred.forces  # eV/Å, per component
+
     def atoms(rows):
         return np.concatenate([np.arange(starts[i], starts[i + 1]) for i in rows])
 
@@ -102,6 +113,13 @@ def main(hessian: str | None, seeds, llpr: bool, out: str, only=()) -> dict:
             base = super()._columns(inputs)
             if self.extra is None:
                 return base
+            if self.extra == "committee":  # component, atom and structure disagreement
+                d2 = inputs.descriptors ** 2
+                atom = d2.sum(axis=1)
+                rms = np.bincount(inputs.structure, atom, inputs.n_structures) / (3 * inputs.n_atoms)
+                cols = [np.log(d2.ravel() + 0.05 ** 2), np.repeat(np.log(atom + 0.05 ** 2), 3),
+                        np.repeat(np.log(rms[inputs.structure] + 0.05 ** 2), 3)]
+                return np.hstack([base, np.column_stack(cols)])
             X = np.repeat(inputs.descriptors, 3, axis=0)
             if self.extra == "interaction":
                 return np.hstack([base, base[:, :1] * base[:, 3:]])
@@ -161,6 +179,8 @@ def main(hessian: str | None, seeds, llpr: bool, out: str, only=()) -> dict:
                   ("knn", "linear"), ("interaction", "linear"), ("boosted", "boosted")]
     if llpr:
         candidates.append(("llpr", "linear"))
+    if committee:
+        candidates.append(("committee", "linear"))
     if only:
         candidates = [c for c in candidates if c[0] in only]
     good = worst <= TOL
@@ -203,6 +223,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3])
     p.add_argument("--llpr", action="store_true", help="also the LLPR force σ input (slow: feature gradients)")
     p.add_argument("--only", nargs="*", default=(), help="run these candidates only (default, domain, ..., llpr)")
+    p.add_argument("--committee", default=None, help="a second model's forces on the labels (.npy, N × 3, eV/Å)")
     p.add_argument("--out", default="force_bound_inputs.json")
     a = p.parse_args()
-    print(json.dumps(main(a.hessian, a.seeds, a.llpr, a.out, a.only), indent=1))
+    print(json.dumps(main(a.hessian, a.seeds, a.llpr, a.out, a.only, a.committee), indent=1))

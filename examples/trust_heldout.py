@@ -11,7 +11,11 @@ the distributions the default tolerances come from (largest force error near equ
 energy half-width per atom).
 
     OMP_NUM_THREADS=1 python examples/trust_heldout.py [--out trust_heldout.json] [--plot trust.png] [--model sevennet]
-        [--seeds 0 1 2 3] [--folds 5] [--trust-confidence 0.93]
+        [--seeds 0 1 2 3] [--folds 5] [--trust-confidence 0.93] [--committee sevennet]
+
+``--committee SPEC`` calibrates every fold with a second model's forces in the force error model
+(``calibrate(committee=SPEC)``, docs/errormodel.md): CHGNet judged with SevenNet-0's disagreement runs in the
+environment that holds both (the ``sevennet`` extra).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def split(chemsys, seed=0, folds: int = 2):
 
 
 def main(out: str, plot: str | None, hessian: str | None, seed: int = 0, model_name: str = "chgnet",
-         folds: int = 2, confidence: float | None = None) -> dict:
+         folds: int = 2, confidence: float | None = None, committee: str | None = None) -> dict:
     from calib import CalibratedPredictor, datasets
     from calib.artifact import Artifact
     from calib.data.structures import get_energy, get_forces
@@ -70,7 +74,7 @@ def main(out: str, plot: str | None, hessian: str | None, seed: int = 0, model_n
         # the verdict, the intervals and σ need no LLPR force gradients (the error models read the model's forces):
         # the energy-only LLPR fit keeps each fold a few minutes
         cal = calibrate(hess, model, [s for s, f in zip(structs, fold) if f], target="energy", with_forces=False,
-                        progress=False).artifact
+                        committee=committee, progress=False).artifact
         idx = np.flatnonzero(~fold)
         test = [structs[i] for i in idx]
         ds = CalibratedPredictor(model, cal, trust=TrustPolicy(confidence=confidence)).predict(
@@ -179,7 +183,7 @@ def plot_bounds(cols: dict, regime, path: str) -> None:
 
 
 def over_seeds(out: str, hessian: str | None, seeds, model_name: str = "chgnet", folds: int = 2,
-               confidence: float | None = None, plot: str | None = None) -> dict:
+               confidence: float | None = None, plot: str | None = None, committee: str | None = None) -> dict:
     """The headline figures for several seeded splits (mean and standard deviation): one split of ~100
     chemistries moves them by a few hundredths, which a single seed hides. ``plot``: the first seed's figure."""
     keys = [("verdict", "all", "precision"), ("verdict", "all", "naive_precision"), ("verdict", "all", "recall"),
@@ -189,7 +193,8 @@ def over_seeds(out: str, hessian: str | None, seeds, model_name: str = "chgnet",
             ("force_coverage",), ("force_coverage_1sigma",), ("force_spearman_sigma_error",), ("energy", "coverage"),
             ("energy", "spearman_halfwidth_error"), ("energy", "median_ratio")]
     runs = [main(out.removesuffix(".json") + f"_seed{s}.json", plot if i == 0 else None, hessian, seed=s,
-                 model_name=model_name, folds=folds, confidence=confidence) for i, s in enumerate(seeds)]
+                 model_name=model_name, folds=folds, confidence=confidence, committee=committee)
+            for i, s in enumerate(seeds)]
 
     def get(r, k):
         for part in k:
@@ -215,9 +220,11 @@ if __name__ == "__main__":
                    help="the verdict's confidence (default: calib's, 0.9, as each fold's calibration names none)")
     p.add_argument("--seeds", type=int, nargs="*", default=None,
                    help="also repeat the halving with these seeds and print the mean and spread of the figures")
+    p.add_argument("--committee", default=None, help="a second model for the force error model (e.g. sevennet)")
     a = p.parse_args()
     if a.seeds:
-        print(json.dumps(over_seeds(a.out, a.hessian, a.seeds, a.model, a.folds, a.trust_confidence, a.plot), indent=1))
+        print(json.dumps(over_seeds(a.out, a.hessian, a.seeds, a.model, a.folds, a.trust_confidence, a.plot,
+                                    a.committee), indent=1))
     else:
         print(json.dumps(main(a.out, a.plot, a.hessian, model_name=a.model, folds=a.folds,
-                              confidence=a.trust_confidence), indent=1))
+                              confidence=a.trust_confidence, committee=a.committee), indent=1))

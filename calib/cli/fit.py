@@ -104,6 +104,7 @@ def calibrate_cmd(
                                      "or none"),
     min_class_size: int = option(CalibrationSettings, "min_class_size"),
     energy_folds: int = option(CalibrationSettings, "energy_folds"),
+    committee: Optional[str] = option(CalibrationSettings, "committee"),
     overwrite: bool = OverwriteOpt,
     output: Output = GROUPED,
 ):
@@ -112,7 +113,7 @@ def calibrate_cmd(
     Run time: about 1 min per 100 structures of 10 atoms on 2 cores (the exact force gradients dominate)."""
     device = run.checked()
     settings = from_flags(CalibrationSettings, target=target, alpha=alpha, classes=_parse_classes(classes),
-                          min_class_size=min_class_size, energy_folds=energy_folds)
+                          min_class_size=min_class_size, energy_folds=energy_folds, committee=committee)
     check_outputs({"-o": out}, inputs=[*labelled, hessian_path], overwrite=overwrite)
     structs = read_inputs(labelled, subset.checked())
     from calib.workflows.calibration import calibrate

@@ -28,6 +28,7 @@ from calib.uq.errormodel import (
     StructureErrorModel,
     component_scale,
     cross_fit,
+    force_terms,
     structure_features,
 )
 from calib.uq.llpr import LLPRFit
@@ -251,8 +252,9 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
     structures = np.arange(len(chem)).astype(str)
     groups = chem if len(set(chem.tolist())) >= 2 else structures
     have_e = delta_energy is not None and np.isfinite(np.asarray(delta_energy, dtype=float)).sum() >= 3
+    fmodel = {"terms": force_terms(inputs)}  # with a second model's forces: the committee term
     cf = cross_fit(inputs, force_errors, numbers=numbers, delta_energy=delta_energy if have_e else None,
-                   groups=groups, n_splits=n_folds)
+                   groups=groups, n_splits=n_folds, force_model=fmodel)
     energy_groups = "chemical system" if groups is chem else "structure"
     if have_e and (cf.energy_errors is None or np.isfinite(cf.energy_sigma).sum() < MIN_ENERGY_POINTS) \
             and groups is chem:
@@ -263,7 +265,7 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
         energy_groups = "structure"
     ends = np.cumsum(inputs.n_atoms)[:-1]
     fe = np.asarray(force_errors, dtype=float).reshape(-1, 3)
-    models = ErrorModels(forces=ForceComponentVariance().fit(inputs, fe),
+    models = ErrorModels(forces=ForceComponentVariance(**fmodel).fit(inputs, fe),
                          bound=ForceBound(alpha).fit(np.split(cf.force_sigma, ends), np.split(fe, ends)),
                          elements=np.array(sorted(set(inputs.numbers.tolist())), dtype=int),
                          force_groups="chemical system" if groups is chem else "structure")
@@ -335,9 +337,10 @@ def _fit_corrected_forces(models: ErrorModels, inputs: AtomInputs, force_errors,
     c_atom = np.repeat(c[rows], sub.n_atoms)[:, None]
     sub.forces = c_atom * sub.forces
     e_c = np.concatenate([e_parts[i] + (1.0 - c[i]) * f_parts[i] for i in rows])  # g − c f = e + (1 − c) f
-    cf = cross_fit(sub, e_c, groups=np.asarray(groups)[rows], n_splits=n_folds)
+    fmodel = {"terms": force_terms(sub)}
+    cf = cross_fit(sub, e_c, groups=np.asarray(groups)[rows], n_splits=n_folds, force_model=fmodel)
     e2 = np.cumsum(sub.n_atoms)[:-1]
-    models.forces_corrected = ForceComponentVariance().fit(sub, e_c)
+    models.forces_corrected = ForceComponentVariance(**fmodel).fit(sub, e_c)
     models.bound_corrected = ForceBound(alpha).fit(np.split(cf.force_sigma, e2), np.split(e_c, e2))
     return cf.force_sigma, e_c
 
@@ -475,7 +478,8 @@ def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms]
     diff = (fit_difference_models(L, structs, pred, lab.e_res) if s.difference_model and energies
             else DifferenceFit(note="not fitted" if energies else "no reference energies"))
     inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, pred.atom_descriptors,
-                        L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs))
+                        L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs),
+                        second_forces=_committee_forces(s.committee, structs, batch_size))
     errors, cf = fit_error_models(inputs, lab.f_res, lab.numbers, lab.e_delta if energies else None, pred.chemsys,
                                   ref, alpha=alpha if alpha is not None else 0.1, n_folds=s.error_folds,
                                   chemistry_scale=s.chemistry_scale, structure_model=s.structure_model)
@@ -496,8 +500,25 @@ def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms]
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)
     art = _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores)
+    if s.committee:
+        art.attrs["committee_model"] = str(s.committee)
     return CalibrationResult(artifact=art, issues=lab.issues, n_structures=len(structs),
                              energy_residual=lab.e_cf, energy_sigma=fit.energy_sigma, summary=summary)
+
+
+def _committee_forces(spec: str | None, structs: Sequence[Atoms], batch_size: int):
+    """The committee model's forces on the calibration structures (eV/Å; None without one). A structure it cannot
+    predict is an error: the calibration's every score needs both models."""
+    if not spec:
+        return None
+    from calib.models import load_model
+    from calib.models.base import second_forces
+
+    forces, issues = second_forces(load_model(spec), structs, batch_size)
+    if issues:
+        raise DataError(f"the committee model {spec} cannot predict {len(issues)} calibration structure(s): "
+                        + "; ".join(f"{i.name or i.index}: {i.problem}" for i in issues[:5]))
+    return forces
 
 
 def _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores) -> Artifact:

@@ -12,6 +12,17 @@ from calib.errors import UsageError, non_negative_int, positive, positive_int
 from calib.settings import folds, non_negative, one_of, open_fraction, setting, validate
 
 
+def model_name(name: str, value) -> str:
+    """A value naming a model calib could load (:func:`calib.models.registry.check_model_name`; cheap)."""
+    from calib.models.registry import check_model_name
+
+    try:
+        check_model_name(value)
+    except ValueError as exc:
+        raise UsageError(f"{name} {value}: {exc}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class CalibrationSettings:
     """What :func:`calibrate` fits and how, validated on construction; each field declares its default, unit,
@@ -50,6 +61,11 @@ class CalibrationSettings:
     structure_model: bool = setting(False, "also fit the structure error model (boosted trees of a structure's "
                                     "largest force error, conformalised) to bound a new chemistry's largest error; "
                                     "off by default (docs/errormodel.md)")
+
+    committee: str | None = setting(
+        None, "a second model (a --model value: 'sevennet', 'chgnet:0.2.0', a model file) whose forces' "
+        "disagreement with the model's enters the force error model (docs/errormodel.md); the calibration then "
+        "runs it beside the model wherever it predicts", check=model_name, flag="--committee", optional=True)
 
     def __post_init__(self):
         validate(self)
