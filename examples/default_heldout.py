@@ -15,7 +15,10 @@ The calibrations fit the energy LLPR only (``target="energy"``, no feature gradi
 verdict come from the error models (docs/errormodel.md), which read the model's forces alone.
 
     OMP_NUM_THREADS=1 python examples/default_heldout.py --hessian H_proxy.nc [--out default_heldout.json]
-        [--model sevennet]
+        [--model sevennet] [--committee sevennet]
+
+``--committee SPEC``: the recipe of a calibration whose force error model reads a second model's forces
+(``chgnet-0.3.0+sevennet-0.nc``: CHGNet with ``--committee sevennet``, in the sevennet environment).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def _merge(per_el, more):
         acc[1] += k
 
 
-def main(hessian: str, out: str, model_name: str = "chgnet") -> dict:
+def main(hessian: str, out: str, model_name: str = "chgnet", committee: str | None = None) -> dict:
     from calib import datasets
     from calib.artifact import Artifact
     from calib.models import load_model
@@ -125,7 +128,8 @@ def main(hessian: str, out: str, model_name: str = "chgnet") -> dict:
         rank[idx] = np.arange(len(idx))
     cal = [a for a, r in zip(structs, rank) if r % 2 == 0]
     test = [a for a, r in zip(structs, rank) if r % 2 == 1]
-    art = calibrate(hess, model, cal, alpha=0.1, target="energy", with_forces=False, progress=False).artifact
+    art = calibrate(hess, model, cal, alpha=0.1, target="energy", with_forces=False, committee=committee,
+                    progress=False).artifact
     e_n, e_in, per_el = _coverage(art, model, test)
     res["by_structure"] = {"n_calibration": len(cal), "n_test": len(test), "energy_intervals": e_n,
                            "energy_coverage": e_in / max(e_n, 1),
@@ -143,7 +147,7 @@ def main(hessian: str, out: str, model_name: str = "chgnet") -> dict:
     groups: dict = {}
     for f in (fold, ~fold):
         art = calibrate(hess, model, [a for a, k in zip(structs, f) if k], alpha=0.1, target="energy",
-                        with_forces=False, progress=False).artifact
+                        with_forces=False, committee=committee, progress=False).artifact
         test = [a for a, k in zip(structs, f) if not k]
         e_n, e_in, pe = _coverage(art, model, test, groups)
         tot["n_test"] += len(test)
@@ -167,5 +171,6 @@ if __name__ == "__main__":
     p.add_argument("--hessian", default="H_proxy.nc")
     p.add_argument("--out", default="default_heldout.json")
     p.add_argument("--model", default="chgnet", help="chgnet (default) or sevennet (the sevennet extra)")
+    p.add_argument("--committee", default=None, help="a second model for the force error model (e.g. sevennet)")
     a = p.parse_args()
-    print(json.dumps(main(a.hessian, a.out, a.model), indent=1))
+    print(json.dumps(main(a.hessian, a.out, a.model, a.committee), indent=1))

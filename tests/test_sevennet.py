@@ -136,6 +136,45 @@ def test_default_calibration_through_the_commands(tmp_path):
     assert json.loads(r.stdout)["records"][0]["chemsys"] == "Si"
 
 
+def test_default_chgnet_calibration_reads_sevennet_as_committee(tmp_path):
+    """Where sevenn is installed, CHGNet's default calibration is the one with SevenNet-0 as committee: `predict`
+    says so, and on a chemistry it was not calibrated on (KBr) its force σ are the stored force model's on
+    CHGNet's and SevenNet-0's forces, computed here."""
+    import ase.io
+    from ase.build import bulk
+    from typer.testing import CliRunner
+
+    from calib.artifact import Artifact
+    from calib.cli.main import app
+    from calib.data.datasets import default_calibration
+    from calib.models import load_model
+    from calib.predictor import CalibratedPredictor
+    from calib.uq.errormodel import AtomInputs
+
+    path = default_calibration("chgnet")
+    assert path.endswith("chgnet-0.3.0+sevennet-0.nc") and default_calibration("chgnet", committee=None) != path
+    chgnet = load_model("chgnet")
+    art = Artifact.load(path, model=chgnet)
+    assert art.attrs["committee_model"] == "sevennet" and "committee" in art.error_models.forces.terms
+    structs = []
+    for seed in (0, 1):
+        a = bulk("KBr", "rocksalt", 6.6, cubic=True)
+        a.positions += np.random.default_rng(seed).normal(0, 0.15, a.positions.shape)
+        structs.append(a)
+    ds = CalibratedPredictor(chgnet, art).predict(structs, forces=True, progress=False)
+    mine = chgnet.predict(structs, forces=True)
+    second = load_model("sevennet").predict(structs, forces=True)
+    sigma = art.error_models.forces.sigma(AtomInputs(mine.numbers, mine.forces, mine.atom_structure,
+                                                     second_forces=second.forces))
+    np.testing.assert_allclose(ds["forces_sigma"].values, sigma, rtol=1e-5)
+    probe = tmp_path / "probe.extxyz"
+    ase.io.write(probe, structs, format="extxyz")
+    r = CliRunner().invoke(app, ["predict", str(probe), "--forces", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["calibration"]["path"] == path and "SevenNet-0's forces" in doc["calibration"]["note"]
+
+
 @pytest.mark.slow
 def test_finetune_through_sevenns_trainer(sevennet, tmp_path):
     """calib finetune --model sevennet: sevenn's Trainer lowers the training error; the checkpoint it writes

@@ -88,12 +88,29 @@ def labelled() -> tuple[list[Atoms], np.ndarray]:
     return hot + near, np.array(["hot"] * len(hot) + ["near"] * len(near))
 
 
-def default_calibration(model: str = "chgnet") -> str | None:
+#: shipped calibrations whose force error model reads a second model's forces (docs/errormodel.md): the model's
+#: artifact name -> (the committee's artifact suffix, the Python package that model needs)
+COMMITTEES = {"chgnet-0.3.0": ("sevennet-0", "sevenn")}
+
+
+def default_calibration(model: str = "chgnet", committee: str | None = "auto") -> str | None:
     """Path of the calibration artifact shipped with calib for ``model`` (package data, built by
-    ``datasets/default-calibration/build.py``), or None when there is none for it."""
+    ``datasets/default-calibration/build.py``), or None when there is none for it.
+
+    ``committee="auto"``: for CHGNet 0.3.0, the calibration whose force error model also reads SevenNet-0's
+    forces (``chgnet-0.3.0+sevennet-0.nc``) where the ``sevenn`` package is installed (an environment with the
+    ``sevennet`` extra), the plain one otherwise; ``None``: the plain one always."""
     name = {"chgnet": "chgnet-0.3.0", "chgnet:0.3.0": "chgnet-0.3.0", "sevennet": "sevennet-0",
             "sevennet:SevenNet_0__11Jul2024": "sevennet-0"}.get(str(model))
     if name is None:
         return None
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts", f"{name}.nc")
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+    if committee == "auto" and name in COMMITTEES:
+        import importlib.util
+
+        suffix, package = COMMITTEES[name]
+        with_committee = os.path.join(folder, f"{name}+{suffix}.nc")
+        if importlib.util.find_spec(package) is not None and os.path.exists(with_committee):
+            return with_committee
+    path = os.path.join(folder, f"{name}.nc")
     return path if os.path.exists(path) else None

@@ -96,7 +96,7 @@ def loop_calibration(model, calibration=None) -> str | None:
     if calibration:
         return os.fspath(calibration)
     if isinstance(model, (str, os.PathLike)) or getattr(model, "spec", None) is not None:
-        return default_calibration(base_model_name(model))
+        return default_calibration(base_model_name(model), committee=None)  # the rounds recalibrate without one
     return None
 
 

@@ -16,7 +16,11 @@ The NEB paths are kept out: they are the held-out check of docs/neb.md. Run from
 (about 15 min on 2 cores)::
 
     OMP_NUM_THREADS=1 python datasets/default-calibration/build.py [--model sevennet] [--out PATH] [--hessian H.nc]
+        [--committee sevennet]
 
+``--committee sevennet`` (CHGNet, in the ``sevennet`` environment) builds ``chgnet-0.3.0+sevennet-0.nc``, whose
+force error model also reads SevenNet-0's forces (docs/errormodel.md); calib selects it by default wherever the
+sevenn package is installed (calib.data.datasets.default_calibration).
 It prints a JSON summary, also written beside the artifact as ``chgnet-0.3.0.json`` (``sevennet-0.json``).
 """
 
@@ -50,7 +54,8 @@ def labelled_sets():
             "near-equilibrium": datasets.load("near-equilibrium")}
 
 
-def build(out: str = OUT, progress: bool = True, hessian: str | None = None, model_name: str = "chgnet") -> dict:
+def build(out: str = OUT, progress: bool = True, hessian: str | None = None, model_name: str = "chgnet",
+          committee: str | None = None) -> dict:
     from calib import datasets
     from calib.artifact import Artifact
     from calib.models import load_model
@@ -73,7 +78,7 @@ def build(out: str = OUT, progress: bool = True, hessian: str | None = None, mod
             hess.save(hessian)
     sets = labelled_sets()
     labelled = [a for structs in sets.values() for a in structs]
-    res = calibrate(hess, model, labelled, alpha=ALPHA, progress=progress)
+    res = calibrate(hess, model, labelled, alpha=ALPHA, progress=progress, committee=committee)
     hot = sets["high-energy-states"]
     soft = measure_softening(model, hot, n_bootstrap=2000, predictor=CalibratedPredictor(model, res.artifact),
                              progress=progress)
@@ -105,7 +110,12 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=None, help="default: calib/data/artifacts/<model's artifact>.nc")
     parser.add_argument("--hessian", default=None,
                         help="reuse the proxy Hessian artifact at this path (written there when absent)")
+    parser.add_argument("--committee", default=None, choices=sorted(NAMES),
+                        help="a second model whose forces enter the force error model")
     args = parser.parse_args()
-    out = args.out or os.path.join(ARTIFACTS, NAMES[args.model] + ".nc")
-    s = build(out, hessian=args.hessian, model_name=args.model)
+    if args.committee == args.model:
+        parser.error("--committee must name another model than --model")
+    name = NAMES[args.model] + (f"+{NAMES[args.committee]}" if args.committee else "")
+    out = args.out or os.path.join(ARTIFACTS, name + ".nc")
+    s = build(out, hessian=args.hessian, model_name=args.model, committee=args.committee)
     print(json.dumps({k: s[k] for k in ("artifact", "seconds", "calibration_structures", "corrections")}, indent=1))
