@@ -75,6 +75,9 @@ def test_calibration_with_a_committee_predicts_with_it(chgnet, tmp_path):
     by_hand = AtomInputs(mine.numbers, mine.forces, mine.atom_structure, second_forces=second.forces)
     np.testing.assert_allclose(ds["forces_sigma"].values, art.error_models.forces.sigma(by_hand), rtol=1e-6)
     assert np.all(np.isfinite(ds["force_error_bound"].values))
+    # recalibrated without a committee, the artifact no longer names one (the predictor would run it for nothing)
+    again = calibrate(art, chgnet, lab, alpha=0.2, target="energy", with_forces=False, progress=False).artifact
+    assert "committee_model" not in again.attrs and "committee" not in again.error_models.forces.terms
 
 
 def test_cli_refuses_an_unknown_committee_before_loading(tmp_path):

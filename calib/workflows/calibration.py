@@ -499,9 +499,8 @@ def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms]
         conformal_quantile={k: c.quantile_ for k, c in conformal.items()},
         conformal_fallback={k: dict(c.fallback_) for k, c in conformal.items()},
         ood_components=ood.n_components_, ood_threshold=ood.threshold_)
-    art = _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores)
-    if s.committee:
-        art.attrs["committee_model"] = str(s.committee)
+    art = _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores,
+                               s.committee)
     return CalibrationResult(artifact=art, issues=lab.issues, n_structures=len(structs),
                              energy_residual=lab.e_cf, energy_sigma=fit.energy_sigma, summary=summary)
 
@@ -521,14 +520,19 @@ def _committee_forces(spec: str | None, structs: Sequence[Atoms], batch_size: in
     return forces
 
 
-def _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores) -> Artifact:
-    """The new artifact of stage "calibrated" from the fitted pieces (``artifact`` is not changed)."""
+def _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores,
+                         committee: str | None = None) -> Artifact:
+    """The new artifact of stage "calibrated" from the fitted pieces (``artifact`` is not changed). Its
+    ``committee_model`` is this calibration's own: one inherited from a calibrated input would make the predictor
+    run a second model the new error models do not read."""
     from calib.data.labelers import structure_key
 
+    inherited = {k: v for k, v in artifact.attrs.items() if k != "committee_model"}
     return artifact.replace(llpr=L, stage="calibrated", element_reference=ref, conformal=conformal,
                             differences=diff.models, ood=ood, force_error=None, error_models=errors,
                             calibration_keys=[structure_key(a) for a in structs],  # evaluate: held out or not
-                            attrs={**artifact.attrs, "calibration_target": target,
+                            attrs={**inherited, **({"committee_model": str(committee)} if committee else {}),
+                                   "calibration_target": target,
                                    "calibration_n_structures": len(structs),
                                    "element_reference_note": "least squares on element counts of E_ref - E_model "
                                                              "over the calibration set (eV/atom)",
