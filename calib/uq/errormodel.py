@@ -25,8 +25,8 @@ new chemistries (docs/errormodel.md has the table). The descriptor and LLPR term
 forces of a *second* universal potential (the ``committee`` term: the log of the component's, the atom's and
 the structure's disagreement with the model, squared plus the floor). Two models trained apart disagree where
 at least one is wrong; on hot frames of unseen chemistries SevenNet-0's disagreement with CHGNet ranks CHGNet's
-errors at AUROC 0.94 against 0.87 for the chemistry alone (docs/errormodel.md). Validity on new chemistries does not rest on the model being
-right: the conformal step scores every calibration structure with models fitted without its chemical system
+errors at AUROC 0.94 against 0.87 for the chemistry alone (docs/errormodel.md). Validity on new chemistries
+does not rest on the model being right: the conformal step scores every calibration structure with models fitted without its chemical system
 (:func:`grouped_folds`, calib.workflows.calibration).
 
 **Fit.** Gaussian negative log-likelihood of the errors e: minimising Σ w (log σ² + e²/σ²) over a log-linear σ²
@@ -165,8 +165,10 @@ def _composition(inputs: AtomInputs, P: np.ndarray | None = None) -> np.ndarray:
                             structure_mean(P[:, 4], owner, S)])
 
 
-def _rms_force(inputs: AtomInputs) -> np.ndarray:
-    return np.sqrt(structure_mean(np.sum(inputs.forces**2, axis=1) / 3.0, inputs.structure, inputs.n_structures))
+def _rms_force(inputs: AtomInputs, forces: np.ndarray | None = None) -> np.ndarray:
+    """(S,) RMS force component of each structure, eV/Å: of the model forces, or of ``forces`` (N, 3) given."""
+    F = inputs.forces if forces is None else forces
+    return np.sqrt(structure_mean(np.sum(F**2, axis=1) / 3.0, inputs.structure, inputs.n_structures))
 
 
 class _LogLinearVariance:
@@ -341,8 +343,7 @@ class ForceComponentVariance(_LogLinearVariance):
                 raise ValueError("the 'committee' term needs a second model's forces (AtomInputs.second_forces)")
             D = inputs.second_forces - F
             comp.append(_log_force(D.reshape(-1, 1)))
-            rms = np.sqrt(structure_mean(np.sum(D**2, axis=1) / 3.0, owner, inputs.n_structures))
-            atom += [_log_force(np.linalg.norm(D, axis=1)), _log_force(rms[owner])]
+            atom += [_log_force(np.linalg.norm(D, axis=1)), _log_force(_rms_force(inputs, D)[owner])]
         atom = np.column_stack(atom) if atom else np.zeros((len(F), 0))
         return np.hstack(comp + [np.repeat(atom, 3, axis=0)])
 
