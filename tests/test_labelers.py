@@ -205,3 +205,68 @@ def test_old_labels_say_they_cannot_be_recomputed():
     old = datasets.load("high-energy-states", chemsys="Si")[0]  # labelled by calib 0.3: no complete record
     with pytest.raises(ValueError, match="lacks .*kdensity"):
         GPAWFactory.from_info(old.info)
+
+
+class _Pushed(EMT):
+    """EMT with every atom's force shifted by ``push`` (eV/Å): forces that do not sum to zero, as an SCF that
+    did not settle leaves them."""
+
+    def __init__(self, push, **kw):
+        super().__init__(**kw)
+        self.push = np.asarray(push, dtype=float)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        super().calculate(atoms, properties, system_changes)
+        self.results["forces"] = self.results["forces"] + self.push
+
+
+class _Factory:
+    """A calculator factory whose fallback (the retry after a failure) is balanced EMT."""
+
+    def __init__(self, push):
+        self.push, self.errors = push, []
+
+    def __call__(self, atoms):
+        return _Pushed(self.push) if self.push is not None else EMT()
+
+    def fallback(self, error):
+        self.errors.append(error)
+        return _Factory(None) if self.push is not None else None
+
+
+def test_forces_that_do_not_sum_to_zero_are_never_kept(tmp_path):
+    from calib.data.labelers import NET_FORCE_TOL, UnbalancedForces, net_force_per_atom
+
+    cu = bulk("Cu", "fcc", 3.6, cubic=True)
+    cu.rattle(0.05, seed=3)
+    ref = cu.copy()
+    ref.calc = EMT()
+    f = ref.get_forces()
+    assert net_force_per_atom(f) < 1e-10  # EMT's forces balance: the check's baseline
+    # Σ F = 4 atoms × 0.03 eV/Å in z: 0.03 per atom > NET_FORCE_TOL; a 0.01 push passes
+    assert net_force_per_atom(f + [0.0, 0.0, 0.03]) == pytest.approx(0.03, abs=1e-12)
+    rep = label([cu], tmp_path / "bad.extxyz", _Pushed([0.0, 0.0, 0.03]), progress=False)
+    assert rep.n_labelled == 0 and len(rep.failures) == 1
+    assert "UnbalancedForces" in rep.failures[0]["error"] and "0.03 eV/Å per atom" in rep.failures[0]["error"]
+    assert not (tmp_path / "bad.extxyz").exists() or not ase.io.read(tmp_path / "bad.extxyz", ":")
+    ok = label([cu], tmp_path / "ok.extxyz", _Pushed([0.0, 0.0, 0.01]), progress=False)
+    assert ok.n_labelled == 1 and 0.01 < NET_FORCE_TOL
+    # a factory's fallback is asked for the retry, and the retried label records why
+    factory = _Factory([0.05, 0.0, 0.0])
+    rep = label([cu], tmp_path / "retried.extxyz", factory, progress=False)
+    assert rep.n_labelled == 1 and isinstance(factory.errors[0], UnbalancedForces)
+    (atoms,) = ase.io.read(tmp_path / "retried.extxyz", ":")
+    assert "UnbalancedForces" in atoms.info["label_retried"]
+    np.testing.assert_allclose(get_forces(atoms), f, atol=1e-6)
+
+
+def test_gpaw_retries_unbalanced_forces_at_tight_convergence():
+    from calib.data.labelers import CAREFUL_MAXITER, DEFAULT_CONVERGENCE, TIGHT_CONVERGENCE, UnbalancedForces
+
+    first = GPAWFactory()
+    retry = first.fallback(UnbalancedForces("net force"))
+    assert retry.convergence == TIGHT_CONVERGENCE and retry.maxiter == CAREFUL_MAXITER and retry.mixer
+    assert first.convergence == DEFAULT_CONVERGENCE  # the first factory is not changed
+    for key in DEFAULT_CONVERGENCE:  # every criterion at least as tight
+        assert TIGHT_CONVERGENCE[key] <= DEFAULT_CONVERGENCE[key]
+    assert retry.fallback(UnbalancedForces("net force")) is None  # nothing tighter: left out
