@@ -7,18 +7,20 @@ the labels and evaluated on the rest, two ways:
 * **by structure**: every other frame of each system calibrates, the others are tested; force coverage per
   element (the force components of each element's atoms), energy coverage;
 * **by chemistry**: half of the chemical systems calibrate (seeded), the other half is tested, then the halves
-  swap: chemistries the calibration never saw, as a user's are. Reported: how many structures get an energy
+  swap: chemistries the calibration never saw, as a user's are; one halving per seed (``--seeds``, default
+  0-3), pooled and one by one (an element's offset is fixed by one or two compounds, so a single halving's
+  energy figures swing with which side those fall on). Reported: how many structures get an energy
   interval, energy and force coverage, overall and for the magnetic (spin-polarised) and ternary (≥ 3
-  elements) systems.
+  elements) systems, with the range over the halvings.
 
 The calibrations fit the energy LLPR only (``target="energy"``, no feature gradients): the intervals and the
 verdict come from the error models (docs/errormodel.md), which read the model's forces alone.
 
     OMP_NUM_THREADS=1 python examples/default_heldout.py --hessian H_proxy.nc [--out default_heldout.json]
-        [--model sevennet] [--committee sevennet]
+        [--model sevennet] [--committee sevennet] [--seeds 0 1 2 3]
 
 ``--committee SPEC``: the recipe of a calibration whose force error model reads a second model's forces
-(``chgnet-0.3.0+sevennet-0.nc``: CHGNet with ``--committee sevennet``, in the sevennet environment).
+(``chgnet-0.3.0+sevennet-0.nc``: CHGNet with ``--committee sevennet``).
 """
 
 from __future__ import annotations
@@ -101,7 +103,57 @@ def _merge(per_el, more):
         acc[1] += k
 
 
-def main(hessian: str, out: str, model_name: str = "chgnet", committee: str | None = None) -> dict:
+def _halving(hess, model, structs, chem, chems, seed: int, committee):
+    """(totals, force counts per element, group counts) of one seeded halving of the chemical systems ``chems``:
+    each half calibrates, the other is tested."""
+    from calib.workflows.calibration import calibrate
+
+    rng = np.random.default_rng(seed)
+    half = set(rng.permutation(chems)[: len(chems) // 2].tolist())
+    fold = np.array([c in half for c in chem])
+    tot = {"n_test": 0, "energy_intervals": 0, "energy_inside": 0}
+    per_el: dict = {}
+    groups: dict = {}
+    for f in (fold, ~fold):
+        art = calibrate(hess, model, [a for a, k in zip(structs, f) if k], alpha=0.1, target="energy",
+                        with_forces=False, committee=committee, progress=False).artifact
+        test = [a for a, k in zip(structs, f) if not k]
+        e_n, e_in, pe = _coverage(art, model, test, groups)
+        tot["n_test"] += len(test)
+        tot["energy_intervals"] += e_n
+        tot["energy_inside"] += e_in
+        _merge(per_el, pe)
+    return tot, per_el, groups
+
+
+def _pool(runs):
+    """The halvings' counts added up (every structure counted once per halving)."""
+    tot = {"n_test": 0, "energy_intervals": 0, "energy_inside": 0}
+    per_el: dict = {}
+    groups: dict = {}
+    for t, pe, gr in runs:
+        for k in tot:
+            tot[k] += t[k]
+        _merge(per_el, pe)
+        for g, v in gr.items():
+            acc = groups.setdefault(g, dict.fromkeys(v, 0))
+            for k in v:
+                acc[k] += v[k]
+    return tot, per_el, groups
+
+
+def _summary(tot, per_el, groups) -> dict:
+    return {**tot, "energy_coverage": tot["energy_inside"] / max(tot["energy_intervals"], 1),
+            "fraction_with_interval": tot["energy_intervals"] / tot["n_test"],
+            "force_coverage": sum(k for _, k in per_el.values()) / sum(n for n, _ in per_el.values()),
+            "force_coverage_per_class": _by_class(per_el),
+            "groups": {g: {**v, "energy_coverage": v["energy_inside"] / max(v["energy_intervals"], 1),
+                           "force_coverage": v["force_inside"] / max(v["force_components"], 1)}
+                       for g, v in groups.items()}}
+
+
+def main(hessian: str, out: str, model_name: str = "chgnet", committee: str | None = None,
+         seeds=(0, 1, 2, 3)) -> dict:
     from calib import datasets
     from calib.artifact import Artifact
     from calib.models import load_model
@@ -137,30 +189,21 @@ def main(hessian: str, out: str, model_name: str = "chgnet", committee: str | No
                            "force_coverage_per_class": _by_class(per_el),
                            "force_coverage_per_element": {el: [n, round(k / n, 3)] for el, (n, k) in
                                                           sorted(per_el.items()) if n}}
-    # by chemistry: two folds, each tested on chemistries it never saw
-    rng = np.random.default_rng(0)
+    # by chemistry: the chemical systems halved (one halving per seed), each half tested on chemistries it never
+    # saw; an element's offset is fixed by one or two compounds, so one halving's energy figures swing with
+    # which side those fall on: several halvings, pooled and one by one
     chems = sorted(set(chem.tolist()))
-    half = set(rng.permutation(chems)[: len(chems) // 2].tolist())
-    fold = np.array([c in half for c in chem])
-    tot = {"n_test": 0, "energy_intervals": 0, "energy_inside": 0}
-    per_el2: dict = {}
-    groups: dict = {}
-    for f in (fold, ~fold):
-        art = calibrate(hess, model, [a for a, k in zip(structs, f) if k], alpha=0.1, target="energy",
-                        with_forces=False, committee=committee, progress=False).artifact
-        test = [a for a, k in zip(structs, f) if not k]
-        e_n, e_in, pe = _coverage(art, model, test, groups)
-        tot["n_test"] += len(test)
-        tot["energy_intervals"] += e_n
-        tot["energy_inside"] += e_in
-        _merge(per_el2, pe)
-    res["by_chemistry"] = {**tot, "energy_coverage": tot["energy_inside"] / max(tot["energy_intervals"], 1),
-                           "fraction_with_interval": tot["energy_intervals"] / tot["n_test"],
-                           "force_coverage": sum(k for _, k in per_el2.values()) / sum(n for n, _ in per_el2.values()),
-                           "force_coverage_per_class": _by_class(per_el2),
-                           "groups": {g: {**v, "energy_coverage": v["energy_inside"] / max(v["energy_intervals"], 1),
-                                          "force_coverage": v["force_inside"] / max(v["force_components"], 1)}
-                                      for g, v in groups.items()}}
+    runs = [_halving(hess, model, structs, chem, chems, seed, committee) for seed in seeds]
+    res["by_chemistry"] = _summary(*_pool(runs))
+    res["by_chemistry"]["seeds"] = list(seeds)
+    res["by_chemistry_per_seed"] = {str(seed): _summary(*run) for seed, run in zip(seeds, runs)}
+    for key in ("energy_coverage", "force_coverage"):
+        vals = [v[key] for v in res["by_chemistry_per_seed"].values()]
+        res["by_chemistry"][key + "_range"] = [min(vals), max(vals)]
+    for g in res["by_chemistry"]["groups"]:
+        for key in ("energy_coverage", "force_coverage"):
+            vals = [v["groups"][g][key] for v in res["by_chemistry_per_seed"].values() if g in v["groups"]]
+            res["by_chemistry"]["groups"][g][key + "_range"] = [min(vals), max(vals)]
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
     return res
@@ -172,5 +215,6 @@ if __name__ == "__main__":
     p.add_argument("--out", default="default_heldout.json")
     p.add_argument("--model", default="chgnet", help="chgnet (default) or sevennet (the sevennet extra)")
     p.add_argument("--committee", default=None, help="a second model for the force error model (e.g. sevennet)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="one halving by chemistry per seed")
     a = p.parse_args()
-    print(json.dumps(main(a.hessian, a.out, a.model, a.committee), indent=1))
+    print(json.dumps(main(a.hessian, a.out, a.model, a.committee, tuple(a.seeds)), indent=1))

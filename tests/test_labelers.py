@@ -8,7 +8,8 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from calib.data.labelers import GPAWFactory, label, materials_project_settings
+from calib.data.dft import materials_project_settings
+from calib.data.labelers import GPAWFactory, label
 from calib.data.structures import get_energy, get_forces
 
 
@@ -235,7 +236,7 @@ class _Factory:
 
 
 def test_forces_that_do_not_sum_to_zero_are_never_kept(tmp_path):
-    from calib.data.labelers import NET_FORCE_TOL, UnbalancedForces, net_force_per_atom
+    from calib.data.structures import NET_FORCE_TOL, UnbalancedForces, net_force_per_atom
 
     cu = bulk("Cu", "fcc", 3.6, cubic=True)
     cu.rattle(0.05, seed=3)
@@ -261,7 +262,8 @@ def test_forces_that_do_not_sum_to_zero_are_never_kept(tmp_path):
 
 
 def test_gpaw_retries_unbalanced_forces_at_tight_convergence():
-    from calib.data.labelers import CAREFUL_MAXITER, DEFAULT_CONVERGENCE, TIGHT_CONVERGENCE, UnbalancedForces
+    from calib.data.labelers import CAREFUL_MAXITER, DEFAULT_CONVERGENCE, TIGHT_CONVERGENCE
+    from calib.data.structures import UnbalancedForces
 
     first = GPAWFactory()
     retry = first.fallback(UnbalancedForces("net force"))

@@ -43,3 +43,20 @@ class GPAWSettings:
 
 #: the defaults of :class:`calib.data.labelers.GPAWFactory` and ``calib label``
 GPAW = GPAWSettings()
+
+
+def materials_project_settings(symbols) -> dict:
+    """Materials Project's spin and +U settings for a composition, as ``MPRelaxSet`` applies them (read from
+    pymatgen's copy of the set, not typed here): ``magmoms``, the ferromagnetic initial moment per element (μB;
+    0.6 for an element the set does not list), and ``hubbard_u``, the Dudarev U per element (eV, d shell) when
+    the most electronegative element is one the set gives U for (O, F), else None. CHGNet and MACE-MP-0 learned
+    MPtrj, whose energies and forces are GGA+U exactly there."""
+    from pymatgen.core import Element
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    incar = MPRelaxSet.CONFIG["INCAR"]
+    elements = sorted(set(symbols), key=lambda el: Element(el).X)
+    magmoms = {el: float(incar["MAGMOM"].get(el, 0.6)) for el in elements}
+    table = incar["LDAUU"].get(elements[-1], {}) if elements else {}
+    u = {el: float(table[el]) for el in elements if table.get(el)}
+    return {"magmoms": magmoms, "hubbard_u": u or None}

@@ -30,7 +30,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from calib.data.dft import GPAW
 from calib.data.ncio import replace_atomically
-from calib.data.structures import structure_name
+from calib.data.structures import NET_FORCE_TOL, UnbalancedForces, net_force_per_atom, structure_name
 
 #: elements for which the default GPAW factory runs spin-polarised
 MAGNETIC_ELEMENTS = frozenset({"V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Mo", "Ru", "Rh", "W", "Gd", "Eu"})
@@ -45,23 +45,6 @@ def structure_key(atoms: Atoms) -> str:
     return h.hexdigest()[:20]
 
 
-def materials_project_settings(symbols) -> dict:
-    """Materials Project's spin and +U settings for a composition, as ``MPRelaxSet`` applies them (read from
-    pymatgen's copy of the set, not typed here): ``magmoms``, the ferromagnetic initial moment per element (μB;
-    0.6 for an element the set does not list), and ``hubbard_u``, the Dudarev U per element (eV, d shell) when
-    the most electronegative element is one the set gives U for (O, F), else None. CHGNet and MACE-MP-0 learned
-    MPtrj, whose energies and forces are GGA+U exactly there."""
-    from pymatgen.core import Element
-    from pymatgen.io.vasp.sets import MPRelaxSet
-
-    incar = MPRelaxSet.CONFIG["INCAR"]
-    elements = sorted(set(symbols), key=lambda el: Element(el).X)
-    magmoms = {el: float(incar["MAGMOM"].get(el, 0.6)) for el in elements}
-    table = incar["LDAUU"].get(elements[-1], {}) if elements else {}
-    u = {el: float(table[el]) for el in elements if table.get(el)}
-    return {"magmoms": magmoms, "hubbard_u": u or None}
-
-
 #: the retry of a structure whose SCF does not converge: Pulay mixing of the density (spin difference for a
 #: spin-polarised run) with a small step and a long history, and more iterations (GPAW's default is 333)
 CAREFUL_MIXER = {"backend": "pulay", "beta": 0.02, "nmaxold": 8, "weight": 100.0}
@@ -74,22 +57,6 @@ DEFAULT_CONVERGENCE = {"energy": 0.0005, "density": 1.0e-4, "eigenstates": 4.0e-
 #: the retry of a structure whose forces do not sum to zero (:class:`UnbalancedForces`): a density converged
 #: 100× tighter and forces 10× tighter than :data:`DEFAULT_CONVERGENCE`
 TIGHT_CONVERGENCE = {"energy": 5.0e-5, "density": 1.0e-6, "eigenstates": 4.0e-10, "forces": 1.0e-4}
-
-#: largest net force a label may have, eV/Å per atom (|Σ_i F_i| per Cartesian component, ÷ N atoms). The forces
-#: of a periodic cell sum to zero (translational invariance); the shipped GPAW labels reach 0.008 (+U oxides).
-NET_FORCE_TOL = 0.02
-
-
-class UnbalancedForces(RuntimeError):
-    """A calculation whose forces do not sum to zero within :data:`NET_FORCE_TOL`: an SCF that did not settle
-    the forces (seen once in a spin-polarised +U oxide that GPAW reported converged). Never kept as a label."""
-
-
-def net_force_per_atom(forces) -> float:
-    """max over x, y, z of |Σ_i F_i| ÷ N, eV/Å per atom (0 for no atoms)."""
-    f = np.asarray(forces, dtype=float).reshape(-1, 3)
-    return float(np.abs(f.sum(axis=0)).max() / len(f)) if len(f) else 0.0
-
 
 @dataclass
 class GPAWFactory:

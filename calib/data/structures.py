@@ -459,3 +459,19 @@ def structures_fingerprint(structures: Sequence[Atoms]) -> str:
         h.update(np.ascontiguousarray(atoms.get_positions(), dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(atoms.cell[:], dtype=np.float64).tobytes())
     return h.hexdigest()
+
+
+#: largest net force a label may have, eV/Å per atom (|Σ_i F_i| per Cartesian component, ÷ N atoms). The forces
+#: of a periodic cell sum to zero (translational invariance); the shipped GPAW labels reach 0.008 (+U oxides).
+NET_FORCE_TOL = 0.02
+
+
+class UnbalancedForces(RuntimeError):
+    """A calculation whose forces do not sum to zero within :data:`NET_FORCE_TOL`: an SCF that did not settle
+    the forces (seen once in a spin-polarised +U oxide that GPAW reported converged). Never kept as a label."""
+
+
+def net_force_per_atom(forces) -> float:
+    """max over x, y, z of |Σ_i F_i| ÷ N, eV/Å per atom (0 for no atoms)."""
+    f = np.asarray(forces, dtype=float).reshape(-1, 3)
+    return float(np.abs(f.sum(axis=0)).max() / len(f)) if len(f) else 0.0

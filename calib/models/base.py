@@ -18,7 +18,6 @@ feature-space quantity into a *total*-energy quantity in eV.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -362,11 +361,9 @@ class ModelAdapter(ABC):
 
     def fingerprint(self) -> str:
         """SHA-256 of the weights (state dict, names and values): identifies a model."""
-        h = hashlib.sha256()
-        for key, tensor in sorted(self.module.state_dict().items()):
-            h.update(key.encode())
-            h.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-        return h.hexdigest()
+        from calib.models.loading import weights_hash
+
+        return weights_hash(self.module.state_dict())
 
     def describe(self) -> dict:
         return {

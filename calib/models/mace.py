@@ -43,24 +43,16 @@ def _import_mace() -> None:
     import contextlib
     import io
     import logging
-    import os
 
-    flag = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-    before = os.environ.get(flag)
-    os.environ[flag] = "1"  # e3nn's import loads its constants with torch.load; only for these imports
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            import mace  # noqa: F401
-            import mace.data  # noqa: F401
-            import mace.modules  # noqa: F401
-            import mace.tools.torch_geometric  # noqa: F401
-    finally:
-        # mace sets this for the whole process at import (e3nn's import needs it); calib loads a user's model
-        # with weights_only=False explicitly and gives every other torch.load its default back
-        if before is None:
-            os.environ.pop(flag, None)
-        else:
-            os.environ[flag] = before
+    from calib.models.loading import e3nn_constants_loadable
+
+    # mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for the whole process at import (e3nn's import needs it); calib
+    # loads a user's model with weights_only=False explicitly and gives every other torch.load its default back
+    with e3nn_constants_loadable(), contextlib.redirect_stdout(io.StringIO()):
+        import mace  # noqa: F401
+        import mace.data  # noqa: F401
+        import mace.modules  # noqa: F401
+        import mace.tools.torch_geometric  # noqa: F401
     logging.getLogger("mace").setLevel(logging.WARNING)
 
 

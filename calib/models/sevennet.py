@@ -21,13 +21,15 @@ Edge vectors are computed here from the positions (r_j − r_i + S·cell, as ASE
 taken from the neighbour list's numbers, so that the features are differentiable with respect to the
 positions (force σ); forces and stress are SevenNet's own (the gradient with respect to the edge vectors).
 
-sevenn needs e3nn ≥ 0.5 and mace-torch pins e3nn 0.4.4: the ``sevennet`` and ``mace`` extras live in
-separate environments (README).
+Two sevenn APIs are read: ≥ 0.11 (``load_checkpoint``; needs e3nn ≥ 0.5) and 0.10.4, the last on e3nn 0.4.4 and
+so the one pip installs beside mace-torch (``model_from_checkpoint``); both give SevenNet-0's energies and forces
+alike (README).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import warnings
@@ -38,6 +40,7 @@ import torch
 from ase import Atoms
 
 from calib.models.base import BatchOutput, FeatureGraph, ModelAdapter, pool_atoms, wrapped
+from calib.models.loading import e3nn_constants_loadable, weights_hash
 
 #: the pretrained potentials of the sevenn wheel that calib loads by name (``sevennet:NAME``); the first is
 #: ``--model sevennet``
@@ -61,15 +64,38 @@ def pretrained_path(name: str = "") -> str:
 
 def _import_sevenn():
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), e3nn_constants_loadable():
             warnings.simplefilter("ignore")
             import sevenn
             import sevenn._keys  # noqa: F401
             import sevenn.util  # noqa: F401
     except ImportError as exc:
-        raise ValueError(f"SevenNet needs sevenn: pip install -e '.[sevennet]' (in an environment without "
-                         f"mace-torch, whose e3nn pin it cannot share) ({exc})") from None
+        raise ValueError(f"SevenNet needs sevenn: pip install -e '.[sevennet]' ({exc})") from None
     return sevenn
+
+
+def _read_checkpoint(path: str):
+    """(model, config) of a sevenn checkpoint: ``load_checkpoint`` (sevenn ≥ 0.11) or ``model_from_checkpoint``
+    (0.10, the last sevenn that runs on e3nn 0.4.4 and so beside mace-torch; SevenNet-0's energies and forces
+    agree to the last printed digit between the two)."""
+    from sevenn import util
+
+    if hasattr(util, "load_checkpoint"):
+        cp = util.load_checkpoint(path)
+        return cp.build_model(), cp.config
+    return util.model_from_checkpoint(path)
+
+
+def _preprocess(model, data):
+    """What SevenNet's ``forward`` does before its modules run: the atomic numbers mapped to the one-hot node
+    input (sevenn ≥ 0.11 has it as ``_preprocess``; 0.10 inside ``forward``)."""
+    if hasattr(model, "_preprocess"):
+        return model._preprocess(data)
+    if model.eval_type_map:
+        data[model.key_node_feature] = model._atomic_numbers_to_onehot(data[model.key_atomic_numbers])
+    if model.key_grad is not None:
+        data[model.key_grad].requires_grad_(True)
+    return data
 
 
 class SevenNetAdapter(ModelAdapter):
@@ -93,7 +119,6 @@ class SevenNetAdapter(ModelAdapter):
                  name: str = "sevennet", version: str = ""):
         sevenn = _import_sevenn()
         import sevenn._keys as KEY
-        from sevenn.util import load_checkpoint
 
         path = os.fspath(checkpoint) if checkpoint is not None else pretrained_path()
         if not os.path.exists(path):
@@ -101,12 +126,11 @@ class SevenNetAdapter(ModelAdapter):
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cp = load_checkpoint(path)
-                model = cp.build_model()
+                model, config = _read_checkpoint(path)
         except Exception as exc:  # noqa: BLE001 - whatever sevenn raises on a file it cannot read
             raise ValueError(f"{path} is not a SevenNet checkpoint sevenn can read ({type(exc).__name__}: {exc})"
                              ) from None
-        if model.modal_map:
+        if getattr(model, "modal_map", None):
             raise ValueError(f"{path} is a multi-fidelity SevenNet ({', '.join(model.modal_map)}): calib supports "
                              "single-fidelity models such as SevenNet-0")
         if "reduce_hidden_to_energy" not in model._modules:
@@ -118,14 +142,15 @@ class SevenNetAdapter(ModelAdapter):
         self.model = model.to(device=device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.config = cp.config
+        self.config = config
         self.checkpoint_path = os.path.abspath(path)  # calib finetune builds its trainee from this file
+        self._fingerprint: str | None = None
         self.name = name
         self.version = version or (os.path.basename(os.path.dirname(path)) if checkpoint is None else path)
         self.sevenn_version = sevenn.__version__
-        self.type_map = {int(z): int(i) for z, i in cp.config[KEY.TYPE_MAP].items()}
+        self.type_map = {int(z): int(i) for z, i in config[KEY.TYPE_MAP].items()}
         self.supported_elements = frozenset(self.type_map)
-        self.cutoff = float(cp.config[KEY.CUTOFF])
+        self.cutoff = float(config[KEY.CUTOFF])
         self._index = torch.full((max(self.type_map) + 1,), -1, dtype=torch.long)
         for z, i in self.type_map.items():
             self._index[z] = i
@@ -149,6 +174,17 @@ class SevenNetAdapter(ModelAdapter):
     def readout(self) -> tuple[np.ndarray, float]:
         return self._w.copy(), 0.0
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights as the checkpoint file holds them (``model_state_dict``, names and values).
+
+        Not the built network's state dict, as other backends: sevenn ≥ 0.11 on e3nn ≥ 0.5 and sevenn 0.10 on
+        e3nn 0.4.4 build SevenNet-0 with differently ordered Wigner-3j buffers and re-sorted convolution weights
+        (the same energies and forces), so only the file's own tensors name the model in both environments."""
+        if self._fingerprint is None:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)["model_state_dict"]
+            self._fingerprint = weights_hash(state)
+        return self._fingerprint
+
     def describe(self) -> dict:
         return {**super().describe(), "sevenn_version": self.sevenn_version}
 
@@ -158,7 +194,9 @@ class SevenNetAdapter(ModelAdapter):
         from sevenn.train.dataload import unlabeled_atoms_to_graph
         from torch_geometric.data import Batch
 
-        graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(wrapped(a), self.cutoff, with_shift=True))
+        # sevenn ≥ 0.11 adds the cell shifts on request; 0.10 always does
+        shift = {"with_shift": True} if "with_shift" in inspect.signature(unlabeled_atoms_to_graph).parameters else {}
+        graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(wrapped(a), self.cutoff, **shift))
                   for a in structures]
         data = Batch.from_data_list(graphs).to(self.device)
         K = self._K
@@ -183,7 +221,7 @@ class SevenNetAdapter(ModelAdapter):
         """Run SevenNet's modules in order, stopping before ``until`` (None: all of them, forces and stress
         included; ``"force_output"``: the energy only; ``"reduce_hidden_to_energy"``: the features only, with
         their graph to the positions). Returns (the data dict, h_a: the input of reduce_hidden_to_energy)."""
-        data = self.model._preprocess(data)
+        data = _preprocess(self.model, data)
         phi = None
         for name, module in self.model._modules.items():
             if name == until:

@@ -56,9 +56,9 @@ U_KEY = 1000
 @functools.lru_cache(maxsize=4096)
 def _u_elements(zs: tuple) -> frozenset:
     """The elements of a composition (sorted tuple of atomic numbers) that Materials Project treats with GGA+U
-    (calib.data.labelers.materials_project_settings: MPRelaxSet's LDAUU, applied when the most electronegative
+    (calib.data.dft.materials_project_settings: MPRelaxSet's LDAUU, applied when the most electronegative
     element is O or F)."""
-    from calib.data.labelers import materials_project_settings
+    from calib.data.dft import materials_project_settings
 
     u = materials_project_settings([chemical_symbols[z] for z in zs])["hubbard_u"] or {}
     return frozenset(chemical_symbols.index(el) for el in u)

@@ -278,6 +278,10 @@ def finetune(model, labelled: Sequence[Atoms], out, *, epochs: int = FINETUNE.ep
     if backend is None:
         raise ValueError(f"finetune trains CHGNet (chgnet's Trainer), SevenNet (sevenn's Trainer) and MACE models "
                          f"(mace_run_train from a foundation model); got {model.name} ({type(model).__name__})")
+    if backend == "sevennet":
+        from calib.workflows.finetune_sevennet import check_trainer
+
+        check_trainer()
     good, issues = model.validate(list(labelled), require_labels=True)
     structs = [labelled[i] for i in good]
     if not structs:

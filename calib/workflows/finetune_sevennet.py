@@ -31,6 +31,19 @@ FORMAT = "calib-finetuned-sevennet"
 PACKAGES = {"sevenn": "sevenn"}
 
 
+def check_trainer() -> None:
+    """ValueError unless the installed sevenn has the checkpoint and Trainer API this module drives (sevenn ≥
+    0.11). sevenn 0.10, the one pip installs beside mace-torch (e3nn 0.4.4), predicts with SevenNet-0 but trains
+    through another API."""
+    import sevenn
+    import sevenn.util
+
+    if not hasattr(sevenn.util, "load_checkpoint"):
+        raise ValueError(f"fine-tuning SevenNet needs sevenn >= 0.11 (its checkpoint and Trainer API); this "
+                         f"environment has sevenn {sevenn.__version__}, the last that installs beside mace-torch. "
+                         "Fine-tune in an environment without mace: pip install -e '.[sevennet]' (README)")
+
+
 def sevenn_stress(sigma) -> np.ndarray:
     """sevenn's stress label from a 3×3 stress (eV/Å³, ASE sign): −σ in the order xx yy zz xy yz zx. (ASE's Voigt
     order is xx yy zz yz xz xy; get_stress returns the full matrix.)"""

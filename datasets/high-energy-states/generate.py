@@ -58,7 +58,7 @@ CUTOFF_EV = 450.0
 KDENSITY = 2.0  # k-points per Å⁻¹ (see README for the convergence check)
 
 #: systems labelled spin-polarised, with Materials Project's ferromagnetic initial moments and, on oxides and
-#: fluorides of Co, Cr, Fe, Mn, Mo, Ni, V and W, its Hubbard U (calib.data.labelers.materials_project_settings:
+#: fluorides of Co, Cr, Fe, Mn, Mo, Ni, V and W, its Hubbard U (calib.data.dft.materials_project_settings:
 #: MPRelaxSet's MAGMOM and LDAUU, as CHGNet learned them from MPtrj). Everything else is non-spin-polarised PBE.
 MAGNETIC = ("Fe", "Co", "Ni", "Cr", "MnO", "FeO", "CoO", "NiO", "Cr2O3", "LiCoO2", "LiNiO2", "LiVO2", "LiMn2O4")
 
@@ -73,7 +73,7 @@ def settings(name: str) -> dict:
     """GPAW settings beyond the shared ones for one system: spin, initial moments (μB) and U (eV)."""
     if name not in MAGNETIC:
         return {"spinpol": False}
-    from calib.data.labelers import materials_project_settings
+    from calib.data.dft import materials_project_settings
 
     return {"spinpol": True, **materials_project_settings(prototype(name).get_chemical_symbols())}
 
