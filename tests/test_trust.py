@@ -534,3 +534,34 @@ def test_predictor_bounds_a_new_chemistry_by_the_structure_model_when_the_artifa
     feats = structure_features(inputs, component_scale(ds["forces_sigma"].values, inputs.n_atoms))
     np.testing.assert_allclose(ds["force_error_bound"].values, sm.bound(feats, 0.1), rtol=1e-10)
     np.testing.assert_allclose(ds["force_error_bound_trust"].values, sm.bound(feats, 0.2), rtol=1e-10)
+
+
+def test_unpaired_3d_is_hunds_rule_and_the_open_3d_term_recovers_a_law_in_it():
+    """unpaired_3d against Hund's rule by hand; errors whose scale rises and falls across the 3d row with the
+    unpaired electrons (peaking at Cr and Mn, not monotonic in group or electronegativity) are recovered by the
+    default terms, which include open_3d, and not by the element properties alone."""
+    from calib.uq.errormodel import AtomInputs, ForceComponentVariance, unpaired_3d
+
+    # 3d^n of the free atoms (Cr 3d5 4s1, Cu 3d10 4s1): unpaired = min(n, 10 − n)
+    hund = {21: 1, 22: 2, 23: 3, 24: 5, 25: 5, 26: 4, 27: 3, 28: 2, 29: 0, 30: 0}
+    assert {z: unpaired_3d(z) for z in hund} == hund
+    assert [unpaired_3d(z) for z in (3, 8, 14, 31, 42, 74, 79)] == [0] * 7  # no open 3d shell (Mo, W: 4d, 5d)
+    rng = np.random.default_rng(11)
+
+    def draw(n_structures):
+        zs = rng.choice(list(hund), size=(n_structures, 4))
+        numbers = zs.ravel()
+        forces = rng.normal(0.0, 1.0, (len(numbers), 3))
+        sigma = 0.05 * np.exp(0.3 * np.vectorize(hund.get)(numbers))[:, None] * np.ones((1, 3))  # log-linear in u
+        inputs = AtomInputs(numbers, forces, np.repeat(np.arange(n_structures), 4))
+        return inputs, sigma * rng.normal(size=sigma.shape), sigma
+
+    train, e_train, _ = draw(400)
+    test, e_test, true = draw(100)
+    model = ForceComponentVariance().fit(train, e_train)
+    assert "open_3d" in model.terms
+    for z in (21, 24, 26, 29):  # Sc, Cr, Fe, Cu: 0.067, 0.224, 0.166, 0.05 eV/Å
+        m = test.numbers == z
+        assert np.median(model.sigma(test)[m] / true[m]) == pytest.approx(1.0, rel=0.2), z
+    without = ForceComponentVariance(terms=("force", "chemistry")).fit(train, e_train)
+    assert model.nll(test, e_test) < without.nll(test, e_test) - 0.05

@@ -11,7 +11,10 @@ models of the errors on calibration structures:
 **Inputs.** x_ai: the log of the component's, the atom's and the structure's model force (squared, plus a
 floor), and the chemistry: the atom's element by its properties (Pauling electronegativity, period, group,
 atomic radius, metal or not, s/p/d block; :func:`element_properties`) and the structure's composition
-(electronegativity spread and mean, metal fraction). x_s: the log of the structure's RMS force and its
+(electronegativity spread and mean, metal fraction), and the unpaired electrons of the free atom's open 3d shell
+(Hund's rule; :func:`unpaired_3d`) of the atom and, averaged, of its structure: the magnetic 3d metals and their
++U oxides, whose forces CHGNet gets worse than their other properties predict (an O atom of FeO included, so the
+structure's mean too). x_s: the log of the structure's RMS force and its
 composition; h_s is its *reference leverage* (:meth:`calib.uq.reference.ElementReference.leverage`): how well
 the calibration compositions fix the per-element energy offsets of this composition. An energy error of a new
 compound is mostly its formation-energy error against the offsets, whose spread grows like 1 + h (the
@@ -69,6 +72,19 @@ def element_properties(z: int) -> tuple[float, ...]:
     block = el.block
     return (x, float(el.row), float(el.group), radius, float(el.is_metal), float(block == "s"), float(block == "p"),
             float(block == "d"))
+
+
+@functools.lru_cache(maxsize=None)
+def unpaired_3d(z: int) -> float:
+    """Unpaired electrons of the free atom's 3d shell by Hund's rule, min(n, 10 − n) of its 3d occupancy n
+    (pymatgen's electronic structure): Cr, Mn 5; Fe 4; V, Co 3; Ti, Ni 2; Sc 1; 0 for an element without an open
+    3d shell (Cu and Zn, the p block after them, every 4d and 5d element)."""
+    from ase.data import chemical_symbols
+    from pymatgen.core import Element
+
+    occ = [n for shell, sub, n in Element(chemical_symbols[int(z)]).full_electronic_structure
+           if shell == 3 and sub == "d"]
+    return float(min(occ[0], 10 - occ[0])) if occ else 0.0
 
 
 def _property_table(numbers, properties=element_properties, width: int = len(ELEMENT_PROPERTIES)) -> np.ndarray:
@@ -311,8 +327,8 @@ class ForceComponentVariance(_LogLinearVariance):
 
     kind = "forces"
     unit = "eV/Å"
-    TERMS = ("force", "chemistry", "element", "descriptor", "llpr", "committee")
-    DEFAULT_TERMS = ("force", "chemistry")
+    TERMS = ("force", "chemistry", "open_3d", "element", "descriptor", "llpr", "committee")
+    DEFAULT_TERMS = ("force", "chemistry", "open_3d")
     DEFAULT_RIDGE = 1e-3
     FORMS = ("loglinear", "two-part")
 
@@ -329,6 +345,9 @@ class ForceComponentVariance(_LogLinearVariance):
             atom += [_log_force(np.linalg.norm(F, axis=1)), _log_force(_rms_force(inputs)[owner])]
         if "chemistry" in self.terms:
             atom += [_property_table(inputs.numbers), _composition(inputs)[owner]]
+        if "open_3d" in self.terms:  # the atom's and its structure's open 3d shells: magnetism, +U (module doc)
+            u = _property_table(inputs.numbers, lambda z: (unpaired_3d(z),), 1)[:, 0]
+            atom += [u, structure_mean(u, owner, inputs.n_structures)[owner]]
         if "llpr" in self.terms:
             if inputs.local_sigma is None:
                 raise ValueError("the 'llpr' term needs the atoms' LLPR energy σ")
