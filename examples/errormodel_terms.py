@@ -22,7 +22,8 @@ import json
 import numpy as np
 
 FORCE_TERMS = [("force",), ("force", "element"), ("force", "chemistry"), ("force", "chemistry", "element"),
-               ("force", "chemistry", "descriptor"), ("force", "chemistry", "llpr")]
+               ("force", "chemistry", "descriptor"), ("force", "chemistry", "llpr"),
+               ("force", "chemistry", "open_3d")]
 ENERGY_TERMS = [("leverage",), ("leverage", "force"), ("leverage", "force", "chemistry"), ("force", "chemistry")]
 TOL = 0.3
 

@@ -22,7 +22,7 @@ def test_committee_term_recovers_a_known_disagreement_law():
     rng = np.random.default_rng(0)
     train, e_train, _ = _synthetic(rng)
     test, e_test, true_sigma = _synthetic(rng)
-    assert force_terms(train) == ("force", "chemistry", "committee")
+    assert force_terms(train) == ("force", "chemistry", "open_3d", "committee")
     model = ForceComponentVariance(terms=force_terms(train)).fit(train, e_train)
     ratio = model.sigma(test) / true_sigma
     # 2160 components fix log σ² to a few hundredths; the floor inside the log shifts the smallest |D| by < 1.5 %
