@@ -394,9 +394,11 @@ def test_predictor_verdict_from_its_own_columns(chgnet, cal):
         props = np.array([[e.X, e.row, e.group, e.atomic_radius, e.is_metal, e.block == "s", e.block == "p",
                            e.block == "d"] for e in els], dtype=float)
         comp = [en.max() - en.min(), en.mean(), np.mean([e.is_metal for e in els])]
+        # open_3d: unpaired 3d electrons of the free atom, Hund's rule by hand (none of Si, Li, F, Na, Cl has any)
+        u = np.array([{21: 1, 22: 2, 23: 3, 24: 5, 25: 5, 26: 4, 27: 3, 28: 2}.get(int(z), 0) for z in a.numbers])
         frms2 = np.mean(F**2)
         rows = [[np.log(F[i, x] ** 2 + floor), np.log(np.sum(F[i] ** 2) + floor), np.log(frms2 + floor), *props[i],
-                 *comp] for i in range(len(a)) for x in range(3)]
+                 *comp, u[i], u.mean()] for i in range(len(a)) for x in range(3)]
         X = (np.array(rows) - fm.center_) / fm.scale_
         sigma = np.sqrt(np.exp(X @ fm.coef_ + fm.intercept_)).reshape(-1, 3)
         np.testing.assert_allclose(ds["forces_sigma"].values[ds["structure_index"].values == k], sigma, rtol=1e-8)
