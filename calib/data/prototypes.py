@@ -173,6 +173,12 @@ PERIODIC_SYSTEMS = {
     "CoO": lambda: _cubic("CoO", "rocksalt", 4.26),
     "FeO": lambda: _cubic("FeO", "rocksalt", 4.33),
     "Cr2O3": lambda: corundum(4.96, 13.59, 0.3475, 0.306, "Cr"),
+    # the two 4d/5d elements Materials Project treats with U in oxides: they fix the "Mo (U)" and "W (U)" energy
+    # offsets (calib.uq.reference). WO3 in its cubic ReO3 aristotype (the high-temperature phases are small
+    # distortions of it), MoO2 in the ideal rutile its monoclinic ground state distorts.
+    "WO3": lambda: supercell(crystal(["W", "O"], basis=[(0, 0, 0), (0.5, 0, 0)], spacegroup=221,
+                                     cellpar=[3.78, 3.78, 3.78, 90, 90, 90]), (2, 1, 1)),
+    "MoO2": lambda: rutile(4.86, 2.81, 0.29, "Mo"),
 }
 
 #: Ternary compounds of the high-energy states (≤ 16 atoms, experimental lattice constants in Å), one or two per

@@ -60,7 +60,10 @@ KDENSITY = 2.0  # k-points per Å⁻¹ (see README for the convergence check)
 #: systems labelled spin-polarised, with Materials Project's ferromagnetic initial moments and, on oxides and
 #: fluorides of Co, Cr, Fe, Mn, Mo, Ni, V and W, its Hubbard U (calib.data.dft.materials_project_settings:
 #: MPRelaxSet's MAGMOM and LDAUU, as CHGNet learned them from MPtrj). Everything else is non-spin-polarised PBE.
-MAGNETIC = ("Fe", "Co", "Ni", "Cr", "MnO", "FeO", "CoO", "NiO", "Cr2O3", "LiCoO2", "LiNiO2", "LiVO2", "LiMn2O4")
+#: WO3 and MoO2 are labelled as Materials Project labels them (spin-polarised, U on W and Mo) though they are not
+#: magnetic 3d systems: they are there for the "W (U)" and "Mo (U)" energy offsets.
+MAGNETIC = ("Fe", "Co", "Ni", "Cr", "MnO", "FeO", "CoO", "NiO", "Cr2O3", "LiCoO2", "LiNiO2", "LiVO2", "LiMn2O4",
+            "WO3", "MoO2")
 
 
 #: systems whose SCF starts with the careful mixer (calib.data.labelers.CAREFUL_MIXER, 1000 iterations) instead of
