@@ -42,7 +42,7 @@ from calib.artifact import Artifact, ArtifactError
 from calib.models.base import ModelAdapter, Prediction
 from calib.models.gradients import force_variance
 from calib.uq.differences import composition, difference_sigmas, reference_pairs
-from calib.uq.errormodel import AtomInputs, component_scale, structure_features
+from calib.uq.errormodel import AtomInputs, component_scale, energy_disagreement, structure_features
 from calib.uq.targets import Points, build_points
 from calib.uq.trust import Check, TrustPolicy, extrapolated, notes, verdict
 
@@ -316,7 +316,7 @@ class CalibratedPredictor:
         local = L.local_energy_sigma(pred.atom_descriptors)
         cols.atom("local_energy_sigma", local)
         cols.struct("max_local_sigma", _per_structure_max(local[:, None], pred))
-        inputs = self._error_inputs(pred, local, kept, batch_size)
+        inputs = self._error_inputs(pred, local, kept, batch_size, cols.raw_energy)
         em = art.error_models
         e_sig = e_llpr
         cols.energy_labels = None
@@ -325,6 +325,8 @@ class CalibratedPredictor:
             e_sig = per_atom * pred.n_atoms
             cols.energy_labels = {"composition": cls.astype(str)}
             cols.struct("energy_sigma_llpr", e_llpr)
+            if inputs.energy_disagreement is not None:
+                cols.struct("energy_disagreement", inputs.energy_disagreement)
         cols.struct("energy_sigma", e_sig)
         cols.energy_sigma = e_sig
         f_sig = None
@@ -352,16 +354,18 @@ class CalibratedPredictor:
             cols.struct("max_force_sigma", _per_structure_max(f_sig, pred))
         cols.force_sigma = f_sig
 
-    def _error_inputs(self, pred: Prediction, local, kept, batch_size: int) -> AtomInputs:
+    def _error_inputs(self, pred: Prediction, local, kept, batch_size: int, raw_energy=None) -> AtomInputs:
         """The error models' inputs for one batch (with each structure's reference leverage, and the committee
-        model's forces where the calibration has one: NaN for a structure it cannot predict, whose σ and bound
-        are then NaN and its force check "not checked")."""
+        model's forces and energy disagreement where the calibration has one: NaN for a structure it cannot
+        predict, whose σ and bound are then NaN and its force check "not checked"). The disagreement is with the
+        model's own energy, ``raw_energy`` (total eV, before a scalar correction), as on the calibration set."""
         ref = self.artifact.element_reference
-        lev = ref.leverage(_split_numbers(pred)) if ref is not None else np.full(len(pred), np.nan)
-        second = None
+        numbers = _split_numbers(pred)
+        lev = ref.leverage(numbers) if ref is not None else np.full(len(pred), np.nan)
+        second = disagreement = None
         spec = self.artifact.attrs.get("committee_model")
         if spec and pred.forces is not None:
-            from calib.models.base import second_forces
+            from calib.models.base import second_model_outputs
 
             if self._second is None:
                 from calib.models import load_model
@@ -371,9 +375,13 @@ class CalibratedPredictor:
                 except (ImportError, ValueError, FileNotFoundError) as exc:
                     raise ArtifactError(f"this calibration's error model reads the forces of a second model, "
                                         f"{spec}, which cannot be loaded here ({exc}); docs/errormodel.md") from None
-            second = second_forces(self._second, kept, batch_size)[0]
+            second_energy, second, _ = second_model_outputs(self._second, kept, batch_size)
+            em = self.artifact.error_models
+            if em is not None and em.committee_reference is not None:
+                model_energy = pred.energy if raw_energy is None else raw_energy
+                disagreement = energy_disagreement(numbers, second_energy - model_energy, em.committee_reference)
         return AtomInputs(pred.numbers, pred.forces if pred.forces is not None else np.zeros((len(pred.numbers), 3)),
-                          pred.atom_structure, pred.atom_descriptors, local, lev, len(pred), second)
+                          pred.atom_structure, pred.atom_descriptors, local, lev, len(pred), second, disagreement)
 
     def _shift(self, pred: Prediction):
         """(per-element shift to the reference code's zero (eV; NaN where undetermined), why not) per structure."""

@@ -80,6 +80,9 @@ COLUMNS: tuple[Column, ...] = (
            "(calib.uq.errormodel)", calculator="energy_uncertainty", record="always"),
     Column("energy_sigma_per_atom", _S, "f", "eV/atom", "energy_sigma / n_atoms"),
     Column("energy_sigma_llpr", _S, "f", "eV", "calibrated LLPR sigma of the total energy", record="finite"),
+    Column("energy_disagreement", _S, "f", "eV/atom", "the committee model's energy minus the model's, per atom, "
+           "less the per-element shift fitted to that difference on the calibration structures (an input of the "
+           "energy sigma; with a committee calibration)", record="finite"),
     Column("local_energy_sigma", _A, "f", "eV", "LLPR sigma of the atom's energy contribution (local prediction "
            "rigidity)", calculator="energies_uncertainty"),
     Column("atom_force_error_bound", _A, "f", "eV/Å", "the atom's share of force_error_bound: the bound times "

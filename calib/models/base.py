@@ -257,17 +257,20 @@ def batches(n: int, batch_size: int):
         yield list(range(start, min(n, start + batch_size)))
 
 
-def second_forces(model: ModelAdapter, structures: Sequence[Atoms], batch_size: int = 16) -> tuple[np.ndarray, list]:
-    """A second model's forces on ``structures`` (the error models' ``committee`` input): (N atoms, 3) eV/Å in the
-    structures' order, NaN rows for a structure that model could not predict, and those structures' issues
-    (:class:`calib.data.structures.StructureIssue`, positions in ``structures``)."""
+def second_model_outputs(model: ModelAdapter, structures: Sequence[Atoms],
+                         batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, list]:
+    """A second model's total energies (S,) eV and forces (N atoms, 3) eV/Å on ``structures`` (the error models'
+    ``committee`` inputs), in the structures' order, NaN for a structure that model could not predict, and those
+    structures' issues (:class:`calib.data.structures.StructureIssue`, positions in ``structures``)."""
     pred = model.predict(structures, forces=True, batch_size=batch_size)
     sizes = np.array([len(a) for a in structures], dtype=int)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    out = np.full((int(starts[-1]), 3), np.nan)
-    for i, sl in zip(pred.indices, pred.atom_slices()):
-        out[starts[i]:starts[i + 1]] = pred.forces[sl]
-    return out, list(pred.issues)
+    forces = np.full((int(starts[-1]), 3), np.nan)
+    energy = np.full(len(structures), np.nan)
+    for k, (i, sl) in enumerate(zip(pred.indices, pred.atom_slices())):
+        forces[starts[i]:starts[i + 1]] = pred.forces[sl]
+        energy[i] = pred.energy[k]
+    return energy, forces, list(pred.issues)
 
 
 class ModelAdapter(ABC):

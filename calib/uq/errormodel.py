@@ -51,6 +51,10 @@ from calib.uq.variance import gaussian_nll
 
 #: floor of the force magnitudes inside the logs, eV/Å (a relaxed cell has forces ~0)
 FORCE_FLOOR = 0.05
+#: floor of the energy disagreement inside its log, eV/atom: a third of the typical out-of-group energy error
+#: (0.06 eV/atom); two models that agree more closely than this say nothing more (chosen on held-out halvings
+#: among 0.002–0.04 eV/atom, docs/errormodel.md)
+ENERGY_FLOOR = 0.02
 #: floor of e² in the gamma fit (the GLM needs y > 0): (1e-4 eV/Å)² or (1e-4 eV/atom)², below any real error
 ERROR2_FLOOR = 1e-8
 
@@ -114,6 +118,9 @@ class AtomInputs:
     local_sigma : (N,) LLPR σ of each atom's energy contribution, eV (optional ``llpr`` term)
     leverage : (S,) reference leverage h of each structure's composition (energy model; NaN: not determined)
     second_forces : (N, 3) a second model's forces on the same atoms, eV/Å (the optional ``committee`` term)
+    energy_disagreement : (S,) a second model's energy minus the model's, per atom, after a per-element
+        reference fitted to that difference (:func:`energy_disagreement`), eV/atom (the energy ``committee``
+        term; NaN: the reference does not determine the composition)
     """
 
     numbers: np.ndarray
@@ -124,6 +131,7 @@ class AtomInputs:
     leverage: np.ndarray | None = None
     n_structures: int | None = None
     second_forces: np.ndarray | None = None
+    energy_disagreement: np.ndarray | None = None
 
     def __post_init__(self):
         self.numbers = np.asarray(self.numbers, dtype=int)
@@ -138,6 +146,11 @@ class AtomInputs:
                 raise ValueError(f"AtomInputs: {n} atoms but {len(value)} rows of {name}")
         if self.n_structures is None:
             self.n_structures = int(self.structure.max()) + 1 if n else 0
+        if self.energy_disagreement is not None:
+            self.energy_disagreement = np.asarray(self.energy_disagreement, dtype=float).reshape(-1)
+            if len(self.energy_disagreement) != self.n_structures:
+                raise ValueError(f"AtomInputs: {self.n_structures} structures but {len(self.energy_disagreement)} "
+                                 "energy disagreements")
 
     @property
     def n_atoms(self) -> np.ndarray:
@@ -155,7 +168,8 @@ class AtomInputs:
         return AtomInputs(self.numbers[order], self.forces[order], new[self.structure[order]],
                           pick(self.descriptors), pick(self.local_sigma),
                           None if self.leverage is None else np.asarray(self.leverage)[rows], len(rows),
-                          pick(self.second_forces))
+                          pick(self.second_forces),
+                          None if self.energy_disagreement is None else self.energy_disagreement[rows])
 
 
 def structure_mean(values: np.ndarray, structure: np.ndarray, n: int) -> np.ndarray:
@@ -168,6 +182,10 @@ def structure_mean(values: np.ndarray, structure: np.ndarray, n: int) -> np.ndar
 
 def _log_force(x) -> np.ndarray:
     return np.log(np.asarray(x, dtype=float) ** 2 + FORCE_FLOOR**2)
+
+
+def _log_energy(x) -> np.ndarray:
+    return np.log(np.asarray(x, dtype=float) ** 2 + ENERGY_FLOOR**2)
 
 
 def _composition(inputs: AtomInputs, P: np.ndarray | None = None) -> np.ndarray:
@@ -422,12 +440,34 @@ class ForceComponentVariance(_LogLinearVariance):
         return np.sqrt(A * inputs.forces.reshape(-1) ** 2 + T).reshape(-1, 3)
 
 
+def energy_terms(inputs: AtomInputs) -> tuple[str, ...]:
+    """The energy model's terms for these inputs: the defaults, and ``committee`` when they carry a second model's
+    energy disagreement."""
+    base = EnergyVariance.DEFAULT_TERMS
+    return base + ("committee",) if inputs.energy_disagreement is not None else base
+
+
+def energy_disagreement(numbers: Sequence[np.ndarray], second_delta, reference) -> np.ndarray:
+    """d (S,), eV/atom: a second model's energy minus the model's (``second_delta``, total eV) less the per-element
+    shift ``reference`` (an :class:`calib.uq.reference.ElementReference` fitted to that difference on calibration
+    structures), per atom; NaN where that reference does not determine the composition. Two universal potentials
+    sit on different per-element zeros; what is left after them is where they disagree on the compound."""
+    nums = [np.asarray(n) for n in numbers]
+    delta = np.asarray(second_delta, dtype=float)
+    ok, _ = reference.determined(nums)
+    n = np.maximum([len(x) for x in nums], 1)
+    return np.where(ok, (delta - reference.predict(nums)) / n, np.nan)
+
+
 class EnergyVariance(_LogLinearVariance):
-    """σ² = (1 + h) exp(ϑ·x) of the energy per atom (eV²/atom²): h the reference leverage, x the RMS force."""
+    """σ² = (1 + h) exp(ϑ·x) of the energy per atom (eV²/atom²): h the reference leverage, x the RMS force.
+
+    x also holds the composition (``chemistry``) and, with the ``committee`` term, the log of a second model's
+    energy disagreement (:func:`energy_disagreement`, squared plus :data:`ENERGY_FLOOR` squared)."""
 
     kind = "energy"
     unit = "eV/atom"
-    TERMS = ("leverage", "force", "chemistry", "llpr")
+    TERMS = ("leverage", "force", "chemistry", "llpr", "committee")
     DEFAULT_TERMS = ("leverage", "force", "chemistry")
     DEFAULT_RIDGE = 0.1
 
@@ -452,6 +492,11 @@ class EnergyVariance(_LogLinearVariance):
                 raise ValueError("the 'llpr' term needs the atoms' LLPR energy σ")
             cols.append(structure_mean(np.log(np.maximum(inputs.local_sigma, 1e-12)), inputs.structure,
                                        inputs.n_structures))
+        if "committee" in self.terms:  # where two models disagree on the compound, at least one is wrong
+            if inputs.energy_disagreement is None:
+                raise ValueError("the energy 'committee' term needs a second model's energy disagreement "
+                                 "(AtomInputs.energy_disagreement)")
+            cols.append(_log_energy(inputs.energy_disagreement))
         return np.column_stack(cols) if len(cols) > 1 else cols[0]
 
     def fit(self, inputs: AtomInputs, errors_per_atom, groups=None) -> EnergyVariance:
@@ -462,6 +507,8 @@ class EnergyVariance(_LogLinearVariance):
         keep = np.isfinite(e)
         if inputs.leverage is not None:
             keep &= np.isfinite(np.asarray(inputs.leverage, dtype=float))
+        if "committee" in self.terms and inputs.energy_disagreement is not None:
+            keep &= np.isfinite(inputs.energy_disagreement)
         if keep.sum() < 3:
             raise ValueError(f"the energy error model needs ≥ 3 structures with an energy residual, got {keep.sum()}")
         w = None
@@ -742,7 +789,8 @@ class CrossFit:
 
     force_sigma : (N, 3) eV/Å; energy_sigma : (S,) eV/atom; energy_errors : (S,) eV/atom, the residual under an
     element reference fitted without the group (NaN where the other groups do not fix the composition's shift);
-    leverage : (S,) the reference leverage those residuals had.
+    leverage : (S,) the reference leverage those residuals had; energy_disagreement : (S,) eV/atom, a second
+    model's energy disagreement under its reference fitted without the group (None without a second model).
     """
 
     force_sigma: np.ndarray | None
@@ -750,6 +798,7 @@ class CrossFit:
     energy_errors: np.ndarray | None
     leverage: np.ndarray | None
     n_folds: int
+    energy_disagreement: np.ndarray | None = None
     seen_energy_sigma: np.ndarray | None = None  # the "seen" class (:meth:`ErrorModels.composition_class`)
     seen_energy_errors: np.ndarray | None = None
     corrected_force_sigma: np.ndarray | None = None  # (rows with a leave-one-out correction, concatenated)
@@ -767,6 +816,7 @@ def grouped_energy_residuals(numbers: Sequence[np.ndarray], delta_energy, groups
     if len(set(np.asarray(groups).astype(str).tolist())) < 2:  # nothing to leave out: no out-of-group residual
         return out, lev
     for train, test in grouped_folds(groups, n_splits):
+        train = train[np.isfinite(delta[train])]  # structures without an energy fix no offset
         ref = ElementReference().fit([numbers[i] for i in train], delta[train])
         nums = [numbers[i] for i in test]
         ok, _ = ref.determined(nums)
@@ -779,7 +829,7 @@ def grouped_energy_residuals(numbers: Sequence[np.ndarray], delta_energy, groups
 
 def cross_fit(inputs: AtomInputs, force_errors=None, *, numbers: Sequence[np.ndarray] | None = None,
               delta_energy=None, groups, n_splits: int = 10, force_model: dict | None = None,
-              energy_model: dict | None = None) -> CrossFit:
+              energy_model: dict | None = None, second_delta_energy=None) -> CrossFit:
     """Grouped cross-fitting of the error models over calibration structures (groups: chemical systems).
 
     Every structure's σ comes from models fitted on the other folds of groups only: its force σ from a
@@ -787,6 +837,9 @@ def cross_fit(inputs: AtomInputs, force_errors=None, *, numbers: Sequence[np.nda
     themselves out-of-group (a nested grouped split inside the training folds) under an element reference
     fitted without its group. ``force_errors`` (N, 3) eV/Å and ``delta_energy`` (S,) total eV (reference −
     model, NaN: no energy) are the labels; ``numbers`` one array of atomic numbers per structure.
+    ``second_delta_energy`` (S,) total eV, a second model's energy minus the model's: its disagreement enters the
+    energy model (the ``committee`` term, default then) out-of-group like the residuals, its own per-element
+    reference fitted on the same structures without the group (and nested likewise).
     """
     groups = np.asarray(groups).astype(str)
     folds = grouped_folds(groups, n_splits)
@@ -803,10 +856,16 @@ def cross_fit(inputs: AtomInputs, force_errors=None, *, numbers: Sequence[np.nda
             ends = np.cumsum(inputs.n_atoms[test])
             for k, i in enumerate(test):
                 f_sig[starts[i]:starts[i + 1]] = sig[ends[k] - inputs.n_atoms[i]:ends[k]]
-    e_sig = e_err = lev = None
+    e_sig = e_err = lev = dis = None
     if delta_energy is not None and np.isfinite(np.asarray(delta_energy, dtype=float)).sum() >= 3:
         delta = np.asarray(delta_energy, dtype=float)
         e_err, lev = grouped_energy_residuals(numbers, delta, groups, n_splits)
+        second = None
+        if second_delta_energy is not None:  # its reference on the structures the energy reference is fitted on
+            second = np.where(np.isfinite(delta), np.asarray(second_delta_energy, dtype=float), np.nan)
+            dis = grouped_energy_residuals(numbers, second, groups, n_splits)[0]
+            if energy_model is None:
+                energy_model = {"terms": EnergyVariance.DEFAULT_TERMS + ("committee",)}
         e_sig = np.full(len(delta), np.nan)
         if tuple(EnergyVariance(**(energy_model or {})).terms) == ("leverage",):
             # σ = τ √(1 + h) has no fitted shape: its conformal score |e| / √(1 + h) needs no nested fit (τ cancels)
@@ -823,15 +882,19 @@ def cross_fit(inputs: AtomInputs, force_errors=None, *, numbers: Sequence[np.nda
                                                         n_splits)
             sub = inputs.subset(train)
             sub.leverage = inner_lev
+            te = inputs.subset(test)
+            te.leverage = lev[test]
+            if second is not None:
+                sub.energy_disagreement = grouped_energy_residuals([numbers[i] for i in train], second[train],
+                                                                   groups[train], n_splits)[0]
+                te.energy_disagreement = dis[test]
             try:
                 model = EnergyVariance(**(energy_model or {})).fit(sub, inner, groups=groups[train])
             except ValueError:  # too few determined residuals in this fold
                 continue
-            te = inputs.subset(test)
-            te.leverage = lev[test]
             ok = np.isfinite(e_err[test])
             e_sig[test[ok]] = model.sigma(te)[ok]
-    return CrossFit(f_sig, e_sig, e_err, lev, len(folds))
+    return CrossFit(f_sig, e_sig, e_err, lev, len(folds), energy_disagreement=dis)
 
 
 #: pseudo-count (force components) that shrinks a chemistry's own variance scale toward the cross-chemistry model:
@@ -879,6 +942,9 @@ class ErrorModels:
     elements: np.ndarray | None = None
     force_groups: str = "chemical system"
     energy_groups: str = "chemical system"
+    #: calib.uq.reference.ElementReference of a second model's energy minus the model's on the calibration
+    #: structures (the energy model's ``committee`` term reads the disagreement left after it)
+    committee_reference: object | None = None
 
     PREFIX = "errmodel"
 
@@ -939,6 +1005,15 @@ class ErrorModels:
             out.update(self.energy_seen.to_variables(f"{p}_energy_seen"))
             out[f"{p}_compositions"] = ((f"{p}_composition",), np.asarray(self.compositions, dtype=str), {
                 "description": "reduced formulas of the calibration structures (energy class 'seen')"})
+        if self.committee_reference is not None:
+            ref = self.committee_reference
+            out[f"{p}_committee_species"] = ((f"{p}_committee_species",), np.array(ref.elements_, dtype=str), {})
+            out[f"{p}_committee_reference"] = ((f"{p}_committee_species",), np.asarray(ref.values_, dtype=float), {
+                "units": "eV/atom", "description": "per-element shift of the committee model's energy minus the "
+                                                  "model's, least squares on the calibration structures"})
+            if ref.basis_ is not None:
+                out[f"{p}_committee_basis"] = ((f"{p}_committee_basis", f"{p}_committee_species"), ref.basis_, {
+                    "units": "1", "description": "orthonormal rows spanning the calibration compositions"})
         if self.elements is not None:
             out[f"{p}_elements"] = ((f"{p}_element",), np.asarray(self.elements, dtype=np.int32), {
                 "units": "1", "description": "atomic numbers the calibration force labels contain",
@@ -973,8 +1048,20 @@ class ErrorModels:
                           if f"{p}_force_scale" in ds else None),
             bound_seen=part(ForceBound, "bound_seen", "quantile"),
             elements=None if el is None else el.values.astype(int),
+            committee_reference=_committee_reference(ds, p),
             force_groups=str(el.attrs.get("force_groups", "chemical system")) if el is not None else "chemical system",
             energy_groups=str(el.attrs.get("energy_groups", "chemical system")) if el is not None else "chemical system")
+
+
+def _committee_reference(ds, p: str):
+    """The committee's :class:`calib.uq.reference.ElementReference` stored by :meth:`ErrorModels.to_variables`."""
+    from calib.uq.reference import ElementReference
+
+    if f"{p}_committee_reference" not in ds:
+        return None
+    basis = ds[f"{p}_committee_basis"].values if f"{p}_committee_basis" in ds else None
+    return ElementReference.from_dict(dict(zip([str(e) for e in ds[f"{p}_committee_species"].values],
+                                               ds[f"{p}_committee_reference"].values.astype(float))), basis)
 
 
 def leave_one_out_corrections(model_forces: Sequence[np.ndarray], errors: Sequence[np.ndarray], groups) -> np.ndarray:

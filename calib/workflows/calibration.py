@@ -28,6 +28,7 @@ from calib.uq.errormodel import (
     StructureErrorModel,
     component_scale,
     cross_fit,
+    energy_terms,
     force_terms,
     structure_features,
 )
@@ -238,7 +239,7 @@ MIN_ENERGY_POINTS = 10
 
 def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, chemsys, reference, *,
                      alpha: float = 0.1, n_folds: int = 10, chemistry_scale: bool = True,
-                     structure_model: bool = False) -> tuple[ErrorModels, CrossFit]:
+                     structure_model: bool = False, second_delta_energy=None) -> tuple[ErrorModels, CrossFit]:
     """The error models of :mod:`calib.uq.errormodel` and their grouped cross-fit on calibration structures.
 
     Groups are the chemical systems (every structure scored by models fitted without its chemistry), or the
@@ -247,21 +248,24 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
     compositions' offsets), the structures are the groups, and the energy scores then measure the error of a
     chemistry the reference has seen (``energy_groups`` says which). ``force_errors`` (N, 3) eV/Å,
     ``delta_energy`` (S,) total eV (reference − model) or None; ``reference`` the element reference fitted on
-    all structures (its leverage of each structure goes into the full energy model's inputs)."""
+    all structures (its leverage of each structure goes into the full energy model's inputs).
+    ``second_delta_energy`` (S,) total eV, a committee model's energy minus the model's: the energy model then
+    reads their disagreement (calib.uq.errormodel.energy_disagreement) beside its other terms."""
     chem = np.asarray(chemsys).astype(str)
     structures = np.arange(len(chem)).astype(str)
     groups = chem if len(set(chem.tolist())) >= 2 else structures
     have_e = delta_energy is not None and np.isfinite(np.asarray(delta_energy, dtype=float)).sum() >= 3
     fmodel = {"terms": force_terms(inputs)}  # with a second model's forces: the committee term
+    second = second_delta_energy if have_e else None
     cf = cross_fit(inputs, force_errors, numbers=numbers, delta_energy=delta_energy if have_e else None,
-                   groups=groups, n_splits=n_folds, force_model=fmodel)
+                   groups=groups, n_splits=n_folds, force_model=fmodel, second_delta_energy=second)
     energy_groups = "chemical system" if groups is chem else "structure"
     if have_e and (cf.energy_errors is None or np.isfinite(cf.energy_sigma).sum() < MIN_ENERGY_POINTS) \
             and groups is chem:
         by_structure = cross_fit(inputs, None, numbers=numbers, delta_energy=delta_energy, groups=structures,
-                                 n_splits=n_folds)
+                                 n_splits=n_folds, second_delta_energy=second)
         cf = CrossFit(cf.force_sigma, by_structure.energy_sigma, by_structure.energy_errors, by_structure.leverage,
-                      cf.n_folds)
+                      cf.n_folds, energy_disagreement=by_structure.energy_disagreement)
         energy_groups = "structure"
     ends = np.cumsum(inputs.n_atoms)[:-1]
     fe = np.asarray(force_errors, dtype=float).reshape(-1, 3)
@@ -281,8 +285,13 @@ def fit_error_models(inputs: AtomInputs, force_errors, numbers, delta_energy, ch
         cf.corrected_force_sigma, cf.corrected_force_errors = corrected
     if cf.energy_sigma is not None and np.isfinite(cf.energy_sigma).sum() >= 3:
         train = AtomInputs(inputs.numbers, inputs.forces, inputs.structure, inputs.descriptors, inputs.local_sigma,
-                           cf.leverage, inputs.n_structures)
-        models.energy = EnergyVariance().fit(train, cf.energy_errors, groups=chem)
+                           cf.leverage, inputs.n_structures, energy_disagreement=cf.energy_disagreement)
+        models.energy = EnergyVariance(terms=energy_terms(train)).fit(train, cf.energy_errors, groups=chem)
+        if second is not None:  # the committee's own reference, fitted where the energy reference is
+            delta = np.asarray(delta_energy, dtype=float)
+            rows = np.flatnonzero(np.isfinite(delta))
+            models.committee_reference = ElementReference().fit(
+                [numbers[i] for i in rows], np.asarray(second, dtype=float)[rows])
         models.energy_groups = energy_groups
         _fit_seen_energy(models, cf, inputs, numbers, delta_energy, structures, n_folds)
     return models, cf
@@ -477,12 +486,13 @@ def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms]
         fit.energy_sigma = L.energy_sigma(pred.features, pred.n_atoms)
     diff = (fit_difference_models(L, structs, pred, lab.e_res) if s.difference_model and energies
             else DifferenceFit(note="not fitted" if energies else "no reference energies"))
+    second_energy, second = _committee_outputs(s.committee, structs, batch_size)
     inputs = AtomInputs(pred.numbers, pred.forces, pred.atom_structure, pred.atom_descriptors,
-                        L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs),
-                        second_forces=_committee_forces(s.committee, structs, batch_size))
+                        L.local_energy_sigma(pred.atom_descriptors), n_structures=len(structs), second_forces=second)
     errors, cf = fit_error_models(inputs, lab.f_res, lab.numbers, lab.e_delta if energies else None, pred.chemsys,
                                   ref, alpha=alpha if alpha is not None else 0.1, n_folds=s.error_folds,
-                                  chemistry_scale=s.chemistry_scale, structure_model=s.structure_model)
+                                  chemistry_scale=s.chemistry_scale, structure_model=s.structure_model,
+                                  second_delta_energy=None if second_energy is None else second_energy - pred.energy)
     conformal = ConformalSet()
     if alpha is not None:
         points = _calibration_points(L, lab, fit, errors, cf, diff)
@@ -505,19 +515,20 @@ def calibrate(artifact: Artifact, model: ModelAdapter, labelled: Sequence[Atoms]
                              energy_residual=lab.e_cf, energy_sigma=fit.energy_sigma, summary=summary)
 
 
-def _committee_forces(spec: str | None, structs: Sequence[Atoms], batch_size: int):
-    """The committee model's forces on the calibration structures (eV/Å; None without one). A structure it cannot
-    predict is an error: the calibration's every score needs both models."""
+def _committee_outputs(spec: str | None, structs: Sequence[Atoms], batch_size: int):
+    """The committee model's total energies (S,) eV and forces (N, 3) eV/Å on the calibration structures ((None,
+    None) without one). A structure it cannot predict is an error: the calibration's every score needs both
+    models."""
     if not spec:
-        return None
+        return None, None
     from calib.models import load_model
-    from calib.models.base import second_forces
+    from calib.models.base import second_model_outputs
 
-    forces, issues = second_forces(load_model(spec), structs, batch_size)
+    energy, forces, issues = second_model_outputs(load_model(spec), structs, batch_size)
     if issues:
         raise DataError(f"the committee model {spec} cannot predict {len(issues)} calibration structure(s): "
                         + "; ".join(f"{i.name or i.index}: {i.problem}" for i in issues[:5]))
-    return forces
+    return energy, forces
 
 
 def _calibrated_artifact(artifact, L, ref, conformal, diff, ood, errors, structs, target, energy_scores,
