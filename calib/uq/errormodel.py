@@ -28,7 +28,9 @@ new chemistries (docs/errormodel.md has the table). The descriptor and LLPR term
 forces of a *second* universal potential (the ``committee`` term: the log of the component's, the atom's and
 the structure's disagreement with the model, squared plus the floor). Two models trained apart disagree where
 at least one is wrong; on hot frames of unseen chemistries SevenNet-0's disagreement with CHGNet ranks CHGNet's
-errors at AUROC 0.94 against 0.87 for the chemistry alone (docs/errormodel.md). Validity on new chemistries
+errors at AUROC 0.94 against 0.87 for the chemistry alone (docs/errormodel.md). The energy model's ``committee``
+term is the log of the second model's energy disagreement after its own per-element reference
+(:func:`energy_disagreement`). Validity on new chemistries
 does not rest on the model being right: the conformal step scores every calibration structure with models fitted without its chemical system
 (:func:`grouped_folds`, calib.workflows.calibration).
 
