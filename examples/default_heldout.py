@@ -10,7 +10,7 @@ the labels and evaluated on the rest, two ways:
   swap: chemistries the calibration never saw, as a user's are; one halving per seed (``--seeds``, default
   0-3), pooled and one by one (an element's offset is fixed by one or two compounds, so a single halving's
   energy figures swing with which side those fall on). Reported: how many structures get an energy
-  interval, energy and force coverage, overall and for the magnetic (spin-polarised) and ternary (≥ 3
+  interval, energy and force coverage, overall and for the magnetic 3d (spin-polarised, V–Ni) and ternary (≥ 3
   elements) systems, with the range over the halvings.
 
 The calibrations fit the energy LLPR only (``target="energy"``, no feature gradients): the intervals and the
@@ -33,8 +33,13 @@ import numpy as np
 
 
 def group_of(atoms) -> list[str]:
-    """The groups a structure reports under: "magnetic" (labelled spin-polarised), "ternary" (≥ 3 elements)."""
-    out = ["magnetic"] if atoms.info.get("spinpol") else []
+    """The groups a structure reports under: "magnetic" (a magnetic 3d system: labelled spin-polarised, with an
+    atom whose free 3d shell is open, V to Ni among the shipped; not WO3 and MoO2, labelled spin-polarised as
+    Materials Project labels them), "ternary" (≥ 3 elements)."""
+    from calib.uq.errormodel import unpaired_3d
+
+    magnetic = atoms.info.get("spinpol") and any(unpaired_3d(int(z)) > 0 for z in set(atoms.numbers.tolist()))
+    out = ["magnetic"] if magnetic else []
     return out + (["ternary"] if len(set(atoms.numbers.tolist())) >= 3 else [])
 
 
