@@ -179,6 +179,9 @@ PERIODIC_SYSTEMS = {
     "WO3": lambda: supercell(crystal(["W", "O"], basis=[(0, 0, 0), (0.5, 0, 0)], spacegroup=221,
                                      cellpar=[3.78, 3.78, 3.78, 90, 90, 90]), (2, 1, 1)),
     "MoO2": lambda: rutile(4.86, 2.81, 0.29, "Mo"),
+    # a Mn compound outside Materials Project's U (a sulfide): the plain "Mn" offset, which MnO and LiMn2O4
+    # ("Mn (U)") do not fix
+    "MnS": lambda: _cubic("MnS", "rocksalt", 5.22),
 }
 
 #: Ternary compounds of the high-energy states (≤ 16 atoms, experimental lattice constants in Å), one or two per

@@ -63,7 +63,7 @@ KDENSITY = 2.0  # k-points per Å⁻¹ (see README for the convergence check)
 #: WO3 and MoO2 are labelled as Materials Project labels them (spin-polarised, U on W and Mo) though they are not
 #: magnetic 3d systems: they are there for the "W (U)" and "Mo (U)" energy offsets.
 MAGNETIC = ("Fe", "Co", "Ni", "Cr", "MnO", "FeO", "CoO", "NiO", "Cr2O3", "LiCoO2", "LiNiO2", "LiVO2", "LiMn2O4",
-            "WO3", "MoO2")
+            "WO3", "MoO2", "MnS")
 
 
 #: systems whose SCF starts with the careful mixer (calib.data.labelers.CAREFUL_MIXER, 1000 iterations) instead of
