@@ -30,6 +30,8 @@ PREDICT_RECORD = {
 }
 #: keys a predicted structure's record has only sometimes (text that is not empty)
 PREDICT_RECORD_SOMETIMES = {"energy_interval_reason", "trust_notes"}
+#: keys a predicted structure's record has with a committee calibration (the default where sevenn is installed)
+COMMITTEE_RECORD = {"energy_disagreement"}
 #: the keys records.py composes of several variables (or lists), besides the schema's plain keys
 COMPOSITE = {"index", "name", "chemsys", "energy_interval", "energy_offsets_u", "trust_checks_failed", "correction",
              "energy_corrected", "max_force_corrected"}
@@ -72,10 +74,13 @@ def test_predict_json_keys(files):
     assert set(doc) == PREDICT_DOCUMENT
     assert set(doc["calibration"]) == CALIBRATION_RECORD and set(doc["model"]) == MODEL_RECORD
     predicted, skipped = doc["records"][:2], doc["records"][2]
-    assert all(set(r) == PREDICT_RECORD for r in predicted), [sorted(set(r) ^ PREDICT_RECORD) for r in predicted]
+    committee = default_calibration().endswith("+sevennet-0.nc")
+    want = PREDICT_RECORD | (COMMITTEE_RECORD if committee else set())
+    assert all(set(r) == want for r in predicted), [sorted(set(r) ^ want) for r in predicted]
     assert set(skipped) == SKIPPED_RECORD
     # every key a record can have: the schema's plain keys and records.py's composites, nothing else
-    assert {c.name for c in schema.record_columns()} | COMPOSITE == PREDICT_RECORD | PREDICT_RECORD_SOMETIMES
+    assert {c.name for c in schema.record_columns()} | COMPOSITE == \
+        PREDICT_RECORD | PREDICT_RECORD_SOMETIMES | COMMITTEE_RECORD
 
 
 def test_screen_json_summary_keys(files):
