@@ -481,7 +481,7 @@ def calibration_or_default(calibration: Optional[Path], model: Optional[str]) ->
                          "own with `calib hessian` and `calib calibrate`)")
     which = "SevenNet-0" if os.path.basename(path).startswith("sevennet") else "CHGNet 0.3.0"
     if "+sevennet" in os.path.basename(path):
-        which += ", with SevenNet-0's forces in its force error model (the sevenn package is installed)"
+        which += ", with SevenNet-0's forces and energies in its error models (the sevenn package is installed)"
     return Path(path), {"path": path, "default": True,
                         "note": f"calib's default calibration for {which} (GPAW PAW-PBE labels shipped in "
                                 "datasets/; calib/data/artifacts/README.md): energy intervals are for GPAW's "
