@@ -178,11 +178,17 @@ PERIODIC_SYSTEMS = {
     # distortions of it), MoO2 in the ideal rutile its monoclinic ground state distorts.
     "WO3": lambda: supercell(crystal(["W", "O"], basis=[(0, 0, 0), (0.5, 0, 0)], spacegroup=221,
                                      cellpar=[3.78, 3.78, 3.78, 90, 90, 90]), (2, 1, 1)),
-    "MoO2": lambda: rutile(4.86, 2.81, 0.29, "Mo"),
+    "MoO2": lambda: rutile(4.86, 2.81, 0.29, "Mo"),  # 6 atoms: below the protocol's 8 (SMALL_CELLS)
     # a Mn compound outside Materials Project's U (a sulfide): the plain "Mn" offset, which MnO and LiMn2O4
     # ("Mn (U)") do not fix
     "MnS": lambda: _cubic("MnS", "rocksalt", 5.22),
 }
+
+#: labelled systems whose cell has fewer than the 8 atoms the high-energy-state protocol asks for (the MD of a
+#: smaller cell decorrelates less between frames), and why they are shipped anyway
+SMALL_CELLS = {"MoO2": "the rutile cell of 6 atoms, labelled before the 8-atom rule was checked for it; its six "
+                       "frames are valid PAW-PBE+U labels and fix the Mo (U) energy offset; a 12-atom (1x1x2) "
+                       "relabelling would meet the rule"}
 
 #: Ternary compounds of the high-energy states (≤ 16 atoms, experimental lattice constants in Å), one or two per
 #: structure family: layered and spinel oxides (the Li transition-metal oxides of batteries, spin-polarised with
