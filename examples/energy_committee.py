@@ -65,7 +65,7 @@ def judge(inputs, numbers, chem, delta, second, fold, with_committee: bool):
 def main(seeds, committee: str, floors, out: str) -> dict:
     from scipy.stats import spearmanr
 
-    import calib.uq.errormodel as errormodel
+    from calib.uq import errormodel
     from calib import datasets
     from calib.data.structures import get_energy
     from calib.models import load_model
@@ -92,7 +92,7 @@ def main(seeds, committee: str, floors, out: str) -> dict:
         rows = []
         for seed in seeds:
             err, sigma, width = judge(inputs, numbers, chem, delta, second, halves(chem, seed), use)
-            rows.append({"n": int(len(err)), "spearman": float(spearmanr(sigma, err).statistic),
+            rows.append({"n": len(err), "spearman": float(spearmanr(sigma, err).statistic),
                          "width_over_error": float(np.median(width) / np.median(err)),
                          "coverage": float(np.mean(err <= width)), "coverage_1sigma": float(np.mean(err <= sigma))})
         res["variants"][name] = {"per_seed": rows, **{k: round(float(np.mean([r[k] for r in rows])), 3)

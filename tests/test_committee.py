@@ -1,4 +1,5 @@
-"""The committee term of the force error model: a second model's disagreement as an input (docs/errormodel.md)."""
+"""The committee terms of the error models: a second model's force and energy disagreement as inputs
+(docs/errormodel.md)."""
 
 import numpy as np
 import pytest
