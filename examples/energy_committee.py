@@ -65,11 +65,11 @@ def judge(inputs, numbers, chem, delta, second, fold, with_committee: bool):
 def main(seeds, committee: str, floors, out: str) -> dict:
     from scipy.stats import spearmanr
 
-    from calib.uq import errormodel
     from calib import datasets
     from calib.data.structures import get_energy
     from calib.models import load_model
     from calib.models.base import second_model_outputs
+    from calib.uq import errormodel
     from calib.uq.errormodel import AtomInputs
 
     structs, _ = datasets.labelled()
